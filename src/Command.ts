@@ -1,0 +1,255 @@
+/**
+ * Commands: immutable `Schema.TaggedRequest` classes whose fields are the
+ * payload plus the metadata every command carries.
+ *
+ * @since 0.1.0
+ */
+import * as DateTime from "effect/DateTime"
+import * as Effect from "effect/Effect"
+import type * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
+import { createHash, randomUUID } from "node:crypto"
+
+/**
+ * An idempotency key as the IETF draft allows it: 1 to 255 characters.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const IdempotencyKey = Schema.String.pipe(
+  Schema.minLength(1),
+  Schema.maxLength(255),
+  Schema.annotations({ identifier: "IdempotencyKey" })
+)
+
+/**
+ * The metadata fields shared by every command. Ids and the timestamp are
+ * generated when absent, both by the constructor and by decoding, so a command
+ * built from the wire and one built in code look alike.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const MetadataFields = {
+  commandId: Schema.optionalWith(Schema.UUID, { default: () => randomUUID() }),
+  correlationId: Schema.optionalWith(Schema.UUID, { default: () => randomUUID() }),
+  causationId: Schema.optionalWith(Schema.UUID, { exact: true }),
+  timestamp: Schema.optionalWith(Schema.DateTimeUtc, { default: () => DateTime.unsafeNow() }),
+  userId: Schema.optionalWith(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(255)), { exact: true }),
+  idempotencyKey: Schema.optionalWith(IdempotencyKey, { exact: true })
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type MetadataFields = typeof MetadataFields
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Metadata {
+  readonly commandId: string
+  readonly correlationId: string
+  readonly causationId?: string
+  readonly timestamp: DateTime.Utc
+  readonly userId?: string
+  readonly idempotencyKey?: string
+}
+
+const metadataKeys: ReadonlySet<string> = new Set(Object.keys(MetadataFields))
+
+/**
+ * One problem found by a command's business-rule validation.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export class ValidationIssue extends Schema.Class<ValidationIssue>("ValidationIssue")({
+  path: Schema.Array(Schema.Union(Schema.String, Schema.Number)),
+  message: Schema.String
+}) {}
+
+/**
+ * Any command instance.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Any extends Metadata {
+  readonly _tag: string
+}
+
+/**
+ * The success type of a command.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Success<C> = Schema.WithResult.Success<C>
+
+/**
+ * The failure type a command declares: its domain errors.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Failure<C> = Schema.WithResult.Failure<C>
+
+/**
+ * A command class, as middleware and the bus see it: the schema of its
+ * instances, its result schemas, and the policies middleware read from it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface AnyClass extends Schema.Schema.AnyNoContext {
+  new(...args: ReadonlyArray<any>): Any
+  readonly _tag: string
+  readonly success: Schema.Schema.All
+  readonly failure: Schema.Schema.All
+  /** Error tags that the retry middleware may retry; they are transient. */
+  readonly retryable: ReadonlyArray<string>
+  /** A role the current user must have; checked by the authorization middleware. */
+  readonly requiredRole: string | undefined
+  /** Business-rule checks beyond the schema, run by the validation middleware. */
+  readonly validate: ((command: any) => ReadonlyArray<ValidationIssue>) | undefined
+}
+
+/**
+ * The tags of the errors in a failure schema, for declaring which are retryable.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ErrorTags<Failure extends Schema.Schema.All> = Schema.Schema.Type<Failure> extends infer E ?
+  E extends { readonly _tag: infer T extends string } ? T : never
+  : never
+
+/**
+ * A command class as `Command.Class` builds it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface CommandClass<
+  Self,
+  Tag extends string,
+  Payload extends Schema.Struct.Fields,
+  Success extends Schema.Schema.All,
+  Failure extends Schema.Schema.All
+> extends
+  Schema.TaggedRequestClass<Self, Tag, { readonly _tag: Schema.tag<Tag> } & MetadataFields & Payload, Success, Failure>
+{
+  readonly retryable: ReadonlyArray<ErrorTags<Failure>>
+  readonly requiredRole: string | undefined
+  readonly validate: ((command: Self) => ReadonlyArray<ValidationIssue>) | undefined
+}
+
+/**
+ * Options of a command declaration.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options<
+  Payload extends Schema.Struct.Fields,
+  Success extends Schema.Schema.All,
+  Failure extends Schema.Schema.All
+> {
+  readonly payload: Payload & { readonly [K in keyof MetadataFields]?: never }
+  readonly success: Success
+  readonly failure: Failure
+  readonly retryable?: ReadonlyArray<ErrorTags<Failure>>
+  readonly requiredRole?: string
+  /**
+   * Business rules beyond the schema. Receives the decoded payload; returns
+   * every problem found (an empty array when valid).
+   */
+  readonly validate?: (payload: Schema.Struct.Type<Payload>) => ReadonlyArray<ValidationIssue>
+}
+
+/**
+ * Declares a command in one declaration:
+ *
+ * ```ts
+ * class PlaceOrder extends Command.Class<PlaceOrder>()("PlaceOrder", {
+ *   payload: { sku: Schema.String, quantity: Schema.Int },
+ *   success: Schema.Struct({ orderId: Schema.UUID }),
+ *   failure: Schema.Union(OutOfStock, ConcurrencyConflict),
+ *   retryable: ["ConcurrencyConflict"]
+ * }) {}
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const Class = <Self = never>() =>
+<
+  const Tag extends string,
+  Payload extends Schema.Struct.Fields,
+  Success extends Schema.Schema.All,
+  Failure extends Schema.Schema.All
+>(
+  tag: Tag,
+  options: Options<Payload, Success, Failure>
+): CommandClass<Self, Tag, Payload, Success, Failure> => {
+  const Base = Schema.TaggedRequest<Self>()(tag, {
+    payload: { ...MetadataFields, ...options.payload } as MetadataFields & Payload,
+    success: options.success,
+    failure: options.failure
+  }) as any
+  return class extends Base {
+    static readonly retryable = options.retryable ?? []
+    static readonly requiredRole = options.requiredRole
+    static readonly validate = options.validate
+  } as any
+}
+
+/**
+ * The payload of a command, encoded, without its metadata.
+ *
+ * @since 0.1.0
+ * @category encoding
+ */
+export const encodePayload = (
+  definition: AnyClass,
+  command: Any
+): Effect.Effect<Record<string, unknown>, ParseResult.ParseError> =>
+  Effect.map(Schema.encode(definition)(command), (encoded: Record<string, unknown>) => {
+    const payload: Record<string, unknown> = {}
+    for (const key of Object.keys(encoded)) {
+      if (!metadataKeys.has(key)) payload[key] = encoded[key]
+    }
+    return payload
+  })
+
+/**
+ * A stable fingerprint of a command's tag and payload (not its metadata):
+ * SHA-256 over canonical JSON with sorted keys. Two commands with the same
+ * fingerprint ask for the same thing.
+ *
+ * @since 0.1.0
+ * @category encoding
+ */
+export const fingerprint = (definition: AnyClass, command: Any): Effect.Effect<string, ParseResult.ParseError> =>
+  Effect.map(
+    encodePayload(definition, command),
+    (payload) => createHash("sha256").update(canonicalJson(payload)).digest("hex")
+  )
+
+/**
+ * JSON with object keys sorted, so equal values give equal strings.
+ *
+ * @since 0.1.0
+ * @category encoding
+ */
+export const canonicalJson = (value: unknown): string => JSON.stringify(value, sortKeys)
+
+const sortKeys = (_key: string, value: unknown): unknown => {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return value
+  const sorted: Record<string, unknown> = {}
+  for (const key of Object.keys(value).sort()) sorted[key] = (value as Record<string, unknown>)[key]
+  return sorted
+}

@@ -1,0 +1,122 @@
+/**
+ * Domain events: what a handler says happened, and the envelope the bus
+ * wraps around it with ids, versions and the command's correlation.
+ *
+ * @since 0.1.0
+ */
+import * as DateTime from "effect/DateTime"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
+import { randomUUID } from "node:crypto"
+import type * as Command from "./Command.js"
+
+/**
+ * Any domain event: an instance of a `Schema.TaggedClass` (see `Class`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Any {
+  readonly _tag: string
+}
+
+/**
+ * Declares a domain event type; instances encode with their own schema.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const Class = Schema.TaggedClass
+
+/**
+ * An event raised by an aggregate, before the bus stamps it: which aggregate,
+ * at which version, and what happened.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Draft {
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly aggregateVersion: number
+  readonly event: Any
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const draft = (
+  aggregate: { readonly aggregateType: string; readonly aggregateId: string; readonly aggregateVersion: number },
+  event: Any
+): Draft => ({ ...aggregate, event })
+
+/**
+ * A stamped event as stored in the outbox and published: the payload is the
+ * event encoded with its schema (plain JSON), so in-memory and SQL paths
+ * publish the same thing.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export class Envelope extends Schema.Class<Envelope>("EventEnvelope")({
+  eventId: Schema.UUID,
+  type: Schema.String,
+  aggregateType: Schema.String,
+  aggregateId: Schema.String,
+  aggregateVersion: Schema.Int,
+  occurredAt: Schema.DateTimeUtc,
+  correlationId: Schema.String,
+  causationId: Schema.String,
+  payload: Schema.Unknown
+}) {}
+
+const encoders = new WeakMap<object, (event: unknown) => Effect.Effect<unknown, unknown>>()
+
+const encoderOf = (event: Any) => {
+  const schema = (event as object).constructor
+  let encode = encoders.get(schema)
+  if (encode === undefined) {
+    encode = Schema.encodeUnknown(schema as unknown as Schema.Schema<unknown, unknown>)
+    encoders.set(schema, encode)
+  }
+  return encode
+}
+
+/**
+ * Encodes an event with the schema it was built from.
+ *
+ * @since 0.1.0
+ * @category encoding
+ */
+export const encode = (event: Any): Effect.Effect<unknown> => Effect.orDie(encoderOf(event)(event))
+
+/**
+ * Stamps drafts with fresh event ids, the time, and the command's
+ * correlation: `correlationId` is the command's, `causationId` is the
+ * command's id. Handlers never write these by hand.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const stamp = (
+  command: Command.Metadata,
+  drafts: ReadonlyArray<Draft>
+): Effect.Effect<ReadonlyArray<Envelope>> =>
+  Effect.flatMap(
+    DateTime.now,
+    (occurredAt) =>
+      Effect.forEach(drafts, (draft) =>
+        Effect.map(encode(draft.event), (payload) =>
+          new Envelope({
+            eventId: randomUUID(),
+            type: draft.event._tag,
+            aggregateType: draft.aggregateType,
+            aggregateId: draft.aggregateId,
+            aggregateVersion: draft.aggregateVersion,
+            occurredAt,
+            correlationId: command.correlationId,
+            causationId: command.commandId,
+            payload
+          }, { disableValidation: true })))
+  )

@@ -1,0 +1,384 @@
+/**
+ * Idempotency keys: the rules, the store they need, and the middleware that
+ * applies them.
+ *
+ * - A key is scoped by user: the same key from two users is two keys.
+ * - The first dispatch claims the key atomically; a concurrent duplicate
+ *   fails with `IdempotencyKeyInFlight` and never runs.
+ * - The claim holds a lease: a dispatch that crashed leaves a marker that
+ *   expires, so a later retry runs.
+ * - The success is recorded before commit, inside the dispatch's unit of
+ *   work; a domain failure (declared by the command, not retryable) is
+ *   recorded after; anything else (timeouts, retryable errors, defects,
+ *   interruption, store outages) releases the claim so a retry runs again.
+ * - A repeat after completion replays the recorded success or failure
+ *   without running the handler; the same key with another payload (by
+ *   fingerprint of the payload, not the metadata) fails with
+ *   `IdempotencyKeyMismatch`.
+ * - Records expire after a retention (24 hours by default).
+ *
+ * @since 0.1.0
+ */
+import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
+import { globalValue } from "effect/GlobalValue"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import { randomUUID } from "node:crypto"
+import * as Command from "./Command.js"
+import type { StoreUnavailable } from "./CommandError.js"
+import * as Middleware from "./Middleware.js"
+import * as UnitOfWork from "./UnitOfWork.js"
+
+// -----------------------------------------------------------------------------
+// errors
+// -----------------------------------------------------------------------------
+
+/**
+ * A dispatch with this key is still running.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class IdempotencyKeyInFlight extends Schema.TaggedError<IdempotencyKeyInFlight>()(
+  "IdempotencyKeyInFlight",
+  { idempotencyKey: Schema.String },
+  HttpApiSchema.annotations({ status: 409, title: "Idempotency key in flight" })
+) {
+  override get message() {
+    return "A request with this idempotency key is still being processed"
+  }
+}
+
+/**
+ * The key was used before with a different payload.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class IdempotencyKeyMismatch extends Schema.TaggedError<IdempotencyKeyMismatch>()(
+  "IdempotencyKeyMismatch",
+  { idempotencyKey: Schema.String },
+  HttpApiSchema.annotations({ status: 422, title: "Idempotency key reused" })
+) {
+  override get message() {
+    return "This idempotency key was already used with a different request payload"
+  }
+}
+
+// -----------------------------------------------------------------------------
+// store
+// -----------------------------------------------------------------------------
+
+/**
+ * A recorded outcome, encoded with the command's success or failure schema.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type StoredResult =
+  | { readonly _tag: "Success"; readonly value: unknown }
+  | { readonly _tag: "Failure"; readonly error: unknown }
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Claim =
+  | { readonly _tag: "Claimed"; readonly token: string }
+  | { readonly _tag: "InFlight"; readonly fingerprint: string }
+  | { readonly _tag: "Completed"; readonly fingerprint: string; readonly result: StoredResult }
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface ClaimRequest {
+  readonly scope: string
+  readonly key: string
+  readonly fingerprint: string
+  readonly commandType: string
+  readonly lease: Duration.Duration
+  readonly retention: Duration.Duration
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface CompleteRequest {
+  readonly scope: string
+  readonly key: string
+  readonly token: string
+  readonly result: StoredResult
+  readonly retention: Duration.Duration
+}
+
+/**
+ * The storage behind idempotency. Implementations: in memory (tests), SQL
+ * (the default; completion joins the command's transaction) and Redis.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Store {
+  /**
+   * Atomically claims the key, or reports who holds it. An in-flight claim
+   * whose lease has passed, or a record past its expiry, is claimed anew.
+   */
+  readonly claim: (request: ClaimRequest) => Effect.Effect<Claim, StoreUnavailable>
+  /**
+   * Records the outcome of the claim identified by `token`. Returns `false`
+   * when the claim was lost (its lease passed and another dispatch claimed
+   * the key), so the caller can roll back instead of running twice.
+   */
+  readonly complete: (request: CompleteRequest) => Effect.Effect<boolean, StoreUnavailable>
+  /** Drops an in-flight claim, if `token` still holds it. */
+  readonly release: (
+    request: { readonly scope: string; readonly key: string; readonly token: string }
+  ) => Effect.Effect<
+    void,
+    StoreUnavailable
+  >
+  /** Deletes expired records; returns how many. */
+  readonly prune: Effect.Effect<number, StoreUnavailable>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class IdempotencyStore extends Context.Tag("effect-command-bus/IdempotencyStore")<IdempotencyStore, Store>() {}
+
+interface MemoryRecord {
+  readonly fingerprint: string
+  readonly token: string
+  readonly leaseExpiresAt: number
+  readonly expiresAt: number
+  readonly result: StoredResult | undefined
+}
+
+/**
+ * An in-memory store on the `Clock`, so `TestClock` drives leases and expiry.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeMemory: Effect.Effect<Store> = Effect.sync(() => {
+  const records = new Map<string, MemoryRecord>()
+  const id = (scope: string, key: string) => `${scope}\u0000${key}`
+  return {
+    claim: (request) =>
+      Effect.map(Clock.currentTimeMillis, (now): Claim => {
+        const existing = records.get(id(request.scope, request.key))
+        if (
+          existing !== undefined && existing.expiresAt > now &&
+          (existing.result !== undefined || existing.leaseExpiresAt > now)
+        ) {
+          return existing.result === undefined
+            ? { _tag: "InFlight", fingerprint: existing.fingerprint }
+            : { _tag: "Completed", fingerprint: existing.fingerprint, result: existing.result }
+        }
+        const token = randomUUID()
+        records.set(id(request.scope, request.key), {
+          fingerprint: request.fingerprint,
+          token,
+          leaseExpiresAt: now + Duration.toMillis(request.lease),
+          expiresAt: now + Duration.toMillis(request.retention),
+          result: undefined
+        })
+        return { _tag: "Claimed", token }
+      }),
+    complete: (request) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        const existing = records.get(id(request.scope, request.key))
+        if (existing === undefined || existing.token !== request.token) return false
+        records.set(id(request.scope, request.key), {
+          ...existing,
+          result: request.result,
+          expiresAt: now + Duration.toMillis(request.retention)
+        })
+        return true
+      }),
+    release: (request) =>
+      Effect.sync(() => {
+        const existing = records.get(id(request.scope, request.key))
+        if (existing !== undefined && existing.token === request.token && existing.result === undefined) {
+          records.delete(id(request.scope, request.key))
+        }
+      }),
+    prune: Effect.map(Clock.currentTimeMillis, (now) => {
+      let pruned = 0
+      for (const [key, record] of records) {
+        if (record.expiresAt <= now) {
+          records.delete(key)
+          pruned++
+        }
+      }
+      return pruned
+    })
+  }
+})
+
+/**
+ * Runs `store.prune` on a schedule for as long as the surrounding scope
+ * lives; a failing prune is logged and retried at the next tick.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const pruneEvery = (interval: Duration.DurationInput) =>
+  Effect.flatMap(IdempotencyStore, (store) =>
+    store.prune.pipe(
+      Effect.tap((pruned) =>
+        pruned > 0 ? Effect.logDebug("idempotency.pruned").pipe(Effect.annotateLogs({ pruned })) : Effect.void
+      ),
+      Effect.catchAll((error) => Effect.logWarning("idempotency.prune-failed", error)),
+      Effect.repeat(Schedule.spaced(interval)),
+      Effect.forkScoped,
+      Effect.asVoid
+    ))
+
+/**
+ * The in-memory store, pruned every minute.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory: Layer.Layer<IdempotencyStore> = Layer.scopedContext(
+  Effect.gen(function*() {
+    const store = yield* makeMemory
+    const context = Context.make(IdempotencyStore, store)
+    yield* Effect.provide(pruneEvery("1 minute"), context)
+    return context
+  })
+)
+
+// -----------------------------------------------------------------------------
+// middleware
+// -----------------------------------------------------------------------------
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** How long a completed record is kept. Default 24 hours. */
+  readonly retention?: Duration.DurationInput
+  /**
+   * How long an in-flight claim holds before a retry may take it over.
+   * Keep it above the command timeout. Default 1 minute.
+   */
+  readonly lease?: Duration.DurationInput
+}
+
+const currentReplayObserver = globalValue(
+  Symbol.for("effect-command-bus/Idempotency/currentReplayObserver"),
+  () => FiberRef.unsafeMake<(() => void) | undefined>(undefined)
+)
+
+/**
+ * Runs a dispatch and tells whether its outcome was a replay, for edges
+ * that say so (the `Idempotent-Replayed` header).
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const observeReplay = <A, E, R>(
+  self: Effect.Effect<A, E, R>
+): Effect.Effect<{ readonly exit: Exit.Exit<A, E>; readonly replayed: boolean }, never, R> =>
+  Effect.suspend(() => {
+    let replayed = false
+    return Effect.map(
+      Effect.locally(Effect.exit(self), currentReplayObserver, () => {
+        replayed = true
+      }),
+      (exit) => ({ exit, replayed })
+    )
+  })
+
+/**
+ * The idempotency middleware. Place it outside `retry`, `timeout` and
+ * `transaction`: one claim covers every attempt, and the record joins the
+ * transaction of the attempt that commits.
+ *
+ * @since 0.1.0
+ * @category middleware
+ */
+export const middleware = (
+  options: Options = {}
+): Middleware.Middleware<IdempotencyKeyInFlight | IdempotencyKeyMismatch | StoreUnavailable, IdempotencyStore> => {
+  const retention = Duration.decode(options.retention ?? "24 hours")
+  const lease = Duration.decode(options.lease ?? "1 minute")
+  return Middleware.make("idempotency", (self, dispatch) => {
+    const { command, definition } = dispatch
+    const key = command.idempotencyKey
+    if (key === undefined) return self
+    const scope = command.userId ?? ""
+    return Effect.gen(function*() {
+      const store = yield* IdempotencyStore
+      const fingerprint = yield* Effect.orDie(Command.fingerprint(definition, command))
+      const claim = yield* store.claim({ scope, key, fingerprint, commandType: command._tag, lease, retention })
+      if (claim._tag !== "Claimed") {
+        if (claim.fingerprint !== fingerprint) return yield* new IdempotencyKeyMismatch({ idempotencyKey: key })
+        if (claim._tag === "InFlight") return yield* new IdempotencyKeyInFlight({ idempotencyKey: key })
+        dispatch.replayed = true
+        const observer = yield* FiberRef.get(currentReplayObserver)
+        if (observer !== undefined) observer()
+        return yield* replay(definition, claim.result)
+      }
+      const { token } = claim
+      const recordSuccess = (value: unknown) =>
+        Schema.encodeUnknown(definition.success as Schema.Schema<unknown, unknown>)(value).pipe(
+          Effect.orDie,
+          Effect.flatMap((encoded) =>
+            store.complete({ scope, key, token, retention, result: { _tag: "Success", value: encoded } })
+          ),
+          Effect.flatMap((held) =>
+            held ? Effect.void : Effect.fail(new IdempotencyKeyInFlight({ idempotencyKey: key }))
+          )
+        )
+      return yield* UnitOfWork.beforeCommit(self, recordSuccess).pipe(
+        Effect.onExit((exit) => {
+          if (Exit.isSuccess(exit)) return Effect.void
+          const failure = Cause.failureOption(exit.cause)
+          if (
+            Option.isSome(failure) && !Cause.isDie(exit.cause) && !Cause.isInterrupted(exit.cause) &&
+            isDomainFailure(definition, failure.value)
+          ) {
+            return Schema.encodeUnknown(definition.failure as Schema.Schema<unknown, unknown>)(failure.value).pipe(
+              Effect.orDie,
+              Effect.flatMap((encoded) =>
+                store.complete({ scope, key, token, retention, result: { _tag: "Failure", error: encoded } })
+              ),
+              // The failure itself is the answer; an unrecorded one just runs again on retry.
+              Effect.catchAll(() => store.release({ scope, key, token })),
+              Effect.ignore
+            )
+          }
+          return Effect.ignore(store.release({ scope, key, token }))
+        })
+      )
+    })
+  })
+}
+
+const isDomainFailure = (definition: Command.AnyClass, error: unknown): boolean =>
+  Schema.is(definition.failure as Schema.Schema<unknown, unknown>)(error) &&
+  !definition.retryable.includes((error as { readonly _tag: string })._tag)
+
+const replay = (definition: Command.AnyClass, result: StoredResult): Effect.Effect<any, any> =>
+  result._tag === "Success"
+    ? Effect.orDie(Schema.decodeUnknown(definition.success as Schema.Schema<unknown, unknown>)(result.value))
+    : Effect.flatMap(
+      Effect.orDie(Schema.decodeUnknown(definition.failure as Schema.Schema<unknown, unknown>)(result.error)),
+      Effect.fail
+    )

@@ -1,0 +1,95 @@
+/**
+ * The order service's handlers. Each asks for its repository and inventory
+ * as services, and fails only with its command's declared errors.
+ *
+ * @since 0.1.0
+ */
+import * as DateTime from "effect/DateTime"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import { CommandError, CurrentUser, Handler } from "../index.js"
+import { CancelOrder, CreateOrder, RestockProduct } from "./Commands.js"
+import { Inventory } from "./Inventory.js"
+import * as Order from "./Order.js"
+import { OrderRepository } from "./OrderRepository.js"
+
+/**
+ * The role that may act on any order and restock products.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const adminRole = "admin"
+
+/**
+ * @since 0.1.0
+ * @category handlers
+ */
+export const createOrder = Handler.make(
+  CreateOrder,
+  Effect.fn("Orders.createOrder")(function*(command) {
+    if (command.userId === undefined) {
+      return yield* new CommandError.Forbidden({ reason: "Orders belong to a user; dispatch with a userId" })
+    }
+    const now = yield* DateTime.now
+    const { events, order } = Order.create({
+      id: command.commandId,
+      customerId: command.customerId,
+      userId: command.userId,
+      items: command.items,
+      shippingAddress: command.shippingAddress,
+      now
+    })
+    yield* Effect.flatMap(Inventory, (inventory) => inventory.reserve(order.items))
+    yield* Effect.flatMap(OrderRepository, (orders) => orders.insert(order))
+    return Handler.result({ orderId: order.id, status: "created" as const, version: order.version }, events)
+  })
+)
+
+/**
+ * @since 0.1.0
+ * @category handlers
+ */
+export const cancelOrder = Handler.make(
+  CancelOrder,
+  Effect.fn("Orders.cancelOrder")(function*(command) {
+    const orders = yield* OrderRepository
+    const order = yield* orders.findById(command.orderId).pipe(
+      Effect.flatMap(Option.match({
+        onNone: () => Effect.fail(new Order.OrderNotFound({ orderId: command.orderId })),
+        onSome: Effect.succeed
+      }))
+    )
+    const principal = yield* CurrentUser.CurrentUser
+    if (order.userId !== command.userId && !CurrentUser.hasRole(principal, adminRole)) {
+      return yield* new CommandError.Forbidden({ reason: "Only the order's owner or an admin may cancel it" })
+    }
+    if (command.expectedVersion !== undefined && command.expectedVersion !== order.version) {
+      return yield* new Order.OrderVersionMismatch({
+        orderId: order.id,
+        expectedVersion: command.expectedVersion,
+        actualVersion: order.version
+      })
+    }
+    const now = yield* DateTime.now
+    const change = yield* Order.cancel(order, command.reason, now)
+    yield* orders.update(change.order, order.version)
+    yield* Effect.flatMap(Inventory, (inventory) => inventory.release(order.items))
+    return Handler.result(
+      { orderId: order.id, status: "cancelled" as const, version: change.order.version },
+      change.events
+    )
+  })
+)
+
+/**
+ * @since 0.1.0
+ * @category handlers
+ */
+export const restockProduct = Handler.make(
+  RestockProduct,
+  Effect.fn("Orders.restockProduct")(function*(command) {
+    yield* Effect.flatMap(Inventory, (inventory) => inventory.setAvailable(command.productId, command.available))
+    return Handler.result({ productId: command.productId, available: command.available })
+  })
+)

@@ -1,0 +1,99 @@
+/**
+ * Stock per product. Reserving is all-or-nothing for an order's lines and
+ * never lets stock go below zero, however many dispatches run at once.
+ *
+ * @since 0.1.0
+ */
+import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
+import type { OrderLine } from "./Order.js"
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export class InsufficientInventory extends Schema.TaggedError<InsufficientInventory>()(
+  "InsufficientInventory",
+  { productId: Schema.String, requested: Schema.Int, available: Schema.Int },
+  HttpApiSchema.annotations({ status: 409, title: "Insufficient inventory" })
+) {
+  override get message() {
+    return `Product ${this.productId}: ${this.requested} requested, ${this.available} available`
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** Takes every line's quantity from stock, or none of them. */
+  readonly reserve: (lines: ReadonlyArray<OrderLine>) => Effect.Effect<void, InsufficientInventory>
+  /** Puts the lines' quantities back. */
+  readonly release: (lines: ReadonlyArray<OrderLine>) => Effect.Effect<void>
+  /** Sets the available quantity of a product (a stock count). */
+  readonly setAvailable: (productId: string, available: number) => Effect.Effect<void>
+  /** The available quantity; 0 for a product never stocked. */
+  readonly available: (productId: string) => Effect.Effect<number>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class Inventory extends Context.Tag("orders/Inventory")<Inventory, Service>() {}
+
+/**
+ * The quantity per product, summing lines that name the same product, so a
+ * reservation checks what is really taken.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const totalsByProduct = (lines: ReadonlyArray<OrderLine>): Map<string, number> => {
+  const totals = new Map<string, number>()
+  for (const line of lines) totals.set(line.productId, (totals.get(line.productId) ?? 0) + line.quantity)
+  return totals
+}
+
+/**
+ * In memory. Each operation is one synchronous step, so a reservation checks
+ * and takes every line before any other fiber runs.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeMemory = (initial: Iterable<readonly [string, number]> = []): Effect.Effect<Service> =>
+  Effect.sync(() => {
+    const stock = new Map(initial)
+    return {
+      reserve: (lines) =>
+        Effect.suspend(() => {
+          const requested = totalsByProduct(lines)
+          for (const [productId, quantity] of requested) {
+            const available = stock.get(productId) ?? 0
+            if (available < quantity) {
+              return Effect.fail(new InsufficientInventory({ productId, requested: quantity, available }))
+            }
+          }
+          for (const [productId, quantity] of requested) stock.set(productId, stock.get(productId)! - quantity)
+          return Effect.void
+        }),
+      release: (lines) =>
+        Effect.sync(() => {
+          for (const line of lines) stock.set(line.productId, (stock.get(line.productId) ?? 0) + line.quantity)
+        }),
+      setAvailable: (productId, available) => Effect.sync(() => void stock.set(productId, available)),
+      available: (productId) => Effect.sync(() => stock.get(productId) ?? 0)
+    }
+  })
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory = (initial?: Iterable<readonly [string, number]>): Layer.Layer<Inventory> =>
+  Layer.effect(Inventory, makeMemory(initial))

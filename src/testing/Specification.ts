@@ -1,0 +1,199 @@
+/**
+ * Given/when/then specifications for handlers, in the manner of Emmett's
+ * `DeciderSpecification`: given prior events, state or commands, when a
+ * command is dispatched, then these events, or then this typed failure.
+ *
+ * ```ts
+ * const spec = Specification.make({ bus, layer: TestWorld })
+ *
+ * it.effect("cancels", () =>
+ *   spec.given(new OrderCreated({ ... }))
+ *     .when(new CancelOrder({ ... }))
+ *     .then(new OrderCancelled({ ... })))
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Predicate from "effect/Predicate"
+import * as Schema from "effect/Schema"
+import * as Command from "../Command.js"
+import type * as CommandBus from "../CommandBus.js"
+import * as DomainEvent from "../DomainEvent.js"
+import { Outbox } from "../Outbox.js"
+
+/**
+ * A specification that did not hold; its message says what differed.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class SpecificationFailed extends Schema.TaggedError<SpecificationFailed>()("SpecificationFailed", {
+  message: Schema.String
+}) {}
+
+/**
+ * What a scenario starts from: a domain event (applied with `evolve`), a
+ * command of the bus (dispatched; it must succeed), or any effect that sets
+ * up state.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Given<B extends CommandBus.Any, R> =
+  | DomainEvent.Any
+  | CommandBus.Commands<B>
+  | Effect.Effect<unknown, unknown, R>
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options<B extends CommandBus.Any, R, LE> {
+  readonly bus: B
+  /** Everything the bus needs, built fresh for each scenario. */
+  readonly layer: Layer.Layer<R, LE>
+  /** Applies a prior event to the stores, for `given(event)`. */
+  readonly evolve?: (event: DomainEvent.Any) => Effect.Effect<void, never, R>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Specification<B extends CommandBus.Any, R> {
+  readonly given: (...steps: ReadonlyArray<Given<B, R>>) => When<B>
+  readonly when: When<B>["when"]
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface When<B extends CommandBus.Any> {
+  readonly when: <C extends CommandBus.Commands<B>>(command: C) => Then<C>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Then<C extends Command.Any> {
+  /** The command succeeds and appends exactly these events, in order. */
+  readonly then: (...events: ReadonlyArray<DomainEvent.Any>) => Effect.Effect<void, SpecificationFailed>
+  /** The command succeeds with this value (and, optionally, these events). */
+  readonly thenSucceeds: (
+    value: Command.Success<C>,
+    ...events: ReadonlyArray<DomainEvent.Any>
+  ) => Effect.Effect<void, SpecificationFailed>
+  /** The command fails with this error and appends no event. */
+  readonly thenFails: (error: unknown) => Effect.Effect<void, SpecificationFailed>
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = <B extends CommandBus.Any, R, LE>(options: Options<B, R, LE>): Specification<B, R> => {
+  const given = (...steps: ReadonlyArray<Given<B, R>>): When<B> => ({
+    when: (command) => scenario(options, steps, command)
+  })
+  return { given, when: given().when }
+}
+
+interface Outcome {
+  readonly exit: Exit.Exit<unknown, unknown>
+  readonly events: ReadonlyArray<DomainEvent.Envelope>
+}
+
+const scenario = <B extends CommandBus.Any, R, LE, C extends Command.Any>(
+  options: Options<B, R, LE>,
+  steps: ReadonlyArray<Given<B, R>>,
+  command: C
+): Then<C> => {
+  const run: Effect.Effect<Outcome, SpecificationFailed> = Effect.gen(function*() {
+    for (const step of steps) yield* applyStep(options, step)
+    const outbox = yield* Outbox
+    const before = (yield* outbox.read({ after: 0, limit: Number.MAX_SAFE_INTEGER })).length
+    const exit = yield* Effect.exit(options.bus.dispatch(command) as Effect.Effect<unknown, unknown, R>)
+    const events = yield* outbox.read({ after: before, limit: Number.MAX_SAFE_INTEGER })
+    return { exit, events: events.map((stored) => stored.event) }
+  }).pipe(
+    Effect.catchAll((error) => fail(`setting up the scenario failed: ${describe(error)}`)),
+    Effect.provide(options.layer as Layer.Layer<R | Outbox, LE>),
+    Effect.catchAll((error) =>
+      error instanceof SpecificationFailed ? Effect.fail(error) : fail(`building the layer failed: ${describe(error)}`)
+    )
+  ) as Effect.Effect<Outcome, SpecificationFailed>
+
+  const expectEvents = (outcome: Outcome, expected: ReadonlyArray<DomainEvent.Any>) =>
+    Effect.gen(function*() {
+      const expectedEncoded = yield* Effect.forEach(expected, (event) =>
+        Effect.map(DomainEvent.encode(event), (payload) => ({ type: event._tag, payload })))
+      const actual = outcome.events.map((event) => ({ type: event.type, payload: event.payload }))
+      if (Command.canonicalJson(actual) !== Command.canonicalJson(expectedEncoded)) {
+        return yield* fail(
+          `expected events ${Command.canonicalJson(expectedEncoded)}\n     but got ${Command.canonicalJson(actual)}`
+        )
+      }
+      for (const event of outcome.events) {
+        if (event.correlationId !== command.correlationId || event.causationId !== command.commandId) {
+          return yield* fail(`event ${event.type} does not carry the command's correlation and causation ids`)
+        }
+      }
+    })
+
+  const expectSuccess = (outcome: Outcome) =>
+    Exit.isSuccess(outcome.exit)
+      ? Effect.succeed(outcome.exit.value)
+      : fail(`expected success but the command failed: ${Cause.pretty(outcome.exit.cause)}`)
+
+  return {
+    then: (...events) =>
+      Effect.flatMap(run, (outcome) => Effect.zipRight(expectSuccess(outcome), expectEvents(outcome, events))),
+    thenSucceeds: (value, ...events) =>
+      Effect.flatMap(
+        run,
+        (outcome) =>
+          Effect.flatMap(expectSuccess(outcome), (actual) =>
+            Command.canonicalJson(actual) === Command.canonicalJson(value)
+              ? expectEvents(outcome, events)
+              : fail(`expected ${Command.canonicalJson(value)}\n     but got ${Command.canonicalJson(actual)}`))
+      ),
+    thenFails: (expected) =>
+      Effect.flatMap(run, (outcome) => {
+        if (Exit.isSuccess(outcome.exit)) {
+          return fail(`expected failure ${describe(expected)} but the command succeeded`)
+        }
+        const failure = Cause.failureOption(outcome.exit.cause)
+        if (Option.isNone(failure)) return fail(`expected failure but got ${Cause.pretty(outcome.exit.cause)}`)
+        if (Command.canonicalJson(failure.value) !== Command.canonicalJson(expected)) {
+          return fail(`expected failure ${describe(expected)}\n     but got ${describe(failure.value)}`)
+        }
+        return outcome.events.length === 0
+          ? Effect.void
+          : fail(`a failed command appended ${outcome.events.length} event(s)`)
+      })
+  }
+}
+
+const applyStep = <B extends CommandBus.Any, R, LE>(options: Options<B, R, LE>, step: Given<B, R>) => {
+  if (Effect.isEffect(step)) return Effect.asVoid(step)
+  const tag = (step as { readonly _tag: string })._tag
+  if (options.bus.definitions.has(tag)) {
+    return Effect.asVoid(options.bus.dispatch(step as Command.Any) as Effect.Effect<unknown, unknown, R>)
+  }
+  if (options.evolve === undefined) {
+    return fail(`given(${tag}) is an event, but the specification has no evolve to apply it`)
+  }
+  return options.evolve(step as DomainEvent.Any)
+}
+
+const fail = (message: string) => Effect.fail(new SpecificationFailed({ message }))
+
+const describe = (value: unknown): string =>
+  Predicate.hasProperty(value, "_tag") ? `${String(value._tag)} ${Command.canonicalJson(value)}` : String(value)

@@ -1,0 +1,111 @@
+import { Effect, Schema } from "effect"
+import { describe, expectTypeOf, it } from "vitest"
+import type { Outbox } from "../src/index.js"
+import { Command, CommandBus, CommandError, Handler, Idempotency, Middleware } from "../src/index.js"
+import { CancelOrder, CreateOrder, OrderCommands, RestockProduct } from "../src/orders/Commands.js"
+import { cancelOrder, createOrder, restockProduct } from "../src/orders/Handlers.js"
+import type { InsufficientInventory, Inventory } from "../src/orders/Inventory.js"
+import type { OrderAlreadyExists } from "../src/orders/Order.js"
+import * as OrderBus from "../src/orders/OrderBus.js"
+import type { OrderRepository } from "../src/orders/OrderRepository.js"
+
+class NotHandled extends Command.Class<NotHandled>()("NotHandled", {
+  payload: { value: Schema.String },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
+const createOrderCommand = new CreateOrder({
+  customerId: "6f1c3c0e-4a59-4a57-9d3e-5d1c7d3f2b10",
+  items: [{ productId: "p-1", quantity: 1 }],
+  shippingAddress: { line1: "1 Main St", city: "Springfield", postalCode: "12345", country: "US" }
+})
+
+describe("CommandBus types", () => {
+  it("dispatch knows each command's success, errors and requirements", () => {
+    const effect = OrderBus.bare.dispatch(createOrderCommand)
+    expectTypeOf(effect).toEqualTypeOf<
+      Effect.Effect<
+        { readonly orderId: string; readonly status: "created"; readonly version: number },
+        InsufficientInventory | OrderAlreadyExists | CommandError.Forbidden,
+        Inventory | OrderRepository | Outbox.Outbox
+      >
+    >()
+  })
+
+  it("middleware adds exactly its errors and requirements", () => {
+    const bus = OrderBus.bare.pipe(CommandBus.withMiddleware(Middleware.timeout("1 second"), Middleware.validation))
+    type E = Effect.Effect.Error<ReturnType<typeof bus.dispatch<RestockProduct>>>
+    expectTypeOf<E>().toEqualTypeOf<CommandError.CommandTimeout | CommandError.CommandValidationError>()
+    const withStore = bus.pipe(CommandBus.withMiddleware(Idempotency.middleware()))
+    type R = Effect.Effect.Context<ReturnType<typeof withStore.dispatch<RestockProduct>>>
+    expectTypeOf<R>().toEqualTypeOf<Inventory | Outbox.Outbox | Idempotency.IdempotencyStore>()
+  })
+
+  it("dispatching a command without a handler does not compile", () => {
+    // @ts-expect-error NotHandled is not a command of this bus
+    OrderBus.bare.dispatch(new NotHandled({ value: "x" }))
+  })
+
+  it("a bus that misses a handler for a declared command does not compile", () => {
+    // @ts-expect-error RestockProduct has no handler
+    CommandBus.make(OrderCommands, { CreateOrder: createOrder, CancelOrder: cancelOrder })
+  })
+
+  it("a handler for an undeclared command does not compile", () => {
+    CommandBus.make([CreateOrder, CancelOrder, RestockProduct], {
+      CreateOrder: createOrder,
+      CancelOrder: cancelOrder,
+      RestockProduct: restockProduct,
+      // @ts-expect-error NotHandled is not declared
+      NotHandled: () => Effect.succeed(Handler.result(undefined))
+    })
+  })
+
+  it("a handler failing with an undeclared error does not compile", () => {
+    CommandBus.make([RestockProduct], {
+      // @ts-expect-error RestockProduct declares no failure
+      RestockProduct: (command) => Effect.fail(new CommandError.Forbidden({ reason: command.productId }))
+    })
+  })
+
+  it("a handler returning the wrong success type does not compile", () => {
+    CommandBus.make([RestockProduct], {
+      // @ts-expect-error the success is { productId, available }
+      RestockProduct: (command) => Effect.succeed(Handler.result({ productId: command.productId }))
+    })
+  })
+
+  it("handlers in the record are typed by their command", () => {
+    CommandBus.make([RestockProduct], {
+      RestockProduct: (command) => {
+        expectTypeOf(command).toEqualTypeOf<RestockProduct>()
+        return Effect.succeed(Handler.result({ productId: command.productId, available: command.available }))
+      }
+    })
+  })
+
+  it("dispatchUnknown adds UnknownCommand and InvalidCommand", () => {
+    type E = Effect.Effect.Error<ReturnType<typeof OrderBus.bare.dispatchUnknown>>
+    expectTypeOf<CommandError.UnknownCommand>().toMatchTypeOf<E>()
+    expectTypeOf<CommandError.InvalidCommand>().toMatchTypeOf<E>()
+  })
+
+  it("retryable names only the command's own error tags", () => {
+    Command.Class<Bad>()("Bad", {
+      payload: {},
+      success: Schema.Void,
+      failure: CommandError.ConcurrencyConflict,
+      // @ts-expect-error NotAnError is not a tag of the failure schema
+      retryable: ["NotAnError"]
+    })
+    class Bad {}
+  })
+
+  it("the full order bus keeps CancelOrder's errors", () => {
+    const bus = OrderBus.make()
+    type E = Effect.Effect.Error<ReturnType<typeof bus.dispatch<CancelOrder>>>
+    expectTypeOf<CommandError.ConcurrencyConflict>().toMatchTypeOf<E>()
+    expectTypeOf<Idempotency.IdempotencyKeyMismatch>().toMatchTypeOf<E>()
+  })
+})
