@@ -6,7 +6,7 @@
  */
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
-import type * as ParseResult from "effect/ParseResult"
+import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import { createHash, randomUUID } from "node:crypto"
 
@@ -206,6 +206,26 @@ export const Class = <Self = never>() =>
     static readonly validate = options.validate
   } as any
 }
+
+/**
+ * Builds a command without throwing: invalid fields fail with a
+ * `ParseError` in the error channel (the class constructor would throw).
+ * Metadata left out is generated, as with the constructor.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const construct = <C extends AnyClass>(
+  definition: C,
+  fields: ConstructorParameters<C>[0]
+): Effect.Effect<InstanceType<C>, ParseResult.ParseError> =>
+  Effect.suspend(() => {
+    try {
+      return Effect.succeed(new definition(fields) as InstanceType<C>)
+    } catch (error) {
+      return ParseResult.isParseError(error) ? Effect.fail(error) : Effect.die(error)
+    }
+  })
 
 /**
  * The payload of a command, encoded, without its metadata.

@@ -248,19 +248,31 @@ export const pruneEvery = (interval: Duration.DurationInput) =>
     ))
 
 /**
+ * A layer of the store `make` builds, pruned every `interval` by a fiber
+ * that lives as long as the layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerWithPruning = <E, R>(
+  make: Effect.Effect<Store, E, R>,
+  interval: Duration.DurationInput
+): Layer.Layer<IdempotencyStore, E, R> =>
+  Layer.scopedContext(
+    Effect.gen(function*() {
+      const context = Context.make(IdempotencyStore, yield* make)
+      yield* Effect.provide(pruneEvery(interval), context)
+      return context
+    })
+  )
+
+/**
  * The in-memory store, pruned every minute.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerMemory: Layer.Layer<IdempotencyStore> = Layer.scopedContext(
-  Effect.gen(function*() {
-    const store = yield* makeMemory
-    const context = Context.make(IdempotencyStore, store)
-    yield* Effect.provide(pruneEvery("1 minute"), context)
-    return context
-  })
-)
+export const layerMemory: Layer.Layer<IdempotencyStore> = layerWithPruning(makeMemory, "1 minute")
 
 // -----------------------------------------------------------------------------
 // middleware

@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
+import * as SqlClient from "@effect/sql/SqlClient"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -97,3 +98,81 @@ export const makeMemory = (initial: Iterable<readonly [string, number]> = []): E
  */
 export const layerMemory = (initial?: Iterable<readonly [string, number]>): Layer.Layer<Inventory> =>
   Layer.effect(Inventory, makeMemory(initial))
+
+// Lines as one jsonb parameter, sorted by product so concurrent reservations
+// lock inventory rows in the same order and cannot deadlock.
+const linesParam = (totals: Map<string, number>) =>
+  JSON.stringify([...totals].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([product_id, quantity]) => ({
+    product_id,
+    quantity
+  })))
+
+/**
+ * On PostgreSQL: a reservation is one conditional `UPDATE` for every line
+ * (`available >= quantity`), and the `CHECK (available >= 0)` backs it, so
+ * stock cannot be oversold by any number of concurrent commands or
+ * instances. If a line falls short, the lines already taken are put back in
+ * the same transaction, so the reservation is all-or-nothing on its own.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effect.map(
+  SqlClient.SqlClient,
+  (sql): Service => {
+    const give = (lines: string) =>
+      sql`UPDATE inventory AS i SET available = i.available + r.quantity, updated_at = now()
+          FROM jsonb_to_recordset(${lines}::jsonb) AS r(product_id text, quantity integer)
+          WHERE i.product_id = r.product_id`.raw
+    return {
+      reserve: (lines) =>
+        Effect.gen(function*() {
+          const totals = totalsByProduct(lines)
+          const param = linesParam(totals)
+          const taken = yield* sql<{ readonly product_id: string }>`
+            UPDATE inventory AS i SET available = i.available - r.quantity, updated_at = now()
+            FROM jsonb_to_recordset(${param}::jsonb) AS r(product_id text, quantity integer)
+            WHERE i.product_id = r.product_id AND i.available >= r.quantity
+            RETURNING i.product_id`.withoutTransform
+          if (taken.length === totals.size) return
+          const takenIds = new Set(taken.map((row) => row.product_id))
+          if (takenIds.size > 0) {
+            yield* give(linesParam(new Map([...totals].filter(([productId]) => takenIds.has(productId)))))
+          }
+          const [productId, requested] = [...totals].find(([productId]) => !takenIds.has(productId))!
+          const [row] = yield* sql<{ readonly available: number }>`
+            SELECT available FROM inventory WHERE product_id = ${productId}`.withoutTransform
+          return yield* new InsufficientInventory({ productId, requested, available: row?.available ?? 0 })
+        }).pipe(
+          Effect.catchTag("SqlError", Effect.die),
+          Effect.withSpan("Inventory.reserve", { captureStackTrace: false })
+        ),
+      release: (lines) =>
+        give(linesParam(totalsByProduct(lines))).pipe(
+          Effect.asVoid,
+          Effect.orDie,
+          Effect.withSpan("Inventory.release", { captureStackTrace: false })
+        ),
+      setAvailable: (productId, available) =>
+        sql`INSERT INTO inventory (product_id, available) VALUES (${productId}, ${available})
+            ON CONFLICT (product_id) DO UPDATE SET available = EXCLUDED.available, updated_at = now()`.raw.pipe(
+          Effect.asVoid,
+          Effect.orDie,
+          Effect.withSpan("Inventory.setAvailable", { captureStackTrace: false })
+        ),
+      available: (productId) =>
+        sql<{ readonly available: number }>`SELECT available FROM inventory WHERE product_id = ${productId}`
+          .withoutTransform.pipe(
+            Effect.map((rows) => rows[0]?.available ?? 0),
+            Effect.orDie,
+            Effect.withSpan("Inventory.available", { captureStackTrace: false })
+          )
+    }
+  }
+)
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerSql: Layer.Layer<Inventory, never, SqlClient.SqlClient> = Layer.effect(Inventory, makeSql)

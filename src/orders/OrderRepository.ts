@@ -4,12 +4,14 @@
  *
  * @since 0.1.0
  */
+import * as SqlClient from "@effect/sql/SqlClient"
 import * as Context from "effect/Context"
+import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { CommandError } from "../index.js"
-import { aggregateType, type Order, OrderAlreadyExists } from "./Order.js"
+import { aggregateType, Order, OrderAlreadyExists, type OrderLine, type ShippingAddress } from "./Order.js"
 
 /**
  * @since 0.1.0
@@ -65,3 +67,93 @@ export const makeMemory: Effect.Effect<Service> = Effect.sync(() => {
  * @category layers
  */
 export const layerMemory: Layer.Layer<OrderRepository> = Layer.effect(OrderRepository, makeMemory)
+
+interface OrderRow {
+  readonly id: string
+  readonly customer_id: string
+  readonly user_id: string
+  readonly status: "created" | "cancelled"
+  readonly version: number
+  readonly items: ReadonlyArray<OrderLine>
+  readonly shipping_address: ShippingAddress
+  readonly created_at: Date
+  readonly updated_at: Date
+  readonly cancel_reason: string | null
+}
+
+const fromRow = (row: OrderRow): Order =>
+  new Order({
+    id: row.id,
+    customerId: row.customer_id,
+    userId: row.user_id,
+    status: row.status,
+    version: row.version,
+    items: row.items,
+    shippingAddress: row.shipping_address,
+    createdAt: DateTime.unsafeMake(row.created_at),
+    updatedAt: DateTime.unsafeMake(row.updated_at),
+    ...(row.cancel_reason === null ? {} : { cancelReason: row.cancel_reason })
+  }, { disableValidation: true })
+
+/**
+ * On PostgreSQL, one statement per operation. Database errors are defects
+ * here (a handler's error channel holds its domain errors only); the unit of
+ * work reports outages as `StoreUnavailable`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effect.map(
+  SqlClient.SqlClient,
+  (sql): Service => ({
+    findById: (id) =>
+      sql<OrderRow>`SELECT id, customer_id, user_id, status, version, items, shipping_address, created_at,
+                      updated_at, cancel_reason
+                    FROM orders WHERE id = ${id}`.withoutTransform.pipe(
+        Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), fromRow)),
+        Effect.orDie,
+        Effect.withSpan("OrderRepository.findById", { captureStackTrace: false })
+      ),
+    insert: (order) =>
+      sql`INSERT INTO orders (id, customer_id, user_id, status, version, items, shipping_address, created_at,
+            updated_at, cancel_reason)
+          VALUES (${order.id}, ${order.customerId}, ${order.userId}, ${order.status}, ${order.version},
+            ${JSON.stringify(order.items)}::jsonb, ${JSON.stringify(order.shippingAddress)}::jsonb,
+            ${DateTime.formatIso(order.createdAt)}, ${DateTime.formatIso(order.updatedAt)},
+            ${order.cancelReason ?? null})
+          ON CONFLICT (id) DO NOTHING
+          RETURNING 1 AS inserted`.withoutTransform.pipe(
+        Effect.orDie,
+        Effect.flatMap((rows) =>
+          rows.length === 1 ? Effect.void : Effect.fail(new OrderAlreadyExists({ orderId: order.id }))
+        ),
+        Effect.withSpan("OrderRepository.insert", { captureStackTrace: false })
+      ),
+    update: (order, expectedVersion) =>
+      sql`UPDATE orders SET status = ${order.status}, version = ${order.version},
+            items = ${JSON.stringify(order.items)}::jsonb,
+            shipping_address = ${JSON.stringify(order.shippingAddress)}::jsonb,
+            updated_at = ${DateTime.formatIso(order.updatedAt)}, cancel_reason = ${order.cancelReason ?? null}
+          WHERE id = ${order.id} AND version = ${expectedVersion}
+          RETURNING 1 AS updated`.withoutTransform.pipe(
+        Effect.orDie,
+        Effect.flatMap((rows) =>
+          rows.length === 1
+            ? Effect.void
+            : Effect.fail(
+              new CommandError.ConcurrencyConflict({ aggregateType, aggregateId: order.id, expectedVersion })
+            )
+        ),
+        Effect.withSpan("OrderRepository.update", { captureStackTrace: false })
+      )
+  })
+)
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerSql: Layer.Layer<OrderRepository, never, SqlClient.SqlClient> = Layer.effect(
+  OrderRepository,
+  makeSql
+)

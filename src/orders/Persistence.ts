@@ -1,0 +1,54 @@
+/**
+ * Every store the order service needs, in memory or on PostgreSQL. The two
+ * layers provide the same service tags; handlers and the bus do not change.
+ *
+ * @since 0.1.0
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as PgClient from "@effect/sql-pg/PgClient"
+import * as Layer from "effect/Layer"
+import { EventPublisher, type Idempotency, type Outbox, type UnitOfWork } from "../index.js"
+import { OutboxRelay, SqlIdempotencyStore, SqlOutbox, SqlUnitOfWork } from "../sql/index.js"
+import { InMemory } from "../testing/index.js"
+import * as Inventory from "./Inventory.js"
+import * as OrderRepository from "./OrderRepository.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Stores =
+  | OrderRepository.OrderRepository
+  | Inventory.Inventory
+  | Outbox.Outbox
+  | Idempotency.IdempotencyStore
+  | UnitOfWork.UnitOfWork
+  | EventPublisher.EventPublisher
+
+/**
+ * In memory: for unit tests and examples.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory = (stock?: Iterable<readonly [string, number]>): Layer.Layer<Stores> =>
+  Layer.mergeAll(InMemory.layer, OrderRepository.layerMemory, Inventory.layerMemory(stock))
+
+/**
+ * On PostgreSQL (a server or PGlite), with the outbox relay publishing to
+ * an in-memory `EventPublisher` while the layer lives.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerSql = (
+  relay: OutboxRelay.Options | false = {}
+): Layer.Layer<Stores, never, SqlClient.SqlClient | PgClient.PgClient> =>
+  Layer.mergeAll(
+    OrderRepository.layerSql,
+    Inventory.layerSql,
+    SqlOutbox.layer,
+    SqlIdempotencyStore.layer,
+    SqlUnitOfWork.layer,
+    relay === false ? Layer.empty : OutboxRelay.layer(relay)
+  ).pipe(Layer.provideMerge(EventPublisher.layerMemory))

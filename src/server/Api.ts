@@ -1,0 +1,377 @@
+/**
+ * The order service's HTTP API: its definition (paths, wire schemas in
+ * snake_case, success and error responses), apart from its implementation in
+ * `Http.ts`. The OpenAPI document is generated from this.
+ *
+ * @since 0.1.0
+ */
+import * as HttpApi from "@effect/platform/HttpApi"
+import * as HttpApiEndpoint from "@effect/platform/HttpApiEndpoint"
+import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
+import * as HttpApiGroup from "@effect/platform/HttpApiGroup"
+import * as OpenApi from "@effect/platform/OpenApi"
+import * as Schema from "effect/Schema"
+import { Command, CommandError, Idempotency } from "../index.js"
+import { limits } from "../orders/Commands.js"
+import { InsufficientInventory } from "../orders/Inventory.js"
+import {
+  OrderAlreadyCancelled,
+  OrderAlreadyExists,
+  OrderNotFound,
+  OrderStatus,
+  OrderVersionMismatch,
+  ProductId,
+  ShippingAddress
+} from "../orders/Order.js"
+import { Authentication } from "./Auth.js"
+import { InternalError, MalformedJson, PayloadTooLarge, RouteNotFound, UnsupportedMediaType } from "./HttpErrors.js"
+import * as Problem from "./Problem.js"
+
+const snake = <S extends Schema.Schema.Any>(key: string, schema: S) =>
+  Schema.propertySignature(schema).pipe(Schema.fromKey(key))
+
+const strict = { parseOptions: { onExcessProperty: "error" } } as const
+
+// -----------------------------------------------------------------------------
+// wire schemas
+// -----------------------------------------------------------------------------
+
+/**
+ * An order line on the wire; decodes to the domain's `OrderLine`.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const OrderLineBody = Schema.Struct({
+  productId: snake("product_id", ProductId),
+  quantity: Schema.Int.pipe(Schema.between(limits.minQuantity, limits.maxQuantity))
+}).annotations({ identifier: "OrderLine", ...strict })
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const ShippingAddressBody = Schema.Struct({
+  line1: ShippingAddress.fields.line1,
+  line2: ShippingAddress.fields.line2,
+  city: ShippingAddress.fields.city,
+  postalCode: snake("postal_code", ShippingAddress.fields.postalCode),
+  country: ShippingAddress.fields.country
+}).annotations({ identifier: "ShippingAddress", ...strict })
+
+/**
+ * `POST /api/v1/orders` body; decodes to `CreateOrder`'s payload.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const CreateOrderBody = Schema.Struct({
+  customerId: snake("customer_id", Schema.UUID),
+  items: Schema.Array(OrderLineBody).pipe(Schema.minItems(limits.minLines), Schema.maxItems(limits.maxLines)),
+  shippingAddress: snake("shipping_address", ShippingAddressBody)
+}).annotations({ identifier: "CreateOrderRequest", ...strict })
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const OrderCreatedResponse = Schema.Struct({
+  order_id: Schema.UUID,
+  status: Schema.Literal("created")
+}).annotations({ identifier: "OrderCreatedResponse" })
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const CancelOrderBody = Schema.Struct({
+  reason: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(500))
+}).annotations({ identifier: "CancelOrderRequest", ...strict })
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const OrderCancelledResponse = Schema.Struct({
+  order_id: Schema.UUID,
+  status: Schema.Literal("cancelled")
+}).annotations({ identifier: "OrderCancelledResponse" })
+
+const OrderLineView = Schema.Struct({ product_id: Schema.String, quantity: Schema.Int }).annotations({
+  identifier: "OrderLineView"
+})
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const OrderView = Schema.Struct({
+  order_id: Schema.UUID,
+  customer_id: Schema.UUID,
+  user_id: Schema.String,
+  status: OrderStatus,
+  items: Schema.Array(OrderLineView),
+  shipping_address: Schema.Struct({
+    line1: Schema.String,
+    line2: Schema.optionalWith(Schema.String, { exact: true }),
+    city: Schema.String,
+    postal_code: Schema.String,
+    country: Schema.String
+  }),
+  version: Schema.Int,
+  created_at: Schema.String,
+  updated_at: Schema.String,
+  cancel_reason: Schema.optionalWith(Schema.String, { exact: true })
+}).annotations({ identifier: "Order" })
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const StockBody = Schema.Struct({
+  available: Schema.Int.pipe(Schema.between(0, 2_147_483_647))
+}).annotations({ identifier: "StockRequest", ...strict })
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const StockView = Schema.Struct({
+  product_id: Schema.String,
+  available: Schema.Int
+}).annotations({ identifier: "Stock" })
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const EventView = Schema.Struct({
+  position: Schema.Int,
+  event_id: Schema.UUID,
+  type: Schema.String,
+  aggregate_type: Schema.String,
+  aggregate_id: Schema.String,
+  aggregate_version: Schema.Int,
+  occurred_at: Schema.String,
+  correlation_id: Schema.String,
+  causation_id: Schema.String,
+  payload: Schema.Unknown
+}).annotations({ identifier: "Event" })
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const EventsPage = Schema.Struct({
+  events: Schema.Array(EventView),
+  next: Schema.Int.annotations({ description: "Pass as `after` to continue" })
+}).annotations({ identifier: "EventsPage" })
+
+const IntFromString = (min: number, max: number) =>
+  Schema.NumberFromString.pipe(Schema.int(), Schema.between(min, max))
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const EventsQuery = Schema.Struct({
+  after: Schema.optionalWith(IntFromString(0, Number.MAX_SAFE_INTEGER), { default: () => 0 }),
+  limit: Schema.optionalWith(IntFromString(1, 1000), { default: () => 100 })
+})
+
+/**
+ * Headers of the requests that accept an idempotency key.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const IdempotencyHeaders = Schema.Struct({
+  "idempotency-key": Schema.optionalWith(Command.IdempotencyKey, { exact: true })
+})
+
+/**
+ * A strong entity tag of an order's version, as `ETag` sends it.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const VersionTag = Schema.String.pipe(
+  Schema.pattern(/^(\*|"\d{1,9}")$/),
+  Schema.annotations({ description: "The order's ETag, e.g. \"3\" (or * for any version)" })
+)
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const CancelHeaders = Schema.Struct({
+  "idempotency-key": Schema.optionalWith(Command.IdempotencyKey, { exact: true }),
+  "if-match": Schema.optionalWith(VersionTag, { exact: true })
+})
+
+const OrderIdPath = Schema.Struct({ orderId: Schema.UUID })
+const ProductIdPath = Schema.Struct({ productId: ProductId })
+
+// -----------------------------------------------------------------------------
+// problems
+// -----------------------------------------------------------------------------
+
+/**
+ * Errors every command endpoint may answer with, whatever the command.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const commandProblems = [
+  Problem.schema(CommandError.CommandValidationError),
+  Problem.schema(CommandError.Forbidden),
+  Problem.schema(CommandError.CommandTimeout),
+  Problem.schema(CommandError.StoreUnavailable),
+  Problem.schema(Idempotency.IdempotencyKeyInFlight),
+  Problem.schema(Idempotency.IdempotencyKeyMismatch)
+] as const
+
+// -----------------------------------------------------------------------------
+// groups
+// -----------------------------------------------------------------------------
+
+/**
+ * @since 0.1.0
+ * @category groups
+ */
+export class OrdersGroup extends HttpApiGroup.make("orders")
+  .add(
+    HttpApiEndpoint.post("createOrder", "/api/v1/orders")
+      .setPayload(CreateOrderBody)
+      .setHeaders(IdempotencyHeaders)
+      .addSuccess(OrderCreatedResponse, { status: 201 })
+      .addError(Problem.schema(InsufficientInventory))
+      .addError(Problem.schema(OrderAlreadyExists))
+      .annotate(OpenApi.Summary, "Place an order and reserve its stock")
+  )
+  .add(
+    HttpApiEndpoint.post("cancelOrder", "/api/v1/orders/:orderId/cancel")
+      .setPath(OrderIdPath)
+      .setPayload(CancelOrderBody)
+      .setHeaders(CancelHeaders)
+      .addSuccess(OrderCancelledResponse)
+      .addError(Problem.schema(OrderNotFound))
+      .addError(Problem.schema(OrderAlreadyCancelled))
+      .addError(Problem.schema(OrderVersionMismatch))
+      .addError(Problem.schema(CommandError.ConcurrencyConflict))
+      .annotate(OpenApi.Summary, "Cancel an order (owner or admin) and release its stock")
+  )
+  .add(
+    HttpApiEndpoint.get("getOrder", "/api/v1/orders/:orderId")
+      .setPath(OrderIdPath)
+      .addSuccess(OrderView)
+      .addError(Problem.schema(OrderNotFound))
+      .annotate(OpenApi.Summary, "Read an order (owner or admin); its ETag is its version")
+  )
+  .addError(commandProblems[0])
+  .addError(commandProblems[1])
+  .addError(commandProblems[2])
+  .addError(commandProblems[3])
+  .addError(commandProblems[4])
+  .addError(commandProblems[5])
+  .middleware(Authentication)
+{}
+
+/**
+ * @since 0.1.0
+ * @category groups
+ */
+export class ProductsGroup extends HttpApiGroup.make("products")
+  .add(
+    HttpApiEndpoint.put("setStock", "/api/v1/products/:productId/stock")
+      .setPath(ProductIdPath)
+      .setPayload(StockBody)
+      .setHeaders(IdempotencyHeaders)
+      .addSuccess(StockView)
+      .annotate(OpenApi.Summary, "Set a product's available stock (admin)")
+  )
+  .add(
+    HttpApiEndpoint.get("getStock", "/api/v1/products/:productId/stock")
+      .setPath(ProductIdPath)
+      .addSuccess(StockView)
+      .annotate(OpenApi.Summary, "Read a product's available stock")
+  )
+  .addError(commandProblems[0])
+  .addError(commandProblems[1])
+  .addError(commandProblems[2])
+  .addError(commandProblems[3])
+  .addError(commandProblems[4])
+  .addError(commandProblems[5])
+  .middleware(Authentication)
+{}
+
+/**
+ * @since 0.1.0
+ * @category groups
+ */
+export class EventsGroup extends HttpApiGroup.make("events")
+  .add(
+    HttpApiEndpoint.get("listEvents", "/api/v1/events")
+      .setUrlParams(EventsQuery)
+      .addSuccess(EventsPage)
+      .annotate(OpenApi.Summary, "Committed events in log order (admin)")
+  )
+  .addError(Problem.schema(CommandError.Forbidden))
+  .addError(Problem.schema(CommandError.StoreUnavailable))
+  .middleware(Authentication)
+{}
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Health = Schema.Struct({
+  status: Schema.Literal("ok")
+}).annotations({ identifier: "Health" })
+
+/**
+ * @since 0.1.0
+ * @category groups
+ */
+export class HealthGroup extends HttpApiGroup.make("health")
+  .add(HttpApiEndpoint.get("live", "/health/live").addSuccess(Health))
+  .add(
+    HttpApiEndpoint.get("ready", "/health/ready")
+      .addSuccess(Health)
+      .addError(Problem.schema(CommandError.StoreUnavailable))
+  )
+{}
+
+const ApiBase = HttpApi.make("orders-service")
+
+// `HttpApi.make` starts every API with the plain `HttpApiDecodeError`, which
+// would be encoded before any other schema of that error; replace it with its
+// problem+json form so schema failures are problems like every other error.
+;(ApiBase as { errorSchema: Schema.Schema.Any }).errorSchema = Problem.schema(HttpApiDecodeError, {
+  title: "Invalid request"
+})
+
+/**
+ * The whole API.
+ *
+ * @since 0.1.0
+ * @category api
+ */
+export class Api extends ApiBase
+  .add(OrdersGroup)
+  .add(ProductsGroup)
+  .add(EventsGroup)
+  .add(HealthGroup)
+  .addError(Problem.schema(MalformedJson))
+  .addError(Problem.schema(PayloadTooLarge))
+  .addError(Problem.schema(UnsupportedMediaType))
+  .addError(Problem.schema(RouteNotFound))
+  .addError(Problem.schema(InternalError))
+  .annotate(OpenApi.Title, "Orders service (effect-command-bus reference)")
+  .annotate(OpenApi.Version, "0.1.0")
+  .annotate(
+    OpenApi.Description,
+    "Every error is application/problem+json (RFC 9457) with a stable `code`. " +
+      "POST and PUT accept an Idempotency-Key header (1 to 255 characters, scoped to the user)."
+  )
+{}

@@ -1,0 +1,300 @@
+/**
+ * Bearer authentication with JWTs, verified by `jose`: HS256 with
+ * `JWT_SECRET`, or an asymmetric public key (`JWT_PUBLIC_KEY_FILE`) or a JWKS
+ * file (`JWT_JWKS_FILE`). Signature, `exp` and `nbf` are always checked,
+ * `iss`/`aud` when configured. Only the algorithms of the configured key
+ * type are accepted, which refuses `alg: none` and HS/RS confusion.
+ *
+ * Out of the box (no key configured, not production) the service creates a
+ * development secret in its data directory; `npm run token` signs with it.
+ *
+ * @since 0.1.0
+ */
+import * as HttpApiMiddleware from "@effect/platform/HttpApiMiddleware"
+import * as HttpApiSecurity from "@effect/platform/HttpApiSecurity"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Jose from "jose"
+import { randomBytes } from "node:crypto"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import type { CurrentUser } from "../index.js"
+import * as Config from "./Config.js"
+import { Unauthorized } from "./HttpErrors.js"
+import * as Problem from "./Problem.js"
+
+/**
+ * The authenticated principal of the request.
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export class CurrentPrincipal extends Context.Tag("server/CurrentPrincipal")<
+  CurrentPrincipal,
+  CurrentUser.Principal
+>() {}
+
+/**
+ * The bearer authentication middleware of the API.
+ *
+ * @since 0.1.0
+ * @category middleware
+ */
+export class Authentication extends HttpApiMiddleware.Tag<Authentication>()("Authentication", {
+  failure: Problem.schema(Unauthorized),
+  provides: CurrentPrincipal,
+  security: { bearer: HttpApiSecurity.bearer }
+}) {}
+
+/**
+ * The role that makes an admin.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const adminRole = "admin"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Verifier {
+  readonly verify: (token: string) => Effect.Effect<CurrentUser.Principal, Unauthorized>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class TokenVerifier extends Context.Tag("server/TokenVerifier")<TokenVerifier, Verifier>() {}
+
+/**
+ * How tokens are checked: a key and the algorithms it may sign with.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type KeyConfig =
+  | { readonly _tag: "Secret"; readonly secret: Uint8Array; readonly development: boolean }
+  | { readonly _tag: "PublicKey"; readonly key: Jose.CryptoKey; readonly algorithm: string }
+  | { readonly _tag: "Jwks"; readonly keys: Jose.JWTVerifyGetKey; readonly algorithms: ReadonlyArray<string> }
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface VerifierOptions {
+  readonly key: KeyConfig
+  readonly issuer?: string | undefined
+  readonly audience?: string | undefined
+  /** Verified tokens remembered (until their expiry, at most a minute). */
+  readonly cacheSize?: number
+}
+
+const asymmetric = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+const principalOf = (payload: Jose.JWTPayload): Option.Option<CurrentUser.Principal> => {
+  const sub = payload.sub
+  if (typeof sub !== "string" || sub.length === 0 || sub.length > 255) return Option.none()
+  const roles = Array.isArray(payload.roles) ? payload.roles.filter((role) => typeof role === "string") : []
+  return Option.some({ userId: sub, roles })
+}
+
+/**
+ * A verifier for the given key. Successful verifications are cached by
+ * token (bounded, and never past the token's `exp`), since a client sends
+ * the same token with every request.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeVerifier = (options: VerifierOptions): Verifier => {
+  const { key } = options
+  const verifyOptions: Jose.JWTVerifyOptions = {
+    algorithms: key._tag === "Secret"
+      ? ["HS256"]
+      : key._tag === "PublicKey"
+      ? [key.algorithm]
+      : [...key.algorithms],
+    clockTolerance: 5,
+    ...(options.issuer === undefined ? {} : { issuer: options.issuer }),
+    ...(options.audience === undefined ? {} : { audience: options.audience })
+  }
+  const cacheSize = options.cacheSize ?? 10_000
+  const cache = new Map<string, { readonly principal: CurrentUser.Principal; readonly until: number }>()
+  const verifyJose = (token: string) =>
+    key._tag === "Secret"
+      ? Jose.jwtVerify(token, key.secret, verifyOptions)
+      : key._tag === "PublicKey"
+      ? Jose.jwtVerify(token, key.key, verifyOptions)
+      : Jose.jwtVerify(token, key.keys, verifyOptions)
+  return {
+    verify: (token) =>
+      Effect.suspend(() => {
+        if (token.length === 0) return Effect.fail(new Unauthorized({ reason: "Missing bearer token" }))
+        const cached = cache.get(token)
+        if (cached !== undefined) {
+          if (cached.until > Date.now()) return Effect.succeed(cached.principal)
+          cache.delete(token)
+        }
+        return Effect.tryPromise({
+          try: () => verifyJose(token),
+          catch: (error) =>
+            new Unauthorized({
+              reason: error instanceof Jose.errors.JWTExpired
+                ? "The token has expired"
+                : error instanceof Jose.errors.JOSEError
+                ? `Invalid token (${error.code})`
+                : "Invalid token"
+            })
+        }).pipe(
+          Effect.flatMap(({ payload }) =>
+            Option.match(principalOf(payload), {
+              onNone: () => Effect.fail(new Unauthorized({ reason: "The token has no valid subject" })),
+              onSome: (principal) => {
+                if (cache.size >= cacheSize) cache.delete(cache.keys().next().value!)
+                const expiry = typeof payload.exp === "number" ? payload.exp * 1000 : Number.POSITIVE_INFINITY
+                cache.set(token, { principal, until: Math.min(expiry, Date.now() + 60_000) })
+                return Effect.succeed(principal)
+              }
+            })
+          )
+        )
+      })
+  }
+}
+
+/**
+ * The development secret's file in a data directory.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const devSecretPath = (dataDir: string): string => Path.join(Path.resolve(dataDir), "jwt-dev-secret")
+
+/**
+ * Reads the development secret, creating it on first use (mode 0600).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const devSecret = (dataDir: string): Effect.Effect<Uint8Array, Error> =>
+  Effect.try({
+    try: () => {
+      const file = devSecretPath(dataDir)
+      if (!Fs.existsSync(file)) {
+        Fs.mkdirSync(Path.dirname(file), { recursive: true })
+        Fs.writeFileSync(file, randomBytes(48).toString("base64url"), { mode: 0o600, flag: "wx" })
+      }
+      return new TextEncoder().encode(Fs.readFileSync(file, "utf8").trim())
+    },
+    catch: (cause) => new Error(`Cannot read or create the development JWT secret: ${String(cause)}`)
+  })
+
+/**
+ * The key from configuration. Production refuses to start without one.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const keyFromConfig = Effect.gen(function*() {
+  const jwt = yield* Config.jwt
+  const { production } = yield* Config.server
+  const { dataDir } = yield* Config.database
+  const algorithm = yield* Config.jwtAlgorithm
+  if (Option.isSome(jwt.jwksFile)) {
+    const file = jwt.jwksFile.value
+    const jwks = yield* Effect.try({
+      try: () => JSON.parse(Fs.readFileSync(file, "utf8")) as Jose.JSONWebKeySet,
+      catch: (cause) => new Error(`JWT_JWKS_FILE: cannot read ${file}: ${String(cause)}`)
+    })
+    return {
+      _tag: "Jwks",
+      keys: Jose.createLocalJWKSet(jwks),
+      algorithms: Option.match(algorithm, { onNone: () => asymmetric, onSome: (alg): Array<string> => [alg] })
+    } satisfies KeyConfig as KeyConfig
+  }
+  if (Option.isSome(jwt.publicKeyFile)) {
+    const file = jwt.publicKeyFile.value
+    const alg = Option.getOrElse(algorithm, (): string => "RS256")
+    const key = yield* Effect.tryPromise({
+      try: () => Jose.importSPKI(Fs.readFileSync(file, "utf8"), alg),
+      catch: (cause) => new Error(`JWT_PUBLIC_KEY_FILE: cannot import ${file}: ${String(cause)}`)
+    })
+    return { _tag: "PublicKey", key, algorithm: alg } satisfies KeyConfig as KeyConfig
+  }
+  if (Option.isSome(jwt.secret)) {
+    const secret = Redacted.value(jwt.secret.value)
+    if (secret.length < 32) {
+      if (production) return yield* Effect.fail(new Error("JWT_SECRET must be at least 32 characters in production"))
+      yield* Effect.logWarning("auth.weak-secret").pipe(Effect.annotateLogs({ note: "JWT_SECRET is shorter than 32 characters" }))
+    }
+    return { _tag: "Secret", secret: new TextEncoder().encode(secret), development: false } satisfies KeyConfig as KeyConfig
+  }
+  if (production) {
+    return yield* Effect.fail(
+      new Error("NODE_ENV=production requires JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE")
+    )
+  }
+  const secret = yield* devSecret(dataDir)
+  yield* Effect.logWarning("auth.development-secret").pipe(Effect.annotateLogs({
+    file: devSecretPath(dataDir),
+    note: "No JWT_SECRET configured: using a development secret. Get a token with `npm run token -- --sub <user> [--admin]`"
+  }))
+  return { _tag: "Secret", secret, development: true } satisfies KeyConfig as KeyConfig
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerVerifier: Layer.Layer<TokenVerifier, unknown> = Layer.effect(
+  TokenVerifier,
+  Effect.gen(function*() {
+    const key = yield* keyFromConfig
+    const jwt = yield* Config.jwt
+    return makeVerifier({
+      key,
+      issuer: Option.getOrUndefined(jwt.issuer),
+      audience: Option.getOrUndefined(jwt.audience)
+    })
+  })
+)
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<Authentication, never, TokenVerifier> = Layer.effect(
+  Authentication,
+  Effect.map(TokenVerifier, (verifier) => ({
+    bearer: (token) => verifier.verify(Redacted.value(token))
+  }))
+)
+
+/**
+ * Signs a token with a secret, for development and tests.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const sign = (options: {
+  readonly secret: Uint8Array
+  readonly sub: string
+  readonly roles?: ReadonlyArray<string>
+  readonly expiresIn?: string
+  readonly issuer?: string | undefined
+  readonly audience?: string | undefined
+}): Promise<string> => {
+  let jwt = new Jose.SignJWT({ roles: [...(options.roles ?? [])] })
+    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setSubject(options.sub)
+    .setIssuedAt()
+    .setExpirationTime(options.expiresIn ?? "1h")
+  if (options.issuer !== undefined) jwt = jwt.setIssuer(options.issuer)
+  if (options.audience !== undefined) jwt = jwt.setAudience(options.audience)
+  return jwt.sign(options.secret)
+}

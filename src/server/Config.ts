@@ -1,0 +1,110 @@
+/**
+ * The service's configuration, from the environment only, validated at
+ * start: a bad value stops the process with a message naming the variable.
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
+import * as Duration from "effect/Duration"
+import * as Either from "effect/Either"
+import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
+import type * as Redacted from "effect/Redacted"
+
+const positiveInt = (name: string, fallback: number) =>
+  Config.integer(name).pipe(
+    Config.withDefault(fallback),
+    Config.validate({ message: `${name} must be a positive integer`, validation: (n) => n > 0 })
+  )
+
+const duration = (name: string, fallback: Duration.DurationInput) =>
+  Config.duration(name).pipe(Config.withDefault(Duration.decode(fallback)))
+
+/**
+ * A size such as `1048576`, `512kb` or `1mb`.
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const parseSize = (input: string): Option.Option<number> => {
+  const match = /^\s*(\d+)\s*(b|kb|kib|mb|mib)?\s*$/i.exec(input)
+  if (match === null) return Option.none()
+  const unit = (match[2] ?? "b").toLowerCase()
+  const factor = unit === "b" ? 1 : unit.startsWith("k") ? 1024 : 1024 * 1024
+  const size = Number(match[1]) * factor
+  return size > 0 ? Option.some(size) : Option.none()
+}
+
+const size = (name: string, fallback: number) =>
+  Config.string(name).pipe(
+    Config.mapOrFail((raw) =>
+      Option.match(parseSize(raw), {
+        onNone: () => Either.left(ConfigError.InvalidData([name], `must be a size like 1048576, 512kb or 1mb`)),
+        onSome: Either.right
+      })
+    ),
+    Config.withDefault(fallback)
+  )
+
+/**
+ * Where the data lives: a PostgreSQL server, or the embedded one in a folder.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type DatabaseConfig =
+  | { readonly _tag: "Server"; readonly url: Redacted.Redacted }
+  | { readonly _tag: "Embedded"; readonly dataDir: string }
+
+/**
+ * @since 0.1.0
+ * @category config
+ */
+export const database = Config.all({
+  url: Config.option(Config.redacted("DATABASE_URL")),
+  dataDir: Config.string("DATA_DIR").pipe(Config.withDefault("./data")),
+  poolSize: positiveInt("DB_POOL_SIZE", 20),
+  connectTimeout: duration("DB_CONNECT_TIMEOUT", "5 seconds"),
+  statementTimeout: duration("DB_STATEMENT_TIMEOUT", "10 seconds")
+})
+
+/**
+ * @since 0.1.0
+ * @category config
+ */
+export const jwt = Config.all({
+  secret: Config.option(Config.redacted("JWT_SECRET")),
+  publicKeyFile: Config.option(Config.string("JWT_PUBLIC_KEY_FILE")),
+  jwksFile: Config.option(Config.string("JWT_JWKS_FILE")),
+  issuer: Config.option(Config.string("JWT_ISSUER")),
+  audience: Config.option(Config.string("JWT_AUDIENCE"))
+})
+
+/**
+ * The signing algorithm of a public key or JWKS (`JWT_ALGORITHM`), e.g.
+ * `RS256` or `ES256`. Unused with `JWT_SECRET`, which is always HS256.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const jwtAlgorithm = Config.option(
+  Config.literal("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")(
+    "JWT_ALGORITHM"
+  )
+)
+
+/**
+ * @since 0.1.0
+ * @category config
+ */
+export const server = Config.all({
+  port: Config.port("PORT").pipe(Config.withDefault(3000)),
+  host: Config.string("HOST").pipe(Config.withDefault("127.0.0.1")),
+  bodyLimit: size("BODY_LIMIT", 1024 * 1024),
+  idempotencyTtl: duration("IDEMPOTENCY_TTL", "24 hours"),
+  commandTimeout: duration("COMMAND_TIMEOUT", "10 seconds"),
+  shutdownTimeout: duration("SHUTDOWN_TIMEOUT", "10 seconds"),
+  logLevel: Config.logLevel("LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info)),
+  production: Config.string("NODE_ENV").pipe(Config.withDefault("development"), Config.map((env) => env === "production"))
+})

@@ -1,0 +1,115 @@
+/**
+ * The database the service runs on: the PostgreSQL server `DATABASE_URL`
+ * names, or else the embedded PostgreSQL (PGlite) in `DATA_DIR`, created on
+ * first start and kept across restarts. Migrations run at start.
+ *
+ * @since 0.1.0
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import type * as ConfigError from "effect/ConfigError"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import { mkdirSync } from "node:fs"
+import * as Path from "node:path"
+import Pg from "pg"
+import * as Migrations from "../orders/Migrations.js"
+import * as PgliteClient from "../sql/PgliteClient.js"
+import * as Config from "./Config.js"
+
+/**
+ * Where a connection string points, without its password, for logs.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const describeUrl = (url: string): string => {
+  try {
+    const parsed = new URL(url)
+    return `${parsed.hostname}:${parsed.port || "5432"}${parsed.pathname}`
+  } catch {
+    return "(unparseable DATABASE_URL)"
+  }
+}
+
+/**
+ * A `pg` pool sized and timed from configuration. `statement_timeout` is set
+ * on every connection, so a runaway statement cannot hold a connection.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const serverLayer = (options: {
+  readonly url: Redacted.Redacted
+  readonly poolSize: number
+  readonly connectTimeout: Duration.Duration
+  readonly statementTimeout: Duration.Duration
+}): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, SqlError> =>
+  PgClient.layerFromPool({
+    applicationName: "effect-command-bus",
+    acquire: Effect.acquireRelease(
+      Effect.try({
+        try: () => {
+          const pool = new Pg.Pool({
+            connectionString: Redacted.value(options.url),
+            max: options.poolSize,
+            connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
+            idleTimeoutMillis: 30_000,
+            statement_timeout: Duration.toMillis(options.statementTimeout),
+            application_name: "effect-command-bus"
+          })
+          // Errors of idle clients (the server went away) surface on the next
+          // query; without a listener they would crash the process.
+          pool.on("error", () => {})
+          return pool
+        },
+        catch: (cause) => new SqlError({ cause, message: "Invalid database configuration" })
+      }),
+      (pool) => Effect.promise(() => pool.end()).pipe(Effect.timeoutOption("5 seconds"))
+    )
+  })
+
+/**
+ * The database from configuration, announced in the log.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<
+  PgClient.PgClient | SqlClient.SqlClient,
+  SqlError | ConfigError.ConfigError
+> = Layer.unwrapEffect(
+  Effect.gen(function*() {
+    const config = yield* Config.database
+    if (Option.isSome(config.url)) {
+      yield* Effect.logInfo("database.server").pipe(
+        Effect.annotateLogs({ database: describeUrl(Redacted.value(config.url.value)), poolSize: config.poolSize })
+      )
+      return serverLayer({ ...config, url: config.url.value })
+    }
+    const dataDir = Path.resolve(config.dataDir)
+    yield* Effect.try({
+      try: () => mkdirSync(dataDir, { recursive: true }),
+      catch: (cause) => new SqlError({ cause, message: `Cannot create DATA_DIR ${dataDir}` })
+    })
+    yield* Effect.logInfo("database.embedded").pipe(
+      Effect.annotateLogs({ dataDir, note: "embedded PostgreSQL (PGlite); set DATABASE_URL for a server" })
+    )
+    return PgliteClient.layer({ dataDir: Path.join(dataDir, "pg") })
+  })
+)
+
+/**
+ * The database with every migration applied.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMigrated: Layer.Layer<
+  PgClient.PgClient | SqlClient.SqlClient,
+  unknown
+> = Layer.effectDiscard(Migrations.run).pipe(Layer.provideMerge(layer))

@@ -1,0 +1,106 @@
+/**
+ * Refusals of the HTTP edge itself, before any command runs. Each carries
+ * its status beside its definition, like the domain's errors.
+ *
+ * @since 0.1.0
+ */
+import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
+import * as Schema from "effect/Schema"
+
+/**
+ * Missing, malformed, expired or otherwise invalid bearer token. Served with
+ * `WWW-Authenticate: Bearer`.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class Unauthorized extends Schema.TaggedError<Unauthorized>()(
+  "Unauthorized",
+  { reason: Schema.String },
+  HttpApiSchema.annotations({ status: 401, title: "Unauthorized" })
+) {
+  override get message() {
+    return this.reason
+  }
+}
+
+/**
+ * The body is not valid JSON.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class MalformedJson extends Schema.TaggedError<MalformedJson>()(
+  "MalformedJson",
+  { reason: Schema.String },
+  HttpApiSchema.annotations({ status: 400, title: "Malformed JSON" })
+) {
+  override get message() {
+    return `The request body is not valid JSON: ${this.reason}`
+  }
+}
+
+/**
+ * The body is larger than the configured limit (`BODY_LIMIT`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()(
+  "PayloadTooLarge",
+  { limitBytes: Schema.Int },
+  HttpApiSchema.annotations({ status: 413, title: "Payload too large" })
+) {
+  override get message() {
+    return `The request body exceeds ${this.limitBytes} bytes`
+  }
+}
+
+/**
+ * A body that is not `application/json`.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class UnsupportedMediaType extends Schema.TaggedError<UnsupportedMediaType>()(
+  "UnsupportedMediaType",
+  { contentType: Schema.String },
+  HttpApiSchema.annotations({ status: 415, title: "Unsupported media type" })
+) {
+  override get message() {
+    return `Expected application/json, got ${this.contentType === "" ? "no content type" : this.contentType}`
+  }
+}
+
+/**
+ * No route matches the request.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class RouteNotFound extends Schema.TaggedError<RouteNotFound>()(
+  "RouteNotFound",
+  { method: Schema.String, path: Schema.String },
+  HttpApiSchema.annotations({ status: 404, title: "Not found" })
+) {
+  override get message() {
+    return `No route for ${this.method} ${this.path}`
+  }
+}
+
+/**
+ * A bug or an unexpected failure. Its details go to the log, never to the
+ * client.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InternalError extends Schema.TaggedError<InternalError>()(
+  "InternalError",
+  {},
+  HttpApiSchema.annotations({ status: 500, title: "Internal server error" })
+) {
+  override get message() {
+    return "The server failed to process the request; it has been logged"
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * The runnable service: configuration, database, bus, API and HTTP server
+ * as one layer, with graceful shutdown.
+ *
+ * @since 0.1.0
+ */
+import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import * as HttpApiScalar from "@effect/platform/HttpApiScalar"
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import { createServer } from "node:http"
+import * as OrderBus from "../orders/OrderBus.js"
+import * as Persistence from "../orders/Persistence.js"
+import * as Auth from "./Auth.js"
+import * as Config from "./Config.js"
+import * as Database from "./Database.js"
+import * as Http from "./Http.js"
+
+/**
+ * The bus with the full middleware stack, its timeout and idempotency
+ * retention from configuration.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const BusLive = Layer.effect(
+  Http.Bus,
+  Effect.map(Config.server, (config) =>
+    OrderBus.make({
+      timeout: config.commandTimeout,
+      idempotency: { retention: config.idempotencyTtl }
+    }))
+)
+
+/**
+ * A Node HTTP server that, on shutdown, stops accepting at once, lets
+ * in-flight requests finish, and closes connections still open after the
+ * shutdown timeout.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const HttpServerLive = Layer.unwrapEffect(
+  Effect.map(Config.server, (config) => {
+    const server = createServer()
+    // Keep-alive connections must not outlive a load balancer's idle timeout.
+    server.keepAliveTimeout = 65_000
+    server.headersTimeout = 66_000
+    server.requestTimeout = 30_000
+    server.maxHeadersCount = 100
+    return Layer.merge(
+      Layer.scoped(
+        HttpServer.HttpServer,
+        Effect.tap(
+          NodeHttpServer.make(() => server, { port: config.port, host: config.host }),
+          // Runs before the server's own close, which waits for in-flight
+          // requests: idle connections go now, busy ones at the deadline.
+          () =>
+            Effect.addFinalizer(() =>
+              Effect.sync(() => {
+                setTimeout(() => server.closeAllConnections(), Duration.toMillis(config.shutdownTimeout)).unref()
+                server.closeIdleConnections()
+              })
+            )
+        )
+      ),
+      NodeHttpServer.layerContext
+    )
+  })
+)
+
+/**
+ * The whole service.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const ServerLive = Layer.unwrapEffect(
+  Effect.map(Config.server, (config) =>
+    HttpApiBuilder.serve().pipe(
+      HttpServer.withLogAddress,
+      Layer.provide(HttpApiBuilder.middleware(Http.edge({ bodyLimit: config.bodyLimit }))),
+      Layer.provide(HttpApiScalar.layer({ path: "/docs" })),
+      Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
+      Layer.provide(Http.ApiLive),
+      Layer.provide(Auth.layer),
+      Layer.provide(Auth.layerVerifier),
+      Layer.provide(BusLive),
+      Layer.provide(Persistence.layerSql()),
+      Layer.provide(Database.layerMigrated),
+      Layer.provide(HttpServerLive)
+    ))
+)
+
+/**
+ * JSON lines, or a readable format when run in a terminal, at `LOG_LEVEL`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const LoggerLive = Layer.unwrapEffect(
+  Effect.map(Config.server, (config) =>
+    Layer.merge(
+      process.stdout.isTTY ? Logger.pretty : Logger.json,
+      Logger.minimumLogLevel(config.logLevel)
+    ))
+)

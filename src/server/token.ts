@@ -1,0 +1,63 @@
+/**
+ * `npm run token -- --sub <user> [--admin] [--roles a,b] [--expires 1h]`:
+ * prints a bearer token signed with `JWT_SECRET`, or with the development
+ * secret the service keeps in `DATA_DIR` when none is configured.
+ *
+ * @since 0.1.0
+ */
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import { parseArgs } from "node:util"
+import * as Auth from "./Auth.js"
+import * as Config from "./Config.js"
+
+const usage = "usage: npm run token -- --sub <user id> [--admin] [--roles role1,role2] [--expires 1h]"
+
+const program = Effect.gen(function*() {
+  const { values } = yield* Effect.try({
+    try: () =>
+      parseArgs({
+        options: {
+          sub: { type: "string" },
+          admin: { type: "boolean", default: false },
+          roles: { type: "string", default: "" },
+          expires: { type: "string", default: "1h" }
+        }
+      }),
+    catch: (error) => new Error(`${(error as Error).message}\n${usage}`)
+  })
+  if (values.sub === undefined || values.sub.length === 0 || values.sub.length > 255) {
+    return yield* Effect.fail(new Error(usage))
+  }
+  const jwt = yield* Config.jwt
+  if (Option.isSome(jwt.publicKeyFile) || Option.isSome(jwt.jwksFile)) {
+    return yield* Effect.fail(new Error("The service verifies with a public key: get tokens from your identity provider"))
+  }
+  const { dataDir } = yield* Config.database
+  const secret = Option.isSome(jwt.secret)
+    ? new TextEncoder().encode(Redacted.value(jwt.secret.value))
+    : yield* Auth.devSecret(dataDir)
+  const roles = [
+    ...values.roles.split(",").map((role) => role.trim()).filter((role) => role.length > 0),
+    ...(values.admin ? [Auth.adminRole] : [])
+  ]
+  const token = yield* Effect.promise(() =>
+    Auth.sign({
+      secret,
+      sub: values.sub!,
+      roles,
+      expiresIn: values.expires,
+      issuer: Option.getOrUndefined(jwt.issuer),
+      audience: Option.getOrUndefined(jwt.audience)
+    })
+  )
+  yield* Console.log(token)
+})
+
+NodeRuntime.runMain(
+  program.pipe(Effect.catchAll((error) => Effect.zipRight(Console.error(String(error)), Effect.sync(() => process.exit(2))))),
+  { disablePrettyLogger: true }
+)

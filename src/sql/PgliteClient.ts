@@ -1,0 +1,749 @@
+/**
+ * An embedded PostgreSQL `SqlClient` for `@effect/sql` 0.52 backed by PGlite
+ * (PostgreSQL compiled to WASM, running in-process on a local data directory).
+ *
+ * The client implements the full `PgClient` interface of `@effect/sql-pg`, so
+ * code that depends on the `PgClient.PgClient` / `SqlClient.SqlClient` tags runs
+ * unchanged on a real server (`PgClient.layer`) or on PGlite (`layer` below).
+ *
+ * PGlite is a single PostgreSQL session. Every statement is therefore funnelled
+ * through one FIFO lock:
+ *
+ * - a statement outside a transaction holds the lock for just that statement;
+ * - `withTransaction` / `reserve` hold it from `BEGIN` until `COMMIT`/`ROLLBACK`,
+ *   so statements of other fibers wait instead of leaking into the open
+ *   transaction; nested transactions reuse the held session via savepoints.
+ *
+ * PGlite cannot cancel a statement mid-flight: interrupting a fiber waits for
+ * its running statement to finish, then the transaction is rolled back and the
+ * lock released. Waiting in the queue is interruptible exactly when the caller
+ * is (a timed-out request leaves the queue; finalizers still get their turn).
+ *
+ * Differences from a real server that callers must know:
+ *
+ * - Holding the session blocks everyone: inside `reserve` use only the reserved
+ *   connection; a plain statement there (or from another runtime inside a
+ *   transaction) waits for the lock its own fiber holds, i.e. deadlocks.
+ * - PGlite runs on the JS thread: a slow statement blocks the whole event loop,
+ *   and `statement_timeout` has no effect.
+ * - `notify` inside `withTransaction` joins the transaction (delivered on
+ *   commit); sql-pg would send it at once on another pool connection.
+ * - The session time zone is UTC.
+ *
+ * @since 0.1.0
+ */
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Client from "@effect/sql/SqlClient"
+import type { Connection } from "@effect/sql/SqlConnection"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Statement from "@effect/sql/Statement"
+import { PGlite, types as PgTypes } from "@electric-sql/pglite"
+import type { ParserOptions, QueryOptions, Results } from "@electric-sql/pglite"
+import * as Chunk from "effect/Chunk"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+
+/**
+ * @category models
+ * @since 0.1.0
+ */
+export interface PgliteClientConfig {
+  /**
+   * Directory holding the PostgreSQL cluster. Created (with `initdb`) on first
+   * start and reopened on later starts. `"memory://"` gives a throw-away
+   * in-memory database (tests).
+   *
+   * Never open the same directory from two clients at once: PGlite itself does
+   * not lock it. This module refuses a second open in the same process and
+   * keeps a pid lock file (`.pglite-client.lock`) against other processes.
+   */
+  readonly dataDir: string
+  /**
+   * Maximum number of statements / transactions waiting for the session. When
+   * the queue is full, new work fails fast with a `SqlError` instead of
+   * queueing (load shedding). Defaults to unbounded.
+   */
+  readonly maxQueued?: number | undefined
+  readonly transformResultNames?: ((str: string) => string) | undefined
+  readonly transformQueryNames?: ((str: string) => string) | undefined
+  /** Apply the name transforms inside json values too (default `true`, as in sql-pg). */
+  readonly transformJson?: boolean | undefined
+  readonly spanAttributes?: Record<string, unknown> | undefined
+}
+
+// ---------------------------------------------------------------------------
+// Session lock
+// ---------------------------------------------------------------------------
+
+const WAITING = 0
+const GRANTED = 1
+const CANCELLED = 2
+const DONE = 3
+
+/**
+ * A FIFO queue entry. Waiters form an intrusive singly linked list so enqueue,
+ * hand-off and cancellation are O(1) and allocate nothing beyond the entry.
+ */
+abstract class Waiter {
+  next: Waiter | undefined = undefined
+  state = WAITING
+  abstract grant(): void
+  abstract reject(error: SqlError): void
+}
+
+/**
+ * Mutex over the single PGlite session.
+ *
+ * `Effect.Semaphore` is not used on purpose: on release it wakes every waiter
+ * and lets them race for the permit, which is O(n) wake-ups per release (O(n²)
+ * for a queue of n) and not FIFO. Here `release` hands the lock directly to the
+ * oldest live waiter (no barging), so each release wakes exactly one waiter.
+ */
+class SessionLock {
+  private held = false
+  private head: Waiter | undefined = undefined
+  private tail: Waiter | undefined = undefined
+  private queued = 0
+  closedWith: SqlError | undefined = undefined
+
+  constructor(private readonly maxQueued: number) {}
+
+  /** Takes the lock if it is free. Invariant: free lock => no live waiters. */
+  tryAcquire(): boolean {
+    if (this.held) return false
+    this.held = true
+    return true
+  }
+
+  /** Queues `waiter`, or returns the reason it cannot wait. */
+  enqueue(waiter: Waiter): SqlError | undefined {
+    if (this.closedWith !== undefined) return this.closedWith
+    if (this.queued >= this.maxQueued) {
+      return new SqlError({
+        message: `PgliteClient: session queue is full (maxQueued = ${this.maxQueued})`
+      })
+    }
+    this.queued++
+    if (this.tail === undefined) this.head = waiter
+    else this.tail.next = waiter
+    this.tail = waiter
+    return undefined
+  }
+
+  /** Cancelled entries stay linked and are skipped by `release` (lazy O(1) removal). */
+  cancel(waiter: Waiter): void {
+    if (waiter.state === WAITING) {
+      waiter.state = CANCELLED
+      this.queued--
+    }
+  }
+
+  release(): void {
+    let waiter = this.head
+    while (waiter !== undefined) {
+      this.head = waiter.next
+      waiter.next = undefined
+      if (waiter.state === WAITING) {
+        if (this.head === undefined) this.tail = undefined
+        waiter.state = GRANTED
+        this.queued--
+        waiter.grant()
+        return
+      }
+      waiter = this.head
+    }
+    this.tail = undefined
+    this.held = false
+  }
+
+  /** Fails every current and future waiter (the database is going away). */
+  close(error: SqlError): void {
+    this.closedWith = error
+    let waiter = this.head
+    this.head = this.tail = undefined
+    while (waiter !== undefined) {
+      const next = waiter.next
+      waiter.next = undefined
+      if (waiter.state === WAITING) {
+        waiter.state = CANCELLED
+        this.queued--
+        waiter.reject(error)
+      }
+      waiter = next
+    }
+  }
+}
+
+/** A fiber waiting to hold the session across several statements (transactions, `reserve`, LISTEN). */
+class LockRequest extends Waiter {
+  constructor(readonly resume: (_: Effect.Effect<void, SqlError>) => void) {
+    super()
+  }
+  grant() {
+    this.resume(Effect.void)
+  }
+  reject(error: SqlError) {
+    this.resume(Effect.fail(error))
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Statements
+// ---------------------------------------------------------------------------
+
+const CONN_SESSION = 0
+const CONN_HELD = 1
+const CONN_RELEASED = 2
+type ConnState = typeof CONN_SESSION | typeof CONN_HELD | typeof CONN_RELEASED
+
+const MODE_ROWS = 0
+const MODE_VALUES = 1
+const MODE_RAW = 2
+type Mode = typeof MODE_ROWS | typeof MODE_VALUES | typeof MODE_RAW
+
+const ARRAY_ROWS: QueryOptions = { rowMode: "array" }
+
+const invoke = (pg: PGlite, sql: string, params: ReadonlyArray<unknown>, mode: Mode): Promise<unknown> => {
+  const options = mode === MODE_VALUES ? ARRAY_ROWS : undefined
+  if (params.length === 0) {
+    // Like `pg` (which uses the simple protocol when there are no parameters):
+    // allows multi-statement scripts (migrations) and saves PGlite's
+    // parse/describe/bind round trips for BEGIN/COMMIT/SAVEPOINT.
+    return pg.exec(sql, options).then(mode === MODE_RAW ? rawResults : rowsOfResults)
+  }
+  // PGlite only reads `params` (it maps them), so the readonly array is not copied.
+  const query = pg.query(sql, params as Array<unknown>, options)
+  return mode === MODE_RAW ? query : query.then(rowsOfResult)
+}
+
+const rowsOfResult = (result: Results<unknown>): ReadonlyArray<unknown> => result.rows
+// Multi-statement scripts return one rows array per statement, as sql-pg does.
+const rowsOfResults = (results: Array<Results>): ReadonlyArray<unknown> =>
+  results.length === 1 ? results[0]!.rows : results.map(rowsOfResult)
+const rawResults = (results: Array<Results>): unknown => results.length === 1 ? results[0] : results
+
+const toSqlError = (cause: unknown) => new SqlError({ cause, message: "Failed to execute statement" })
+
+/**
+ * One statement on its way to PGlite. When `locked`, it waits in the session
+ * queue and, once granted, starts straight from `release` (no fiber hop
+ * between consecutive statements) and releases the lock when PGlite settles.
+ */
+class StatementTask extends Waiter {
+  private onDone: ((_: Effect.Effect<void>) => void) | undefined = undefined
+
+  constructor(
+    readonly pg: PGlite,
+    readonly lock: SessionLock,
+    readonly locked: boolean,
+    readonly sql: string,
+    readonly params: ReadonlyArray<unknown>,
+    readonly mode: Mode,
+    readonly resume: (_: Effect.Effect<any, SqlError>) => void
+  ) {
+    super()
+  }
+
+  grant() {
+    let promise: Promise<unknown>
+    try {
+      promise = invoke(this.pg, this.sql, this.params, this.mode)
+    } catch (cause) {
+      promise = Promise.reject(cause)
+    }
+    promise.then(
+      (result) => this.settle(Effect.succeed(result)),
+      (cause) => this.settle(Effect.fail(toSqlError(cause)))
+    )
+  }
+
+  reject(error: SqlError) {
+    this.state = DONE
+    this.resume(Effect.fail(error))
+  }
+
+  private settle(exit: Effect.Effect<unknown, SqlError>) {
+    this.state = DONE
+    if (this.locked) this.lock.release()
+    this.resume(exit)
+    if (this.onDone !== undefined) this.onDone(Effect.void)
+  }
+
+  /**
+   * Interruption: a queued statement is dropped; a running one cannot be
+   * cancelled in PGlite, so the interrupted fiber waits for it to complete
+   * (its transaction is rolled back afterwards, never concurrently).
+   */
+  interrupt(wake: (_: Effect.Effect<void>) => void) {
+    if (this.state === WAITING) {
+      this.lock.cancel(this)
+      wake(Effect.void)
+    } else if (this.state === GRANTED) {
+      this.onDone = wake
+    } else {
+      wake(Effect.void)
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Type parsers: match what `pg` returns by default, so rows look the same on
+// PGlite and on a real server.
+// ---------------------------------------------------------------------------
+
+const parseDate = (x: string): Date | number => {
+  // pg (postgres-date) reads a bare `date` as local midnight; PGlite's default
+  // `new Date(x)` would read it as UTC midnight.
+  if (x === "infinity") return Infinity
+  if (x === "-infinity") return -Infinity
+  const match = /^(\d+)-(\d{2})-(\d{2})( BC)?$/.exec(x)
+  if (match === null) return new Date(x)
+  let year = Number(match[1])
+  if (match[4] !== undefined) year = 1 - year
+  const date = new Date(year, Number(match[2]) - 1, Number(match[3]))
+  if (year >= 0 && year < 100) date.setFullYear(year)
+  return date
+}
+
+const parsers: ParserOptions = {
+  // int8: pg returns strings (exact); PGlite would return a number, or a
+  // bigint above 2^53, i.e. a type that depends on the value.
+  [PgTypes.INT8]: (x: string) => x,
+  [PgTypes.DATE]: parseDate,
+  // bytea: pg returns a Buffer (a Uint8Array subclass); this is also much
+  // faster than PGlite's per-byte parser.
+  [PgTypes.BYTEA]: (x: string) => Buffer.from(x.slice(2), "hex")
+  // timestamptz / timestamp: both PGlite and pg return `Date` (ms precision), no override.
+  // json / jsonb: both return parsed values. numeric: both return strings.
+}
+
+// ---------------------------------------------------------------------------
+// Data directory guard
+// ---------------------------------------------------------------------------
+
+const LOCK_FILE = ".pglite-client.lock"
+const openDirs = new Set<string>()
+
+const isAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+const dirError = (dir: string, message: string, cause?: unknown) =>
+  new SqlError({ cause, message: `PgliteClient: data directory ${dir} ${message}` })
+
+/** Takes over a lock file whose owner is gone (crash), unless the owner still runs. */
+const takeOverLockFile = (dir: string, lockPath: string): Effect.Effect<void, SqlError> =>
+  Effect.try({
+    try: () => Number(Fs.readFileSync(lockPath, "utf8").trim()),
+    catch: (cause) => dirError(dir, "has an unreadable lock file", cause)
+  }).pipe(
+    Effect.flatMap((pid) =>
+      Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)
+        ? Effect.fail(dirError(dir, `is in use by process ${pid} (${lockPath})`))
+        : Effect.try({
+          try: () => Fs.writeFileSync(lockPath, String(process.pid)),
+          catch: (cause) => dirError(dir, "could not be locked", cause)
+        })
+    )
+  )
+
+/**
+ * Creates `dir` if needed (PGlite's NodeFS only creates the last path segment)
+ * and claims it for this process, since PGlite happily opens a directory that
+ * another instance is using. Returns the release function.
+ */
+const claimDataDir = (dir: string): Effect.Effect<() => void, SqlError> =>
+  Effect.suspend(() => {
+    if (openDirs.has(dir)) return Effect.fail(dirError(dir, "is already open in this process"))
+    openDirs.add(dir)
+    const lockPath = Path.join(dir, LOCK_FILE)
+    const release = () => {
+      openDirs.delete(dir)
+      try {
+        Fs.unlinkSync(lockPath)
+      } catch {
+        // already gone
+      }
+    }
+    return Effect.try({
+      try: () => Fs.mkdirSync(dir, { recursive: true }),
+      catch: (cause) => dirError(dir, "could not be created", cause)
+    }).pipe(
+      Effect.zipRight(
+        Effect.try({
+          try: () => Fs.writeFileSync(lockPath, String(process.pid), { flag: "wx" }),
+          catch: (cause) => cause as NodeJS.ErrnoException
+        }).pipe(
+          Effect.catchAll((cause) =>
+            cause.code === "EEXIST"
+              ? takeOverLockFile(dir, lockPath)
+              : Effect.fail(dirError(dir, "could not be locked", cause))
+          )
+        )
+      ),
+      Effect.as(release),
+      Effect.tapError(() => Effect.sync(() => openDirs.delete(dir)))
+    )
+  })
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+const escapeIdentifier = (name: string) => `"${name.replace(/"/g, "\"\"")}"`
+
+const PgJson = Statement.custom<PgClient.PgCustom>("PgJson")
+
+/**
+ * Opens (or creates) the database and returns a client implementing the full
+ * `PgClient` interface. The database is closed, and flushed to disk, when the
+ * scope closes.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const make = (
+  config: PgliteClientConfig
+): Effect.Effect<PgClient.PgClient, SqlError, Scope.Scope | Reactivity.Reactivity> =>
+  Effect.gen(function*() {
+    const compiler = PgClient.makeCompiler(config.transformQueryNames, config.transformJson)
+    const transformRows = config.transformResultNames
+      ? Statement.defaultTransforms(config.transformResultNames, config.transformJson).array
+      : undefined
+
+    const onDisk = !config.dataDir.includes("://")
+    const dataDir = onDisk ? Path.resolve(config.dataDir) : config.dataDir
+    const lock = new SessionLock(config.maxQueued ?? Number.POSITIVE_INFINITY)
+
+    const acquireLock: Effect.Effect<void, SqlError> = Effect.suspend(() => {
+      if (lock.closedWith !== undefined) return Effect.fail(lock.closedWith)
+      return lock.tryAcquire() ? Effect.void : waitForLock
+    })
+    const waitForLock = Effect.async<void, SqlError>((resume) => {
+      const request = new LockRequest(resume)
+      const error = lock.enqueue(request)
+      if (error !== undefined) {
+        resume(Effect.fail(error))
+        return
+      }
+      return Effect.sync(() => {
+        // Granted but interrupted before the fiber resumed: pass the lock on.
+        if (request.state === GRANTED) lock.release()
+        else lock.cancel(request)
+      })
+    })
+
+    // Single listener for all channels; `listen` streams subscribe here.
+    const channels = new Map<string, Set<(payload: string) => void>>()
+    const onNotification = (channel: string, payload: string) => {
+      const subscribers = channels.get(channel)
+      // Empty payloads are dropped, as sql-pg does.
+      if (subscribers === undefined || !payload) return
+      for (const subscriber of subscribers) subscriber(payload)
+    }
+
+    const pg = yield* Effect.acquireRelease(
+      Effect.gen(function*() {
+        const releaseDir = onDisk ? yield* claimDataDir(dataDir) : undefined
+        const pg = yield* Effect.tryPromise({
+          try: () => PGlite.create(dataDir, { parsers }),
+          catch: (cause) => new SqlError({ cause, message: `PgliteClient: failed to open ${dataDir}` })
+        }).pipe(Effect.tapError(() => Effect.sync(() => releaseDir?.())))
+        return { pg, releaseDir }
+      }),
+      ({ pg, releaseDir }) =>
+        Effect.gen(function*() {
+          // Let the running transaction (if any) finish, bounded, so close does
+          // not tear the session down under it; then fail all other waiters.
+          yield* Effect.ignore(Effect.timeoutOption(Effect.interruptible(acquireLock), "5 seconds"))
+          lock.close(new SqlError({ message: "PgliteClient: the database is closed" }))
+          yield* Effect.tryPromise(() => pg.close()).pipe(Effect.ignoreLogged)
+          releaseDir?.()
+        })
+    ).pipe(Effect.map(({ pg }) => pg))
+    pg.onNotification(onNotification)
+
+    const released = new SqlError({
+      message: "PgliteClient: connection used after its transaction or reservation ended"
+    })
+
+    const run = (
+      conn: PgliteConnection,
+      sql: string,
+      params: ReadonlyArray<unknown>,
+      mode: Mode
+    ): Effect.Effect<any, SqlError> =>
+      Effect.async<any, SqlError>((resume) => {
+        const state = conn.state
+        if (state === CONN_RELEASED) {
+          // e.g. a fiber forked inside a transaction that outlived it: running
+          // now would interleave with whoever holds the session.
+          resume(Effect.fail(released))
+          return
+        }
+        const locked = state === CONN_SESSION
+        const task = new StatementTask(pg, lock, locked, sql, params, mode, resume)
+        if (!locked || (lock.closedWith === undefined && lock.tryAcquire())) {
+          task.state = GRANTED
+          task.grant()
+        } else {
+          const error = lock.enqueue(task)
+          if (error !== undefined) {
+            task.state = DONE
+            resume(Effect.fail(error))
+            return
+          }
+        }
+        return Effect.async<void>((wake) => task.interrupt(wake))
+      })
+
+    class PgliteConnection implements Connection {
+      constructor(public state: ConnState) {}
+
+      execute(
+        sql: string,
+        params: ReadonlyArray<unknown>,
+        transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+      ): Effect.Effect<ReadonlyArray<any>, SqlError> {
+        const rows = run(this, sql, params, MODE_ROWS)
+        return transformRows ? Effect.map(rows, transformRows) : rows
+      }
+      executeRaw(sql: string, params: ReadonlyArray<unknown>): Effect.Effect<unknown, SqlError> {
+        return run(this, sql, params, MODE_RAW)
+      }
+      executeValues(
+        sql: string,
+        params: ReadonlyArray<unknown>
+      ): Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>, SqlError> {
+        return run(this, sql, params, MODE_VALUES)
+      }
+      executeUnprepared(
+        sql: string,
+        params: ReadonlyArray<unknown>,
+        transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+      ): Effect.Effect<ReadonlyArray<any>, SqlError> {
+        return this.execute(sql, params, transformRows)
+      }
+      executeStream(
+        sql: string,
+        params: ReadonlyArray<unknown>,
+        transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+      ): Stream.Stream<any, SqlError> {
+        // PGlite has no cursors: the result is materialised, then streamed. The
+        // session is held only while the query runs, not while it is consumed.
+        return Stream.flatMap(
+          Stream.fromEffect(this.execute(sql, params, transformRows)),
+          (rows) => Stream.fromChunk(Chunk.unsafeFromArray(rows))
+        )
+      }
+    }
+
+    /** Statements on it take the session lock one at a time. */
+    const sessionConnection = new PgliteConnection(CONN_SESSION)
+    /** A connection for one holder of the session (transaction, `reserve`, LISTEN), dead once released. */
+    const holdSession = (scope: Scope.Scope) =>
+      Effect.suspend(() => {
+        const conn = new PgliteConnection(CONN_HELD)
+        return Effect.as(
+          Scope.addFinalizer(
+            scope,
+            Effect.sync(() => {
+              conn.state = CONN_RELEASED
+              lock.release()
+            })
+          ),
+          conn
+        )
+      })
+
+    // Waiting for the session is interruptible exactly when the caller is: a
+    // timed-out request leaves the queue at once, while cleanup code (a
+    // finalizer, an uninterruptible region) still gets its turn.
+
+    /** Holds the session until the scope closes (`reserve`). */
+    const reserve: Effect.Effect<Connection, SqlError, Scope.Scope> = Effect.uninterruptibleMask((restore) =>
+      Effect.zipRight(restore(acquireLock), Effect.flatMap(Effect.scope, holdSession))
+    )
+
+    /** Runs `f` with exclusive use of the session: the current transaction's, or a freshly locked one. */
+    const withSession = <A>(f: (conn: Connection) => Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> =>
+      Effect.flatMap(
+        Effect.serviceOption(Client.TransactionConnection),
+        (tx) =>
+          tx._tag === "Some"
+            ? f(tx.value[0])
+            : Effect.uninterruptibleMask((restore) =>
+              Effect.zipRight(
+                restore(acquireLock),
+                Effect.flatMap(Scope.make(), (scope) =>
+                  Effect.flatMap(
+                    holdSession(scope),
+                    (conn) => Effect.onExit(restore(f(conn)), (exit) => Scope.close(scope, exit))
+                  ))
+              )
+            )
+      )
+
+    const spanAttributes: ReadonlyArray<readonly [string, unknown]> = [
+      ...(config.spanAttributes ? Object.entries(config.spanAttributes) : []),
+      ["db.system.name", "postgresql"],
+      ["db.namespace", "postgres"]
+    ]
+
+    // `makeWithTransaction` acquires inside `uninterruptibleMask`, which hides
+    // the caller's interruptibility; so build one variant per mode and pick it
+    // before entering the mask.
+    const makeWithTransaction = (acquire: Effect.Effect<void, SqlError>) =>
+      Client.makeWithTransaction({
+        transactionTag: Client.TransactionConnection,
+        spanAttributes,
+        acquireConnection: Effect.zipRight(
+          acquire,
+          Effect.flatMap(
+            Scope.make(),
+            (scope) =>
+              Effect.map(holdSession(scope), (conn): readonly [Scope.CloseableScope, Connection] => [scope, conn])
+          )
+        ),
+        begin: (conn) => conn.executeUnprepared("BEGIN", [], undefined),
+        savepoint: (conn, id) => conn.executeUnprepared(`SAVEPOINT effect_sql_${id}`, [], undefined),
+        commit: (conn) => conn.executeUnprepared("COMMIT", [], undefined),
+        rollback: (conn) => conn.executeUnprepared("ROLLBACK", [], undefined),
+        rollbackSavepoint: (conn, id) => conn.executeUnprepared(`ROLLBACK TO SAVEPOINT effect_sql_${id}`, [], undefined)
+      })
+    const withTransactionInterruptible = makeWithTransaction(Effect.interruptible(acquireLock))
+    const withTransactionUninterruptible = makeWithTransaction(acquireLock)
+    const withTransaction = <R, E, A>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> =>
+      Effect.checkInterruptible((interruptible) =>
+        interruptible ? withTransactionInterruptible(self) : withTransactionUninterruptible(self)
+      )
+
+    const client = yield* Client.make({
+      acquirer: Effect.succeed(sessionConnection),
+      transactionAcquirer: reserve,
+      compiler,
+      spanAttributes,
+      transformRows
+    })
+
+    const pgConfig: PgClient.PgClientConfig = {
+      database: "postgres",
+      username: "postgres",
+      applicationName: "pglite",
+      spanAttributes: config.spanAttributes,
+      transformResultNames: config.transformResultNames,
+      transformQueryNames: config.transformQueryNames,
+      transformJson: config.transformJson
+    }
+
+    const listen = (channel: string): Stream.Stream<string, SqlError> =>
+      Stream.asyncPush<string, SqlError>((emit) => {
+        const subscriber = (payload: string) => {
+          emit.single(payload)
+        }
+        const unsubscribe = (conn: Connection) =>
+          Effect.suspend(() => {
+            const subscribers = channels.get(channel)
+            if (subscribers === undefined || !subscribers.delete(subscriber) || subscribers.size > 0) {
+              return Effect.void
+            }
+            channels.delete(channel)
+            return conn.executeUnprepared(`UNLISTEN ${escapeIdentifier(channel)}`, [], undefined)
+          })
+        // Decide LISTEN/UNLISTEN while holding the session so the statements
+        // run in the same order as the subscription changes.
+        return Effect.acquireRelease(
+          withSession((conn) =>
+            Effect.suspend(() => {
+              let subscribers = channels.get(channel)
+              if (subscribers === undefined) {
+                subscribers = new Set()
+                channels.set(channel, subscribers)
+              }
+              subscribers.add(subscriber)
+              if (subscribers.size > 1) return Effect.void
+              return conn.executeUnprepared(`LISTEN ${escapeIdentifier(channel)}`, [], undefined).pipe(
+                Effect.tapError(() => unsubscribe(conn).pipe(Effect.ignore)),
+                Effect.asVoid
+              )
+            })
+          ),
+          // Failures here only mean the database is already closed.
+          () => withSession(unsubscribe).pipe(Effect.ignore)
+        )
+      })
+
+    // `NOTIFY ch, $1` is not valid SQL (NOTIFY takes no parameters); use the
+    // function form. Inside `withTransaction` it joins the transaction (on
+    // sql-pg it would go out on another pool connection immediately).
+    const notify = (channel: string, payload: string): Effect.Effect<void, SqlError> =>
+      Effect.flatMap(
+        Effect.serviceOption(Client.TransactionConnection),
+        (tx) =>
+          Effect.asVoid(
+            (tx._tag === "Some" ? tx.value[0] : sessionConnection).execute(
+              "SELECT pg_notify($1, $2)",
+              [channel, payload],
+              undefined
+            )
+          )
+      )
+
+    const pgClient: PgClient.PgClient = Object.assign(client, {
+      [PgClient.TypeId]: PgClient.TypeId,
+      withTransaction,
+      reserve,
+      config: pgConfig,
+      json: (_: unknown) => PgJson(_, undefined, undefined),
+      listen,
+      notify
+    })
+    return pgClient
+  })
+
+/**
+ * Provides both `PgClient.PgClient` and `SqlClient.SqlClient`.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer = (
+  config: PgliteClientConfig
+): Layer.Layer<PgClient.PgClient | Client.SqlClient, SqlError> =>
+  Layer.scopedContext(
+    Effect.map(make(config), (client) =>
+      Context.make(PgClient.PgClient, client).pipe(
+        Context.add(Client.SqlClient, client)
+      ))
+  ).pipe(Layer.provide(Reactivity.layer))
+
+/**
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerConfig = (
+  config: Config.Config.Wrap<PgliteClientConfig>
+): Layer.Layer<PgClient.PgClient | Client.SqlClient, ConfigError.ConfigError | SqlError> =>
+  Layer.scopedContext(
+    Config.unwrap(config).pipe(
+      Effect.flatMap(make),
+      Effect.map((client) =>
+        Context.make(PgClient.PgClient, client).pipe(
+          Context.add(Client.SqlClient, client)
+        )
+      )
+    )
+  ).pipe(Layer.provide(Reactivity.layer))

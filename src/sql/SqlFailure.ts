@@ -1,0 +1,92 @@
+/**
+ * Telling a database outage from a bug. An outage (connection refused or
+ * lost, server shutting down, too many connections, a statement timeout) is
+ * transient: the dispatch fails with the typed `StoreUnavailable`. Anything
+ * else is a defect: a bug to fix, not a condition to retry.
+ *
+ * @since 0.1.0
+ */
+import { SqlError } from "@effect/sql/SqlError"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Predicate from "effect/Predicate"
+import { StoreUnavailable } from "../CommandError.js"
+
+// SQLSTATE classes and codes that mean "the database is not there right now".
+const unavailableCodes = new Set(["53300", "57P01", "57P02", "57P03", "57014", "53000", "53100", "53200"])
+const unavailableErrnos = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EHOSTUNREACH"])
+const unavailableMessage = /connection terminated|connection timeout|timeout exceeded when trying to connect|not queryable|Connection ended|terminating connection|the database system is (starting up|shutting down)|Client was closed|Cannot use a pool after calling end/i
+
+/**
+ * Whether a database error means the database is unreachable or overloaded.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const isUnavailable = (error: unknown): boolean => {
+  const seen = new Set<unknown>()
+  let current: unknown = error
+  while (Predicate.isObject(current) && !seen.has(current)) {
+    seen.add(current)
+    const code = Predicate.hasProperty(current, "code") ? current.code : undefined
+    if (typeof code === "string" && (code.startsWith("08") || unavailableCodes.has(code) || unavailableErrnos.has(code))) {
+      return true
+    }
+    const message = Predicate.hasProperty(current, "message") ? current.message : undefined
+    if (typeof message === "string" && unavailableMessage.test(message)) return true
+    current = Predicate.hasProperty(current, "cause") ? current.cause : undefined
+  }
+  return false
+}
+
+/**
+ * The PostgreSQL SQLSTATE of a database error, if it has one.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const sqlState = (error: unknown): string | undefined => {
+  let current: unknown = error
+  for (let depth = 0; depth < 5 && Predicate.isObject(current); depth++) {
+    if (Predicate.hasProperty(current, "code") && typeof current.code === "string" && /^[0-9A-Z]{5}$/.test(current.code)) {
+      return current.code
+    }
+    current = Predicate.hasProperty(current, "cause") ? current.cause : undefined
+  }
+  return undefined
+}
+
+const toUnavailable = (error: unknown) =>
+  new StoreUnavailable({
+    store: "database",
+    reason: Predicate.hasProperty(error, "message") && typeof error.message === "string"
+      ? error.message.split("\n")[0]!
+      : "unreachable"
+  })
+
+/**
+ * Turns database outages into `StoreUnavailable`, whether they arrive as a
+ * `SqlError` failure or as a defect (repositories die on `SqlError`, since a
+ * handler's error channel holds only its domain errors). Other database
+ * errors become defects.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const classify = <A, E, R>(
+  self: Effect.Effect<A, E | SqlError, R>
+): Effect.Effect<A, Exclude<E, SqlError> | StoreUnavailable, R> =>
+  self.pipe(
+    Effect.catchIf(
+      (error): error is SqlError => error instanceof SqlError,
+      (error) => isUnavailable(error) ? Effect.fail(toUnavailable(error)) : Effect.die(error)
+    ),
+    Effect.catchAllCause((cause) => {
+      const defect = Cause.dieOption(cause)
+      if (Option.isSome(defect) && isUnavailable(defect.value) && !Cause.isInterrupted(cause)) {
+        return Effect.fail(toUnavailable(defect.value))
+      }
+      return Effect.failCause(cause)
+    })
+  ) as any

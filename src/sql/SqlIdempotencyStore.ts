@@ -1,0 +1,119 @@
+/**
+ * The idempotency store on PostgreSQL, the default. The claim is one
+ * atomic `INSERT … ON CONFLICT` (two concurrent duplicates cannot both
+ * claim); the success record is written by the bus inside the command's own
+ * transaction, so it commits with the command's effects or not at all.
+ * Leases and expiry use the database's clock, shared by every instance.
+ *
+ * @since 0.1.0
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { randomUUID } from "node:crypto"
+import * as Idempotency from "../Idempotency.js"
+import { orUnavailable } from "./SqlOutbox.js"
+
+interface ClaimRow {
+  readonly claimed: boolean
+  readonly fingerprint: string
+  readonly state: "in_flight" | "completed"
+  readonly result: unknown
+}
+
+const millis = (duration: Duration.Duration) => Math.max(0, Math.round(Duration.toMillis(duration)))
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> = Effect.map(
+  SqlClient.SqlClient,
+  (sql): Idempotency.Store => {
+    const existing = (scope: string, key: string) =>
+      sql<ClaimRow>`SELECT false AS claimed, fingerprint, state, result FROM idempotency_keys
+                    WHERE scope = ${scope} AND key = ${key}`.withoutTransform
+
+    const toClaim = (row: ClaimRow, token: string): Idempotency.Claim =>
+      row.claimed
+        ? { _tag: "Claimed", token }
+        : row.state === "completed"
+        ? { _tag: "Completed", fingerprint: row.fingerprint, result: row.result as Idempotency.StoredResult }
+        : { _tag: "InFlight", fingerprint: row.fingerprint }
+
+    return {
+      claim: (request) =>
+        Effect.suspend(() => {
+          const token = randomUUID()
+          // Claims a new key, or takes over one whose record expired or whose
+          // in-flight lease passed; otherwise reports the record that holds it.
+          return sql<ClaimRow>`
+            WITH claimed AS (
+              INSERT INTO idempotency_keys
+                (scope, key, command_type, fingerprint, state, token, lease_expires_at, expires_at)
+              VALUES (${request.scope}, ${request.key}, ${request.commandType}, ${request.fingerprint},
+                'in_flight', ${token}, now() + make_interval(secs => ${millis(request.lease) / 1000}),
+                now() + make_interval(secs => ${millis(request.retention) / 1000}))
+              ON CONFLICT (scope, key) DO UPDATE SET
+                command_type = EXCLUDED.command_type, fingerprint = EXCLUDED.fingerprint,
+                state = 'in_flight', token = EXCLUDED.token, result = NULL,
+                lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at
+              WHERE idempotency_keys.expires_at <= now()
+                 OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.lease_expires_at <= now())
+              RETURNING true AS claimed
+            )
+            SELECT claimed, '' AS fingerprint, 'in_flight' AS state, NULL::jsonb AS result FROM claimed
+            UNION ALL
+            SELECT false, fingerprint, state, result FROM idempotency_keys
+            WHERE scope = ${request.scope} AND key = ${request.key} AND NOT EXISTS (SELECT 1 FROM claimed)`
+            .withoutTransform.pipe(
+              // A conflicting claim that committed after this statement's
+              // snapshot is locked by the insert but invisible to its select:
+              // read it again with a fresh snapshot.
+              Effect.flatMap((rows) =>
+                rows.length > 0 ? Effect.succeed(rows) : existing(request.scope, request.key)
+              ),
+              Effect.flatMap((rows) =>
+                rows.length > 0
+                  ? Effect.succeed(toClaim(rows[0]!, token))
+                  : Effect.dieMessage("idempotency claim found neither a claim nor a record")
+              ),
+              orUnavailable
+            )
+        }),
+      complete: (request) =>
+        orUnavailable(
+          sql<{ readonly ok: boolean }>`
+            UPDATE idempotency_keys
+            SET state = 'completed', result = ${JSON.stringify(request.result)}::jsonb, lease_expires_at = NULL,
+                expires_at = now() + make_interval(secs => ${millis(request.retention) / 1000})
+            WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
+              AND state = 'in_flight'
+            RETURNING true AS ok`.withoutTransform
+        ).pipe(Effect.map((rows) => rows.length === 1)),
+      release: (request) =>
+        orUnavailable(
+          sql`DELETE FROM idempotency_keys
+              WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
+                AND state = 'in_flight'`.raw
+        ).pipe(Effect.asVoid),
+      prune: orUnavailable(
+        sql<{ readonly pruned: string | number }>`
+          WITH pruned AS (DELETE FROM idempotency_keys WHERE expires_at <= now() RETURNING 1)
+          SELECT count(*) AS pruned FROM pruned`.withoutTransform
+      ).pipe(Effect.map((rows) => Number(rows[0]?.pruned ?? 0)))
+    }
+  }
+)
+
+/**
+ * The SQL store, pruned every minute by a background fiber.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<Idempotency.IdempotencyStore, never, SqlClient.SqlClient> = Idempotency.layerWithPruning(
+  make,
+  "1 minute"
+)

@@ -1,0 +1,104 @@
+/**
+ * The library's tables: the outbox (the event log) and idempotency keys.
+ * Shipped as code, so they run from any working directory; recorded in their
+ * own migrations table, so an application's migrations never collide with
+ * them. The SQL runs unchanged on PostgreSQL 15 and on PGlite.
+ *
+ * @since 0.1.0
+ */
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as PgMigrator from "@effect/sql-pg/PgMigrator"
+import * as Effect from "effect/Effect"
+
+/**
+ * The channel the outbox trigger notifies at commit.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const outboxChannel = "command_bus_outbox"
+
+/**
+ * A migration of several statements, sent one at a time: PGlite's extended
+ * protocol takes one statement per query.
+ *
+ * @since 0.1.0
+ * @category migrations
+ */
+export const statements = (
+  ...statements: ReadonlyArray<string>
+): Effect.Effect<void, unknown, SqlClient.SqlClient> =>
+  Effect.flatMap(
+    SqlClient.SqlClient,
+    (sql) => Effect.forEach(statements, (statement) => sql.unsafe(statement), { discard: true })
+  )
+
+/**
+ * @since 0.1.0
+ * @category migrations
+ */
+export const migrations = {
+  // The event log. "id" is the insert order; "position" is given by the relay
+  // when it publishes, in the order events became visible, so a reader that
+  // follows positions never skips an event whose transaction committed late.
+  "1_outbox": statements(
+    `CREATE TABLE outbox (
+      id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+      position bigint UNIQUE,
+      event_id uuid NOT NULL UNIQUE,
+      aggregate_type text NOT NULL,
+      aggregate_id text NOT NULL,
+      aggregate_version integer NOT NULL,
+      event_type text NOT NULL,
+      payload jsonb NOT NULL,
+      correlation_id text NOT NULL,
+      causation_id text NOT NULL,
+      occurred_at timestamptz NOT NULL,
+      published_at timestamptz
+    )`,
+    `CREATE INDEX outbox_unpublished ON outbox (id) WHERE position IS NULL`,
+    `CREATE INDEX outbox_aggregate ON outbox (aggregate_type, aggregate_id, aggregate_version)`,
+    // Wakes relays at commit (pg_notify is transactional), once per statement.
+    `CREATE FUNCTION command_bus_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        PERFORM pg_notify('${outboxChannel}', '');
+        RETURN NULL;
+      END
+    $$`,
+    `CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+      FOR EACH STATEMENT EXECUTE FUNCTION command_bus_outbox_notify()`
+  ),
+  // One row per (user scope, key). "token" identifies the claim that owns an
+  // in-flight row, so a dispatch whose lease passed cannot complete or
+  // release a newer claim.
+  "2_idempotency_keys": statements(
+    `CREATE TABLE idempotency_keys (
+      scope text NOT NULL,
+      key text NOT NULL,
+      command_type text NOT NULL,
+      fingerprint text NOT NULL,
+      state text NOT NULL CHECK (state IN ('in_flight', 'completed')),
+      token uuid NOT NULL,
+      result jsonb,
+      lease_expires_at timestamptz,
+      expires_at timestamptz NOT NULL,
+      created_at timestamptz NOT NULL DEFAULT now(),
+      PRIMARY KEY (scope, key),
+      CHECK ((state = 'completed') = (result IS NOT NULL))
+    )`,
+    `CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at)`
+  )
+}
+
+/**
+ * Runs the library's migrations; safe to run at every start, from several
+ * instances at once (the migrator locks its table).
+ *
+ * @since 0.1.0
+ * @category migrations
+ */
+export const run = PgMigrator.run({
+  loader: PgMigrator.fromRecord(migrations),
+  table: "command_bus_migrations"
+}).pipe(Effect.provide(NodeContext.layer))

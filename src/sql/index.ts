@@ -1,0 +1,23 @@
+/**
+ * The library's PostgreSQL-backed stores, over `@effect/sql`.
+ *
+ * @since 0.1.0
+ */
+
+/** @since 0.1.0 */
+export * as OutboxRelay from "./OutboxRelay.js"
+
+/** @since 0.1.0 */
+export * as SqlFailure from "./SqlFailure.js"
+
+/** @since 0.1.0 */
+export * as SqlIdempotencyStore from "./SqlIdempotencyStore.js"
+
+/** @since 0.1.0 */
+export * as SqlMigrations from "./SqlMigrations.js"
+
+/** @since 0.1.0 */
+export * as SqlOutbox from "./SqlOutbox.js"
+
+/** @since 0.1.0 */
+export * as SqlUnitOfWork from "./SqlUnitOfWork.js"

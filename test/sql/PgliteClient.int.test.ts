@@ -1,0 +1,405 @@
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import { afterAll, assert, describe, expect, it, layer } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
+import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
+import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import * as PgliteClient from "../../src/sql/PgliteClient.js"
+
+const tmpRoot = Fs.mkdtempSync(Path.join(Os.tmpdir(), "pglite-client-test-"))
+// File-level hook: runs after the describe blocks below have closed their databases.
+afterAll(() => Fs.rmSync(tmpRoot, { recursive: true, force: true }))
+
+class Boom extends Data.TaggedError("Boom")<{}> {}
+
+const sqlState = (error: unknown): string | undefined =>
+  error instanceof SqlError ? (error.cause as { code?: string } | undefined)?.code : undefined
+
+/** Polls (bounded) until `count` channels are LISTENed on by the session. */
+const awaitListening = (count: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const rows = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_listening_channels()`
+    if (rows[0]!.n !== count) return yield* Effect.fail("not yet" as const)
+  }).pipe(Effect.retry({ schedule: Schedule.spaced("10 millis"), times: 500 }))
+
+const Shared = PgliteClient.layer({ dataDir: Path.join(tmpRoot, "shared") })
+
+layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })("PgliteClient", (it) => {
+  it.effect("provides the same client under the PgClient and SqlClient tags", () =>
+    Effect.gen(function*() {
+      const pg = yield* PgClient.PgClient
+      const sql = yield* SqlClient.SqlClient
+      expect(pg).toBe(sql)
+      expect(pg[PgClient.TypeId]).toBe(PgClient.TypeId)
+    }))
+
+  it.effect("selects with parameters", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const rows = yield* sql<{ sum: number; s: string; nothing: null }>`
+        SELECT ${1}::int + ${2}::int AS sum, ${"x"}::text AS s, ${null}::text AS nothing`
+      expect(rows).toEqual([{ sum: 3, s: "x", nothing: null }])
+      const ids = [1, 2, 3]
+      const inList = yield* sql<{ n: number }>`
+        SELECT n FROM generate_series(1, 5) AS n WHERE ${sql.in("n", ids)} ORDER BY n`
+      expect(inList.map((r) => r.n)).toEqual([1, 2, 3])
+    }))
+
+  it.effect("returns the same JS types as pg: int8 as string, timestamptz as Date", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const at = new Date("2024-06-01T10:00:00.123Z")
+      const [row] = yield* sql<Record<string, unknown>>`
+        SELECT
+          ${"9007199254740993"}::int8 AS big,
+          1::int8 AS small,
+          ARRAY[1, 2]::int8[] AS bigs,
+          ${at}::timestamptz AS at,
+          '2024-06-01 12:00:00.123+02'::timestamptz AS literal_at,
+          '2024-06-01'::date AS day,
+          1.50::numeric AS amount,
+          '\\x0102ff'::bytea AS bytes,
+          true AS flag`
+      expect(row!.big).toBe("9007199254740993")
+      expect(row!.small).toBe("1")
+      expect(row!.bigs).toEqual(["1", "2"])
+      expect(row!.at).toBeInstanceOf(Date)
+      expect((row!.at as Date).getTime()).toBe(at.getTime())
+      expect((row!.literal_at as Date).toISOString()).toBe("2024-06-01T10:00:00.123Z")
+      // pg reads a bare date as local midnight
+      expect(row!.day).toEqual(new Date(2024, 5, 1))
+      expect(row!.amount).toBe("1.50")
+      expect(Buffer.isBuffer(row!.bytes)).toBe(true)
+      expect([...(row!.bytes as Buffer)]).toEqual([1, 2, 255])
+      expect(row!.flag).toBe(true)
+    }))
+
+  it.effect("inserts and selects jsonb", () =>
+    Effect.gen(function*() {
+      const pg = yield* PgClient.PgClient
+      yield* pg`CREATE TABLE docs (id serial PRIMARY KEY, body jsonb NOT NULL)`
+      const body = { a: 1, nested: { list: [1, "two", null], ok: true }, text: "héllo \"quoted\"" }
+      const inserted = yield* pg<{ id: number }>`INSERT INTO docs (body) VALUES (${pg.json(body)}) RETURNING id`
+      const rows = yield* pg<{ body: unknown; a: number }>`
+        SELECT body, (body->>'a')::int AS a FROM docs WHERE id = ${inserted[0]!.id}`
+      expect(rows).toEqual([{ body, a: 1 }])
+      // the record helper goes through the same compiler
+      yield* pg`INSERT INTO docs ${pg.insert({ body: pg.json([1, 2]) })}`
+      const all = yield* pg<{ body: unknown }>`SELECT body FROM docs ORDER BY id`
+      expect(all.map((r) => r.body)).toEqual([body, [1, 2]])
+    }))
+
+  it.effect("executes values, raw, stream and multi-statement unprepared queries", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const values = yield* sql`SELECT n, n * 2 AS twice FROM generate_series(1, 3) AS n`.values
+      expect(values).toEqual([[1, 2], [2, 4], [3, 6]])
+      const raw = (yield* sql`SELECT ${5}::int AS five`.raw) as { rows: Array<unknown>; command: string }
+      expect(raw.rows).toEqual([{ five: 5 }])
+      expect(raw.command).toBe("SELECT")
+      const streamed = yield* Stream.runCollect(sql<{ n: number }>`SELECT n FROM generate_series(1, 300) AS n`.stream)
+      expect(Chunk.toReadonlyArray(streamed).map((r) => r.n)).toEqual(Array.from({ length: 300 }, (_, i) => i + 1))
+      const multi = yield* sql.unsafe("SELECT 1 AS a; SELECT 2 AS b").unprepared
+      expect(multi).toEqual([[{ a: 1 }], [{ b: 2 }]])
+    }))
+
+  it.effect("commits a transaction", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`CREATE TABLE tx_commit (id int PRIMARY KEY)`
+      const result = yield* sql.withTransaction(
+        Effect.gen(function*() {
+          yield* sql`INSERT INTO tx_commit ${sql.insert([{ id: 1 }, { id: 2 }])}`
+          return "done"
+        })
+      )
+      expect(result).toBe("done")
+      const rows = yield* sql<{ id: number }>`SELECT id FROM tx_commit ORDER BY id`
+      expect(rows).toEqual([{ id: 1 }, { id: 2 }])
+    }))
+
+  it.effect("rolls back when the transaction fails with a typed error", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`CREATE TABLE tx_rollback (id int PRIMARY KEY)`
+      const error = yield* sql.withTransaction(
+        Effect.gen(function*() {
+          yield* sql`INSERT INTO tx_rollback VALUES (1)`
+          return yield* new Boom()
+        })
+      ).pipe(Effect.flip)
+      expect(error).toBeInstanceOf(Boom)
+      const rows = yield* sql`SELECT id FROM tx_rollback`
+      expect(rows).toEqual([])
+    }))
+
+  it.effect("rolls back only the inner (savepoint) transaction", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`CREATE TABLE tx_nested (id text PRIMARY KEY)`
+      yield* sql.withTransaction(
+        Effect.gen(function*() {
+          yield* sql`INSERT INTO tx_nested VALUES ('outer-before')`
+          const inner = yield* sql.withTransaction(
+            Effect.gen(function*() {
+              yield* sql`INSERT INTO tx_nested VALUES ('inner')`
+              const seen = yield* sql<{ id: string }>`SELECT id FROM tx_nested ORDER BY id`
+              expect(seen.map((r) => r.id)).toEqual(["inner", "outer-before"])
+              return yield* new Boom()
+            })
+          ).pipe(Effect.flip)
+          expect(inner).toBeInstanceOf(Boom)
+          // a committed (released) savepoint keeps its rows
+          yield* sql.withTransaction(sql`INSERT INTO tx_nested VALUES ('inner-ok')`)
+          yield* sql`INSERT INTO tx_nested VALUES ('outer-after')`
+        })
+      )
+      const rows = yield* sql<{ id: string }>`SELECT id FROM tx_nested ORDER BY id`
+      expect(rows.map((r) => r.id)).toEqual(["inner-ok", "outer-after", "outer-before"])
+    }))
+
+  it.effect("serializes 50 concurrent read-modify-write transactions", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`CREATE TABLE counter (id int PRIMARY KEY, value int NOT NULL)`
+      yield* sql`INSERT INTO counter VALUES (1, 0)`
+      const increment = sql.withTransaction(
+        Effect.gen(function*() {
+          const [row] = yield* sql<{ value: number }>`SELECT value FROM counter WHERE id = 1`
+          // give other fibers every chance to interleave between read and write
+          yield* Effect.sleep("1 millis")
+          yield* sql`UPDATE counter SET value = ${row!.value + 1} WHERE id = 1`
+        })
+      )
+      // plain statements compete for the session at the same time
+      const reads = sql`SELECT value FROM counter WHERE id = 1`
+      yield* Effect.all(
+        [
+          Effect.all(Array.from({ length: 50 }, () => increment), { concurrency: "unbounded", discard: true }),
+          Effect.all(Array.from({ length: 50 }, () => reads), { concurrency: "unbounded", discard: true })
+        ],
+        { concurrency: "unbounded", discard: true }
+      )
+      const [row] = yield* sql<{ value: number }>`SELECT value FROM counter WHERE id = 1`
+      expect(row!.value).toBe(50)
+    }))
+
+  it.effect("serves 3000 queued statements in FIFO order", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const entered = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const holder = yield* sql.withTransaction(
+        Deferred.succeed(entered, undefined).pipe(Effect.zipRight(Deferred.await(release)))
+      ).pipe(Effect.fork)
+      yield* Deferred.await(entered)
+      const order: Array<number> = []
+      const fibers = yield* Effect.forEach(
+        Array.from({ length: 3000 }, (_, i) => i),
+        (i) => sql<{ i: number }>`SELECT ${i}::int AS i`.pipe(Effect.tap((rows) => order.push(rows[0]!.i)), Effect.fork)
+      )
+      yield* Effect.sleep("20 millis")
+      // nothing ran while the transaction held the session
+      expect(order).toEqual([])
+      const start = Date.now()
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+      yield* Fiber.joinAll(fibers)
+      expect(order).toEqual(Array.from({ length: 3000 }, (_, i) => i))
+      // linear hand-off: PGlite needs well under 1 ms per statement here
+      expect(Date.now() - start).toBeLessThan(20_000)
+    }), 60_000)
+
+  it.effect("rolls back and releases the session when a transaction holder is interrupted", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`CREATE TABLE tx_interrupt (id text PRIMARY KEY)`
+      const entered = yield* Deferred.make<void>()
+      const holder = yield* sql.withTransaction(
+        Effect.gen(function*() {
+          yield* sql`INSERT INTO tx_interrupt VALUES ('holder')`
+          yield* Deferred.succeed(entered, undefined)
+          return yield* Effect.never
+        })
+      ).pipe(Effect.fork)
+      yield* Deferred.await(entered)
+
+      // another fiber's statement must wait, not run inside the open transaction
+      const waiter = yield* sql`INSERT INTO tx_interrupt VALUES ('waiter')`.pipe(Effect.fork)
+      // a transaction waiting for the session can itself be interrupted while queued
+      const queuedTx = yield* sql.withTransaction(sql`INSERT INTO tx_interrupt VALUES ('queued-tx')`).pipe(Effect.fork)
+      yield* Effect.sleep("50 millis")
+      expect(Option.isNone(yield* Fiber.poll(waiter))).toBe(true)
+      const queuedExit = yield* Fiber.interrupt(queuedTx).pipe(Effect.timeout("5 seconds"))
+      expect(Exit.isInterrupted(queuedExit)).toBe(true)
+
+      const holderExit = yield* Fiber.interrupt(holder).pipe(Effect.timeout("5 seconds"))
+      expect(Exit.isInterrupted(holderExit)).toBe(true)
+      yield* Fiber.join(waiter).pipe(Effect.timeout("5 seconds"))
+
+      const rows = yield* sql<{ id: string }>`SELECT id FROM tx_interrupt ORDER BY id`
+      expect(rows.map((r) => r.id)).toEqual(["waiter"])
+      // the session is free and not left inside a transaction
+      const after = yield* sql.withTransaction(sql<{ ok: number }>`SELECT 1 AS ok`).pipe(Effect.timeout("5 seconds"))
+      expect(after).toEqual([{ ok: 1 }])
+    }))
+
+  it.effect("rejects statements on a transaction's connection once the transaction ended", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const reserved = yield* Effect.scoped(sql.reserve)
+      const error = yield* reserved.execute("SELECT 1", [], undefined).pipe(Effect.flip)
+      expect(error.message).toContain("ended")
+
+      // a fiber forked inside a transaction must not run into whoever holds the session next
+      const gate = yield* Deferred.make<void>()
+      const leaked = yield* sql.withTransaction(
+        Effect.forkDaemon(Deferred.await(gate).pipe(Effect.zipRight(sql`SELECT 1`)))
+      )
+      yield* Deferred.succeed(gate, undefined)
+      const exit = yield* Fiber.await(leaked).pipe(Effect.timeout("5 seconds"))
+      expect(Exit.isFailure(exit)).toBe(true)
+      expect(yield* sql`SELECT 1 AS ok`).toEqual([{ ok: 1 }])
+    }))
+
+  it.effect("delivers notifications sent in a transaction on commit only", () =>
+    Effect.gen(function*() {
+      const pg = yield* PgClient.PgClient
+      const channel = "Orders.Placed" // mixed case and a dot: must be quoted consistently
+      const received = yield* Queue.unbounded<string>()
+      const listener = yield* pg.listen(channel).pipe(
+        Stream.runForEach((payload) => Queue.offer(received, payload)),
+        Effect.fork
+      )
+      yield* awaitListening(1)
+
+      yield* pg.withTransaction(
+        Effect.gen(function*() {
+          yield* pg.notify(channel, "committed")
+          yield* Effect.sleep("20 millis")
+          // not delivered before COMMIT
+          expect(yield* Queue.size(received)).toBe(0)
+        })
+      )
+      expect(yield* Queue.take(received).pipe(Effect.timeout("5 seconds"))).toBe("committed")
+
+      const error = yield* pg.withTransaction(
+        pg.notify(channel, "rolled-back").pipe(Effect.zipRight(new Boom()))
+      ).pipe(Effect.flip)
+      expect(error).toBeInstanceOf(Boom)
+      // notifications are delivered in commit order, so the marker proves the
+      // rolled-back one was dropped
+      yield* pg`SELECT pg_notify(${channel}, ${"marker"})`
+      expect(yield* Queue.take(received).pipe(Effect.timeout("5 seconds"))).toBe("marker")
+      expect(yield* Queue.size(received)).toBe(0)
+
+      yield* Fiber.interrupt(listener)
+      yield* awaitListening(0)
+    }))
+
+  it.effect("surfaces constraint violations as SqlError with the SQLSTATE in the cause", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`CREATE TABLE constrained (id int PRIMARY KEY, qty int NOT NULL CHECK (qty >= 0))`
+      yield* sql`INSERT INTO constrained VALUES (1, 1)`
+      const duplicate = yield* sql`INSERT INTO constrained VALUES (1, 1)`.pipe(Effect.flip)
+      assert.instanceOf(duplicate, SqlError)
+      expect(sqlState(duplicate)).toBe("23505")
+      const negative = yield* sql`UPDATE constrained SET qty = -1 WHERE id = 1`.pipe(Effect.flip)
+      expect(sqlState(negative)).toBe("23514")
+
+      // inside a transaction the whole transaction is rolled back and the session stays usable
+      const inTx = yield* sql.withTransaction(
+        Effect.gen(function*() {
+          yield* sql`INSERT INTO constrained VALUES (2, 1)`
+          yield* sql`INSERT INTO constrained VALUES (1, 1)`
+        })
+      ).pipe(Effect.flip)
+      expect(sqlState(inTx)).toBe("23505")
+      const rows = yield* sql<{ id: number }>`SELECT id FROM constrained ORDER BY id`
+      expect(rows).toEqual([{ id: 1 }])
+    }))
+})
+
+/** The pid of a process that has exited. */
+const deadPid = () => {
+  const child = ChildProcess.spawnSync(process.execPath, ["-e", ""])
+  return child.pid
+}
+
+describe("PgliteClient persistence", () => {
+  it.live("refuses a dataDir locked by another live process", () =>
+    Effect.gen(function*() {
+      const dataDir = Path.join(tmpRoot, "locked")
+      Fs.mkdirSync(dataDir, { recursive: true })
+      Fs.writeFileSync(Path.join(dataDir, ".pglite-client.lock"), String(process.ppid))
+      const error = yield* Effect.scoped(PgliteClient.make({ dataDir })).pipe(
+        Effect.provide(Reactivity.layer),
+        Effect.flip
+      )
+      assert.instanceOf(error, SqlError)
+      expect(error.message).toContain(`in use by process ${process.ppid}`)
+      expect(Fs.existsSync(Path.join(dataDir, "PG_VERSION"))).toBe(false)
+    }))
+
+  it.live("keeps data across close and reopen of the same dataDir", () =>
+    Effect.gen(function*() {
+      const dataDir = Path.join(tmpRoot, "persistent", "db")
+      // a lock file left behind by a crashed process does not block the open
+      Fs.mkdirSync(dataDir, { recursive: true })
+      Fs.writeFileSync(Path.join(dataDir, ".pglite-client.lock"), String(deadPid()))
+
+      yield* Effect.scoped(
+        Effect.gen(function*() {
+          const pg = yield* PgliteClient.make({ dataDir, maxQueued: 1 })
+          yield* pg`CREATE TABLE kept (id int PRIMARY KEY, body jsonb NOT NULL)`
+          yield* pg.withTransaction(pg`INSERT INTO kept VALUES (1, ${pg.json({ a: 1 })})`)
+          yield* pg`INSERT INTO kept VALUES (2, ${pg.json({ b: 2 })})`
+
+          // the directory cannot be opened twice
+          const second = yield* Effect.scoped(PgliteClient.make({ dataDir })).pipe(Effect.flip)
+          assert.instanceOf(second, SqlError)
+
+          // maxQueued: with the session held and one waiter queued, more work fails fast
+          const entered = yield* Deferred.make<void>()
+          const release = yield* Deferred.make<void>()
+          const holder = yield* pg.withTransaction(
+            Deferred.succeed(entered, undefined).pipe(Effect.zipRight(Deferred.await(release)))
+          ).pipe(Effect.fork)
+          yield* Deferred.await(entered)
+          const queued = yield* pg`SELECT 1`.pipe(Effect.fork)
+          yield* Effect.sleep("20 millis")
+          const rejected = yield* pg`SELECT 2`.pipe(Effect.flip)
+          expect(rejected.message).toContain("maxQueued")
+          yield* Deferred.succeed(release, undefined)
+          yield* Fiber.join(holder)
+          yield* Fiber.join(queued)
+        }).pipe(Effect.provide(Reactivity.layer))
+      )
+
+      expect(Fs.existsSync(Path.join(dataDir, "PG_VERSION"))).toBe(true)
+      expect(Fs.existsSync(Path.join(dataDir, ".pglite-client.lock"))).toBe(false)
+
+      const rows = yield* Effect.scoped(
+        Effect.gen(function*() {
+          const pg = yield* PgliteClient.make({ dataDir })
+          return yield* pg<{ id: number; body: unknown }>`SELECT id, body FROM kept ORDER BY id`
+        }).pipe(Effect.provide(Reactivity.layer))
+      )
+      expect(rows).toEqual([{ id: 1, body: { a: 1 } }, { id: 2, body: { b: 2 } }])
+    }), 120_000)
+})
