@@ -47,6 +47,17 @@ const size = (name: string, fallback: number) =>
     Config.withDefault(fallback)
   )
 
+const logLevels: Record<string, LogLevel.LogLevel> = {
+  trace: LogLevel.Trace,
+  debug: LogLevel.Debug,
+  info: LogLevel.Info,
+  warn: LogLevel.Warning,
+  warning: LogLevel.Warning,
+  error: LogLevel.Error,
+  fatal: LogLevel.Fatal,
+  none: LogLevel.None
+}
+
 /**
  * Where the data lives: a PostgreSQL server, or the embedded one in a folder.
  *
@@ -63,6 +74,14 @@ export type DatabaseConfig =
  */
 export const database = Config.all({
   url: Config.option(Config.redacted("DATABASE_URL")),
+  schema: Config.option(
+    Config.string("DATABASE_SCHEMA").pipe(
+      Config.validate({
+        message: "DATABASE_SCHEMA must be a lowercase SQL identifier",
+        validation: (name) => /^[a-z_][a-z0-9_]{0,62}$/.test(name)
+      })
+    )
+  ),
   dataDir: Config.string("DATA_DIR").pipe(Config.withDefault("./data")),
   poolSize: positiveInt("DB_POOL_SIZE", 20),
   connectTimeout: duration("DB_CONNECT_TIMEOUT", "5 seconds"),
@@ -99,12 +118,23 @@ export const jwtAlgorithm = Config.option(
  * @category config
  */
 export const server = Config.all({
-  port: Config.port("PORT").pipe(Config.withDefault(3000)),
+  port: Config.integer("PORT").pipe(
+    Config.withDefault(3000),
+    Config.validate({ message: "PORT must be 0 to 65535 (0: any free port)", validation: (n) => n >= 0 && n <= 65535 })
+  ),
   host: Config.string("HOST").pipe(Config.withDefault("127.0.0.1")),
   bodyLimit: size("BODY_LIMIT", 1024 * 1024),
   idempotencyTtl: duration("IDEMPOTENCY_TTL", "24 hours"),
   commandTimeout: duration("COMMAND_TIMEOUT", "10 seconds"),
   shutdownTimeout: duration("SHUTDOWN_TIMEOUT", "10 seconds"),
-  logLevel: Config.logLevel("LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info)),
+  logLevel: Config.string("LOG_LEVEL").pipe(
+    Config.withDefault("info"),
+    Config.mapOrFail((raw) => {
+      const level = logLevels[raw.trim().toLowerCase()]
+      return level === undefined
+        ? Either.left(ConfigError.InvalidData(["LOG_LEVEL"], `must be one of ${Object.keys(logLevels).join(", ")}`))
+        : Either.right(level)
+    })
+  ),
   production: Config.string("NODE_ENV").pipe(Config.withDefault("development"), Config.map((env) => env === "production"))
 })

@@ -5,7 +5,7 @@
  *
  * @since 0.1.0
  */
-import type * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import type * as ConfigError from "effect/ConfigError"
@@ -45,6 +45,7 @@ export const describeUrl = (url: string): string => {
  */
 export const serverLayer = (options: {
   readonly url: Redacted.Redacted
+  readonly schema: Option.Option<string>
   readonly poolSize: number
   readonly connectTimeout: Duration.Duration
   readonly statementTimeout: Duration.Duration
@@ -60,7 +61,11 @@ export const serverLayer = (options: {
             connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
             idleTimeoutMillis: 30_000,
             statement_timeout: Duration.toMillis(options.statementTimeout),
-            application_name: "effect-command-bus"
+            application_name: "effect-command-bus",
+            ...Option.match(options.schema, {
+              onNone: () => ({}),
+              onSome: (schema) => ({ options: `-c search_path=${schema}` })
+            })
           })
           // Errors of idle clients (the server went away) surface on the next
           // query; without a listener they would crash the process.
@@ -87,7 +92,11 @@ export const layer: Layer.Layer<
     const config = yield* Config.database
     if (Option.isSome(config.url)) {
       yield* Effect.logInfo("database.server").pipe(
-        Effect.annotateLogs({ database: describeUrl(Redacted.value(config.url.value)), poolSize: config.poolSize })
+        Effect.annotateLogs({
+          database: describeUrl(Redacted.value(config.url.value)),
+          schema: Option.getOrElse(config.schema, () => "public"),
+          poolSize: config.poolSize
+        })
       )
       return serverLayer({ ...config, url: config.url.value })
     }
@@ -104,6 +113,21 @@ export const layer: Layer.Layer<
 )
 
 /**
+ * Creates the configured schema if needed, then applies every migration.
+ *
+ * @since 0.1.0
+ * @category migrations
+ */
+export const migrate = Effect.gen(function*() {
+  const config = yield* Config.database
+  if (Option.isSome(config.url) && Option.isSome(config.schema)) {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql.unsafe(`CREATE SCHEMA IF NOT EXISTS ${config.schema.value}`)
+  }
+  return yield* Migrations.run
+})
+
+/**
  * The database with every migration applied.
  *
  * @since 0.1.0
@@ -112,4 +136,4 @@ export const layer: Layer.Layer<
 export const layerMigrated: Layer.Layer<
   PgClient.PgClient | SqlClient.SqlClient,
   unknown
-> = Layer.effectDiscard(Migrations.run).pipe(Layer.provideMerge(layer))
+> = Layer.effectDiscard(migrate).pipe(Layer.provideMerge(layer))

@@ -92,7 +92,7 @@ export const ServerLive = Layer.unwrapEffect(
       Layer.provide(BusLive),
       Layer.provide(Persistence.layerSql()),
       Layer.provide(Database.layerMigrated),
-      Layer.provide(HttpServerLive)
+      Layer.provideMerge(HttpServerLive)
     ))
 )
 

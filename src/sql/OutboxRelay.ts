@@ -6,8 +6,8 @@
  *   same transaction; a crash in between publishes it again after restart.
  *   Consumers dedupe by `eventId`.
  * - One relay at a time: every instance may run one; a transaction-scoped
- *   advisory lock lets one of them work per batch, so an event is published
- *   once in the normal case and positions have no gaps.
+ *   advisory lock (per schema) lets one of them work per batch, so an event
+ *   is published once in the normal case and positions have no gaps.
  * - Wakes on `LISTEN/NOTIFY` (a trigger notifies at commit) and polls as a
  *   fallback, so a lost notification or a listen connection that dropped
  *   delays publication by at most the poll interval.
@@ -38,13 +38,6 @@ export interface Options {
   readonly pollInterval?: Duration.DurationInput
 }
 
-/**
- * The advisory lock key relays share.
- *
- * @since 0.1.0
- * @category constants
- */
-export const lockKey = 0x636d6462 // "cmdb"
 
 const publishedTotal = Metric.counter("command_bus_outbox_published_total", {
   description: "Events the outbox relay published",
@@ -63,8 +56,11 @@ export const relayBatch = (batchSize = 256) =>
     const sql = yield* SqlClient.SqlClient
     const publisher = yield* EventPublisher
     return yield* sql.withTransaction(Effect.gen(function*() {
+      // Keyed by schema, so services in different schemas of one database
+      // relay independently.
       const [lock] = yield* sql<{ readonly locked: boolean }>`
-        SELECT pg_try_advisory_xact_lock(${lockKey}) AS locked`.withoutTransform
+        SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.command_bus_outbox_relay')) AS locked`
+        .withoutTransform
       if (lock?.locked !== true) return 0
       const rows = yield* sql<SqlOutbox.Row & { readonly base: string | number }>`
         SELECT ${sql.literal(SqlOutbox.columns)}, (SELECT coalesce(max(position), 0) FROM outbox) AS base
