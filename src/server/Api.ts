@@ -167,8 +167,7 @@ export const EventsPage = Schema.Struct({
   next: Schema.Int.annotations({ description: "Pass as `after` to continue" })
 }).annotations({ identifier: "EventsPage" })
 
-const IntFromString = (min: number, max: number) =>
-  Schema.NumberFromString.pipe(Schema.int(), Schema.between(min, max))
+const IntFromString = (min: number, max: number) => Schema.NumberFromString.pipe(Schema.int(), Schema.between(min, max))
 
 /**
  * @since 0.1.0
@@ -342,10 +341,8 @@ export class HealthGroup extends HttpApiGroup.make("health")
   )
 {}
 
-const ApiBase = HttpApi.make("orders-service")
-
-// `HttpApi.make` starts every API with the plain `HttpApiDecodeError`, which
-// would be encoded before any other schema of that error; replace it with its
+const ApiBase = HttpApi.make("orders-service") // `HttpApi.make` starts every API with the plain `HttpApiDecodeError`, which
+ // would be encoded before any other schema of that error; replace it with its
 // problem+json form so schema failures are problems like every other error.
 ;(ApiBase as { errorSchema: Schema.Schema.Any }).errorSchema = Problem.schema(HttpApiDecodeError, {
   title: "Invalid request"

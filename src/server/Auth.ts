@@ -230,9 +230,15 @@ export const keyFromConfig = Effect.gen(function*() {
     const secret = Redacted.value(jwt.secret.value)
     if (secret.length < 32) {
       if (production) return yield* Effect.fail(new Error("JWT_SECRET must be at least 32 characters in production"))
-      yield* Effect.logWarning("auth.weak-secret").pipe(Effect.annotateLogs({ note: "JWT_SECRET is shorter than 32 characters" }))
+      yield* Effect.logWarning("auth.weak-secret").pipe(
+        Effect.annotateLogs({ note: "JWT_SECRET is shorter than 32 characters" })
+      )
     }
-    return { _tag: "Secret", secret: new TextEncoder().encode(secret), development: false } satisfies KeyConfig as KeyConfig
+    return {
+      _tag: "Secret",
+      secret: new TextEncoder().encode(secret),
+      development: false
+    } satisfies KeyConfig as KeyConfig
   }
   if (production) {
     return yield* Effect.fail(
@@ -242,7 +248,8 @@ export const keyFromConfig = Effect.gen(function*() {
   const secret = yield* devSecret(dataDir)
   yield* Effect.logWarning("auth.development-secret").pipe(Effect.annotateLogs({
     file: devSecretPath(dataDir),
-    note: "No JWT_SECRET configured: using a development secret. Get a token with `npm run token -- --sub <user> [--admin]`"
+    note:
+      "No JWT_SECRET configured: using a development secret. Get a token with `npm run token -- --sub <user> [--admin]`"
   }))
   return { _tag: "Secret", secret, development: true } satisfies KeyConfig as KeyConfig
 })

@@ -10,7 +10,7 @@ import * as Duration from "effect/Duration"
 import * as Either from "effect/Either"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
-import type * as Redacted from "effect/Redacted"
+import * as Redacted from "effect/Redacted"
 
 const positiveInt = (name: string, fallback: number) =>
   Config.integer(name).pipe(
@@ -73,7 +73,10 @@ export type DatabaseConfig =
  * @category config
  */
 export const database = Config.all({
-  url: Config.option(Config.redacted("DATABASE_URL")),
+  // An empty DATABASE_URL (`export DATABASE_URL=`) means none.
+  url: Config.option(Config.redacted("DATABASE_URL")).pipe(
+    Config.map(Option.filter((url) => Redacted.value(url).trim() !== ""))
+  ),
   schema: Config.option(
     Config.string("DATABASE_SCHEMA").pipe(
       Config.validate({
@@ -136,5 +139,8 @@ export const server = Config.all({
         : Either.right(level)
     })
   ),
-  production: Config.string("NODE_ENV").pipe(Config.withDefault("development"), Config.map((env) => env === "production"))
+  production: Config.string("NODE_ENV").pipe(
+    Config.withDefault("development"),
+    Config.map((env) => env === "production")
+  )
 })

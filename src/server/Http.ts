@@ -9,10 +9,10 @@
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import * as HttpApp from "@effect/platform/HttpApp"
+import * as IncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as HttpMethod from "@effect/platform/HttpMethod"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import * as IncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
@@ -20,7 +20,7 @@ import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import * as ParseResult from "effect/ParseResult"
+import type * as ParseResult from "effect/ParseResult"
 import { randomUUID } from "node:crypto"
 import { Command, CommandError, CurrentUser, Idempotency, Outbox } from "../index.js"
 import { CancelOrder, CreateOrder, RestockProduct } from "../orders/Commands.js"
@@ -266,7 +266,9 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
   Effect.gen(function*() {
     const contentType = request.headers["content-type"] ?? ""
     if (!isJson(contentType)) {
-      return Option.some(Problem.response(problemOf(new UnsupportedMediaType({ contentType }), 415, "Unsupported media type")))
+      return Option.some(
+        Problem.response(problemOf(new UnsupportedMediaType({ contentType }), 415, "Unsupported media type"))
+      )
     }
     const tooLarge = Problem.response(problemOf(new PayloadTooLarge({ limitBytes: limit }), 413, "Payload too large"))
     const declared = Number(request.headers["content-length"] ?? "0")
@@ -279,7 +281,9 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
       return Option.some(
         String(text.left.cause).includes("maxBytes") || String(text.left.cause).toLowerCase().includes("too large")
           ? tooLarge
-          : Problem.response(problemOf(new MalformedJson({ reason: "the body could not be read" }), 400, "Malformed JSON"))
+          : Problem.response(
+            problemOf(new MalformedJson({ reason: "the body could not be read" }), 400, "Malformed JSON")
+          )
       )
     }
     try {
@@ -327,46 +331,44 @@ const unmapped = (cause: Cause.Cause<unknown>, request: HttpServerRequest.HttpSe
  * @since 0.1.0
  * @category middleware
  */
-export const edge = (options: { readonly bodyLimit: number }) =>
-<E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
-  Effect.gen(function*() {
-    const request = yield* HttpServerRequest.HttpServerRequest
-    const start = Date.now()
-    const header = request.headers["x-correlation-id"]
-    const correlationId = header !== undefined && uuid.test(header) ? header.toLowerCase() : randomUUID()
-    // Runs on the final response, whatever produced it (handler, encoded
-    // error, refusal), just before it is written.
-    yield* HttpApp.appendPreResponseHandler((_request, response) => {
-      let decorated = HttpServerResponse.setHeader(response, "x-correlation-id", correlationId)
-      if (response.status === 401) {
-        decorated = HttpServerResponse.setHeader(decorated, "www-authenticate", "Bearer")
-      } else if (response.status === 503) {
-        decorated = HttpServerResponse.setHeader(decorated, "retry-after", "1")
+export const edge =
+  (options: { readonly bodyLimit: number }) => <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
+    Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const start = Date.now()
+      const header = request.headers["x-correlation-id"]
+      const correlationId = header !== undefined && uuid.test(header) ? header.toLowerCase() : randomUUID()
+      // Runs on the final response, whatever produced it (handler, encoded
+      // error, refusal), just before it is written.
+      yield* HttpApp.appendPreResponseHandler((_request, response) => {
+        let decorated = HttpServerResponse.setHeader(response, "x-correlation-id", correlationId)
+        if (response.status === 401) {
+          decorated = HttpServerResponse.setHeader(decorated, "www-authenticate", "Bearer")
+        } else if (response.status === 503) {
+          decorated = HttpServerResponse.setHeader(decorated, "retry-after", "1")
+        }
+        return Effect.as(
+          Effect.logInfo("http.request").pipe(
+            Effect.annotateLogs({
+              method: request.method,
+              path: request.url.split("?")[0],
+              status: response.status,
+              durationMs: Date.now() - start,
+              correlationId
+            })
+          ),
+          decorated
+        )
+      })
+      if (HttpMethod.hasBody(request.method) && request.url.startsWith("/api/")) {
+        const refused = yield* checkBody(request, options.bodyLimit)
+        if (Option.isSome(refused)) return refused.value
       }
-      return Effect.as(
-        Effect.logInfo("http.request").pipe(
-          Effect.annotateLogs({
-            method: request.method,
-            path: request.url.split("?")[0],
-            status: response.status,
-            durationMs: Date.now() - start,
-            correlationId
-          })
-        ),
-        decorated
+      return yield* app.pipe(
+        Effect.provideService(CorrelationId, correlationId),
+        Effect.catchAllCause((cause) => isMappedFailure(cause) ? Effect.failCause(cause) : unmapped(cause, request))
       )
     })
-    if (HttpMethod.hasBody(request.method) && request.url.startsWith("/api/")) {
-      const refused = yield* checkBody(request, options.bodyLimit)
-      if (Option.isSome(refused)) return refused.value
-    }
-    return yield* app.pipe(
-      Effect.provideService(CorrelationId, correlationId),
-      Effect.catchAllCause((cause) =>
-        isMappedFailure(cause) ? Effect.failCause(cause) : unmapped(cause, request)
-      )
-    )
-  })
 
 // A typed failure of an endpoint: the API encodes it with its problem schema.
 const isMappedFailure = (cause: Cause.Cause<unknown>) => {
@@ -384,4 +386,3 @@ const isMappedFailure = (cause: Cause.Cause<unknown>) => {
 export const ApiLive = HttpApiBuilder.api(Api).pipe(
   Layer.provide([OrdersLive, ProductsLive, EventsLive, HealthLive])
 )
-

@@ -34,7 +34,9 @@ const program = Effect.gen(function*() {
   }
   const jwt = yield* Config.jwt
   if (Option.isSome(jwt.publicKeyFile) || Option.isSome(jwt.jwksFile)) {
-    return yield* Effect.fail(new Error("The service verifies with a public key: get tokens from your identity provider"))
+    return yield* Effect.fail(
+      new Error("The service verifies with a public key: get tokens from your identity provider")
+    )
   }
   const { dataDir } = yield* Config.database
   const secret = Option.isSome(jwt.secret)
@@ -58,6 +60,8 @@ const program = Effect.gen(function*() {
 })
 
 NodeRuntime.runMain(
-  program.pipe(Effect.catchAll((error) => Effect.zipRight(Console.error(String(error)), Effect.sync(() => process.exit(2))))),
+  program.pipe(
+    Effect.catchAll((error) => Effect.zipRight(Console.error(String(error)), Effect.sync(() => process.exit(2))))
+  ),
   { disablePrettyLogger: true }
 )

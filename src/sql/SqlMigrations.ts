@@ -7,8 +7,8 @@
  * @since 0.1.0
  */
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import * as SqlClient from "@effect/sql/SqlClient"
 import * as PgMigrator from "@effect/sql-pg/PgMigrator"
+import * as SqlClient from "@effect/sql/SqlClient"
 import * as Effect from "effect/Effect"
 
 /**
@@ -60,9 +60,10 @@ export const migrations = {
     `CREATE INDEX outbox_unpublished ON outbox (id) WHERE position IS NULL`,
     `CREATE INDEX outbox_aggregate ON outbox (aggregate_type, aggregate_id, aggregate_version)`,
     // Wakes relays at commit (pg_notify is transactional), once per statement.
+    // The payload names the schema (listeners drop empty payloads).
     `CREATE FUNCTION command_bus_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN
-        PERFORM pg_notify('${outboxChannel}', '');
+        PERFORM pg_notify('${outboxChannel}', current_schema());
         RETURN NULL;
       END
     $$`,

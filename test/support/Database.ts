@@ -3,8 +3,8 @@
  * `DATABASE_URL` when set (each test file in a fresh schema, dropped at the
  * end), else an embedded PostgreSQL (PGlite) in a temporary folder.
  */
-import * as SqlClient from "@effect/sql/SqlClient"
 import * as PgClient from "@effect/sql-pg/PgClient"
+import * as SqlClient from "@effect/sql/SqlClient"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -86,8 +86,10 @@ export const layer = (options: { readonly dataDir?: string } = {}): Layer.Layer<
 }
 
 /** Empties every table between tests that share a database. */
-export const truncateAll = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  sql.unsafe("TRUNCATE orders, inventory, outbox, idempotency_keys RESTART IDENTITY"))
+export const truncateAll = Effect.flatMap(
+  SqlClient.SqlClient,
+  (sql) => sql.unsafe("TRUNCATE orders, inventory, outbox, idempotency_keys RESTART IDENTITY")
+)
 
 /**
  * Configuration for a service under test, pointing at its own database: a

@@ -1,0 +1,100 @@
+/**
+ * The order service as a child process (`node --import tsx src/server/main.ts`,
+ * what `npm start` runs), for tests that kill, restart or signal it.
+ */
+import * as Effect from "effect/Effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import * as Net from "node:net"
+import * as Path from "node:path"
+
+export const root = Path.resolve(import.meta.dirname, "../..")
+
+export interface ServiceProcess {
+  readonly child: ChildProcess
+  readonly baseUrl: string
+  /** Everything the process wrote so far. */
+  readonly output: () => string
+  /** Resolves with the exit code (or signal) when the process ends. */
+  readonly exited: Promise<number | NodeJS.Signals | null>
+}
+
+/** The test's environment with `env` applied; `undefined` removes a variable. */
+export const environment = (env: Record<string, string | undefined>): NodeJS.ProcessEnv => {
+  const result: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: "test" }
+  for (const [key, value] of Object.entries(env)) {
+    if (value === undefined) delete result[key]
+    else result[key] = value
+  }
+  return result
+}
+
+/** A port that was free a moment ago. */
+export const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = Net.createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as Net.AddressInfo).port
+      server.close(() => resolve(port))
+    })
+  })
+
+const ready = async (baseUrl: string) => {
+  try {
+    const response = await fetch(`${baseUrl}/health/ready`, { signal: AbortSignal.timeout(2_000) })
+    return response.status === 200
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Spawns the service on a free port and waits until it is ready (bounded).
+ * The caller stops it with `stop` (or the scope does, with `spawnScoped`).
+ */
+export const spawnService = (env: Record<string, string | undefined>, options: { readonly timeoutMs?: number } = {}) =>
+  Effect.promise(async (): Promise<ServiceProcess> => {
+    const port = env.PORT !== undefined && env.PORT !== "0" ? Number(env.PORT) : await freePort()
+    const child = spawn(process.execPath, ["--import", "tsx", "src/server/main.ts"], {
+      cwd: root,
+      env: environment({ ...env, PORT: String(port) }),
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let output = ""
+    child.stdout!.on("data", (chunk: Buffer) => output += chunk.toString())
+    child.stderr!.on("data", (chunk: Buffer) => output += chunk.toString())
+    const exited = new Promise<number | NodeJS.Signals | null>((resolve) =>
+      child.once("exit", (code, signal) => resolve(code ?? signal))
+    )
+    const service: ServiceProcess = { child, baseUrl: `http://127.0.0.1:${port}`, output: () => output, exited }
+    const deadline = Date.now() + (options.timeoutMs ?? 60_000)
+    while (Date.now() < deadline) {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        return Promise.reject(
+          new Error(`service exited (${child.exitCode ?? child.signalCode}) before ready:\n${output}`)
+        )
+      }
+      if (await ready(service.baseUrl)) return service
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+    child.kill("SIGKILL")
+    return Promise.reject(new Error(`service not ready within ${options.timeoutMs ?? 60_000} ms:\n${output}`))
+  })
+
+/** Sends `signal` and waits (bounded) for the exit; SIGKILL after the bound. */
+export const stop = (service: ServiceProcess, signal: NodeJS.Signals = "SIGTERM", timeoutMs = 20_000) =>
+  Effect.promise(async () => {
+    if (service.child.exitCode !== null || service.child.signalCode !== null) return service.exited
+    service.child.kill(signal)
+    const timeout = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), timeoutMs).unref())
+    const result = await Promise.race([service.exited, timeout])
+    if (result === "timeout") {
+      service.child.kill("SIGKILL")
+      return service.exited
+    }
+    return result
+  })
+
+/** `spawnService`, stopped when the scope closes. */
+export const spawnScoped = (env: Record<string, string | undefined>, options?: { readonly timeoutMs?: number }) =>
+  Effect.acquireRelease(spawnService(env, options), (service) => stop(service, "SIGKILL"))
