@@ -12,6 +12,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import { createServer } from "node:http"
 import * as OrderBus from "../orders/OrderBus.js"
 import * as Persistence from "../orders/Persistence.js"
@@ -94,6 +95,19 @@ export const ServerLive = Layer.unwrapEffect(
       Layer.provide(Database.layerMigrated),
       Layer.provideMerge(HttpServerLive)
     ))
+)
+
+/**
+ * Reads and checks every setting, and the JWT key, before anything starts:
+ * a bad configuration fails in milliseconds, not after the database opened.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const checkConfig = Effect.all([Config.server, Config.database, Config.jwt, Config.jwtAlgorithm]).pipe(
+  // Its warnings are logged once, when the verifier is built.
+  Effect.zipRight(Logger.withMinimumLogLevel(Auth.keyFromConfig, LogLevel.None)),
+  Effect.asVoid
 )
 
 /**

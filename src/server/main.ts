@@ -4,7 +4,11 @@
  * @since 0.1.0
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { LoggerLive, ServerLive } from "./Server.js"
+import { checkConfig, LoggerLive, ServerLive } from "./Server.js"
 
-NodeRuntime.runMain(Layer.launch(ServerLive.pipe(Layer.provide(LoggerLive))), { disablePrettyLogger: true })
+NodeRuntime.runMain(
+  Effect.zipRight(checkConfig, Layer.launch(ServerLive)).pipe(Effect.provide(LoggerLive)),
+  { disablePrettyLogger: true }
+)

@@ -106,7 +106,7 @@ export const serviceEnv = (dataDir: string, extra: Record<string, string> = {}):
 })
 
 /** Drops a service's schema, when it ran on the server. */
-export const dropServiceSchema = (env: Record<string, string>) =>
+export const dropServiceSchema = (env: Record<string, string | undefined>) =>
   env.DATABASE_SCHEMA === undefined ? Effect.void : dropSchema(env.DATABASE_SCHEMA)
 
 export { PgClient }

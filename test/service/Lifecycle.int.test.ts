@@ -1,0 +1,76 @@
+// The service as a process: start, restart on the same data, graceful stop,
+// and refusals of bad configuration.
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Auth from "../../src/server/Auth.js"
+import * as TestDatabase from "../support/Database.js"
+import * as Process from "../support/Process.js"
+
+const json = (response: Response) => Effect.promise(() => response.json() as Promise<any>)
+const call = (url: string, init?: RequestInit) => Effect.promise(() => fetch(url, init))
+
+describe(`service lifecycle (${TestDatabase.kind})`, () => {
+  it.scoped(
+    "keeps committed orders across a restart and stops with exit code 0 on SIGTERM and SIGINT",
+    () =>
+      Effect.gen(function*() {
+        const dataDir = yield* TestDatabase.tempDir("ecb-lifecycle")
+        const env = TestDatabase.serviceEnv(dataDir)
+        yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
+        const secret = new TextEncoder().encode(env.JWT_SECRET!)
+        const admin = yield* Effect.promise(() => Auth.sign({ secret, sub: "admin", roles: ["admin"] }))
+        const alice = yield* Effect.promise(() => Auth.sign({ secret, sub: "alice" }))
+
+        const first = yield* Process.spawnScoped(env)
+        const put = yield* call(`${first.baseUrl}/api/v1/products/sku-1/stock`, {
+          method: "PUT",
+          headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+          body: JSON.stringify({ available: 5 })
+        })
+        expect(put.status).toBe(200)
+        const created = yield* call(`${first.baseUrl}/api/v1/orders`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${alice}`, "content-type": "application/json" },
+          body: JSON.stringify({
+            customer_id: "6f1c3c0e-4a59-4a57-9d3e-5d1c7d3f2b10",
+            items: [{ product_id: "sku-1", quantity: 2 }],
+            shipping_address: { line1: "1 Main St", city: "Springfield", postal_code: "12345", country: "US" }
+          })
+        })
+        expect(created.status).toBe(201)
+        const { order_id } = yield* json(created)
+        expect(yield* Process.stop(first, "SIGTERM")).toBe(0)
+
+        const second = yield* Process.spawnScoped(env)
+        const read = yield* call(`${second.baseUrl}/api/v1/orders/${order_id}`, {
+          headers: { authorization: `Bearer ${alice}` }
+        })
+        expect(read.status).toBe(200)
+        expect((yield* json(read)).items).toEqual([{ product_id: "sku-1", quantity: 2 }])
+        const stock = yield* call(`${second.baseUrl}/api/v1/products/sku-1/stock`, {
+          headers: { authorization: `Bearer ${alice}` }
+        })
+        expect(yield* json(stock)).toEqual({ product_id: "sku-1", available: 3 })
+        expect(yield* Process.stop(second, "SIGINT")).toBe(0)
+      }),
+    { timeout: 180_000 }
+  )
+
+  it.scoped("refuses to start in production without a JWT key", () =>
+    Effect.gen(function*() {
+      const dataDir = yield* TestDatabase.tempDir("ecb-production")
+      const env = { ...TestDatabase.serviceEnv(dataDir), NODE_ENV: "production", JWT_SECRET: undefined }
+      yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
+      const failure = yield* Effect.flip(Process.spawnService(env, { timeoutMs: 60_000 }).pipe(Effect.sandbox))
+      expect(String(failure)).toContain("NODE_ENV=production requires JWT_SECRET")
+    }), { timeout: 120_000 })
+
+  it.scoped("refuses a bad configuration value, naming it", () =>
+    Effect.gen(function*() {
+      const dataDir = yield* TestDatabase.tempDir("ecb-badconfig")
+      const env = { ...TestDatabase.serviceEnv(dataDir), BODY_LIMIT: "lots" }
+      const failure = yield* Effect.flip(Process.spawnService(env, { timeoutMs: 60_000 }).pipe(Effect.sandbox))
+      expect(String(failure)).toContain("BODY_LIMIT")
+      expect(String(failure)).toContain("exited")
+    }), { timeout: 120_000 })
+})
