@@ -5,18 +5,28 @@
  *
  * @since 0.1.0
  */
+import * as Arr from "effect/Array"
 import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
+import * as EffectContext from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
+import type * as FiberRefs from "effect/FiberRefs"
+import * as HashMap from "effect/HashMap"
 import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
+import * as Runtime from "effect/Runtime"
+import * as RuntimeFlags from "effect/RuntimeFlags"
 import * as Schedule from "effect/Schedule"
+import * as Tracer from "effect/Tracer"
 import type * as Command from "./Command.js"
 import { CommandTimeout, CommandValidationError, Forbidden, type StoreUnavailable } from "./CommandError.js"
 import * as CurrentUser from "./CurrentUser.js"
@@ -172,6 +182,12 @@ export interface LoggingOptions {
   readonly failed?: LogLevel.LogLevel
 }
 
+interface LogLevels {
+  readonly started: LogLevel.LogLevel
+  readonly completed: LogLevel.LogLevel
+  readonly failed: LogLevel.LogLevel
+}
+
 /**
  * Structured `command.started`, `command.completed` (events, attempts,
  * duration) and `command.failed` (error tag) logs, annotated with the
@@ -182,50 +198,81 @@ export interface LoggingOptions {
  * @category middleware
  */
 export const logging = (options: LoggingOptions = {}): Middleware => {
-  const started = options.started ?? LogLevel.Debug
-  const completed = options.completed ?? LogLevel.Info
-  const failed = options.failed ?? LogLevel.Warning
+  const levels: LogLevels = {
+    started: options.started ?? LogLevel.Debug,
+    completed: options.completed ?? LogLevel.Info,
+    failed: options.failed ?? LogLevel.Warning
+  }
   return make(
     "logging",
     <A, E, R>(self: Effect.Effect<A, E, R>, dispatch: Dispatch) =>
       Effect.withFiberRuntime<A, E, R>((fiber) => {
         const minimum = fiber.getFiberRef(FiberRef.currentMinimumLogLevel)
-        const logStarted = LogLevel.greaterThanEqual(started, minimum)
-        const logCompleted = LogLevel.greaterThanEqual(completed, minimum)
-        const logFailed = LogLevel.greaterThanEqual(failed, minimum)
-        if (!logStarted && !logCompleted && !logFailed) return self
+        const logStarted = LogLevel.greaterThanEqual(levels.started, minimum)
+        if (
+          !logStarted && LogLevel.lessThan(levels.completed, minimum) && LogLevel.lessThan(levels.failed, minimum)
+        ) return self
         const { command } = dispatch
-        const body = Effect.flatMap(Clock.currentTimeMillis, (start) => {
-          const run = Effect.onExit(self, (exit) =>
-            Effect.flatMap(Clock.currentTimeMillis, (end) => {
-              const durationMs = end - start
-              if (Exit.isSuccess(exit)) {
-                return logCompleted
-                  ? Effect.logWithLevel(completed, "command.completed").pipe(
-                    Effect.annotateLogs({
-                      events: dispatch.events,
-                      attempts: dispatch.attempts,
-                      replayed: dispatch.replayed,
-                      durationMs
-                    })
-                  )
-                  : Effect.void
-              }
-              if (!logFailed || Cause.isInterruptedOnly(exit.cause)) return Effect.void
-              return Effect.logWithLevel(failed, "command.failed").pipe(
-                Effect.annotateLogs({ error: outcomeOf(exit), attempts: dispatch.attempts, durationMs })
-              )
-            }))
-          return logStarted ? Effect.zipRight(Effect.logWithLevel(started, "command.started"), run) : run
-        })
-        return Effect.annotateLogs(body, {
-          commandType: command._tag,
-          commandId: command.commandId,
-          correlationId: command.correlationId
-        })
+        const clock = EffectContext.get(fiber.currentDefaultServices, Clock.Clock)
+        // The annotations cover the whole dispatch, the handler's own logs
+        // included: set on the way in and put back on exit, in one region
+        // with the logs, rather than `Effect.annotateLogs` (a second
+        // acquire/release around it).
+        const outer = fiber.getFiberRef(FiberRef.currentLogAnnotations)
+        const annotated = HashMap.set(
+          HashMap.set(HashMap.set(outer, "commandType", command._tag), "commandId", command.commandId),
+          "correlationId",
+          command.correlationId
+        )
+        const annotate = FiberRef.set(FiberRef.currentLogAnnotations, annotated)
+        return Effect.flatMap(clock.currentTimeMillis, (start) =>
+          Effect.onExit(
+            Effect.zipRight(
+              logStarted ? Effect.zipRight(annotate, Effect.logWithLevel(levels.started, "command.started")) : annotate,
+              self
+            ),
+            (exit) => logEnded(levels, minimum, dispatch, exit, clock, start, outer)
+          ))
       })
   )
 }
+
+// The end of a logged dispatch: its log line, if its level is logged, then
+// the caller's annotations back.
+const logEnded = (
+  levels: LogLevels,
+  minimum: LogLevel.LogLevel,
+  dispatch: Dispatch,
+  exit: Exit.Exit<unknown, unknown>,
+  clock: Clock.Clock,
+  start: number,
+  outer: HashMap.HashMap<string, unknown>
+): Effect.Effect<void> =>
+  Effect.flatMap(clock.currentTimeMillis, (end) => {
+    const restore = FiberRef.set(FiberRef.currentLogAnnotations, outer)
+    const durationMs = end - start
+    if (Exit.isSuccess(exit)) {
+      if (LogLevel.lessThan(levels.completed, minimum)) return restore
+      return Effect.ensuring(
+        Effect.logWithLevel(levels.completed, "command.completed").pipe(
+          Effect.annotateLogs({
+            events: dispatch.events,
+            attempts: dispatch.attempts,
+            replayed: dispatch.replayed,
+            durationMs
+          })
+        ),
+        restore
+      )
+    }
+    if (LogLevel.lessThan(levels.failed, minimum) || Cause.isInterruptedOnly(exit.cause)) return restore
+    return Effect.ensuring(
+      Effect.logWithLevel(levels.failed, "command.failed").pipe(
+        Effect.annotateLogs({ error: outcomeOf(exit), attempts: dispatch.attempts, durationMs })
+      ),
+      restore
+    )
+  })
 
 /**
  * The outcome of a dispatch as metrics and logs name it: `success`, the
@@ -258,26 +305,90 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): string => {
  * @since 0.1.0
  * @category middleware
  */
-export const tracing: Middleware = make("tracing", (self, dispatch) => {
+export const tracing: Middleware = make("tracing", <A, E, R>(self: Effect.Effect<A, E, R>, dispatch: Dispatch) => {
   const { command } = dispatch
-  return Effect.withSpan(
-    Effect.tapErrorCause(self, (cause) => {
-      const failure = Cause.failureOption(cause)
-      return Option.isSome(failure) && Predicate.hasProperty(failure.value, "_tag")
-        ? Effect.annotateCurrentSpan("command.error", failure.value._tag)
-        : Effect.void
-    }),
-    `CommandBus.dispatch ${command._tag}`,
-    {
-      attributes: {
-        "command.type": command._tag,
-        "command.id": command.commandId,
-        "command.correlation_id": command.correlationId
-      },
-      captureStackTrace: false
+  const name = `CommandBus.dispatch ${command._tag}`
+  const options = {
+    attributes: {
+      "command.type": command._tag,
+      "command.id": command.commandId,
+      "command.correlation_id": command.correlationId
+    },
+    captureStackTrace: false as const
+  }
+  return Effect.withFiberRuntime<A, E, R>((fiber) => {
+    // `Effect.withSpan` is `useSpan` (an `onExit` that ends the span) around
+    // `withParentSpan` (an acquire/release of the fiber's context); here
+    // both are one `onExit`, and the span is made in this step rather than
+    // by an effect of its own. Where tracing is off, `Effect.makeSpan`
+    // makes the no-op span.
+    if (!fiber.getFiberRef(FiberRef.currentTracerEnabled)) {
+      return Effect.flatMap(Effect.makeSpan(name, options), (span) => inSpan(self, span, fiber))
     }
-  )
+    return inSpan(self, startSpan(fiber, name, options), fiber)
+  })
 })
+
+// What `Effect.makeSpan` does when tracing is on, without an effect step:
+// the parent is the context's span unless its propagation is disabled, the
+// fiber's span links and annotations join the span's own, and the start is
+// read from the fiber's clock when timing is on.
+const startSpan = (
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  name: string,
+  options: { readonly attributes: Readonly<Record<string, unknown>>; readonly captureStackTrace: false }
+): Tracer.Span => {
+  const clock = EffectContext.get(fiber.currentDefaultServices, Clock.Clock)
+  const span = fiber.currentTracer.span(
+    name,
+    propagated(EffectContext.getOption(fiber.currentContext, Tracer.ParentSpan)),
+    EffectContext.empty(),
+    Chunk.toReadonlyArray(fiber.getFiberRef(FiberRef.currentTracerSpanLinks)),
+    fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : BigInt(0),
+    "internal",
+    options
+  )
+  const annotations = fiber.getFiberRef(FiberRef.currentTracerSpanAnnotations)
+  if (HashMap.size(annotations) > 0) HashMap.forEach(annotations, (value, key) => span.attribute(key, value))
+  for (const key in options.attributes) span.attribute(key, options.attributes[key])
+  return span
+}
+
+const propagated = (span: Option.Option<Tracer.AnySpan>): Option.Option<Tracer.AnySpan> => {
+  if (Option.isNone(span) || !EffectContext.get(span.value.context, Tracer.DisablePropagation)) return span
+  return span.value._tag === "Span" ? propagated(span.value.parent) : Option.none()
+}
+
+const inSpan = <A, E, R>(
+  self: Effect.Effect<A, E, R>,
+  span: Tracer.Span,
+  fiber: Fiber.RuntimeFiber<A, E>
+): Effect.Effect<A, E, R> => {
+  const outer = fiber.currentContext
+  const clock = EffectContext.get(fiber.currentDefaultServices, Clock.Clock)
+  const timing = fiber.getFiberRef(FiberRef.currentTracerTimingEnabled)
+  return Effect.onExit(
+    Effect.zipRight(FiberRef.set(FiberRef.currentContext, EffectContext.add(outer, Tracer.ParentSpan, span)), self),
+    (exit) => spanEnded(span, exit, clock, timing, outer)
+  )
+}
+
+const spanEnded = (
+  span: Tracer.Span,
+  exit: Exit.Exit<unknown, unknown>,
+  clock: Clock.Clock,
+  timing: boolean,
+  outer: EffectContext.Context<never>
+): Effect.Effect<void> => {
+  if (Exit.isFailure(exit)) {
+    const failure = Cause.failureOption(exit.cause)
+    if (Option.isSome(failure) && Predicate.hasProperty(failure.value, "_tag")) {
+      span.attribute("command.error", failure.value._tag)
+    }
+  }
+  if (span.status._tag !== "Ended") span.end(timing ? clock.unsafeCurrentTimeNanos() : BigInt(0), exit)
+  return FiberRef.set(FiberRef.currentContext, outer)
+}
 
 // -----------------------------------------------------------------------------
 // metrics
@@ -299,24 +410,41 @@ const retriesTotal = Metric.counter("command_bus_retries_total", {
   incremental: true
 })
 
-// `Metric.tagged` allocates a new metric key; cache one per label set, since
-// a bus sees few command types and outcomes.
-const taggedCache = <Type, In, Out>(base: Metric.Metric<Type, In, Out>) => {
-  const cache = new Map<string, Metric.Metric<Type, In, Out>>()
-  return (...labels: ReadonlyArray<readonly [string, string]>): Metric.Metric<Type, In, Out> => {
-    const key = labels.map(([name, value]) => `${name}=${value}`).join("\u0000")
-    let metric = cache.get(key)
-    if (metric === undefined) {
-      metric = labels.reduce((m, [name, value]) => Metric.tagged(m, name, value), base)
-      cache.set(key, metric)
-    }
-    return metric
+// A metric updated with the same array of labels finds its hook in a cache;
+// one tagged anew each time (what `Metric.tagged` does on every update) is
+// looked up in the registry by hashing its key. So each label set is built
+// once and kept; a bus sees few command types, outcomes and errors.
+const labelSets = new Map<string, Map<string, ReadonlyArray<MetricLabel.MetricLabel>>>()
+
+/** `command=<command>`, then `<key>=<value>` when given. */
+const labelsOf = (command: string, key?: string, value?: string): ReadonlyArray<MetricLabel.MetricLabel> => {
+  let sets = labelSets.get(command)
+  if (sets === undefined) {
+    sets = new Map()
+    labelSets.set(command, sets)
   }
+  const id = key === undefined ? "" : `${key}=${value}`
+  let set = sets.get(id)
+  if (set === undefined) {
+    set = key === undefined || value === undefined
+      ? [MetricLabel.make("command", command)]
+      : [MetricLabel.make("command", command), MetricLabel.make(key, value)]
+    sets.set(id, set)
+  }
+  return set
 }
 
-const commandsTotalFor = taggedCache(commandsTotal)
-const dispatchDurationFor = taggedCache(dispatchDuration)
-const retriesTotalFor = taggedCache(retriesTotal)
+// As `Metric.update` on a tagged metric: the fiber's own metric labels join
+// the metric's, after them.
+const record = <In>(
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  metric: Metric.Metric<any, In, any>,
+  input: In,
+  own: ReadonlyArray<MetricLabel.MetricLabel>
+): void => {
+  const fiberLabels = fiber.getFiberRef(FiberRef.currentMetricLabels)
+  metric.unsafeUpdate(input, fiberLabels.length === 0 ? own : Arr.union(own, fiberLabels))
+}
 
 /**
  * `command_bus_commands_total{command,outcome}` and
@@ -327,20 +455,42 @@ const retriesTotalFor = taggedCache(retriesTotal)
  */
 export const metrics: Middleware = make(
   "metrics",
-  (self, { command }) =>
-    Effect.flatMap(
-      Clock.currentTimeNanos,
-      (start) =>
-        Effect.onExit(self, (exit) =>
-          Effect.flatMap(Clock.currentTimeNanos, (end) => {
-            const outcome = outcomeOf(exit)
-            return Effect.zipRight(
-              Metric.increment(commandsTotalFor(["command", command._tag], ["outcome", outcome])),
-              Metric.update(dispatchDurationFor(["command", command._tag]), Number(end - start) / 1e9)
-            )
-          }))
-    )
+  <A, E, R>(self: Effect.Effect<A, E, R>, { command }: Dispatch) =>
+    Effect.withFiberRuntime<A, E, R>((fiber) => {
+      const clock = EffectContext.get(fiber.currentDefaultServices, Clock.Clock)
+      return Effect.flatMap(
+        clock.currentTimeNanos,
+        (start) => Effect.onExit(self, (exit) => dispatchMeasured(command._tag, exit, clock, start))
+      )
+    })
 )
+
+const dispatchMeasured = (
+  command: string,
+  exit: Exit.Exit<unknown, unknown>,
+  clock: Clock.Clock,
+  start: bigint
+): Effect.Effect<void> =>
+  Effect.flatMap(clock.currentTimeNanos, (end) =>
+    onCurrentFiber((fiber) => {
+      record(fiber, commandsTotal, 1, labelsOf(command, "outcome", outcomeOf(exit)))
+      record(fiber, dispatchDuration, Number(end - start) / 1e9, labelsOf(command))
+    }))
+
+// Runs `f` with the fiber running this continuation. Inside a continuation
+// that is the fiber evaluating it, so there is no need to spend an effect
+// step on `withFiberRuntime` to find it.
+const onCurrentFiber = (f: (fiber: Fiber.RuntimeFiber<unknown, unknown>) => void): Effect.Effect<void> => {
+  const fiber = Fiber.getCurrentFiber()
+  if (Option.isNone(fiber)) {
+    return Effect.withFiberRuntime((running) => {
+      f(running)
+      return Effect.void
+    })
+  }
+  f(fiber.value)
+  return Effect.void
+}
 
 // -----------------------------------------------------------------------------
 // retry
@@ -363,6 +513,9 @@ export interface RetryOptions {
  */
 export const defaultRetrySchedule: Schedule.Schedule<unknown, unknown> = Schedule.exponential("10 millis", 2).pipe(
   Schedule.jittered,
+  // Whole milliseconds: a fractional delay leaves `TestClock` at an instant
+  // its `currentTimeNanos` cannot convert, which breaks tests of the stack.
+  Schedule.modifyDelay((delay) => Duration.millis(Math.round(Duration.toMillis(delay)))),
   Schedule.intersect(Schedule.recurs(4))
 )
 
@@ -379,15 +532,39 @@ export const retry = (options: RetryOptions = {}): Middleware => {
   return make("retry", (self, dispatch) => {
     const retryable = dispatch.definition.retryable
     if (retryable.length === 0) return self
-    const isRetryable = (error: unknown): error is { readonly _tag: string } => isTaggedWith(error, retryable)
-    return Effect.retry(
-      Effect.tapError(self, (error) => {
-        if (!isRetryable(error)) return Effect.void
-        return Metric.increment(retriesTotalFor(["command", dispatch.command._tag], ["error", error._tag]))
-      }),
-      { schedule, while: isRetryable }
-    )
+    // The schedule starts at the first retryable failure rather than with
+    // every dispatch, so a dispatch that succeeds builds no schedule driver.
+    return Effect.catchAll(self, (error) => retryAfter(error, self, dispatch, retryable, schedule))
   })
+}
+
+// Continues a dispatch whose first attempt failed with `error` as
+// `Effect.retry(self, { schedule, while: retryable })` would have: that
+// failure is handed to the schedule as the first attempt's, so the delays
+// and the number of retries are the same.
+const retryAfter = <A, E, R>(
+  error: E,
+  self: Effect.Effect<A, E, R>,
+  dispatch: Dispatch,
+  retryable: ReadonlyArray<string>,
+  schedule: Schedule.Schedule<unknown, unknown>
+): Effect.Effect<A, E, R> => {
+  const isRetryable = (e: unknown): e is { readonly _tag: string } => isTaggedWith(e, retryable)
+  if (!isRetryable(error)) return Effect.fail(error)
+  let first = true
+  const attempt = Effect.suspend(() => {
+    if (!first) return self
+    first = false
+    return Effect.fail(error)
+  })
+  const counted = Effect.tapError(attempt, (e) =>
+    isRetryable(e)
+      ? Effect.withFiberRuntime<void>((fiber) => {
+        record(fiber, retriesTotal, 1, labelsOf(dispatch.command._tag, "error", e._tag))
+        return Effect.void
+      })
+      : Effect.void)
+  return Effect.retry(counted, { schedule, while: isRetryable })
 }
 
 const isTaggedWith = (error: unknown, tags: ReadonlyArray<string>): boolean =>
@@ -411,14 +588,84 @@ export const timeout = (
 ): Middleware<CommandTimeout> => {
   const byTag = new Map(Object.entries(perCommand).map(([tag, d]) => [tag, Duration.decode(d)]))
   const fallback = Duration.decode(duration)
-  return make("timeout", (self, { command }) => {
-    const limit = byTag.get(command._tag) ?? fallback
-    return Effect.timeoutFail(self, {
-      duration: limit,
-      onTimeout: () => new CommandTimeout({ commandType: command._tag, timeoutMillis: Duration.toMillis(limit) })
-    })
-  })
+  return make(
+    "timeout",
+    <A, E, R>(self: Effect.Effect<A, E, R>, { command }: Dispatch) =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.withFiberRuntime<A, E | CommandTimeout, R>((parent, status) =>
+          withDeadline(self, restore, byTag.get(command._tag) ?? fallback, command, parent, status.runtimeFlags)
+        )
+      )
+  )
 }
+
+// `Effect.timeoutFail` runs `self` in a fiber of its own, so that the
+// deadline can interrupt it alone, raced against a sleeping fiber. Here that
+// fiber starts at once, on this thread: a dispatch that completes without
+// waiting on anything (no I/O, no sleep) is done before any timer could have
+// fired, and needs no timer and no race. One that waits is raced against the
+// time left until its deadline and interrupted when that runs out. The caller
+// makes this uninterruptible; `restore` gives `self`, and the wait, the
+// interruptibility the dispatch had.
+const withDeadline = <A, E, R>(
+  self: Effect.Effect<A, E, R>,
+  restore: <AX, EX, RX>(effect: Effect.Effect<AX, EX, RX>) => Effect.Effect<AX, EX, RX>,
+  limit: Duration.Duration,
+  command: Command.Any,
+  parent: Fiber.RuntimeFiber<A, E | CommandTimeout>,
+  runtimeFlags: RuntimeFlags.RuntimeFlags
+): Effect.Effect<A, E | CommandTimeout, R> => {
+  const clock = EffectContext.get(parent.currentDefaultServices, Clock.Clock)
+  const startedAt = clock.unsafeCurrentTimeMillis()
+  const fiberRefs = parent.getFiberRefs()
+  const child = Runtime.runFork(
+    Runtime.make({ context: parent.currentContext as EffectContext.Context<R>, runtimeFlags, fiberRefs }),
+    Effect.exit(restore(self))
+  )
+  const done = child.unsafePoll()
+  if (done !== null) return Exit.isSuccess(done) ? joined(child, fiberRefs, done.value) : Exit.failCause(done.cause)
+  const elapsed = clock.unsafeCurrentTimeMillis() - startedAt
+  const left = elapsed <= 0 ? limit : Duration.millis(Math.max(0, Duration.toMillis(limit) - elapsed))
+  const stop = Fiber.interruptAs(child, parent.id())
+  const waited = Effect.timeoutFail(Effect.onInterrupt(Effect.flatten(Fiber.await(child)), () => stop), {
+    duration: left,
+    onTimeout: () => new CommandTimeout({ commandType: command._tag, timeoutMillis: Duration.toMillis(limit) })
+  })
+  return Effect.onInterrupt(
+    restore(Effect.flatMap(waited, (exit) => joined(child, fiberRefs, exit))),
+    () => stop
+  )
+}
+
+// Ends with the exit of `self`, and on success makes the changes its fiber
+// made to fiber refs this fiber's, as joining it would (`Effect.timeoutFail`
+// does the same). When it made none, which is usual, there is nothing to join.
+const joined = <A, E>(
+  child: Fiber.RuntimeFiber<Exit.Exit<A, E>>,
+  forkedFrom: FiberRefs.FiberRefs,
+  exit: Exit.Exit<A, E>
+): Effect.Effect<A, E> =>
+  Exit.isFailure(exit) || unchanged(child.getFiberRefs(), forkedFrom)
+    ? exit
+    : Effect.zipRight(Fiber.inheritAll(child), exit)
+
+const unchanged = (after: FiberRefs.FiberRefs, before: FiberRefs.FiberRefs): boolean => {
+  if (after.locals.size !== before.locals.size) return false
+  for (const [fiberRef, stack] of after.locals) {
+    const previous = before.locals.get(fiberRef)
+    if (previous === undefined) return false
+    if (previous[0][1] === stack[0][1]) continue
+    // A fiber that is done winds down, and joining never passes on winding
+    // down or interruptibility; any other flag it changed is a change.
+    if (
+      fiberRef !== FiberRef.currentRuntimeFlags ||
+      RuntimeFlags.disableAll(previous[0][1], notInherited) !== RuntimeFlags.disableAll(stack[0][1], notInherited)
+    ) return false
+  }
+  return true
+}
+
+const notInherited = RuntimeFlags.make(RuntimeFlags.WindDown, RuntimeFlags.Interruption)
 
 // -----------------------------------------------------------------------------
 // transaction

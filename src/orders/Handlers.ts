@@ -40,8 +40,13 @@ export const createOrder = Handler.make(
       shippingAddress: command.shippingAddress,
       now
     })
-    yield* Effect.flatMap(Inventory, (inventory) => inventory.reserve(order.items))
-    yield* Effect.flatMap(OrderRepository, (orders) => orders.insert(order))
+    const inventory = yield* Inventory
+    yield* inventory.reserve(order.items)
+    // A redelivered command finds its order already there: give the stock
+    // back, since not every unit of work rolls back (in memory, none does).
+    yield* Effect.flatMap(OrderRepository, (orders) => orders.insert(order)).pipe(
+      Effect.tapError(() => inventory.release(order.items))
+    )
     return Handler.result({ orderId: order.id, status: "created" as const, version: order.version }, events)
   })
 )

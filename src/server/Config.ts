@@ -128,6 +128,7 @@ export const server = Config.all({
   host: Config.string("HOST").pipe(Config.withDefault("127.0.0.1")),
   bodyLimit: size("BODY_LIMIT", 1024 * 1024),
   idempotencyTtl: duration("IDEMPOTENCY_TTL", "24 hours"),
+  idempotencyLease: duration("IDEMPOTENCY_LEASE", "1 minute"),
   commandTimeout: duration("COMMAND_TIMEOUT", "10 seconds"),
   shutdownTimeout: duration("SHUTDOWN_TIMEOUT", "10 seconds"),
   logLevel: Config.string("LOG_LEVEL").pipe(

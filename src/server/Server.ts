@@ -33,7 +33,7 @@ export const BusLive = Layer.effect(
   Effect.map(Config.server, (config) =>
     OrderBus.make({
       timeout: config.commandTimeout,
-      idempotency: { retention: config.idempotencyTtl }
+      idempotency: { retention: config.idempotencyTtl, lease: config.idempotencyLease }
     }))
 )
 
