@@ -1,0 +1,505 @@
+/**
+ * Malformed requests, table-driven: each is refused with a 4xx (never a
+ * 5xx) problem+json that has `type`, `title`, `status`, `detail` and `code`,
+ * with the expected status, and no stack trace or SQL; and all of them
+ * together change nothing (stock, orders, events).
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import { kind } from "../support/Database.js"
+import {
+  address,
+  customerId,
+  expectJson,
+  expectProblem,
+  layer,
+  layerOptions,
+  orderBody,
+  parseRawReply,
+  rawRequest,
+  type Reply,
+  request,
+  setStock,
+  stockOf,
+  token,
+  unknownOrderId,
+  uuidPattern,
+  waitForFeed
+} from "./Http.js"
+
+// -----------------------------------------------------------------------------
+// the bodies the cases change
+// -----------------------------------------------------------------------------
+
+/** The product the order cases name: stocked, so an order that got through would show. */
+const product = "bad-input-sku"
+/** A product never stocked, for a case that must not reach the inventory to be told apart. */
+const unstocked = "bad-input-unstocked"
+/** The admin's stock cases set this product, so a PUT that got through would show. */
+const stocked = "bad-input-stock"
+/** The sentinel order's product. */
+const sentinelProduct = "bad-input-sentinel"
+
+const products = [product, stocked, sentinelProduct, unstocked] as const
+
+const order = orderBody([{ product_id: product, quantity: 1 }])
+const json = (value: unknown) => JSON.stringify(value)
+const withOrder = (fields: Record<string, unknown>) => json({ ...order, ...fields })
+const withLine = (fields: Record<string, unknown>) => withOrder({ items: [{ ...order.items[0], ...fields }] })
+const withAddress = (fields: Record<string, unknown>) => withOrder({ shipping_address: { ...address, ...fields } })
+const withoutKey = (value: Record<string, unknown>, key: string) =>
+  json(Object.fromEntries(Object.entries(value).filter(([name]) => name !== key)))
+/** The valid order with its quantity written as raw JSON text (for numbers JSON.stringify cannot write). */
+const quantityText = (text: string) => json(order).replace("\"quantity\":1", `"quantity":${text}`)
+
+/**
+ * A request of `bytes` sent in 64 KB chunks without a Content-Length, as raw
+ * HTTP: the service answers 413 and closes before the upload ends, which
+ * `fetch` reports as a failed request rather than the answer.
+ */
+const chunkedRequest = (bytes: number) => (bearer: string) => {
+  const chunk = "x".repeat(64 * 1024)
+  const opening = "{\"padding\":\""
+  const chunks = Array.from(
+    { length: Math.ceil(bytes / chunk.length) },
+    () => `${chunk.length.toString(16)}\r\n${chunk}\r\n`
+  )
+  const head = [
+    "POST /api/v1/orders HTTP/1.1",
+    "Host: localhost",
+    `Authorization: Bearer ${bearer}`,
+    "Content-Type: application/json",
+    "Transfer-Encoding: chunked",
+    "Connection: close",
+    "",
+    `${opening.length.toString(16)}\r\n${opening}\r\n`
+  ].join("\r\n")
+  return [head, ...chunks, "0\r\n\r\n"]
+}
+
+// -----------------------------------------------------------------------------
+// the cases
+// -----------------------------------------------------------------------------
+
+interface Case {
+  readonly name: string
+  readonly method?: "GET" | "POST" | "PUT" | "DELETE"
+  /** Defaults to `POST /api/v1/orders`; `{sentinel}` is the sentinel order's id. */
+  readonly path?: string
+  /** Who sends it: alice (default), an admin, or nobody. */
+  readonly as?: "alice" | "admin"
+  readonly body?: string | Uint8Array
+  /** The whole request as raw HTTP, given the sender's token, instead of `method`, `path` and `body`. */
+  readonly raw?: (bearer: string) => ReadonlyArray<string>
+  /** Defaults to application/json when there is a body; `null` sends none. */
+  readonly contentType?: string | null
+  readonly headers?: Readonly<Record<string, string>>
+  readonly status: number
+  readonly code: string
+  /** A known bug in the service: the case is expected to fail until it is fixed. */
+  readonly bug?: string
+  readonly check?: (reply: Reply) => void
+}
+
+const cancel = "/api/v1/orders/{sentinel}/cancel"
+const stock = `/api/v1/products/${stocked}/stock`
+const events = "/api/v1/events"
+const malformed = { status: 400, code: "MalformedJson" } as const
+const invalid = { status: 400, code: "HttpApiDecodeError" } as const
+const unsupported = { status: 415, code: "UnsupportedMediaType" } as const
+const tooLarge = { status: 413, code: "PayloadTooLarge" } as const
+const nulBug = "NUL reaches PostgreSQL, which cannot store it in text/jsonb: 500 InternalError"
+const surrogateBug = "a lone surrogate reaches PostgreSQL's jsonb input, which rejects it: 500 InternalError"
+
+const cases: ReadonlyArray<Case> = [
+  // JSON that does not parse
+  { name: "broken JSON", body: "{\"customer_id\": }", ...malformed },
+  { name: "truncated JSON", body: json(order).slice(0, 40), ...malformed },
+  { name: "trailing garbage after the JSON", body: `${json(order)} x`, ...malformed },
+  { name: "single-quoted JSON", body: "{'customer_id': 'x'}", ...malformed },
+  { name: "a comment in the JSON", body: `{/* note */${json(order).slice(1)}`, ...malformed },
+  { name: "an empty body", body: "", ...malformed },
+  { name: "a body of whitespace", body: " \n\t ", ...malformed },
+  { name: "NaN as a number", method: "PUT", path: stock, as: "admin", body: "{\"available\": NaN}", ...malformed },
+  { name: "a cancel body truncated", path: cancel, body: "{\"reason\": \"chan", ...malformed },
+  // JSON that is not the expected object
+  { name: "a null body", body: "null", ...invalid },
+  { name: "an array instead of an object", body: "[]", ...invalid },
+  { name: "the order wrapped in an array", body: json([order]), ...invalid },
+  { name: "a string body", body: "\"order\"", ...invalid },
+  { name: "a number body", body: "42", ...invalid },
+  { name: "a null stock body", method: "PUT", path: stock, as: "admin", body: "null", ...invalid },
+  // wrong types, missing fields, out of range
+  { name: "customer_id as a number", body: withOrder({ customer_id: 42 }), ...invalid },
+  { name: "customer_id not a UUID", body: withOrder({ customer_id: "customer-1" }), ...invalid },
+  { name: "items as an object", body: withOrder({ items: { product_id: product, quantity: 1 } }), ...invalid },
+  { name: "items empty", body: withOrder({ items: [] }), ...invalid },
+  { name: "items null", body: withOrder({ items: null }), ...invalid },
+  { name: "quantity as a string", body: withLine({ quantity: "1" }), ...invalid },
+  { name: "quantity 1e400 (infinite)", body: quantityText("1e400"), ...invalid },
+  { name: "quantity 2**60", body: quantityText(String(2 ** 60)), ...invalid },
+  { name: "quantity 0", body: withLine({ quantity: 0 }), ...invalid },
+  { name: "quantity -1", body: withLine({ quantity: -1 }), ...invalid },
+  { name: "quantity 1.5", body: withLine({ quantity: 1.5 }), ...invalid },
+  { name: "quantity 1001", body: withLine({ quantity: 1001 }), ...invalid },
+  {
+    name: "1001 lines",
+    body: withOrder({
+      items: Array.from({ length: 1001 }, (_, i) => ({ product_id: `${product}-${i}`, quantity: 1 }))
+    }),
+    ...invalid
+  },
+  { name: "product_id empty", body: withLine({ product_id: "" }), ...invalid },
+  { name: "product_id of 101 characters", body: withLine({ product_id: "p".repeat(101) }), ...invalid },
+  {
+    name: "the same product on two lines",
+    body: withOrder({ items: [order.items[0], order.items[0]] }),
+    status: 400,
+    code: "CommandValidationError"
+  },
+  { name: "customer_id missing", body: withoutKey(order, "customer_id"), ...invalid },
+  { name: "shipping_address missing", body: withoutKey(order, "shipping_address"), ...invalid },
+  {
+    name: "postal_code missing",
+    body: withOrder({ shipping_address: JSON.parse(withoutKey(address, "postal_code")) }),
+    ...invalid
+  },
+  { name: "country in lower case", body: withAddress({ country: "us" }), ...invalid },
+  { name: "line1 empty", body: withAddress({ line1: "" }), ...invalid },
+  { name: "line1 of 201 characters", body: withAddress({ line1: "l".repeat(201) }), ...invalid },
+  { name: "shipping_address as a string", body: withOrder({ shipping_address: "1 Main St" }), ...invalid },
+  { name: "available -1", method: "PUT", path: stock, as: "admin", body: json({ available: -1 }), ...invalid },
+  {
+    name: "available as a string",
+    method: "PUT",
+    path: stock,
+    as: "admin",
+    body: json({ available: "5" }),
+    ...invalid
+  },
+  { name: "available 2**31", method: "PUT", path: stock, as: "admin", body: json({ available: 2 ** 31 }), ...invalid },
+  { name: "available 1e400", method: "PUT", path: stock, as: "admin", body: "{\"available\":1e400}", ...invalid },
+  { name: "available missing", method: "PUT", path: stock, as: "admin", body: "{}", ...invalid },
+  { name: "reason empty", path: cancel, body: json({ reason: "" }), ...invalid },
+  { name: "reason of 501 characters", path: cancel, body: json({ reason: "r".repeat(501) }), ...invalid },
+  { name: "reason as a number", path: cancel, body: json({ reason: 1 }), ...invalid },
+  { name: "reason missing", path: cancel, body: "{}", ...invalid },
+  // unknown fields, at each level
+  { name: "an unknown top-level field", body: withOrder({ discount: 100 }), ...invalid },
+  { name: "an unknown field in a line", body: withLine({ price: 0 }), ...invalid },
+  { name: "an unknown field in shipping_address", body: withAddress({ line3: "x" }), ...invalid },
+  {
+    name: "camelCase names instead of snake_case",
+    body: json({ customerId, items: [{ productId: product, quantity: 1 }], shippingAddress: address }),
+    ...invalid
+  },
+  { name: "an unknown field in a cancel body", path: cancel, body: json({ reason: "x", force: true }), ...invalid },
+  {
+    name: "an unknown field in a stock body",
+    method: "PUT",
+    path: stock,
+    as: "admin",
+    body: json({ available: 1, reserved: 0 }),
+    ...invalid
+  },
+  // prototype pollution
+  { name: "__proto__ at the top", body: `{"__proto__":{"isAdmin":true},${json(order).slice(1)}`, ...invalid },
+  { name: "constructor at the top", body: `{"constructor":{"prototype":{"x":1}},${json(order).slice(1)}`, ...invalid },
+  {
+    name: "__proto__ in a line",
+    body: json(order).replace("{\"product_id\"", "{\"__proto__\":{\"quantity\":1000},\"product_id\""),
+    ...invalid
+  },
+  {
+    name: "constructor.prototype in shipping_address",
+    body: json(order).replace("{\"line1\"", "{\"constructor\":{\"prototype\":{\"x\":1}},\"line1\""),
+    ...invalid
+  },
+  {
+    name: "__proto__ in a stock body",
+    method: "PUT",
+    path: stock,
+    as: "admin",
+    body: "{\"available\":1,\"__proto__\":{\"available\":5}}",
+    ...invalid
+  },
+  // duplicate keys
+  {
+    name: "a duplicate key (customer_id twice)",
+    body: json(orderBody([{ product_id: unstocked, quantity: 1 }])).replace(
+      "{\"customer_id\"",
+      "{\"customer_id\":\"not-a-uuid\",\"customer_id\""
+    ),
+    ...malformed,
+    bug: "JSON.parse keeps the last of duplicate keys: the body is accepted and the command runs (409 here)"
+  },
+  // unicode oddities in string fields
+  { name: "NUL in line1", body: withAddress({ line1: "1 Main\u0000St" }), ...invalid, bug: nulBug },
+  { name: "NUL in product_id", body: withLine({ product_id: `${product}\u0000` }), ...invalid, bug: nulBug },
+  { name: "NUL in a cancel reason", path: cancel, body: json({ reason: "a\u0000b" }), ...invalid, bug: nulBug },
+  {
+    name: "NUL in a product path",
+    method: "GET",
+    path: "/api/v1/products/sku%00x/stock",
+    ...invalid,
+    bug: nulBug
+  },
+  {
+    name: "a lone surrogate \\ud800 in line1",
+    body: withAddress({ line1: "a\ud800b" }),
+    ...invalid,
+    bug: surrogateBug
+  },
+  { name: "a lone surrogate \\udc00 in city", body: withAddress({ city: "\udc00" }), ...invalid, bug: surrogateBug },
+  { name: "a zero-width space inside country", body: withAddress({ country: "U\u200BS" }), ...invalid },
+  { name: "an RTL override in customer_id", body: withOrder({ customer_id: `\u202E${customerId}` }), ...invalid },
+  {
+    name: "a zero-width space before an order id in the path",
+    method: "GET",
+    path: `/api/v1/orders/%E2%80%8B${unknownOrderId}`,
+    ...invalid
+  },
+  {
+    name: "a lone surrogate (as UTF-8 bytes) in a product path",
+    method: "GET",
+    path: "/api/v1/products/%ED%A0%80/stock",
+    status: 404,
+    code: "RouteNotFound"
+  },
+  // content types
+  { name: "text/plain", body: json(order), contentType: "text/plain", ...unsupported },
+  { name: "a form", body: "customer_id=x&items=y", contentType: "application/x-www-form-urlencoded", ...unsupported },
+  {
+    name: "multipart/form-data",
+    body: "--b\r\n\r\nx\r\n--b--",
+    contentType: "multipart/form-data; boundary=b",
+    ...unsupported
+  },
+  { name: "application/xml", body: "<order/>", contentType: "application/xml", ...unsupported },
+  { name: "no content type", body: new TextEncoder().encode(json(order)), contentType: null, ...unsupported },
+  {
+    name: "no content type on a stock PUT",
+    method: "PUT",
+    path: stock,
+    as: "admin",
+    body: new Uint8Array(),
+    contentType: null,
+    ...unsupported
+  },
+  {
+    name: "application/json; charset=latin1 is read as JSON (wrong types: 400, not 415)",
+    body: withOrder({ customer_id: 42 }),
+    contentType: "application/json; charset=latin1",
+    ...invalid
+  },
+  // sizes
+  { name: "a 10 MB body", body: "x".repeat(10 * 1024 * 1024), ...tooLarge },
+  { name: "valid JSON one byte over 1 MiB", body: json({ pad: "x".repeat(1024 * 1024 - 9) }), ...tooLarge },
+  {
+    name: "2 MB chunked without a Content-Length",
+    raw: chunkedRequest(2 * 1024 * 1024),
+    ...tooLarge,
+    bug: "reading past the limit destroys the request and so the socket: the client gets a connection reset, no 413"
+  },
+  // headers
+  { name: "an empty Idempotency-Key", body: json(order), headers: { "idempotency-key": "" }, ...invalid },
+  {
+    name: "an Idempotency-Key of 256 characters",
+    body: json(order),
+    headers: { "idempotency-key": "k".repeat(256) },
+    ...invalid
+  },
+  {
+    name: "an Idempotency-Key of 8 KB",
+    body: json(order),
+    headers: { "idempotency-key": "k".repeat(8192) },
+    ...invalid
+  },
+  {
+    name: "an Idempotency-Key of 256 characters on a stock PUT",
+    method: "PUT",
+    path: stock,
+    as: "admin",
+    body: json({ available: 1 }),
+    headers: { "idempotency-key": "k".repeat(256) },
+    ...invalid
+  },
+  {
+    name: "a weak If-Match",
+    path: cancel,
+    body: json({ reason: "x" }),
+    headers: { "if-match": "W/\"1\"" },
+    ...invalid
+  },
+  { name: "an unquoted If-Match", path: cancel, body: json({ reason: "x" }), headers: { "if-match": "1" }, ...invalid },
+  {
+    name: "an If-Match list",
+    path: cancel,
+    body: json({ reason: "x" }),
+    headers: { "if-match": "\"1\", \"2\"" },
+    ...invalid
+  },
+  {
+    name: "an If-Match of 8 KB",
+    path: cancel,
+    body: json({ reason: "x" }),
+    headers: { "if-match": `"${"9".repeat(8192)}"` },
+    ...invalid
+  },
+  {
+    name: "an X-Correlation-ID of 8 KB is ignored",
+    body: "{",
+    headers: { "x-correlation-id": "c".repeat(8192) },
+    ...malformed,
+    check: (reply) => expect(reply.headers.get("x-correlation-id")).toMatch(uuidPattern)
+  },
+  {
+    name: "an Authorization of 8 KB",
+    body: json(order),
+    headers: { authorization: `Bearer ${"a".repeat(8192)}` },
+    status: 401,
+    code: "Unauthorized"
+  },
+  // path parameters
+  { name: "a non-UUID order id", method: "GET", path: "/api/v1/orders/42", ...invalid },
+  {
+    name: "a non-UUID order id to cancel",
+    path: "/api/v1/orders/not-a-uuid/cancel",
+    body: json({ reason: "x" }),
+    ...invalid
+  },
+  { name: "an order id with a suffix", method: "GET", path: `/api/v1/orders/${unknownOrderId}0`, ...invalid },
+  { name: "an SQL-looking order id", method: "GET", path: "/api/v1/orders/'%20OR%201=1--", ...invalid },
+  // The router matches path parameters of at most 100 characters, which is
+  // also the longest product id: a longer one matches no route.
+  {
+    name: "a product id of 101 characters",
+    method: "PUT",
+    path: `/api/v1/products/${"p".repeat(101)}/stock`,
+    as: "admin",
+    body: json({ available: 1 }),
+    status: 404,
+    code: "RouteNotFound"
+  },
+  // query parameters
+  { name: "limit=0", method: "GET", path: `${events}?limit=0`, as: "admin", ...invalid },
+  { name: "limit=1001", method: "GET", path: `${events}?limit=1001`, as: "admin", ...invalid },
+  { name: "after=-1", method: "GET", path: `${events}?after=-1`, as: "admin", ...invalid },
+  { name: "after=abc", method: "GET", path: `${events}?after=abc`, as: "admin", ...invalid },
+  { name: "limit=1.5", method: "GET", path: `${events}?limit=1.5`, as: "admin", ...invalid },
+  { name: "limit= (empty)", method: "GET", path: `${events}?limit=`, as: "admin", ...invalid },
+  { name: "after=1e400", method: "GET", path: `${events}?after=1e400`, as: "admin", ...invalid },
+  { name: "limit given twice", method: "GET", path: `${events}?limit=1&limit=2`, as: "admin", ...invalid }
+]
+
+// -----------------------------------------------------------------------------
+// the suite
+// -----------------------------------------------------------------------------
+
+interface Snapshot {
+  readonly stock: Record<string, number>
+  readonly feedEnd: number
+  readonly sentinel: unknown
+}
+
+const snapshotStock = (userToken: string) =>
+  Effect.map(
+    Effect.forEach(products, (productId) => Effect.map(stockOf(productId, userToken), (n) => [productId, n] as const)),
+    Object.fromEntries
+  )
+
+const users = Effect.all({ admin: token("root", { admin: true }), alice: token("alice") })
+
+describe(`malformed requests (${kind})`, () => {
+  it.layer(layer(), layerOptions)((it) => {
+    let sentinel = ""
+    let before: Snapshot | undefined
+
+    it.effect("setup: stock, a sentinel order to aim cancels at, and the state before", () =>
+      Effect.gen(function*() {
+        const { admin, alice } = yield* users
+        yield* setStock(product, 100, admin)
+        yield* setStock(stocked, 50, admin)
+        yield* setStock(sentinelProduct, 1, admin)
+        const created = yield* request("POST", "/api/v1/orders", {
+          token: alice,
+          json: orderBody([{ product_id: sentinelProduct, quantity: 1 }])
+        })
+        expectJson(created, 201)
+        sentinel = created.body.order_id
+        const feed = yield* waitForFeed(admin, (events) => events.some((event) => event.aggregate_id === sentinel))
+        const read = yield* request("GET", `/api/v1/orders/${sentinel}`, { token: alice })
+        expectJson(read, 200)
+        before = { stock: yield* snapshotStock(alice), feedEnd: feed[feed.length - 1]!.position, sentinel: read.body }
+        expect(before.stock).toEqual({ [product]: 100, [stocked]: 50, [sentinelProduct]: 0, [unstocked]: 0 })
+      }))
+
+    it("has at least 40 cases", () => {
+      expect(cases.length).toBeGreaterThanOrEqual(40)
+      expect(new Set(cases.map((testCase) => testCase.name)).size).toBe(cases.length)
+    })
+
+    for (const testCase of cases) {
+      const test = testCase.bug === undefined ? it.effect : it.effect.fails
+      const method = testCase.method ?? "POST"
+      const path = testCase.path ?? "/api/v1/orders"
+      const title = `${testCase.name}: ${testCase.status} ${testCase.code}${
+        testCase.bug === undefined ? "" : ` (known bug: ${testCase.bug})`
+      }`
+      test(title, () =>
+        Effect.gen(function*() {
+          const tokens = yield* users
+          const bearer = testCase.as === "admin" ? tokens.admin : tokens.alice
+          const reply = testCase.raw === undefined
+            ? yield* request(method, path.replace("{sentinel}", sentinel), {
+              token: bearer,
+              ...(testCase.body === undefined ? {} : { body: testCase.body }),
+              ...(testCase.contentType === undefined ? {} : { contentType: testCase.contentType }),
+              ...(testCase.headers === undefined ? {} : { headers: testCase.headers })
+            })
+            : parseRawReply(yield* rawRequest(testCase.raw(bearer)))
+          expect(reply.status, reply.text.slice(0, 300)).toBeGreaterThanOrEqual(400)
+          expect(reply.status, reply.text.slice(0, 300)).toBeLessThan(500)
+          expectProblem(reply, testCase.status, testCase.code)
+          expect(reply.headers.get("idempotent-replayed")).toBeNull()
+          testCase.check?.(reply)
+        }))
+    }
+
+    it.effect("a header block over Node's 16 KB limit is refused by Node itself with 431, never 5xx", () =>
+      Effect.gen(function*() {
+        const { alice } = yield* users
+        const reply = yield* request("POST", "/api/v1/orders", {
+          token: alice,
+          json: order,
+          headers: { "x-padding": "p".repeat(20 * 1024) }
+        })
+        // Node's HTTP parser answers before the service runs, so this one
+        // response has no problem body.
+        expect(reply.status).toBe(431)
+      }))
+
+    it.effect("nothing changed: stock, the sentinel order, and no event but the sentinel's cancellation", () =>
+      Effect.gen(function*() {
+        const { admin, alice } = yield* users
+        expect(before, "the setup test ran first").toBeDefined()
+        expect(yield* snapshotStock(alice)).toEqual(before!.stock)
+        const read = yield* request("GET", `/api/v1/orders/${sentinel}`, { token: alice })
+        expect(read.body).toEqual(before!.sentinel)
+
+        // Events reach the feed in commit order: once the sentinel's
+        // cancellation is there, any event a bad request had caused is too.
+        const cancelled = yield* request("POST", `/api/v1/orders/${sentinel}/cancel`, {
+          token: alice,
+          json: { reason: "end of suite" }
+        })
+        expectJson(cancelled, 200)
+        const after = yield* waitForFeed(
+          admin,
+          (events) => events.some((event) => event.type === "OrderCancelled" && event.aggregate_id === sentinel),
+          { after: before!.feedEnd }
+        )
+        expect(after.map((event) => [event.type, event.aggregate_id])).toEqual([["OrderCancelled", sentinel]])
+      }))
+  })
+})
