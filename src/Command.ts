@@ -10,13 +10,41 @@ import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import { createHash, randomUUID } from "node:crypto"
 
+// A lone surrogate: a high one not followed by a low one, or a low one not
+// preceded by a high one.
+const loneSurrogate = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
+
+/**
+ * Whether a string can be stored as text anywhere: well-formed Unicode (no
+ * lone surrogates) and no NUL, which PostgreSQL refuses in text and jsonb.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const isStorableText = (value: string): boolean => !value.includes("\u0000") && !loneSurrogate.test(value)
+
+/**
+ * A string that can be stored as text: see `isStorableText`. Use it for every
+ * string a command carries to a database, so bad input is refused by the
+ * schema, not by the database.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Text = Schema.String.pipe(
+  Schema.filter(isStorableText, {
+    message: () => "must be well-formed Unicode without NUL characters",
+    identifier: "Text"
+  })
+)
+
 /**
  * An idempotency key as the IETF draft allows it: 1 to 255 characters.
  *
  * @since 0.1.0
  * @category schemas
  */
-export const IdempotencyKey = Schema.String.pipe(
+export const IdempotencyKey = Text.pipe(
   Schema.minLength(1),
   Schema.maxLength(255),
   Schema.annotations({ identifier: "IdempotencyKey" })
@@ -35,7 +63,7 @@ export const MetadataFields = {
   correlationId: Schema.optionalWith(Schema.UUID, { default: () => randomUUID() }),
   causationId: Schema.optionalWith(Schema.UUID, { exact: true }),
   timestamp: Schema.optionalWith(Schema.DateTimeUtc, { default: () => DateTime.unsafeNow() }),
-  userId: Schema.optionalWith(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(255)), { exact: true }),
+  userId: Schema.optionalWith(Text.pipe(Schema.minLength(1), Schema.maxLength(255)), { exact: true }),
   idempotencyKey: Schema.optionalWith(IdempotencyKey, { exact: true })
 }
 

@@ -8,6 +8,9 @@
  */
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import { type Pipeable, pipeArguments } from "effect/Pipeable"
 import * as Predicate from "effect/Predicate"
@@ -157,23 +160,17 @@ const build = (
   handlers: Readonly<Record<string, Handler.Handler<any, any>>>,
   middleware: ReadonlyArray<Middleware.Any>
 ): any => {
-  const execute = (dispatch: Middleware.Dispatch) =>
-    Effect.flatMap(
-      Effect.suspend(() => {
-        dispatch.attempts++
-        return handlers[dispatch.command._tag]!(dispatch.command)
-      }),
-      (result) => afterHandler(dispatch, result)
-    )
-
   const dispatch = (command: Command.Any): Effect.Effect<any, any, any> => {
     const definition = definitions.get(command._tag)
     if (definition === undefined) {
       // Unreachable from typed code: `dispatch` only accepts the bus's commands.
       return Effect.dieMessage(`No handler for ${command._tag}`)
     }
+    const handler = handlers[command._tag]!
+    // Without middleware nothing reads the dispatch's record, so none is kept.
+    if (middleware.length === 0) return execute(command, handler, undefined)
     const current: Middleware.Dispatch = { command, definition, events: 0, attempts: 0, replayed: false }
-    let effect = execute(current)
+    let effect = execute(command, handler, current)
     for (let i = middleware.length - 1; i >= 0; i--) effect = middleware[i]!.apply(effect, current)
     return effect
   }
@@ -207,23 +204,58 @@ const build = (
   return bus
 }
 
+// Runs the handler, each time the effect runs (a retry runs it again).
+const execute = (
+  command: Command.Any,
+  handler: Handler.Handler<any, any>,
+  dispatch: Middleware.Dispatch | undefined
+): Effect.Effect<unknown, unknown, any> =>
+  Effect.suspend(() => {
+    if (dispatch !== undefined) dispatch.attempts++
+    const handled = handler(command)
+    // A handler that is done already (`Effect.succeed(...)`, as a pure or
+    // in-memory handler returns) goes on at once, one fiber step fewer.
+    if (!Exit.isExit(handled)) {
+      return Effect.flatMap(handled, (result: Handler.Result<unknown>) => afterHandler(command, dispatch, result))
+    }
+    return Exit.isSuccess(handled) ? afterHandler(command, dispatch, handled.value as Handler.Result<unknown>) : handled
+  })
+
 // After the handler succeeds, still inside the unit of work: stamp and append
 // its events, then run the before-commit hooks (the idempotency record).
-const afterHandler = (dispatch: Middleware.Dispatch, result: Handler.Result<unknown>) =>
-  Effect.withFiberRuntime<unknown, unknown, Outbox>((fiber) => {
-    const hooks = fiber.getFiberRef(UnitOfWork.currentBeforeCommit)
-    const events = result.events
-    dispatch.events = events.length
-    if (events.length === 0 && hooks.length === 0) return Effect.succeed(result.value)
-    let effect: Effect.Effect<unknown, unknown, Outbox> = events.length === 0
-      ? Effect.void
-      : Effect.flatMap(
-        DomainEvent.stamp(dispatch.command, events),
-        (envelopes) => Effect.flatMap(Outbox, (outbox) => outbox.append(envelopes))
-      )
-    for (const hook of hooks) effect = Effect.zipRight(effect, hook(result.value))
-    return Effect.as(effect, result.value)
-  })
+// This is the continuation of every dispatch, so it reads the hooks from the
+// fiber running it instead of spending a fiber step on `withFiberRuntime`.
+const afterHandler = (
+  command: Command.Any,
+  dispatch: Middleware.Dispatch | undefined,
+  result: Handler.Result<unknown>
+): Effect.Effect<unknown, unknown, Outbox> => {
+  const fiber = Fiber.getCurrentFiber()
+  if (Option.isNone(fiber)) {
+    return Effect.withFiberRuntime((running) => appendAndCommit(command, dispatch, result, running))
+  }
+  return appendAndCommit(command, dispatch, result, fiber.value)
+}
+
+const appendAndCommit = (
+  command: Command.Any,
+  dispatch: Middleware.Dispatch | undefined,
+  result: Handler.Result<unknown>,
+  fiber: Fiber.RuntimeFiber<unknown, unknown>
+): Effect.Effect<unknown, unknown, Outbox> => {
+  const hooks = fiber.getFiberRef(UnitOfWork.currentBeforeCommit)
+  const events = result.events
+  if (dispatch !== undefined) dispatch.events = events.length
+  if (events.length === 0 && hooks.length === 0) return Effect.succeed(result.value)
+  let effect: Effect.Effect<unknown, unknown, Outbox> = events.length === 0
+    ? Effect.void
+    : Effect.flatMap(
+      DomainEvent.stamp(command, events),
+      (envelopes) => Effect.flatMap(Outbox, (outbox) => outbox.append(envelopes))
+    )
+  for (const hook of hooks) effect = Effect.zipRight(effect, hook(result.value))
+  return Effect.as(effect, result.value)
+}
 
 /**
  * The issues of a parse error, as `ValidationIssue`s.

@@ -6,6 +6,7 @@
  */
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Schema from "effect/Schema"
 import { randomUUID } from "node:crypto"
 import type * as Command from "./Command.js"
@@ -103,20 +104,38 @@ export const stamp = (
   command: Command.Metadata,
   drafts: ReadonlyArray<Draft>
 ): Effect.Effect<ReadonlyArray<Envelope>> =>
-  Effect.flatMap(
-    DateTime.now,
-    (occurredAt) =>
-      Effect.forEach(drafts, (draft) =>
-        Effect.map(encode(draft.event), (payload) =>
-          new Envelope({
-            eventId: randomUUID(),
-            type: draft.event._tag,
-            aggregateType: draft.aggregateType,
-            aggregateId: draft.aggregateId,
-            aggregateVersion: draft.aggregateVersion,
-            occurredAt,
-            correlationId: command.correlationId,
-            causationId: command.commandId,
-            payload
-          }, { disableValidation: true })))
+  Effect.flatMap(DateTime.now, (occurredAt) => {
+    // An event schema without asynchronous parts encodes to an `Either` at
+    // once; then every envelope is built here, without a fiber step per event.
+    const payloads: Array<unknown> = []
+    for (const draft of drafts) {
+      const encoded = encoderOf(draft.event)(draft.event)
+      if (!Either.isEither(encoded)) return stampEach(command, drafts, occurredAt)
+      if (Either.isLeft(encoded)) return Effect.die(encoded.left)
+      payloads.push(encoded.right)
+    }
+    return Effect.succeed(drafts.map((draft, i) => envelope(command, draft, occurredAt, payloads[i])))
+  })
+
+const stampEach = (
+  command: Command.Metadata,
+  drafts: ReadonlyArray<Draft>,
+  occurredAt: DateTime.Utc
+): Effect.Effect<ReadonlyArray<Envelope>> =>
+  Effect.forEach(
+    drafts,
+    (draft) => Effect.map(encode(draft.event), (payload) => envelope(command, draft, occurredAt, payload))
   )
+
+const envelope = (command: Command.Metadata, draft: Draft, occurredAt: DateTime.Utc, payload: unknown): Envelope =>
+  new Envelope({
+    eventId: randomUUID(),
+    type: draft.event._tag,
+    aggregateType: draft.aggregateType,
+    aggregateId: draft.aggregateId,
+    aggregateVersion: draft.aggregateVersion,
+    occurredAt,
+    correlationId: command.correlationId,
+    causationId: command.commandId,
+    payload
+  }, { disableValidation: true })

@@ -102,10 +102,12 @@ export const layerMemory = (initial?: Iterable<readonly [string, number]>): Laye
 // Lines as one jsonb parameter, sorted by product so concurrent reservations
 // lock inventory rows in the same order and cannot deadlock.
 const linesParam = (totals: Map<string, number>) =>
-  JSON.stringify([...totals].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([product_id, quantity]) => ({
-    product_id,
-    quantity
-  })))
+  JSON.stringify(
+    [...totals].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([product_id, quantity]) => ({
+      product_id,
+      quantity
+    }))
+  )
 
 /**
  * On PostgreSQL: a reservation is one conditional `UPDATE` for every line

@@ -8,13 +8,13 @@ import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
 import type * as DateTime from "effect/DateTime"
 import * as Either from "effect/Either"
 import * as Schema from "effect/Schema"
-import { DomainEvent } from "../index.js"
+import { Command, DomainEvent } from "../index.js"
 
 /**
  * @since 0.1.0
  * @category schemas
  */
-export const ProductId = Schema.String.pipe(
+export const ProductId = Command.Text.pipe(
   Schema.minLength(1),
   Schema.maxLength(100),
   Schema.annotations({ identifier: "ProductId", description: "A product's SKU" })
@@ -38,7 +38,7 @@ export const OrderLine = Schema.Struct({
  */
 export type OrderLine = typeof OrderLine.Type
 
-const AddressText = (max: number) => Schema.String.pipe(Schema.minLength(1), Schema.maxLength(max))
+const AddressText = (max: number) => Command.Text.pipe(Schema.minLength(1), Schema.maxLength(max))
 
 /**
  * @since 0.1.0

@@ -4,8 +4,8 @@
  *
  * @since 0.1.0
  */
-import type * as SqlClient from "@effect/sql/SqlClient"
 import type * as PgClient from "@effect/sql-pg/PgClient"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import * as Layer from "effect/Layer"
 import { EventPublisher, type Idempotency, type Outbox, type UnitOfWork } from "../index.js"
 import { OutboxRelay, SqlIdempotencyStore, SqlOutbox, SqlUnitOfWork } from "../sql/index.js"

@@ -85,7 +85,7 @@ export const OrderCreatedResponse = Schema.Struct({
  * @category schemas
  */
 export const CancelOrderBody = Schema.Struct({
-  reason: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(500))
+  reason: Command.Text.pipe(Schema.minLength(1), Schema.maxLength(500))
 }).annotations({ identifier: "CancelOrderRequest", ...strict })
 
 /**
@@ -341,6 +341,26 @@ export class HealthGroup extends HttpApiGroup.make("health")
   )
 {}
 
+/**
+ * Every error response is problem+json; the generator says so for a status
+ * with one error schema but falls back to `application/json` when several
+ * share it, so the document is corrected here.
+ */
+const problemContentTypes = (spec: Record<string, any>): Record<string, any> => {
+  for (const operations of Object.values(spec.paths ?? {}) as Array<Record<string, any>>) {
+    for (const operation of Object.values(operations)) {
+      for (const [status, response] of Object.entries(operation?.responses ?? {}) as Array<[string, any]>) {
+        const content = response?.content
+        if (Number(status) >= 400 && content?.["application/json"] !== undefined) {
+          content[Problem.contentType] = content["application/json"]
+          delete content["application/json"]
+        }
+      }
+    }
+  }
+  return spec
+}
+
 const ApiBase = HttpApi.make("orders-service") // `HttpApi.make` starts every API with the plain `HttpApiDecodeError`, which
  // would be encoded before any other schema of that error; replace it with its
 // problem+json form so schema failures are problems like every other error.
@@ -364,6 +384,7 @@ export class Api extends ApiBase
   .addError(Problem.schema(UnsupportedMediaType))
   .addError(Problem.schema(RouteNotFound))
   .addError(Problem.schema(InternalError))
+  .annotate(OpenApi.Transform, problemContentTypes)
   .annotate(OpenApi.Title, "Orders service (effect-command-bus reference)")
   .annotate(OpenApi.Version, "0.1.0")
   .annotate(

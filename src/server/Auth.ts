@@ -12,6 +12,7 @@
  */
 import * as HttpApiMiddleware from "@effect/platform/HttpApiMiddleware"
 import * as HttpApiSecurity from "@effect/platform/HttpApiSecurity"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -21,7 +22,7 @@ import * as Jose from "jose"
 import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import type { CurrentUser } from "../index.js"
+import { Command, type CurrentUser } from "../index.js"
 import * as Config from "./Config.js"
 import { Unauthorized } from "./HttpErrors.js"
 import * as Problem from "./Problem.js"
@@ -98,7 +99,9 @@ const asymmetric = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256
 
 const principalOf = (payload: Jose.JWTPayload): Option.Option<CurrentUser.Principal> => {
   const sub = payload.sub
-  if (typeof sub !== "string" || sub.length === 0 || sub.length > 255) return Option.none()
+  if (typeof sub !== "string" || sub.length === 0 || sub.length > 255 || !Command.isStorableText(sub)) {
+    return Option.none()
+  }
   const roles = Array.isArray(payload.roles) ? payload.roles.filter((role) => typeof role === "string") : []
   return Option.some({ userId: sub, roles })
 }
@@ -278,7 +281,19 @@ export const layerVerifier: Layer.Layer<TokenVerifier, unknown> = Layer.effect(
 export const layer: Layer.Layer<Authentication, never, TokenVerifier> = Layer.effect(
   Authentication,
   Effect.map(TokenVerifier, (verifier) => ({
-    bearer: (token) => verifier.verify(Redacted.value(token))
+    // The security decoder strips the first seven characters whatever they
+    // are; the scheme itself is checked here.
+    bearer: (token) =>
+      Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+        const header = request.headers.authorization
+        if (header === undefined || header.trim() === "") {
+          return Effect.fail(new Unauthorized({ reason: "Missing bearer token" }))
+        }
+        if (!/^bearer /i.test(header)) {
+          return Effect.fail(new Unauthorized({ reason: "Expected the Bearer authorization scheme" }))
+        }
+        return verifier.verify(Redacted.value(token))
+      })
   }))
 )
 

@@ -92,6 +92,44 @@ export const database = Config.all({
 })
 
 /**
+ * Where idempotency records live: on PostgreSQL (the default), in the
+ * command's own transaction; or on Redis, for handlers whose effects live
+ * outside PostgreSQL.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type IdempotencyStoreConfig =
+  | { readonly _tag: "Postgres" }
+  | { readonly _tag: "Redis"; readonly url: Redacted.Redacted; readonly timeout: Duration.Duration }
+
+/**
+ * `IDEMPOTENCY_STORE` (`postgres` or `redis`); with `redis`, `REDIS_URL`
+ * (required) and `REDIS_TIMEOUT`, the bound of each call to Redis.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const idempotencyStore: Config.Config<IdempotencyStoreConfig> = Config.all({
+  store: Config.literal("postgres", "redis")("IDEMPOTENCY_STORE").pipe(Config.withDefault("postgres" as const)),
+  // An empty REDIS_URL means none, as with DATABASE_URL.
+  url: Config.option(Config.redacted("REDIS_URL")).pipe(
+    Config.map(Option.filter((url) => Redacted.value(url).trim() !== ""))
+  ),
+  timeout: duration("REDIS_TIMEOUT", "2 seconds")
+}).pipe(
+  Config.mapOrFail(({ store, timeout, url }): Either.Either<IdempotencyStoreConfig, ConfigError.ConfigError> => {
+    if (store === "postgres") return Either.right({ _tag: "Postgres" })
+    if (Option.isNone(url)) {
+      return Either.left(ConfigError.MissingData(["REDIS_URL"], "REDIS_URL is required with IDEMPOTENCY_STORE=redis"))
+    }
+    return /^rediss?:\/\/\S+$/.test(Redacted.value(url.value).trim())
+      ? Either.right({ _tag: "Redis", url: url.value, timeout })
+      : Either.left(ConfigError.InvalidData(["REDIS_URL"], "must be a redis:// or rediss:// URL"))
+  })
+)
+
+/**
  * @since 0.1.0
  * @category config
  */

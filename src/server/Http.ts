@@ -6,10 +6,10 @@
  *
  * @since 0.1.0
  */
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import * as HttpApp from "@effect/platform/HttpApp"
-import * as IncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as HttpMethod from "@effect/platform/HttpMethod"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
@@ -18,10 +18,12 @@ import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type * as ParseResult from "effect/ParseResult"
 import { randomUUID } from "node:crypto"
+import type * as Http from "node:http"
 import { Command, CommandError, CurrentUser, Idempotency, Outbox } from "../index.js"
 import { CancelOrder, CreateOrder, RestockProduct } from "../orders/Commands.js"
 import { Inventory } from "../orders/Inventory.js"
@@ -243,58 +245,97 @@ export const HealthLive = HttpApiBuilder.group(Api, "health", (handlers) =>
 
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
-const problemOf = (error: { readonly _tag: string; readonly message: string }, status: number, title: string) => ({
-  type: Problem.typeOf(error._tag),
-  title,
-  status,
-  detail: error.message,
-  code: error._tag,
-  ...Object.fromEntries(Object.entries(error).filter(([key]) => key !== "_tag"))
-})
-
 const isJson = (contentType: string) => {
   const mediaType = contentType.split(";")[0]!.trim().toLowerCase()
   return mediaType === "application/json" || (mediaType.startsWith("application/") && mediaType.endsWith("+json"))
 }
 
+type BodyRead =
+  | { readonly _tag: "Read"; readonly text: string }
+  | { readonly _tag: "TooLarge" }
+  | { readonly _tag: "Aborted" }
+
+/**
+ * Reads a body of at most `limit` bytes. A larger one is drained (up to a
+ * bound) rather than cut off, so the client still receives the 413: cutting
+ * the stream would reset the connection before the answer is written.
+ */
+const readBody = (incoming: Http.IncomingMessage, limit: number) =>
+  Effect.async<BodyRead>((resume) => {
+    const chunks: Array<Buffer> = []
+    let size = 0
+    let done = false
+    const finish = (result: BodyRead) => {
+      if (done) return
+      done = true
+      resume(Effect.succeed(result))
+    }
+    const onData = (chunk: Buffer) => {
+      size += chunk.length
+      if (size <= limit) chunks.push(chunk)
+      else if (size > limit * 16) incoming.destroy()
+    }
+    const onEnd = () =>
+      finish(size > limit ? { _tag: "TooLarge" } : { _tag: "Read", text: Buffer.concat(chunks).toString("utf8") })
+    const onClose = () => finish({ _tag: "Aborted" })
+    incoming.on("data", onData)
+    incoming.once("end", onEnd)
+    incoming.once("error", onClose)
+    incoming.once("close", onClose)
+    return Effect.sync(() => {
+      incoming.off("data", onData)
+      incoming.off("end", onEnd)
+      incoming.off("error", onClose)
+      incoming.off("close", onClose)
+    })
+  })
+
+const hasBody = (request: HttpServerRequest.HttpServerRequest) => {
+  const length = request.headers["content-length"]
+  return request.headers["transfer-encoding"] !== undefined || (length !== undefined && length.trim() !== "0")
+}
+
+/**
+ * The request with its body already read and parsed, so the API's body
+ * reader neither reads the stream again nor parses twice.
+ */
+const withBody = (request: HttpServerRequest.HttpServerRequest, text: string, json: unknown) =>
+  Object.create(request, {
+    text: { value: Effect.succeed(text) },
+    json: { value: Effect.succeed(json) }
+  }) as HttpServerRequest.HttpServerRequest
+
 /**
  * Checks a body before the API reads it: JSON content type (415), size
  * (413) and well-formed JSON (400). The API's own body reader would turn
- * these into defects; here they are problems, and nothing runs.
+ * these into defects; here they are problems, and nothing runs. Requests
+ * without a body go on to the router (an unknown route is a 404).
  */
 const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) =>
   Effect.gen(function*() {
+    // No body and no content type: nothing to check; the router answers
+    // (an unknown route is a 404).
+    if (!hasBody(request) && request.headers["content-type"] === undefined) return Either.right(request)
     const contentType = request.headers["content-type"] ?? ""
     if (!isJson(contentType)) {
-      return Option.some(
-        Problem.response(problemOf(new UnsupportedMediaType({ contentType }), 415, "Unsupported media type"))
-      )
+      return Either.left(Problem.responseFor(UnsupportedMediaType, new UnsupportedMediaType({ contentType })))
     }
-    const tooLarge = Problem.response(problemOf(new PayloadTooLarge({ limitBytes: limit }), 413, "Payload too large"))
-    const declared = Number(request.headers["content-length"] ?? "0")
-    if (declared > limit) return Option.some(tooLarge)
-    const text = yield* request.text.pipe(
-      IncomingMessage.withMaxBodySize(Option.some(limit)),
-      Effect.either
-    )
-    if (text._tag === "Left") {
-      return Option.some(
-        String(text.left.cause).includes("maxBytes") || String(text.left.cause).toLowerCase().includes("too large")
-          ? tooLarge
-          : Problem.response(
-            problemOf(new MalformedJson({ reason: "the body could not be read" }), 400, "Malformed JSON")
-          )
-      )
+    const tooLarge = Problem.responseFor(PayloadTooLarge, new PayloadTooLarge({ limitBytes: limit }), {
+      connection: "close"
+    })
+    if (Number(request.headers["content-length"] ?? "0") > limit) return Either.left(tooLarge)
+    const body = yield* readBody(NodeHttpServerRequest.toIncomingMessage(request), limit)
+    if (body._tag === "TooLarge") return Either.left(tooLarge)
+    if (body._tag === "Aborted") {
+      return Either.left(Problem.responseFor(MalformedJson, new MalformedJson({ reason: "the body was cut off" })))
     }
     try {
-      JSON.parse(text.right)
-      return Option.none()
+      return Either.right(withBody(request, body.text, JSON.parse(body.text)))
     } catch (error) {
-      return Option.some(Problem.response(problemOf(
-        new MalformedJson({ reason: text.right.trim() === "" ? "the body is empty" : (error as Error).message }),
-        400,
-        "Malformed JSON"
-      )))
+      return Either.left(Problem.responseFor(
+        MalformedJson,
+        new MalformedJson({ reason: body.text.trim() === "" ? "the body is empty" : (error as Error).message })
+      ))
     }
   })
 
@@ -307,19 +348,19 @@ const unmapped = (cause: Cause.Cause<unknown>, request: HttpServerRequest.HttpSe
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure) && (failure.value as { _tag?: unknown })._tag === "RouteNotFound") {
     const error = new RouteNotFound({ method: request.method, path: request.url.split("?")[0]! })
-    return Effect.succeed(Problem.response(problemOf(error, 404, "Not found")))
+    return Effect.succeed(Problem.responseFor(RouteNotFound, error))
   }
   const defect = Option.orElse(Cause.dieOption(cause), () => failure)
   if (Option.isSome(defect) && SqlFailure.isUnavailable(defect.value)) {
     const error = new CommandError.StoreUnavailable({ store: "database", reason: "not reachable" })
     return Effect.as(
       Effect.logWarning("http.database-unavailable", cause),
-      Problem.response(problemOf(error, 503, "Service unavailable"))
+      Problem.responseFor(CommandError.StoreUnavailable, error)
     )
   }
   return Effect.as(
     Effect.logError("http.unhandled", cause),
-    Problem.response(problemOf(new InternalError(), 500, "Internal server error"))
+    Problem.responseFor(InternalError, new InternalError())
   )
 }
 
@@ -360,12 +401,15 @@ export const edge =
           decorated
         )
       })
+      let checked = request
       if (HttpMethod.hasBody(request.method) && request.url.startsWith("/api/")) {
-        const refused = yield* checkBody(request, options.bodyLimit)
-        if (Option.isSome(refused)) return refused.value
+        const body = yield* checkBody(request, options.bodyLimit)
+        if (Either.isLeft(body)) return body.left
+        checked = body.right
       }
       return yield* app.pipe(
         Effect.provideService(CorrelationId, correlationId),
+        Effect.provideService(HttpServerRequest.HttpServerRequest, checked),
         Effect.catchAllCause((cause) => isMappedFailure(cause) ? Effect.failCause(cause) : unmapped(cause, request))
       )
     })

@@ -126,3 +126,25 @@ export const schema = <E extends { readonly _tag: string; readonly message: stri
     HttpApiSchema.withEncoding({ kind: "Json", contentType })
   ) as any
 }
+
+const encoders = new WeakMap<object, (error: unknown) => Document>()
+
+/**
+ * The problem response of an error, encoded with `schema(errorClass)`: the
+ * same document the API sends for it, for refusals made outside the API.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const responseFor = <E extends { readonly _tag: string; readonly message: string }>(
+  errorClass: ErrorClass<E>,
+  error: E,
+  headers?: Readonly<Record<string, string>>
+): HttpServerResponse.HttpServerResponse => {
+  let encode = encoders.get(errorClass)
+  if (encode === undefined) {
+    encode = Schema.encodeSync(schema(errorClass)) as (error: unknown) => Document
+    encoders.set(errorClass, encode)
+  }
+  return response(encode(error), headers)
+}

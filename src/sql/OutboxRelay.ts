@@ -14,8 +14,8 @@
  *
  * @since 0.1.0
  */
-import * as SqlClient from "@effect/sql/SqlClient"
 import * as PgClient from "@effect/sql-pg/PgClient"
+import * as SqlClient from "@effect/sql/SqlClient"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -37,7 +37,6 @@ export interface Options {
   /** Poll interval when no notification arrives. Default 1 second. */
   readonly pollInterval?: Duration.DurationInput
 }
-
 
 const publishedTotal = Metric.counter("command_bus_outbox_published_total", {
   description: "Events the outbox relay published",

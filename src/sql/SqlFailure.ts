@@ -16,7 +16,8 @@ import { StoreUnavailable } from "../CommandError.js"
 // SQLSTATE classes and codes that mean "the database is not there right now".
 const unavailableCodes = new Set(["53300", "57P01", "57P02", "57P03", "57014", "53000", "53100", "53200"])
 const unavailableErrnos = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EHOSTUNREACH"])
-const unavailableMessage = /connection terminated|connection timeout|timeout exceeded when trying to connect|not queryable|Connection ended|terminating connection|the database system is (starting up|shutting down)|Client was closed|Cannot use a pool after calling end/i
+const unavailableMessage =
+  /connection terminated|connection timeout|timeout exceeded when trying to connect|not queryable|Connection ended|terminating connection|the database system is (starting up|shutting down)|Client was closed|Cannot use a pool after calling end/i
 
 /**
  * Whether a database error means the database is unreachable or overloaded.
@@ -30,7 +31,9 @@ export const isUnavailable = (error: unknown): boolean => {
   while (Predicate.isObject(current) && !seen.has(current)) {
     seen.add(current)
     const code = Predicate.hasProperty(current, "code") ? current.code : undefined
-    if (typeof code === "string" && (code.startsWith("08") || unavailableCodes.has(code) || unavailableErrnos.has(code))) {
+    if (
+      typeof code === "string" && (code.startsWith("08") || unavailableCodes.has(code) || unavailableErrnos.has(code))
+    ) {
       return true
     }
     const message = Predicate.hasProperty(current, "message") ? current.message : undefined
@@ -49,7 +52,9 @@ export const isUnavailable = (error: unknown): boolean => {
 export const sqlState = (error: unknown): string | undefined => {
   let current: unknown = error
   for (let depth = 0; depth < 5 && Predicate.isObject(current); depth++) {
-    if (Predicate.hasProperty(current, "code") && typeof current.code === "string" && /^[0-9A-Z]{5}$/.test(current.code)) {
+    if (
+      Predicate.hasProperty(current, "code") && typeof current.code === "string" && /^[0-9A-Z]{5}$/.test(current.code)
+    ) {
       return current.code
     }
     current = Predicate.hasProperty(current, "cause") ? current.cause : undefined

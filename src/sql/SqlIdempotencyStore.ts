@@ -10,7 +10,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
+import type * as Layer from "effect/Layer"
 import { randomUUID } from "node:crypto"
 import * as Idempotency from "../Idempotency.js"
 import { orUnavailable } from "./SqlOutbox.js"
@@ -71,9 +71,7 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
               // A conflicting claim that committed after this statement's
               // snapshot is locked by the insert but invisible to its select:
               // read it again with a fresh snapshot.
-              Effect.flatMap((rows) =>
-                rows.length > 0 ? Effect.succeed(rows) : existing(request.scope, request.key)
-              ),
+              Effect.flatMap((rows) => rows.length > 0 ? Effect.succeed(rows) : existing(request.scope, request.key)),
               Effect.flatMap((rows) =>
                 rows.length > 0
                   ? Effect.succeed(toClaim(rows[0]!, token))
@@ -113,7 +111,8 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
  * @since 0.1.0
  * @category layers
  */
-export const layer: Layer.Layer<Idempotency.IdempotencyStore, never, SqlClient.SqlClient> = Idempotency.layerWithPruning(
-  make,
-  "1 minute"
-)
+export const layer: Layer.Layer<Idempotency.IdempotencyStore, never, SqlClient.SqlClient> = Idempotency
+  .layerWithPruning(
+    make,
+    "1 minute"
+  )

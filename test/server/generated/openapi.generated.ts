@@ -163,25 +163,26 @@ export interface components {
              * maxLength(200)
              * @description a string at most 200 character(s) long
              */
-            line1: string;
+            line1: components["schemas"]["Text"];
             /**
              * maxLength(200)
              * @description a string at most 200 character(s) long
              */
-            line2?: string;
+            line2?: components["schemas"]["Text"];
             /**
              * maxLength(100)
              * @description a string at most 100 character(s) long
              */
-            city: string;
+            city: components["schemas"]["Text"];
             /**
              * maxLength(20)
              * @description a string at most 20 character(s) long
              */
-            postal_code: string;
+            postal_code: components["schemas"]["Text"];
             /** @description ISO 3166-1 alpha-2 country code */
             country: string;
         };
+        Text: string;
         /**
          * maxLength(255)
          * @description a string at most 255 character(s) long
@@ -354,7 +355,7 @@ export interface components {
              * maxLength(500)
              * @description a string at most 500 character(s) long
              */
-            reason: string;
+            reason: components["schemas"]["Text"];
         };
         OrderCancelledResponse: {
             order_id: components["schemas"]["UUID"];
@@ -503,7 +504,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -539,7 +540,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["IdempotencyKeyInFlight"] | components["schemas"]["InsufficientInventory"] | components["schemas"]["OrderAlreadyExists"];
+                    "application/problem+json": components["schemas"]["IdempotencyKeyInFlight"] | components["schemas"]["InsufficientInventory"] | components["schemas"]["OrderAlreadyExists"];
                 };
             };
             /** @description Payload too large */
@@ -584,7 +585,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -623,7 +624,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -650,7 +651,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["RouteNotFound"] | components["schemas"]["OrderNotFound"];
+                    "application/problem+json": components["schemas"]["RouteNotFound"] | components["schemas"]["OrderNotFound"];
                 };
             };
             /** @description Idempotency key in flight */
@@ -659,7 +660,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["IdempotencyKeyInFlight"] | components["schemas"]["OrderAlreadyCancelled"] | components["schemas"]["ConcurrencyConflict"];
+                    "application/problem+json": components["schemas"]["IdempotencyKeyInFlight"] | components["schemas"]["OrderAlreadyCancelled"] | components["schemas"]["ConcurrencyConflict"];
                 };
             };
             /** @description Precondition failed */
@@ -713,7 +714,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -744,7 +745,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -771,7 +772,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["RouteNotFound"] | components["schemas"]["OrderNotFound"];
+                    "application/problem+json": components["schemas"]["RouteNotFound"] | components["schemas"]["OrderNotFound"];
                 };
             };
             /** @description Idempotency key in flight */
@@ -825,7 +826,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -856,7 +857,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -937,7 +938,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -974,7 +975,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -1055,7 +1056,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -1089,7 +1090,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
                 };
             };
             /** @description Unauthorized */
@@ -1181,7 +1182,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
                 };
             };
             /** @description Not found */
@@ -1246,7 +1247,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
                 };
             };
             /** @description Not found */
