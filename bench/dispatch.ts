@@ -248,22 +248,22 @@ export const run = async (options: Options = defaultOptions): Promise<Report> =>
     const stats = await measure(variants, options)
     assertSame("last direct call", sink)
 
-    const row = (id: string, label: string, target?: Row["target"]): Row => {
+    const row = (id: string, label: string, options: Pick<Row, "short" | "target"> = {}): Row => {
       const { batchSize, max, median, min } = stats.get(id)!
-      return { id, label, nsPerOp: median, min, max, batchSize, ...(target === undefined ? {} : { target }) }
+      return { id, label, nsPerOp: median, min, max, batchSize, ...options }
     }
     return {
       title: `dispatch: one command, median ns per dispatch over ${options.rounds} rounds`,
       baseline: "direct",
       rows: [
-        row("direct", "direct call: await handler.execute(command)"),
+        row("direct", "direct call: await handler.execute(command)", { short: "direct call" }),
         row("direct-sync", "  (info) the handler's work alone, not awaited"),
         row("nest", "@nestjs/cqrs CommandBus.execute"),
         row("handler", "  (info) the Effect handler alone, no bus"),
-        row("bare", "bus, no middleware", { of: "direct", maxRatio: 3 }),
-        row("full", "bus, full middleware stack", { of: "naive", maxRatio: 0.25 }),
+        row("bare", "bus, no middleware", { target: { of: "direct", maxRatio: 3 } }),
+        row("full", "bus, full middleware stack", { target: { of: "naive", maxRatio: 0.25 } }),
         row("full-warning", "  (info) full stack, minimum log level Warning"),
-        row("naive", "naive Effect bus: Effect.withSpan defaults"),
+        row("naive", "naive Effect bus: Effect.withSpan defaults", { short: "naive bus" }),
         row("bare-event", "  (info) bus, no middleware, 1 event"),
         row("full-event", "  (info) bus, full middleware stack, 1 event")
       ],

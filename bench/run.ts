@@ -9,7 +9,8 @@ import { format, type Report, verdicts } from "./lib/report.js"
 const benches: Readonly<Record<string, () => Promise<{ readonly run: () => Promise<Report> }>>> = {
   dispatch: () => import("./dispatch.js"),
   "sql-baseline": () => import("./sql-baseline.js"),
-  http: () => import("./http.js")
+  http: () => import("./http.js"),
+  idempotency: () => import("./idempotency.js")
 }
 
 const args = process.argv.slice(2)

@@ -12,6 +12,8 @@ export interface Target {
 export interface Row {
   readonly id: string
   readonly label: string
+  /** How a target of another row names this one; `label` when absent. */
+  readonly short?: string
   /** Median nanoseconds per operation. */
   readonly nsPerOp: number
   readonly min: number
@@ -48,6 +50,8 @@ export const verdicts = (report: Report): ReadonlyArray<Verdict> =>
     return [{ row, ratio, pass: ratio <= row.target.maxRatio }]
   })
 
+const nameOf = (row: Row): string => row.short ?? row.label
+
 export const formatNs = (ns: number): string =>
   ns >= 1e6 ? `${(ns / 1e6).toFixed(2)} ms` : ns >= 1e4 ? `${(ns / 1e3).toFixed(1)} µs` : ns >= 1e3
     ? `${(ns / 1e3).toFixed(2)} µs`
@@ -67,7 +71,7 @@ export const format = (report: Report): string => {
       formatNs(row.nsPerOp),
       `${formatNs(row.min)} – ${formatNs(row.max)}`,
       row.id === baseline.id ? "baseline" : formatRatio(row.nsPerOp / baseline.nsPerOp),
-      row.target === undefined ? "" : `≤ ${row.target.maxRatio}× ${rowOf(report, row.target.of).label}`,
+      row.target === undefined ? "" : `≤ ${row.target.maxRatio}× ${nameOf(rowOf(report, row.target.of))}`,
       verdict === undefined ? "" : `${verdict.pass ? "PASS" : "FAIL"} ${formatRatio(verdict.ratio)}`
     ]
   })
