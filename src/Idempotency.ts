@@ -131,6 +131,14 @@ export interface CompleteRequest {
  */
 export interface Store {
   /**
+   * Whether the store writes through the dispatch's own transaction (the
+   * SQL store does). If so, a success is recorded before commit and commits
+   * with the handler's writes. If not (memory, Redis), it is recorded after
+   * the dispatch succeeded: a crash in between lets the lease expire and a
+   * retry run again, rather than replay a result that never committed.
+   */
+  readonly joinsTransaction: boolean
+  /**
    * Atomically claims the key, or reports who holds it. An in-flight claim
    * whose lease has passed, or a record past its expiry, is claimed anew.
    */
@@ -176,6 +184,7 @@ export const makeMemory: Effect.Effect<Store> = Effect.sync(() => {
   const records = new Map<string, MemoryRecord>()
   const id = (scope: string, key: string) => `${scope}\u0000${key}`
   return {
+    joinsTransaction: false,
     claim: (request) =>
       Effect.map(Clock.currentTimeMillis, (now): Claim => {
         const existing = records.get(id(request.scope, request.key))
@@ -358,7 +367,16 @@ export const middleware = (
             held ? Effect.void : Effect.fail(new IdempotencyKeyInFlight({ idempotencyKey: key }))
           )
         )
-      return yield* UnitOfWork.beforeCommit(self, recordSuccess).pipe(
+      const recorded = store.joinsTransaction
+        ? UnitOfWork.beforeCommit(self, recordSuccess)
+        : Effect.tap(self, (value) =>
+          // Committed already: a record that cannot be written only means a
+          // retry runs again once the lease expires, so the success stands.
+          Effect.catchAll(
+            recordSuccess(value),
+            (error) => Effect.logWarning("idempotency.record-failed", error).pipe(Effect.annotateLogs({ key }))
+          ))
+      return yield* recorded.pipe(
         Effect.onExit((exit) => {
           if (Exit.isSuccess(exit)) return Effect.void
           const failure = Cause.failureOption(exit.cause)

@@ -63,7 +63,9 @@ export const makeMemory: Effect.Effect<Service, never, EventPublisher> = Effect.
     return {
       append: (events) =>
         Effect.suspend(() => {
-          for (const event of events) log.push(new StoredEvent({ position: log.length + 1, event }))
+          for (const event of events) {
+            log.push(new StoredEvent({ position: log.length + 1, event }, { disableValidation: true }))
+          }
           return publisher.publish(events)
         }).pipe(Effect.uninterruptible),
       read: ({ after, limit }) => Effect.sync(() => log.slice(Math.max(0, after), Math.max(0, after) + limit))

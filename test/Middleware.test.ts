@@ -756,12 +756,36 @@ describe("Middleware", () => {
       }).pipe(Effect.provide(layer))
     })
 
-    it.effect("records the idempotency result inside the transaction", () => {
+    it.effect("records the idempotency result after commit with a store outside the transaction", () => {
       const { layer, log, note } = recordingWorld()
       return Effect.gen(function*() {
         const memory = yield* Idempotency.makeMemory
         const store: Idempotency.Store = {
           ...memory,
+          complete: (request) => Effect.zipRight(note(`complete ${request.result._tag}`), memory.complete(request))
+        }
+        const { bus } = makeBus({ deposit: (command) => Effect.as(note("handler"), deposited(command)) })
+        const transactional = bus.pipe(CommandBus.withMiddleware(Idempotency.middleware(), Middleware.transaction))
+        yield* transactional.dispatch(new Deposit({ accountId, amount: 7, idempotencyKey: "k" })).pipe(
+          Effect.provideService(Idempotency.IdempotencyStore, store)
+        )
+        assert.deepStrictEqual(log, [
+          "begin",
+          "handler (open: true)",
+          "append 1 (open: true)",
+          "commit",
+          "complete Success (open: false)"
+        ])
+      }).pipe(Effect.provide(layer))
+    })
+
+    it.effect("records the idempotency result inside the transaction with a store that joins it", () => {
+      const { layer, log, note } = recordingWorld()
+      return Effect.gen(function*() {
+        const memory = yield* Idempotency.makeMemory
+        const store: Idempotency.Store = {
+          ...memory,
+          joinsTransaction: true,
           complete: (request) => Effect.zipRight(note(`complete ${request.result._tag}`), memory.complete(request))
         }
         const { bus } = makeBus({ deposit: (command) => Effect.as(note("handler"), deposited(command)) })

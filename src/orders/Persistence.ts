@@ -36,19 +36,21 @@ export const layerMemory = (stock?: Iterable<readonly [string, number]>): Layer.
 
 /**
  * On PostgreSQL (a server or PGlite), with the outbox relay publishing to
- * an in-memory `EventPublisher` while the layer lives.
+ * an in-memory `EventPublisher` while the layer lives. The idempotency
+ * store is the SQL one unless another is given.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerSql = (
-  relay: OutboxRelay.Options | false = {}
-): Layer.Layer<Stores, never, SqlClient.SqlClient | PgClient.PgClient> =>
+export const layerSql = <E = never, R = never>(
+  relay: OutboxRelay.Options | false = {},
+  idempotency?: Layer.Layer<Idempotency.IdempotencyStore, E, R>
+): Layer.Layer<Stores, E, SqlClient.SqlClient | PgClient.PgClient | R> =>
   Layer.mergeAll(
     OrderRepository.layerSql,
     Inventory.layerSql,
     SqlOutbox.layer,
-    SqlIdempotencyStore.layer,
+    idempotency ?? SqlIdempotencyStore.layer,
     SqlUnitOfWork.layer,
     relay === false ? Layer.empty : OutboxRelay.layer(relay)
   ).pipe(Layer.provideMerge(EventPublisher.layerMemory))

@@ -179,9 +179,9 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
         redis.defineCommand("idempotencyClaim", { numberOfKeys: 1, lua: claimScript })
         redis.defineCommand("idempotencyComplete", { numberOfKeys: 1, lua: completeScript })
         redis.defineCommand("idempotencyRelease", { numberOfKeys: 1, lua: releaseScript })
-        // Without a listener, a connection error would be reported as
-        // unhandled; each command already fails with its own error.
-        // Each loss and each recovery is logged once, not every attempt.
+        // Without an "error" listener a connection error would be reported
+        // as unhandled; each command already fails with its own error. A
+        // loss and a recovery are logged once each, not every attempt.
         let connected = false
         let lost = false
         redis.on("error", () => {})
@@ -242,6 +242,8 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
       )
 
     return {
+      // Not in the command's transaction: a success is recorded after commit.
+      joinsTransaction: false,
       claim: (request) =>
         Effect.suspend(() => {
           const key = keyOf(request.scope, request.key)

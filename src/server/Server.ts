@@ -20,6 +20,7 @@ import * as Auth from "./Auth.js"
 import * as Config from "./Config.js"
 import * as Database from "./Database.js"
 import * as Http from "./Http.js"
+import * as IdempotencyStoreLayer from "./IdempotencyStoreLayer.js"
 
 /**
  * The bus with the full middleware stack, its timeout and idempotency
@@ -91,7 +92,7 @@ export const ServerLive = Layer.unwrapEffect(
       Layer.provide(Auth.layer),
       Layer.provide(Auth.layerVerifier),
       Layer.provide(BusLive),
-      Layer.provide(Persistence.layerSql()),
+      Layer.provide(Persistence.layerSql({}, IdempotencyStoreLayer.layer)),
       Layer.provide(Database.layerMigrated),
       Layer.provideMerge(HttpServerLive)
     ))
@@ -104,7 +105,13 @@ export const ServerLive = Layer.unwrapEffect(
  * @since 0.1.0
  * @category config
  */
-export const checkConfig = Effect.all([Config.server, Config.database, Config.jwt, Config.jwtAlgorithm]).pipe(
+export const checkConfig = Effect.all([
+  Config.server,
+  Config.database,
+  Config.idempotencyStore,
+  Config.jwt,
+  Config.jwtAlgorithm
+]).pipe(
   // Its warnings are logged once, when the verifier is built.
   Effect.zipRight(Logger.withMinimumLogLevel(Auth.keyFromConfig, LogLevel.None)),
   Effect.asVoid

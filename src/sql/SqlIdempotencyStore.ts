@@ -43,6 +43,7 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
         : { _tag: "InFlight", fingerprint: row.fingerprint }
 
     return {
+      joinsTransaction: true,
       claim: (request) =>
         Effect.suspend(() => {
           const token = randomUUID()
