@@ -123,18 +123,35 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
   SqlClient.SqlClient,
   (sql): Service => {
     const give = (lines: string) =>
-      sql`UPDATE inventory AS i SET available = i.available + r.quantity, updated_at = now()
-          FROM jsonb_to_recordset(${lines}::jsonb) AS r(product_id text, quantity integer)
-          WHERE i.product_id = r.product_id`.raw
+      sql`WITH requested AS (
+            SELECT product_id, quantity FROM jsonb_to_recordset(${lines}::jsonb) AS r(product_id text, quantity integer)
+          ), locked AS (
+            SELECT i.product_id FROM inventory AS i
+            WHERE i.product_id IN (SELECT product_id FROM requested)
+            ORDER BY i.product_id FOR UPDATE
+          )
+          UPDATE inventory AS i SET available = i.available + r.quantity, updated_at = now()
+          FROM locked AS l JOIN requested AS r USING (product_id)
+          WHERE i.product_id = l.product_id`.raw
     return {
       reserve: (lines) =>
         Effect.gen(function*() {
           const totals = totalsByProduct(lines)
           const param = linesParam(totals)
+          // The rows are locked first, in product order, so that concurrent
+          // reservations of the same products cannot deadlock (a plain UPDATE
+          // … FROM may lock them in any order the plan visits them).
           const taken = yield* sql<{ readonly product_id: string }>`
+            WITH requested AS (
+              SELECT product_id, quantity FROM jsonb_to_recordset(${param}::jsonb) AS r(product_id text, quantity integer)
+            ), locked AS (
+              SELECT i.product_id, i.available FROM inventory AS i
+              WHERE i.product_id IN (SELECT product_id FROM requested)
+              ORDER BY i.product_id FOR UPDATE
+            )
             UPDATE inventory AS i SET available = i.available - r.quantity, updated_at = now()
-            FROM jsonb_to_recordset(${param}::jsonb) AS r(product_id text, quantity integer)
-            WHERE i.product_id = r.product_id AND i.available >= r.quantity
+            FROM locked AS l JOIN requested AS r USING (product_id)
+            WHERE i.product_id = l.product_id AND l.available >= r.quantity
             RETURNING i.product_id`.withoutTransform
           if (taken.length === totals.size) return
           const takenIds = new Set(taken.map((row) => row.product_id))

@@ -46,7 +46,10 @@ export const migrations = {
  */
 export const run = Effect.zipRight(
   SqlMigrations.run,
-  PgMigrator.run({ loader: PgMigrator.fromRecord(migrations), table: "orders_migrations" }).pipe(
-    Effect.provide(NodeContext.layer)
+  Effect.zipRight(
+    SqlMigrations.ensureTable("orders_migrations"),
+    PgMigrator.run({ loader: PgMigrator.fromRecord(migrations), table: "orders_migrations" }).pipe(
+      Effect.provide(NodeContext.layer)
+    )
   )
 )

@@ -345,6 +345,8 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
  * is 500, logged with its cause and never shown to the client.
  */
 const unmapped = (cause: Cause.Cause<unknown>, request: HttpServerRequest.HttpServerRequest) => {
+  // The client went away: there is no one to answer, and nothing to log.
+  if (Cause.isInterruptedOnly(cause)) return Effect.failCause(cause as Cause.Cause<never>)
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure) && (failure.value as { _tag?: unknown })._tag === "RouteNotFound") {
     const error = new RouteNotFound({ method: request.method, path: request.url.split("?")[0]! })

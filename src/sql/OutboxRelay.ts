@@ -54,7 +54,10 @@ export const relayBatch = (batchSize = 256) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const publisher = yield* EventPublisher
-    return yield* sql.withTransaction(Effect.gen(function*() {
+    // A batch is not interrupted (a stop on deploy waits for it, bounded by
+    // the statement timeout): an interrupted batch would roll back its marks
+    // after publishing, and the next relay would publish it again.
+    return yield* Effect.uninterruptible(sql.withTransaction(Effect.gen(function*() {
       // Keyed by schema, so services in different schemas of one database
       // relay independently.
       const [lock] = yield* sql<{ readonly locked: boolean }>`
@@ -73,7 +76,7 @@ export const relayBatch = (batchSize = 256) =>
         WHERE o.id = x.id::bigint`.raw
       yield* Metric.incrementBy(publishedTotal, rows.length)
       return rows.length
-    }))
+    })))
   }).pipe(Effect.withSpan("OutboxRelay.relayBatch", { captureStackTrace: false }))
 
 /**

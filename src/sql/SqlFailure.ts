@@ -17,7 +17,7 @@ import { StoreUnavailable } from "../CommandError.js"
 const unavailableCodes = new Set(["53300", "57P01", "57P02", "57P03", "57014", "53000", "53100", "53200"])
 const unavailableErrnos = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EHOSTUNREACH"])
 const unavailableMessage =
-  /connection terminated|connection timeout|timeout exceeded when trying to connect|not queryable|Connection ended|terminating connection|the database system is (starting up|shutting down)|Client was closed|Cannot use a pool after calling end/i
+  /connection terminated|connection timeout|timeout exceeded when trying to connect|not queryable|Connection ended|terminating connection|the database system is (starting up|shutting down)|Client was closed|Cannot use a pool after calling end|the database is closed|session queue is full/i
 
 /**
  * Whether a database error means the database is unreachable or overloaded.

@@ -9,6 +9,7 @@
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as PgMigrator from "@effect/sql-pg/PgMigrator"
 import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 
 /**
@@ -93,13 +94,37 @@ export const migrations = {
 }
 
 /**
- * Runs the library's migrations; safe to run at every start, from several
- * instances at once (the migrator locks its table).
+ * Creates a migrations table as `@effect/sql`'s migrator would, under an
+ * advisory lock (per schema). The migrator serializes migrations with a lock
+ * on that table, but creates it first when missing: instances starting
+ * together on a fresh database would race to create it.
  *
  * @since 0.1.0
  * @category migrations
  */
-export const run = PgMigrator.run({
-  loader: PgMigrator.fromRecord(migrations),
-  table: "command_bus_migrations"
-}).pipe(Effect.provide(NodeContext.layer))
+export const ensureTable = (table: string): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.withTransaction(
+      Effect.zipRight(
+        sql`SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.command_bus_migrations'))`,
+        sql`CREATE TABLE IF NOT EXISTS ${sql(table)} (
+          migration_id integer primary key,
+          created_at timestamp with time zone not null default now(),
+          name text not null
+        )`
+      )
+    ).pipe(Effect.asVoid))
+
+/**
+ * Runs the library's migrations; safe to run at every start, from several
+ * instances at once.
+ *
+ * @since 0.1.0
+ * @category migrations
+ */
+export const run = Effect.zipRight(
+  ensureTable("command_bus_migrations"),
+  PgMigrator.run({ loader: PgMigrator.fromRecord(migrations), table: "command_bus_migrations" }).pipe(
+    Effect.provide(NodeContext.layer)
+  )
+)

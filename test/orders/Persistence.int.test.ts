@@ -1,0 +1,195 @@
+/**
+ * The order service's stores on a real database (PGlite, or the server in
+ * `DATABASE_URL`), through the full bus: stock under concurrent orders, the
+ * outbox and relay behind them, and orders kept across a restart.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { assert, expect, layer } from "@effect/vitest"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Redacted from "effect/Redacted"
+import { CurrentUser, EventPublisher, Outbox } from "../../src/index.js"
+import { CancelOrder, CreateOrder } from "../../src/orders/Commands.js"
+import * as Inventory from "../../src/orders/Inventory.js"
+import * as OrderBus from "../../src/orders/OrderBus.js"
+import * as OrderRepository from "../../src/orders/OrderRepository.js"
+import * as Persistence from "../../src/orders/Persistence.js"
+import * as Database from "../../src/server/Database.js"
+import * as TestDatabase from "../support/Database.js"
+
+const customerId = "6f1c3c0e-4a59-4a57-9d3e-5d1c7d3f2b10"
+const shippingAddress = { line1: "1 Main St", city: "Springfield", postalCode: "12345", country: "US" }
+const alice: CurrentUser.Principal = { userId: "alice", roles: [] }
+
+const createOrder = (productId: string, quantity: number) =>
+  new CreateOrder({ customerId, items: [{ productId, quantity }], shippingAddress, userId: "alice" })
+
+const failureOf = <A, E>(exit: Exit.Exit<A, E>): E | undefined =>
+  Exit.isFailure(exit) ? Option.getOrUndefined(Cause.failureOption(exit.cause)) : undefined
+
+const count = (table: "orders" | "outbox") =>
+  Effect.flatMap(
+    SqlClient.SqlClient,
+    (sql) => Effect.map(sql<{ readonly n: number }>`SELECT count(*)::int AS n FROM ${sql(table)}`, (rows) => rows[0]!.n)
+  )
+
+const Shared = TestDatabase.layer().pipe(Layer.provideMerge(Logger.minimumLogLevel(LogLevel.Error)))
+
+layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
+  `order persistence (${TestDatabase.kind})`,
+  (it) => {
+    it.scoped("commits exactly 10 of 50 concurrent orders against a stock of 10, and relays their 10 events", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const published = yield* Effect.flatMap(EventPublisher.EventPublisher, (publisher) => publisher.subscribe)
+        yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-1", 10))
+        const bus = OrderBus.make()
+        const commands = Array.from({ length: 50 }, () => createOrder("p-1", 1))
+
+        const exits = yield* Effect.all(
+          commands.map((command) => Effect.exit(bus.dispatch(command).pipe(CurrentUser.as(alice)))),
+          { concurrency: "unbounded" }
+        )
+
+        const committed = exits.flatMap((exit) => Exit.isSuccess(exit) ? [exit.value.orderId] : [])
+        expect(committed).toHaveLength(10)
+        const refused = exits.filter((exit) => failureOf(exit) instanceof Inventory.InsufficientInventory)
+        expect(refused).toHaveLength(40)
+        expect(yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-1"))).toBe(0)
+        expect(yield* count("orders")).toBe(10)
+        const sql = yield* SqlClient.SqlClient
+        const rows = yield* sql<{ readonly event_type: string; readonly aggregate_id: string }>`
+        SELECT event_type, aggregate_id FROM outbox`.withoutTransform
+        expect(rows.map((row) => row.event_type)).toEqual(Array.from({ length: 10 }, () => "OrderCreated"))
+        expect(new Set(rows.map((row) => row.aggregate_id))).toEqual(new Set(committed))
+
+        // the relay publishes the 10 events, once each
+        const relayed = Chunk.toReadonlyArray(yield* Queue.takeN(published, 10).pipe(Effect.timeout("15 seconds")))
+        expect(new Set(relayed.map((event) => event.aggregateId))).toEqual(new Set(committed))
+        yield* Effect.sleep("300 millis")
+        expect(yield* Queue.size(published)).toBe(0)
+
+        const stored = yield* Effect.flatMap(Outbox.Outbox, (outbox) => outbox.read({ after: 0, limit: 100 }))
+        expect(stored.map((event) => event.position)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1))
+        expect(stored.map((event) => event.event.eventId)).toEqual(relayed.map((event) => event.eventId))
+      }).pipe(Effect.provide(Persistence.layerSql({ pollInterval: "100 millis" }))))
+
+    // Server only (PGlite runs one transaction at a time): reservations lock
+    // inventory rows in product order, so orders and cancellations sharing
+    // products never deadlock (40P01).
+    const onServer = TestDatabase.serverUrl === undefined ? it.effect.skip : it.effect
+    onServer(
+      "never deadlocks on concurrent orders and cancellations over the same products",
+      () =>
+        Effect.gen(function*() {
+          yield* TestDatabase.truncateAll
+          const products = ["p-a", "p-b", "p-c", "p-d"]
+          yield* Effect.flatMap(
+            Inventory.Inventory,
+            (inventory) => Effect.forEach(products, (productId) => inventory.setAvailable(productId, 100_000))
+          )
+          const bus = OrderBus.make({ timeout: "3 seconds" })
+          const outcomeOf = (exit: Exit.Exit<unknown, unknown>) => {
+            if (Exit.isSuccess(exit)) return "success"
+            const error: unknown = failureOf(exit) ?? Option.getOrUndefined(Cause.dieOption(exit.cause))
+            return error instanceof Error
+              ? `${error.name}: ${error.message} ${String(error.cause ?? "")}`
+              : "interrupted"
+          }
+          // an order of 2 to 4 products in a rotating order, cancelled every other time
+          const placeAndMaybeCancel = (i: number) =>
+            bus.dispatch(
+              new CreateOrder({
+                customerId,
+                items: [...products.slice(i % 4), ...products.slice(0, i % 4)].slice(0, 2 + (i % 3)).map((
+                  productId
+                ) => ({
+                  productId,
+                  quantity: 1
+                })),
+                shippingAddress,
+                userId: "alice"
+              })
+            ).pipe(
+              Effect.flatMap(({ orderId }) =>
+                i % 2 === 0
+                  ? bus.dispatch(new CancelOrder({ orderId, reason: "changed my mind", userId: "alice" }))
+                  : Effect.void
+              ),
+              CurrentUser.as(alice),
+              Effect.exit,
+              Effect.map(outcomeOf)
+            )
+          for (let round = 0; round < 3; round++) {
+            const outcomes = yield* Effect.all(Array.from({ length: 20 }, (_, i) => placeAndMaybeCancel(i)), {
+              concurrency: "unbounded"
+            })
+            expect(outcomes.filter((outcome) => outcome !== "success")).toEqual([])
+          }
+        }).pipe(Effect.provide(Persistence.layerSql(false)))
+    )
+
+    it.scoped("keeps every committed order, its stock and its events across a restart of the database", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        // Embedded: a database of its own in a folder, closed and opened again.
+        // On a server: this file's schema, through a new pool each time.
+        const dataDir = yield* TestDatabase.tempDir("ecb-restart")
+        const schema = (yield* Effect.flatMap(
+          SqlClient.SqlClient,
+          (sql) => sql<{ readonly schema: string }>`SELECT current_schema() AS schema`
+        ))[0]!.schema
+        const database = TestDatabase.serverUrl === undefined
+          ? TestDatabase.layer({ dataDir })
+          : Database.serverLayer({
+            url: Redacted.make(TestDatabase.serverUrl),
+            schema: Option.some(schema),
+            poolSize: 2,
+            connectTimeout: Duration.seconds(5),
+            statementTimeout: Duration.seconds(30)
+          })
+        const session = <A, E>(
+          self: Effect.Effect<A, E, Persistence.Stores | SqlClient.SqlClient>
+        ): Effect.Effect<A, unknown> =>
+          self.pipe(Effect.provide(Persistence.layerSql(false).pipe(Layer.provideMerge(database))))
+
+        const bus = OrderBus.make()
+        const placed = yield* session(Effect.gen(function*() {
+          yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-1", 6))
+          const results = yield* Effect.forEach(
+            [1, 2, 3],
+            (quantity) => bus.dispatch(createOrder("p-1", quantity)).pipe(CurrentUser.as(alice))
+          )
+          // committed, then refused: only the committed ones may come back
+          const refused = yield* Effect.flip(bus.dispatch(createOrder("p-1", 1)).pipe(CurrentUser.as(alice)))
+          assert.instanceOf(refused, Inventory.InsufficientInventory)
+          return results.map((result) => result.orderId)
+        }))
+
+        const reopened = yield* session(Effect.gen(function*() {
+          const orders = yield* OrderRepository.OrderRepository
+          const found = yield* Effect.forEach(placed, (id) => Effect.map(orders.findById(id), Option.getOrThrow))
+          return {
+            orders: found.map((order) => [order.id, order.status, order.version, order.items]),
+            total: yield* count("orders"),
+            stock: yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-1")),
+            events: yield* count("outbox")
+          }
+        }))
+        expect(reopened).toEqual({
+          orders: placed.map((id, i) => [id, "created", 1, [{ productId: "p-1", quantity: i + 1 }]]),
+          total: 3,
+          stock: 0,
+          events: 3
+        })
+      }))
+  }
+)
