@@ -7,7 +7,8 @@
  *     64 in flight, no HTTP (and pgbench's figure for reference);
  * (b) the reference implementation: Fastify 5 + `@nestjs/cqrs` + `pg`
  *     (`bench/reference/main.ts`);
- * (c) the service (`BENCH_SERVICE_ENTRY`, default `src/server/main.ts`),
+ * (c) the service (`BENCH_SERVICE_ENTRY`, default `dist/server/main.js`, run
+ *     as `npm start` runs it: built, with its node flags),
  *
  * each server a child process, `node --import tsx <entry>`, with its peak
  * RSS. Targets: (c) ≥ 0.6× (a), ≥ 1.0× (b), peak RSS < 200 MB.
@@ -21,7 +22,7 @@
  */
 import autocannon from "autocannon"
 import { SignJWT } from "jose"
-import { type ChildProcess, spawn } from "node:child_process"
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { randomBytes, randomUUID } from "node:crypto"
 import { existsSync, readFileSync } from "node:fs"
 import { dirname, join, resolve } from "node:path"
@@ -87,6 +88,12 @@ const readPeakRss = (pid: number): number => {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
+/** The node flags of `npm start` (`node <flags> dist/server/main.js`). */
+const startFlags = (): Array<string> => {
+  const start: string = JSON.parse(readFileSync(join(root, "package.json"), "utf8")).scripts.start
+  return start.split(/\s+/).filter((token) => token.startsWith("--"))
+}
+
 /**
  * Starts `node --import tsx <entry>` (node itself, no wrapper, so the pid is
  * the server's) and waits until `GET /health/ready` answers 200.
@@ -99,7 +106,10 @@ export const startServer = async (options: {
 }): Promise<Server> => {
   killAllOnExit()
   const port = await Postgres.freePort()
-  const child = spawn(process.execPath, ["--import", "tsx", options.entry], {
+  // A compiled entry runs as `npm start` runs the service (its node flags
+  // read from package.json); a TypeScript one under tsx, as the reference.
+  const args = options.entry.endsWith(".js") ? [...startFlags(), options.entry] : ["--import", "tsx", options.entry]
+  const child = spawn(process.execPath, args, {
     cwd: root,
     env: { ...process.env, ...options.env, PORT: String(port), HOST: "127.0.0.1" },
     stdio: ["ignore", "pipe", "pipe"]
@@ -466,7 +476,9 @@ const progress = (message: string) => process.stderr.write(`[bench/http] ${messa
  * other round so that a drift in the machine's load falls on all of them.
  */
 export const measure = async (options: Options = defaultOptions): Promise<HttpReport> => {
-  const serviceEntry = process.env["BENCH_SERVICE_ENTRY"] || "src/server/main.ts"
+  const serviceEntry = process.env["BENCH_SERVICE_ENTRY"] || "dist/server/main.js"
+  // Built as `npm start` builds it (`prestart`).
+  if (serviceEntry.startsWith("dist/")) execFileSync("npm", ["run", "-s", "build"], { cwd: root, stdio: "inherit" })
   const hasService = existsSync(join(root, serviceEntry))
   if (!hasService) progress(`(c) skipped: ${serviceEntry} does not exist (set BENCH_SERVICE_ENTRY)`)
   const roundS = Math.max(1, Math.round(options.durationS / options.rounds))
@@ -560,7 +572,7 @@ export const measure = async (options: Options = defaultOptions): Promise<HttpRe
         "runs every time. orders/s counts 201s only; non-2xx counts every other answer, errors and timeouts; " +
         "p50/p99 are over every answer.",
         "(a) is the same transaction from a bare pg pool (bench/sql-baseline.ts); pgbench runs " +
-        "bench/pgbench/create-order.sql. Servers: `node --import tsx <entry>`, a fresh process each round, " +
+        "bench/pgbench/create-order.sql. Servers: the service as `npm start` runs it (built, `node <flags> dist/server/main.js`), the reference under tsx, a fresh process each round, " +
         "LOG_LEVEL=warn, DB_POOL_SIZE=20, NODE_ENV=production; peak RSS is the highest VmHWM of the server " +
         "process after a round (warm-up included).",
         "Tables emptied before every run; rounds alternate the order (a b c, c b a). Checked every round: " +

@@ -9,6 +9,7 @@ import { format, type Report, verdicts } from "./lib/report.js"
 const benches: Readonly<Record<string, () => Promise<{ readonly run: () => Promise<Report> }>>> = {
   dispatch: () => import("./dispatch.js"),
   "sql-baseline": () => import("./sql-baseline.js"),
+  sql: () => import("./sql.js"),
   http: () => import("./http.js"),
   idempotency: () => import("./idempotency.js")
 }

@@ -27,7 +27,7 @@ export interface Any {
  * @since 0.1.0
  * @category constructors
  */
-export const Class = Schema.TaggedClass
+export const Class: typeof Schema.TaggedClass = Schema.TaggedClass
 
 /**
  * An event raised by an aggregate, before the bus stamps it: which aggregate,

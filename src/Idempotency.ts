@@ -29,6 +29,7 @@ import * as Exit from "effect/Exit"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
@@ -301,6 +302,27 @@ export interface Options {
   readonly lease?: Duration.DurationInput
 }
 
+const replaysTotal = Metric.counter("command_bus_idempotency_replays_total", {
+  description: "Dispatches answered with the recorded outcome of an earlier one, by command type",
+  incremental: true
+})
+
+const mismatchesTotal = Metric.counter("command_bus_idempotency_mismatches_total", {
+  description: "Idempotency keys reused with another payload (IdempotencyKeyMismatch), by command type",
+  incremental: true
+})
+
+const inFlightTotal = Metric.counter("command_bus_idempotency_in_flight_total", {
+  description:
+    "Dispatches refused because their key was still being processed (IdempotencyKeyInFlight), by command type",
+  incremental: true
+})
+
+// Off the path of a first dispatch, so tagging anew each time costs nothing
+// that matters.
+const countFor = (counter: Metric.Metric.Counter<number>, command: string) =>
+  Metric.increment(Metric.tagged(counter, "command", command))
+
 const currentReplayObserver = globalValue(
   Symbol.for("effect-command-bus/Idempotency/currentReplayObserver"),
   () => FiberRef.unsafeMake<(() => void) | undefined>(undefined)
@@ -329,7 +351,10 @@ export const observeReplay = <A, E, R>(
 /**
  * The idempotency middleware. Place it outside `retry`, `timeout` and
  * `transaction`: one claim covers every attempt, and the record joins the
- * transaction of the attempt that commits.
+ * transaction of the attempt that commits. Counts, by command type, replays
+ * (`command_bus_idempotency_replays_total`), keys reused with another
+ * payload (`command_bus_idempotency_mismatches_total`) and keys still in
+ * flight (`command_bus_idempotency_in_flight_total`).
  *
  * @since 0.1.0
  * @category middleware
@@ -349,8 +374,15 @@ export const middleware = (
       const fingerprint = yield* Effect.orDie(Command.fingerprint(definition, command))
       const claim = yield* store.claim({ scope, key, fingerprint, commandType: command._tag, lease, retention })
       if (claim._tag !== "Claimed") {
-        if (claim.fingerprint !== fingerprint) return yield* new IdempotencyKeyMismatch({ idempotencyKey: key })
-        if (claim._tag === "InFlight") return yield* new IdempotencyKeyInFlight({ idempotencyKey: key })
+        if (claim.fingerprint !== fingerprint) {
+          yield* countFor(mismatchesTotal, command._tag)
+          return yield* new IdempotencyKeyMismatch({ idempotencyKey: key })
+        }
+        if (claim._tag === "InFlight") {
+          yield* countFor(inFlightTotal, command._tag)
+          return yield* new IdempotencyKeyInFlight({ idempotencyKey: key })
+        }
+        yield* countFor(replaysTotal, command._tag)
         dispatch.replayed = true
         const observer = yield* FiberRef.get(currentReplayObserver)
         if (observer !== undefined) observer()

@@ -298,7 +298,9 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): string => {
 
 /**
  * A span per dispatch, named after the command, with its type, id,
- * correlation id and outcome as attributes. The handler's own spans
+ * correlation id and outcome as attributes (`command.outcome`: `success`
+ * or the error's tag, as `outcomeOf` names it; on a failure also
+ * `command.error`). With tracing off it adds nothing. The handler's own spans
  * (`Effect.fn`) become its children. No call-site stack capture: that is
  * most of what a default `withSpan` costs.
  *
@@ -320,11 +322,9 @@ export const tracing: Middleware = make("tracing", <A, E, R>(self: Effect.Effect
     // `Effect.withSpan` is `useSpan` (an `onExit` that ends the span) around
     // `withParentSpan` (an acquire/release of the fiber's context); here
     // both are one `onExit`, and the span is made in this step rather than
-    // by an effect of its own. Where tracing is off, `Effect.makeSpan`
-    // makes the no-op span.
-    if (!fiber.getFiberRef(FiberRef.currentTracerEnabled)) {
-      return Effect.flatMap(Effect.makeSpan(name, options), (span) => inSpan(self, span, fiber))
-    }
+    // by an effect of its own. Where tracing is off there is no span to
+    // make: every span made inside would be a no-op one anyway.
+    if (!fiber.getFiberRef(FiberRef.currentTracerEnabled)) return self
     return inSpan(self, startSpan(fiber, name, options), fiber)
   })
 })
@@ -380,6 +380,7 @@ const spanEnded = (
   timing: boolean,
   outer: EffectContext.Context<never>
 ): Effect.Effect<void> => {
+  span.attribute("command.outcome", outcomeOf(exit))
   if (Exit.isFailure(exit)) {
     const failure = Cause.failureOption(exit.cause)
     if (Option.isSome(failure) && Predicate.hasProperty(failure.value, "_tag")) {
@@ -627,15 +628,49 @@ const withDeadline = <A, E, R>(
   const elapsed = clock.unsafeCurrentTimeMillis() - startedAt
   const left = elapsed <= 0 ? limit : Duration.millis(Math.max(0, Duration.toMillis(limit) - elapsed))
   const stop = Fiber.interruptAs(child, parent.id())
+  const timedOut = () => new CommandTimeout({ commandType: command._tag, timeoutMillis: Duration.toMillis(limit) })
+  if (isLiveClock(clock)) {
+    // On the live clock, one timer and an observer of the child: no racing
+    // fiber, which is most of what a timeout costs on an asynchronous dispatch.
+    const waited = Effect.async<Exit.Exit<A, E>, CommandTimeout>((resume) => {
+      let settled = false
+      const observer = (exit: Exit.Exit<Exit.Exit<A, E>>) => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        resume(exit)
+      }
+      const timer = setTimeout(() => {
+        if (settled) return
+        settled = true
+        child.removeObserver(observer)
+        resume(Effect.zipRight(stop, Effect.fail(timedOut())))
+      }, Duration.toMillis(left))
+      child.addObserver(observer)
+      return Effect.sync(() => {
+        settled = true
+        clearTimeout(timer)
+        child.removeObserver(observer)
+      })
+    })
+    return Effect.onInterrupt(
+      restore(Effect.flatMap(waited, (exit) => joined(child, fiberRefs, exit))),
+      () => stop
+    )
+  }
   const waited = Effect.timeoutFail(Effect.onInterrupt(Effect.flatten(Fiber.await(child)), () => stop), {
     duration: left,
-    onTimeout: () => new CommandTimeout({ commandType: command._tag, timeoutMillis: Duration.toMillis(limit) })
+    onTimeout: timedOut
   })
   return Effect.onInterrupt(
     restore(Effect.flatMap(waited, (exit) => joined(child, fiberRefs, exit))),
     () => stop
   )
 }
+
+// A clock whose time moves by itself. `TestClock` (and any clock moved by
+// hand) has `adjust`; its sleeps must go through it.
+const isLiveClock = (clock: Clock.Clock): boolean => !("adjust" in clock)
 
 // Ends with the exit of `self`, and on success makes the changes its fiber
 // made to fiber refs this fiber's, as joining it would (`Effect.timeoutFail`

@@ -26,10 +26,17 @@ UNION ALL
 SELECT false, fingerprint, state, result FROM idempotency_keys
 WHERE scope = :scope AND key = 'pgbench-' || :n::text AND NOT EXISTS (SELECT 1 FROM claimed);
 BEGIN;
+WITH requested AS (
+  SELECT product_id, quantity FROM jsonb_to_recordset(format('[{"product_id": "sku-%s", "quantity": 1}, {"product_id": "sku-%s", "quantity": 1}]',
+    :p1::int, :p2::int)::jsonb) AS r(product_id text, quantity integer)
+), locked AS (
+  SELECT i.product_id, i.available FROM inventory AS i
+  WHERE i.product_id IN (SELECT product_id FROM requested)
+  ORDER BY i.product_id FOR UPDATE
+)
 UPDATE inventory AS i SET available = i.available - r.quantity, updated_at = now()
-FROM jsonb_to_recordset(format('[{"product_id": "sku-%s", "quantity": 1}, {"product_id": "sku-%s", "quantity": 1}]',
-  :p1::int, :p2::int)::jsonb) AS r(product_id text, quantity integer)
-WHERE i.product_id = r.product_id AND i.available >= r.quantity
+FROM locked AS l JOIN requested AS r USING (product_id)
+WHERE i.product_id = l.product_id AND l.available >= r.quantity
 RETURNING i.product_id;
 INSERT INTO orders (id, customer_id, user_id, status, version, items, shipping_address, created_at,
   updated_at, cancel_reason)

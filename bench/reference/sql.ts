@@ -85,9 +85,16 @@ export const existingSql = `SELECT false AS claimed, fingerprint, state, result 
 
 /** 3. Reserve every line or report which were taken. $1 lines as jsonb. */
 export const reserveSql = `
+            WITH requested AS (
+              SELECT product_id, quantity FROM jsonb_to_recordset($1::jsonb) AS r(product_id text, quantity integer)
+            ), locked AS (
+              SELECT i.product_id, i.available FROM inventory AS i
+              WHERE i.product_id IN (SELECT product_id FROM requested)
+              ORDER BY i.product_id FOR UPDATE
+            )
             UPDATE inventory AS i SET available = i.available - r.quantity, updated_at = now()
-            FROM jsonb_to_recordset($1::jsonb) AS r(product_id text, quantity integer)
-            WHERE i.product_id = r.product_id AND i.available >= r.quantity
+            FROM locked AS l JOIN requested AS r USING (product_id)
+            WHERE i.product_id = l.product_id AND l.available >= r.quantity
             RETURNING i.product_id`
 
 export const availableSql = `SELECT available FROM inventory WHERE product_id = $1`

@@ -9,6 +9,7 @@ import * as HttpApi from "@effect/platform/HttpApi"
 import * as HttpApiEndpoint from "@effect/platform/HttpApiEndpoint"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import * as HttpApiGroup from "@effect/platform/HttpApiGroup"
+import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
 import * as OpenApi from "@effect/platform/OpenApi"
 import * as Schema from "effect/Schema"
 import { Command, CommandError, Idempotency } from "../index.js"
@@ -25,6 +26,7 @@ import {
 } from "../orders/Order.js"
 import { Authentication } from "./Auth.js"
 import { InternalError, MalformedJson, PayloadTooLarge, RouteNotFound, UnsupportedMediaType } from "./HttpErrors.js"
+import * as Metrics from "./Metrics.js"
 import * as Problem from "./Problem.js"
 
 const snake = <S extends Schema.Schema.Any>(key: string, schema: S) =>
@@ -342,6 +344,27 @@ export class HealthGroup extends HttpApiGroup.make("health")
 {}
 
 /**
+ * @since 0.1.0
+ * @category groups
+ */
+export class MetricsGroup extends HttpApiGroup.make("metrics")
+  .add(
+    HttpApiEndpoint.get("metrics", "/metrics")
+      .addSuccess(
+        HttpApiSchema.Text({ contentType: Metrics.contentType }).annotations({
+          description: "Every metric in the Prometheus text exposition format (0.0.4)"
+        })
+      )
+      .annotate(
+        OpenApi.Summary,
+        "Metrics in the Prometheus text format (admin; without a token on METRICS_PORT when set)"
+      )
+  )
+  .addError(Problem.schema(CommandError.Forbidden))
+  .middleware(Authentication)
+{}
+
+/**
  * Every error response is problem+json; the generator says so for a status
  * with one error schema but falls back to `application/json` when several
  * share it, so the document is corrected here.
@@ -379,6 +402,7 @@ export class Api extends ApiBase
   .add(ProductsGroup)
   .add(EventsGroup)
   .add(HealthGroup)
+  .add(MetricsGroup)
   .addError(Problem.schema(MalformedJson))
   .addError(Problem.schema(PayloadTooLarge))
   .addError(Problem.schema(UnsupportedMediaType))

@@ -155,6 +155,56 @@ export const jwtAlgorithm = Config.option(
 )
 
 /**
+ * An `http://` or `https://` URL, or none when unset or empty.
+ */
+const optionalHttpUrl = (name: string) =>
+  Config.option(Config.string(name)).pipe(
+    Config.map(Option.filter((url) => url.trim() !== "")),
+    Config.mapOrFail((url) =>
+      Option.isNone(url) || (/^https?:\/\/[^\s/]+/.test(url.value.trim()) && URL.canParse(url.value.trim()))
+        ? Either.right(Option.map(url, (value) => value.trim()))
+        : Either.left(ConfigError.InvalidData([name], "must be an http:// or https:// URL"))
+    )
+  )
+
+/**
+ * Tracing and metrics. Traces are exported over OTLP/HTTP when
+ * `OTEL_EXPORTER_OTLP_ENDPOINT` (the collector's base URL, `/v1/traces`
+ * appended) or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the full URL) is set,
+ * and not recorded at all otherwise. `METRICS_PORT` adds a listener on
+ * `HOST` that serves `GET /metrics` without authentication.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const observability = Config.all({
+  otlpEndpoint: optionalHttpUrl("OTEL_EXPORTER_OTLP_ENDPOINT"),
+  otlpTracesEndpoint: optionalHttpUrl("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+  serviceName: Config.string("OTEL_SERVICE_NAME").pipe(
+    Config.withDefault("orders-service"),
+    Config.validate({ message: "OTEL_SERVICE_NAME must not be empty", validation: (name) => name.trim() !== "" })
+  ),
+  metricsPort: Config.option(
+    Config.integer("METRICS_PORT").pipe(
+      Config.validate({
+        message: "METRICS_PORT must be 0 to 65535 (0: any free port)",
+        validation: (n) => n >= 0 && n <= 65535
+      })
+    )
+  )
+}).pipe(
+  Config.map(({ metricsPort, otlpEndpoint, otlpTracesEndpoint, serviceName }) => ({
+    serviceName,
+    metricsPort,
+    /** Where spans go, if anywhere: the traces endpoint, else the base endpoint's `/v1/traces`. */
+    tracesUrl: Option.orElse(
+      otlpTracesEndpoint,
+      () => Option.map(otlpEndpoint, (base) => `${base.replace(/\/+$/, "")}/v1/traces`)
+    )
+  }))
+)
+
+/**
  * @since 0.1.0
  * @category config
  */

@@ -9,6 +9,7 @@ import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -37,6 +38,33 @@ export const describeUrl = (url: string): string => {
 }
 
 /**
+ * How busy the connection pool is, as the metrics report it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PoolUsage {
+  /** The pool's size (`DB_POOL_SIZE`). */
+  readonly max: number
+  /** Connections open, idle or lent out. */
+  readonly open: number
+  readonly idle: number
+  /** Callers waiting for a connection. */
+  readonly waiting: number
+}
+
+/**
+ * The database's connection pool, read at each metrics scrape.
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export class DatabasePool extends Context.Tag("server/DatabasePool")<DatabasePool, {
+  /** Its usage now; none on the embedded database, which has no pool. */
+  readonly usage: () => Option.Option<PoolUsage>
+}>() {}
+
+/**
  * A `pg` pool sized and timed from configuration. `statement_timeout` is set
  * on every connection, so a runaway statement cannot hold a connection.
  *
@@ -49,34 +77,56 @@ export const serverLayer = (options: {
   readonly poolSize: number
   readonly connectTimeout: Duration.Duration
   readonly statementTimeout: Duration.Duration
-}): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, SqlError> =>
-  PgClient.layerFromPool({
-    applicationName: "effect-command-bus",
-    acquire: Effect.acquireRelease(
-      Effect.try({
-        try: () => {
-          const pool = new Pg.Pool({
-            connectionString: Redacted.value(options.url),
-            max: options.poolSize,
-            connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
-            idleTimeoutMillis: 30_000,
-            statement_timeout: Duration.toMillis(options.statementTimeout),
-            application_name: "effect-command-bus",
-            ...Option.match(options.schema, {
-              onNone: () => ({}),
-              onSome: (schema) => ({ options: `-c search_path=${schema}` })
+}): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient | DatabasePool, SqlError> =>
+  Layer.unwrapScoped(
+    Effect.map(
+      Effect.acquireRelease(
+        Effect.try({
+          try: () => {
+            const pool = new Pg.Pool({
+              connectionString: Redacted.value(options.url),
+              max: options.poolSize,
+              connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
+              idleTimeoutMillis: 30_000,
+              statement_timeout: Duration.toMillis(options.statementTimeout),
+              application_name: "effect-command-bus",
+              ...Option.match(options.schema, {
+                onNone: () => ({}),
+                onSome: (schema) => ({ options: `-c search_path=${schema}` })
+              })
             })
+            // Errors of idle clients (the server went away) surface on the next
+            // query; without a listener they would crash the process.
+            pool.on("error", () => {})
+            return pool
+          },
+          catch: (cause) => new SqlError({ cause, message: "Invalid database configuration" })
+        }),
+        (pool) => Effect.promise(() => pool.end()).pipe(Effect.timeoutOption("5 seconds"))
+      ),
+      // The client is built in the same scope, after the pool: it closes
+      // first, then the pool ends.
+      (pool) =>
+        Layer.merge(
+          PgClient.layerFromPool({ applicationName: "effect-command-bus", acquire: Effect.succeed(pool) }),
+          Layer.succeed(DatabasePool, {
+            usage: () =>
+              Option.some({
+                max: options.poolSize,
+                open: pool.totalCount,
+                idle: pool.idleCount,
+                waiting: pool.waitingCount
+              })
           })
-          // Errors of idle clients (the server went away) surface on the next
-          // query; without a listener they would crash the process.
-          pool.on("error", () => {})
-          return pool
-        },
-        catch: (cause) => new SqlError({ cause, message: "Invalid database configuration" })
-      }),
-      (pool) => Effect.promise(() => pool.end()).pipe(Effect.timeoutOption("5 seconds"))
+        )
     )
-  })
+  )
+
+/**
+ * The embedded database has no pool: one session behind a queue (whose
+ * length `PgliteClient` keeps to itself).
+ */
+const noPool = Layer.succeed(DatabasePool, { usage: () => Option.none() })
 
 /**
  * The database from configuration, announced in the log.
@@ -85,7 +135,7 @@ export const serverLayer = (options: {
  * @category layers
  */
 export const layer: Layer.Layer<
-  PgClient.PgClient | SqlClient.SqlClient,
+  PgClient.PgClient | SqlClient.SqlClient | DatabasePool,
   SqlError | ConfigError.ConfigError
 > = Layer.unwrapEffect(
   Effect.gen(function*() {
@@ -108,7 +158,7 @@ export const layer: Layer.Layer<
     yield* Effect.logInfo("database.embedded").pipe(
       Effect.annotateLogs({ dataDir, note: "embedded PostgreSQL (PGlite); set DATABASE_URL for a server" })
     )
-    return PgliteClient.layer({ dataDir: Path.join(dataDir, "pg") })
+    return Layer.merge(PgliteClient.layer({ dataDir: Path.join(dataDir, "pg") }), noPool)
   })
 )
 
@@ -134,6 +184,6 @@ export const migrate = Effect.gen(function*() {
  * @category layers
  */
 export const layerMigrated: Layer.Layer<
-  PgClient.PgClient | SqlClient.SqlClient,
+  PgClient.PgClient | SqlClient.SqlClient | DatabasePool,
   unknown
 > = Layer.effectDiscard(migrate).pipe(Layer.provideMerge(layer))

@@ -7,6 +7,7 @@
  * @since 0.1.0
  */
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
+import * as HttpApi from "@effect/platform/HttpApi"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import * as HttpApp from "@effect/platform/HttpApp"
@@ -19,6 +20,7 @@ import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type * as ParseResult from "effect/ParseResult"
@@ -35,6 +37,8 @@ import { SqlFailure } from "../sql/index.js"
 import { Api } from "./Api.js"
 import { adminRole, CurrentPrincipal } from "./Auth.js"
 import { InternalError, MalformedJson, PayloadTooLarge, RouteNotFound, UnsupportedMediaType } from "./HttpErrors.js"
+import * as Metrics from "./Metrics.js"
+import * as Observability from "./Observability.js"
 import * as Problem from "./Problem.js"
 
 /**
@@ -239,9 +243,44 @@ export const HealthLive = HttpApiBuilder.group(Api, "health", (handlers) =>
         ))
   }))
 
+/**
+ * `GET /metrics` on the API's port: admins only.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const MetricsLive = HttpApiBuilder.group(Api, "metrics", (handlers) =>
+  Effect.gen(function*() {
+    const { scrape } = yield* Metrics.Scraper
+    return handlers.handle("metrics", () =>
+      Effect.gen(function*() {
+        const principal = yield* CurrentPrincipal
+        if (!isAdmin(principal)) {
+          return yield* new CommandError.Forbidden({ reason: "Metrics are for admins" })
+        }
+        return yield* scrape
+      }))
+  }))
+
 // -----------------------------------------------------------------------------
 // edge middleware
 // -----------------------------------------------------------------------------
+
+/**
+ * Every route of the API as its template (`/api/v1/orders/:orderId`), for
+ * span names and metric labels.
+ *
+ * @since 0.1.0
+ * @category routes
+ */
+export const apiRoutes: ReadonlyArray<{ readonly method: string; readonly path: string }> = (() => {
+  const routes: Array<{ readonly method: string; readonly path: string }> = []
+  HttpApi.reflect(Api, {
+    onGroup: () => {},
+    onEndpoint: ({ endpoint }) => routes.push({ method: endpoint.method, path: endpoint.path })
+  })
+  return routes
+})()
 
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
@@ -369,51 +408,65 @@ const unmapped = (cause: Cause.Cause<unknown>, request: HttpServerRequest.HttpSe
 /**
  * The edge middleware, around the API's router (inside its error encoding):
  * correlation id, body checks, unmapped failures as problems, the headers
- * some statuses need, and one log line per request.
+ * some statuses need, a `traceparent` of the request's span when tracing is
+ * on, one log line per request, and `http_server_requests_total` and
+ * `http_server_request_duration_seconds` by route template and status.
  *
  * @since 0.1.0
  * @category middleware
  */
 export const edge =
-  (options: { readonly bodyLimit: number }) => <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
-    Effect.gen(function*() {
-      const request = yield* HttpServerRequest.HttpServerRequest
-      const start = Date.now()
+  (options: { readonly bodyLimit: number; readonly routes: Observability.RouteTable }) =>
+  <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
+    Effect.withFiberRuntime((fiber) => {
+      const request = Context.unsafeGet(fiber.currentContext, HttpServerRequest.HttpServerRequest)
+      const start = performance.now()
+      const route = options.routes.find(request.method, request.url)
+      // The span the platform's HTTP tracer opened for this request (its
+      // parent the caller's `traceparent`, if any), when tracing is on.
+      const traceparent = fiber.getFiberRef(FiberRef.currentTracerEnabled)
+        ? Observability.traceparentOf(fiber.currentContext)
+        : undefined
       const header = request.headers["x-correlation-id"]
       const correlationId = header !== undefined && uuid.test(header) ? header.toLowerCase() : randomUUID()
-      // Runs on the final response, whatever produced it (handler, encoded
-      // error, refusal), just before it is written.
-      yield* HttpApp.appendPreResponseHandler((_request, response) => {
-        let decorated = HttpServerResponse.setHeader(response, "x-correlation-id", correlationId)
-        if (response.status === 401) {
-          decorated = HttpServerResponse.setHeader(decorated, "www-authenticate", "Bearer")
-        } else if (response.status === 503) {
-          decorated = HttpServerResponse.setHeader(decorated, "retry-after", "1")
+      return Effect.gen(function*() {
+        // Runs on the final response, whatever produced it (handler, encoded
+        // error, refusal), just before it is written.
+        yield* HttpApp.appendPreResponseHandler((_request, response) => {
+          const elapsedMs = performance.now() - start
+          Metrics.recordRequest(request.method, route, response.status, elapsedMs / 1000)
+          let decorated = HttpServerResponse.setHeader(response, "x-correlation-id", correlationId)
+          if (traceparent !== undefined) decorated = HttpServerResponse.setHeader(decorated, "traceparent", traceparent)
+          if (response.status === 401) {
+            decorated = HttpServerResponse.setHeader(decorated, "www-authenticate", "Bearer")
+          } else if (response.status === 503) {
+            decorated = HttpServerResponse.setHeader(decorated, "retry-after", "1")
+          }
+          return Effect.as(
+            Effect.logInfo("http.request").pipe(
+              Effect.annotateLogs({
+                method: request.method,
+                path: request.url.split("?")[0],
+                status: response.status,
+                durationMs: Math.round(elapsedMs),
+                correlationId
+              })
+            ),
+            decorated
+          )
+        })
+        let checked = request
+        if (HttpMethod.hasBody(request.method) && request.url.startsWith("/api/")) {
+          const body = yield* checkBody(request, options.bodyLimit)
+          if (Either.isLeft(body)) return body.left
+          checked = body.right
         }
-        return Effect.as(
-          Effect.logInfo("http.request").pipe(
-            Effect.annotateLogs({
-              method: request.method,
-              path: request.url.split("?")[0],
-              status: response.status,
-              durationMs: Date.now() - start,
-              correlationId
-            })
-          ),
-          decorated
+        return yield* app.pipe(
+          Effect.provideService(CorrelationId, correlationId),
+          Effect.provideService(HttpServerRequest.HttpServerRequest, checked),
+          Effect.catchAllCause((cause) => isMappedFailure(cause) ? Effect.failCause(cause) : unmapped(cause, request))
         )
       })
-      let checked = request
-      if (HttpMethod.hasBody(request.method) && request.url.startsWith("/api/")) {
-        const body = yield* checkBody(request, options.bodyLimit)
-        if (Either.isLeft(body)) return body.left
-        checked = body.right
-      }
-      return yield* app.pipe(
-        Effect.provideService(CorrelationId, correlationId),
-        Effect.provideService(HttpServerRequest.HttpServerRequest, checked),
-        Effect.catchAllCause((cause) => isMappedFailure(cause) ? Effect.failCause(cause) : unmapped(cause, request))
-      )
     })
 
 // A typed failure of an endpoint: the API encodes it with its problem schema.
@@ -424,11 +477,12 @@ const isMappedFailure = (cause: Cause.Cause<unknown>) => {
 }
 
 /**
- * Every group's implementation; needs the bus, the stores and the database.
+ * Every group's implementation; needs the bus, the stores, the database and
+ * the metrics scraper.
  *
  * @since 0.1.0
  * @category layers
  */
 export const ApiLive = HttpApiBuilder.api(Api).pipe(
-  Layer.provide([OrdersLive, ProductsLive, EventsLive, HealthLive])
+  Layer.provide([OrdersLive, ProductsLive, EventsLive, HealthLive, MetricsLive])
 )

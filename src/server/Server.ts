@@ -21,6 +21,8 @@ import * as Config from "./Config.js"
 import * as Database from "./Database.js"
 import * as Http from "./Http.js"
 import * as IdempotencyStoreLayer from "./IdempotencyStoreLayer.js"
+import * as Metrics from "./Metrics.js"
+import * as Observability from "./Observability.js"
 
 /**
  * The bus with the full middleware stack, its timeout and idempotency
@@ -76,27 +78,49 @@ export const HttpServerLive = Layer.unwrapEffect(
 )
 
 /**
- * The whole service.
+ * The whole service, with tracing as `tracing` sets it up (by default from
+ * configuration: OTLP when an endpoint is set, else off). Tracing is built
+ * first, so every fiber the service starts (requests, the outbox relay)
+ * runs with it.
  *
  * @since 0.1.0
  * @category layers
  */
-export const ServerLive = Layer.unwrapEffect(
-  Effect.map(Config.server, (config) =>
-    HttpApiBuilder.serve().pipe(
-      HttpServer.withLogAddress,
-      Layer.provide(HttpApiBuilder.middleware(Http.edge({ bodyLimit: config.bodyLimit }))),
-      Layer.provide(HttpApiScalar.layer({ path: "/docs" })),
-      Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
-      Layer.provide(Http.ApiLive),
-      Layer.provide(Auth.layer),
-      Layer.provide(Auth.layerVerifier),
-      Layer.provide(BusLive),
-      Layer.provide(Persistence.layerSql({}, IdempotencyStoreLayer.layer)),
-      Layer.provide(Database.layerMigrated),
-      Layer.provideMerge(HttpServerLive)
-    ))
-)
+export const layer = (options: { readonly tracing?: Layer.Layer<never, unknown> } = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(Config.server, (config) => {
+      const routes = Observability.makeRouteTable([
+        ...Http.apiRoutes,
+        { method: "GET", path: "/openapi.json" },
+        { method: "GET", path: "/docs" }
+      ])
+      return HttpApiBuilder.serve().pipe(
+        HttpServer.withLogAddress,
+        Observability.withSpanNames(routes),
+        Layer.provide(HttpApiBuilder.middleware(Http.edge({ bodyLimit: config.bodyLimit, routes }))),
+        Layer.provide(HttpApiScalar.layer({ path: "/docs" })),
+        Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
+        Layer.provide(Http.ApiLive),
+        Layer.provide(Auth.layer),
+        Layer.provide(Auth.layerVerifier),
+        Layer.provide(BusLive),
+        Layer.merge(Metrics.layerListener),
+        Layer.provide(Metrics.layer),
+        Layer.provide(Persistence.layerSql({}, IdempotencyStoreLayer.layer)),
+        Layer.provide(Database.layerMigrated),
+        Layer.provideMerge(HttpServerLive),
+        Layer.provide(options.tracing ?? Observability.layerTracingFromConfig)
+      )
+    })
+  )
+
+/**
+ * The whole service, tracing from configuration.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const ServerLive = layer()
 
 /**
  * Reads and checks every setting, and the JWT key, before anything starts:
@@ -110,7 +134,8 @@ export const checkConfig = Effect.all([
   Config.database,
   Config.idempotencyStore,
   Config.jwt,
-  Config.jwtAlgorithm
+  Config.jwtAlgorithm,
+  Config.observability
 ]).pipe(
   // Its warnings are logged once, when the verifier is built.
   Effect.zipRight(Logger.withMinimumLogLevel(Auth.keyFromConfig, LogLevel.None)),

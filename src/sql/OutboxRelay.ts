@@ -36,6 +36,12 @@ export interface Options {
   readonly batchSize?: number
   /** Poll interval when no notification arrives. Default 1 second. */
   readonly pollInterval?: Duration.DurationInput
+  /**
+   * How long a notification waits before the relay drains, so that under
+   * load one transaction publishes the events of many commits instead of
+   * one each. Default 10 milliseconds.
+   */
+  readonly coalesce?: Duration.DurationInput
 }
 
 const publishedTotal = Metric.counter("command_bus_outbox_published_total", {
@@ -111,9 +117,11 @@ export const run = (options: Options = {}) =>
       Effect.retry(Schedule.spaced(pollInterval)),
       Effect.forkScoped
     )
+    const coalesce = Duration.decode(options.coalesce ?? "10 millis")
     const cycle = drain(batchSize).pipe(
       Effect.catchAllCause((cause) => Effect.logWarning("outbox.relay-failed", cause)),
-      Effect.zipRight(Effect.timeout(Queue.take(wake), pollInterval).pipe(Effect.ignore))
+      Effect.zipRight(Effect.timeout(Queue.take(wake), pollInterval).pipe(Effect.ignore)),
+      Effect.zipRight(Effect.sleep(coalesce))
     )
     return yield* Effect.forever(cycle)
   })

@@ -20,7 +20,7 @@ describe("README Quick start", () => {
       const dataDir = yield* TestDatabase.tempDir("ecb-quickstart")
       // The embedded database, as on a fresh machine (no DATABASE_URL), on a free port.
       const env = { DATA_DIR: dataDir, PORT: "0", DATABASE_URL: undefined, JWT_SECRET: undefined, LOG_LEVEL: "warn" }
-      const service = yield* Process.spawnScoped(env)
+      const service = yield* Process.spawnScoped(env, { command: ["npm", "start"], timeoutMs: 120_000 })
       const script = ["set -euo pipefail", ...blocks].join("\n").replaceAll("http://127.0.0.1:3000", service.baseUrl)
       const output = execFileSync("bash", ["-c", script], {
         cwd: Process.root,
@@ -51,5 +51,5 @@ describe("README Quick start", () => {
       }
       expect(feed.events.map((event: { type: string }) => event.type)).toEqual(["OrderCreated", "OrderCancelled"])
       expect(feed.next).toBe(2)
-    }), { timeout: 180_000 })
+    }), { timeout: 300_000 })
 })

@@ -1,6 +1,7 @@
 /**
- * The order service as a child process (`node --import tsx src/server/main.ts`,
- * what `npm start` runs), for tests that kill, restart or signal it.
+ * The order service as a child process, for tests that kill, restart or
+ * signal it: its sources under tsx by default, or `npm start` (built, as a
+ * user runs it).
  */
 import * as Effect from "effect/Effect"
 import { type ChildProcess, spawn } from "node:child_process"
@@ -52,13 +53,23 @@ const ready = async (baseUrl: string) => {
  * Spawns the service on a free port and waits until it is ready (bounded).
  * The caller stops it with `stop` (or the scope does, with `spawnScoped`).
  */
-export const spawnService = (env: Record<string, string | undefined>, options: { readonly timeoutMs?: number } = {}) =>
+export const spawnService = (
+  env: Record<string, string | undefined>,
+  options: {
+    readonly timeoutMs?: number
+    /** The command; default the sources under tsx. `["npm", "start"]` runs it as a user does. */
+    readonly command?: readonly [string, ...Array<string>]
+  } = {}
+) =>
   Effect.promise(async (): Promise<ServiceProcess> => {
     const port = env.PORT !== undefined && env.PORT !== "0" ? Number(env.PORT) : await freePort()
-    const child = spawn(process.execPath, ["--import", "tsx", "src/server/main.ts"], {
+    const [file, ...args] = options.command ?? [process.execPath, "--import", "tsx", "src/server/main.ts"]
+    // Its own process group, so a signal reaches the server behind a wrapper (npm).
+    const child = spawn(file, args, {
       cwd: root,
       env: environment({ ...env, PORT: String(port) }),
-      stdio: ["ignore", "pipe", "pipe"]
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true
     })
     let output = ""
     child.stdout!.on("data", (chunk: Buffer) => output += chunk.toString())
@@ -77,24 +88,38 @@ export const spawnService = (env: Record<string, string | undefined>, options: {
       if (await ready(service.baseUrl)) return service
       await new Promise((resolve) => setTimeout(resolve, 200))
     }
-    child.kill("SIGKILL")
+    try {
+      process.kill(-child.pid!, "SIGKILL")
+    } catch {
+      child.kill("SIGKILL")
+    }
     return Promise.reject(new Error(`service not ready within ${options.timeoutMs ?? 60_000} ms:\n${output}`))
   })
+
+const signalGroup = (service: ServiceProcess, signal: NodeJS.Signals) => {
+  try {
+    process.kill(-service.child.pid!, signal)
+  } catch {
+    service.child.kill(signal)
+  }
+}
 
 /** Sends `signal` and waits (bounded) for the exit; SIGKILL after the bound. */
 export const stop = (service: ServiceProcess, signal: NodeJS.Signals = "SIGTERM", timeoutMs = 20_000) =>
   Effect.promise(async () => {
     if (service.child.exitCode !== null || service.child.signalCode !== null) return service.exited
-    service.child.kill(signal)
+    signalGroup(service, signal)
     const timeout = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), timeoutMs).unref())
     const result = await Promise.race([service.exited, timeout])
     if (result === "timeout") {
-      service.child.kill("SIGKILL")
+      signalGroup(service, "SIGKILL")
       return service.exited
     }
     return result
   })
 
 /** `spawnService`, stopped when the scope closes. */
-export const spawnScoped = (env: Record<string, string | undefined>, options?: { readonly timeoutMs?: number }) =>
-  Effect.acquireRelease(spawnService(env, options), (service) => stop(service, "SIGKILL"))
+export const spawnScoped = (
+  env: Record<string, string | undefined>,
+  options?: Parameters<typeof spawnService>[1]
+) => Effect.acquireRelease(spawnService(env, options), (service) => stop(service, "SIGKILL"))

@@ -1,0 +1,236 @@
+/**
+ * `CreateOrder` through the bus (full middleware, SQL layers, an idempotency
+ * key per order) on a real PostgreSQL, at 1, 4 and 16 fibers, beside the
+ * same transaction's SQL sent by a bare `pg` pool at the same concurrency:
+ * the limit for this stack. Then the embedded database (PGlite) at 16.
+ *
+ * Targets: the bus ≥ 0.7× the bare client at 16 (≤ 1.43× its time per
+ * order); the embedded database ≥ 300 orders/s. Also counts the database
+ * round trips of one order, by counting the queries the `pg` driver sends.
+ *
+ * Run alone with `npm run bench -- sql`.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import Pg from "pg"
+import { CreateOrder } from "../src/orders/Commands.js"
+import * as Migrations from "../src/orders/Migrations.js"
+import * as OrderBus from "../src/orders/OrderBus.js"
+import * as Persistence from "../src/orders/Persistence.js"
+import * as Database from "../src/server/Database.js"
+import * as PgliteClient from "../src/sql/PgliteClient.js"
+import * as Postgres from "./lib/postgres.js"
+import type { Report, Row } from "./lib/report.js"
+import {
+  ampleStock,
+  bareCreateOrderThroughput,
+  customerId,
+  products,
+  randomLines,
+  resetTables,
+  seedInventory,
+  shippingAddress,
+  throughputRow
+} from "./sql-baseline.js"
+
+const durationMs = Number(process.env["BENCH_SQL_DURATION_MS"] ?? 5000)
+const warmupMs = Number(process.env["BENCH_SQL_WARMUP_MS"] ?? 1000)
+
+const bus = OrderBus.make()
+
+const newOrder = (userId: string, n: number) =>
+  new CreateOrder({
+    userId,
+    customerId,
+    items: randomLines(),
+    shippingAddress,
+    idempotencyKey: `bench-${userId}-${n}`
+  })
+
+interface Measured {
+  readonly ordersPerSecond: number
+  readonly perSecond: ReadonlyArray<number>
+  readonly errors: number
+}
+
+/** Dispatches `CreateOrder` from `concurrency` fibers: warm-up, then a measured window. */
+const busThroughput = (concurrency: number) =>
+  Effect.gen(function*() {
+    const userId = `bench-bus-${concurrency}-${Date.now()}`
+    let n = 0
+    let done = 0
+    let errors = 0
+    let measuring = false
+    let stop = false
+    const perSecond: Array<number> = []
+    const worker = Effect.gen(function*() {
+      while (!stop) {
+        // Back to the event loop between orders, as requests arriving over I/O
+        // are: PGlite answers on microtasks, and a closed loop of them would
+        // starve the timers this bench measures with.
+        yield* Effect.async<void>((resume) => void setImmediate(() => resume(Effect.void)))
+        const exit = yield* Effect.exit(bus.dispatch(newOrder(userId, n++)))
+        if (!measuring) continue
+        if (exit._tag === "Success") done++
+        else errors++
+      }
+    })
+    const fibers = yield* Effect.forEach(Array.from({ length: concurrency }), () => Effect.fork(worker))
+    yield* Effect.sleep(Duration.millis(warmupMs))
+    measuring = true
+    const start = Date.now()
+    let last = 0
+    for (let second = 0; second < Math.round(durationMs / 1000); second++) {
+      yield* Effect.sleep("1 second")
+      perSecond.push(done - last)
+      last = done
+    }
+    const elapsed = (Date.now() - start) / 1000
+    stop = true
+    yield* Fiber.joinAll(fibers)
+    return { ordersPerSecond: done / elapsed, perSecond, errors } satisfies Measured
+  })
+
+const seedStock = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  sql`INSERT INTO inventory (product_id, available)
+      SELECT value, ${ampleStock} FROM jsonb_array_elements_text(${JSON.stringify(products)}::jsonb)
+      ON CONFLICT (product_id) DO UPDATE SET available = EXCLUDED.available`)
+
+// Migrated and stocked before the stores (and the relay) start, as in the service.
+const prepared = <E>(database: Layer.Layer<SqlClient.SqlClient | any, E>) =>
+  Layer.effectDiscard(Effect.zipRight(Migrations.run, seedStock)).pipe(Layer.provideMerge(database))
+
+// The relay is off: it publishes after commit, in the background, and the
+// bare client it is compared with publishes nothing.
+const runOn = <E>(database: Layer.Layer<SqlClient.SqlClient | any, E>, concurrency: number) =>
+  busThroughput(concurrency).pipe(
+    Effect.scoped,
+    Effect.provide(Persistence.layerSql(false).pipe(Layer.provideMerge(prepared(database)))),
+    Logger.withMinimumLogLevel(LogLevel.Warning),
+    Effect.runPromise
+  )
+
+/** Queries the `pg` driver sends for one order, claim to commit. */
+const roundTripsPerOrder = async (url: string): Promise<number> => {
+  let queries = 0
+  const query = Pg.Client.prototype.query
+  const layer = serverLayer(url, 2)
+  return Effect.gen(function*() {
+    yield* bus.dispatch(newOrder("bench-count", 0)) // warm: connections open, schema cached
+    Pg.Client.prototype.query = function(this: Pg.Client, ...args: Array<any>) {
+      queries++
+      return (query as any).apply(this, args)
+    } as any
+    yield* bus.dispatch(newOrder("bench-count", 1))
+    Pg.Client.prototype.query = query
+    return queries
+  }).pipe(
+    Effect.scoped,
+    Effect.provide(Persistence.layerSql(false).pipe(Layer.provideMerge(prepared(layer)))),
+    Logger.withMinimumLogLevel(LogLevel.Warning),
+    Effect.runPromise
+  )
+}
+
+const serverLayer = (url: string, poolSize: number) =>
+  Database.serverLayer({
+    url: Redacted.make(url),
+    schema: Option.none(),
+    poolSize,
+    connectTimeout: Duration.seconds(5),
+    statementTimeout: Duration.seconds(30)
+  })
+
+export const run = async (): Promise<Report> => {
+  const database = await Postgres.start()
+  const rows: Array<Row> = []
+  const notes: Array<string> = []
+  try {
+    for (const concurrency of [1, 4, 16]) {
+      await resetTables(database.url)
+      await seedInventory(database.url)
+      const bare = await bareCreateOrderThroughput({
+        url: database.url,
+        concurrency,
+        durationMs,
+        warmupMs,
+        withIdempotencyKey: true
+      })
+      rows.push(
+        throughputRow(`bare-${concurrency}`, `bare pg, ${concurrency} in flight`, bare.ordersPerSecond, bare.perSecond)
+      )
+      await resetTables(database.url)
+      const measured = await runOn(serverLayer(database.url, concurrency + 2), concurrency)
+      rows.push(throughputRow(
+        `bus-${concurrency}`,
+        `bus, full middleware + SQL layers, ${concurrency} fibers`,
+        measured.ordersPerSecond,
+        measured.perSecond,
+        concurrency === 16 ? { of: "bare-16", maxRatio: 1 / 0.7 } : undefined
+      ))
+      notes.push(
+        `${concurrency} in flight: bare ${bare.ordersPerSecond.toFixed(0)} orders/s (${bare.errors} errors), ` +
+          `bus ${measured.ordersPerSecond.toFixed(0)} orders/s (${measured.errors} errors)`
+      )
+    }
+    await resetTables(database.url)
+    const trips = await roundTripsPerOrder(database.url)
+    notes.push(`database round trips per order (claim to commit, with an idempotency key): ${trips}`)
+  } finally {
+    await database.stop()
+  }
+
+  const dataDir = mkdtempSync(join(tmpdir(), "bench-pglite-"))
+  try {
+    const embedded = await runOn(PgliteClient.layer({ dataDir }), 16)
+    rows.push({
+      id: "target-300",
+      label: "300 orders/s (the embedded target)",
+      short: "300 orders/s",
+      nsPerOp: 1e9 / 300,
+      min: 1e9 / 300,
+      max: 1e9 / 300,
+      batchSize: 1
+    })
+    rows.push(throughputRow(
+      "embedded-16",
+      "bus on the embedded database (PGlite), 16 fibers",
+      embedded.ordersPerSecond,
+      embedded.perSecond,
+      { of: "target-300", maxRatio: 1 }
+    ))
+    notes.push(`embedded: ${embedded.ordersPerSecond.toFixed(0)} orders/s (${embedded.errors} errors)`)
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true })
+  }
+
+  notes.push(
+    "Each order: 2 lines (one product from each half of 1000, stocked far above demand), a fresh idempotency key; " +
+      "the bus sends the same 7 statements the bare client does (claim; BEGIN; reserve; insert order; insert " +
+      "outbox; complete; COMMIT). The outbox relay is off, as the bare client publishes nothing: it runs after " +
+      "commit, in the background (the HTTP bench runs the service with it on).",
+    `Each run: ${warmupMs} ms warm-up, ${durationMs} ms measured, tables emptied first; min – max are the slowest ` +
+      "and fastest 1-second windows. One machine runs the bench and PostgreSQL: compare ratios, not absolute figures."
+  )
+  return {
+    title: "sql: CreateOrder on PostgreSQL 15, time per order (1 / throughput)",
+    baseline: "bare-16",
+    rows,
+    notes
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const { format } = await import("./lib/report.js")
+  console.log(format(await run()))
+}

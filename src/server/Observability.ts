@@ -1,0 +1,230 @@
+/**
+ * Tracing through OpenTelemetry. With `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+ * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, spans are batched and exported
+ * over OTLP/HTTP: the HTTP request (its parent taken from an incoming W3C
+ * `traceparent`), the command's dispatch, its handler, the repositories and
+ * every SQL statement. Without it tracing is off: no span is made at all,
+ * not even a no-op one where the code checks, so it costs next to nothing.
+ *
+ * Also here: the route templates requests are named and counted by, never
+ * their raw paths.
+ *
+ * @since 0.1.0
+ */
+import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
+import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpTraceContext from "@effect/platform/HttpTraceContext"
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
+import { BatchSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace-base"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import { constTrue, type LazyArg } from "effect/Function"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Tracer from "effect/Tracer"
+import * as Config from "./Config.js"
+
+// -----------------------------------------------------------------------------
+// routes
+// -----------------------------------------------------------------------------
+
+/**
+ * The route label of a request that matches no route.
+ *
+ * @since 0.1.0
+ * @category routes
+ */
+export const unmatchedRoute = "unmatched"
+
+/**
+ * The route templates of a service (`/api/v1/orders/:orderId`), to name a
+ * request by its template rather than its raw path, so labels and span
+ * names stay few.
+ *
+ * @since 0.1.0
+ * @category routes
+ */
+export interface RouteTable {
+  /** The template `method` and `url` match, or `unmatchedRoute`. HEAD falls back to GET, as in the router. */
+  readonly find: (method: string, url: string) => string
+}
+
+interface Template {
+  readonly path: string
+  readonly segments: ReadonlyArray<string>
+}
+
+/**
+ * A table of route templates, as the router writes them: `:name` matches
+ * one non-empty path segment, everything else matches itself.
+ *
+ * @since 0.1.0
+ * @category routes
+ */
+export const makeRouteTable = (
+  routes: Iterable<{ readonly method: string; readonly path: string }>
+): RouteTable => {
+  // Static paths are one map lookup; templates with parameters are few, and
+  // compared segment by segment.
+  const statics = new Map<string, string>()
+  const templates = new Map<string, Array<Template>>()
+  for (const { method, path } of routes) {
+    const segments = path.split("/")
+    if (segments.some((segment) => segment.startsWith(":"))) {
+      const list = templates.get(method) ?? []
+      list.push({ path, segments })
+      templates.set(method, list)
+    } else {
+      statics.set(`${method} ${path}`, path)
+    }
+  }
+  const findFor = (method: string, path: string, segments: ReadonlyArray<string> | undefined) => {
+    const exact = statics.get(`${method} ${path}`)
+    if (exact !== undefined) return exact
+    const candidates = templates.get(method)
+    if (candidates === undefined) return undefined
+    const parts = segments ?? path.split("/")
+    for (const template of candidates) {
+      if (matches(template.segments, parts)) return template.path
+    }
+    return undefined
+  }
+  return {
+    find: (method, url) => {
+      const query = url.indexOf("?")
+      const path = query === -1 ? url : url.slice(0, query)
+      return findFor(method, path, undefined) ??
+        (method === "HEAD" ? findFor("GET", path, undefined) : undefined) ??
+        unmatchedRoute
+    }
+  }
+}
+
+const matches = (template: ReadonlyArray<string>, parts: ReadonlyArray<string>): boolean => {
+  if (template.length !== parts.length) return false
+  for (let i = 0; i < template.length; i++) {
+    const expected = template[i]!
+    const actual = parts[i]!
+    if (expected.startsWith(":") ? actual === "" : expected !== actual) return false
+  }
+  return true
+}
+
+/**
+ * HTTP server spans named as OpenTelemetry's conventions say:
+ * `{method} {route}` (`POST /api/v1/orders`), or the method alone when no
+ * route matches. Apply to the layer that serves the app.
+ *
+ * @since 0.1.0
+ * @category tracing
+ */
+export const withSpanNames = (routes: RouteTable) => <A, E, R>(layer: Layer.Layer<A, E, R>): Layer.Layer<A, E, R> =>
+  HttpMiddleware.withSpanNameGenerator(layer, (request) => {
+    const route = routes.find(request.method, request.url)
+    return route === unmatchedRoute ? request.method : `${request.method} ${route}`
+  })
+
+// -----------------------------------------------------------------------------
+// tracing
+// -----------------------------------------------------------------------------
+
+const pathOf = (url: string) => {
+  const query = url.indexOf("?")
+  return query === -1 ? url : url.slice(0, query)
+}
+
+// Scrapes and probes come every few seconds: spans of them would be noise.
+const untraced = (request: HttpServerRequest.HttpServerRequest): boolean => {
+  const path = pathOf(request.url)
+  return path === "/metrics" || path.startsWith("/health/")
+}
+
+/**
+ * Tracing on, through OpenTelemetry's Node SDK, with the span processor
+ * `spanProcessor` makes when the layer is built (a batch processor with an
+ * OTLP exporter in production; an in-memory exporter in tests). Requests to
+ * `/metrics` and `/health/*` are not traced. Spans still queued are flushed
+ * when the layer closes.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerTracing = (options: {
+  readonly spanProcessor: LazyArg<SpanProcessor>
+  readonly serviceName: string
+}): Layer.Layer<never> =>
+  Layer.merge(
+    Layer.map(
+      NodeSdk.layer(() => ({
+        spanProcessor: options.spanProcessor(),
+        resource: { serviceName: options.serviceName }
+      })),
+      () => Context.empty()
+    ),
+    Layer.locallyScoped(HttpMiddleware.currentTracerDisabledWhen, untraced)
+  )
+
+/**
+ * Tracing off: Effect's tracer disabled, so `withSpan` and `Effect.fn` make
+ * no-op spans, and the HTTP server's tracer skips every request (no URL
+ * parsed, no span, no attributes).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerTracingOff: Layer.Layer<never> = Layer.merge(
+  Layer.setTracerEnabled(false),
+  Layer.locallyScoped(HttpMiddleware.currentTracerDisabledWhen, constTrue)
+)
+
+/**
+ * Tracing from configuration: exported over OTLP/HTTP (a batch span
+ * processor, resource `service.name` from `OTEL_SERVICE_NAME`) when an
+ * endpoint is configured, else off. The exporter reads its other settings
+ * (`OTEL_EXPORTER_OTLP_HEADERS`, timeouts, compression) from the
+ * environment itself.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerTracingFromConfig: Layer.Layer<never, ConfigError.ConfigError> = Layer.unwrapEffect(
+  Effect.gen(function*() {
+    const config = yield* Config.observability
+    if (Option.isNone(config.tracesUrl)) return layerTracingOff
+    const url = config.tracesUrl.value
+    yield* Effect.logInfo("tracing.otlp").pipe(
+      Effect.annotateLogs({ endpoint: describeUrl(url), serviceName: config.serviceName })
+    )
+    return layerTracing({
+      spanProcessor: () => new BatchSpanProcessor(new OTLPTraceExporter({ url })),
+      serviceName: config.serviceName
+    })
+  })
+)
+
+// Where spans go, without credentials a URL may carry, for the log.
+const describeUrl = (url: string) => {
+  try {
+    const parsed = new URL(url)
+    return `${parsed.protocol}//${parsed.host}${parsed.pathname}`
+  } catch {
+    return "(unparseable URL)"
+  }
+}
+
+/**
+ * The W3C `traceparent` of the span a context runs in, when it is one of
+ * this service's own (not the caller's, passed in): what a response carries
+ * so a client can find the trace of its request.
+ *
+ * @since 0.1.0
+ * @category tracing
+ */
+export const traceparentOf = (context: Context.Context<never>): string | undefined => {
+  const span = Context.getOption(context, Tracer.ParentSpan)
+  return Option.isSome(span) && span.value._tag === "Span"
+    ? HttpTraceContext.toHeaders(span.value).traceparent
+    : undefined
+}
