@@ -38,17 +38,40 @@ export const Text = Schema.String.pipe(
   })
 )
 
+const codePoints = (value: string): number => {
+  let count = 0
+  for (const _ of value) count++
+  return count
+}
+
+/**
+ * Storable text of `min` to `max` characters, counted as Unicode code points
+ * (as JSON Schema's `minLength`/`maxLength` count them, and as people do), not
+ * as UTF-16 units: an emoji is one character.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const TextOfLength = (min: number, max: number) =>
+  Text.pipe(
+    Schema.filter((value) => {
+      // Cheap bounds first: code points ≤ UTF-16 units ≤ 2 × code points.
+      if (value.length < min || value.length > 2 * max) return false
+      const length = value.length <= max ? value.length : codePoints(value)
+      return length >= min && length <= max
+    }, {
+      message: () => `must be ${min} to ${max} characters long`,
+      jsonSchema: { minLength: min, maxLength: max }
+    })
+  )
+
 /**
  * An idempotency key as the IETF draft allows it: 1 to 255 characters.
  *
  * @since 0.1.0
  * @category schemas
  */
-export const IdempotencyKey = Text.pipe(
-  Schema.minLength(1),
-  Schema.maxLength(255),
-  Schema.annotations({ identifier: "IdempotencyKey" })
-)
+export const IdempotencyKey = TextOfLength(1, 255).pipe(Schema.annotations({ identifier: "IdempotencyKey" }))
 
 /**
  * The metadata fields shared by every command. Ids and the timestamp are
@@ -63,7 +86,7 @@ export const MetadataFields = {
   correlationId: Schema.optionalWith(Schema.UUID, { default: () => randomUUID() }),
   causationId: Schema.optionalWith(Schema.UUID, { exact: true }),
   timestamp: Schema.optionalWith(Schema.DateTimeUtc, { default: () => DateTime.unsafeNow() }),
-  userId: Schema.optionalWith(Text.pipe(Schema.minLength(1), Schema.maxLength(255)), { exact: true }),
+  userId: Schema.optionalWith(TextOfLength(1, 255), { exact: true }),
   idempotencyKey: Schema.optionalWith(IdempotencyKey, { exact: true })
 }
 

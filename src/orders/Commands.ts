@@ -88,7 +88,7 @@ export class CreateOrder extends Command.Class<CreateOrder>()("CreateOrder", {
 export class CancelOrder extends Command.Class<CancelOrder>()("CancelOrder", {
   payload: {
     orderId: Schema.UUID,
-    reason: Command.Text.pipe(Schema.minLength(1), Schema.maxLength(500)),
+    reason: Command.TextOfLength(1, 500),
     expectedVersion: Schema.optionalWith(Schema.Int, { exact: true })
   },
   success: Schema.Struct({ orderId: Schema.UUID, status: Schema.Literal("cancelled"), version: Schema.Int }),

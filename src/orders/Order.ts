@@ -14,9 +14,7 @@ import { Command, DomainEvent } from "../index.js"
  * @since 0.1.0
  * @category schemas
  */
-export const ProductId = Command.Text.pipe(
-  Schema.minLength(1),
-  Schema.maxLength(100),
+export const ProductId = Command.TextOfLength(1, 100).pipe(
   Schema.annotations({ identifier: "ProductId", description: "A product's SKU" })
 )
 
@@ -38,7 +36,7 @@ export const OrderLine = Schema.Struct({
  */
 export type OrderLine = typeof OrderLine.Type
 
-const AddressText = (max: number) => Command.Text.pipe(Schema.minLength(1), Schema.maxLength(max))
+const AddressText = (max: number) => Command.TextOfLength(1, max)
 
 /**
  * @since 0.1.0

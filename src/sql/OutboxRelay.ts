@@ -16,10 +16,13 @@
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
@@ -91,16 +94,20 @@ export const relayBatch = (batchSize = 256) =>
  * @since 0.1.0
  * @category relay
  */
-export const drain = (batchSize = 256) =>
-  Effect.iterate(batchSize, {
-    while: (published) => published === batchSize,
-    body: () => relayBatch(batchSize)
-  }).pipe(Effect.asVoid)
+export const drain = (batchSize = 256): Effect.Effect<number, SqlError, SqlClient.SqlClient | EventPublisher> =>
+  Effect.iterate({ last: batchSize, total: 0 }, {
+    while: ({ last }) => last === batchSize,
+    body: ({ total }) => Effect.map(relayBatch(batchSize), (last) => ({ last, total: total + last }))
+  }).pipe(Effect.map(({ total }) => total))
 
 /**
  * The relay loop: drain, then wait for a notification or the poll interval.
  * Database errors are logged and retried after the poll interval; the loop
  * ends only when interrupted.
+ *
+ * A poll that finds events means a notification was missed. The listening
+ * connection may have died without telling (`@effect/sql-pg` keeps a dead
+ * one, after a server restart, say), so the relay listens anew.
  *
  * @since 0.1.0
  * @category relay
@@ -109,21 +116,29 @@ export const run = (options: Options = {}) =>
   Effect.gen(function*() {
     const batchSize = options.batchSize ?? 256
     const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
+    const coalesce = Duration.decode(options.coalesce ?? "10 millis")
     const pg = yield* PgClient.PgClient
     const wake = yield* Queue.sliding<void>(1)
-    yield* pg.listen(outboxChannel).pipe(
+    const listen = pg.listen(outboxChannel).pipe(
       Stream.runForEach(() => Queue.offer(wake, undefined)),
       Effect.tapErrorCause((cause) => Effect.logDebug("outbox.listen-failed", cause)),
       Effect.retry(Schedule.spaced(pollInterval)),
       Effect.forkScoped
     )
-    const coalesce = Duration.decode(options.coalesce ?? "10 millis")
-    const cycle = drain(batchSize).pipe(
-      Effect.catchAllCause((cause) => Effect.logWarning("outbox.relay-failed", cause)),
-      Effect.zipRight(Effect.timeout(Queue.take(wake), pollInterval).pipe(Effect.ignore)),
-      Effect.zipRight(Effect.sleep(coalesce))
-    )
-    return yield* Effect.forever(cycle)
+    let listener = yield* listen
+    let notified = true
+    for (;;) {
+      const published = yield* drain(batchSize).pipe(
+        Effect.catchAllCause((cause) => Effect.as(Effect.logWarning("outbox.relay-failed", cause), 0))
+      )
+      if (!notified && published > 0) {
+        yield* Effect.logDebug("outbox.listen-renewed")
+        yield* Fiber.interruptFork(listener)
+        listener = yield* listen
+      }
+      notified = Option.isSome(yield* Effect.timeoutOption(Queue.take(wake), pollInterval))
+      yield* Effect.sleep(coalesce)
+    }
   })
 
 /**

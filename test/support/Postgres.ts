@@ -30,7 +30,9 @@ const runsAsRoot = () => process.getuid?.() === 0
 
 /** Why a cluster cannot be started here, or `undefined` when it can. */
 export const unavailableReason = (): string | undefined => {
-  if (findBinDir() === undefined) return "PostgreSQL binaries not found (`pg_config --bindir` has no initdb/pg_ctl)"
+  if (findBinDir() === undefined) {
+    return "PostgreSQL binaries not found (no `pg_config --bindir` folder with initdb and pg_ctl)"
+  }
   if (runsAsRoot()) {
     if (spawnSync("id", ["-u", "postgres"], { stdio: "ignore" }).status !== 0) {
       return "running as root, and there is no `postgres` user to run the server as"
