@@ -2,7 +2,7 @@ import effect from "@effect/eslint-plugin"
 import tseslint from "typescript-eslint"
 
 export default tseslint.config(
-  { ignores: ["node_modules/**", "data/**", "bench/reference/dist/**", "**/*.generated.ts"] },
+  { ignores: ["node_modules/**", "data/**", "dist/**", ".tmp/**", "bench/reference/dist/**", "**/*.generated.ts"] },
   ...tseslint.configs.recommended,
   {
     files: ["**/*.ts"],

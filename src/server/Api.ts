@@ -87,7 +87,7 @@ export const OrderCreatedResponse = Schema.Struct({
  * @category schemas
  */
 export const CancelOrderBody = Schema.Struct({
-  reason: Command.Text.pipe(Schema.minLength(1), Schema.maxLength(500))
+  reason: Command.TextOfLength(1, 500)
 }).annotations({ identifier: "CancelOrderRequest", ...strict })
 
 /**

@@ -423,10 +423,12 @@ export const edge =
       const start = performance.now()
       const route = options.routes.find(request.method, request.url)
       // The span the platform's HTTP tracer opened for this request (its
-      // parent the caller's `traceparent`, if any), when tracing is on.
-      const traceparent = fiber.getFiberRef(FiberRef.currentTracerEnabled)
-        ? Observability.traceparentOf(fiber.currentContext)
-        : undefined
+      // parent the caller's `traceparent`, if any), when tracing is on. A
+      // request it leaves out (scrapes, probes) is not traced inside either:
+      // its SQL statements would each start a trace of their own.
+      const tracing = fiber.getFiberRef(FiberRef.currentTracerEnabled)
+      const traceparent = tracing ? Observability.traceparentOf(fiber.currentContext) : undefined
+      const untraced = tracing && traceparent === undefined
       const header = request.headers["x-correlation-id"]
       const correlationId = header !== undefined && uuid.test(header) ? header.toLowerCase() : randomUUID()
       return Effect.gen(function*() {
@@ -461,11 +463,12 @@ export const edge =
           if (Either.isLeft(body)) return body.left
           checked = body.right
         }
-        return yield* app.pipe(
+        const handled = app.pipe(
           Effect.provideService(CorrelationId, correlationId),
           Effect.provideService(HttpServerRequest.HttpServerRequest, checked),
           Effect.catchAllCause((cause) => isMappedFailure(cause) ? Effect.failCause(cause) : unmapped(cause, request))
         )
+        return yield* (untraced ? Effect.withTracerEnabled(handled, false) : handled)
       })
     })
 

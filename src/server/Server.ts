@@ -7,6 +7,7 @@
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpApiScalar from "@effect/platform/HttpApiScalar"
+import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -96,6 +97,9 @@ export const layer = (options: { readonly tracing?: Layer.Layer<never, unknown> 
       ])
       return HttpApiBuilder.serve().pipe(
         HttpServer.withLogAddress,
+        // Path parameters are percent-encoded: 100 characters of a product id
+        // can take 1200 in the URL.
+        Layer.provide(HttpRouter.setRouterConfig({ maxParamLength: 1500 })),
         Observability.withSpanNames(routes),
         Layer.provide(HttpApiBuilder.middleware(Http.edge({ bodyLimit: config.bodyLimit, routes }))),
         Layer.provide(HttpApiScalar.layer({ path: "/docs" })),

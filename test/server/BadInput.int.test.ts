@@ -368,16 +368,22 @@ const cases: ReadonlyArray<Case> = [
   },
   { name: "an order id with a suffix", method: "GET", path: `/api/v1/orders/${unknownOrderId}0`, ...invalid },
   { name: "an SQL-looking order id", method: "GET", path: "/api/v1/orders/'%20OR%201=1--", ...invalid },
-  // The router matches path parameters of at most 100 characters, which is
-  // also the longest product id: a longer one matches no route.
+  // The router is configured for long (percent-encoded) path parameters, so
+  // a product id over 100 characters reaches the schema and gets its message.
   {
     name: "a product id of 101 characters",
     method: "PUT",
     path: `/api/v1/products/${"p".repeat(101)}/stock`,
     as: "admin",
     body: json({ available: 1 }),
-    status: 404,
-    code: "RouteNotFound"
+    ...invalid,
+    check: (reply) => expect(reply.text).toContain("must be 1 to 100 characters long")
+  },
+  {
+    name: "a product id of 101 emoji",
+    method: "GET",
+    path: `/api/v1/products/${encodeURIComponent("🍕".repeat(101))}/stock`,
+    ...invalid
   },
   // query parameters
   { name: "limit=0", method: "GET", path: `${events}?limit=0`, as: "admin", ...invalid },

@@ -48,7 +48,8 @@ const operations = [
   { method: "get", path: "/api/v1/products/{productId}/stock", statuses: [200, 401] },
   { method: "get", path: "/api/v1/events", statuses: [200, 401, 403], query: ["after", "limit"] },
   { method: "get", path: "/health/live", statuses: [200] },
-  { method: "get", path: "/health/ready", statuses: [200, 503] }
+  { method: "get", path: "/health/ready", statuses: [200, 503] },
+  { method: "get", path: "/metrics", statuses: [200, 401, 403] }
 ] as const
 
 const resolve = (spec: Spec, schema: Spec): Spec =>
@@ -104,7 +105,7 @@ describe(`OpenAPI document and typed client (${kind})`, () => {
           for (const name of "query" in operation ? operation.query : []) {
             expect(parameters).toContainEqual(expect.objectContaining({ name, in: "query", required: false }))
           }
-          const secured = operation.path.startsWith("/api/")
+          const secured = operation.path.startsWith("/api/") || operation.path === "/metrics"
           expect(documentedOperation.security ?? [], operation.path).toEqual(secured ? [{ bearer: [] }] : [])
         }
         const body = (path: string, method: string) =>

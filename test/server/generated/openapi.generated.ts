@@ -122,6 +122,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Metrics in the Prometheus text format (admin; without a token on METRICS_PORT when set) */
+        get: operations["metrics.metrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -148,10 +165,7 @@ export interface components {
              */
             quantity: components["schemas"]["Int"];
         };
-        /**
-         * maxLength(100)
-         * @description A product's SKU
-         */
+        /** @description A product's SKU */
         ProductId: string;
         /**
          * int
@@ -159,34 +173,14 @@ export interface components {
          */
         Int: number;
         ShippingAddress: {
-            /**
-             * maxLength(200)
-             * @description a string at most 200 character(s) long
-             */
             line1: components["schemas"]["Text"];
-            /**
-             * maxLength(200)
-             * @description a string at most 200 character(s) long
-             */
             line2?: components["schemas"]["Text"];
-            /**
-             * maxLength(100)
-             * @description a string at most 100 character(s) long
-             */
             city: components["schemas"]["Text"];
-            /**
-             * maxLength(20)
-             * @description a string at most 20 character(s) long
-             */
             postal_code: components["schemas"]["Text"];
             /** @description ISO 3166-1 alpha-2 country code */
             country: string;
         };
         Text: string;
-        /**
-         * maxLength(255)
-         * @description a string at most 255 character(s) long
-         */
         IdempotencyKey: string;
         /** @description Invalid request */
         HttpApiDecodeError: {
@@ -351,10 +345,6 @@ export interface components {
             reason: string;
         };
         CancelOrderRequest: {
-            /**
-             * maxLength(500)
-             * @description a string at most 500 character(s) long
-             */
             reason: components["schemas"]["Text"];
         };
         OrderCancelledResponse: {
@@ -1293,6 +1283,89 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["StoreUnavailable"];
+                };
+            };
+        };
+    };
+    "metrics.metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every metric in the Prometheus text exposition format (0.0.4) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain; version=0.0.4; charset=utf-8": string;
+                };
+            };
+            /** @description Invalid request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Unauthorized"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Forbidden"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RouteNotFound"];
+                };
+            };
+            /** @description Payload too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLarge"];
+                };
+            };
+            /** @description Unsupported media type */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnsupportedMediaType"];
+                };
+            };
+            /** @description Internal server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalError"];
                 };
             };
         };
