@@ -7,31 +7,25 @@
 \set n random(1, 9000000000000000000)
 \set p1 random(1000, 1499)
 \set p2 random(1500, 1999)
-WITH claimed AS (
-  INSERT INTO idempotency_keys
-    (scope, key, command_type, fingerprint, state, token, lease_expires_at, expires_at)
-  VALUES (:scope, 'pgbench-' || :n::text, 'CreateOrder', :fingerprint,
-    'in_flight', md5('token' || :n::text)::uuid, now() + make_interval(secs => 60),
-    now() + make_interval(secs => 86400))
-  ON CONFLICT (scope, key) DO UPDATE SET
-    command_type = EXCLUDED.command_type, fingerprint = EXCLUDED.fingerprint,
-    state = 'in_flight', token = EXCLUDED.token, result = NULL,
-    lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at
-  WHERE idempotency_keys.expires_at <= now()
-     OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.lease_expires_at <= now())
-  RETURNING true AS claimed
-)
-SELECT claimed, '' AS fingerprint, 'in_flight' AS state, NULL::jsonb AS result FROM claimed
-UNION ALL
-SELECT false, fingerprint, state, result FROM idempotency_keys
-WHERE scope = :scope AND key = 'pgbench-' || :n::text AND NOT EXISTS (SELECT 1 FROM claimed);
+INSERT INTO idempotency_keys
+  (scope, key, command_type, fingerprint, state, token, lease_expires_at, expires_at)
+VALUES (:scope, 'pgbench-' || :n::text, 'CreateOrder', :fingerprint,
+  'in_flight', md5('token' || :n::text)::uuid, now() + make_interval(secs => 60),
+  now() + make_interval(secs => 86400))
+ON CONFLICT (scope, key) DO UPDATE SET
+  command_type = EXCLUDED.command_type, fingerprint = EXCLUDED.fingerprint,
+  state = 'in_flight', token = EXCLUDED.token, result = NULL,
+  lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at
+WHERE idempotency_keys.expires_at <= now()
+   OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.lease_expires_at <= now())
+RETURNING true AS claimed;
 BEGIN;
 WITH requested AS (
-  SELECT product_id, quantity FROM jsonb_to_recordset(format('[{"product_id": "sku-%s", "quantity": 1}, {"product_id": "sku-%s", "quantity": 1}]',
-    :p1::int, :p2::int)::jsonb) AS r(product_id text, quantity integer)
+  SELECT product_id, quantity FROM unnest(ARRAY['sku-' || :p1::text, 'sku-' || :p2::text], ARRAY[1, 1])
+    AS r(product_id, quantity)
 ), locked AS (
   SELECT i.product_id, i.available FROM inventory AS i
-  WHERE i.product_id IN (SELECT product_id FROM requested)
+  WHERE i.product_id = ANY(ARRAY['sku-' || :p1::text, 'sku-' || :p2::text])
   ORDER BY i.product_id FOR UPDATE
 )
 UPDATE inventory AS i SET available = i.available - r.quantity, updated_at = now()

@@ -60,36 +60,30 @@ export const retentionSeconds = 24 * 60 * 60
 
 /** 1. Claim (autocommit). $1 scope, $2 key, $3 command type, $4 fingerprint, $5 token, $6 lease s, $7 retention s, $8 scope, $9 key. */
 export const claimSql = `
-            WITH claimed AS (
-              INSERT INTO idempotency_keys
-                (scope, key, command_type, fingerprint, state, token, lease_expires_at, expires_at)
-              VALUES ($1, $2, $3, $4,
-                'in_flight', $5, now() + make_interval(secs => $6),
-                now() + make_interval(secs => $7))
-              ON CONFLICT (scope, key) DO UPDATE SET
-                command_type = EXCLUDED.command_type, fingerprint = EXCLUDED.fingerprint,
-                state = 'in_flight', token = EXCLUDED.token, result = NULL,
-                lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at
-              WHERE idempotency_keys.expires_at <= now()
-                 OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.lease_expires_at <= now())
-              RETURNING true AS claimed
-            )
-            SELECT claimed, '' AS fingerprint, 'in_flight' AS state, NULL::jsonb AS result FROM claimed
-            UNION ALL
-            SELECT false, fingerprint, state, result FROM idempotency_keys
-            WHERE scope = $8 AND key = $9 AND NOT EXISTS (SELECT 1 FROM claimed)`
+            INSERT INTO idempotency_keys
+              (scope, key, command_type, fingerprint, state, token, lease_expires_at, expires_at)
+            VALUES ($1, $2, $3, $4,
+              'in_flight', $5, now() + make_interval(secs => $6),
+              now() + make_interval(secs => $7))
+            ON CONFLICT (scope, key) DO UPDATE SET
+              command_type = EXCLUDED.command_type, fingerprint = EXCLUDED.fingerprint,
+              state = 'in_flight', token = EXCLUDED.token, result = NULL,
+              lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at
+            WHERE idempotency_keys.expires_at <= now()
+               OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.lease_expires_at <= now())
+            RETURNING true AS claimed`
 
-/** A claim committed after the claim statement's snapshot, read again. */
 export const existingSql = `SELECT false AS claimed, fingerprint, state, result FROM idempotency_keys
                     WHERE scope = $1 AND key = $2`
 
 /** 3. Reserve every line or report which were taken. $1 lines as jsonb. */
 export const reserveSql = `
             WITH requested AS (
-              SELECT product_id, quantity FROM jsonb_to_recordset($1::jsonb) AS r(product_id text, quantity integer)
+              SELECT product_id, quantity FROM unnest($1::text[], $2::integer[])
+                AS r(product_id, quantity)
             ), locked AS (
               SELECT i.product_id, i.available FROM inventory AS i
-              WHERE i.product_id IN (SELECT product_id FROM requested)
+              WHERE i.product_id = ANY($1::text[])
               ORDER BY i.product_id FOR UPDATE
             )
             UPDATE inventory AS i SET available = i.available - r.quantity, updated_at = now()
@@ -166,9 +160,7 @@ export const claim = async (pool: Pool, request: IdempotencyRequest): Promise<Cl
     request.fingerprint,
     token,
     leaseSeconds,
-    retentionSeconds,
-    request.scope,
-    request.key
+    retentionSeconds
   ])
   if (rows.length === 0) ({ rows } = await pool.query<ClaimRow>(existingSql, [request.scope, request.key]))
   const row = rows[0]
@@ -206,12 +198,15 @@ export const setAvailable = async (pool: Pool, productId: string, available: num
 }
 
 // Sorted by product so concurrent reservations lock rows in one order.
-const linesParam = (items: ReadonlyArray<OrderLine>): { readonly json: string; readonly size: number } => {
+const linesParam = (
+  items: ReadonlyArray<OrderLine>
+): { readonly productIds: Array<string>; readonly quantities: Array<number>; readonly size: number } => {
   const totals = new Map<string, number>()
   for (const line of items) totals.set(line.productId, (totals.get(line.productId) ?? 0) + line.quantity)
   const sorted = [...totals].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
   return {
-    json: JSON.stringify(sorted.map(([product_id, quantity]) => ({ product_id, quantity }))),
+    productIds: sorted.map(([productId]) => productId),
+    quantities: sorted.map(([, quantity]) => quantity),
     size: sorted.length
   }
 }
@@ -262,7 +257,7 @@ const placeIn = async (
   idempotency?: { readonly request: IdempotencyRequest; readonly token: string; readonly response: StoredResponse }
 ): Promise<PlaceOrderOutcome> => {
   const lines = linesParam(order.items)
-  const taken = await client.query<{ readonly product_id: string }>(reserveSql, [lines.json])
+  const taken = await client.query<{ readonly product_id: string }>(reserveSql, [lines.productIds, lines.quantities])
   if (taken.rows.length !== lines.size) {
     const takenIds = new Set(taken.rows.map((row) => row.product_id))
     const short = order.items.find((line) => !takenIds.has(line.productId))!

@@ -19,6 +19,11 @@
  * lock released. Waiting in the queue is interruptible exactly when the caller
  * is (a timed-out request leaves the queue; finalizers still get their turn).
  *
+ * Parameters travel as `pg` sends them to a server: as text with no declared
+ * types (the server infers them), arrays as array literals, other objects as
+ * JSON. So a statement means the same on both, including `pg`'s pitfall: a
+ * top-level array given to `sql.json` is sent as an array literal, not JSON.
+ *
  * Differences from a real server that callers must know:
  *
  * - Holding the session blocks everyone: inside `reserve` use only the reserved
@@ -38,7 +43,7 @@ import * as Client from "@effect/sql/SqlClient"
 import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
-import { PGlite, types as PgTypes } from "@electric-sql/pglite"
+import { parse as PgParse, PGlite, protocol, types as PgTypes } from "@electric-sql/pglite"
 import type { ParserOptions, QueryOptions, Results } from "@electric-sql/pglite"
 import * as Chunk from "effect/Chunk"
 import * as Config from "effect/Config"
@@ -219,9 +224,75 @@ const invoke = (pg: PGlite, sql: string, params: ReadonlyArray<unknown>, mode: M
     // parse/describe/bind round trips for BEGIN/COMMIT/SAVEPOINT.
     return pg.exec(sql, options).then(mode === MODE_RAW ? rawResults : rowsOfResults)
   }
-  // PGlite only reads `params` (it maps them), so the readonly array is not copied.
-  const query = pg.query(sql, params as Array<unknown>, options)
+  const query = extendedQuery(pg, sql, params, options)
   return mode === MODE_RAW ? query : query.then(rowsOfResult)
+}
+
+/**
+ * One statement with parameters, sent as `pg` sends it: Parse (no parameter
+ * types, so the server infers them), Bind (text values), Describe, Execute
+ * and Sync, in one message to the backend. `PGlite.query` instead describes
+ * the statement first to serialize each parameter by its type, and calls
+ * into the WebAssembly backend once per protocol message; this halves the
+ * cost of a short statement. Values are serialized as `pg` does, so a
+ * statement means the same on PGlite and on a server.
+ */
+const extendedQuery = (
+  pg: PGlite,
+  sql: string,
+  params: ReadonlyArray<unknown>,
+  options: QueryOptions | undefined
+): Promise<Results<unknown>> => {
+  const values = params.map(toParameter)
+  const message = concatBytes([
+    protocol.serialize.parse({ text: sql }),
+    protocol.serialize.bind({ values }),
+    protocol.serialize.describe({ type: "P" }),
+    protocol.serialize.execute({}),
+    protocol.serialize.sync()
+  ])
+  return pg.runExclusive(async () => {
+    const messages = await pg.execProtocolStream(message, { syncToFs: false })
+    if (!pg.isInTransaction()) await pg.syncToFs()
+    return PgParse.parseResults(messages, pg.parsers, options)[0] as Results<unknown>
+  })
+}
+
+const concatBytes = (parts: ReadonlyArray<Uint8Array>): Uint8Array => {
+  let length = 0
+  for (const part of parts) length += part.byteLength
+  const bytes = new Uint8Array(length)
+  let offset = 0
+  for (const part of parts) {
+    bytes.set(part, offset)
+    offset += part.byteLength
+  }
+  return bytes
+}
+
+/** A parameter as `pg` (`prepareValue`) sends it: text, bytes for binary data, or null. */
+const toParameter = (value: unknown): string | Uint8Array | null => {
+  if (value === null || value === undefined) return null
+  if (value instanceof Uint8Array) return value
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength)
+  if (value instanceof Date) return value.toISOString()
+  if (Array.isArray(value)) return arrayLiteral(value)
+  if (typeof value === "object") return JSON.stringify(value)
+  return String(value)
+}
+
+/** An array literal as `pg` writes one: every element quoted, `NULL` bare. */
+const arrayLiteral = (values: ReadonlyArray<unknown>): string => {
+  let literal = "{"
+  for (let i = 0; i < values.length; i++) {
+    if (i > 0) literal += ","
+    const value = values[i]
+    if (value === null || value === undefined) literal += "NULL"
+    else if (Array.isArray(value)) literal += arrayLiteral(value)
+    else if (value instanceof Uint8Array) literal += `"\\\\x${Buffer.from(value).toString("hex")}"`
+    else literal += `"${String(toParameter(value)).replace(/\\/g, "\\\\").replace(/"/g, "\\\"")}"`
+  }
+  return literal + "}"
 }
 
 const rowsOfResult = (result: Results<unknown>): ReadonlyArray<unknown> => result.rows

@@ -8,6 +8,7 @@
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import type * as SqlError from "@effect/sql/SqlError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
@@ -48,38 +49,37 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
         Effect.suspend(() => {
           const token = randomUUID()
           // Claims a new key, or takes over one whose record expired or whose
-          // in-flight lease passed; otherwise reports the record that holds it.
-          return sql<ClaimRow>`
-            WITH claimed AS (
-              INSERT INTO idempotency_keys
-                (scope, key, command_type, fingerprint, state, token, lease_expires_at, expires_at)
-              VALUES (${request.scope}, ${request.key}, ${request.commandType}, ${request.fingerprint},
-                'in_flight', ${token}, now() + make_interval(secs => ${millis(request.lease) / 1000}),
-                now() + make_interval(secs => ${millis(request.retention) / 1000}))
-              ON CONFLICT (scope, key) DO UPDATE SET
-                command_type = EXCLUDED.command_type, fingerprint = EXCLUDED.fingerprint,
-                state = 'in_flight', token = EXCLUDED.token, result = NULL,
-                lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at
-              WHERE idempotency_keys.expires_at <= now()
-                 OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.lease_expires_at <= now())
-              RETURNING true AS claimed
-            )
-            SELECT claimed, '' AS fingerprint, 'in_flight' AS state, NULL::jsonb AS result FROM claimed
-            UNION ALL
-            SELECT false, fingerprint, state, result FROM idempotency_keys
-            WHERE scope = ${request.scope} AND key = ${request.key} AND NOT EXISTS (SELECT 1 FROM claimed)`
-            .withoutTransform.pipe(
-              // A conflicting claim that committed after this statement's
-              // snapshot is locked by the insert but invisible to its select:
-              // read it again with a fresh snapshot.
-              Effect.flatMap((rows) => rows.length > 0 ? Effect.succeed(rows) : existing(request.scope, request.key)),
-              Effect.flatMap((rows) =>
-                rows.length > 0
-                  ? Effect.succeed(toClaim(rows[0]!, token))
-                  : Effect.dieMessage("idempotency claim found neither a claim nor a record")
-              ),
-              orUnavailable
-            )
+          // in-flight lease passed. One statement on the common path (a new
+          // key); a key held by another record is then read with a fresh
+          // snapshot, which also sees a claim that committed after this
+          // statement's (locked by the insert, invisible to its select).
+          const insert = sql<{ readonly claimed: boolean }>`
+            INSERT INTO idempotency_keys
+              (scope, key, command_type, fingerprint, state, token, lease_expires_at, expires_at)
+            VALUES (${request.scope}, ${request.key}, ${request.commandType}, ${request.fingerprint},
+              'in_flight', ${token}, now() + make_interval(secs => ${millis(request.lease) / 1000}),
+              now() + make_interval(secs => ${millis(request.retention) / 1000}))
+            ON CONFLICT (scope, key) DO UPDATE SET
+              command_type = EXCLUDED.command_type, fingerprint = EXCLUDED.fingerprint,
+              state = 'in_flight', token = EXCLUDED.token, result = NULL,
+              lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at
+            WHERE idempotency_keys.expires_at <= now()
+               OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.lease_expires_at <= now())
+            RETURNING true AS claimed`.withoutTransform
+          // The record read after a refused insert may be gone (released or
+          // pruned in between): then the key is free, and the insert is tried
+          // again, a bounded number of times.
+          const attempt = (left: number): Effect.Effect<Idempotency.Claim, SqlError.SqlError> =>
+            Effect.flatMap(insert, (inserted) =>
+              inserted.length > 0
+                ? Effect.succeed<Idempotency.Claim>({ _tag: "Claimed", token })
+                : Effect.flatMap(existing(request.scope, request.key), (rows) =>
+                  rows.length > 0
+                    ? Effect.succeed(toClaim(rows[0]!, token))
+                    : left > 0
+                    ? attempt(left - 1)
+                    : Effect.dieMessage("idempotency claim found neither a claim nor a record")))
+          return orUnavailable(attempt(3))
         }),
       complete: (request) =>
         orUnavailable(

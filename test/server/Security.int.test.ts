@@ -527,7 +527,12 @@ describe(`security (${TestDatabase.kind})`, () => {
       "$$; DROP TABLE inventory; $$",
       "\\'; DELETE FROM outbox; --",
       "%_%",
-      "1); TRUNCATE idempotency_keys; --"
+      "1); TRUNCATE idempotency_keys; --",
+      // array-literal syntax: product ids travel as a text[] parameter
+      "\"",
+      "{a,b}",
+      "NULL",
+      "\\\"}, {"
     ]
 
     it.effect(

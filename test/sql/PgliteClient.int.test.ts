@@ -98,9 +98,15 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })("PgliteClie
         SELECT body, (body->>'a')::int AS a FROM docs WHERE id = ${inserted[0]!.id}`
       expect(rows).toEqual([{ body, a: 1 }])
       // the record helper goes through the same compiler
-      yield* pg`INSERT INTO docs ${pg.insert({ body: pg.json([1, 2]) })}`
+      yield* pg`INSERT INTO docs ${pg.insert({ body: pg.json({ list: [1, 2] }) })}`
+      // A top-level array is sent as a PostgreSQL array literal, as `pg` sends
+      // it to a server (where the same statement fails the same way): send
+      // JSON text for a JSON array.
+      const asArray = yield* Effect.flip(pg`INSERT INTO docs (body) VALUES (${pg.json([1, 2])})`)
+      expect(asArray._tag).toBe("SqlError")
+      yield* pg`INSERT INTO docs (body) VALUES (${JSON.stringify([1, 2])}::jsonb)`
       const all = yield* pg<{ body: unknown }>`SELECT body FROM docs ORDER BY id`
-      expect(all.map((r) => r.body)).toEqual([body, [1, 2]])
+      expect(all.map((r) => r.body)).toEqual([body, { list: [1, 2] }, [1, 2]])
     }))
 
   it.effect("executes values, raw, stream and multi-statement unprepared queries", () =>
