@@ -161,7 +161,7 @@ export const startServer = async (options: {
 }
 
 /** Stocks every product through `PUT /api/v1/products/{id}/stock`, 16 at a time. */
-const seedThroughApi = async (server: Server, adminToken: string, available: number) => {
+export const seedThroughApi = async (server: Server, adminToken: string, available: number) => {
   const queue = [...products]
   const worker = async () => {
     for (let productId = queue.pop(); productId !== undefined; productId = queue.pop()) {

@@ -71,7 +71,9 @@ export const format = (report: Report): string => {
       formatNs(row.nsPerOp),
       `${formatNs(row.min)} – ${formatNs(row.max)}`,
       row.id === baseline.id ? "baseline" : formatRatio(row.nsPerOp / baseline.nsPerOp),
-      row.target === undefined ? "" : `≤ ${row.target.maxRatio}× ${nameOf(rowOf(report, row.target.of))}`,
+      row.target === undefined
+        ? ""
+        : `≤ ${Number(row.target.maxRatio.toFixed(2))}× ${nameOf(rowOf(report, row.target.of))}`,
       verdict === undefined ? "" : `${verdict.pass ? "PASS" : "FAIL"} ${formatRatio(verdict.ratio)}`
     ]
   })
