@@ -7,7 +7,7 @@
  *
  * The metric registry is the process's, so each test compares two scrapes.
  */
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -125,7 +125,7 @@ const createOrder = (productId: string, options: { readonly key?: string; readon
   })
 
 describe(`metrics (${kind})`, () => {
-  it.layer(ServiceLive, { timeout: Duration.minutes(2) })((it) => {
+  layer(ServiceLive, { timeout: Duration.minutes(2), excludeTestServices: true })((it) => {
     it.effect("GET /metrics: 401 without a token, 403 for a user, Prometheus text for an admin", () =>
       Effect.gen(function*() {
         const service = yield* TestService

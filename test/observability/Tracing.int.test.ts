@@ -5,7 +5,7 @@
  * tracing off, no `traceparent` out; with an OTLP endpoint, spans exported
  * over OTLP/HTTP to a collector on loopback.
  */
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import type { ReadableSpan } from "@opentelemetry/sdk-trace-base"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -59,7 +59,7 @@ const TracedLive = Layer.scoped(
 )
 
 describe(`tracing (${kind})`, () => {
-  it.layer(TracedLive, { timeout: Duration.minutes(2) })((it) => {
+  layer(TracedLive, { timeout: Duration.minutes(2), excludeTestServices: true })((it) => {
     it.effect("one POST /api/v1/orders with a traceparent: server span → dispatch → handler → SQL, traceparent out", () =>
       Effect.gen(function*() {
         const { exporter, service } = yield* Traced

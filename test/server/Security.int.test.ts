@@ -627,6 +627,7 @@ describe(`security (${TestDatabase.kind})`, () => {
           }
 
           const tried = new Set<string>()
+          let sent = 0
           for (const operation of operations) {
             const principal = ["products.setStock", "events.listEvents", "metrics.metrics"].includes(operation.id)
               ? admin
@@ -650,6 +651,7 @@ describe(`security (${TestDatabase.kind})`, () => {
                 const base = yield* baseOf(operation)
                 const input = setSite(base, site.path, meta) as Input
                 const reply = yield* send(operation, input, principal)
+                sent++
                 const context = `${key} = ${JSON.stringify(meta)}: ${reply.status} ${reply.text.slice(0, 300)}`
                 expect(reply.status, context).toBeLessThan(500)
                 expectNoLeak(withoutEcho(reply.text, meta))
@@ -673,6 +675,10 @@ describe(`security (${TestDatabase.kind})`, () => {
               }
             }
           }
+          console.log(
+            `[security] SQL meta-characters: fields=${tried.size} values=${metaCharacters.length} requests=${sent} ` +
+              `orders=${created.length}`
+          )
           // Every string field the document has was tried.
           expect([...tried].sort()).toEqual(
             operations.flatMap((operation) =>

@@ -572,20 +572,3 @@ export const invalids = (site: Site): Array<fc.Arbitrary<Mutation>> => {
       return result
   }
 }
-
-/** Every string of a value, with the schema it was checked against (the first alternative that fits). */
-export const stringsOf = (
-  schema: JsonSchema,
-  value: unknown
-): Array<{ readonly schema: JsonSchema; readonly value: string }> => {
-  const s = flatten(schema)
-  if (typeof value === "string") return [{ schema: s, value }]
-  if (Array.isArray(s.anyOf) || Array.isArray(s.oneOf)) {
-    return ((s.anyOf ?? s.oneOf) as Array<JsonSchema>).flatMap((member) => stringsOf(member, value))
-  }
-  if (Array.isArray(value)) return value.flatMap((element) => stringsOf(s.items ?? {}, element))
-  if (value !== null && typeof value === "object") {
-    return Object.entries(value).flatMap(([key, member]) => stringsOf(s.properties?.[key] ?? {}, member))
-  }
-  return []
-}
