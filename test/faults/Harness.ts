@@ -96,17 +96,6 @@ export const spawn = (env: Record<string, string | undefined>) =>
       )
   )
 
-/** Whether a process is running (a zombie is not). */
-export const isAlive = (pid: number | undefined): boolean => {
-  if (pid === undefined) return false
-  try {
-    const state = /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1]
-    return state !== undefined && state !== "Z" && state !== "X"
-  } catch {
-    return false
-  }
-}
-
 /** The resident memory of a process in MiB (`VmRSS`), if it runs. */
 export const rssMiB = (pid: number | undefined): number | undefined => {
   if (pid === undefined) return undefined

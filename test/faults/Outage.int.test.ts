@@ -6,13 +6,13 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import type Pg from "pg"
 import * as Postgres from "../support/Postgres.js"
+import { isAlive } from "../support/Process.js"
 import {
   awaitPublished,
   badUnavailable,
   connect,
   createRequest,
   expectConsistent,
-  isAlive,
   isRetryable,
   type Outcome,
   report,

@@ -5,9 +5,10 @@
  */
 import { spawnSync } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
-import { createConnection, createServer } from "node:net"
+import { createConnection } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { freePort, isAlive } from "../support/Process.js"
 
 export interface RedisServer {
   readonly url: string
@@ -25,26 +26,6 @@ export interface RedisServer {
 
 /** Whether `redis-server` is on PATH. */
 export const available = (): boolean => spawnSync("redis-server", ["--version"], { stdio: "ignore" }).status === 0
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => typeof address === "object" && address !== null ? resolve(address.port) : reject(address))
-    })
-  })
-
-// A daemon that exited may stay a zombie until init reaps it: that counts as gone.
-const isAlive = (pid: number): boolean => {
-  try {
-    const state = /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1]
-    return state !== undefined && state !== "Z" && state !== "X"
-  } catch {
-    return false
-  }
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 

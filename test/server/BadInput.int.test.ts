@@ -21,8 +21,8 @@ import {
   request,
   setStock,
   stockOf,
-  token,
   unknownOrderId,
+  users,
   uuidPattern,
   waitForFeed
 } from "./Http.js"
@@ -411,8 +411,6 @@ const snapshotStock = (userToken: string) =>
     Effect.forEach(products, (productId) => Effect.map(stockOf(productId, userToken), (n) => [productId, n] as const)),
     Object.fromEntries
   )
-
-const users = Effect.all({ admin: token("root", { admin: true }), alice: token("alice") })
 
 describe(`malformed requests (${kind})`, () => {
   it.layer(layer(), layerOptions)((it) => {

@@ -159,6 +159,13 @@ export const parseRawReply = (answer: string): Reply => {
 export const token = (sub: string, options: { readonly admin?: boolean } = {}) =>
   Effect.flatMap(TestService, (service) => Effect.promise(() => service.token(sub, options)))
 
+/** Tokens of the usual cast: an admin (`root`) and two users, `alice` and `bob`. */
+export const users = Effect.all({
+  admin: token("root", { admin: true }),
+  alice: token("alice"),
+  bob: token("bob")
+})
+
 // -----------------------------------------------------------------------------
 // assertions
 // -----------------------------------------------------------------------------

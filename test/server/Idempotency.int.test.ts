@@ -23,15 +23,9 @@ import {
   setStock,
   stockOf,
   TestService,
-  token,
+  users,
   waitForFeed
 } from "./Http.js"
-
-const users = Effect.all({
-  admin: token("root", { admin: true }),
-  alice: token("alice"),
-  bob: token("bob")
-})
 
 /**
  * Holds a row lock on a product's stock, from a connection of the test's own

@@ -23,8 +23,8 @@ import {
   layerOptions,
   request,
   TestService,
-  token,
-  unknownOrderId
+  unknownOrderId,
+  users
 } from "./Http.js"
 
 type Spec = Record<string, any>
@@ -69,8 +69,6 @@ const served = Effect.map(request("GET", "/openapi.json"), (reply) => {
   expectJson(reply, 200)
   return reply.body as Spec
 })
-
-const users = Effect.all({ admin: token("root", { admin: true }), alice: token("alice"), bob: token("bob") })
 
 describe(`OpenAPI document and typed client (${kind})`, () => {
   it.layer(layer(), layerOptions)((it) => {

@@ -26,15 +26,10 @@ import {
   stockOf,
   token,
   unknownOrderId,
+  users,
   uuidPattern,
   waitForFeed
 } from "./Http.js"
-
-const users = Effect.all({
-  admin: token("root", { admin: true }),
-  alice: token("alice"),
-  bob: token("bob")
-})
 
 describe(`orders over HTTP (${kind})`, () => {
   it.layer(layer(), layerOptions)((it) => {

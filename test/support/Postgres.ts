@@ -11,9 +11,9 @@
 import * as Effect from "effect/Effect"
 import { execFile, execFileSync, spawnSync } from "node:child_process"
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
-import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import * as Process from "./Process.js"
 
 /** The folder of `initdb`, `pg_ctl` and `pgbench` (Debian keeps them off PATH), if PostgreSQL is installed. */
 export const findBinDir = (): string | undefined => {
@@ -45,26 +45,7 @@ export const unavailableReason = (): string | undefined => {
 }
 
 /** A port nothing listens on now, as the kernel hands one out. */
-export const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => typeof address === "object" && address !== null ? resolve(address.port) : reject(address))
-    })
-  })
-
-// A postmaster that exited stays a zombie until init reaps it, which can
-// take seconds in a container: a zombie counts as stopped.
-const isAlive = (pid: number): boolean => {
-  try {
-    const state = /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1]
-    return state !== undefined && state !== "Z" && state !== "X"
-  } catch {
-    return false
-  }
-}
+export const freePort = Process.freePort
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 const sleepSync = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
@@ -113,8 +94,8 @@ const killSync = (pid: number) => {
   } catch {
     return
   }
-  for (let waited = 0; isAlive(pid) && waited < 10_000; waited += 50) sleepSync(50)
-  if (isAlive(pid)) process.kill(pid, "SIGKILL")
+  for (let waited = 0; Process.isAlive(pid) && waited < 10_000; waited += 50) sleepSync(50)
+  if (Process.isAlive(pid)) process.kill(pid, "SIGKILL")
 }
 
 let hooked = false
@@ -179,7 +160,7 @@ export const create = async (options: Options = {}): Promise<Cluster> => {
   ].join(" ")
 
   const start = async () => {
-    if (state.pid !== undefined && isAlive(state.pid)) return
+    if (state.pid !== undefined && Process.isAlive(state.pid)) return
     await run(join(bin, "pg_ctl"), ["-D", dataDir, "-l", logFile, "-w", "-t", "60", "-o", serverOptions, "start"])
     state.pid = readPid(dataDir)
   }
@@ -187,9 +168,9 @@ export const create = async (options: Options = {}): Promise<Cluster> => {
   const stop = async (mode: "fast" | "immediate" = "fast") => {
     const pid = state.pid
     if (pid === undefined) return
-    if (isAlive(pid)) process.kill(pid, mode === "fast" ? "SIGINT" : "SIGQUIT")
-    for (let waited = 0; isAlive(pid) && waited < 10_000; waited += 50) await sleep(50)
-    if (isAlive(pid)) process.kill(pid, "SIGKILL")
+    if (Process.isAlive(pid)) process.kill(pid, mode === "fast" ? "SIGINT" : "SIGQUIT")
+    for (let waited = 0; Process.isAlive(pid) && waited < 10_000; waited += 50) await sleep(50)
+    if (Process.isAlive(pid)) process.kill(pid, "SIGKILL")
     // An immediate stop leaves postmaster.pid behind; pg_ctl start copes
     // with a stale one, since its pid no longer runs.
     state.pid = undefined

@@ -5,6 +5,7 @@
  */
 import * as Effect from "effect/Effect"
 import { type ChildProcess, spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
 import * as Net from "node:net"
 import * as Path from "node:path"
 
@@ -27,6 +28,20 @@ export const environment = (env: Record<string, string | undefined>): NodeJS.Pro
     else result[key] = value
   }
   return result
+}
+
+/**
+ * Whether a process runs. A daemon that exited stays a zombie until init
+ * reaps it, which can take seconds in a container: a zombie counts as gone.
+ */
+export const isAlive = (pid: number | undefined): boolean => {
+  if (pid === undefined) return false
+  try {
+    const state = /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1]
+    return state !== undefined && state !== "Z" && state !== "X"
+  } catch {
+    return false
+  }
 }
 
 /** A port that was free a moment ago. */
