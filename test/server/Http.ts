@@ -103,8 +103,14 @@ export const request = (method: string, path: string, options: RequestOptions = 
  * Given pieces, it writes them one after the other and stops writing once
  * the server answers (as a client that reads while it uploads would), so an
  * early answer is not lost to the reset of a connection closed mid-upload.
+ * It then half-closes its side, unless `halfClose` is false: Node aborts a
+ * request whose client half-closed (`httpAllowHalfOpen` is false), which
+ * races with slower answers; without it, the server's close ends the read.
  */
-export const rawRequest = (text: string | ReadonlyArray<string>) =>
+export const rawRequest = (
+  text: string | ReadonlyArray<string>,
+  options: { readonly halfClose?: boolean } = {}
+) =>
   Effect.flatMap(TestService, (service) =>
     Effect.async<string>((resume) => {
       const pieces = typeof text === "string" ? [text] : [...text]
@@ -112,7 +118,10 @@ export const rawRequest = (text: string | ReadonlyArray<string>) =>
       const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1", () => {
         const next = () => {
           const piece = pieces.shift()
-          if (answer.length > 0 || piece === undefined) return socket.end()
+          if (answer.length > 0 || piece === undefined) {
+            if (options.halfClose !== false) socket.end()
+            return
+          }
           socket.write(piece, "latin1", (error) => error === undefined || error === null ? next() : undefined)
         }
         next()

@@ -13,7 +13,6 @@ import * as Layer from "effect/Layer"
 import * as fc from "fast-check"
 import { randomUUID } from "node:crypto"
 import * as Fs from "node:fs"
-import * as Net from "node:net"
 import * as Path from "node:path"
 import * as TestDatabase from "../support/Database.js"
 import * as Service from "../support/Service.js"
@@ -30,6 +29,7 @@ import {
   orderBody,
   parseRawReply,
   placeOrder,
+  rawRequest,
   type Reply,
   request,
   serviceSecret,
@@ -75,26 +75,13 @@ const now = () => Math.floor(Date.now() / 1000)
 
 /**
  * One request as raw bytes (latin1) and everything the service answered
- * until it closed the connection. Unlike `rawRequest`, it never half-closes
- * its side first: Node aborts a request whose client half-closed
- * (`httpAllowHalfOpen` is false), which would race with slower answers.
+ * until it closed the connection, never half-closing first (see `rawRequest`).
  */
 const exchange = (text: string) =>
-  Effect.flatMap(TestService, (service) =>
-    Effect.async<Reply & { readonly head: string }>((resume) => {
-      let answer = ""
-      const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1", () => socket.write(text, "latin1"))
-      const timer = setTimeout(() => socket.destroy(), 10_000)
-      socket.on("data", (chunk: Buffer) => {
-        answer += chunk.toString("latin1")
-      })
-      socket.on("error", () => {})
-      socket.on("close", () => {
-        clearTimeout(timer)
-        resume(Effect.succeed({ ...parseRawReply(answer), head: answer.split("\r\n\r\n")[0] ?? "" }))
-      })
-      return Effect.sync(() => socket.destroy())
-    }))
+  Effect.map(rawRequest(text, { halfClose: false }), (answer) => ({
+    ...parseRawReply(answer),
+    head: answer.split("\r\n\r\n")[0] ?? ""
+  }))
 
 /** The strings of a JSON value with `echo` (as sent, and as JSON quotes it) taken out: an echo of the input is no leak. */
 const withoutEcho = (text: string, echo: string): string => {
