@@ -128,6 +128,8 @@ export interface Throughput {
   readonly perSecond: ReadonlyArray<number>
   /** Every committed order's latency in the measured window, sorted. */
   readonly latenciesMs: ReadonlyArray<number>
+  /** This process's CPU time (user + system) in the measured window, per order, in µs. */
+  readonly cpuMicrosPerOrder: number
 }
 
 export const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
@@ -178,6 +180,12 @@ export const bareCreateOrderThroughput = async (options: ThroughputOptions): Pro
     const perSecond = new Array<number>(Math.floor(options.durationMs / 1000)).fill(0)
     let errors = 0
     let firstError: unknown
+    let cpuFrom: NodeJS.CpuUsage | undefined
+    let cpuUntil: NodeJS.CpuUsage | undefined
+    const cpuMarks = [
+      setTimeout(() => cpuFrom = process.cpuUsage(), measureFrom - start),
+      setTimeout(() => cpuUntil = process.cpuUsage(cpuFrom), measureUntil - start)
+    ]
     const worker = async () => {
       for (;;) {
         const began = performance.now()
@@ -199,6 +207,8 @@ export const bareCreateOrderThroughput = async (options: ThroughputOptions): Pro
       }
     }
     await Promise.all(Array.from({ length: options.concurrency }, worker))
+    cpuMarks.forEach(clearTimeout)
+    cpuUntil ??= process.cpuUsage(cpuFrom)
     if (latencies.length === 0) throw new Error(`no order committed`, { cause: firstError })
     latencies.sort((a, b) => a - b)
     return {
@@ -208,7 +218,8 @@ export const bareCreateOrderThroughput = async (options: ThroughputOptions): Pro
       p50Ms: percentile(latencies, 50),
       p99Ms: percentile(latencies, 99),
       perSecond,
-      latenciesMs: latencies
+      latenciesMs: latencies,
+      cpuMicrosPerOrder: (cpuUntil.user + cpuUntil.system) / latencies.length
     }
   } finally {
     await pool.end()

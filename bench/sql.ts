@@ -59,6 +59,8 @@ const newOrder = (userId: string, n: number) =>
 
 interface Measured {
   readonly ordersPerSecond: number
+  /** This process's CPU time (user + system) in the measured window, per order, in µs. */
+  readonly cpuMicrosPerOrder: number
   readonly perSecond: ReadonlyArray<number>
   readonly errors: number
 }
@@ -88,6 +90,7 @@ const busThroughput = (concurrency: number) =>
     const fibers = yield* Effect.forEach(Array.from({ length: concurrency }), () => Effect.fork(worker))
     yield* Effect.sleep(Duration.millis(warmupMs))
     measuring = true
+    const cpuFrom = process.cpuUsage()
     const start = Date.now()
     let last = 0
     for (let second = 0; second < Math.round(durationMs / 1000); second++) {
@@ -96,9 +99,15 @@ const busThroughput = (concurrency: number) =>
       last = done
     }
     const elapsed = (Date.now() - start) / 1000
+    const cpu = process.cpuUsage(cpuFrom)
     stop = true
     yield* Fiber.joinAll(fibers)
-    return { ordersPerSecond: done / elapsed, perSecond, errors } satisfies Measured
+    return {
+      ordersPerSecond: done / elapsed,
+      cpuMicrosPerOrder: (cpu.user + cpu.system) / done,
+      perSecond,
+      errors
+    } satisfies Measured
   })
 
 const seedStock = Effect.flatMap(SqlClient.SqlClient, (sql) =>
@@ -112,7 +121,7 @@ const prepared = <E>(database: Layer.Layer<SqlClient.SqlClient | any, E>) =>
 
 // The relay is off: it publishes after commit, in the background, and the
 // bare client it is compared with publishes nothing.
-const runOn = <E>(database: Layer.Layer<SqlClient.SqlClient | any, E>, concurrency: number) =>
+export const runOn = <E>(database: Layer.Layer<SqlClient.SqlClient | any, E>, concurrency: number) =>
   busThroughput(concurrency).pipe(
     Effect.scoped,
     Effect.provide(Persistence.layerSql(false).pipe(Layer.provideMerge(prepared(database)))),
@@ -142,7 +151,7 @@ const roundTripsPerOrder = async (url: string): Promise<number> => {
   )
 }
 
-const serverLayer = (url: string, poolSize: number) =>
+export const serverLayer = (url: string, poolSize: number) =>
   Database.serverLayer({
     url: Redacted.make(url),
     schema: Option.none(),
@@ -185,8 +194,9 @@ export const run = async (): Promise<Report> => {
           concurrency === 16 ? { of: "bare-16", maxRatio: 1 / 0.7 } : undefined
         ))
         notes.push(
-          `${concurrency} in flight: bare ${bare.ordersPerSecond.toFixed(0)} orders/s (${bare.errors} errors), ` +
-            `bus ${measured.ordersPerSecond.toFixed(0)} orders/s (${measured.errors} errors)`
+          `${concurrency} in flight: bare ${bare.ordersPerSecond.toFixed(0)} orders/s (${bare.errors} errors, ` +
+            `Node CPU ${bare.cpuMicrosPerOrder.toFixed(0)} µs/order), bus ${measured.ordersPerSecond.toFixed(0)} ` +
+            `orders/s (${measured.errors} errors, Node CPU ${measured.cpuMicrosPerOrder.toFixed(0)} µs/order)`
         )
       }
       await resetTables(database.url)
@@ -216,7 +226,10 @@ export const run = async (): Promise<Report> => {
       embedded.perSecond,
       { of: "target-300", maxRatio: 1 }
     ))
-    notes.push(`embedded: ${embedded.ordersPerSecond.toFixed(0)} orders/s (${embedded.errors} errors)`)
+    notes.push(
+      `embedded: ${embedded.ordersPerSecond.toFixed(0)} orders/s (${embedded.errors} errors, ` +
+        `Node CPU ${embedded.cpuMicrosPerOrder.toFixed(0)} µs/order, the database included)`
+    )
   } finally {
     rmSync(dataDir, { recursive: true, force: true })
   }

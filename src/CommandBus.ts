@@ -167,8 +167,7 @@ const build = (
       return Effect.dieMessage(`No handler for ${command._tag}`)
     }
     const handler = handlers[command._tag]!
-    // Without middleware nothing reads the dispatch's record, so none is kept.
-    if (middleware.length === 0) return execute(command, handler, undefined)
+    if (middleware.length === 0) return handled(command, handler)
     const current: Middleware.Dispatch = { command, definition, events: 0, attempts: 0, replayed: false }
     let effect = execute(command, handler, current)
     for (let i = middleware.length - 1; i >= 0; i--) effect = middleware[i]!.apply(effect, current)
@@ -204,14 +203,44 @@ const build = (
   return bus
 }
 
+// A bus with no middleware: the handler, then its events to the outbox.
+// There is no unit of work, so no before-commit hooks (middleware registers
+// them), and no retry, so the handler is called now rather than in a
+// suspended step: a handler that is done already (`Effect.succeed(...)`)
+// costs the bus no fiber step at all.
+const handled = (command: Command.Any, handler: Handler.Handler<any, any>): Effect.Effect<unknown, unknown, any> => {
+  let effect: Effect.Effect<Handler.Result<unknown>, unknown, unknown>
+  try {
+    effect = handler(command)
+  } catch (defect) {
+    return Effect.die(defect)
+  }
+  if (!Exit.isExit(effect)) {
+    return Effect.flatMap(effect, (result: Handler.Result<unknown>) => withEvents(command, result))
+  }
+  return Exit.isSuccess(effect) ? withEvents(command, effect.value as Handler.Result<unknown>) : effect
+}
+
+const withEvents = (command: Command.Any, result: Handler.Result<unknown>): Effect.Effect<unknown, unknown, Outbox> =>
+  result.events.length === 0 ? Exit.succeed(result.value) : Effect.as(appended(command, result.events), result.value)
+
+const appended = (
+  command: Command.Any,
+  events: ReadonlyArray<DomainEvent.Draft>
+): Effect.Effect<void, unknown, Outbox> =>
+  Effect.flatMap(
+    DomainEvent.stamp(command, events),
+    (envelopes) => Effect.flatMap(Outbox, (outbox) => outbox.append(envelopes))
+  )
+
 // Runs the handler, each time the effect runs (a retry runs it again).
 const execute = (
   command: Command.Any,
   handler: Handler.Handler<any, any>,
-  dispatch: Middleware.Dispatch | undefined
+  dispatch: Middleware.Dispatch
 ): Effect.Effect<unknown, unknown, any> =>
   Effect.suspend(() => {
-    if (dispatch !== undefined) dispatch.attempts++
+    dispatch.attempts++
     const handled = handler(command)
     // A handler that is done already (`Effect.succeed(...)`, as a pure or
     // in-memory handler returns) goes on at once, one fiber step fewer.
@@ -227,7 +256,7 @@ const execute = (
 // fiber running it instead of spending a fiber step on `withFiberRuntime`.
 const afterHandler = (
   command: Command.Any,
-  dispatch: Middleware.Dispatch | undefined,
+  dispatch: Middleware.Dispatch,
   result: Handler.Result<unknown>
 ): Effect.Effect<unknown, unknown, Outbox> => {
   const fiber = Fiber.getCurrentFiber()
@@ -239,20 +268,15 @@ const afterHandler = (
 
 const appendAndCommit = (
   command: Command.Any,
-  dispatch: Middleware.Dispatch | undefined,
+  dispatch: Middleware.Dispatch,
   result: Handler.Result<unknown>,
   fiber: Fiber.RuntimeFiber<unknown, unknown>
 ): Effect.Effect<unknown, unknown, Outbox> => {
   const hooks = fiber.getFiberRef(UnitOfWork.currentBeforeCommit)
   const events = result.events
-  if (dispatch !== undefined) dispatch.events = events.length
+  dispatch.events = events.length
   if (events.length === 0 && hooks.length === 0) return Effect.succeed(result.value)
-  let effect: Effect.Effect<unknown, unknown, Outbox> = events.length === 0
-    ? Effect.void
-    : Effect.flatMap(
-      DomainEvent.stamp(command, events),
-      (envelopes) => Effect.flatMap(Outbox, (outbox) => outbox.append(envelopes))
-    )
+  let effect: Effect.Effect<unknown, unknown, Outbox> = events.length === 0 ? Effect.void : appended(command, events)
   for (const hook of hooks) effect = Effect.zipRight(effect, hook(result.value))
   return Effect.as(effect, result.value)
 }

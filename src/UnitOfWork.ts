@@ -57,7 +57,9 @@ export const currentBeforeCommit: FiberRef.FiberRef<ReadonlyArray<BeforeCommit>>
 )
 
 /**
- * Registers a hook for the dispatch `self` runs.
+ * Registers a hook for the dispatch `self` runs. Middleware registers hooks,
+ * and a bus runs them only when it has middleware: one with none runs the
+ * handler and appends its events, nothing more.
  *
  * @since 0.1.0
  * @category combinators

@@ -141,6 +141,31 @@ describe("CommandBus", () => {
         assert.strictEqual((yield* readOutbox).length, 0)
       }).pipe(Effect.provide(InMemory.layer)))
 
+    it.effect("turns a handler that throws into a defect of the dispatch, with or without middleware", () =>
+      Effect.gen(function*() {
+        const boom = new Error("handler bug")
+        const bare = CommandBus.make([Withdraw], {
+          Withdraw: (): Effect.Effect<Handler.Result<{ readonly withdrawn: number }>> => {
+            throw boom
+          }
+        })
+        const wrapped = bare.pipe(CommandBus.withMiddleware(Middleware.make("noop", (self) => self)))
+        for (const bus of [bare, wrapped]) {
+          const exit = yield* Effect.exit(bus.dispatch(new Withdraw({ accountId, amount: 1 })))
+          assert.deepStrictEqual(exit, Exit.die(boom))
+        }
+      }).pipe(Effect.provide(InMemory.layer)))
+
+    it.effect("runs the handler's work again each time a dispatch effect runs", () =>
+      Effect.gen(function*() {
+        const { bus, ran } = makeBus()
+        const dispatch = bus.dispatch(new Withdraw({ accountId, amount: 3 }))
+        assert.deepStrictEqual(ran, [])
+        yield* dispatch
+        yield* dispatch
+        assert.deepStrictEqual(ran, ["Withdraw 3", "Withdraw 3"])
+      }).pipe(Effect.provide(InMemory.layer)))
+
     const at = Date.UTC(2024, 4, 1, 12, 0, 0)
 
     it.scoped("stamps envelopes with ids, aggregate, time and the command's correlation", () =>
