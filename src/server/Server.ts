@@ -6,7 +6,6 @@
  */
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
-import * as HttpApiScalar from "@effect/platform/HttpApiScalar"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as Duration from "effect/Duration"
@@ -20,6 +19,7 @@ import * as Persistence from "../orders/Persistence.js"
 import * as Auth from "./Auth.js"
 import * as Config from "./Config.js"
 import * as Database from "./Database.js"
+import * as Docs from "./Docs.js"
 import * as Http from "./Http.js"
 import * as IdempotencyStoreLayer from "./IdempotencyStoreLayer.js"
 import * as Metrics from "./Metrics.js"
@@ -102,7 +102,7 @@ export const layer = (options: { readonly tracing?: Layer.Layer<never, unknown> 
         Layer.provide(HttpRouter.setRouterConfig({ maxParamLength: 1500 })),
         Observability.withSpanNames(routes),
         Layer.provide(HttpApiBuilder.middleware(Http.edge({ bodyLimit: config.bodyLimit, routes }))),
-        Layer.provide(HttpApiScalar.layer({ path: "/docs" })),
+        Layer.provide(Docs.layer({ path: "/docs" })),
         Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
         Layer.provide(Http.ApiLive),
         Layer.provide(Auth.layer),

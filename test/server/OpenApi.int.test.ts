@@ -269,6 +269,13 @@ describe(`OpenAPI document and typed client (${kind})`, () => {
         expect(docs.text).toMatch(/<html[\s>]/i)
         expect(docs.text).toContain(`<title>${spec.info.title}</title>`)
         expect(docs.text).toContain("\"openapi\":\"3.1.0\"")
+        // Scalar's script is inline, so the page works offline; loaded with
+        // the first request, then the same page every time.
+        expect(docs.text).not.toMatch(/<script src=/)
+        expect(docs.text.length).toBeGreaterThan(1_000_000)
+        const again = yield* request("GET", "/docs")
+        expect(again.status).toBe(200)
+        expect(again.text).toBe(docs.text)
         const problem = yield* request("GET", "/docs/nothing")
         expectProblem(problem, 404, "RouteNotFound")
       }))
