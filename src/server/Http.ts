@@ -359,12 +359,15 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
     if (!isJson(contentType)) {
       return Either.left(Problem.responseFor(UnsupportedMediaType, new UnsupportedMediaType({ contentType })))
     }
-    const tooLarge = Problem.responseFor(PayloadTooLarge, new PayloadTooLarge({ limitBytes: limit }), {
-      connection: "close"
-    })
-    if (Number(request.headers["content-length"] ?? "0") > limit) return Either.left(tooLarge)
+    // Built only when needed: an error and its problem response cost more
+    // than the rest of this check.
+    const tooLarge = () =>
+      Either.left(
+        Problem.responseFor(PayloadTooLarge, new PayloadTooLarge({ limitBytes: limit }), { connection: "close" })
+      )
+    if (Number(request.headers["content-length"] ?? "0") > limit) return tooLarge()
     const body = yield* readBody(NodeHttpServerRequest.toIncomingMessage(request), limit)
-    if (body._tag === "TooLarge") return Either.left(tooLarge)
+    if (body._tag === "TooLarge") return tooLarge()
     if (body._tag === "Aborted") {
       return Either.left(Problem.responseFor(MalformedJson, new MalformedJson({ reason: "the body was cut off" })))
     }
