@@ -44,16 +44,44 @@ export const isAlive = (pid: number | undefined): boolean => {
   }
 }
 
-/** A port that was free a moment ago. */
-export const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
+const listenOn = (port: number): Promise<number | undefined> =>
+  new Promise((resolve) => {
     const server = Net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const port = (server.address() as Net.AddressInfo).port
-      server.close(() => resolve(port))
+    server.once("error", () => resolve(undefined))
+    server.listen(port, "127.0.0.1", () => {
+      const bound = (server.address() as Net.AddressInfo).port
+      server.close(() => resolve(bound))
     })
   })
+
+// The lowest port the kernel hands out for `listen(0)` and outgoing
+// connections.
+const ephemeralLow = (): number => {
+  try {
+    const low = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0])
+    return Number.isInteger(low) && low > 2048 ? low : 32768
+  } catch {
+    return 32768
+  }
+}
+
+/**
+ * A port that was free a moment ago, below the ephemeral range. A server a
+ * test stops and starts again on its port (Redis, PostgreSQL, the service)
+ * must find the port still free. An ephemeral port could be handed to any
+ * `listen(0)` or outgoing connection of a parallel test in between.
+ */
+export const freePort = async (): Promise<number> => {
+  const high = ephemeralLow()
+  const low = Math.min(15_000, high - 1_000)
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await listenOn(low + Math.floor(Math.random() * (high - low)))
+    if (port !== undefined) return port
+  }
+  const port = await listenOn(0)
+  if (port === undefined) throw new Error("no free port on 127.0.0.1")
+  return port
+}
 
 const ready = async (baseUrl: string) => {
   try {
