@@ -90,7 +90,13 @@ export const start = async (): Promise<RedisServer> => {
       if (pid !== undefined && await answersPing(port)) return
       await sleep(50)
     }
-    throw new Error(`redis-server on port ${port} did not answer within 10 s`)
+    let log = ""
+    try {
+      log = readFileSync(join(dir, "redis.log"), "utf8").trim().split("\n").slice(-5).join("\n")
+    } catch {
+      // no log written
+    }
+    throw new Error(`redis-server on port ${port} did not answer within 10 s; its log ends:\n${log}`)
   }
 
   const killSync = () => {
