@@ -1,9 +1,9 @@
 /**
- * A throwaway `redis-server` for tests: on 127.0.0.1 and a free port, with a
- * pid file, no persistence, in a temporary folder; stopped (and its folder
+ * A throwaway `redis-server` for tests: a child process on 127.0.0.1 and a
+ * free port, no persistence, in a temporary folder; stopped (and its folder
  * removed) by `stop`, or when the test process exits.
  */
-import { spawnSync } from "node:child_process"
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { createConnection } from "node:net"
 import { tmpdir } from "node:os"
@@ -52,19 +52,16 @@ let hooked = false
 /** Starts a `redis-server` of its own. */
 export const start = async (): Promise<RedisServer> => {
   const dir = mkdtempSync(join(tmpdir(), "ecb-redis-"))
-  const pidFile = join(dir, "redis.pid")
   const port = await freePort()
-  let pid: number | undefined
+  // A child of this process, not a daemon: its pid is known from the start,
+  // and its exit is seen, so it can neither be lost nor outlive the tests.
+  let child: ChildProcess | undefined
+  const pidOf = () =>
+    child !== undefined && child.exitCode === null && child.signalCode === null ? child.pid : undefined
 
   const launch = async () => {
-    if (pid !== undefined && isAlive(pid)) return
-    pid = undefined
-    rmSync(pidFile, { force: true })
-    const result = spawnSync("redis-server", [
-      "--daemonize",
-      "yes",
-      "--pidfile",
-      pidFile,
+    if (isAlive(pidOf())) return
+    const server = spawn("redis-server", [
       "--bind",
       "127.0.0.1",
       "--port",
@@ -77,43 +74,50 @@ export const start = async (): Promise<RedisServer> => {
       dir,
       "--logfile",
       join(dir, "redis.log")
-    ], { encoding: "utf8" })
-    if (result.status !== 0) throw new Error(`redis-server failed (${result.status}): ${result.stderr}`)
+    ], { stdio: "ignore" })
+    child = server
+    // The exit hook stops it; it must not keep a finished test process alive.
+    server.unref()
+    let failed: Error | undefined
+    server.once("error", (error) => failed = error)
     for (let waited = 0; waited < 10_000; waited += 50) {
-      if (pid === undefined) {
-        try {
-          pid = Number(readFileSync(pidFile, "utf8").trim())
-        } catch {
-          // not written yet
-        }
-      }
-      if (pid !== undefined && await answersPing(port)) return
+      if (failed !== undefined) throw new Error(`redis-server failed to start: ${failed.message}`)
+      if (server.exitCode !== null || server.signalCode !== null) break
+      if (await answersPing(port)) return
       await sleep(50)
     }
+    const ended = server.exitCode !== null || server.signalCode !== null
+    if (!ended) server.kill("SIGKILL")
     let log = ""
     try {
       log = readFileSync(join(dir, "redis.log"), "utf8").trim().split("\n").slice(-5).join("\n")
     } catch {
       // no log written
     }
-    throw new Error(`redis-server on port ${port} did not answer within 10 s; its log ends:\n${log}`)
+    throw new Error(
+      `redis-server on port ${port} ${
+        ended ? `exited (${server.exitCode ?? server.signalCode})` : "did not answer within 10 s"
+      }; ` +
+        `its log ends:\n${log}`
+    )
   }
 
   const killSync = () => {
-    if (pid !== undefined && isAlive(pid)) process.kill(pid, "SIGKILL")
+    const pid = pidOf()
+    if (isAlive(pid)) process.kill(pid!, "SIGKILL")
     rmSync(dir, { recursive: true, force: true })
   }
 
   const kill = async () => {
-    if (pid === undefined) return
-    const current = pid
-    pid = undefined
+    const current = pidOf()
+    if (current === undefined) return
     if (isAlive(current)) {
       process.kill(current, "SIGCONT")
       process.kill(current, "SIGTERM")
     }
     for (let waited = 0; isAlive(current) && waited < 10_000; waited += 50) await sleep(50)
     if (isAlive(current)) process.kill(current, "SIGKILL")
+    for (let waited = 0; isAlive(current) && waited < 5_000; waited += 50) await sleep(50)
   }
 
   if (!hooked) {
@@ -135,9 +139,11 @@ export const start = async (): Promise<RedisServer> => {
     kill,
     start: launch,
     pause: () => {
+      const pid = pidOf()
       if (pid !== undefined) process.kill(pid, "SIGSTOP")
     },
     resume: () => {
+      const pid = pidOf()
       if (pid !== undefined) process.kill(pid, "SIGCONT")
     },
     stop: async () => {
