@@ -15,11 +15,12 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { randomUUID } from "node:crypto"
 import { kind } from "../support/Database.js"
-import { orderBody, request, type RunningService, start } from "./Service.js"
+import { type RunningService, start } from "../support/Service.js"
+import { orderBody, request } from "./Service.js"
 
 class TestService extends Context.Tag("test/observability/Metrics/TestService")<TestService, RunningService>() {}
 
-const ServiceLive = Layer.scoped(TestService, start({ env: { METRICS_PORT: "0" } }))
+const ServiceLive = Layer.scoped(TestService, start({ METRICS_PORT: "0" }))
 
 // -----------------------------------------------------------------------------
 // the text format

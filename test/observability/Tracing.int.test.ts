@@ -14,7 +14,8 @@ import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import * as Http from "node:http"
 import { kind } from "../support/Database.js"
-import { inMemoryTracing, orderBody, request, type RunningService, start } from "./Service.js"
+import { type RunningService, start } from "../support/Service.js"
+import { inMemoryTracing, orderBody, request } from "./Service.js"
 
 const traceId = "0af7651916cd43dd8448eb211c80319c"
 const callerSpanId = "b7ad6b7169203331"
@@ -54,7 +55,7 @@ const TracedLive = Layer.scoped(
   Traced,
   Effect.suspend(() => {
     const { exporter, layer } = inMemoryTracing()
-    return Effect.map(start({ tracing: layer }), (service) => ({ service, exporter }))
+    return Effect.map(start({}, { tracing: layer }), (service) => ({ service, exporter }))
   })
 )
 
@@ -206,7 +207,8 @@ describe(`tracing (${kind})`, () => {
       if (address === null || typeof address === "string") return yield* Effect.dieMessage("no collector port")
       yield* Effect.scoped(Effect.gen(function*() {
         const service = yield* start({
-          env: { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${address.port}`, OTEL_SERVICE_NAME: "orders-otlp" }
+          OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${address.port}`,
+          OTEL_SERVICE_NAME: "orders-otlp"
         })
         const alice = yield* Effect.promise(() => service.token("alice"))
         const reply = yield* request(`${service.baseUrl}/api/v1/orders`, {

@@ -75,27 +75,30 @@ const parse = (text: string): unknown => {
   }
 }
 
-/** One request to the service, bounded in time. */
+/** One request to `url`, bounded in time. */
+export const requestUrl = (method: string, url: string, options: RequestOptions = {}) =>
+  Effect.promise(async (): Promise<Reply> => {
+    const headers: Record<string, string> = {}
+    if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`
+    const body = options.json === undefined ? options.body : JSON.stringify(options.json)
+    if (body !== undefined && options.contentType !== null) {
+      headers["content-type"] = options.contentType ?? "application/json"
+    }
+    Object.assign(headers, options.headers)
+    const response = await fetch(url, {
+      method,
+      headers,
+      signal: AbortSignal.timeout(requestTimeout),
+      ...(body === undefined ? {} : { body }),
+      ...(body instanceof ReadableStream ? { duplex: "half" } : {})
+    } as RequestInit)
+    const text = await response.text()
+    return { status: response.status, headers: response.headers, text, body: parse(text) }
+  })
+
+/** One request to the service of the test file, bounded in time. */
 export const request = (method: string, path: string, options: RequestOptions = {}) =>
-  Effect.flatMap(TestService, (service) =>
-    Effect.promise(async (): Promise<Reply> => {
-      const headers: Record<string, string> = {}
-      if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`
-      const body = options.json === undefined ? options.body : JSON.stringify(options.json)
-      if (body !== undefined && options.contentType !== null) {
-        headers["content-type"] = options.contentType ?? "application/json"
-      }
-      Object.assign(headers, options.headers)
-      const response = await fetch(`${service.baseUrl}${path}`, {
-        method,
-        headers,
-        signal: AbortSignal.timeout(requestTimeout),
-        ...(body === undefined ? {} : { body }),
-        ...(body instanceof ReadableStream ? { duplex: "half" } : {})
-      } as RequestInit)
-      const text = await response.text()
-      return { status: response.status, headers: response.headers, text, body: parse(text) }
-    }))
+  Effect.flatMap(TestService, (service) => requestUrl(method, `${service.baseUrl}${path}`, options))
 
 /**
  * Sends bytes as they are over a socket (for what `fetch` refuses to send,
