@@ -55,6 +55,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
+import Pg from "pg"
 
 /**
  * @category models
@@ -270,30 +271,14 @@ const concatBytes = (parts: ReadonlyArray<Uint8Array>): Uint8Array => {
   return bytes
 }
 
-/** A parameter as `pg` (`prepareValue`) sends it: text, bytes for binary data, or null. */
-const toParameter = (value: unknown): string | Uint8Array | null => {
-  if (value === null || value === undefined) return null
-  if (value instanceof Uint8Array) return value
-  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength)
-  if (value instanceof Date) return value.toISOString()
-  if (Array.isArray(value)) return arrayLiteral(value)
-  if (typeof value === "object") return JSON.stringify(value)
-  return String(value)
-}
-
-/** An array literal as `pg` writes one: every element quoted, `NULL` bare. */
-const arrayLiteral = (values: ReadonlyArray<unknown>): string => {
-  let literal = "{"
-  for (let i = 0; i < values.length; i++) {
-    if (i > 0) literal += ","
-    const value = values[i]
-    if (value === null || value === undefined) literal += "NULL"
-    else if (Array.isArray(value)) literal += arrayLiteral(value)
-    else if (value instanceof Uint8Array) literal += `"\\\\x${Buffer.from(value).toString("hex")}"`
-    else literal += `"${String(toParameter(value)).replace(/\\/g, "\\\\").replace(/"/g, "\\\"")}"`
-  }
-  return literal + "}"
-}
+/**
+ * A parameter as `pg` sends it (its own `prepareValue`: text, bytes for
+ * binary data, or null), so nothing here can drift from the driver used
+ * against a server. `pg.utils` is public in `pg` but not in `@types/pg`.
+ */
+const toParameter = (Pg as unknown as {
+  readonly utils: { readonly prepareValue: (value: unknown) => string | Uint8Array | null }
+}).utils.prepareValue
 
 const rowsOfResult = (result: Results<unknown>): ReadonlyArray<unknown> => result.rows
 // Multi-statement scripts return one rows array per statement, as sql-pg does.
