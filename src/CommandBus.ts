@@ -215,10 +215,18 @@ const handled = (command: Command.Any, handler: Handler.Handler<any, any>): Effe
   } catch (defect) {
     return Effect.die(defect)
   }
-  if (!Exit.isExit(effect)) {
-    return Effect.flatMap(effect, (result: Handler.Result<unknown>) => withEvents(command, result))
-  }
-  return Exit.isSuccess(effect) ? withEvents(command, effect.value as Handler.Result<unknown>) : effect
+  return onResult(effect, (result) => withEvents(command, result))
+}
+
+// Goes on with the handler's result: at once when the handler is done
+// already (`Effect.succeed(...)`, as a pure or in-memory handler returns),
+// one fiber step fewer than `flatMap`.
+const onResult = <R>(
+  effect: Effect.Effect<Handler.Result<unknown>, unknown, R>,
+  f: (result: Handler.Result<unknown>) => Effect.Effect<unknown, unknown, Outbox>
+): Effect.Effect<unknown, unknown, R | Outbox> => {
+  if (!Exit.isExit(effect)) return Effect.flatMap(effect, f)
+  return Exit.isSuccess(effect) ? f(effect.value as Handler.Result<unknown>) : effect
 }
 
 const withEvents = (command: Command.Any, result: Handler.Result<unknown>): Effect.Effect<unknown, unknown, Outbox> =>
@@ -241,13 +249,7 @@ const execute = (
 ): Effect.Effect<unknown, unknown, any> =>
   Effect.suspend(() => {
     dispatch.attempts++
-    const handled = handler(command)
-    // A handler that is done already (`Effect.succeed(...)`, as a pure or
-    // in-memory handler returns) goes on at once, one fiber step fewer.
-    if (!Exit.isExit(handled)) {
-      return Effect.flatMap(handled, (result: Handler.Result<unknown>) => afterHandler(command, dispatch, result))
-    }
-    return Exit.isSuccess(handled) ? afterHandler(command, dispatch, handled.value as Handler.Result<unknown>) : handled
+    return onResult(handler(command), (result) => afterHandler(command, dispatch, result))
   })
 
 // After the handler succeeds, still inside the unit of work: stamp and append
