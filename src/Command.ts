@@ -9,6 +9,7 @@ import * as Effect from "effect/Effect"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import { createHash, randomUUID } from "node:crypto"
+import * as PlainSchema from "./internal/schema.js"
 
 // A lone surrogate: a high one not followed by a low one, or a low one not
 // preceded by a high one.
@@ -304,11 +305,20 @@ export const encodePayload = (
  * @since 0.1.0
  * @category encoding
  */
-export const fingerprint = (definition: AnyClass, command: Any): Effect.Effect<string, ParseResult.ParseError> =>
-  Effect.map(
-    encodePayload(definition, command),
-    (payload) => createHash("sha256").update(canonicalJson(payload)).digest("hex")
-  )
+export const fingerprint = (definition: AnyClass, command: Any): Effect.Effect<string, ParseResult.ParseError> => {
+  const keys = payloadKeys(definition)
+  if (keys === null) return Effect.map(encodePayload(definition, command), digest)
+  // A payload whose schema has no transformation encodes to itself, and a
+  // constructed command already passed its checks: its fields are the
+  // encoded payload, with no second pass through the schema (most of what a
+  // fingerprint cost).
+  return Effect.succeed(digest(PlainSchema.pick(command, keys, { _tag: command._tag })))
+}
+
+const payloadKeys = PlainSchema.plainKeys((key) => key === "_tag" || metadataKeys.has(key))
+
+const digest = (payload: Record<string, unknown>): string =>
+  createHash("sha256").update(canonicalJson(payload)).digest("hex")
 
 /**
  * JSON with object keys sorted, so equal values give equal strings.

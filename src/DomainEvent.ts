@@ -10,6 +10,7 @@ import * as Either from "effect/Either"
 import * as Schema from "effect/Schema"
 import { randomUUID } from "node:crypto"
 import type * as Command from "./Command.js"
+import * as PlainSchema from "./internal/schema.js"
 
 /**
  * Any domain event: an instance of a `Schema.TaggedClass` (see `Class`).
@@ -78,11 +79,18 @@ const encoderOf = (event: Any) => {
   const schema = (event as object).constructor
   let encode = encoders.get(schema)
   if (encode === undefined) {
-    encode = Schema.encodeUnknown(schema as unknown as Schema.Schema<unknown, unknown>)
+    const keys = fieldKeys(schema)
+    // Fields that encode to themselves are copied, not run through the
+    // schema again: the event was built from checked values.
+    encode = keys === null
+      ? Schema.encodeUnknown(schema as unknown as Schema.Schema<unknown, unknown>)
+      : (event) => Either.right(PlainSchema.pick(event as object, keys, {}))
     encoders.set(schema, encode)
   }
   return encode
 }
+
+const fieldKeys = PlainSchema.plainKeys(() => false)
 
 /**
  * Encodes an event with the schema it was built from.

@@ -7,7 +7,6 @@
  */
 import * as Arr from "effect/Array"
 import * as Cause from "effect/Cause"
-import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
 import * as EffectContext from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -26,10 +25,11 @@ import * as Predicate from "effect/Predicate"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 import * as Schedule from "effect/Schedule"
-import * as Tracer from "effect/Tracer"
+import type * as Tracer from "effect/Tracer"
 import type * as Command from "./Command.js"
 import { CommandTimeout, CommandValidationError, Forbidden, type StoreUnavailable } from "./CommandError.js"
 import * as CurrentUser from "./CurrentUser.js"
+import * as Span from "./internal/span.js"
 import { UnitOfWork } from "./UnitOfWork.js"
 
 /**
@@ -309,77 +309,17 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): string => {
  */
 export const tracing: Middleware = make("tracing", <A, E, R>(self: Effect.Effect<A, E, R>, dispatch: Dispatch) => {
   const { command } = dispatch
-  const name = `CommandBus.dispatch ${command._tag}`
-  const options = {
+  return Span.around(self, `CommandBus.dispatch ${command._tag}`, {
+    kind: "internal",
     attributes: {
       "command.type": command._tag,
       "command.id": command.commandId,
       "command.correlation_id": command.correlationId
-    },
-    captureStackTrace: false as const
-  }
-  return Effect.withFiberRuntime<A, E, R>((fiber) => {
-    // `Effect.withSpan` is `useSpan` (an `onExit` that ends the span) around
-    // `withParentSpan` (an acquire/release of the fiber's context); here
-    // both are one `onExit`, and the span is made in this step rather than
-    // by an effect of its own. Where tracing is off there is no span to
-    // make: every span made inside would be a no-op one anyway.
-    if (!fiber.getFiberRef(FiberRef.currentTracerEnabled)) return self
-    return inSpan(self, startSpan(fiber, name, options), fiber)
-  })
+    }
+  }, outcomeAttributes)
 })
 
-// What `Effect.makeSpan` does when tracing is on, without an effect step:
-// the parent is the context's span unless its propagation is disabled, the
-// fiber's span links and annotations join the span's own, and the start is
-// read from the fiber's clock when timing is on.
-const startSpan = (
-  fiber: Fiber.RuntimeFiber<unknown, unknown>,
-  name: string,
-  options: { readonly attributes: Readonly<Record<string, unknown>>; readonly captureStackTrace: false }
-): Tracer.Span => {
-  const clock = EffectContext.get(fiber.currentDefaultServices, Clock.Clock)
-  const span = fiber.currentTracer.span(
-    name,
-    propagated(EffectContext.getOption(fiber.currentContext, Tracer.ParentSpan)),
-    EffectContext.empty(),
-    Chunk.toReadonlyArray(fiber.getFiberRef(FiberRef.currentTracerSpanLinks)),
-    fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : BigInt(0),
-    "internal",
-    options
-  )
-  const annotations = fiber.getFiberRef(FiberRef.currentTracerSpanAnnotations)
-  if (HashMap.size(annotations) > 0) HashMap.forEach(annotations, (value, key) => span.attribute(key, value))
-  for (const key in options.attributes) span.attribute(key, options.attributes[key])
-  return span
-}
-
-const propagated = (span: Option.Option<Tracer.AnySpan>): Option.Option<Tracer.AnySpan> => {
-  if (Option.isNone(span) || !EffectContext.get(span.value.context, Tracer.DisablePropagation)) return span
-  return span.value._tag === "Span" ? propagated(span.value.parent) : Option.none()
-}
-
-const inSpan = <A, E, R>(
-  self: Effect.Effect<A, E, R>,
-  span: Tracer.Span,
-  fiber: Fiber.RuntimeFiber<A, E>
-): Effect.Effect<A, E, R> => {
-  const outer = fiber.currentContext
-  const clock = EffectContext.get(fiber.currentDefaultServices, Clock.Clock)
-  const timing = fiber.getFiberRef(FiberRef.currentTracerTimingEnabled)
-  return Effect.onExit(
-    Effect.zipRight(FiberRef.set(FiberRef.currentContext, EffectContext.add(outer, Tracer.ParentSpan, span)), self),
-    (exit) => spanEnded(span, exit, clock, timing, outer)
-  )
-}
-
-const spanEnded = (
-  span: Tracer.Span,
-  exit: Exit.Exit<unknown, unknown>,
-  clock: Clock.Clock,
-  timing: boolean,
-  outer: EffectContext.Context<never>
-): Effect.Effect<void> => {
+const outcomeAttributes = (span: Tracer.Span, exit: Exit.Exit<unknown, unknown>): void => {
   span.attribute("command.outcome", outcomeOf(exit))
   if (Exit.isFailure(exit)) {
     const failure = Cause.failureOption(exit.cause)
@@ -387,8 +327,6 @@ const spanEnded = (
       span.attribute("command.error", failure.value._tag)
     }
   }
-  if (span.status._tag !== "Ended") span.end(timing ? clock.unsafeCurrentTimeNanos() : BigInt(0), exit)
-  return FiberRef.set(FiberRef.currentContext, outer)
 }
 
 // -----------------------------------------------------------------------------

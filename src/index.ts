@@ -35,4 +35,7 @@ export * as Middleware from "./Middleware.js"
 export * as Outbox from "./Outbox.js"
 
 /** @since 0.1.0 */
+export * as Tracing from "./Tracing.js"
+
+/** @since 0.1.0 */
 export * as UnitOfWork from "./UnitOfWork.js"

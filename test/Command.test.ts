@@ -3,6 +3,8 @@ import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Schema from "effect/Schema"
+import * as fc from "fast-check"
+import { createHash } from "node:crypto"
 import { Command } from "../src/index.js"
 
 class RenameAccount extends Command.Class<RenameAccount>()("RenameAccount", {
@@ -200,6 +202,50 @@ describe("Command", () => {
         const renamed = yield* fingerprint(new RenameAccount(payload))
         const relabelled = yield* fingerprint(new RelabelAccount(payload), RelabelAccount)
         assert.notStrictEqual(relabelled, renamed)
+      }))
+
+    // The digest of the payload as its schema encodes it: what a fingerprint
+    // is, whichever way it is computed.
+    const ofEncodedPayload = (definition: Command.AnyClass, command: Command.Any) =>
+      Effect.map(
+        Command.encodePayload(definition, command),
+        (encoded) => createHash("sha256").update(Command.canonicalJson(encoded)).digest("hex")
+      )
+
+    it.effect("of a payload that encodes to itself, is the digest of its encoding (any payload)", () =>
+      Effect.sync(() =>
+        fc.assert(
+          fc.property(
+            fc.record({
+              accountId: fc.string(),
+              name: fc.string(),
+              tags: fc.array(fc.string(), { maxLength: 5 }),
+              address: fc.record({ city: fc.string(), line2: fc.string() }, { requiredKeys: ["city"] })
+            }),
+            (fields) => {
+              const command = new RenameAccount(fields)
+              assert.strictEqual(
+                Effect.runSync(Command.fingerprint(RenameAccount, command)),
+                Effect.runSync(ofEncodedPayload(RenameAccount, command))
+              )
+            }
+          ),
+          { numRuns: 200 }
+        )
+      ))
+
+    it.effect("of a payload with a transformation, is the digest of its encoded form", () =>
+      Effect.gen(function*() {
+        class Schedule extends Command.Class<Schedule>()("Schedule", {
+          payload: { at: Schema.DateTimeUtc, every: Schema.optionalWith(Schema.Number, { default: () => 60 }) },
+          success: Schema.Void,
+          failure: Schema.Never
+        }) {}
+        const command = new Schedule({ at: DateTime.unsafeMake("2024-05-01T12:00:00.000Z") })
+        const fingerprint = yield* Command.fingerprint(Schedule, command)
+        assert.strictEqual(fingerprint, yield* ofEncodedPayload(Schedule, command))
+        const encoded = yield* Command.encodePayload(Schedule, command)
+        assert.deepStrictEqual(encoded, { _tag: "Schedule", at: "2024-05-01T12:00:00.000Z", every: 60 })
       }))
 
     it.effect("encodePayload drops exactly the metadata", () =>

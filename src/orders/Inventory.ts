@@ -10,6 +10,8 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
+import { Tracing } from "../index.js"
+import { SqlStatement } from "../sql/index.js"
 import type { OrderLine } from "./Order.js"
 
 /**
@@ -121,7 +123,7 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
   SqlClient.SqlClient,
   (sql): Service => {
     const give = (lines: ReturnType<typeof linesParams>) =>
-      sql`WITH requested AS (
+      SqlStatement.run(sql`WITH requested AS (
             SELECT product_id, quantity FROM unnest(${lines.productIds}::text[], ${lines.quantities}::integer[])
               AS r(product_id, quantity)
           ), locked AS (
@@ -131,7 +133,7 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
           )
           UPDATE inventory AS i SET available = i.available + r.quantity, updated_at = now()
           FROM locked AS l JOIN requested AS r USING (product_id)
-          WHERE i.product_id = l.product_id`.raw
+          WHERE i.product_id = l.product_id`)
     return {
       reserve: (lines) =>
         Effect.gen(function*() {
@@ -140,7 +142,7 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
           // The rows are locked first, in product order, so that concurrent
           // reservations of the same products cannot deadlock (a plain UPDATE
           // … FROM may lock them in any order the plan visits them).
-          const taken = yield* sql<{ readonly product_id: string }>`
+          const taken = yield* SqlStatement.rows(sql<{ readonly product_id: string }>`
             WITH requested AS (
               SELECT product_id, quantity FROM unnest(${params.productIds}::text[], ${params.quantities}::integer[])
                 AS r(product_id, quantity)
@@ -152,39 +154,39 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
             UPDATE inventory AS i SET available = i.available - r.quantity, updated_at = now()
             FROM locked AS l JOIN requested AS r USING (product_id)
             WHERE i.product_id = l.product_id AND l.available >= r.quantity
-            RETURNING i.product_id`.withoutTransform
+            RETURNING i.product_id`)
           if (taken.length === totals.size) return
           const takenIds = new Set(taken.map((row) => row.product_id))
           if (takenIds.size > 0) {
             yield* give(linesParams(new Map([...totals].filter(([productId]) => takenIds.has(productId)))))
           }
           const [productId, requested] = [...totals].find(([productId]) => !takenIds.has(productId))!
-          const [row] = yield* sql<{ readonly available: number }>`
-            SELECT available FROM inventory WHERE product_id = ${productId}`.withoutTransform
+          const [row] = yield* SqlStatement.rows(sql<{ readonly available: number }>`
+            SELECT available FROM inventory WHERE product_id = ${productId}`)
           return yield* new InsufficientInventory({ productId, requested, available: row?.available ?? 0 })
         }).pipe(
           Effect.catchTag("SqlError", Effect.die),
-          Effect.withSpan("Inventory.reserve", { captureStackTrace: false })
+          Tracing.withSpan("Inventory.reserve")
         ),
       release: (lines) =>
         give(linesParams(totalsByProduct(lines))).pipe(
           Effect.asVoid,
           Effect.orDie,
-          Effect.withSpan("Inventory.release", { captureStackTrace: false })
+          Tracing.withSpan("Inventory.release")
         ),
       setAvailable: (productId, available) =>
         sql`INSERT INTO inventory (product_id, available) VALUES (${productId}, ${available})
             ON CONFLICT (product_id) DO UPDATE SET available = EXCLUDED.available, updated_at = now()`.raw.pipe(
           Effect.asVoid,
           Effect.orDie,
-          Effect.withSpan("Inventory.setAvailable", { captureStackTrace: false })
+          Tracing.withSpan("Inventory.setAvailable")
         ),
       available: (productId) =>
         sql<{ readonly available: number }>`SELECT available FROM inventory WHERE product_id = ${productId}`
           .withoutTransform.pipe(
             Effect.map((rows) => rows[0]?.available ?? 0),
             Effect.orDie,
-            Effect.withSpan("Inventory.available", { captureStackTrace: false })
+            Tracing.withSpan("Inventory.available")
           )
     }
   }

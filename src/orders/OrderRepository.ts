@@ -10,7 +10,8 @@ import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { CommandError } from "../index.js"
+import { CommandError, Tracing } from "../index.js"
+import { SqlStatement } from "../sql/index.js"
 import { aggregateType, Order, OrderAlreadyExists, type OrderLine, type ShippingAddress } from "./Order.js"
 
 /**
@@ -107,35 +108,39 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
   SqlClient.SqlClient,
   (sql): Service => ({
     findById: (id) =>
-      sql<OrderRow>`SELECT id, customer_id, user_id, status, version, items, shipping_address, created_at,
+      SqlStatement.rows(
+        sql<OrderRow>`SELECT id, customer_id, user_id, status, version, items, shipping_address, created_at,
                       updated_at, cancel_reason
-                    FROM orders WHERE id = ${id}`.withoutTransform.pipe(
+                    FROM orders WHERE id = ${id}`
+      ).pipe(
         Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), fromRow)),
         Effect.orDie,
-        Effect.withSpan("OrderRepository.findById", { captureStackTrace: false })
+        Tracing.withSpan("OrderRepository.findById")
       ),
     insert: (order) =>
-      sql`INSERT INTO orders (id, customer_id, user_id, status, version, items, shipping_address, created_at,
+      SqlStatement.rows(
+        sql`INSERT INTO orders (id, customer_id, user_id, status, version, items, shipping_address, created_at,
             updated_at, cancel_reason)
           VALUES (${order.id}, ${order.customerId}, ${order.userId}, ${order.status}, ${order.version},
             ${JSON.stringify(order.items)}::jsonb, ${JSON.stringify(order.shippingAddress)}::jsonb,
             ${DateTime.formatIso(order.createdAt)}, ${DateTime.formatIso(order.updatedAt)},
             ${order.cancelReason ?? null})
           ON CONFLICT (id) DO NOTHING
-          RETURNING 1 AS inserted`.withoutTransform.pipe(
+          RETURNING 1 AS inserted`
+      ).pipe(
         Effect.orDie,
         Effect.flatMap((rows) =>
           rows.length === 1 ? Effect.void : Effect.fail(new OrderAlreadyExists({ orderId: order.id }))
         ),
-        Effect.withSpan("OrderRepository.insert", { captureStackTrace: false })
+        Tracing.withSpan("OrderRepository.insert")
       ),
     update: (order, expectedVersion) =>
-      sql`UPDATE orders SET status = ${order.status}, version = ${order.version},
+      SqlStatement.rows(sql`UPDATE orders SET status = ${order.status}, version = ${order.version},
             items = ${JSON.stringify(order.items)}::jsonb,
             shipping_address = ${JSON.stringify(order.shippingAddress)}::jsonb,
             updated_at = ${DateTime.formatIso(order.updatedAt)}, cancel_reason = ${order.cancelReason ?? null}
           WHERE id = ${order.id} AND version = ${expectedVersion}
-          RETURNING 1 AS updated`.withoutTransform.pipe(
+          RETURNING 1 AS updated`).pipe(
         Effect.orDie,
         Effect.flatMap((rows) =>
           rows.length === 1
@@ -144,7 +149,7 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
               new CommandError.ConcurrencyConflict({ aggregateType, aggregateId: order.id, expectedVersion })
             )
         ),
-        Effect.withSpan("OrderRepository.update", { captureStackTrace: false })
+        Tracing.withSpan("OrderRepository.update")
       )
   })
 )

@@ -15,6 +15,7 @@ import type * as Layer from "effect/Layer"
 import { randomUUID } from "node:crypto"
 import * as Idempotency from "../Idempotency.js"
 import { orUnavailable } from "./SqlOutbox.js"
+import * as SqlStatement from "./SqlStatement.js"
 
 interface ClaimRow {
   readonly claimed: boolean
@@ -83,13 +84,13 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
         }),
       complete: (request) =>
         orUnavailable(
-          sql<{ readonly ok: boolean }>`
+          SqlStatement.rows(sql<{ readonly ok: boolean }>`
             UPDATE idempotency_keys
             SET state = 'completed', result = ${JSON.stringify(request.result)}::jsonb, lease_expires_at = NULL,
                 expires_at = now() + make_interval(secs => ${millis(request.retention) / 1000})
             WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
               AND state = 'in_flight'
-            RETURNING true AS ok`.withoutTransform
+            RETURNING true AS ok`)
         ).pipe(Effect.map((rows) => rows.length === 1)),
       release: (request) =>
         orUnavailable(

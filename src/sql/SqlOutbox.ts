@@ -15,6 +15,7 @@ import type { StoreUnavailable } from "../CommandError.js"
 import { Envelope } from "../DomainEvent.js"
 import * as Outbox from "../Outbox.js"
 import * as SqlFailure from "./SqlFailure.js"
+import * as SqlStatement from "./SqlStatement.js"
 
 /**
  * A row of the outbox as the queries here select it.
@@ -83,25 +84,27 @@ export const make: Effect.Effect<Outbox.Service, never, SqlClient.SqlClient> = E
     // One statement for all of a command's events.
     append: (events) =>
       events.length === 0 ? Effect.void : orUnavailable(
-        sql`INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, aggregate_version, payload,
+        SqlStatement.run(
+          sql`INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, aggregate_version, payload,
               correlation_id, causation_id, occurred_at)
             SELECT event_id, event_type, aggregate_type, aggregate_id, aggregate_version, payload,
               correlation_id, causation_id, occurred_at
             FROM jsonb_to_recordset(${
-          JSON.stringify(events.map((event) => ({
-            event_id: event.eventId,
-            event_type: event.type,
-            aggregate_type: event.aggregateType,
-            aggregate_id: event.aggregateId,
-            aggregate_version: event.aggregateVersion,
-            payload: event.payload,
-            correlation_id: event.correlationId,
-            causation_id: event.causationId,
-            occurred_at: DateTime.formatIso(event.occurredAt)
-          })))
-        }::jsonb) AS x(event_id uuid, event_type text, aggregate_type text, aggregate_id text,
+            JSON.stringify(events.map((event) => ({
+              event_id: event.eventId,
+              event_type: event.type,
+              aggregate_type: event.aggregateType,
+              aggregate_id: event.aggregateId,
+              aggregate_version: event.aggregateVersion,
+              payload: event.payload,
+              correlation_id: event.correlationId,
+              causation_id: event.causationId,
+              occurred_at: DateTime.formatIso(event.occurredAt)
+            })))
+          }::jsonb) AS x(event_id uuid, event_type text, aggregate_type text, aggregate_id text,
               aggregate_version integer, payload jsonb, correlation_id text, causation_id text,
-              occurred_at timestamptz)`.raw.pipe(Effect.asVoid)
+              occurred_at timestamptz)`
+        )
       ),
     read: ({ after, limit }) =>
       orUnavailable(

@@ -1,0 +1,56 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as DateTime from "effect/DateTime"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
+import { DomainEvent } from "../src/index.js"
+
+class Renamed extends DomainEvent.Class<Renamed>()("Renamed", {
+  name: Schema.String,
+  tags: Schema.Array(Schema.String),
+  note: Schema.optionalWith(Schema.String, { exact: true })
+}) {}
+
+class Scheduled extends DomainEvent.Class<Scheduled>()("Scheduled", {
+  at: Schema.DateTimeUtc,
+  every: Schema.NumberFromString
+}) {}
+
+const command = {
+  commandId: "0b9d7c52-5f0e-4c8a-9d7e-0a4c7f1e2d33",
+  correlationId: "5d0e8f6c-2b8a-4b0e-8c57-3a7d9d2f6e11",
+  timestamp: DateTime.unsafeMake("2024-05-01T11:00:00.000Z")
+}
+
+const aggregate = { aggregateType: "Account", aggregateId: "acc-1", aggregateVersion: 1 }
+
+describe("DomainEvent", () => {
+  describe("stamp", () => {
+    it.effect("stores each payload as its schema encodes it", () =>
+      Effect.gen(function*() {
+        const at = DateTime.unsafeMake("2024-05-01T12:00:00.000Z")
+        const events = [
+          new Renamed({ name: "Savings", tags: ["a"] }),
+          new Renamed({ name: "Checking", tags: [], note: "n" }),
+          new Scheduled({ at, every: 5 })
+        ]
+        const stamped = yield* DomainEvent.stamp(command, events.map((event) => DomainEvent.draft(aggregate, event)))
+        const encoded = yield* Effect.forEach(events, (event) =>
+          Schema.encodeUnknown(event.constructor as unknown as Schema.Schema<unknown, unknown>)(event))
+        assert.deepStrictEqual(
+          stamped.map((envelope) =>
+            envelope.payload
+          ),
+          encoded
+        )
+        assert.deepStrictEqual(stamped.map((envelope) => envelope.payload), [
+          { _tag: "Renamed", name: "Savings", tags: ["a"] },
+          { _tag: "Renamed", name: "Checking", tags: [], note: "n" },
+          { _tag: "Scheduled", at: "2024-05-01T12:00:00.000Z", every: "5" }
+        ])
+        for (const envelope of stamped) {
+          assert.strictEqual(envelope.correlationId, command.correlationId)
+          assert.strictEqual(envelope.causationId, command.commandId)
+        }
+      }))
+  })
+})

@@ -1,0 +1,126 @@
+/**
+ * Statements sent on the dispatch's transaction connection (PGlite, or the
+ * server in `DATABASE_URL`): the same rows, the same transaction, the same
+ * span as `@effect/sql` gives them.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Statement from "@effect/sql/Statement"
+import { assert, layer } from "@effect/vitest"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import * as Tracer from "effect/Tracer"
+import { SqlStatement } from "../../src/sql/index.js"
+import * as TestDatabase from "../support/Database.js"
+
+const recordingTracer = Effect.map(Effect.tracer, (native) => {
+  const spans: Array<Tracer.Span> = []
+  const tracer = Tracer.make({
+    span: (name, parent, context, links, startTime, kind, options) => {
+      const span = native.span(name, parent, context, links, startTime, kind, options)
+      spans.push(span)
+      return span
+    },
+    context: (f, fiber) => native.context(f, fiber)
+  })
+  return { spans, tracer }
+})
+
+const setUp = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  Effect.zipRight(
+    sql`CREATE TABLE IF NOT EXISTS sql_statement_test (id integer PRIMARY KEY, label text NOT NULL)`,
+    sql`TRUNCATE sql_statement_test`
+  ))
+
+const labels = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  Effect.map(
+    sql<{ readonly label: string }>`SELECT label FROM sql_statement_test ORDER BY id`,
+    (rows) => rows.map((row) => row.label)
+  ))
+
+layer(TestDatabase.layer(), { timeout: 60_000 })(`SqlStatement (${TestDatabase.kind})`, (it) => {
+  it.effect("inside a transaction: the rows, on the transaction's connection, rolled back with it", () =>
+    Effect.gen(function*() {
+      yield* setUp
+      const sql = yield* SqlClient.SqlClient
+      const insert = (id: number, label: string) =>
+        SqlStatement.rows(sql<{ readonly id: number }>`INSERT INTO sql_statement_test (id, label)
+          VALUES (${id}, ${label}) RETURNING id`)
+      const committed = yield* sql.withTransaction(Effect.zip(
+        insert(1, "one"),
+        SqlStatement.run(sql`UPDATE sql_statement_test SET label = 'uno' WHERE id = 1`)
+      ))
+      assert.deepStrictEqual(committed[0], [{ id: 1 }])
+      const rolledBack = yield* Effect.exit(sql.withTransaction(Effect.gen(function*() {
+        yield* insert(2, "two")
+        // Seen inside the transaction, on the same connection.
+        const seen = yield* SqlStatement.rows(sql<{ readonly n: number }>`SELECT count(*)::int AS n
+          FROM sql_statement_test`)
+        assert.deepStrictEqual(seen, [{ n: 2 }])
+        return yield* Effect.fail("roll back")
+      })))
+      assert.deepStrictEqual(rolledBack, Exit.fail("roll back"))
+      assert.deepStrictEqual(yield* labels, ["uno"])
+    }))
+
+  it.effect("outside a transaction: the statement as @effect/sql runs it", () =>
+    Effect.gen(function*() {
+      yield* setUp
+      const sql = yield* SqlClient.SqlClient
+      yield* SqlStatement.run(sql`INSERT INTO sql_statement_test (id, label) VALUES (1, 'one')`)
+      const rows = yield* SqlStatement.rows(sql<{ readonly label: string }>`SELECT label FROM sql_statement_test`)
+      assert.deepStrictEqual(rows, [{ label: "one" }])
+      const failed = yield* Effect.exit(SqlStatement.run(sql`INSERT INTO sql_statement_test (id, label)
+        VALUES (1, 'again')`))
+      assert.isTrue(Exit.isFailure(failed))
+    }))
+
+  it.effect("a failed statement fails the transaction with the SqlError", () =>
+    Effect.gen(function*() {
+      yield* setUp
+      const sql = yield* SqlClient.SqlClient
+      const exit = yield* Effect.exit(sql.withTransaction(
+        SqlStatement.run(sql`INSERT INTO sql_statement_test (id, label) VALUES (1, NULL)`)
+      ))
+      const error = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.failureOption(exit.cause)) : undefined
+      assert.strictEqual(error?._tag, "SqlError")
+      assert.deepStrictEqual(yield* labels, [])
+    }))
+
+  it.effect("makes the sql.execute span @effect/sql makes, under the caller's span", () =>
+    Effect.gen(function*() {
+      yield* setUp
+      const sql = yield* SqlClient.SqlClient
+      const { spans, tracer } = yield* recordingTracer
+      yield* sql.withTransaction(
+        SqlStatement.rows(sql`SELECT label FROM sql_statement_test WHERE id = ${1}`).pipe(Effect.withSpan("caller"))
+      ).pipe(Effect.withTracer(tracer))
+      // The same statement through @effect/sql, for the attributes to compare.
+      yield* sql`SELECT label FROM sql_statement_test WHERE id = ${1}`.withoutTransform.pipe(Effect.withTracer(tracer))
+      const caller = spans.find((span) => span.name === "caller")!
+      const [lean, reference] = spans.filter((span) => span.name === "sql.execute")
+      assert.isDefined(lean)
+      assert.isDefined(reference)
+      assert.strictEqual(Option.getOrUndefined(Option.map(lean!.parent, (parent) => parent.spanId)), caller.spanId)
+      assert.strictEqual(lean!.kind, "client")
+      assert.deepStrictEqual(Object.fromEntries(lean!.attributes), Object.fromEntries(reference!.attributes))
+      assert.strictEqual(lean!.attributes.get("db.query.text"), "SELECT label FROM sql_statement_test WHERE id = $1")
+      assert.strictEqual(lean!.status._tag, "Ended")
+    }))
+
+  it.effect("with a statement transformer installed, the statement goes through it", () =>
+    Effect.gen(function*() {
+      yield* setUp
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`INSERT INTO sql_statement_test (id, label) VALUES (1, 'one'), (2, 'two')`
+      const transformed = yield* sql.withTransaction(
+        SqlStatement.rows(sql<{ readonly label: string }>`SELECT label FROM sql_statement_test WHERE id = 1`)
+      ).pipe(
+        Statement.withTransformer((_, sql) =>
+          Effect.succeed(sql<{ readonly label: string }>`SELECT label FROM sql_statement_test WHERE id = 2`)
+        )
+      )
+      assert.deepStrictEqual(transformed, [{ label: "two" }])
+    }))
+})
