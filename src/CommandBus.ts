@@ -277,7 +277,7 @@ const appendAndCommit = (
   const hooks = fiber.getFiberRef(UnitOfWork.currentBeforeCommit)
   const events = result.events
   dispatch.events = events.length
-  if (events.length === 0 && hooks.length === 0) return Effect.succeed(result.value)
+  if (hooks.length === 0) return withEvents(command, result)
   let effect: Effect.Effect<unknown, unknown, Outbox> = events.length === 0 ? Effect.void : appended(command, events)
   for (const hook of hooks) effect = Effect.zipRight(effect, hook(result.value))
   return Effect.as(effect, result.value)

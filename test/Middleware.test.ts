@@ -15,7 +15,7 @@ import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
-import * as Tracer from "effect/Tracer"
+import type * as Tracer from "effect/Tracer"
 import {
   Command,
   CommandBus,
@@ -30,6 +30,7 @@ import {
   UnitOfWork
 } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
+import { parentId, recordingTracer } from "./support/Tracing.js"
 
 // -----------------------------------------------------------------------------
 // a small domain: accounts
@@ -344,21 +345,6 @@ describe("Middleware", () => {
 
   // ---------------------------------------------------------------------------
   describe("tracing", () => {
-    const recordingTracer = Effect.map(Effect.tracer, (native) => {
-      const spans: Array<Tracer.Span> = []
-      const tracer = Tracer.make({
-        span: (name, parent, context, links, startTime, kind, options) => {
-          const span = native.span(name, parent, context, links, startTime, kind, options)
-          spans.push(span)
-          return span
-        },
-        context: (f, fiber) => native.context(f, fiber)
-      })
-      return { spans, tracer }
-    })
-
-    const parentId = (span: Tracer.Span) => Option.getOrUndefined(Option.map(span.parent, (parent) => parent.spanId))
-
     const traced = () =>
       makeBus({
         deposit: Effect.fn("Accounts.deposit")(function*(command: Deposit) {

@@ -13,11 +13,11 @@ import * as Metric from "effect/Metric"
 import * as MetricState from "effect/MetricState"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
-import * as Tracer from "effect/Tracer"
 import { Command, CommandBus, Handler, Idempotency, Middleware } from "../../src/index.js"
 import * as Config from "../../src/server/Config.js"
 import * as Observability from "../../src/server/Observability.js"
 import { InMemory } from "../../src/testing/index.js"
+import { recordingTracer } from "../support/Tracing.js"
 
 class Declined extends Schema.TaggedError<Declined>()("Declined", {}) {}
 
@@ -37,19 +37,6 @@ const makeBus = (gate?: Deferred.Deferred<void>) =>
         return Handler.result({ charged: command.amount })
       })
   })
-
-const recordingTracer = Effect.map(Effect.tracer, (native) => {
-  const spans: Array<Tracer.Span> = []
-  const tracer = Tracer.make({
-    span: (...args) => {
-      const span = native.span(...args)
-      spans.push(span)
-      return span
-    },
-    context: (f, fiber) => native.context(f, fiber)
-  })
-  return { spans, tracer }
-})
 
 describe("observability", () => {
   describe("the dispatch span", () => {

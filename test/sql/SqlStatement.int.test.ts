@@ -10,22 +10,9 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
-import * as Tracer from "effect/Tracer"
 import { SqlStatement } from "../../src/sql/index.js"
 import * as TestDatabase from "../support/Database.js"
-
-const recordingTracer = Effect.map(Effect.tracer, (native) => {
-  const spans: Array<Tracer.Span> = []
-  const tracer = Tracer.make({
-    span: (name, parent, context, links, startTime, kind, options) => {
-      const span = native.span(name, parent, context, links, startTime, kind, options)
-      spans.push(span)
-      return span
-    },
-    context: (f, fiber) => native.context(f, fiber)
-  })
-  return { spans, tracer }
-})
+import { parentId, recordingTracer } from "../support/Tracing.js"
 
 const setUp = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   Effect.zipRight(
@@ -102,7 +89,7 @@ layer(TestDatabase.layer(), { timeout: 60_000 })(`SqlStatement (${TestDatabase.k
       const [lean, reference] = spans.filter((span) => span.name === "sql.execute")
       assert.isDefined(lean)
       assert.isDefined(reference)
-      assert.strictEqual(Option.getOrUndefined(Option.map(lean!.parent, (parent) => parent.spanId)), caller.spanId)
+      assert.strictEqual(parentId(lean!), caller.spanId)
       assert.strictEqual(lean!.kind, "client")
       assert.deepStrictEqual(Object.fromEntries(lean!.attributes), Object.fromEntries(reference!.attributes))
       assert.strictEqual(lean!.attributes.get("db.query.text"), "SELECT label FROM sql_statement_test WHERE id = $1")
