@@ -25,7 +25,14 @@ import {
   ShippingAddress
 } from "../orders/Order.js"
 import { Authentication } from "./Auth.js"
-import { InternalError, MalformedJson, PayloadTooLarge, RouteNotFound, UnsupportedMediaType } from "./HttpErrors.js"
+import {
+  InternalError,
+  MalformedJson,
+  PayloadTooLarge,
+  RouteNotFound,
+  ServiceUnavailable,
+  UnsupportedMediaType
+} from "./HttpErrors.js"
 import * as Metrics from "./Metrics.js"
 import * as Problem from "./Problem.js"
 
@@ -408,6 +415,7 @@ export class Api extends ApiBase
   .addError(Problem.schema(UnsupportedMediaType))
   .addError(Problem.schema(RouteNotFound))
   .addError(Problem.schema(InternalError))
+  .addError(Problem.schema(ServiceUnavailable))
   .annotate(OpenApi.Transform, problemContentTypes)
   .annotate(OpenApi.Title, "Orders service (effect-command-bus reference)")
   .annotate(OpenApi.Version, "0.1.0")

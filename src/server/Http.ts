@@ -284,6 +284,16 @@ export const apiRoutes: ReadonlyArray<{ readonly method: string; readonly path: 
 
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
+/**
+ * The correlation id of a request: its `X-Correlation-ID` when that is a
+ * UUID, else a new one.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const correlationIdOf = (header: string | undefined): string =>
+  header !== undefined && uuid.test(header) ? header.toLowerCase() : randomUUID()
+
 const isJson = (contentType: string) => {
   const mediaType = contentType.split(";")[0]!.trim().toLowerCase()
   return mediaType === "application/json" || (mediaType.startsWith("application/") && mediaType.endsWith("+json"))
@@ -432,8 +442,7 @@ export const edge =
       const tracing = fiber.getFiberRef(FiberRef.currentTracerEnabled)
       const traceparent = tracing ? Observability.traceparentOf(fiber.currentContext) : undefined
       const untraced = tracing && traceparent === undefined
-      const header = request.headers["x-correlation-id"]
-      const correlationId = header !== undefined && uuid.test(header) ? header.toLowerCase() : randomUUID()
+      const correlationId = correlationIdOf(request.headers["x-correlation-id"])
       return Effect.gen(function*() {
         // Runs on the final response, whatever produced it (handler, encoded
         // error, refusal), just before it is written.

@@ -89,6 +89,23 @@ export class RouteNotFound extends Schema.TaggedError<RouteNotFound>()(
 }
 
 /**
+ * The service is starting (the port is open, the API not yet serving) or
+ * stopping (the API no longer serving, the port not yet closed).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()(
+  "ServiceUnavailable",
+  { phase: Schema.Literal("starting", "stopping") },
+  HttpApiSchema.annotations({ status: 503, title: "Service unavailable" })
+) {
+  override get message() {
+    return `The service is ${this.phase}; retry shortly`
+  }
+}
+
+/**
  * A bug or an unexpected failure. Its details go to the log, never to the
  * client.
  *

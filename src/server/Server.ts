@@ -13,7 +13,8 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
-import { createServer } from "node:http"
+import * as Schema from "effect/Schema"
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import * as OrderBus from "../orders/OrderBus.js"
 import * as Persistence from "../orders/Persistence.js"
 import * as Auth from "./Auth.js"
@@ -21,9 +22,11 @@ import * as Config from "./Config.js"
 import * as Database from "./Database.js"
 import * as Docs from "./Docs.js"
 import * as Http from "./Http.js"
+import { ServiceUnavailable } from "./HttpErrors.js"
 import * as IdempotencyStoreLayer from "./IdempotencyStoreLayer.js"
 import * as Metrics from "./Metrics.js"
 import * as Observability from "./Observability.js"
+import * as Problem from "./Problem.js"
 
 /**
  * The bus with the full middleware stack, its timeout and idempotency
@@ -52,6 +55,7 @@ export const BusLive = Layer.effect(
 export const HttpServerLive = Layer.unwrapEffect(
   Effect.map(Config.server, (config) => {
     const server = createServer()
+    answerWhileNotServing(server)
     // Keep-alive connections must not outlive a load balancer's idle timeout.
     server.keepAliveTimeout = 65_000
     server.headersTimeout = 66_000
@@ -77,6 +81,54 @@ export const HttpServerLive = Layer.unwrapEffect(
     )
   })
 )
+
+/**
+ * Answers the requests that reach `server` while no application is attached
+ * to it: the server listens before the API is built (the database opened and
+ * migrated, the bus made), and the API detaches before the server closes.
+ * Node leaves a request nobody listens for unanswered, so a client (or a
+ * load balancer's probe) would wait on it for good. Here it gets 503
+ * `ServiceUnavailable` with `Retry-After` and `Connection: close`, except
+ * `GET /health/live`, which is 200 while the process runs. The fallback
+ * steps aside when the application attaches its request listener (Node
+ * announces it before adding it) and comes back when it detaches.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const answerWhileNotServing = (server: Server): void => {
+  const encode = Schema.encodeSync(Problem.schema(ServiceUnavailable))
+  let phase: ServiceUnavailable["phase"] = "starting"
+  const fallback = (request: IncomingMessage, response: ServerResponse) => {
+    // The body is not read: the connection closes after this response.
+    request.resume()
+    const header = request.headers["x-correlation-id"]
+    response.setHeader("x-correlation-id", Http.correlationIdOf(typeof header === "string" ? header : undefined))
+    if (request.method === "GET" && request.url?.split("?")[0] === "/health/live") {
+      response.writeHead(200, { "content-type": "application/json", connection: "close" })
+      response.end(JSON.stringify({ status: "ok" }))
+      return
+    }
+    const body = JSON.stringify(encode(new ServiceUnavailable({ phase })))
+    response.writeHead(503, {
+      "content-type": Problem.contentType,
+      "content-length": Buffer.byteLength(body),
+      "retry-after": "1",
+      connection: "close"
+    })
+    response.end(body)
+  }
+  server.on("newListener", (event, listener) => {
+    if (event === "request" && listener !== fallback) server.off("request", fallback)
+  })
+  server.on("removeListener", (event, listener) => {
+    if (event === "request" && listener !== fallback && server.listenerCount("request") === 0) {
+      phase = "stopping"
+      server.on("request", fallback)
+    }
+  })
+  server.on("request", fallback)
+}
 
 /**
  * The whole service, with tracing as `tracing` sets it up (by default from

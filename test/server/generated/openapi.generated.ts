@@ -268,14 +268,15 @@ export interface components {
             detail: string;
             code: string;
         };
-        /** @description Forbidden */
-        Forbidden: {
+        /** @description Service unavailable */
+        ServiceUnavailable: {
             type: string;
             title: string;
             status: components["schemas"]["Int"];
             detail: string;
             code: string;
-            reason: string;
+            /** @enum {string} */
+            phase: "starting" | "stopping";
         };
         /** @description Command timed out */
         CommandTimeout: {
@@ -295,6 +296,15 @@ export interface components {
             detail: string;
             code: string;
             store: string;
+            reason: string;
+        };
+        /** @description Forbidden */
+        Forbidden: {
+            type: string;
+            title: string;
+            status: components["schemas"]["Int"];
+            detail: string;
+            code: string;
             reason: string;
         };
         /** @description Idempotency key in flight */
@@ -569,13 +579,13 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalError"];
                 };
             };
-            /** @description Command timed out */
+            /** @description Service unavailable */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["ServiceUnavailable"] | components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -698,13 +708,13 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalError"];
                 };
             };
-            /** @description Command timed out */
+            /** @description Service unavailable */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["ServiceUnavailable"] | components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -810,13 +820,13 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalError"];
                 };
             };
-            /** @description Command timed out */
+            /** @description Service unavailable */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["ServiceUnavailable"] | components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -922,13 +932,13 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalError"];
                 };
             };
-            /** @description Command timed out */
+            /** @description Service unavailable */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["ServiceUnavailable"] | components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -1040,13 +1050,13 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalError"];
                 };
             };
-            /** @description Command timed out */
+            /** @description Service unavailable */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["ServiceUnavailable"] | components["schemas"]["CommandTimeout"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -1143,7 +1153,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["ServiceUnavailable"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -1209,6 +1219,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["InternalError"];
+                };
+            };
+            /** @description Service unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ServiceUnavailable"];
                 };
             };
         };
@@ -1282,7 +1301,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["StoreUnavailable"];
+                    "application/problem+json": components["schemas"]["ServiceUnavailable"] | components["schemas"]["StoreUnavailable"];
                 };
             };
         };
@@ -1366,6 +1385,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["InternalError"];
+                };
+            };
+            /** @description Service unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ServiceUnavailable"];
                 };
             };
         };
