@@ -39,44 +39,48 @@ const expectUnavailable = (
 }
 
 describe("HTTP server while the API does not serve", () => {
-  it.scoped("answers 503 ServiceUnavailable before the API attaches and after it detaches", () =>
-    Effect.gen(function*() {
-      const context = yield* Layer.build(
-        Server.HttpServerLive.pipe(
-          Layer.provide(Layer.setConfigProvider(ConfigProvider.fromJson({ PORT: "0", HOST: "127.0.0.1" })))
+  it.scoped(
+    "answers 503 ServiceUnavailable before the API attaches and after it detaches",
+    () =>
+      Effect.gen(function*() {
+        const context = yield* Layer.build(
+          Server.HttpServerLive.pipe(
+            Layer.provide(Layer.setConfigProvider(ConfigProvider.fromJson({ PORT: "0", HOST: "127.0.0.1" })))
+          )
         )
-      )
-      const server = yield* Effect.provide(HttpServer.HttpServer, context)
-      if (server.address._tag !== "TcpAddress") return yield* Effect.dieMessage("expected a TCP address")
-      const base = `http://127.0.0.1:${server.address.port}`
+        const server = yield* Effect.provide(HttpServer.HttpServer, context)
+        if (server.address._tag !== "TcpAddress") return yield* Effect.dieMessage("expected a TCP address")
+        const base = `http://127.0.0.1:${server.address.port}`
 
-      // Listening, nothing attached: the service is starting.
-      const early = yield* fetchBounded(`${base}/api/v1/orders`, {
-        method: "POST",
-        headers: { "content-type": "application/json", "x-correlation-id": correlationId },
-        body: JSON.stringify({ customer_id: "x" })
-      })
-      expectUnavailable(early, "starting")
-      expect(early.response.headers.get("x-correlation-id")).toBe(correlationId)
-      const generated = yield* fetchBounded(`${base}/health/ready`)
-      expectUnavailable(generated, "starting")
-      expect(generated.response.headers.get("x-correlation-id")).toMatch(/^[0-9a-f-]{36}$/)
-      const live = yield* fetchBounded(`${base}/health/live`)
-      expect(live.response.status).toBe(200)
-      expect(JSON.parse(live.text)).toEqual({ status: "ok" })
+        // Listening, nothing attached: the service is starting.
+        const early = yield* fetchBounded(`${base}/api/v1/orders`, {
+          method: "POST",
+          headers: { "content-type": "application/json", "x-correlation-id": correlationId },
+          body: JSON.stringify({ customer_id: "x" })
+        })
+        expectUnavailable(early, "starting")
+        expect(early.response.headers.get("x-correlation-id")).toBe(correlationId)
+        const generated = yield* fetchBounded(`${base}/health/ready`)
+        expectUnavailable(generated, "starting")
+        expect(generated.response.headers.get("x-correlation-id")).toMatch(/^[0-9a-f-]{36}$/)
+        const live = yield* fetchBounded(`${base}/health/live`)
+        expect(live.response.status).toBe(200)
+        expect(JSON.parse(live.text)).toEqual({ status: "ok" })
 
-      // The application attached: it alone answers.
-      const serving = yield* Scope.make()
-      yield* server.serve(HttpServerResponse.text("from the application")).pipe(Scope.extend(serving))
-      const served = yield* fetchBounded(`${base}/health/ready`)
-      expect(served.response.status).toBe(200)
-      expect(served.text).toBe("from the application")
-      const servedLive = yield* fetchBounded(`${base}/health/live`)
-      expect(servedLive.text).toBe("from the application")
+        // The application attached: it alone answers.
+        const serving = yield* Scope.make()
+        yield* server.serve(HttpServerResponse.text("from the application")).pipe(Scope.extend(serving))
+        const served = yield* fetchBounded(`${base}/health/ready`)
+        expect(served.response.status).toBe(200)
+        expect(served.text).toBe("from the application")
+        const servedLive = yield* fetchBounded(`${base}/health/live`)
+        expect(servedLive.text).toBe("from the application")
 
-      // The application detached (shutdown), the port still open: stopping.
-      yield* Scope.close(serving, Exit.void)
-      expectUnavailable(yield* fetchBounded(`${base}/api/v1/orders/1`), "stopping")
-      expect((yield* fetchBounded(`${base}/health/live`)).response.status).toBe(200)
-    }), { timeout: 30_000 })
+        // The application detached (shutdown), the port still open: stopping.
+        yield* Scope.close(serving, Exit.void)
+        expectUnavailable(yield* fetchBounded(`${base}/api/v1/orders/1`), "stopping")
+        expect((yield* fetchBounded(`${base}/health/live`)).response.status).toBe(200)
+      }),
+    { timeout: 30_000 }
+  )
 })
