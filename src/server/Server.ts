@@ -8,15 +8,21 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
+import * as Predicate from "effect/Predicate"
+import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import * as OrderBus from "../orders/OrderBus.js"
 import * as Persistence from "../orders/Persistence.js"
+import * as SqlFailure from "../sql/SqlFailure.js"
 import * as Auth from "./Auth.js"
 import * as Config from "./Config.js"
 import * as Database from "./Database.js"
@@ -210,4 +216,49 @@ export const LoggerLive = Layer.unwrapEffect(
       process.stdout.isTTY ? Logger.pretty : Logger.json,
       Logger.minimumLogLevel(config.logLevel)
     ))
+).pipe(
+  // A bad setting still gets its message out, in the same format.
+  Layer.orElse(() => process.stdout.isTTY ? Logger.pretty : Logger.json)
 )
+
+/**
+ * Logs why the service stopped on a failure. A database it cannot reach or
+ * open is one line naming the database and the driver's reason, without a
+ * stack trace (it is not a bug); anything else is logged with its cause.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const reportFailure = (cause: Cause.Cause<unknown>): Effect.Effect<void> => {
+  if (Cause.isInterruptedOnly(cause)) return Effect.void
+  const error = Option.getOrUndefined(Option.orElse(Cause.failureOption(cause), () => Cause.dieOption(cause)))
+  if (!(error instanceof SqlError)) return Effect.logError("service.failed", cause)
+  return Effect.flatMap(
+    Effect.option(Config.database),
+    (config) =>
+      Effect.logError(SqlFailure.isUnavailable(error) ? "database.unavailable" : "database.failed").pipe(
+        Effect.annotateLogs({
+          database: Option.match(Option.flatMap(config, (database) => database.url), {
+            onNone: () => Option.match(config, { onNone: () => "(unknown)", onSome: (database) => database.dataDir }),
+            onSome: (url) => Database.describeUrl(Redacted.value(url))
+          }),
+          reason: reasonOf(error)
+        })
+      )
+  )
+}
+
+// The messages down an error's chain of causes: "Failed to acquire a
+// connection: connect ECONNREFUSED 127.0.0.1:5432".
+const reasonOf = (error: unknown): string => {
+  const messages: Array<string> = []
+  const seen = new Set<unknown>()
+  let current = error
+  while (Predicate.isObject(current) && !seen.has(current)) {
+    seen.add(current)
+    const message = Predicate.hasProperty(current, "message") ? current.message : undefined
+    if (typeof message === "string" && message !== "" && !messages.includes(message)) messages.push(message)
+    current = Predicate.hasProperty(current, "cause") ? current.cause : undefined
+  }
+  return messages.join(": ")
+}

@@ -6,9 +6,13 @@
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { checkConfig, LoggerLive, ServerLive } from "./Server.js"
+import { checkConfig, LoggerLive, reportFailure, ServerLive } from "./Server.js"
 
 NodeRuntime.runMain(
-  Effect.zipRight(checkConfig, Layer.launch(ServerLive)).pipe(Effect.provide(LoggerLive)),
-  { disablePrettyLogger: true }
+  Effect.zipRight(checkConfig, Layer.launch(ServerLive)).pipe(
+    Effect.tapErrorCause(reportFailure),
+    Effect.provide(LoggerLive)
+  ),
+  // reportFailure says why it stopped; the exit code is still 1.
+  { disablePrettyLogger: true, disableErrorReporting: true }
 )

@@ -65,6 +65,38 @@ describe(`service lifecycle (${TestDatabase.kind})`, () => {
       expect(String(failure)).toContain("NODE_ENV=production requires JWT_SECRET")
     }), { timeout: 120_000 })
 
+  it.scoped(
+    "stops with exit code 1 and one line naming an unreachable database, no stack trace",
+    () =>
+      Effect.gen(function*() {
+        const dataDir = yield* TestDatabase.tempDir("ecb-unreachable")
+        // A port nothing listens on: taken, then released.
+        const port = yield* Effect.promise(() => Process.freePort())
+        const env = {
+          ...TestDatabase.serviceEnv(dataDir),
+          DATABASE_URL: `postgres://postgres:secret-password@127.0.0.1:${port}/postgres`,
+          DATABASE_SCHEMA: undefined,
+          DB_CONNECT_TIMEOUT: "2 seconds"
+        }
+        const failure = String(
+          yield* Effect.flip(Process.spawnService(env, { timeoutMs: 60_000 }).pipe(Effect.sandbox))
+        )
+        expect(failure).toContain("exited (1)")
+        const line = failure.split("\n").find((text) => text.includes("database.unavailable"))
+        expect(line).toBeDefined()
+        const logged = JSON.parse(line!)
+        expect(logged.logLevel).toBe("ERROR")
+        expect(logged.annotations.database).toBe(`127.0.0.1:${port}/postgres`)
+        expect(logged.annotations.reason).toContain("ECONNREFUSED")
+        expect(failure).not.toContain("secret-password")
+        // The service's own lines (JSON): no stack trace in any of them.
+        const logs = failure.split("\n").filter((text) => text.startsWith("{")).join("\n")
+        expect(logs).toContain("database.unavailable")
+        expect(logs).not.toMatch(/\\n\s+at /)
+      }),
+    { timeout: 120_000 }
+  )
+
   it.scoped("refuses a bad configuration value, naming it", () =>
     Effect.gen(function*() {
       const dataDir = yield* TestDatabase.tempDir("ecb-badconfig")
