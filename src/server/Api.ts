@@ -28,6 +28,7 @@ import { Authentication } from "./Auth.js"
 import {
   InternalError,
   MalformedJson,
+  MethodNotAllowed,
   PayloadTooLarge,
   RouteNotFound,
   ServiceUnavailable,
@@ -414,6 +415,7 @@ export class Api extends ApiBase
   .addError(Problem.schema(PayloadTooLarge))
   .addError(Problem.schema(UnsupportedMediaType))
   .addError(Problem.schema(RouteNotFound))
+  .addError(Problem.schema(MethodNotAllowed))
   .addError(Problem.schema(InternalError))
   .addError(Problem.schema(ServiceUnavailable))
   .annotate(OpenApi.Transform, problemContentTypes)

@@ -36,7 +36,14 @@ import { OrderRepository } from "../orders/OrderRepository.js"
 import { SqlFailure } from "../sql/index.js"
 import { Api } from "./Api.js"
 import { adminRole, CurrentPrincipal } from "./Auth.js"
-import { InternalError, MalformedJson, PayloadTooLarge, RouteNotFound, UnsupportedMediaType } from "./HttpErrors.js"
+import {
+  InternalError,
+  MalformedJson,
+  MethodNotAllowed,
+  PayloadTooLarge,
+  RouteNotFound,
+  UnsupportedMediaType
+} from "./HttpErrors.js"
 import * as Metrics from "./Metrics.js"
 import * as Observability from "./Observability.js"
 import * as Problem from "./Problem.js"
@@ -369,6 +376,13 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
     if (!isJson(contentType)) {
       return Either.left(Problem.responseFor(UnsupportedMediaType, new UnsupportedMediaType({ contentType })))
     }
+    // A compressed body would reach the JSON parser as bytes.
+    const contentEncoding = request.headers["content-encoding"]?.trim().toLowerCase()
+    if (contentEncoding !== undefined && contentEncoding !== "" && contentEncoding !== "identity") {
+      return Either.left(
+        Problem.responseFor(UnsupportedMediaType, new UnsupportedMediaType({ contentType, contentEncoding }))
+      )
+    }
     // Built only when needed: an error and its problem response cost more
     // than the rest of this check.
     const tooLarge = () =>
@@ -396,13 +410,24 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
  * as a problem. Database outages are 503 with `Retry-After`; anything else
  * is 500, logged with its cause and never shown to the client.
  */
-const unmapped = (cause: Cause.Cause<unknown>, request: HttpServerRequest.HttpServerRequest) => {
+const unmapped = (
+  cause: Cause.Cause<unknown>,
+  request: HttpServerRequest.HttpServerRequest,
+  routes: Observability.RouteTable
+) => {
   // The client went away: there is no one to answer, and nothing to log.
   if (Cause.isInterruptedOnly(cause)) return Effect.failCause(cause as Cause.Cause<never>)
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure) && (failure.value as { _tag?: unknown })._tag === "RouteNotFound") {
-    const error = new RouteNotFound({ method: request.method, path: request.url.split("?")[0]! })
-    return Effect.succeed(Problem.responseFor(RouteNotFound, error))
+    const path = request.url.split("?")[0]!
+    const allowed = routes.methodsOf(request.url)
+    // A path whose template takes this method, yet the router found no
+    // route (a parameter it could not decode), is not found.
+    if (allowed.length > 0 && !allowed.includes(request.method)) {
+      const error = new MethodNotAllowed({ method: request.method, path, allowed })
+      return Effect.succeed(Problem.responseFor(MethodNotAllowed, error, { allow: allowed.join(", ") }))
+    }
+    return Effect.succeed(Problem.responseFor(RouteNotFound, new RouteNotFound({ method: request.method, path })))
   }
   const defect = Option.orElse(Cause.dieOption(cause), () => failure)
   if (Option.isSome(defect) && SqlFailure.isUnavailable(defect.value)) {
@@ -478,7 +503,9 @@ export const edge =
         const handled = app.pipe(
           Effect.provideService(CorrelationId, correlationId),
           Effect.provideService(HttpServerRequest.HttpServerRequest, checked),
-          Effect.catchAllCause((cause) => isMappedFailure(cause) ? Effect.failCause(cause) : unmapped(cause, request))
+          Effect.catchAllCause((cause) =>
+            isMappedFailure(cause) ? Effect.failCause(cause) : unmapped(cause, request, options.routes)
+          )
         )
         return yield* (untraced ? Effect.withTracerEnabled(handled, false) : handled)
       })

@@ -64,10 +64,17 @@ export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()(
  */
 export class UnsupportedMediaType extends Schema.TaggedError<UnsupportedMediaType>()(
   "UnsupportedMediaType",
-  { contentType: Schema.String },
+  {
+    contentType: Schema.String,
+    /** Set when the media type is fine but the body is compressed (`gzip`, ...). */
+    contentEncoding: Schema.optional(Schema.String)
+  },
   HttpApiSchema.annotations({ status: 415, title: "Unsupported media type" })
 ) {
   override get message() {
+    if (this.contentEncoding !== undefined) {
+      return `Content-Encoding ${this.contentEncoding} is not supported; send the body uncompressed`
+    }
     return `Expected application/json, got ${this.contentType === "" ? "no content type" : this.contentType}`
   }
 }
@@ -102,6 +109,23 @@ export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()
 ) {
   override get message() {
     return `The service is ${this.phase}; retry shortly`
+  }
+}
+
+/**
+ * The path exists, but not for this method. `allowed` is what the `Allow`
+ * header of the response says.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class MethodNotAllowed extends Schema.TaggedError<MethodNotAllowed>()(
+  "MethodNotAllowed",
+  { method: Schema.String, path: Schema.String, allowed: Schema.Array(Schema.String) },
+  HttpApiSchema.annotations({ status: 405, title: "Method not allowed" })
+) {
+  override get message() {
+    return `${this.path} does not answer ${this.method}; it answers ${this.allowed.join(", ")}`
   }
 }
 

@@ -49,6 +49,8 @@ export const unmatchedRoute = "unmatched"
 export interface RouteTable {
   /** The template `method` and `url` match, or `unmatchedRoute`. HEAD falls back to GET, as in the router. */
   readonly find: (method: string, url: string) => string
+  /** The methods some route answers for `url`'s path (HEAD with GET), for a 405's `Allow`. */
+  readonly methodsOf: (url: string) => ReadonlyArray<string>
 }
 
 interface Template {
@@ -70,7 +72,9 @@ export const makeRouteTable = (
   // compared segment by segment.
   const statics = new Map<string, string>()
   const templates = new Map<string, Array<Template>>()
+  const methods = new Set<string>()
   for (const { method, path } of routes) {
+    methods.add(method)
     const segments = path.split("/")
     if (segments.some((segment) => segment.startsWith(":"))) {
       const list = templates.get(method) ?? []
@@ -93,13 +97,29 @@ export const makeRouteTable = (
   }
   return {
     find: (method, url) => {
-      const query = url.indexOf("?")
-      const path = query === -1 ? url : url.slice(0, query)
+      const path = pathOf(url)
       return findFor(method, path, undefined) ??
         (method === "HEAD" ? findFor("GET", path, undefined) : undefined) ??
         unmatchedRoute
+    },
+    methodsOf: (url) => {
+      let path = pathOf(url)
+      // The router ignores a trailing slash.
+      if (path.length > 1 && path.endsWith("/")) path = path.slice(0, -1)
+      const segments = path.split("/")
+      const found: Array<string> = []
+      for (const method of methods) {
+        if (findFor(method, path, segments) !== undefined) found.push(method)
+      }
+      if (found.includes("GET")) found.push("HEAD")
+      return found
     }
   }
+}
+
+const pathOf = (url: string): string => {
+  const query = url.indexOf("?")
+  return query === -1 ? url : url.slice(0, query)
 }
 
 const matches = (template: ReadonlyArray<string>, parts: ReadonlyArray<string>): boolean => {
@@ -129,11 +149,6 @@ export const withSpanNames = (routes: RouteTable) => <A, E, R>(layer: Layer.Laye
 // -----------------------------------------------------------------------------
 // tracing
 // -----------------------------------------------------------------------------
-
-const pathOf = (url: string) => {
-  const query = url.indexOf("?")
-  return query === -1 ? url : url.slice(0, query)
-}
 
 // Scrapes and probes come every few seconds: spans of them would be noise.
 const untraced = (request: HttpServerRequest.HttpServerRequest): boolean => {

@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import { gzipSync } from "node:zlib"
 import { kind } from "../support/Database.js"
 import {
   address,
@@ -274,6 +275,22 @@ const cases: ReadonlyArray<Case> = [
     ...unsupported
   },
   { name: "application/xml", body: "<order/>", contentType: "application/xml", ...unsupported },
+  {
+    name: "a gzip-compressed body",
+    body: gzipSync(json(order)),
+    headers: { "content-encoding": "gzip" },
+    ...unsupported,
+    check: (reply) => {
+      expect(reply.body.contentEncoding).toBe("gzip")
+      expect(reply.body.detail).toBe("Content-Encoding gzip is not supported; send the body uncompressed")
+    }
+  },
+  {
+    name: "Content-Encoding: identity is no encoding (wrong types: 400)",
+    body: withOrder({ customer_id: 42 }),
+    headers: { "content-encoding": "identity" },
+    ...invalid
+  },
   { name: "no content type", body: new TextEncoder().encode(json(order)), contentType: null, ...unsupported },
   {
     // No body and no content type is not a wrong media type but a missing body.

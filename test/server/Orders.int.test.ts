@@ -544,13 +544,31 @@ describe(`orders over HTTP (${kind})`, () => {
         expectNoLeak(unknownPost.text)
       }))
 
-    // A request without a body or content type goes to the router, which
-    // answers 404 for a route that does not exist.
-    it.effect("a DELETE of an order (no such route, no body) is 404 RouteNotFound, not 415", () =>
+    // A request without a body or content type goes to the router: a path
+    // that exists for other methods is 405 with `Allow`, not 404 or 415.
+    it.effect("a DELETE of an order (a path with GET only, no body) is 405 MethodNotAllowed with Allow", () =>
       Effect.gen(function*() {
         const { alice } = yield* users
         const reply = yield* request("DELETE", `/api/v1/orders/${unknownOrderId}`, { token: alice })
-        expectProblem(reply, 404, "RouteNotFound")
+        expectProblem(reply, 405, "MethodNotAllowed")
+        expect(reply.headers.get("allow")).toBe("GET, HEAD")
+        expect(reply.body.allowed).toEqual(["GET", "HEAD"])
+        expect(reply.body.detail).toBe(`/api/v1/orders/${unknownOrderId} does not answer DELETE; it answers GET, HEAD`)
+      }))
+
+    it.effect("a method a path does not answer is 405 with the methods it does; an unknown path stays 404", () =>
+      Effect.gen(function*() {
+        const { admin, alice } = yield* users
+        const put = yield* request("PUT", "/api/v1/orders", { token: alice, json: {} })
+        expectProblem(put, 405, "MethodNotAllowed")
+        expect(put.headers.get("allow")).toBe("POST")
+        const stock = yield* request("POST", "/api/v1/products/sku-1/stock", { token: admin, json: { available: 1 } })
+        expectProblem(stock, 405, "MethodNotAllowed")
+        expect(stock.headers.get("allow")).toBe("GET, PUT, HEAD")
+        const cancel = yield* request("GET", `/api/v1/orders/${unknownOrderId}/cancel`, { token: alice })
+        expectProblem(cancel, 405, "MethodNotAllowed")
+        expect(cancel.headers.get("allow")).toBe("POST")
+        expectProblem(yield* request("DELETE", "/api/v1/nothing-here", { token: alice }), 404, "RouteNotFound")
       }))
   })
 })

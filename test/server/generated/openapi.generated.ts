@@ -249,6 +249,7 @@ export interface components {
             detail: string;
             code: string;
             contentType: string;
+            contentEncoding?: string;
         };
         /** @description Not found */
         RouteNotFound: {
@@ -259,6 +260,17 @@ export interface components {
             code: string;
             method: string;
             path: string;
+        };
+        /** @description Method not allowed */
+        MethodNotAllowed: {
+            type: string;
+            title: string;
+            status: components["schemas"]["Int"];
+            detail: string;
+            code: string;
+            method: string;
+            path: string;
+            allowed: string[];
         };
         /** @description Internal server error */
         InternalError: {
@@ -534,6 +546,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["RouteNotFound"];
                 };
             };
+            /** @description Method not allowed */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MethodNotAllowed"];
+                };
+            };
             /** @description Idempotency key in flight */
             409: {
                 headers: {
@@ -652,6 +673,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["RouteNotFound"] | components["schemas"]["OrderNotFound"];
+                };
+            };
+            /** @description Method not allowed */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
             /** @description Idempotency key in flight */
@@ -775,6 +805,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["RouteNotFound"] | components["schemas"]["OrderNotFound"];
                 };
             };
+            /** @description Method not allowed */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MethodNotAllowed"];
+                };
+            };
             /** @description Idempotency key in flight */
             409: {
                 headers: {
@@ -885,6 +924,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["RouteNotFound"];
+                };
+            };
+            /** @description Method not allowed */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
             /** @description Idempotency key in flight */
@@ -1005,6 +1053,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["RouteNotFound"];
                 };
             };
+            /** @description Method not allowed */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MethodNotAllowed"];
+                };
+            };
             /** @description Idempotency key in flight */
             409: {
                 headers: {
@@ -1120,6 +1177,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["RouteNotFound"];
                 };
             };
+            /** @description Method not allowed */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MethodNotAllowed"];
+                };
+            };
             /** @description Payload too large */
             413: {
                 headers: {
@@ -1194,6 +1260,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["RouteNotFound"];
                 };
             };
+            /** @description Method not allowed */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MethodNotAllowed"];
+                };
+            };
             /** @description Payload too large */
             413: {
                 headers: {
@@ -1266,6 +1341,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["RouteNotFound"];
+                };
+            };
+            /** @description Method not allowed */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
             /** @description Payload too large */
@@ -1358,6 +1442,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["RouteNotFound"];
+                };
+            };
+            /** @description Method not allowed */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
             /** @description Payload too large */
