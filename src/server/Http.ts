@@ -22,6 +22,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import type * as ParseResult from "effect/ParseResult"
 import { randomUUID } from "node:crypto"
@@ -481,6 +482,11 @@ export const edge =
           } else if (response.status === 503) {
             decorated = HttpServerResponse.setHeader(decorated, "retry-after", "1")
           }
+          // Below the minimum level the line is not built: annotating it
+          // would still set and restore the fiber's annotations.
+          if (LogLevel.lessThan(LogLevel.Info, fiber.getFiberRef(FiberRef.currentMinimumLogLevel))) {
+            return Effect.succeed(decorated)
+          }
           return Effect.as(
             Effect.logInfo("http.request").pipe(
               Effect.annotateLogs({
@@ -500,9 +506,17 @@ export const edge =
           if (Either.isLeft(body)) return body.left
           checked = body.right
         }
-        const handled = app.pipe(
-          Effect.provideService(CorrelationId, correlationId),
-          Effect.provideService(HttpServerRequest.HttpServerRequest, checked),
+        // One change of the context, not one per service.
+        const provided: HttpApp.Default<E, R> = Effect.mapInputContext(
+          app,
+          (context: Context.Context<any>) =>
+            Context.add(
+              Context.add(context, CorrelationId, correlationId),
+              HttpServerRequest.HttpServerRequest,
+              checked
+            )
+        )
+        const handled = provided.pipe(
           Effect.catchAllCause((cause) =>
             isMappedFailure(cause) ? Effect.failCause(cause) : unmapped(cause, request, options.routes)
           )
