@@ -110,6 +110,22 @@ export interface Metadata {
   readonly idempotencyKey?: string
 }
 
+/**
+ * The correlation of a command that follows from `cause`, a command or a
+ * committed event: the same correlation id, and the cause's id (its
+ * `commandId`, or its `eventId`) as causation id. Spread it into the new
+ * command, so a chain of commands and events stays one correlated story.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const causedBy = (
+  cause: Metadata | { readonly eventId: string; readonly correlationId: string }
+): { readonly correlationId: string; readonly causationId: string } => ({
+  correlationId: cause.correlationId,
+  causationId: "eventId" in cause ? cause.eventId : cause.commandId
+})
+
 const metadataKeys: ReadonlySet<string> = new Set(Object.keys(MetadataFields))
 
 /**

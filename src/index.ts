@@ -35,6 +35,9 @@ export * as Middleware from "./Middleware.js"
 export * as Outbox from "./Outbox.js"
 
 /** @since 0.1.0 */
+export * as Reaction from "./Reaction.js"
+
+/** @since 0.1.0 */
 export * as Tracing from "./Tracing.js"
 
 /** @since 0.1.0 */

@@ -1,0 +1,211 @@
+/**
+ * Reactions: typed handlers of committed events, the other half of a
+ * process manager. `run` reads the `EventPublisher`'s stream in publish order,
+ * decodes each event with the schema of the reactions that take its type, and
+ * runs them; `dispatch` makes a reaction that sends a follow-up command
+ * through a bus.
+ *
+ * Delivery is at least once (the outbox relay publishes again after a crash),
+ * so a reaction must tolerate seeing an event twice. `dispatch` does it for
+ * you: its command's idempotency key is derived from the event's id, so a
+ * redelivered event replays the first command's outcome instead of running it
+ * again.
+ *
+ * @since 0.1.0
+ */
+import * as Cause from "effect/Cause"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
+import * as Command from "./Command.js"
+import type * as CommandBus from "./CommandBus.js"
+import type * as DomainEvent from "./DomainEvent.js"
+import { EventPublisher } from "./EventPublisher.js"
+
+/**
+ * An event class, as `DomainEvent.Class` makes them.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface EventClass<A> extends Schema.Schema<A, any, never> {
+  readonly _tag: string
+}
+
+/**
+ * A handler of one event type. `E` is what it may fail with: `run` retries
+ * it, then logs it and goes on with the next event.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Reaction<out E = never, out R = never> {
+  readonly name: string
+  readonly eventType: string
+  readonly handle: (envelope: DomainEvent.Envelope) => Effect.Effect<void, E | Undecodable, R>
+}
+
+/**
+ * An event whose payload its reaction's schema does not decode (an event
+ * written by another version of the schema, say). Logged and skipped.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class Undecodable extends Schema.TaggedError<Undecodable>()("Undecodable", {
+  eventType: Schema.String,
+  eventId: Schema.String,
+  reason: Schema.String
+}) {}
+
+/**
+ * A reaction to events of `event`'s type, given the decoded event and its
+ * envelope (ids, aggregate, correlation).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = <A, E, R>(
+  event: EventClass<A>,
+  handle: (event: A, envelope: DomainEvent.Envelope) => Effect.Effect<void, E, R>,
+  options: { readonly name?: string } = {}
+): Reaction<E, R> => {
+  const decode = Schema.decodeUnknown(event)
+  return {
+    name: options.name ?? `on ${event._tag}`,
+    eventType: event._tag,
+    handle: (envelope) =>
+      decode(payloadOf(envelope)).pipe(
+        Effect.mapError((error) =>
+          new Undecodable({ eventType: envelope.type, eventId: envelope.eventId, reason: error.message })
+        ),
+        Effect.flatMap((decoded) => handle(decoded, envelope))
+      )
+  }
+}
+
+// A payload is the event's encoded fields; its tag is the envelope's type.
+const payloadOf = (envelope: DomainEvent.Envelope): unknown =>
+  typeof envelope.payload === "object" && envelope.payload !== null
+    ? { ...envelope.payload, _tag: envelope.type }
+    : envelope.payload
+
+/**
+ * The metadata a follow-up command of an event carries: the event's
+ * correlation id, the event's id as causation id, and an idempotency key
+ * derived from the event's id and the reaction's name.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface FollowUp {
+  readonly correlationId: string
+  readonly causationId: string
+  readonly idempotencyKey: string
+}
+
+/**
+ * A reaction that dispatches the command `toCommand` makes of an event (or
+ * none, for `undefined`) through `bus`. Spread the given `FollowUp` into the
+ * command: with the bus's idempotency middleware, an event delivered twice
+ * runs the command once, and both deliveries get its outcome.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
+  event: EventClass<A>,
+  bus: CommandBus.CommandBus<C, H, BE, BR>,
+  toCommand: (event: A, followUp: FollowUp, envelope: DomainEvent.Envelope) => Cmd | undefined,
+  options: { readonly name?: string } = {}
+): Reaction<Command.Failure<Cmd> | BE, CommandBus.Requirements<H, Cmd["_tag"], BR>> => {
+  const name = options.name ?? `on ${event._tag}`
+  return make(event, (decoded, envelope) => {
+    const command = toCommand(decoded, {
+      ...Command.causedBy(envelope),
+      idempotencyKey: `${name}:${envelope.eventId}`
+    }, envelope)
+    return command === undefined ? Effect.void : Effect.asVoid(bus.dispatch(command))
+  }, { name })
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface RunOptions {
+  /**
+   * How a failed reaction is retried before it is logged and left behind.
+   * Default: exponential from 100 ms, 5 retries.
+   */
+  readonly retry?: Schedule.Schedule<unknown, unknown>
+}
+
+/**
+ * The default retry of a reaction: exponential from 100 ms, 5 retries.
+ *
+ * @since 0.1.0
+ * @category schedules
+ */
+export const defaultRetry: Schedule.Schedule<unknown, unknown> = Schedule.exponential(Duration.millis(100)).pipe(
+  Schedule.intersect(Schedule.recurs(5))
+)
+
+/**
+ * Runs `reactions` on every event published after it subscribed, one event at
+ * a time in publish order, the reactions of one event in the order given.
+ * A reaction that still fails after its retries is logged
+ * (`reaction.failed`, or `reaction.undecodable` for a payload its schema does
+ * not decode) and the next one runs: one bad event does not stop the stream.
+ * Runs until interrupted. It sees the events published once its
+ * subscription is made: fork it before the commands it reacts to run.
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const run = <E, R>(
+  reactions: ReadonlyArray<Reaction<E, R>>,
+  options: RunOptions = {}
+): Effect.Effect<never, never, EventPublisher | Scope.Scope | R> => {
+  const retry = options.retry ?? defaultRetry
+  const byType = new Map<string, Array<Reaction<E, R>>>()
+  for (const reaction of reactions) {
+    const list = byType.get(reaction.eventType) ?? []
+    list.push(reaction)
+    byType.set(reaction.eventType, list)
+  }
+  const react = (reaction: Reaction<E, R>, envelope: DomainEvent.Envelope) =>
+    reaction.handle(envelope).pipe(
+      Effect.retry({ schedule: retry, while: (error) => !(error instanceof Undecodable) }),
+      Effect.catchAllCause((cause) =>
+        Cause.isInterruptedOnly(cause)
+          ? Effect.failCause(cause as Cause.Cause<never>)
+          : Effect.logWarning(isUndecodable(cause) ? "reaction.undecodable" : "reaction.failed", cause)
+      ),
+      Effect.annotateLogs({
+        reaction: reaction.name,
+        eventType: envelope.type,
+        eventId: envelope.eventId,
+        correlationId: envelope.correlationId
+      })
+    )
+  return Effect.flatMap(
+    EventPublisher,
+    (publisher) =>
+      Effect.flatMap(publisher.subscribe, (subscription) =>
+        Effect.forever(
+          Effect.flatMap(Queue.take(subscription), (envelope) => {
+            const list = byType.get(envelope.type)
+            return list === undefined
+              ? Effect.void
+              : Effect.forEach(list, (reaction) => react(reaction, envelope), { discard: true })
+          })
+        ))
+  )
+}
+
+const isUndecodable = (cause: Cause.Cause<unknown>): boolean =>
+  Cause.failureOption(cause).pipe((failure) => failure._tag === "Some" && failure.value instanceof Undecodable)

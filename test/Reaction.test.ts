@@ -1,0 +1,220 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as DateTime from "effect/DateTime"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Logger from "effect/Logger"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import * as TestClock from "effect/TestClock"
+import { Command, CommandBus, DomainEvent, EventPublisher, Handler, Idempotency, Reaction } from "../src/index.js"
+import { InMemory } from "../src/testing/index.js"
+
+// -----------------------------------------------------------------------------
+// a small process: an order placed is paid for
+// -----------------------------------------------------------------------------
+
+class OrderPlaced extends DomainEvent.Class<OrderPlaced>()("OrderPlaced", {
+  orderId: Schema.String,
+  amount: Schema.Int
+}) {}
+
+class PaymentTaken extends DomainEvent.Class<PaymentTaken>()("PaymentTaken", { orderId: Schema.String }) {}
+
+class CardDeclined extends Schema.TaggedError<CardDeclined>()("CardDeclined", { orderId: Schema.String }) {}
+
+class PlaceOrder extends Command.Class<PlaceOrder>()("PlaceOrder", {
+  payload: { orderId: Schema.String, amount: Schema.Int },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
+class TakePayment extends Command.Class<TakePayment>()("TakePayment", {
+  payload: { orderId: Schema.String, amount: Schema.Int },
+  success: Schema.Struct({ orderId: Schema.String }),
+  failure: CardDeclined
+}) {}
+
+const makeBus = (payments: Queue.Queue<TakePayment>) =>
+  CommandBus.make([PlaceOrder, TakePayment], {
+    PlaceOrder: (command) =>
+      Effect.succeed(Handler.result(undefined, [
+        DomainEvent.draft(
+          { aggregateType: "Order", aggregateId: command.orderId, aggregateVersion: 1 },
+          new OrderPlaced({ orderId: command.orderId, amount: command.amount })
+        )
+      ])),
+    TakePayment: (command) =>
+      Effect.zipRight(
+        Queue.offer(payments, command),
+        command.amount > 1000
+          ? Effect.fail(new CardDeclined({ orderId: command.orderId }))
+          : Effect.succeed(Handler.result({ orderId: command.orderId }, [
+            DomainEvent.draft(
+              { aggregateType: "Payment", aggregateId: command.orderId, aggregateVersion: 1 },
+              new PaymentTaken({ orderId: command.orderId })
+            )
+          ]))
+      )
+  }).pipe(CommandBus.withMiddleware(Idempotency.middleware()))
+
+const envelopeOf = (type: string, payload: unknown) =>
+  new DomainEvent.Envelope({
+    eventId: crypto.randomUUID(),
+    type,
+    aggregateType: "Order",
+    aggregateId: "o-1",
+    aggregateVersion: 1,
+    occurredAt: DateTime.unsafeNow(),
+    correlationId: crypto.randomUUID(),
+    causationId: crypto.randomUUID(),
+    payload
+  })
+
+const publish = (...envelopes: ReadonlyArray<DomainEvent.Envelope>) =>
+  Effect.flatMap(EventPublisher.EventPublisher, (publisher) => publisher.publish(envelopes))
+
+/** Log lines as `message` / annotations, for the assertions. */
+const capturedLogs = () => {
+  const lines: Array<{ readonly message: string; readonly annotations: Record<string, unknown> }> = []
+  const logger = Logger.replace(
+    Logger.defaultLogger,
+    Logger.make(({ annotations, message }) =>
+      lines.push({
+        message: String(Array.isArray(message) ? message[0] : message),
+        annotations: Object.fromEntries(annotations)
+      })
+    )
+  )
+  return { lines, logger }
+}
+
+describe("Reaction", () => {
+  it.scoped("runs the reactions of each event published, decoded, in publish order, and no others", () =>
+    Effect.gen(function*() {
+      const seen = yield* Queue.unbounded<string>()
+      const reactions = [
+        Reaction.make(OrderPlaced, (event, envelope) => {
+          assert.instanceOf(event, OrderPlaced)
+          return Queue.offer(seen, `placed ${event.orderId} ${event.amount} v${envelope.aggregateVersion}`)
+        }),
+        Reaction.make(OrderPlaced, (event) => Queue.offer(seen, `again ${event.orderId}`), { name: "second" }),
+        Reaction.make(PaymentTaken, (event) => Queue.offer(seen, `paid ${event.orderId}`))
+      ]
+      yield* Effect.forkScoped(Reaction.run(reactions))
+      yield* Effect.yieldNow()
+      const bus = makeBus(yield* Queue.unbounded<TakePayment>())
+      yield* bus.dispatch(new PlaceOrder({ orderId: "o-1", amount: 5 }))
+      yield* publish(envelopeOf("SomethingElse", { x: 1 }))
+      yield* bus.dispatch(new PlaceOrder({ orderId: "o-2", amount: 7 }))
+      const got = []
+      for (let i = 0; i < 4; i++) got.push(yield* Queue.take(seen))
+      assert.deepStrictEqual(got, ["placed o-1 5 v1", "again o-1", "placed o-2 7 v1", "again o-2"])
+      assert.strictEqual(yield* Queue.size(seen), 0)
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  it.scoped("dispatch: the follow-up command carries the event's correlation, and a redelivery runs it once", () =>
+    Effect.gen(function*() {
+      const payments = yield* Queue.unbounded<TakePayment>()
+      const bus = makeBus(payments)
+      const outcomes = yield* Queue.unbounded<string>()
+      yield* Effect.forkScoped(Reaction.run([
+        Reaction.dispatch(
+          OrderPlaced,
+          bus,
+          (event, followUp) => new TakePayment({ orderId: event.orderId, amount: event.amount, ...followUp }),
+          { name: "pay" }
+        ),
+        // Runs after the payment reaction of the same event.
+        Reaction.make(OrderPlaced, (event) => Queue.offer(outcomes, event.orderId))
+      ]))
+      yield* Effect.yieldNow()
+      const placed = envelopeOf("OrderPlaced", { orderId: "o-9", amount: 40 })
+      // The relay publishing it again after a crash.
+      yield* publish(placed, placed)
+      assert.deepStrictEqual([yield* Queue.take(outcomes), yield* Queue.take(outcomes)], ["o-9", "o-9"])
+
+      const paid = yield* Queue.takeAll(payments)
+      assert.strictEqual(paid.length, 1, "the handler ran once")
+      const [payment] = paid
+      assert.strictEqual(payment!.correlationId, placed.correlationId)
+      assert.strictEqual(payment!.causationId, placed.eventId)
+      assert.strictEqual(payment!.idempotencyKey, `pay:${placed.eventId}`)
+      assert.strictEqual(payment!.amount, 40)
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  it.scoped("a failing reaction is retried on its schedule, then logged; the next event still runs", () =>
+    Effect.gen(function*() {
+      const { lines, logger } = capturedLogs()
+      const attempts = new Map<string, number>()
+      const done = yield* Queue.unbounded<string>()
+      const reaction = Reaction.make(OrderPlaced, (event) =>
+        Effect.suspend(() => {
+          const attempt = (attempts.get(event.orderId) ?? 0) + 1
+          attempts.set(event.orderId, attempt)
+          // "flaky" succeeds on its third attempt; "broken" never does.
+          if (event.orderId === "broken" || attempt < 3) {
+            return Effect.fail(new CardDeclined({ orderId: event.orderId }))
+          }
+          return Queue.offer(done, event.orderId)
+        }), { name: "charge" })
+      const schedule = Schedule.spaced("1 second").pipe(Schedule.intersect(Schedule.recurs(3)))
+      const runner = yield* Effect.forkScoped(
+        Reaction.run([reaction], { retry: schedule }).pipe(Effect.provide(logger))
+      )
+      yield* Effect.yieldNow()
+      const broken = envelopeOf("OrderPlaced", { orderId: "broken", amount: 1 })
+      yield* publish(broken, envelopeOf("OrderPlaced", { orderId: "flaky", amount: 1 }))
+      // The broken event: 1 run + 3 retries, a second apart.
+      yield* TestClock.adjust("3 seconds")
+      assert.strictEqual(attempts.get("broken"), 4)
+      // Given up on, it leaves the stream to the flaky one, whose first
+      // attempt fails at once; its third, 2 seconds later, succeeds.
+      assert.strictEqual(attempts.get("flaky"), 1)
+      yield* TestClock.adjust("2 seconds")
+      assert.strictEqual(yield* Queue.take(done), "flaky")
+      assert.strictEqual(attempts.get("flaky"), 3)
+
+      const failed = lines.filter((line) => line.message === "reaction.failed")
+      assert.strictEqual(failed.length, 1)
+      assert.deepInclude(failed[0]!.annotations, {
+        reaction: "charge",
+        eventType: "OrderPlaced",
+        eventId: broken.eventId,
+        correlationId: broken.correlationId
+      })
+      assert.isNull(runner.unsafePoll(), "still running")
+      yield* Fiber.interrupt(runner)
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  it.scoped("a payload its schema does not decode is logged as undecodable, not retried, and skipped", () =>
+    Effect.gen(function*() {
+      const { lines, logger } = capturedLogs()
+      let runs = 0
+      const done = yield* Queue.unbounded<string>()
+      yield* Effect.forkScoped(
+        Reaction.run([
+          Reaction.make(
+            OrderPlaced,
+            (event) => Effect.zipRight(Effect.sync(() => runs++), Queue.offer(done, event.orderId))
+          )
+        ]).pipe(Effect.provide(logger))
+      )
+      yield* Effect.yieldNow()
+      const bad = envelopeOf("OrderPlaced", { orderId: 5, amount: "many" })
+      yield* publish(bad, envelopeOf("OrderPlaced", { orderId: "fine", amount: 1 }))
+      assert.strictEqual(yield* Queue.take(done), "fine")
+      assert.strictEqual(runs, 1)
+      const undecodable = lines.filter((line) => line.message === "reaction.undecodable")
+      assert.strictEqual(undecodable.length, 1)
+      assert.strictEqual(undecodable[0]!.annotations.eventId, bad.eventId)
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  it("Command.causedBy: a command's follow-up keeps its correlation and names it as the cause", () => {
+    const first = new PlaceOrder({ orderId: "o-1", amount: 1 })
+    const next = new TakePayment({ orderId: "o-1", amount: 1, ...Command.causedBy(first) })
+    assert.strictEqual(next.correlationId, first.correlationId)
+    assert.strictEqual(next.causationId, first.commandId)
+    assert.notStrictEqual(next.commandId, first.commandId)
+  })
+})
