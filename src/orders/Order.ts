@@ -38,6 +38,35 @@ export type OrderLine = typeof OrderLine.Type
 
 const AddressText = (max: number) => Command.TextOfLength(1, max)
 
+// The 249 codes ISO 3166-1 assigns (2024): "XX" is two capital letters, not a country.
+const assignedCountries: ReadonlySet<string> = new Set(
+  `
+  AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS
+  BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE
+  EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM
+  HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC
+  LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA
+  NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW
+  SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO
+  TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+  `.trim().split(/\s+/)
+)
+
+/**
+ * An ISO 3166-1 alpha-2 country code that ISO assigns, in capitals.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const CountryCode = Schema.String.pipe(
+  Schema.pattern(/^[A-Z]{2}$/, { message: () => "Expected two capital letters (ISO 3166-1 alpha-2)" }),
+  Schema.filter((code) => assignedCountries.has(code), {
+    message: (issue) => `${JSON.stringify(issue.actual)} is not an assigned ISO 3166-1 alpha-2 country code`,
+    jsonSchema: { enum: [...assignedCountries] }
+  }),
+  Schema.annotations({ identifier: "CountryCode", description: "ISO 3166-1 alpha-2 country code" })
+)
+
 /**
  * @since 0.1.0
  * @category schemas
@@ -47,10 +76,7 @@ export const ShippingAddress = Schema.Struct({
   line2: Schema.optionalWith(AddressText(200), { exact: true }),
   city: AddressText(100),
   postalCode: AddressText(20),
-  country: Schema.String.pipe(
-    Schema.pattern(/^[A-Z]{2}$/),
-    Schema.annotations({ description: "ISO 3166-1 alpha-2 country code" })
-  )
+  country: CountryCode
 })
 
 /**

@@ -164,6 +164,13 @@ const cases: ReadonlyArray<Case> = [
     ...invalid
   },
   { name: "country in lower case", body: withAddress({ country: "us" }), ...invalid },
+  {
+    name: "a country code ISO does not assign (XX)",
+    body: withAddress({ country: "XX" }),
+    ...invalid,
+    check: (reply) => expect(reply.text).toContain("\\\"XX\\\" is not an assigned ISO 3166-1 alpha-2 country code")
+  },
+  { name: "a withdrawn country code (YU)", body: withAddress({ country: "YU" }), ...invalid },
   { name: "line1 empty", body: withAddress({ line1: "" }), ...invalid },
   { name: "line1 of 201 characters", body: withAddress({ line1: "l".repeat(201) }), ...invalid },
   { name: "shipping_address as a string", body: withOrder({ shipping_address: "1 Main St" }), ...invalid },
