@@ -210,6 +210,23 @@ export const VersionTag = Schema.String.pipe(
 )
 
 /**
+ * `If-None-Match` of a read: entity tags (`"3"`, `W/"3"`, a list of them)
+ * or `*`. A tag that matches the order's answers 304 Not Modified.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const ReadHeaders = Schema.Struct({
+  "if-none-match": Schema.optionalWith(
+    Schema.String.pipe(
+      Schema.maxLength(1000),
+      Schema.annotations({ description: "ETags the client has, e.g. \"3\"; a match answers 304 without a body" })
+    ),
+    { exact: true }
+  )
+})
+
+/**
  * @since 0.1.0
  * @category schemas
  */
@@ -273,7 +290,11 @@ export class OrdersGroup extends HttpApiGroup.make("orders")
   .add(
     HttpApiEndpoint.get("getOrder", "/api/v1/orders/:orderId")
       .setPath(OrderIdPath)
+      .setHeaders(ReadHeaders)
       .addSuccess(OrderView)
+      .addSuccess(Schema.Void.annotations({ description: "Not modified: the order's ETag is one of If-None-Match" }), {
+        status: 304
+      })
       .addError(Problem.schema(OrderNotFound))
       .annotate(OpenApi.Summary, "Read an order (owner or admin); its ETag is its version")
   )

@@ -165,7 +165,7 @@ export const OrdersLive = HttpApiBuilder.group(Api, "orders", (handlers) =>
           )
         )
       })
-      .handle("getOrder", ({ path }) =>
+      .handle("getOrder", ({ headers, path }) =>
         Effect.gen(function*() {
           const principal = yield* CurrentPrincipal
           const order = yield* orders.findById(path.orderId)
@@ -174,11 +174,21 @@ export const OrdersLive = HttpApiBuilder.group(Api, "orders", (handlers) =>
           if (Option.isNone(order) || (order.value.userId !== principal.userId && !isAdmin(principal))) {
             return yield* new OrderNotFound({ orderId: path.orderId })
           }
-          return HttpServerResponse.unsafeJson(orderView(order.value), {
-            headers: { etag: `"${order.value.version}"` }
-          })
+          const etag = `"${order.value.version}"`
+          if (noneMatch(headers["if-none-match"], etag)) {
+            return HttpServerResponse.empty({ status: 304, headers: { etag } })
+          }
+          return HttpServerResponse.unsafeJson(orderView(order.value), { headers: { etag } })
         }))
   }))
+
+// Whether an `If-None-Match` names `etag` (or is `*`). Reads compare weakly
+// (RFC 9110, 13.1.2): `W/"3"` matches `"3"`.
+const noneMatch = (header: string | undefined, etag: string): boolean => {
+  if (header === undefined) return false
+  const tags = header.split(",").map((tag) => tag.trim())
+  return tags.includes("*") || tags.some((tag) => (tag.startsWith("W/") ? tag.slice(2) : tag) === etag)
+}
 
 /**
  * @since 0.1.0

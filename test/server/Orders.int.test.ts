@@ -160,6 +160,35 @@ describe(`orders over HTTP (${kind})`, () => {
         expect(read.body).toMatchObject({ status: "cancelled", cancel_reason: "fraud check", version: 2 })
       }))
 
+    it.effect("If-None-Match: the order's ETag (strong, weak, in a list, or *) is 304 without a body", () =>
+      Effect.gen(function*() {
+        const { admin, alice, bob } = yield* users
+        yield* setStock("etag-304", 2, admin)
+        const orderId = yield* placeOrder(alice, [{ product_id: "etag-304", quantity: 1 }])
+        const path = `/api/v1/orders/${orderId}`
+        for (const header of ["\"1\"", "W/\"1\"", "\"7\", \"1\"", "*"]) {
+          const notModified = yield* request("GET", path, { token: alice, headers: { "if-none-match": header } })
+          expect(notModified.status, header).toBe(304)
+          expect(notModified.text, header).toBe("")
+          expect(notModified.headers.get("etag"), header).toBe("\"1\"")
+        }
+        // Another version, or no tag: the order itself.
+        const changed = yield* request("GET", path, { token: alice, headers: { "if-none-match": "\"2\"" } })
+        expectJson(changed, 200)
+        expect(changed.body).toMatchObject({ order_id: orderId, version: 1 })
+        // Someone else's order stays missing, whatever the tag.
+        expectProblem(
+          yield* request("GET", path, { token: bob, headers: { "if-none-match": "*" } }),
+          404,
+          "OrderNotFound"
+        )
+        // A cancel moves the version on: the old tag no longer matches.
+        expectJson(yield* request("POST", `${path}/cancel`, { token: alice, json: { reason: "changed" } }), 200)
+        const after = yield* request("GET", path, { token: alice, headers: { "if-none-match": "\"1\"" } })
+        expectJson(after, 200)
+        expect(after.headers.get("etag")).toBe("\"2\"")
+      }))
+
     it.effect("ETag and If-Match: a stale version is 412, the current one cancels, * matches any", () =>
       Effect.gen(function*() {
         const { admin, alice } = yield* users

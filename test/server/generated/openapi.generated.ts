@@ -756,7 +756,10 @@ export interface operations {
     "orders.getOrder": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description ETags the client has, e.g. "3"; a match answers 304 without a body */
+                "if-none-match"?: string;
+            };
             path: {
                 orderId: components["schemas"]["UUID"];
             };
@@ -772,6 +775,13 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Order"];
                 };
+            };
+            /** @description Not modified: the order's ETag is one of If-None-Match */
+            304: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Invalid request */
             400: {
