@@ -16,6 +16,7 @@
 import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
@@ -155,13 +156,35 @@ export const defaultRetry: Schedule.Schedule<unknown, unknown> = Schedule.expone
 )
 
 /**
- * Runs `reactions` on every event published after it subscribed, one event at
- * a time in publish order, the reactions of one event in the order given.
- * A reaction that still fails after its retries is logged
- * (`reaction.failed`, or `reaction.undecodable` for a payload its schema does
- * not decode) and the next one runs: one bad event does not stop the stream.
- * Runs until interrupted. It sees the events published once its
- * subscription is made: fork it before the commands it reacts to run.
+ * Subscribes to the `EventPublisher`, then runs `reactions` on every event
+ * published from then on, in a fiber of the scope, and returns that fiber.
+ * The subscription exists when `start` returns: events published after it
+ * are seen. Events are taken one at a time in publish order, the reactions of
+ * one event in the order given. A reaction that still fails after its
+ * retries is logged (`reaction.failed`, or `reaction.undecodable` for a
+ * payload its schema does not decode) and the next one runs: one bad event
+ * does not stop the stream.
+ *
+ * The publisher delivers what is published while the subscription lasts:
+ * events published before `start`, or while the process was down, are not
+ * replayed to it (the outbox relay publishes a committed event once, at
+ * least; read the event log by position, `Outbox.read`, to catch up).
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const start = <E, R>(
+  reactions: ReadonlyArray<Reaction<E, R>>,
+  options: RunOptions = {}
+): Effect.Effect<Fiber.RuntimeFiber<never>, never, EventPublisher | Scope.Scope | R> =>
+  Effect.flatMap(
+    EventPublisher,
+    (publisher) =>
+      Effect.flatMap(publisher.subscribe, (subscription) => Effect.forkScoped(loop(subscription, reactions, options)))
+  )
+
+/**
+ * `start`, then waits on its fiber: runs until interrupted.
  *
  * @since 0.1.0
  * @category running
@@ -169,7 +192,14 @@ export const defaultRetry: Schedule.Schedule<unknown, unknown> = Schedule.expone
 export const run = <E, R>(
   reactions: ReadonlyArray<Reaction<E, R>>,
   options: RunOptions = {}
-): Effect.Effect<never, never, EventPublisher | Scope.Scope | R> => {
+): Effect.Effect<never, never, EventPublisher | Scope.Scope | R> =>
+  Effect.flatMap(start(reactions, options), Fiber.join)
+
+const loop = <E, R>(
+  subscription: Queue.Dequeue<DomainEvent.Envelope>,
+  reactions: ReadonlyArray<Reaction<E, R>>,
+  options: RunOptions
+): Effect.Effect<never, never, R> => {
   const retry = options.retry ?? defaultRetry
   const byType = new Map<string, Array<Reaction<E, R>>>()
   for (const reaction of reactions) {
@@ -192,18 +222,13 @@ export const run = <E, R>(
         correlationId: envelope.correlationId
       })
     )
-  return Effect.flatMap(
-    EventPublisher,
-    (publisher) =>
-      Effect.flatMap(publisher.subscribe, (subscription) =>
-        Effect.forever(
-          Effect.flatMap(Queue.take(subscription), (envelope) => {
-            const list = byType.get(envelope.type)
-            return list === undefined
-              ? Effect.void
-              : Effect.forEach(list, (reaction) => react(reaction, envelope), { discard: true })
-          })
-        ))
+  return Effect.forever(
+    Effect.flatMap(Queue.take(subscription), (envelope) => {
+      const list = byType.get(envelope.type)
+      return list === undefined
+        ? Effect.void
+        : Effect.forEach(list, (reaction) => react(reaction, envelope), { discard: true })
+    })
   )
 }
 

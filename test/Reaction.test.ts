@@ -101,8 +101,7 @@ describe("Reaction", () => {
         Reaction.make(OrderPlaced, (event) => Queue.offer(seen, `again ${event.orderId}`), { name: "second" }),
         Reaction.make(PaymentTaken, (event) => Queue.offer(seen, `paid ${event.orderId}`))
       ]
-      yield* Effect.forkScoped(Reaction.run(reactions))
-      yield* Effect.yieldNow()
+      yield* Reaction.start(reactions)
       const bus = makeBus(yield* Queue.unbounded<TakePayment>())
       yield* bus.dispatch(new PlaceOrder({ orderId: "o-1", amount: 5 }))
       yield* publish(envelopeOf("SomethingElse", { x: 1 }))
@@ -118,7 +117,7 @@ describe("Reaction", () => {
       const payments = yield* Queue.unbounded<TakePayment>()
       const bus = makeBus(payments)
       const outcomes = yield* Queue.unbounded<string>()
-      yield* Effect.forkScoped(Reaction.run([
+      yield* Reaction.start([
         Reaction.dispatch(
           OrderPlaced,
           bus,
@@ -127,8 +126,7 @@ describe("Reaction", () => {
         ),
         // Runs after the payment reaction of the same event.
         Reaction.make(OrderPlaced, (event) => Queue.offer(outcomes, event.orderId))
-      ]))
-      yield* Effect.yieldNow()
+      ])
       const placed = envelopeOf("OrderPlaced", { orderId: "o-9", amount: 40 })
       // The relay publishing it again after a crash.
       yield* publish(placed, placed)
@@ -159,10 +157,7 @@ describe("Reaction", () => {
           return Queue.offer(done, event.orderId)
         }), { name: "charge" })
       const schedule = Schedule.spaced("1 second").pipe(Schedule.intersect(Schedule.recurs(3)))
-      const runner = yield* Effect.forkScoped(
-        Reaction.run([reaction], { retry: schedule }).pipe(Effect.provide(logger))
-      )
-      yield* Effect.yieldNow()
+      const runner = yield* Reaction.start([reaction], { retry: schedule }).pipe(Effect.provide(logger))
       const broken = envelopeOf("OrderPlaced", { orderId: "broken", amount: 1 })
       yield* publish(broken, envelopeOf("OrderPlaced", { orderId: "flaky", amount: 1 }))
       // The broken event: 1 run + 3 retries, a second apart.
@@ -192,6 +187,7 @@ describe("Reaction", () => {
       const { lines, logger } = capturedLogs()
       let runs = 0
       const done = yield* Queue.unbounded<string>()
+      // `run` in a fiber of its own: subscribed once that fiber has started.
       yield* Effect.forkScoped(
         Reaction.run([
           Reaction.make(
