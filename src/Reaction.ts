@@ -1,6 +1,6 @@
 /**
  * Reactions: typed handlers of committed events, the other half of a
- * process manager. `run` reads the `EventPublisher`'s stream in publish order,
+ * process manager. `start` reads the `EventPublisher`'s stream in publish order,
  * decodes each event with the schema of the reactions that take its type, and
  * runs them; `dispatch` makes a reaction that sends a follow-up command
  * through a bus.
@@ -37,7 +37,7 @@ export interface EventClass<A> extends Schema.Schema<A, any, never> {
 }
 
 /**
- * A handler of one event type. `E` is what it may fail with: `run` retries
+ * A handler of one event type. `E` is what it may fail with: `start` retries
  * it, then logs it and goes on with the next event.
  *
  * @since 0.1.0
