@@ -14,17 +14,21 @@
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
+import type { StoreUnavailable } from "./CommandError.js"
 import type * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
+import { Outbox } from "./Outbox.js"
 
 /**
  * An event class, as `DomainEvent.Class` makes them.
@@ -195,11 +199,11 @@ export const run = <E, R>(
 ): Effect.Effect<never, never, EventPublisher | Scope.Scope | R> =>
   Effect.flatMap(start(reactions, options), Fiber.join)
 
-const loop = <E, R>(
-  subscription: Queue.Dequeue<DomainEvent.Envelope>,
+// One event through the reactions of its type: each retried, then logged.
+const reactor = <E, R>(
   reactions: ReadonlyArray<Reaction<E, R>>,
   options: RunOptions
-): Effect.Effect<never, never, R> => {
+): (envelope: DomainEvent.Envelope) => Effect.Effect<void, never, R> => {
   const retry = options.retry ?? defaultRetry
   const byType = new Map<string, Array<Reaction<E, R>>>()
   for (const reaction of reactions) {
@@ -222,13 +226,136 @@ const loop = <E, R>(
         correlationId: envelope.correlationId
       })
     )
+  return (envelope) => {
+    const list = byType.get(envelope.type)
+    return list === undefined
+      ? Effect.void
+      : Effect.forEach(list, (reaction) => react(reaction, envelope), { discard: true })
+  }
+}
+
+const loop = <E, R>(
+  subscription: Queue.Dequeue<DomainEvent.Envelope>,
+  reactions: ReadonlyArray<Reaction<E, R>>,
+  options: RunOptions
+): Effect.Effect<never, never, R> => {
+  const react = reactor(reactions, options)
+  return Effect.forever(Effect.flatMap(Queue.take(subscription), react))
+}
+
+// -----------------------------------------------------------------------------
+// following the event log, with a checkpoint
+// -----------------------------------------------------------------------------
+
+/**
+ * Where `follow` keeps, by name, the position in the event log up to which
+ * its reactions have run.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface CheckpointStore {
+  /** The position reached, 0 before the first event. */
+  readonly load: (name: string) => Effect.Effect<number, StoreUnavailable>
+  /** Moves the position on; a lower one than stored is ignored. */
+  readonly save: (name: string, position: number) => Effect.Effect<void, StoreUnavailable>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class Checkpoints extends Context.Tag("effect-command-bus/Reaction/Checkpoints")<
+  Checkpoints,
+  CheckpointStore
+>() {}
+
+/**
+ * Checkpoints in memory, for tests (`effect-command-bus/sql` keeps them in
+ * PostgreSQL).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerCheckpointsMemory: Layer.Layer<Checkpoints> = Layer.sync(Checkpoints, () => {
+  const positions = new Map<string, number>()
+  return {
+    load: (name) => Effect.sync(() => positions.get(name) ?? 0),
+    save: (name, position) => Effect.sync(() => void positions.set(name, Math.max(positions.get(name) ?? 0, position)))
+  }
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface FollowOptions extends RunOptions {
+  /** Events read from the log at a time. Default 100. */
+  readonly batchSize?: number
+  /** How long to wait for a published event before reading the log again. Default 1 second. */
+  readonly pollInterval?: Duration.DurationInput
+}
+
+/**
+ * Runs `reactions` over the event log (`Outbox.read`), in log order, from the
+ * position the checkpoint named `name` holds, saving it after each event:
+ * unlike `start`, it catches up on the events committed while it was not
+ * running, and a restart goes on where the last run stopped. An event whose
+ * reactions ran but whose checkpoint was not saved (a crash in between) runs
+ * again: make reactions idempotent (`dispatch` is). Run one `follow` per name
+ * at a time. It wakes when the publisher delivers an event, and reads the log
+ * every `pollInterval` regardless; a store that cannot be reached is logged
+ * (`reaction.store-unavailable`) and tried again at the next wake. Returns
+ * the fiber it runs in, in the scope.
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const follow = <E, R>(
+  name: string,
+  reactions: ReadonlyArray<Reaction<E, R>>,
+  options: FollowOptions = {}
+): Effect.Effect<Fiber.RuntimeFiber<never>, never, EventPublisher | Outbox | Checkpoints | Scope.Scope | R> =>
+  Effect.flatMap(
+    EventPublisher,
+    (publisher) =>
+      Effect.flatMap(publisher.subscribe, (wake) => Effect.forkScoped(followLoop(name, wake, reactions, options)))
+  )
+
+const followLoop = <E, R>(
+  name: string,
+  wake: Queue.Dequeue<DomainEvent.Envelope>,
+  reactions: ReadonlyArray<Reaction<E, R>>,
+  options: FollowOptions
+): Effect.Effect<never, never, Outbox | Checkpoints | R> => {
+  const react = reactor(reactions, options)
+  const batchSize = options.batchSize ?? 100
+  const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
+  // Events published while a batch ran are in `wake` already: none is missed.
+  const idle = Effect.raceFirst(Effect.zipRight(Queue.take(wake), Queue.takeAll(wake)), Effect.sleep(pollInterval))
+  const step = Effect.flatMap(
+    Effect.all([Checkpoints, Outbox]),
+    ([checkpoints, outbox]) =>
+      Effect.flatMap(
+        checkpoints.load(name),
+        (after) =>
+          Effect.flatMap(outbox.read({ after, limit: batchSize }), (batch) =>
+            Effect.as(
+              Effect.forEach(
+                batch,
+                (stored) => Effect.zipRight(react(stored.event), checkpoints.save(name, stored.position)),
+                { discard: true }
+              ),
+              batch.length
+            ))
+      )
+  )
   return Effect.forever(
-    Effect.flatMap(Queue.take(subscription), (envelope) => {
-      const list = byType.get(envelope.type)
-      return list === undefined
-        ? Effect.void
-        : Effect.forEach(list, (reaction) => react(reaction, envelope), { discard: true })
-    })
+    step.pipe(
+      Effect.catchAll((error) => Effect.as(Effect.logWarning("reaction.store-unavailable", error), 0)),
+      Effect.flatMap((read) => read < batchSize ? idle : Effect.void),
+      Effect.annotateLogs({ follower: name })
+    )
   )
 }
 

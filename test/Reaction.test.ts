@@ -1,11 +1,13 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Logger from "effect/Logger"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
 import { Command, CommandBus, DomainEvent, EventPublisher, Handler, Idempotency, Reaction } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
@@ -205,6 +207,31 @@ describe("Reaction", () => {
       assert.strictEqual(undecodable.length, 1)
       assert.strictEqual(undecodable[0]!.annotations.eventId, bad.eventId)
     }).pipe(Effect.provide(InMemory.layer)))
+
+  it.scoped("follow: catches up on the log from its checkpoint, then follows; a restart does not run events again", () =>
+    Effect.gen(function*() {
+      const bus = makeBus(yield* Queue.unbounded<TakePayment>())
+      const seen = yield* Queue.unbounded<string>()
+      const reactions = [Reaction.make(OrderPlaced, (event) => Queue.offer(seen, event.orderId))]
+      // Appended to the log before any follower runs.
+      yield* bus.dispatch(new PlaceOrder({ orderId: "o-1", amount: 1 }))
+      yield* bus.dispatch(new PlaceOrder({ orderId: "o-2", amount: 1 }))
+
+      const first = yield* Scope.make()
+      yield* Reaction.follow("orders", reactions, { batchSize: 1 }).pipe(Scope.extend(first))
+      assert.deepStrictEqual([yield* Queue.take(seen), yield* Queue.take(seen)], ["o-1", "o-2"])
+      yield* bus.dispatch(new PlaceOrder({ orderId: "o-3", amount: 1 }))
+      assert.strictEqual(yield* Queue.take(seen), "o-3")
+      const checkpoints = yield* Reaction.Checkpoints
+      assert.strictEqual(yield* checkpoints.load("orders"), 3)
+      yield* Scope.close(first, Exit.void)
+
+      yield* bus.dispatch(new PlaceOrder({ orderId: "o-4", amount: 1 }))
+      yield* Reaction.follow("orders", reactions)
+      assert.strictEqual(yield* Queue.take(seen), "o-4")
+      assert.strictEqual(yield* checkpoints.load("orders"), 4)
+      assert.strictEqual(yield* Queue.size(seen), 0)
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory])))
 
   it("Command.causedBy: a command's follow-up keeps its correlation and names it as the cause", () => {
     const first = new PlaceOrder({ orderId: "o-1", amount: 1 })

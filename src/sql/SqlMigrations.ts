@@ -1,5 +1,6 @@
 /**
- * The library's tables: the outbox (the event log) and idempotency keys.
+ * The library's tables: the outbox (the event log), idempotency keys, and
+ * the checkpoints of reactions that follow the log.
  * Shipped as code, so they run from any working directory; recorded in their
  * own migrations table, so an application's migrations never collide with
  * them. The SQL runs unchanged on PostgreSQL 15 and on PGlite.
@@ -90,6 +91,14 @@ export const migrations = {
       CHECK ((state = 'completed') = (result IS NOT NULL))
     )`,
     `CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at)`
+  ),
+  // How far each `Reaction.follow` has read the event log, by name.
+  "3_reaction_checkpoints": statements(
+    `CREATE TABLE reaction_checkpoints (
+      name text PRIMARY KEY,
+      position bigint NOT NULL CHECK (position >= 0),
+      updated_at timestamptz NOT NULL
+    )`
   )
 }
 

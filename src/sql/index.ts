@@ -20,6 +20,9 @@ export * as SqlMigrations from "./SqlMigrations.js"
 export * as SqlOutbox from "./SqlOutbox.js"
 
 /** @since 0.1.0 */
+export * as SqlReactionCheckpoints from "./SqlReactionCheckpoints.js"
+
+/** @since 0.1.0 */
 export * as SqlStatement from "./SqlStatement.js"
 
 /** @since 0.1.0 */

@@ -72,7 +72,8 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
         "inventory",
         "orders",
         "orders_migrations",
-        "outbox"
+        "outbox",
+        "reaction_checkpoints"
       ])
       expect(before.triggers.map((trigger) => trigger.trigger_name)).toEqual(["outbox_notify"])
 
@@ -83,7 +84,8 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
       expect(yield* schemaSnapshot).toEqual(before)
       expect(yield* applied("command_bus_migrations")).toEqual([
         { migration_id: 1, name: "outbox" },
-        { migration_id: 2, name: "idempotency_keys" }
+        { migration_id: 2, name: "idempotency_keys" },
+        { migration_id: 3, name: "reaction_checkpoints" }
       ])
       expect(yield* applied("orders_migrations")).toEqual([
         { migration_id: 1, name: "orders" },
@@ -121,7 +123,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
             { concurrency: "unbounded" }
           )
           expect(outcomes.map((outcome) => outcome._tag)).toEqual(["Right", "Right", "Right"])
-          expect(yield* Effect.provide(applied("command_bus_migrations"), instances[0]!)).toHaveLength(2)
+          expect(yield* Effect.provide(applied("command_bus_migrations"), instances[0]!)).toHaveLength(3)
           expect(yield* Effect.provide(applied("orders_migrations"), instances[0]!)).toHaveLength(2)
         }
       })
