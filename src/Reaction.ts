@@ -116,7 +116,9 @@ export interface FollowUp {
  * A reaction that dispatches the command `toCommand` makes of an event (or
  * none, for `undefined`) through `bus`. Spread the given `FollowUp` into the
  * command: with the bus's idempotency middleware, an event delivered twice
- * runs the command once, and both deliveries get its outcome.
+ * runs the command once, and both deliveries get its outcome. The command
+ * runs as the reacting fiber's `CurrentUser` (none, unless you provide one
+ * around `start` or `follow`), and its key is scoped by its `userId`.
  *
  * @since 0.1.0
  * @category constructors
