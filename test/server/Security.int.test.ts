@@ -656,6 +656,12 @@ describe(`security (${TestDatabase.kind})`, () => {
                   expect(again.body, context).toEqual(reply.body)
                   continue
                 }
+                if (key === "orders.getOrder header.if-none-match") {
+                  // Compared with the order's ETag, never stored: meta-characters match nothing.
+                  expect(reply.status, context).toBe(200)
+                  expect(reply.body.order_id, context).toBe(input.path!.orderId)
+                  continue
+                }
                 const reader = readBack[key]
                 expect(reader, `no read-back for the free-text field ${key}`).toBeDefined()
                 expect(yield* reader!(reply, input), context).toBe(meta)
