@@ -118,7 +118,7 @@ const Proto = {
  * const bus = CommandBus.make([PlaceOrder, CancelOrder], {
  *   PlaceOrder: placeOrder,
  *   CancelOrder: (command) => ...
- * }).pipe(CommandBus.withMiddleware(...Middleware.defaults()))
+ * }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware()))
  * ```
  *
  * @since 0.1.0
@@ -160,13 +160,19 @@ const build = (
   handlers: Readonly<Record<string, Handler.Handler<any, any>>>,
   middleware: ReadonlyArray<Middleware.Any>
 ): any => {
+  // One lookup per dispatch: each tag's definition with its handler.
+  const routes = new Map<
+    string,
+    { readonly definition: Command.AnyClass; readonly handler: Handler.Handler<any, any> }
+  >()
+  for (const [tag, definition] of definitions) routes.set(tag, { definition, handler: handlers[tag]! })
   const dispatch = (command: Command.Any): Effect.Effect<any, any, any> => {
-    const definition = definitions.get(command._tag)
-    if (definition === undefined) {
+    const route = routes.get(command._tag)
+    if (route === undefined) {
       // Unreachable from typed code: `dispatch` only accepts the bus's commands.
       return Effect.dieMessage(`No handler for ${command._tag}`)
     }
-    const handler = handlers[command._tag]!
+    const { definition, handler } = route
     if (middleware.length === 0) return handled(command, handler)
     const current: Middleware.Dispatch = { command, definition, events: 0, attempts: 0, replayed: false }
     let effect = execute(command, handler, current)
