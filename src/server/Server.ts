@@ -252,13 +252,9 @@ export const reportFailure = (cause: Cause.Cause<unknown>): Effect.Effect<void> 
 // connection: connect ECONNREFUSED 127.0.0.1:5432".
 const reasonOf = (error: unknown): string => {
   const messages: Array<string> = []
-  const seen = new Set<unknown>()
-  let current = error
-  while (Predicate.isObject(current) && !seen.has(current)) {
-    seen.add(current)
-    const message = Predicate.hasProperty(current, "message") ? current.message : undefined
+  for (const link of SqlFailure.causeChain(error)) {
+    const message = Predicate.hasProperty(link, "message") ? link.message : undefined
     if (typeof message === "string" && message !== "" && !messages.includes(message)) messages.push(message)
-    current = Predicate.hasProperty(current, "cause") ? current.cause : undefined
   }
   return messages.join(": ")
 }

@@ -25,22 +25,34 @@ const unavailableMessage =
  * @since 0.1.0
  * @category predicates
  */
-export const isUnavailable = (error: unknown): boolean => {
-  const seen = new Set<unknown>()
-  let current: unknown = error
-  while (Predicate.isObject(current) && !seen.has(current)) {
-    seen.add(current)
-    const code = Predicate.hasProperty(current, "code") ? current.code : undefined
+export const isUnavailable = (error: unknown): boolean =>
+  causeChain(error).some((link) => {
+    const code = Predicate.hasProperty(link, "code") ? link.code : undefined
     if (
       typeof code === "string" && (code.startsWith("08") || unavailableCodes.has(code) || unavailableErrnos.has(code))
     ) {
       return true
     }
-    const message = Predicate.hasProperty(current, "message") ? current.message : undefined
-    if (typeof message === "string" && unavailableMessage.test(message)) return true
+    const message = Predicate.hasProperty(link, "message") ? link.message : undefined
+    return typeof message === "string" && unavailableMessage.test(message)
+  })
+
+/**
+ * An error and the errors under it: its `cause`, that one's `cause`, and so
+ * on, each once (a cycle ends the chain). Drivers wrap their errors: the
+ * `SqlError` of `@effect/sql` holds the driver's, which may hold a socket's.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const causeChain = (error: unknown): ReadonlyArray<object> => {
+  const chain: Array<object> = []
+  let current: unknown = error
+  while (Predicate.isObject(current) && !chain.includes(current)) {
+    chain.push(current)
     current = Predicate.hasProperty(current, "cause") ? current.cause : undefined
   }
-  return false
+  return chain
 }
 
 /**
@@ -50,14 +62,10 @@ export const isUnavailable = (error: unknown): boolean => {
  * @category utils
  */
 export const sqlState = (error: unknown): string | undefined => {
-  let current: unknown = error
-  for (let depth = 0; depth < 5 && Predicate.isObject(current); depth++) {
-    if (
-      Predicate.hasProperty(current, "code") && typeof current.code === "string" && /^[0-9A-Z]{5}$/.test(current.code)
-    ) {
-      return current.code
+  for (const link of causeChain(error).slice(0, 5)) {
+    if (Predicate.hasProperty(link, "code") && typeof link.code === "string" && /^[0-9A-Z]{5}$/.test(link.code)) {
+      return link.code
     }
-    current = Predicate.hasProperty(current, "cause") ? current.cause : undefined
   }
   return undefined
 }

@@ -11,24 +11,16 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as Server from "../../src/server/Server.js"
-
-const fetchBounded = (url: string, init: RequestInit = {}) =>
-  Effect.promise(async () => {
-    const response = await fetch(url, { ...init, signal: AbortSignal.timeout(5_000) })
-    return { response, text: await response.text() }
-  })
+import { type Reply, requestUrl, uuidPattern } from "./Http.js"
 
 const correlationId = "5b0c8a3e-1d2f-4c6b-9e7a-0f1e2d3c4b5a"
 
-const expectUnavailable = (
-  { response, text }: { readonly response: Response; readonly text: string },
-  phase: "starting" | "stopping"
-) => {
-  expect(response.status).toBe(503)
-  expect(response.headers.get("content-type")).toBe("application/problem+json")
-  expect(response.headers.get("retry-after")).toBe("1")
-  expect(response.headers.get("connection")).toBe("close")
-  expect(JSON.parse(text)).toEqual({
+const expectUnavailable = (reply: Reply, phase: "starting" | "stopping") => {
+  expect(reply.status).toBe(503)
+  expect(reply.headers.get("content-type")).toBe("application/problem+json")
+  expect(reply.headers.get("retry-after")).toBe("1")
+  expect(reply.headers.get("connection")).toBe("close")
+  expect(JSON.parse(reply.text)).toEqual({
     type: "urn:effect-command-bus:problem:ServiceUnavailable",
     title: "Service unavailable",
     status: 503,
@@ -53,34 +45,33 @@ describe("HTTP server while the API does not serve", () => {
         const base = `http://127.0.0.1:${server.address.port}`
 
         // Listening, nothing attached: the service is starting.
-        const early = yield* fetchBounded(`${base}/api/v1/orders`, {
-          method: "POST",
-          headers: { "content-type": "application/json", "x-correlation-id": correlationId },
-          body: JSON.stringify({ customer_id: "x" })
+        const early = yield* requestUrl("POST", `${base}/api/v1/orders`, {
+          json: { customer_id: "x" },
+          headers: { "x-correlation-id": correlationId }
         })
         expectUnavailable(early, "starting")
-        expect(early.response.headers.get("x-correlation-id")).toBe(correlationId)
-        const generated = yield* fetchBounded(`${base}/health/ready`)
+        expect(early.headers.get("x-correlation-id")).toBe(correlationId)
+        const generated = yield* requestUrl("GET", `${base}/health/ready`)
         expectUnavailable(generated, "starting")
-        expect(generated.response.headers.get("x-correlation-id")).toMatch(/^[0-9a-f-]{36}$/)
-        const live = yield* fetchBounded(`${base}/health/live`)
-        expect(live.response.status).toBe(200)
+        expect(generated.headers.get("x-correlation-id")).toMatch(uuidPattern)
+        const live = yield* requestUrl("GET", `${base}/health/live`)
+        expect(live.status).toBe(200)
         expect(JSON.parse(live.text)).toEqual({ status: "ok" })
 
         // The application attached: it alone answers.
         const serving = yield* Scope.make()
         yield* server.serve(HttpServerResponse.text("from the application")).pipe(Scope.extend(serving))
-        const served = yield* fetchBounded(`${base}/health/ready`)
-        expect(served.response.status).toBe(200)
+        const served = yield* requestUrl("GET", `${base}/health/ready`)
+        expect(served.status).toBe(200)
         expect(served.text).toBe("from the application")
-        const servedLive = yield* fetchBounded(`${base}/health/live`)
+        const servedLive = yield* requestUrl("GET", `${base}/health/live`)
         expect(servedLive.text).toBe("from the application")
 
         // The application detached (shutdown), the port still open: stopping.
         yield* Scope.close(serving, Exit.void)
-        expectUnavailable(yield* fetchBounded(`${base}/api/v1/orders/1`), "stopping")
-        expect((yield* fetchBounded(`${base}/health/live`)).response.status).toBe(200)
+        expectUnavailable(yield* requestUrl("GET", `${base}/api/v1/orders/1`), "stopping")
+        expect((yield* requestUrl("GET", `${base}/health/live`)).status).toBe(200)
       }),
-    { timeout: 30_000 }
+    { timeout: 60_000 }
   )
 })
