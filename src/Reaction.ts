@@ -3,7 +3,8 @@
  * process manager. `start` reads the `EventPublisher`'s stream in publish order,
  * decodes each event with the schema of the reactions that take its type, and
  * runs them; `dispatch` makes a reaction that sends a follow-up command
- * through a bus.
+ * through a bus. `follow` reads the event log itself from a checkpoint, and
+ * keeps what still fails as dead letters for `redrive`.
  *
  * Delivery is at least once (the outbox relay publishes again after a crash),
  * so a reaction must tolerate seeing an event twice. `dispatch` does it for
@@ -15,18 +16,20 @@
  */
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
+import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
+import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
 import type { StoreUnavailable } from "./CommandError.js"
-import type * as DomainEvent from "./DomainEvent.js"
+import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
 import { Outbox } from "./Outbox.js"
 
@@ -201,40 +204,53 @@ export const run = <E, R>(
 ): Effect.Effect<never, never, EventPublisher | Scope.Scope | R> =>
   Effect.flatMap(start(reactions, options), Fiber.join)
 
-// One event through the reactions of its type: each retried, then logged.
-const reactor = <E, R>(
-  reactions: ReadonlyArray<Reaction<E, R>>,
-  options: RunOptions
-): (envelope: DomainEvent.Envelope) => Effect.Effect<void, never, R> => {
-  const retry = options.retry ?? defaultRetry
+// What becomes of a reaction that failed after its retries (logged first).
+type OnFailure<X> = (
+  reaction: string,
+  envelope: DomainEvent.Envelope,
+  cause: Cause.Cause<unknown>
+) => Effect.Effect<void, X>
+
+// One event through the reactions of its type: each retried, then logged and
+// handed to `onFailure`.
+const reactor = <E, R>(reactions: ReadonlyArray<Reaction<E, R>>, options: RunOptions) => {
   const byType = new Map<string, Array<Reaction<E, R>>>()
   for (const reaction of reactions) {
     const list = byType.get(reaction.eventType) ?? []
     list.push(reaction)
     byType.set(reaction.eventType, list)
   }
-  const react = (reaction: Reaction<E, R>, envelope: DomainEvent.Envelope) =>
-    reaction.handle(envelope).pipe(
-      Effect.retry({ schedule: retry, while: (error) => !(error instanceof Undecodable) }),
-      Effect.catchAllCause((cause) =>
-        Cause.isInterruptedOnly(cause)
-          ? Effect.failCause(cause as Cause.Cause<never>)
-          : Effect.logWarning(isUndecodable(cause) ? "reaction.undecodable" : "reaction.failed", cause)
-      ),
-      Effect.annotateLogs({
-        reaction: reaction.name,
-        eventType: envelope.type,
-        eventId: envelope.eventId,
-        correlationId: envelope.correlationId
-      })
-    )
-  return (envelope) => {
+  const react = <X>(reaction: Reaction<E, R>, envelope: DomainEvent.Envelope, onFailure: OnFailure<X>) =>
+    Effect.catchAllCause(retried(reaction, envelope, options), (cause) =>
+      Cause.isInterruptedOnly(cause)
+        ? Effect.failCause(cause as Cause.Cause<never>)
+        : Effect.zipRight(logFailure(cause), onFailure(reaction.name, envelope, cause))).pipe(
+        annotated(reaction.name, envelope)
+      )
+  return <X>(envelope: DomainEvent.Envelope, onFailure: OnFailure<X>): Effect.Effect<void, X, R> => {
     const list = byType.get(envelope.type)
     return list === undefined
       ? Effect.void
-      : Effect.forEach(list, (reaction) => react(reaction, envelope), { discard: true })
+      : Effect.forEach(list, (reaction) => react(reaction, envelope, onFailure), { discard: true })
   }
 }
+
+// An undecodable payload decodes no better the next time: it is not retried.
+const retried = <E, R>(reaction: Reaction<E, R>, envelope: DomainEvent.Envelope, options: RunOptions) =>
+  reaction.handle(envelope).pipe(
+    Effect.retry({ schedule: options.retry ?? defaultRetry, while: (error) => !(error instanceof Undecodable) })
+  )
+
+const logFailure = (cause: Cause.Cause<unknown>) =>
+  Effect.logWarning(isUndecodable(cause) ? "reaction.undecodable" : "reaction.failed", cause)
+
+const annotated = (reaction: string, envelope: DomainEvent.Envelope) =>
+  Effect.annotateLogs({
+    reaction,
+    eventType: envelope.type,
+    eventId: envelope.eventId,
+    correlationId: envelope.correlationId
+  })
 
 const loop = <E, R>(
   subscription: Queue.Dequeue<DomainEvent.Envelope>,
@@ -242,7 +258,7 @@ const loop = <E, R>(
   options: RunOptions
 ): Effect.Effect<never, never, R> => {
   const react = reactor(reactions, options)
-  return Effect.forever(Effect.flatMap(Queue.take(subscription), react))
+  return Effect.forever(Effect.flatMap(Queue.take(subscription), (envelope) => react(envelope, () => Effect.void)))
 }
 
 // -----------------------------------------------------------------------------
@@ -287,6 +303,133 @@ export const layerCheckpointsMemory: Layer.Layer<Checkpoints> = Layer.sync(Check
   }
 })
 
+// -----------------------------------------------------------------------------
+// dead letters
+// -----------------------------------------------------------------------------
+
+/**
+ * An event that one reaction of a follower could not handle, after its
+ * retries, kept so that nothing is lost when the follower's checkpoint moves
+ * past it: look at it (`DeadLetterStore.list`), fix the cause, and run it
+ * again (`redrive`), or drop it (`DeadLetterStore.remove`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export class DeadLetter extends Schema.Class<DeadLetter>("ReactionDeadLetter")({
+  /** The name given to `follow`. */
+  follower: Schema.String,
+  /** The reaction's name. */
+  reaction: Schema.String,
+  /** The event's position in the log. */
+  position: Schema.Number,
+  event: DomainEvent.Envelope,
+  /** The last failure, as `Cause.pretty` renders it (at most 4000 characters). */
+  reason: Schema.String,
+  /** Failed runs: the first, and each failed `redrive` since. */
+  attempts: Schema.Int,
+  firstFailedAt: Schema.DateTimeUtc,
+  lastFailedAt: Schema.DateTimeUtc
+}) {}
+
+/**
+ * A failure to record, as `follow` and `redrive` report it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Failure {
+  readonly follower: string
+  readonly reaction: string
+  readonly position: number
+  readonly event: DomainEvent.Envelope
+  readonly reason: string
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface DeadLetterStore {
+  /**
+   * Records a failure. Another one of the same follower, reaction and event
+   * counts one more attempt and replaces the reason.
+   */
+  readonly add: (failure: Failure) => Effect.Effect<void, StoreUnavailable>
+  /** A follower's dead letters, lowest position first (default limit 100). */
+  readonly list: (
+    follower: string,
+    options?: { readonly limit?: number }
+  ) => Effect.Effect<ReadonlyArray<DeadLetter>, StoreUnavailable>
+  /** Drops one; nothing when it is not there. */
+  readonly remove: (follower: string, reaction: string, eventId: string) => Effect.Effect<void, StoreUnavailable>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class DeadLetters extends Context.Tag("effect-command-bus/Reaction/DeadLetters")<
+  DeadLetters,
+  DeadLetterStore
+>() {}
+
+/**
+ * Dead letters in memory, for tests (`effect-command-bus/sql` keeps them in
+ * PostgreSQL).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerDeadLettersMemory: Layer.Layer<DeadLetters> = Layer.effect(
+  DeadLetters,
+  Effect.map(Ref.make(new Map<string, DeadLetter>()), (letters) => {
+    const keyOf = (follower: string, reaction: string, eventId: string) => JSON.stringify([follower, reaction, eventId])
+    return {
+      add: (failure) =>
+        Effect.flatMap(DateTime.now, (now) =>
+          Ref.update(letters, (map) => {
+            const key = keyOf(failure.follower, failure.reaction, failure.event.eventId)
+            const before = map.get(key)
+            return new Map(map).set(
+              key,
+              new DeadLetter({
+                ...failure,
+                attempts: (before?.attempts ?? 0) + 1,
+                firstFailedAt: before?.firstFailedAt ?? now,
+                lastFailedAt: now
+              })
+            )
+          })),
+      list: (follower, options) =>
+        Effect.map(Ref.get(letters), (map) =>
+          [...map.values()]
+            .filter((letter) => letter.follower === follower)
+            .sort((a, b) => a.position - b.position || (a.reaction < b.reaction ? -1 : 1))
+            .slice(0, options?.limit ?? 100)),
+      remove: (follower, reaction, eventId) =>
+        Ref.update(letters, (map) => {
+          const next = new Map(map)
+          next.delete(keyOf(follower, reaction, eventId))
+          return next
+        })
+    }
+  })
+)
+
+// Operators read it; a defect's stack helps them, a page of it does not.
+const reasonOf = (cause: Cause.Cause<unknown>): string => {
+  const failure = Cause.failureOption(cause)
+  const text = failure._tag === "Some" && failure.value instanceof Undecodable
+    ? `Undecodable: ${failure.value.reason}`
+    : Cause.pretty(cause)
+  return text.length > 4000 ? `${text.slice(0, 3999)}…` : text
+}
+
+// -----------------------------------------------------------------------------
+// following the event log
+// -----------------------------------------------------------------------------
+
 /**
  * @since 0.1.0
  * @category models
@@ -306,9 +449,14 @@ export interface FollowOptions extends RunOptions {
  * reactions ran but whose checkpoint was not saved (a crash in between) runs
  * again: make reactions idempotent (`dispatch` is). Run one `follow` per name
  * at a time. It wakes when the publisher delivers an event, and reads the log
- * every `pollInterval` regardless; a store that cannot be reached is logged
- * (`reaction.store-unavailable`) and tried again at the next wake. Returns
- * the fiber it runs in, in the scope.
+ * every `pollInterval` regardless. Returns the fiber it runs in, in the scope.
+ *
+ * A reaction that still fails after its retries (or cannot decode its event)
+ * is logged and becomes a `DeadLetter`, and the follower goes on with the
+ * next event: later events of the same aggregate are not held back. The
+ * checkpoint moves past an event only once its failures are recorded, so a
+ * store that cannot be reached (logged `reaction.store-unavailable`) stops
+ * the follower where it is until the next wake, and nothing is skipped.
  *
  * @since 0.1.0
  * @category running
@@ -317,7 +465,11 @@ export const follow = <E, R>(
   name: string,
   reactions: ReadonlyArray<Reaction<E, R>>,
   options: FollowOptions = {}
-): Effect.Effect<Fiber.RuntimeFiber<never>, never, EventPublisher | Outbox | Checkpoints | Scope.Scope | R> =>
+): Effect.Effect<
+  Fiber.RuntimeFiber<never>,
+  never,
+  EventPublisher | Outbox | Checkpoints | DeadLetters | Scope.Scope | R
+> =>
   Effect.flatMap(
     EventPublisher,
     (publisher) =>
@@ -329,15 +481,15 @@ const followLoop = <E, R>(
   wake: Queue.Dequeue<DomainEvent.Envelope>,
   reactions: ReadonlyArray<Reaction<E, R>>,
   options: FollowOptions
-): Effect.Effect<never, never, Outbox | Checkpoints | R> => {
+): Effect.Effect<never, never, Outbox | Checkpoints | DeadLetters | R> => {
   const react = reactor(reactions, options)
   const batchSize = options.batchSize ?? 100
   const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
   // Events published while a batch ran are in `wake` already: none is missed.
   const idle = Effect.raceFirst(Effect.zipRight(Queue.take(wake), Queue.takeAll(wake)), Effect.sleep(pollInterval))
   const step = Effect.flatMap(
-    Effect.all([Checkpoints, Outbox]),
-    ([checkpoints, outbox]) =>
+    Effect.all([Checkpoints, Outbox, DeadLetters]),
+    ([checkpoints, outbox, deadLetters]) =>
       Effect.flatMap(
         checkpoints.load(name),
         (after) =>
@@ -345,7 +497,18 @@ const followLoop = <E, R>(
             Effect.as(
               Effect.forEach(
                 batch,
-                (stored) => Effect.zipRight(react(stored.event), checkpoints.save(name, stored.position)),
+                (stored) =>
+                  Effect.zipRight(
+                    react(stored.event, (reaction, event, cause) =>
+                      deadLetters.add({
+                        follower: name,
+                        reaction,
+                        position: stored.position,
+                        event,
+                        reason: reasonOf(cause)
+                      })),
+                    checkpoints.save(name, stored.position)
+                  ),
                 { discard: true }
               ),
               batch.length
@@ -360,6 +523,62 @@ const followLoop = <E, R>(
     )
   )
 }
+
+/**
+ * What `redrive` did.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Redriven {
+  /** Ran without failing, and were removed. */
+  readonly resolved: number
+  /** Failed again (after their retries): kept, with one more attempt and the new reason. */
+  readonly failed: number
+  /** Named a reaction not among those given: left as they are. */
+  readonly unmatched: number
+}
+
+/**
+ * Runs a follower's dead letters again (at most `limit`, default 100, lowest
+ * position first), each through the reaction it names, with the usual
+ * retries. The follower may be running meanwhile. Like any delivery, a
+ * redrive may run an event a reaction has seen: reactions are idempotent.
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const redrive = <E, R>(
+  name: string,
+  reactions: ReadonlyArray<Reaction<E, R>>,
+  options: RunOptions & { readonly limit?: number } = {}
+): Effect.Effect<Redriven, StoreUnavailable, DeadLetters | R> =>
+  Effect.gen(function*() {
+    const deadLetters = yield* DeadLetters
+    const byName = new Map(reactions.map((reaction) => [reaction.name, reaction]))
+    let resolved = 0
+    let failed = 0
+    let unmatched = 0
+    for (const letter of yield* deadLetters.list(name, { limit: options.limit ?? 100 })) {
+      const reaction = byName.get(letter.reaction)
+      if (reaction === undefined || reaction.eventType !== letter.event.type) {
+        unmatched++
+        continue
+      }
+      const exit = yield* Effect.exit(retried(reaction, letter.event, options))
+      if (exit._tag === "Success") {
+        yield* deadLetters.remove(name, letter.reaction, letter.event.eventId)
+        resolved++
+      } else if (Cause.isInterruptedOnly(exit.cause)) {
+        return yield* Effect.interrupt
+      } else {
+        yield* logFailure(exit.cause).pipe(annotated(letter.reaction, letter.event))
+        yield* deadLetters.add({ ...letter, reason: reasonOf(exit.cause) })
+        failed++
+      }
+    }
+    return { resolved, failed, unmatched }
+  }).pipe(Effect.annotateLogs({ follower: name, redrive: true }))
 
 const isUndecodable = (cause: Cause.Cause<unknown>): boolean =>
   Cause.failureOption(cause).pipe((failure) => failure._tag === "Some" && failure.value instanceof Undecodable)

@@ -3,13 +3,24 @@ import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
-import { Command, CommandBus, DomainEvent, EventPublisher, Handler, Idempotency, Reaction } from "../src/index.js"
+import {
+  Command,
+  CommandBus,
+  CommandError,
+  DomainEvent,
+  EventPublisher,
+  Handler,
+  Idempotency,
+  Outbox,
+  Reaction
+} from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
 
 // -----------------------------------------------------------------------------
@@ -231,6 +242,112 @@ describe("Reaction", () => {
       assert.strictEqual(yield* Queue.take(seen), "o-4")
       assert.strictEqual(yield* checkpoints.load("orders"), 4)
       assert.strictEqual(yield* Queue.size(seen), 0)
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+
+  it.scoped("follow: a reaction that still fails becomes a dead letter and the follower goes on; redrive runs it again", () =>
+    Effect.gen(function*() {
+      const { lines, logger } = capturedLogs()
+      const seen = yield* Queue.unbounded<string>()
+      let declining = true
+      let runs = 0
+      const charge = Reaction.make(
+        OrderPlaced,
+        (event) =>
+          Effect.suspend((): Effect.Effect<unknown, CardDeclined> => {
+            runs++
+            return declining && event.amount > 1000
+              ? Effect.fail(new CardDeclined({ orderId: event.orderId }))
+              : Queue.offer(seen, event.orderId)
+          }),
+        { name: "charge" }
+      )
+      const big = envelopeOf("OrderPlaced", { orderId: "o-big", amount: 5000 })
+      const broken = envelopeOf("OrderPlaced", { orderId: 5, amount: "many" })
+      const outbox = yield* Outbox.Outbox
+      yield* outbox.append([big, broken, envelopeOf("OrderPlaced", { orderId: "o-after", amount: 1 })])
+      yield* Reaction.follow("payments", [charge], { retry: Schedule.recurs(2) }).pipe(Effect.provide(logger))
+      assert.strictEqual(yield* Queue.take(seen), "o-after")
+      assert.strictEqual(runs, 3 + 1, "the declined one tried three times, the undecodable one never reached it")
+      // The checkpoint moved past the failures: it is saved before the next event runs.
+      yield* outbox.append([envelopeOf("OrderPlaced", { orderId: "o-next", amount: 1 })])
+      assert.strictEqual(yield* Queue.take(seen), "o-next")
+      assert.isAtLeast(yield* Effect.flatMap(Reaction.Checkpoints, (checkpoints) => checkpoints.load("payments")), 3)
+
+      const deadLetters = yield* Reaction.DeadLetters
+      const letters = yield* deadLetters.list("payments")
+      assert.deepStrictEqual(
+        letters.map((letter) => [letter.position, letter.reaction, letter.event.eventId, letter.attempts]),
+        [[1, "charge", big.eventId, 1], [2, "charge", broken.eventId, 1]]
+      )
+      assert.match(letters[0]!.reason, /CardDeclined/)
+      assert.match(letters[1]!.reason, /^Undecodable: /)
+      assert.deepStrictEqual(letters[0]!.event, big)
+      assert.deepStrictEqual(yield* deadLetters.list("someone-else"), [])
+      assert.deepStrictEqual(
+        lines.filter((line) => line.message.startsWith("reaction.")).map((line) => [
+          line.message,
+          line.annotations.eventId
+        ]),
+        [["reaction.failed", big.eventId], ["reaction.undecodable", broken.eventId]]
+      )
+
+      // The cause fixed, a redrive runs the declined one; the undecodable one fails again.
+      declining = false
+      assert.deepStrictEqual(yield* Reaction.redrive("payments", [charge]), { resolved: 1, failed: 1, unmatched: 0 })
+      assert.strictEqual(yield* Queue.take(seen), "o-big")
+      const left = yield* deadLetters.list("payments")
+      assert.deepStrictEqual(left.map((letter) => [letter.event.eventId, letter.attempts]), [[broken.eventId, 2]])
+      assert.isTrue(DateTime.greaterThanOrEqualTo(left[0]!.lastFailedAt, left[0]!.firstFailedAt))
+      // A letter whose reaction is not given is left alone; removing drops it.
+      assert.deepStrictEqual(yield* Reaction.redrive<never, never>("payments", []), {
+        resolved: 0,
+        failed: 0,
+        unmatched: 1
+      })
+      yield* deadLetters.remove("payments", "charge", broken.eventId)
+      assert.deepStrictEqual(yield* deadLetters.list("payments"), [])
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+
+  it.scoped("follow: while failures cannot be recorded, the checkpoint stays before them and the event runs again", () =>
+    Effect.gen(function*() {
+      const { lines, logger } = capturedLogs()
+      let down = true
+      const attempts = yield* Queue.unbounded<number>()
+      const recorded = yield* Queue.unbounded<string>()
+      const store = Layer.succeed(Reaction.DeadLetters, {
+        add: (failure) =>
+          down
+            ? Effect.fail(new CommandError.StoreUnavailable({ store: "dead letters", reason: "down" }))
+            : Queue.offer(recorded, failure.event.eventId),
+        list: () => Effect.succeed([]),
+        remove: () => Effect.void
+      })
+      let runs = 0
+      const declineAll = Reaction.make(
+        OrderPlaced,
+        (event) =>
+          Effect.zipRight(
+            Queue.offer(attempts, ++runs),
+            Effect.fail(new CardDeclined({ orderId: event.orderId }))
+          )
+      )
+      const failing = envelopeOf("OrderPlaced", { orderId: "o-1", amount: 1 })
+      const outbox = yield* Outbox.Outbox
+      const checkpoints = yield* Reaction.Checkpoints
+      yield* Reaction.follow("f", [declineAll], { retry: Schedule.recurs(0) }).pipe(
+        Effect.provide([store, logger])
+      )
+      yield* outbox.append([failing])
+      assert.strictEqual(yield* Queue.take(attempts), 1)
+      // Woken again (the store still down): the event runs again, the checkpoint has not moved.
+      yield* publish(envelopeOf("Unrelated", {}))
+      assert.strictEqual(yield* Queue.take(attempts), 2)
+      assert.strictEqual(yield* checkpoints.load("f"), 0)
+      down = false
+      yield* publish(envelopeOf("Unrelated", {}))
+      assert.strictEqual(yield* Queue.take(attempts), 3)
+      assert.strictEqual(yield* Queue.take(recorded), failing.eventId)
+      assert.isAtLeast(lines.filter((line) => line.message === "reaction.store-unavailable").length, 2)
     }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory])))
 
   it("Command.causedBy: a command's follow-up keeps its correlation and names it as the cause", () => {

@@ -1,6 +1,6 @@
 /**
  * The library's tables: the outbox (the event log), idempotency keys, and
- * the checkpoints of reactions that follow the log.
+ * the checkpoints and dead letters of reactions that follow the log.
  * Shipped as code, so they run from any working directory; recorded in their
  * own migrations table, so an application's migrations never collide with
  * them. The SQL runs unchanged on PostgreSQL 15 and on PGlite.
@@ -99,6 +99,22 @@ export const migrations = {
       position bigint NOT NULL CHECK (position >= 0),
       updated_at timestamptz NOT NULL
     )`
+  ),
+  // Events a reaction of a follower failed on, to look at and run again.
+  "4_reaction_dead_letters": statements(
+    `CREATE TABLE reaction_dead_letters (
+      follower text NOT NULL,
+      reaction text NOT NULL,
+      event_id uuid NOT NULL,
+      position bigint NOT NULL,
+      event jsonb NOT NULL,
+      reason text NOT NULL,
+      attempts integer NOT NULL CHECK (attempts > 0),
+      first_failed_at timestamptz NOT NULL,
+      last_failed_at timestamptz NOT NULL,
+      PRIMARY KEY (follower, reaction, event_id)
+    )`,
+    `CREATE INDEX reaction_dead_letters_position ON reaction_dead_letters (follower, position)`
   )
 }
 

@@ -23,6 +23,9 @@ export * as SqlOutbox from "./SqlOutbox.js"
 export * as SqlReactionCheckpoints from "./SqlReactionCheckpoints.js"
 
 /** @since 0.1.0 */
+export * as SqlReactionDeadLetters from "./SqlReactionDeadLetters.js"
+
+/** @since 0.1.0 */
 export * as SqlStatement from "./SqlStatement.js"
 
 /** @since 0.1.0 */

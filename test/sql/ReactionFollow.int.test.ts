@@ -1,8 +1,9 @@
 /**
  * `Reaction.follow` on a real database (PGlite, or the server in
  * `DATABASE_URL`): the checkpoint store, catching up on events committed
- * while no follower ran, waking on the relay's publications, and going on
- * where a stopped follower left off.
+ * while no follower ran, waking on the relay's publications, going on
+ * where a stopped follower left off, and the dead letters of failed
+ * reactions, kept in the database and run again.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { expect, layer } from "@effect/vitest"
@@ -18,7 +19,7 @@ import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
 import { randomUUID } from "node:crypto"
 import { DomainEvent, EventPublisher, Outbox, Reaction } from "../../src/index.js"
-import { OutboxRelay, SqlOutbox, SqlReactionCheckpoints } from "../../src/sql/index.js"
+import { OutboxRelay, SqlOutbox, SqlReactionCheckpoints, SqlReactionDeadLetters } from "../../src/sql/index.js"
 import * as TestDatabase from "../support/Database.js"
 
 class Counted extends DomainEvent.Class<Counted>()("Counted", { count: Schema.Int }) {}
@@ -55,7 +56,12 @@ const nextSeen = (seen: Queue.Queue<number>, count: number) =>
 
 const counting = (seen: Queue.Queue<number>) => [Reaction.make(Counted, (event) => Queue.offer(seen, event.count))]
 
-const Shared = Layer.mergeAll(SqlOutbox.layer, EventPublisher.layerMemory, SqlReactionCheckpoints.layer).pipe(
+const Shared = Layer.mergeAll(
+  SqlOutbox.layer,
+  EventPublisher.layerMemory,
+  SqlReactionCheckpoints.layer,
+  SqlReactionDeadLetters.layer
+).pipe(
   Layer.provideMerge(TestDatabase.layer()),
   Layer.provideMerge(Logger.minimumLogLevel(LogLevel.Error))
 )
@@ -110,5 +116,70 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       expect(yield* nextSeen(other, 7)).toEqual([1, 2, 3, 4, 5, 6, 7])
       yield* Scope.close(second, Exit.void)
       expect(yield* Queue.size(seen)).toBe(0)
+    }))
+
+  it.effect("keeps dead letters by follower, reaction and event: a repeat counts an attempt, remove drops one", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      const deadLetters = yield* Reaction.DeadLetters
+      const first = envelope(1)
+      const second = new DomainEvent.Envelope({ ...envelope(2), payload: { nested: ["ünïcödé", 1.5, null] } })
+      yield* deadLetters.add({ follower: "f", reaction: "r", position: 9_000_000_001, event: second, reason: "b" })
+      yield* deadLetters.add({ follower: "f", reaction: "r", position: 7, event: first, reason: "first" })
+      yield* deadLetters.add({ follower: "f", reaction: "r", position: 7, event: first, reason: "again" })
+      yield* deadLetters.add({ follower: "f", reaction: "q", position: 7, event: first, reason: "other" })
+      yield* deadLetters.add({ follower: "g", reaction: "r", position: 7, event: first, reason: "elsewhere" })
+
+      const letters = yield* deadLetters.list("f")
+      expect(letters.map((letter) => [letter.position, letter.reaction, letter.reason, letter.attempts])).toEqual([
+        [7, "q", "other", 1],
+        [7, "r", "again", 2],
+        [9_000_000_001, "r", "b", 1]
+      ])
+      expect(letters[1]!.event).toEqual(first)
+      expect(letters[2]!.event).toEqual(second)
+      expect(DateTime.greaterThanOrEqualTo(letters[1]!.lastFailedAt, letters[1]!.firstFailedAt)).toBe(true)
+      expect(yield* deadLetters.list("f", { limit: 1 })).toHaveLength(1)
+
+      yield* deadLetters.remove("f", "r", first.eventId)
+      yield* deadLetters.remove("f", "r", first.eventId)
+      expect((yield* deadLetters.list("f")).map((letter) => letter.reaction)).toEqual(["q", "r"])
+      expect(yield* deadLetters.list("g")).toHaveLength(1)
+    }))
+
+  it.scoped("a reaction that keeps failing is kept as a dead letter in the database, and redriven once fixed", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      yield* commit(1, 3)
+      yield* OutboxRelay.drain(100)
+      const seen = yield* Queue.unbounded<number>()
+      let failOnTwo = true
+      const picky = [
+        Reaction.make(
+          Counted,
+          (event) =>
+            failOnTwo && event.count === 2
+              ? Effect.fail(new Error("two is not allowed"))
+              : Queue.offer(seen, event.count),
+          { name: "picky" }
+        )
+      ]
+      yield* Reaction.follow("picky", picky, { pollInterval: "200 millis", retry: Schedule.recurs(1) })
+      expect(yield* nextSeen(seen, 2)).toEqual([1, 3])
+      const deadLetters = yield* Reaction.DeadLetters
+      const [letter, ...others] = yield* deadLetters.list("picky")
+      expect(others).toEqual([])
+      expect([letter!.position, letter!.reaction, letter!.event.aggregateVersion, letter!.attempts]).toEqual([
+        2,
+        "picky",
+        2,
+        1
+      ])
+      expect(letter!.reason).toContain("two is not allowed")
+
+      failOnTwo = false
+      expect(yield* Reaction.redrive("picky", picky)).toEqual({ resolved: 1, failed: 0, unmatched: 0 })
+      expect(yield* nextSeen(seen, 1)).toEqual([2])
+      expect(yield* deadLetters.list("picky")).toEqual([])
     }))
 })

@@ -73,7 +73,8 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
         "orders",
         "orders_migrations",
         "outbox",
-        "reaction_checkpoints"
+        "reaction_checkpoints",
+        "reaction_dead_letters"
       ])
       expect(before.triggers.map((trigger) => trigger.trigger_name)).toEqual(["outbox_notify"])
 
@@ -85,7 +86,8 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
       expect(yield* applied("command_bus_migrations")).toEqual([
         { migration_id: 1, name: "outbox" },
         { migration_id: 2, name: "idempotency_keys" },
-        { migration_id: 3, name: "reaction_checkpoints" }
+        { migration_id: 3, name: "reaction_checkpoints" },
+        { migration_id: 4, name: "reaction_dead_letters" }
       ])
       expect(yield* applied("orders_migrations")).toEqual([
         { migration_id: 1, name: "orders" },
@@ -123,7 +125,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
             { concurrency: "unbounded" }
           )
           expect(outcomes.map((outcome) => outcome._tag)).toEqual(["Right", "Right", "Right"])
-          expect(yield* Effect.provide(applied("command_bus_migrations"), instances[0]!)).toHaveLength(3)
+          expect(yield* Effect.provide(applied("command_bus_migrations"), instances[0]!)).toHaveLength(4)
           expect(yield* Effect.provide(applied("orders_migrations"), instances[0]!)).toHaveLength(2)
         }
       })

@@ -88,7 +88,10 @@ export const layer = (options: { readonly dataDir?: string } = {}): Layer.Layer<
 /** Empties every table between tests that share a database. */
 export const truncateAll = Effect.flatMap(
   SqlClient.SqlClient,
-  (sql) => sql.unsafe("TRUNCATE orders, inventory, outbox, idempotency_keys, reaction_checkpoints RESTART IDENTITY")
+  (sql) =>
+    sql.unsafe(
+      "TRUNCATE orders, inventory, outbox, idempotency_keys, reaction_checkpoints, reaction_dead_letters RESTART IDENTITY"
+    )
 )
 
 /**
