@@ -54,6 +54,12 @@ export interface Reaction<out E = never, out R = never> {
   readonly name: string
   readonly eventType: string
   readonly handle: (envelope: DomainEvent.Envelope) => Effect.Effect<void, E | Undecodable, R>
+  /**
+   * Whether a failure may pass if tried again. Default: any but
+   * `Undecodable`. A final one is logged (and, under `follow`, kept as a
+   * dead letter) at once, without holding up the events behind it.
+   */
+  readonly retryable?: (error: unknown) => boolean
 }
 
 /**
@@ -79,12 +85,14 @@ export class Undecodable extends Schema.TaggedError<Undecodable>()("Undecodable"
 export const make = <A, E, R>(
   event: EventClass<A>,
   handle: (event: A, envelope: DomainEvent.Envelope) => Effect.Effect<void, E, R>,
-  options: { readonly name?: string } = {}
+  options: { readonly name?: string; readonly retryable?: (error: E) => boolean } = {}
 ): Reaction<E, R> => {
   const decode = Schema.decodeUnknown(event)
+  const retryable = options.retryable as ((error: unknown) => boolean) | undefined
   return {
     name: options.name ?? `on ${event._tag}`,
     eventType: event._tag,
+    ...(retryable === undefined ? {} : { retryable }),
     handle: (envelope) =>
       decode(payloadOf(envelope)).pipe(
         Effect.mapError((error) =>
@@ -123,6 +131,10 @@ export interface FollowUp {
  * runs as the reacting fiber's `CurrentUser` (none, unless you provide one
  * around `start` or `follow`), and its key is scoped by its `userId`.
  *
+ * A failure the command declares (and does not mark retryable) is an
+ * outcome, not a glitch: it is not retried, since the idempotency key would
+ * replay it anyway. React to it in the process, or see it as a dead letter.
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -133,13 +145,23 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   options: { readonly name?: string } = {}
 ): Reaction<Command.Failure<Cmd> | BE, CommandBus.Requirements<H, Cmd["_tag"], BR>> => {
   const name = options.name ?? `on ${event._tag}`
+  const outcomes = [...bus.definitions.values()].map((definition) => ({
+    is: Schema.is(definition.failure as Schema.Schema<unknown>),
+    retryable: new Set<unknown>(definition.retryable)
+  }))
   return make(event, (decoded, envelope) => {
     const command = toCommand(decoded, {
       ...Command.causedBy(envelope),
       idempotencyKey: `${name}:${envelope.eventId}`
     }, envelope)
     return command === undefined ? Effect.void : Effect.asVoid(bus.dispatch(command))
-  }, { name })
+  }, {
+    name,
+    retryable: (error) =>
+      !outcomes.some((outcome) =>
+        outcome.is(error) && !outcome.retryable.has((error as { readonly _tag?: unknown } | null)?._tag)
+      )
+  })
 }
 
 /**
@@ -235,10 +257,14 @@ const reactor = <E, R>(reactions: ReadonlyArray<Reaction<E, R>>, options: RunOpt
   }
 }
 
-// An undecodable payload decodes no better the next time: it is not retried.
+// An undecodable payload decodes no better the next time, and a final failure
+// fails the same: neither is retried.
 const retried = <E, R>(reaction: Reaction<E, R>, envelope: DomainEvent.Envelope, options: RunOptions) =>
   reaction.handle(envelope).pipe(
-    Effect.retry({ schedule: options.retry ?? defaultRetry, while: (error) => !(error instanceof Undecodable) })
+    Effect.retry({
+      schedule: options.retry ?? defaultRetry,
+      while: (error) => !(error instanceof Undecodable) && (reaction.retryable?.(error) ?? true)
+    })
   )
 
 const logFailure = (cause: Cause.Cause<unknown>) =>

@@ -154,6 +154,34 @@ describe("Reaction", () => {
       assert.strictEqual(payment!.amount, 40)
     }).pipe(Effect.provide(InMemory.layer)))
 
+  it.scoped("dispatch: a failure the command declares is its outcome: not retried, kept as a dead letter at once", () =>
+    Effect.gen(function*() {
+      const payments = yield* Queue.unbounded<TakePayment>()
+      const bus = makeBus(payments)
+      const pay = Reaction.dispatch(
+        OrderPlaced,
+        bus,
+        (event, followUp) => new TakePayment({ orderId: event.orderId, amount: event.amount, ...followUp }),
+        { name: "pay" }
+      )
+      const seen = yield* Queue.unbounded<string>()
+      const outbox = yield* Outbox.Outbox
+      // Default retry (exponential from 100 ms): a retry would wait on the
+      // test clock, which does not move here.
+      yield* Reaction.follow("payments", [pay, Reaction.make(OrderPlaced, (event) => Queue.offer(seen, event.orderId))])
+      const declined = envelopeOf("OrderPlaced", { orderId: "o-big", amount: 5000 })
+      yield* outbox.append([declined, envelopeOf("OrderPlaced", { orderId: "o-small", amount: 5 })])
+      assert.deepStrictEqual([yield* Queue.take(seen), yield* Queue.take(seen)], ["o-big", "o-small"])
+      assert.deepStrictEqual([...yield* Queue.takeAll(payments)].map((payment) => payment.orderId), ["o-big", "o-small"])
+      const [letter, ...others] = yield* Effect.flatMap(Reaction.DeadLetters, (letters) => letters.list("payments"))
+      assert.deepStrictEqual(others, [])
+      assert.deepStrictEqual([letter!.reaction, letter!.event.eventId, letter!.attempts], ["pay", declined.eventId, 1])
+      assert.match(letter!.reason, /CardDeclined/)
+      // An error the bus adds (not the command's) is still retried.
+      assert.isTrue(pay.retryable!(new CommandError.StoreUnavailable({ store: "s", reason: "r" })))
+      assert.isFalse(pay.retryable!(new CardDeclined({ orderId: "o" })))
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+
   it.scoped("a failing reaction is retried on its schedule, then logged; the next event still runs", () =>
     Effect.gen(function*() {
       const { lines, logger } = capturedLogs()
