@@ -172,7 +172,10 @@ describe("Reaction", () => {
       const declined = envelopeOf("OrderPlaced", { orderId: "o-big", amount: 5000 })
       yield* outbox.append([declined, envelopeOf("OrderPlaced", { orderId: "o-small", amount: 5 })])
       assert.deepStrictEqual([yield* Queue.take(seen), yield* Queue.take(seen)], ["o-big", "o-small"])
-      assert.deepStrictEqual([...yield* Queue.takeAll(payments)].map((payment) => payment.orderId), ["o-big", "o-small"])
+      assert.deepStrictEqual([...yield* Queue.takeAll(payments)].map((payment) => payment.orderId), [
+        "o-big",
+        "o-small"
+      ])
       const [letter, ...others] = yield* Effect.flatMap(Reaction.DeadLetters, (letters) => letters.list("payments"))
       assert.deepStrictEqual(others, [])
       assert.deepStrictEqual([letter!.reaction, letter!.event.eventId, letter!.attempts], ["pay", declined.eventId, 1])
