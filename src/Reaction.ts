@@ -21,6 +21,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
@@ -53,7 +54,7 @@ export interface EventClass<A> extends Schema.Schema<A, any, never> {
 export interface Reaction<out E = never, out R = never> {
   readonly name: string
   readonly eventType: string
-  readonly handle: (envelope: DomainEvent.Envelope) => Effect.Effect<void, E | Undecodable, R>
+  readonly handle: (envelope: DomainEvent.Envelope) => Effect.Effect<void, E | Undecodable | Parked, R>
   /**
    * Whether a failure may pass if tried again. Default: any but
    * `Undecodable`. A final one is logged (and, under `follow`, kept as a
@@ -74,6 +75,25 @@ export class Undecodable extends Schema.TaggedError<Undecodable>()("Undecodable"
   eventId: Schema.String,
   reason: Schema.String
 }) {}
+
+/**
+ * An event held back, under `follow` with `sequencing: "aggregate"`, because
+ * an earlier event of its aggregate is a dead letter of the same reaction:
+ * it becomes one too, without running, so the reaction never sees an
+ * aggregate's events out of order. Not retried.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class Parked extends Schema.TaggedError<Parked>()("Parked", {
+  eventId: Schema.String,
+  aggregateType: Schema.String,
+  aggregateId: Schema.String
+}) {
+  override get message() {
+    return `held back behind an earlier failed event of ${this.aggregateType} ${this.aggregateId}`
+  }
+}
 
 /**
  * A reaction to events of `event`'s type, given the decoded event and its
@@ -263,12 +283,17 @@ const retried = <E, R>(reaction: Reaction<E, R>, envelope: DomainEvent.Envelope,
   reaction.handle(envelope).pipe(
     Effect.retry({
       schedule: options.retry ?? defaultRetry,
-      while: (error) => !(error instanceof Undecodable) && (reaction.retryable?.(error) ?? true)
+      while: (error) =>
+        !(error instanceof Undecodable) && !(error instanceof Parked) && (reaction.retryable?.(error) ?? true)
     })
   )
 
-const logFailure = (cause: Cause.Cause<unknown>) =>
-  Effect.logWarning(isUndecodable(cause) ? "reaction.undecodable" : "reaction.failed", cause)
+const logFailure = (cause: Cause.Cause<unknown>) => {
+  const error = failureOf(cause)
+  return error instanceof Parked
+    ? Effect.logInfo("reaction.parked", error.message)
+    : Effect.logWarning(error instanceof Undecodable ? "reaction.undecodable" : "reaction.failed", cause)
+}
 
 const annotated = (reaction: string, envelope: DomainEvent.Envelope) =>
   Effect.annotateLogs({
@@ -389,7 +414,24 @@ export interface DeadLetterStore {
   ) => Effect.Effect<ReadonlyArray<DeadLetter>, StoreUnavailable>
   /** Drops one; nothing when it is not there. */
   readonly remove: (follower: string, reaction: string, eventId: string) => Effect.Effect<void, StoreUnavailable>
+  /** The reactions and aggregates a follower has dead letters of, each once. */
+  readonly sequences: (follower: string) => Effect.Effect<ReadonlyArray<Sequence>, StoreUnavailable>
 }
+
+/**
+ * The events of one aggregate, as one reaction sees them.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Sequence {
+  readonly reaction: string
+  readonly aggregateType: string
+  readonly aggregateId: string
+}
+
+const sequenceKey = (reaction: string, event: DomainEvent.Envelope | Omit<Sequence, "reaction">) =>
+  JSON.stringify([reaction, event.aggregateType, event.aggregateId])
 
 /**
  * @since 0.1.0
@@ -438,6 +480,20 @@ export const layerDeadLettersMemory: Layer.Layer<DeadLetters> = Layer.effect(
           const next = new Map(map)
           next.delete(keyOf(follower, reaction, eventId))
           return next
+        }),
+      sequences: (follower) =>
+        Effect.map(Ref.get(letters), (map) => {
+          const found = new Map<string, Sequence>()
+          for (const letter of map.values()) {
+            if (letter.follower !== follower) continue
+            const { aggregateId, aggregateType } = letter.event
+            found.set(sequenceKey(letter.reaction, letter.event), {
+              reaction: letter.reaction,
+              aggregateType,
+              aggregateId
+            })
+          }
+          return [...found.values()]
         })
     }
   })
@@ -445,9 +501,11 @@ export const layerDeadLettersMemory: Layer.Layer<DeadLetters> = Layer.effect(
 
 // Operators read it; a defect's stack helps them, a page of it does not.
 const reasonOf = (cause: Cause.Cause<unknown>): string => {
-  const failure = Cause.failureOption(cause)
-  const text = failure._tag === "Some" && failure.value instanceof Undecodable
-    ? `Undecodable: ${failure.value.reason}`
+  const error = failureOf(cause)
+  const text = error instanceof Undecodable
+    ? `Undecodable: ${error.reason}`
+    : error instanceof Parked
+    ? `Parked: ${error.message}`
     : Cause.pretty(cause)
   return text.length > 4000 ? `${text.slice(0, 3999)}…` : text
 }
@@ -465,6 +523,15 @@ export interface FollowOptions extends RunOptions {
   readonly batchSize?: number
   /** How long to wait for a published event before reading the log again. Default 1 second. */
   readonly pollInterval?: Duration.DurationInput
+  /**
+   * `"aggregate"`: once an event of an aggregate is a reaction's dead letter,
+   * that reaction's later events of the same aggregate are parked behind it
+   * (dead letters too, reason `Parked`, not run) until a `redrive` clears
+   * them, so a reaction never sees an aggregate's events out of order. Costs
+   * one read of the dead letters per batch. Default `"none"`: each event on
+   * its own.
+   */
+  readonly sequencing?: "none" | "aggregate"
 }
 
 /**
@@ -483,6 +550,8 @@ export interface FollowOptions extends RunOptions {
  * checkpoint moves past an event only once its failures are recorded, so a
  * store that cannot be reached (logged `reaction.store-unavailable`) stops
  * the follower where it is until the next wake, and nothing is skipped.
+ * With `sequencing: "aggregate"`, later events of a dead letter's aggregate
+ * are held back behind it.
  *
  * @since 0.1.0
  * @category running
@@ -508,7 +577,13 @@ const followLoop = <E, R>(
   reactions: ReadonlyArray<Reaction<E, R>>,
   options: FollowOptions
 ): Effect.Effect<never, never, Outbox | Checkpoints | DeadLetters | R> => {
-  const react = reactor(reactions, options)
+  const sequenced = options.sequencing === "aggregate"
+  // The sequences with a dead letter, read at each batch, grown as it fails.
+  const parked = new Set<string>()
+  const react = reactor(
+    sequenced ? reactions.map((reaction) => parkedBehind(reaction, parked)) : reactions,
+    options
+  )
   const batchSize = options.batchSize ?? 100
   const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
   // Events published while a batch ran are in `wake` already: none is missed.
@@ -517,7 +592,10 @@ const followLoop = <E, R>(
     Effect.all([Checkpoints, Outbox, DeadLetters]),
     ([checkpoints, outbox, deadLetters]) =>
       Effect.flatMap(
-        checkpoints.load(name),
+        Effect.zipRight(
+          sequenced ? Effect.map(deadLetters.sequences(name), (found) => reset(parked, found)) : Effect.void,
+          checkpoints.load(name)
+        ),
         (after) =>
           Effect.flatMap(outbox.read({ after, limit: batchSize }), (batch) =>
             Effect.as(
@@ -526,13 +604,16 @@ const followLoop = <E, R>(
                 (stored) =>
                   Effect.zipRight(
                     react(stored.event, (reaction, event, cause) =>
-                      deadLetters.add({
-                        follower: name,
-                        reaction,
-                        position: stored.position,
-                        event,
-                        reason: reasonOf(cause)
-                      })),
+                      Effect.tap(
+                        deadLetters.add({
+                          follower: name,
+                          reaction,
+                          position: stored.position,
+                          event,
+                          reason: reasonOf(cause)
+                        }),
+                        () => sequenced && parked.add(sequenceKey(reaction, event))
+                      )),
                     checkpoints.save(name, stored.position)
                   ),
                 { discard: true }
@@ -550,6 +631,27 @@ const followLoop = <E, R>(
   )
 }
 
+// A reaction that fails with `Parked`, without running, on the events of a
+// sequence in `parked`.
+const parkedBehind = <E, R>(reaction: Reaction<E, R>, parked: ReadonlySet<string>): Reaction<E, R> => ({
+  ...reaction,
+  handle: (envelope) =>
+    parked.has(sequenceKey(reaction.name, envelope))
+      ? Effect.fail(
+        new Parked({
+          eventId: envelope.eventId,
+          aggregateType: envelope.aggregateType,
+          aggregateId: envelope.aggregateId
+        })
+      )
+      : reaction.handle(envelope)
+})
+
+const reset = (parked: Set<string>, found: ReadonlyArray<Sequence>) => {
+  parked.clear()
+  for (const sequence of found) parked.add(sequenceKey(sequence.reaction, sequence))
+}
+
 /**
  * What `redrive` did.
  *
@@ -563,12 +665,18 @@ export interface Redriven {
   readonly failed: number
   /** Named a reaction not among those given: left as they are. */
   readonly unmatched: number
+  /**
+   * With `sequencing: "aggregate"`: not run, behind an earlier letter of the
+   * same reaction and aggregate that failed again (or was not matched).
+   */
+  readonly held: number
 }
 
 /**
  * Runs a follower's dead letters again (at most `limit`, default 100, lowest
  * position first), each through the reaction it names, with the usual
- * retries. The follower may be running meanwhile. Like any delivery, a
+ * retries. With `sequencing: "aggregate"` (as the follower's), a letter that
+ * stays holds back the later letters of its reaction and aggregate. The follower may be running meanwhile. Like any delivery, a
  * redrive may run an event a reaction has seen: reactions are idempotent.
  *
  * @since 0.1.0
@@ -577,18 +685,28 @@ export interface Redriven {
 export const redrive = <E, R>(
   name: string,
   reactions: ReadonlyArray<Reaction<E, R>>,
-  options: RunOptions & { readonly limit?: number } = {}
+  options: RunOptions & { readonly limit?: number; readonly sequencing?: "none" | "aggregate" } = {}
 ): Effect.Effect<Redriven, StoreUnavailable, DeadLetters | R> =>
   Effect.gen(function*() {
     const deadLetters = yield* DeadLetters
     const byName = new Map(reactions.map((reaction) => [reaction.name, reaction]))
+    // Sequences whose earlier letter stays: their later ones wait behind it.
+    const blocked = new Set<string>()
+    const sequenced = options.sequencing === "aggregate"
     let resolved = 0
     let failed = 0
     let unmatched = 0
+    let held = 0
     for (const letter of yield* deadLetters.list(name, { limit: options.limit ?? 100 })) {
+      const sequence = sequenceKey(letter.reaction, letter.event)
+      if (sequenced && blocked.has(sequence)) {
+        held++
+        continue
+      }
       const reaction = byName.get(letter.reaction)
       if (reaction === undefined || reaction.eventType !== letter.event.type) {
         unmatched++
+        blocked.add(sequence)
         continue
       }
       const exit = yield* Effect.exit(retried(reaction, letter.event, options))
@@ -600,11 +718,11 @@ export const redrive = <E, R>(
       } else {
         yield* logFailure(exit.cause).pipe(annotated(letter.reaction, letter.event))
         yield* deadLetters.add({ ...letter, reason: reasonOf(exit.cause) })
+        blocked.add(sequence)
         failed++
       }
     }
-    return { resolved, failed, unmatched }
+    return { resolved, failed, unmatched, held }
   }).pipe(Effect.annotateLogs({ follower: name, redrive: true }))
 
-const isUndecodable = (cause: Cause.Cause<unknown>): boolean =>
-  Cause.failureOption(cause).pipe((failure) => failure._tag === "Some" && failure.value instanceof Undecodable)
+const failureOf = (cause: Cause.Cause<unknown>): unknown => Option.getOrUndefined(Cause.failureOption(cause))

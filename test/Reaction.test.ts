@@ -324,7 +324,12 @@ describe("Reaction", () => {
 
       // The cause fixed, a redrive runs the declined one; the undecodable one fails again.
       declining = false
-      assert.deepStrictEqual(yield* Reaction.redrive("payments", [charge]), { resolved: 1, failed: 1, unmatched: 0 })
+      assert.deepStrictEqual(yield* Reaction.redrive("payments", [charge]), {
+        resolved: 1,
+        failed: 1,
+        unmatched: 0,
+        held: 0
+      })
       assert.strictEqual(yield* Queue.take(seen), "o-big")
       const left = yield* deadLetters.list("payments")
       assert.deepStrictEqual(left.map((letter) => [letter.event.eventId, letter.attempts]), [[broken.eventId, 2]])
@@ -333,10 +338,80 @@ describe("Reaction", () => {
       assert.deepStrictEqual(yield* Reaction.redrive<never, never>("payments", []), {
         resolved: 0,
         failed: 0,
-        unmatched: 1
+        unmatched: 1,
+        held: 0
       })
       yield* deadLetters.remove("payments", "charge", broken.eventId)
       assert.deepStrictEqual(yield* deadLetters.list("payments"), [])
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+
+  it.scoped("follow with aggregate sequencing: an aggregate's later events wait behind its dead letter, in order", () =>
+    Effect.gen(function*() {
+      const { lines, logger } = capturedLogs()
+      const seen = yield* Queue.unbounded<string>()
+      const all = yield* Queue.unbounded<string>()
+      let failing = new Set(["a-1"])
+      const ship = Reaction.make(
+        OrderPlaced,
+        (event) =>
+          failing.has(event.orderId)
+            ? Effect.fail(new CardDeclined({ orderId: event.orderId }))
+            : Queue.offer(seen, event.orderId),
+        { name: "ship" }
+      )
+      // Another reaction to the same events has sequences of its own.
+      const audit = Reaction.make(OrderPlaced, (event) => Queue.offer(all, event.orderId), { name: "audit" })
+      const on = (aggregateId: string, orderId: string) =>
+        new DomainEvent.Envelope({ ...envelopeOf("OrderPlaced", { orderId, amount: 1 }), aggregateId })
+      const events = [on("A", "a-1"), on("A", "a-2"), on("B", "b-1"), on("A", "a-3")]
+      const outbox = yield* Outbox.Outbox
+      yield* outbox.append(events)
+      yield* Reaction.follow("shipping", [ship, audit], { retry: Schedule.recurs(0), sequencing: "aggregate" }).pipe(
+        Effect.provide(logger)
+      )
+      assert.strictEqual(yield* Queue.take(seen), "b-1")
+      assert.deepStrictEqual([...yield* Queue.takeN(all, 4)], ["a-1", "a-2", "b-1", "a-3"])
+      // Once b-1 ran, the later a-3 follows; one more event on B shows a-3 is behind us.
+      yield* outbox.append([on("B", "b-2")])
+      assert.strictEqual(yield* Queue.take(seen), "b-2")
+      const deadLetters = yield* Reaction.DeadLetters
+      const letters = yield* deadLetters.list("shipping")
+      assert.deepStrictEqual(
+        letters.map((letter) => [letter.reaction, letter.position, letter.reason.split(":")[0]]),
+        [["ship", 1, "CardDeclined"], ["ship", 2, "Parked"], ["ship", 4, "Parked"]]
+      )
+      assert.deepStrictEqual(yield* deadLetters.sequences("shipping"), [
+        { reaction: "ship", aggregateType: "Order", aggregateId: "A" }
+      ])
+      assert.strictEqual(lines.filter((line) => line.message === "reaction.parked").length, 2)
+
+      // Still failing: the first stays, and holds the rest back without running them.
+      assert.deepStrictEqual(
+        yield* Reaction.redrive("shipping", [ship], { sequencing: "aggregate", retry: Schedule.recurs(0) }),
+        {
+          resolved: 0,
+          failed: 1,
+          unmatched: 0,
+          held: 2
+        }
+      )
+      assert.strictEqual(yield* Queue.size(seen), 0)
+      // Fixed: all three run, in the aggregate's order.
+      failing = new Set()
+      assert.deepStrictEqual(
+        yield* Reaction.redrive("shipping", [ship], { sequencing: "aggregate", retry: Schedule.recurs(0) }),
+        {
+          resolved: 3,
+          failed: 0,
+          unmatched: 0,
+          held: 0
+        }
+      )
+      assert.deepStrictEqual([...yield* Queue.takeAll(seen)], ["a-1", "a-2", "a-3"])
+      assert.deepStrictEqual(yield* deadLetters.sequences("shipping"), [])
+      // Unblocked, the follower runs the aggregate's new events again.
+      yield* outbox.append([on("A", "a-4")])
+      assert.strictEqual(yield* Queue.take(seen), "a-4")
     }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 
   it.scoped("follow: while failures cannot be recorded, the checkpoint stays before them and the event runs again", () =>
@@ -351,7 +426,8 @@ describe("Reaction", () => {
             ? Effect.fail(new CommandError.StoreUnavailable({ store: "dead letters", reason: "down" }))
             : Queue.offer(recorded, failure.event.eventId),
         list: () => Effect.succeed([]),
-        remove: () => Effect.void
+        remove: () => Effect.void,
+        sequences: () => Effect.succeed([])
       })
       let runs = 0
       const declineAll = Reaction.make(

@@ -107,6 +107,8 @@ export const migrations = {
       reaction text NOT NULL,
       event_id uuid NOT NULL,
       position bigint NOT NULL,
+      aggregate_type text NOT NULL,
+      aggregate_id text NOT NULL,
       event jsonb NOT NULL,
       reason text NOT NULL,
       attempts integer NOT NULL CHECK (attempts > 0),

@@ -57,9 +57,11 @@ export const make: Effect.Effect<Reaction.DeadLetterStore, never, SqlClient.SqlC
       Effect.flatMap(encodeEnvelope(failure.event), (event) =>
         sql`
         INSERT INTO reaction_dead_letters
-          (follower, reaction, event_id, position, event, reason, attempts, first_failed_at, last_failed_at)
+          (follower, reaction, event_id, position, aggregate_type, aggregate_id, event, reason, attempts,
+            first_failed_at, last_failed_at)
         VALUES (${failure.follower}, ${failure.reaction}, ${failure.event.eventId}, ${failure.position},
-          ${JSON.stringify(event)}::jsonb, ${failure.reason}, 1, now(), now())
+          ${failure.event.aggregateType}, ${failure.event.aggregateId}, ${JSON.stringify(event)}::jsonb,
+          ${failure.reason}, 1, now(), now())
         ON CONFLICT (follower, reaction, event_id) DO UPDATE
           SET attempts = reaction_dead_letters.attempts + 1, reason = EXCLUDED.reason,
             last_failed_at = EXCLUDED.last_failed_at`.pipe(Effect.asVoid, SqlFailure.classify)),
@@ -78,6 +80,19 @@ export const make: Effect.Effect<Reaction.DeadLetterStore, never, SqlClient.SqlC
         DELETE FROM reaction_dead_letters
         WHERE follower = ${follower} AND reaction = ${reaction} AND event_id = ${eventId}`.pipe(
         Effect.asVoid,
+        SqlFailure.classify
+      ),
+    sequences: (follower) =>
+      sql<{ readonly reaction: string; readonly aggregate_type: string; readonly aggregate_id: string }>`
+        SELECT DISTINCT reaction, aggregate_type, aggregate_id
+        FROM reaction_dead_letters WHERE follower = ${follower}`.withoutTransform.pipe(
+        Effect.map((rows) =>
+          rows.map((row) => ({
+            reaction: row.reaction,
+            aggregateType: row.aggregate_type,
+            aggregateId: row.aggregate_id
+          }))
+        ),
         SqlFailure.classify
       )
   })

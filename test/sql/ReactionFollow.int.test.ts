@@ -140,6 +140,12 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       expect(letters[2]!.event).toEqual(second)
       expect(DateTime.greaterThanOrEqualTo(letters[1]!.lastFailedAt, letters[1]!.firstFailedAt)).toBe(true)
       expect(yield* deadLetters.list("f", { limit: 1 })).toHaveLength(1)
+      const sequences = yield* deadLetters.sequences("f")
+      expect([...sequences].sort((a, b) => a.reaction.localeCompare(b.reaction))).toEqual([
+        { reaction: "q", aggregateType: "Counter", aggregateId: "c-1" },
+        { reaction: "r", aggregateType: "Counter", aggregateId: "c-1" }
+      ])
+      expect(yield* deadLetters.sequences("nobody")).toEqual([])
 
       yield* deadLetters.remove("f", "r", first.eventId)
       yield* deadLetters.remove("f", "r", first.eventId)
@@ -178,8 +184,59 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       expect(letter!.reason).toContain("two is not allowed")
 
       failOnTwo = false
-      expect(yield* Reaction.redrive("picky", picky)).toEqual({ resolved: 1, failed: 0, unmatched: 0 })
+      expect(yield* Reaction.redrive("picky", picky)).toEqual({ resolved: 1, failed: 0, unmatched: 0, held: 0 })
       expect(yield* nextSeen(seen, 1)).toEqual([2])
       expect(yield* deadLetters.list("picky")).toEqual([])
+    }))
+
+  it.scoped("with aggregate sequencing, the aggregate's later events wait behind its dead letter, then run in order", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      yield* commit(1, 3)
+      yield* OutboxRelay.drain(100)
+      const seen = yield* Queue.unbounded<number>()
+      let failOnTwo = true
+      const picky = [
+        Reaction.make(
+          Counted,
+          (event) =>
+            failOnTwo && event.count === 2
+              ? Effect.fail(new Error("two is not allowed"))
+              : Queue.offer(seen, event.count),
+          { name: "picky" }
+        )
+      ]
+      yield* Layer.build(OutboxRelay.layer({ pollInterval: "50 millis" }))
+      yield* Reaction.follow("picky", picky, {
+        pollInterval: "200 millis",
+        retry: Schedule.recurs(0),
+        sequencing: "aggregate"
+      })
+      expect(yield* nextSeen(seen, 1)).toEqual([1])
+      yield* commit(4, 4)
+      const deadLetters = yield* Reaction.DeadLetters
+      // Every event of the aggregate from 2 on is a dead letter, in order.
+      const letters = yield* Effect.flatMap(
+        deadLetters.list("picky"),
+        (letters) =>
+          letters.length === 3 ? Effect.succeed(letters) : Effect.fail(new Error(`${letters.length} letters`))
+      ).pipe(Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 250 }))
+      expect(letters.map((letter) => [letter.position, letter.reason.split(":")[0]])).toEqual([
+        [2, "Error"],
+        [3, "Parked"],
+        [4, "Parked"]
+      ])
+      expect(yield* Queue.size(seen)).toBe(0)
+
+      failOnTwo = false
+      expect(yield* Reaction.redrive("picky", picky, { sequencing: "aggregate" })).toEqual({
+        resolved: 3,
+        failed: 0,
+        unmatched: 0,
+        held: 0
+      })
+      expect(yield* nextSeen(seen, 3)).toEqual([2, 3, 4])
+      yield* commit(5, 5)
+      expect(yield* nextSeen(seen, 1)).toEqual([5])
     }))
 })
