@@ -57,7 +57,7 @@ export interface Reaction<out E = never, out R = never> {
   readonly handle: (envelope: DomainEvent.Envelope) => Effect.Effect<void, E | Undecodable | Parked, R>
   /**
    * Whether a failure may pass if tried again. Default: any but
-   * `Undecodable`. A final one is logged (and, under `follow`, kept as a
+   * `Undecodable` and `Parked`. A final one is logged (and, under `follow`, kept as a
    * dead letter) at once, without holding up the events behind it.
    */
   readonly retryable?: (error: unknown) => boolean
