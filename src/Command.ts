@@ -275,6 +275,28 @@ export const Class = <Self = never>() =>
   } as any
 }
 
+const failureChecks = new WeakMap<AnyClass, (error: unknown) => boolean>()
+
+/**
+ * Whether `error` is a failure `definition` declares and does not mark
+ * retryable: the command's outcome (stock too low, a card declined), which
+ * running it again would not change. Anything else (a timeout, an outage, a
+ * conflict) may pass on a retry.
+ *
+ * @since 0.1.0
+ * @category guards
+ */
+export const isOutcome = (definition: AnyClass, error: unknown): boolean => {
+  let check = failureChecks.get(definition)
+  if (check === undefined) {
+    const declared = Schema.is(definition.failure as Schema.Schema<unknown>)
+    const retryable = new Set<unknown>(definition.retryable)
+    check = (error) => declared(error) && !retryable.has((error as { readonly _tag?: unknown } | null)?._tag)
+    failureChecks.set(definition, check)
+  }
+  return check(error)
+}
+
 /**
  * Builds a command without throwing: invalid fields fail with a
  * `ParseError` in the error channel (the class constructor would throw).

@@ -165,10 +165,7 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   options: { readonly name?: string } = {}
 ): Reaction<Command.Failure<Cmd> | BE, CommandBus.Requirements<H, Cmd["_tag"], BR>> => {
   const name = options.name ?? `on ${event._tag}`
-  const outcomes = [...bus.definitions.values()].map((definition) => ({
-    is: Schema.is(definition.failure as Schema.Schema<unknown>),
-    retryable: new Set<unknown>(definition.retryable)
-  }))
+  const definitions = [...bus.definitions.values()]
   return make(event, (decoded, envelope) => {
     const command = toCommand(decoded, {
       ...Command.causedBy(envelope),
@@ -177,10 +174,7 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
     return command === undefined ? Effect.void : Effect.asVoid(bus.dispatch(command))
   }, {
     name,
-    retryable: (error) =>
-      !outcomes.some((outcome) =>
-        outcome.is(error) && !outcome.retryable.has((error as { readonly _tag?: unknown } | null)?._tag)
-      )
+    retryable: (error) => !definitions.some((definition) => Command.isOutcome(definition, error))
   })
 }
 

@@ -14,6 +14,9 @@ export * as CommandBus from "./CommandBus.js"
 export * as CommandError from "./CommandError.js"
 
 /** @since 0.1.0 */
+export * as CommandScheduler from "./CommandScheduler.js"
+
+/** @since 0.1.0 */
 export * as CurrentUser from "./CurrentUser.js"
 
 /** @since 0.1.0 */

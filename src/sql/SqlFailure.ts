@@ -27,6 +27,8 @@ const unavailableMessage =
  */
 export const isUnavailable = (error: unknown): boolean =>
   causeChain(error).some((link) => {
+    // Already classified, by a store a handler called and then died on.
+    if (link instanceof StoreUnavailable) return true
     const code = Predicate.hasProperty(link, "code") ? link.code : undefined
     if (
       typeof code === "string" && (code.startsWith("08") || unavailableCodes.has(code) || unavailableErrnos.has(code))
@@ -71,7 +73,7 @@ export const sqlState = (error: unknown): string | undefined => {
 }
 
 const toUnavailable = (error: unknown) =>
-  new StoreUnavailable({
+  error instanceof StoreUnavailable ? error : new StoreUnavailable({
     store: "database",
     reason: Predicate.hasProperty(error, "message") && typeof error.message === "string"
       ? error.message.split("\n")[0]!

@@ -1,6 +1,7 @@
 /**
- * The library's tables: the outbox (the event log), idempotency keys, and
- * the checkpoints and dead letters of reactions that follow the log.
+ * The library's tables: the outbox (the event log), idempotency keys, the
+ * checkpoints and dead letters of reactions that follow the log, and
+ * scheduled commands.
  * Shipped as code, so they run from any working directory; recorded in their
  * own migrations table, so an application's migrations never collide with
  * them. The SQL runs unchanged on PostgreSQL 15 and on PGlite.
@@ -117,6 +118,21 @@ export const migrations = {
       PRIMARY KEY (follower, reaction, event_id)
     )`,
     `CREATE INDEX reaction_dead_letters_position ON reaction_dead_letters (follower, position)`
+  ),
+  // Commands to dispatch later (CommandScheduler); a run removes its row.
+  "5_scheduled_commands": statements(
+    `CREATE TABLE scheduled_commands (
+      id uuid PRIMARY KEY,
+      command_type text NOT NULL,
+      command jsonb NOT NULL,
+      due_at timestamptz NOT NULL,
+      state text NOT NULL CHECK (state IN ('pending', 'failed')),
+      attempts integer NOT NULL CHECK (attempts >= 0),
+      last_error text,
+      lease_expires_at timestamptz,
+      created_at timestamptz NOT NULL DEFAULT now()
+    )`,
+    `CREATE INDEX scheduled_commands_due ON scheduled_commands (due_at) WHERE state = 'pending'`
   )
 }
 

@@ -26,6 +26,9 @@ export * as SqlReactionCheckpoints from "./SqlReactionCheckpoints.js"
 export * as SqlReactionDeadLetters from "./SqlReactionDeadLetters.js"
 
 /** @since 0.1.0 */
+export * as SqlScheduledCommands from "./SqlScheduledCommands.js"
+
+/** @since 0.1.0 */
 export * as SqlStatement from "./SqlStatement.js"
 
 /** @since 0.1.0 */

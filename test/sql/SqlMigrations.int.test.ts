@@ -74,7 +74,8 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
         "orders_migrations",
         "outbox",
         "reaction_checkpoints",
-        "reaction_dead_letters"
+        "reaction_dead_letters",
+        "scheduled_commands"
       ])
       expect(before.triggers.map((trigger) => trigger.trigger_name)).toEqual(["outbox_notify"])
 
@@ -87,7 +88,8 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
         { migration_id: 1, name: "outbox" },
         { migration_id: 2, name: "idempotency_keys" },
         { migration_id: 3, name: "reaction_checkpoints" },
-        { migration_id: 4, name: "reaction_dead_letters" }
+        { migration_id: 4, name: "reaction_dead_letters" },
+        { migration_id: 5, name: "scheduled_commands" }
       ])
       expect(yield* applied("orders_migrations")).toEqual([
         { migration_id: 1, name: "orders" },
@@ -125,7 +127,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
             { concurrency: "unbounded" }
           )
           expect(outcomes.map((outcome) => outcome._tag)).toEqual(["Right", "Right", "Right"])
-          expect(yield* Effect.provide(applied("command_bus_migrations"), instances[0]!)).toHaveLength(4)
+          expect(yield* Effect.provide(applied("command_bus_migrations"), instances[0]!)).toHaveLength(5)
           expect(yield* Effect.provide(applied("orders_migrations"), instances[0]!)).toHaveLength(2)
         }
       })

@@ -261,6 +261,10 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`unit of wo
       const unitOfWork = yield* SqlUnitOfWork.make
       const exit = yield* Effect.exit(unitOfWork.transactional(sql`SELECT 1`))
       assert.instanceOf(failureOf(exit), CommandError.StoreUnavailable)
+      // A store's StoreUnavailable that a handler died on is the same outage.
+      const classified = new CommandError.StoreUnavailable({ store: "scheduled commands", reason: "gone" })
+      expect(SqlFailure.isUnavailable(classified)).toBe(true)
+      expect(failureOf(yield* Effect.exit(SqlFailure.classify(Effect.die(classified))))).toBe(classified)
 
       // through the whole bus, with and without an idempotency key
       const bus = OrderBus.make()

@@ -90,7 +90,8 @@ export const truncateAll = Effect.flatMap(
   SqlClient.SqlClient,
   (sql) =>
     sql.unsafe(
-      "TRUNCATE orders, inventory, outbox, idempotency_keys, reaction_checkpoints, reaction_dead_letters RESTART IDENTITY"
+      "TRUNCATE orders, inventory, outbox, idempotency_keys, reaction_checkpoints, reaction_dead_letters, scheduled_commands" +
+        " RESTART IDENTITY"
     )
 )
 

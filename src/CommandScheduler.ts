@@ -1,0 +1,373 @@
+/**
+ * Commands to run later: a payment that times out, a reminder, a retry
+ * tomorrow. `schedule` stores a command, encoded with its own schema, with
+ * the time it is due; `run` dispatches the due ones through a bus. With the
+ * SQL store (`effect-command-bus/sql`), scheduling from inside a handler
+ * writes in the dispatch's transaction: the command is scheduled if and only
+ * if the one that scheduled it commits.
+ *
+ * Delivery is at least once: a runner that stops between a dispatch and its
+ * record runs it again once the lease has passed. A scheduled command without
+ * an idempotency key is dispatched with `scheduled:<id>`, so with the bus's
+ * idempotency middleware the second run replays the first one's outcome.
+ *
+ * @since 0.1.0
+ */
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as DateTime from "effect/DateTime"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
+import { randomUUID } from "node:crypto"
+import * as Command from "./Command.js"
+import type * as CommandBus from "./CommandBus.js"
+import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
+
+/**
+ * A command waiting for its time, or one that failed for good.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export class ScheduledCommand extends Schema.Class<ScheduledCommand>("ScheduledCommand")({
+  id: Schema.UUID,
+  commandType: Schema.String,
+  /** The command as its schema encodes it. */
+  command: Schema.Unknown,
+  dueAt: Schema.DateTimeUtc,
+  /** `failed`: kept for an operator; runs again only after `retry`. */
+  state: Schema.Literal("pending", "failed"),
+  /** Runs so far. */
+  attempts: Schema.Int,
+  /** The last failure, as `Cause.pretty` renders it (at most 4000 characters). */
+  lastError: Schema.optionalWith(Schema.String, { exact: true })
+}) {}
+
+/**
+ * A command a runner has leased to run.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Due {
+  readonly id: string
+  readonly commandType: string
+  readonly command: unknown
+  /** Runs so far, this one included. */
+  readonly attempts: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Store {
+  readonly add: (entry: {
+    readonly id: string
+    readonly commandType: string
+    readonly command: unknown
+    readonly dueAt: DateTime.Utc
+  }) => Effect.Effect<void, StoreUnavailable>
+  /** Drops a pending or failed command; false when there is none with this id. */
+  readonly cancel: (id: string) => Effect.Effect<boolean, StoreUnavailable>
+  /**
+   * Leases up to `limit` pending commands that are due, earliest first, for
+   * `lease`, counting an attempt on each. A leased command is not handed out
+   * again until its lease has passed, to this runner or another.
+   */
+  readonly claim: (limit: number, lease: Duration.Duration) => Effect.Effect<ReadonlyArray<Due>, StoreUnavailable>
+  /** Ran: gone. */
+  readonly complete: (id: string) => Effect.Effect<void, StoreUnavailable>
+  /** Pending again, due at `dueAt`, with the failure. */
+  readonly retryAt: (id: string, dueAt: DateTime.Utc, error: string) => Effect.Effect<void, StoreUnavailable>
+  /** Failed for good, with the failure. */
+  readonly fail: (id: string, error: string) => Effect.Effect<void, StoreUnavailable>
+  /** A failed command pending again, due now, its attempts reset; false when there is none failed with this id. */
+  readonly retry: (id: string) => Effect.Effect<boolean, StoreUnavailable>
+  /** Earliest due first (default limit 100). */
+  readonly list: (options?: {
+    readonly state?: "pending" | "failed"
+    readonly limit?: number
+  }) => Effect.Effect<ReadonlyArray<ScheduledCommand>, StoreUnavailable>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class ScheduledCommands extends Context.Tag("effect-command-bus/CommandScheduler/ScheduledCommands")<
+  ScheduledCommands,
+  Store
+>() {}
+
+/**
+ * Scheduled commands in memory, on the `Clock` (so `TestClock` moves them):
+ * for tests. `effect-command-bus/sql` keeps them in PostgreSQL.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
+  ScheduledCommands,
+  Effect.map(
+    Ref.make(
+      new Map<string, { readonly command: ScheduledCommand; readonly leasedUntil: number }>()
+    ),
+    (entries): Store => {
+      const update = (id: string, f: (command: ScheduledCommand) => ScheduledCommand | undefined) =>
+        Ref.modify(entries, (map) => {
+          const entry = map.get(id)
+          const next = entry === undefined ? undefined : f(entry.command)
+          if (next === undefined) return [false, map]
+          return [true, new Map(map).set(id, { command: next, leasedUntil: 0 })]
+        })
+      return {
+        add: (entry) =>
+          Ref.update(entries, (map) =>
+            new Map(map).set(entry.id, {
+              command: new ScheduledCommand({ ...entry, state: "pending", attempts: 0 }),
+              leasedUntil: 0
+            })),
+        cancel: (id) =>
+          Ref.modify(entries, (map) => {
+            if (!map.has(id)) return [false, map]
+            const next = new Map(map)
+            next.delete(id)
+            return [true, next]
+          }),
+        claim: (limit, lease) =>
+          Effect.flatMap(Clock.currentTimeMillis, (now) =>
+            Ref.modify(entries, (map) => {
+              const due = [...map.values()]
+                .filter(({ command, leasedUntil }) =>
+                  command.state === "pending" && command.dueAt.epochMillis <= now && leasedUntil <= now
+                )
+                .sort((a, b) => a.command.dueAt.epochMillis - b.command.dueAt.epochMillis)
+                .slice(0, limit)
+              const next = new Map(map)
+              const claimed = due.map(({ command }) => {
+                const counted = new ScheduledCommand({ ...command, attempts: command.attempts + 1 })
+                next.set(command.id, { command: counted, leasedUntil: now + Duration.toMillis(lease) })
+                return {
+                  id: counted.id,
+                  commandType: counted.commandType,
+                  command: counted.command,
+                  attempts: counted.attempts
+                }
+              })
+              return [claimed, next]
+            })),
+        complete: (id) =>
+          Ref.update(entries, (map) => {
+            const next = new Map(map)
+            next.delete(id)
+            return next
+          }),
+        retryAt: (id, dueAt, error) =>
+          Effect.asVoid(
+            update(id, (command) => new ScheduledCommand({ ...command, state: "pending", dueAt, lastError: error }))
+          ),
+        fail: (id, error) =>
+          Effect.asVoid(
+            update(id, (command) => new ScheduledCommand({ ...command, state: "failed", lastError: error }))
+          ),
+        retry: (id) =>
+          Effect.flatMap(DateTime.now, (now) =>
+            update(id, (command) =>
+              command.state === "failed"
+                ? new ScheduledCommand({ ...command, state: "pending", dueAt: now, attempts: 0 })
+                : undefined)),
+        list: (options) =>
+          Effect.map(Ref.get(entries), (map) =>
+            [...map.values()]
+              .map(({ command }) => command)
+              .filter((command) => options?.state === undefined || command.state === options.state)
+              .sort((a, b) => a.dueAt.epochMillis - b.dueAt.epochMillis)
+              .slice(0, options?.limit ?? 100))
+      }
+    }
+  )
+)
+
+/**
+ * When a scheduled command is due: at a time, or after a delay from now.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type When = { readonly at: DateTime.DateTime | Date } | { readonly after: Duration.DurationInput }
+
+/**
+ * Stores `command` to be dispatched when it is due, and returns its id (for
+ * `cancel`). Inside a dispatch on the SQL stores, this is part of the
+ * dispatch's transaction; a handler, whose error channel holds its domain
+ * errors, `Effect.orDie`s it as the SQL repositories do, and the unit of
+ * work reports an outage as the dispatch's `StoreUnavailable`. The command
+ * keeps its metadata: its id, correlation and causation, and its user
+ * (spread `Command.causedBy(...)` into it to chain it to the command that
+ * schedules it).
+ *
+ * @since 0.1.0
+ * @category scheduling
+ */
+export const schedule = (
+  command: Command.Any,
+  when: When
+): Effect.Effect<string, StoreUnavailable, ScheduledCommands> =>
+  Effect.gen(function*() {
+    const definition = (command as object).constructor as Command.AnyClass
+    if (!Schema.isSchema(definition)) {
+      return yield* Effect.dieMessage(
+        `CommandScheduler.schedule: ${command._tag} is not an instance of a command class`
+      )
+    }
+    const encoded = yield* Effect.orDie(Schema.encodeUnknown(definition)(command))
+    const dueAt = "at" in when
+      ? DateTime.toUtc(DateTime.unsafeMake(when.at))
+      : DateTime.addDuration(yield* DateTime.now, when.after)
+    const id = randomUUID()
+    const store = yield* ScheduledCommands
+    yield* store.add({ id, commandType: command._tag, command: encoded, dueAt })
+    return id
+  })
+
+/**
+ * Drops a scheduled command that has not run (or failed for good); false
+ * when there is none with this id.
+ *
+ * @since 0.1.0
+ * @category scheduling
+ */
+export const cancel = (id: string): Effect.Effect<boolean, StoreUnavailable, ScheduledCommands> =>
+  Effect.flatMap(ScheduledCommands, (store) => store.cancel(id))
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface RunOptions {
+  /** How long to wait when nothing is due. Default 1 second. */
+  readonly pollInterval?: Duration.DurationInput
+  /** Commands leased at a time. Default 20. */
+  readonly batchSize?: number
+  /** Commands of a batch dispatched at once. Default 1: in due order. */
+  readonly concurrency?: number
+  /**
+   * How long a runner holds a command it runs; after that another may run it.
+   * Longer than any command takes (the bus's timeout). Default 1 minute.
+   */
+  readonly lease?: Duration.DurationInput
+  /** Runs before a command that keeps failing is failed for good. Default 10. */
+  readonly maxAttempts?: number
+  /** The wait before run `attempts + 1`. Default 2^(attempts - 1) seconds, at most 5 minutes. */
+  readonly backoff?: (attempts: number) => Duration.DurationInput
+}
+
+const defaultBackoff = (attempts: number): Duration.Duration =>
+  Duration.seconds(Math.min(2 ** Math.max(0, attempts - 1), 300))
+
+/**
+ * Dispatches due commands through `bus` until interrupted, a batch at a
+ * time, as the fiber's `CurrentUser` (none unless you provide one). Each
+ * outcome is recorded: a success removes the command; a failure the command
+ * declares (and does not mark retryable), or a command the bus cannot decode
+ * or does not handle, fails it for good; any other failure (an outage, a
+ * timeout, a conflict) runs it again after `backoff`, until `maxAttempts`.
+ * Several runners, in one process or many, share the work: a leased command
+ * is run by one of them.
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const run = <C extends Command.Any, H, E, R>(
+  bus: CommandBus.CommandBus<C, H, E, R>,
+  options: RunOptions = {}
+): Effect.Effect<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>> => {
+  const batchSize = options.batchSize ?? 20
+  const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
+  const lease = Duration.decode(options.lease ?? "1 minute")
+  const maxAttempts = options.maxAttempts ?? 10
+  const backoff = options.backoff ?? defaultBackoff
+  return Effect.flatMap(ScheduledCommands, (store) => {
+    const runOne = (due: Due) =>
+      Effect.gen(function*() {
+        const exit = yield* Effect.exit(bus.dispatchUnknown(withKey(due)))
+        if (exit._tag === "Success") {
+          yield* store.complete(due.id)
+          return yield* Effect.logDebug("scheduled.completed")
+        }
+        const error = Option.getOrUndefined(Cause.failureOption(exit.cause))
+        const definition = bus.definitions.get(due.commandType)
+        const final = error instanceof UnknownCommand || error instanceof InvalidCommand ||
+          (definition !== undefined && Command.isOutcome(definition, error))
+        const reason = reasonOf(exit.cause)
+        if (final || due.attempts >= maxAttempts) {
+          yield* store.fail(due.id, reason)
+          return yield* Effect.logWarning("scheduled.failed", exit.cause)
+        }
+        const dueAt = DateTime.addDuration(yield* DateTime.now, backoff(due.attempts))
+        yield* store.retryAt(due.id, dueAt, reason)
+        yield* Effect.logWarning("scheduled.retrying", exit.cause).pipe(
+          Effect.annotateLogs({ retryAt: DateTime.formatIso(dueAt) })
+        )
+      }).pipe(Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType, attempts: due.attempts }))
+    return Effect.forever(
+      store.claim(batchSize, lease).pipe(
+        Effect.flatMap((batch) =>
+          Effect.as(
+            Effect.forEach(batch, runOne, { discard: true, concurrency: options.concurrency ?? 1 }),
+            batch.length
+          )
+        ),
+        Effect.catchAll((error) => Effect.as(Effect.logWarning("scheduler.store-unavailable", error), 0)),
+        Effect.flatMap((ran) => ran < batchSize ? Effect.sleep(pollInterval) : Effect.void)
+      )
+    )
+  })
+}
+
+/**
+ * `run` in a fiber of the scope; returns the fiber.
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const start = <C extends Command.Any, H, E, R>(
+  bus: CommandBus.CommandBus<C, H, E, R>,
+  options: RunOptions = {}
+): Effect.Effect<
+  Fiber.RuntimeFiber<never>,
+  never,
+  ScheduledCommands | CommandBus.Requirements<H, keyof H, R> | Scope.Scope
+> => Effect.forkScoped(run(bus, options))
+
+/**
+ * A runner for as long as the layer lives.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = <C extends Command.Any, H, E, R>(
+  bus: CommandBus.CommandBus<C, H, E, R>,
+  options: RunOptions = {}
+): Layer.Layer<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>> =>
+  Layer.scopedDiscard(start(bus, options))
+
+// The run's own key when the command has none: a second run after a crash
+// replays the first one's outcome instead of running again.
+const withKey = (due: Due): unknown =>
+  typeof due.command === "object" && due.command !== null && !("idempotencyKey" in due.command)
+    ? { ...due.command, idempotencyKey: `scheduled:${due.id}` }
+    : due.command
+
+const reasonOf = (cause: Cause.Cause<unknown>): string => {
+  const text = Cause.pretty(cause)
+  return text.length > 4000 ? `${text.slice(0, 3999)}…` : text
+}

@@ -1,0 +1,121 @@
+/**
+ * `CommandScheduler`'s commands in PostgreSQL. Scheduling inside a
+ * dispatch's transaction is part of it; runners lease due commands with
+ * `FOR UPDATE SKIP LOCKED`, so several of them, in one process or many,
+ * never take the same one while its lease lasts.
+ *
+ * @since 0.1.0
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as DateTime from "effect/DateTime"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as CommandScheduler from "../CommandScheduler.js"
+import * as SqlFailure from "./SqlFailure.js"
+
+interface Row {
+  readonly id: string
+  readonly command_type: string
+  readonly command: unknown
+  readonly due_at: Date | string
+  readonly state: "pending" | "failed"
+  readonly attempts: number
+  readonly last_error: string | null
+}
+
+const jsonOf = (value: unknown): unknown => typeof value === "string" ? JSON.parse(value) : value
+
+const toScheduled = (row: Row): CommandScheduler.ScheduledCommand =>
+  new CommandScheduler.ScheduledCommand({
+    id: row.id,
+    commandType: row.command_type,
+    command: jsonOf(row.command),
+    dueAt: DateTime.unsafeMake(row.due_at),
+    state: row.state,
+    attempts: row.attempts,
+    ...(row.last_error === null ? {} : { lastError: row.last_error })
+  }, { disableValidation: true })
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlClient> = Effect.map(
+  SqlClient.SqlClient,
+  (sql): CommandScheduler.Store => ({
+    add: (entry) =>
+      sql`
+        INSERT INTO scheduled_commands (id, command_type, command, due_at, state, attempts)
+        VALUES (${entry.id}, ${entry.commandType}, ${JSON.stringify(entry.command)}::jsonb,
+          ${DateTime.formatIso(entry.dueAt)}::timestamptz, 'pending', 0)`.pipe(Effect.asVoid, SqlFailure.classify),
+    cancel: (id) =>
+      sql`DELETE FROM scheduled_commands WHERE id = ${id} RETURNING id`.withoutTransform.pipe(
+        Effect.map((rows) => rows.length > 0),
+        SqlFailure.classify
+      ),
+    claim: (limit, lease) =>
+      sql<Pick<Row, "id" | "command_type" | "command" | "attempts" | "due_at">>`
+        UPDATE scheduled_commands AS s
+        SET lease_expires_at = now() + make_interval(secs => ${Duration.toMillis(lease) / 1000}),
+          attempts = s.attempts + 1
+        FROM (
+          SELECT id FROM scheduled_commands
+          WHERE state = 'pending' AND due_at <= now()
+            AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+          ORDER BY due_at LIMIT ${limit}
+          FOR UPDATE SKIP LOCKED
+        ) AS due
+        WHERE s.id = due.id
+        RETURNING s.id, s.command_type, s.command, s.attempts, s.due_at`.withoutTransform.pipe(
+        // UPDATE returns its rows in no particular order.
+        Effect.map((rows) =>
+          rows
+            .map((row) => ({ row, dueAt: new Date(row.due_at).getTime() }))
+            .sort((a, b) => a.dueAt - b.dueAt)
+            .map(({ row }) => ({
+              id: row.id,
+              commandType: row.command_type,
+              command: jsonOf(row.command),
+              attempts: row.attempts
+            }))
+        ),
+        SqlFailure.classify
+      ),
+    complete: (id) => sql`DELETE FROM scheduled_commands WHERE id = ${id}`.pipe(Effect.asVoid, SqlFailure.classify),
+    retryAt: (id, dueAt, error) =>
+      sql`
+        UPDATE scheduled_commands
+        SET state = 'pending', due_at = ${DateTime.formatIso(dueAt)}::timestamptz, last_error = ${error},
+          lease_expires_at = NULL
+        WHERE id = ${id}`.pipe(Effect.asVoid, SqlFailure.classify),
+    fail: (id, error) =>
+      sql`
+        UPDATE scheduled_commands SET state = 'failed', last_error = ${error}, lease_expires_at = NULL
+        WHERE id = ${id}`.pipe(Effect.asVoid, SqlFailure.classify),
+    retry: (id) =>
+      sql`
+        UPDATE scheduled_commands SET state = 'pending', due_at = now(), attempts = 0, lease_expires_at = NULL
+        WHERE id = ${id} AND state = 'failed' RETURNING id`.withoutTransform.pipe(
+        Effect.map((rows) => rows.length > 0),
+        SqlFailure.classify
+      ),
+    list: (options) =>
+      sql<Row>`
+        SELECT id, command_type, command, due_at, state, attempts, last_error FROM scheduled_commands
+        WHERE ${options?.state === undefined ? sql`true` : sql`state = ${options.state}`}
+        ORDER BY due_at, id LIMIT ${options?.limit ?? 100}`.withoutTransform.pipe(
+        Effect.map((rows) => rows.map(toScheduled)),
+        SqlFailure.classify
+      )
+  })
+)
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<CommandScheduler.ScheduledCommands, never, SqlClient.SqlClient> = Layer.effect(
+  CommandScheduler.ScheduledCommands,
+  make
+)

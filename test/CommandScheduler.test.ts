@@ -1,0 +1,180 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Queue from "effect/Queue"
+import * as Schema from "effect/Schema"
+import * as TestClock from "effect/TestClock"
+import { Command, CommandBus, CommandError, CommandScheduler, Handler } from "../src/index.js"
+import { InMemory } from "../src/testing/index.js"
+
+class CardDeclined extends Schema.TaggedError<CardDeclined>()("CardDeclined", { orderId: Schema.String }) {}
+
+class Remind extends Command.Class<Remind>()("Remind", {
+  payload: { orderId: Schema.String },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
+class Charge extends Command.Class<Charge>()("Charge", {
+  payload: { orderId: Schema.String, amount: Schema.Int },
+  success: Schema.Void,
+  failure: Schema.Union(CardDeclined, CommandError.ConcurrencyConflict),
+  retryable: ["ConcurrencyConflict"]
+}) {}
+
+const conflict = new CommandError.ConcurrencyConflict({
+  aggregateType: "Payment",
+  aggregateId: "p",
+  expectedVersion: 1
+})
+
+/**
+ * A bus whose `Remind` reports what it ran, and whose `Charge` declines
+ * amounts over 1000 and conflicts while `conflicts` says so.
+ */
+const makeBus = (ran: Queue.Queue<Command.Any & { readonly at: number }>, conflicts: { remaining: number }) =>
+  CommandBus.make([Remind, Charge], {
+    Remind: (command) =>
+      Effect.flatMap(Clock.currentTimeMillis, (at) => Queue.offer(ran, Object.assign(command, { at }))).pipe(
+        Effect.as(Handler.result(undefined))
+      ),
+    Charge: (command) =>
+      Effect.flatMap(Clock.currentTimeMillis, (at) => Queue.offer(ran, Object.assign(command, { at }))).pipe(
+        Effect.zipRight<Handler.Result<void>, CardDeclined | CommandError.ConcurrencyConflict, never>(
+          command.amount > 1000
+            ? Effect.fail(new CardDeclined({ orderId: command.orderId }))
+            : conflicts.remaining-- > 0
+            ? Effect.fail(conflict)
+            : Effect.succeed(Handler.result(undefined))
+        )
+      )
+  })
+
+/** Lets the runner record what it did: a bounded number of turns. */
+const settle = Effect.repeatN(Effect.yieldNow(), 200)
+
+const list = (state?: "pending" | "failed") =>
+  Effect.flatMap(
+    CommandScheduler.ScheduledCommands,
+    (store) => store.list(state === undefined ? {} : { state })
+  )
+
+// The bus's own stores (its outbox), and the scheduled commands.
+const Stores = Layer.merge(InMemory.layer, CommandScheduler.layerMemory)
+
+describe("CommandScheduler", () => {
+  it.scoped("dispatches a command when it is due, not before, with its metadata and a key of its own", () =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const bus = makeBus(ran, { remaining: 0 })
+      const command = new Remind({ orderId: "o-1", userId: "alice", causationId: crypto.randomUUID() })
+      const id = yield* CommandScheduler.schedule(command, { after: "10 minutes" })
+      const [pending] = yield* list()
+      assert.deepStrictEqual([pending!.id, pending!.commandType, pending!.state, pending!.attempts], [
+        id,
+        "Remind",
+        "pending",
+        0
+      ])
+      yield* CommandScheduler.start(bus, { pollInterval: "10 seconds" })
+      yield* TestClock.adjust("9 minutes")
+      assert.strictEqual(yield* Queue.size(ran), 0)
+      yield* TestClock.adjust("1 minute")
+      const got = yield* Queue.take(ran)
+      assert.instanceOf(got, Remind)
+      assert.strictEqual(got.at, 10 * 60 * 1000)
+      assert.deepStrictEqual(
+        [got.commandId, got.correlationId, got.causationId, got.userId, (got as Remind).orderId],
+        [command.commandId, command.correlationId, command.causationId, "alice", "o-1"]
+      )
+      assert.strictEqual(got.idempotencyKey, `scheduled:${id}`)
+      yield* settle
+      assert.deepStrictEqual(yield* list(), [])
+    }).pipe(Effect.provide(Stores)))
+
+  it.scoped("keeps the command's own idempotency key, and runs at a given time", () =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      yield* CommandScheduler.schedule(new Remind({ orderId: "o-1", idempotencyKey: "mine" }), { at: new Date(5000) })
+      yield* CommandScheduler.start(makeBus(ran, { remaining: 0 }))
+      yield* TestClock.adjust("5 seconds")
+      const got = yield* Queue.take(ran)
+      assert.deepStrictEqual([got.at, got.idempotencyKey], [5000, "mine"])
+    }).pipe(Effect.provide(Stores)))
+
+  it.scoped("a failure the command declares fails it for good at once; retry runs it again", () =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const id = yield* CommandScheduler.schedule(new Charge({ orderId: "o-1", amount: 5000 }), { after: 0 })
+      yield* CommandScheduler.start(makeBus(ran, { remaining: 0 }), { pollInterval: "10 seconds" })
+      yield* Queue.take(ran)
+      yield* settle
+      const [failed] = yield* list("failed")
+      assert.deepStrictEqual([failed!.id, failed!.attempts], [id, 1])
+      assert.include(failed!.lastError, "CardDeclined")
+      yield* TestClock.adjust("10 minutes")
+      assert.strictEqual(yield* Queue.size(ran), 0, "not run again")
+
+      const store = yield* CommandScheduler.ScheduledCommands
+      assert.isTrue(yield* store.retry(id))
+      assert.isFalse(yield* store.retry(id), "pending, not failed")
+      yield* TestClock.adjust("10 seconds")
+      assert.strictEqual(((yield* Queue.take(ran)) as unknown as Charge).orderId, "o-1")
+    }).pipe(Effect.provide(Stores)))
+
+  it.scoped("a failure that may pass runs again after a growing wait, then fails for good after maxAttempts", () =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const conflicts = { remaining: 2 }
+      yield* CommandScheduler.schedule(new Charge({ orderId: "flaky", amount: 1 }), { after: 0 })
+      yield* CommandScheduler.start(makeBus(ran, conflicts), { maxAttempts: 3 })
+      yield* TestClock.adjust("10 seconds")
+      // Run 1 at 0 s; run 2 one second later; run 3 two seconds after that.
+      assert.deepStrictEqual([...yield* Queue.takeAll(ran)].map((command) => command.at), [0, 1000, 3000])
+      yield* settle
+      assert.deepStrictEqual(yield* list(), [])
+
+      conflicts.remaining = 100
+      yield* CommandScheduler.schedule(new Charge({ orderId: "stuck", amount: 1 }), { after: 0 })
+      yield* TestClock.adjust("1 minute")
+      assert.strictEqual((yield* Queue.takeAll(ran)).length, 3)
+      const [failed] = yield* list("failed")
+      assert.deepStrictEqual([(failed!.command as { orderId: string }).orderId, failed!.attempts], ["stuck", 3])
+      assert.include(failed!.lastError, "ConcurrencyConflict")
+    }).pipe(Effect.provide(Stores)))
+
+  it.scoped("a cancelled command never runs; a command the runner's bus does not handle fails for good", () =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const id = yield* CommandScheduler.schedule(new Remind({ orderId: "o-1" }), { after: "1 minute" })
+      assert.isTrue(yield* CommandScheduler.cancel(id))
+      assert.isFalse(yield* CommandScheduler.cancel(id))
+      const other = yield* CommandScheduler.schedule(new Remind({ orderId: "o-2" }), { after: 0 })
+      const chargesOnly = CommandBus.make([Charge], { Charge: () => Effect.succeed(Handler.result(undefined)) })
+      yield* CommandScheduler.start(chargesOnly)
+      yield* TestClock.adjust("2 minutes")
+      const [failed, ...rest] = yield* list()
+      assert.deepStrictEqual(rest, [])
+      assert.deepStrictEqual([failed!.id, failed!.state], [other, "failed"])
+      assert.include(failed!.lastError, "UnknownCommand")
+      assert.strictEqual(yield* Queue.size(ran), 0)
+    }).pipe(Effect.provide(Stores)))
+
+  it.effect("a leased command is not handed out again until its lease has passed", () =>
+    Effect.gen(function*() {
+      const store = yield* CommandScheduler.ScheduledCommands
+      yield* CommandScheduler.schedule(new Remind({ orderId: "late" }), { after: "2 seconds" })
+      yield* CommandScheduler.schedule(new Remind({ orderId: "early" }), { after: "1 second" })
+      yield* TestClock.adjust("2 seconds")
+      const claimed = yield* store.claim(10, Duration.seconds(30))
+      assert.deepStrictEqual(
+        claimed.map((due) => [(due.command as { orderId: string }).orderId, due.attempts]),
+        [["early", 1], ["late", 1]]
+      )
+      assert.deepStrictEqual(yield* store.claim(10, Duration.seconds(30)), [])
+      yield* TestClock.adjust("30 seconds")
+      assert.deepStrictEqual((yield* store.claim(1, Duration.seconds(30))).map((due) => due.attempts), [2])
+    }).pipe(Effect.provide(Stores)))
+})

@@ -1,0 +1,154 @@
+/**
+ * `CommandScheduler` on a real database (PGlite, or the server in
+ * `DATABASE_URL`): a command scheduled by a handler commits or rolls back
+ * with that handler's dispatch; runners lease due commands, and two of them
+ * never run one twice; the store's lease, failure and retry.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { expect, layer } from "@effect/vitest"
+import * as DateTime from "effect/DateTime"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import { Command, CommandBus, CommandScheduler, EventPublisher, Handler, Middleware } from "../../src/index.js"
+import { SqlOutbox, SqlScheduledCommands, SqlUnitOfWork } from "../../src/sql/index.js"
+import * as TestDatabase from "../support/Database.js"
+
+class Refused extends Schema.TaggedError<Refused>()("Refused", {}) {}
+
+class Remind extends Command.Class<Remind>()("Remind", {
+  payload: { n: Schema.Int },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
+/** Schedules a `Remind` in an hour, then commits or fails. */
+class PlaceThen extends Command.Class<PlaceThen>()("PlaceThen", {
+  payload: { n: Schema.Int, fail: Schema.Boolean },
+  success: Schema.Void,
+  failure: Refused
+}) {}
+
+const scheduling = CommandBus.make([PlaceThen], {
+  PlaceThen: (command) =>
+    Effect.gen(function*() {
+      // Its error channel holds its domain errors: an outage is a defect that
+      // the unit of work reports as the dispatch's StoreUnavailable.
+      yield* CommandScheduler.schedule(new Remind({ n: command.n, ...Command.causedBy(command) }), { after: "1 hour" })
+        .pipe(Effect.orDie)
+      if (command.fail) return yield* new Refused()
+      return Handler.result(undefined)
+    })
+}).pipe(CommandBus.withMiddleware(Middleware.transaction))
+
+const reminding = (ran: Queue.Queue<Remind>) =>
+  CommandBus.make([Remind], { Remind: (command) => Effect.as(Queue.offer(ran, command), Handler.result(undefined)) })
+
+const Shared = Layer.mergeAll(SqlScheduledCommands.layer, SqlUnitOfWork.layer, SqlOutbox.layer).pipe(
+  Layer.provideMerge(EventPublisher.layerMemory),
+  Layer.provideMerge(TestDatabase.layer()),
+  Layer.provideMerge(Logger.minimumLogLevel(LogLevel.Error))
+)
+
+const pending = Effect.flatMap(CommandScheduler.ScheduledCommands, (store) => store.list({ state: "pending" }))
+
+/** Moves every scheduled command's due time to now. */
+const dueNow = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`UPDATE scheduled_commands SET due_at = now()`)
+
+layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
+  `CommandScheduler (${TestDatabase.kind})`,
+  (it) => {
+    it.effect("a command scheduled by a handler is kept when its dispatch commits, gone when it fails", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const placed = new PlaceThen({ n: 1, fail: false })
+        yield* scheduling.dispatch(placed)
+        const refused = yield* Effect.exit(scheduling.dispatch(new PlaceThen({ n: 2, fail: true })))
+        expect(Exit.isFailure(refused)).toBe(true)
+
+        const [scheduled, ...others] = yield* pending
+        expect(others).toEqual([])
+        expect(scheduled!.commandType).toBe("Remind")
+        const command = scheduled!.command as Record<string, unknown>
+        expect([command["n"], command["correlationId"], command["causationId"]]).toEqual([
+          1,
+          placed.correlationId,
+          placed.commandId
+        ])
+        const inAnHour = scheduled!.dueAt.epochMillis - Date.now()
+        expect(inAnHour).toBeGreaterThan(3_500_000)
+        expect(inAnHour).toBeLessThanOrEqual(3_600_000)
+      }))
+
+    it.scoped("runners dispatch due commands; two of them run each command once", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const commands = Array.from({ length: 30 }, (_, n) => new Remind({ n }))
+        for (const command of commands) yield* CommandScheduler.schedule(command, { after: "1 hour" })
+        const ran = yield* Queue.unbounded<Remind>()
+        const options: CommandScheduler.RunOptions = { batchSize: 4, pollInterval: "50 millis" }
+        yield* CommandScheduler.start(reminding(ran), options)
+        yield* CommandScheduler.start(reminding(ran), options)
+        yield* Effect.sleep("300 millis")
+        expect(yield* Queue.size(ran), "none is due yet").toBe(0)
+
+        yield* dueNow
+        const got = yield* Queue.takeN(ran, 30).pipe(
+          Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error("30 commands not run in 20 s") })
+        )
+        expect([...got].map((command) => command.n).sort((a, b) => a - b)).toEqual(commands.map(({ n }) => n))
+        expect(new Set([...got].map((command) => command.commandId)).size).toBe(30)
+        yield* Effect.flatMap(
+          pending,
+          (left) => left.length === 0 ? Effect.void : Effect.fail(new Error(`${left.length} still pending`))
+        ).pipe(Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 250 }))
+        yield* Effect.sleep("200 millis")
+        expect(yield* Queue.size(ran), "nothing runs twice").toBe(0)
+      }))
+
+    it.effect("the store leases due commands earliest first, fails, retries, lists and cancels them", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const store = yield* CommandScheduler.ScheduledCommands
+        const late = yield* CommandScheduler.schedule(new Remind({ n: 2 }), { at: new Date(Date.now() - 1000) })
+        const early = yield* CommandScheduler.schedule(new Remind({ n: 1 }), { at: new Date(Date.now() - 2000) })
+        const future = yield* CommandScheduler.schedule(new Remind({ n: 3 }), { after: "1 hour" })
+
+        const claimed = yield* store.claim(10, Duration.seconds(1))
+        expect(claimed.map((due) => [due.id, due.commandType, due.attempts])).toEqual([
+          [early, "Remind", 1],
+          [late, "Remind", 1]
+        ])
+        expect((claimed[0]!.command as { n: number }).n).toBe(1)
+        expect(yield* store.claim(10, Duration.seconds(1)), "leased").toEqual([])
+
+        yield* store.fail(early, "it broke")
+        const [failed, ...noOther] = yield* store.list({ state: "failed" })
+        expect(noOther).toEqual([])
+        expect([failed!.id, failed!.attempts, failed!.lastError]).toEqual([early, 1, "it broke"])
+        expect(yield* store.retry(early)).toBe(true)
+        expect(yield* store.retry(early)).toBe(false)
+        expect(yield* store.cancel(future)).toBe(true)
+        expect(yield* store.cancel(future)).toBe(false)
+
+        // `early` is due again at once (attempts reset, due now); `late` once its lease has passed.
+        expect((yield* store.claim(10, Duration.seconds(1))).map((due) => [due.id, due.attempts])).toEqual([[early, 1]])
+        yield* Effect.sleep("1500 millis")
+        expect((yield* store.claim(10, Duration.seconds(30))).map((due) => [due.id, due.attempts])).toEqual([
+          [late, 2],
+          [early, 2]
+        ])
+        yield* store.retryAt(late, DateTime.unsafeMake(Date.now() + 60_000), "again")
+        yield* store.complete(early)
+        expect((yield* store.list()).map((scheduled) => [scheduled.id, scheduled.state, scheduled.lastError])).toEqual([
+          [late, "pending", "again"]
+        ])
+      }))
+  }
+)
