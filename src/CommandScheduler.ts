@@ -109,7 +109,9 @@ export class ScheduledCommands extends Context.Tag("effect-command-bus/CommandSc
 
 /**
  * Scheduled commands in memory, on the `Clock` (so `TestClock` moves them):
- * for tests. `effect-command-bus/sql` keeps them in PostgreSQL.
+ * for tests. Not transactional: a command scheduled by a dispatch that then
+ * fails stays scheduled. `effect-command-bus/sql` keeps them in PostgreSQL,
+ * in the dispatch's transaction.
  *
  * @since 0.1.0
  * @category layers
