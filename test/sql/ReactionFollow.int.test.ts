@@ -56,6 +56,29 @@ const nextSeen = (seen: Queue.Queue<number>, count: number) =>
 
 const counting = (seen: Queue.Queue<number>) => [Reaction.make(Counted, (event) => Queue.offer(seen, event.count))]
 
+/**
+ * Events 1 to 3 committed and published, and a reaction named "picky" that
+ * fails on the second while `twoFails.now`, and reports the others in `seen`.
+ */
+const committedToPicky = Effect.gen(function*() {
+  yield* TestDatabase.truncateAll
+  yield* commit(1, 3)
+  yield* OutboxRelay.drain(100)
+  const seen = yield* Queue.unbounded<number>()
+  const twoFails = { now: true }
+  const picky = [
+    Reaction.make(
+      Counted,
+      (event) =>
+        twoFails.now && event.count === 2
+          ? Effect.fail(new Error("two is not allowed"))
+          : Queue.offer(seen, event.count),
+      { name: "picky" }
+    )
+  ]
+  return { picky, seen, twoFails }
+})
+
 const Shared = Layer.mergeAll(
   SqlOutbox.layer,
   EventPublisher.layerMemory,
@@ -155,21 +178,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
 
   it.scoped("a reaction that keeps failing is kept as a dead letter in the database, and redriven once fixed", () =>
     Effect.gen(function*() {
-      yield* TestDatabase.truncateAll
-      yield* commit(1, 3)
-      yield* OutboxRelay.drain(100)
-      const seen = yield* Queue.unbounded<number>()
-      let failOnTwo = true
-      const picky = [
-        Reaction.make(
-          Counted,
-          (event) =>
-            failOnTwo && event.count === 2
-              ? Effect.fail(new Error("two is not allowed"))
-              : Queue.offer(seen, event.count),
-          { name: "picky" }
-        )
-      ]
+      const { picky, seen, twoFails } = yield* committedToPicky
       yield* Reaction.follow("picky", picky, { pollInterval: "200 millis", retry: Schedule.recurs(1) })
       expect(yield* nextSeen(seen, 2)).toEqual([1, 3])
       const deadLetters = yield* Reaction.DeadLetters
@@ -183,7 +192,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       ])
       expect(letter!.reason).toContain("two is not allowed")
 
-      failOnTwo = false
+      twoFails.now = false
       expect(yield* Reaction.redrive("picky", picky)).toEqual({ resolved: 1, failed: 0, unmatched: 0, held: 0 })
       expect(yield* nextSeen(seen, 1)).toEqual([2])
       expect(yield* deadLetters.list("picky")).toEqual([])
@@ -191,21 +200,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
 
   it.scoped("with aggregate sequencing, the aggregate's later events wait behind its dead letter, then run in order", () =>
     Effect.gen(function*() {
-      yield* TestDatabase.truncateAll
-      yield* commit(1, 3)
-      yield* OutboxRelay.drain(100)
-      const seen = yield* Queue.unbounded<number>()
-      let failOnTwo = true
-      const picky = [
-        Reaction.make(
-          Counted,
-          (event) =>
-            failOnTwo && event.count === 2
-              ? Effect.fail(new Error("two is not allowed"))
-              : Queue.offer(seen, event.count),
-          { name: "picky" }
-        )
-      ]
+      const { picky, seen, twoFails } = yield* committedToPicky
       yield* Layer.build(OutboxRelay.layer({ pollInterval: "50 millis" }))
       yield* Reaction.follow("picky", picky, {
         pollInterval: "200 millis",
@@ -228,7 +223,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       ])
       expect(yield* Queue.size(seen)).toBe(0)
 
-      failOnTwo = false
+      twoFails.now = false
       expect(yield* Reaction.redrive("picky", picky, { sequencing: "aggregate" })).toEqual({
         resolved: 3,
         failed: 0,
