@@ -21,6 +21,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
@@ -29,6 +30,7 @@ import { randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
 import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
+import * as Tracing from "./Tracing.js"
 
 /**
  * A command waiting for its time, or one that failed for good.
@@ -272,6 +274,14 @@ export interface RunOptions {
   readonly backoff?: (attempts: number) => Duration.DurationInput
 }
 
+const scheduledTotal = Metric.counter("command_bus_scheduled_commands_total", {
+  description: "Scheduled commands run, by command type and outcome: completed, retrying or failed (for good)",
+  incremental: true
+})
+
+const counted = (command: string, outcome: "completed" | "retrying" | "failed") =>
+  Metric.tagged(Metric.tagged(scheduledTotal, "command", command), "outcome", outcome)
+
 const defaultBackoff = (attempts: number): Duration.Duration =>
   Duration.seconds(Math.min(2 ** Math.max(0, attempts - 1), 300))
 
@@ -303,6 +313,7 @@ export const run = <C extends Command.Any, H, E, R>(
         const exit = yield* Effect.exit(bus.dispatchUnknown(withKey(due)))
         if (exit._tag === "Success") {
           yield* store.complete(due.id)
+          yield* Metric.increment(counted(due.commandType, "completed"))
           return yield* Effect.logDebug("scheduled.completed")
         }
         const error = Option.getOrUndefined(Cause.failureOption(exit.cause))
@@ -312,14 +323,21 @@ export const run = <C extends Command.Any, H, E, R>(
         const reason = reasonOf(exit.cause)
         if (final || due.attempts >= maxAttempts) {
           yield* store.fail(due.id, reason)
+          yield* Metric.increment(counted(due.commandType, "failed"))
           return yield* Effect.logWarning("scheduled.failed", exit.cause)
         }
         const dueAt = DateTime.addDuration(yield* DateTime.now, backoff(due.attempts))
         yield* store.retryAt(due.id, dueAt, reason)
+        yield* Metric.increment(counted(due.commandType, "retrying"))
         yield* Effect.logWarning("scheduled.retrying", exit.cause).pipe(
           Effect.annotateLogs({ retryAt: DateTime.formatIso(dueAt) })
         )
-      }).pipe(Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType, attempts: due.attempts }))
+      }).pipe(
+        Tracing.withSpan("CommandScheduler.run", {
+          attributes: { "scheduled.id": due.id, "command.type": due.commandType, "scheduled.attempts": due.attempts }
+        }),
+        Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType, attempts: due.attempts })
+      )
     return Effect.forever(
       store.claim(batchSize, lease).pipe(
         Effect.flatMap((batch) =>

@@ -21,6 +21,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
@@ -33,6 +34,7 @@ import type { StoreUnavailable } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
 import { Outbox } from "./Outbox.js"
+import * as Tracing from "./Tracing.js"
 
 /**
  * An event class, as `DomainEvent.Class` makes them.
@@ -257,7 +259,7 @@ const reactor = <E, R>(reactions: ReadonlyArray<Reaction<E, R>>, options: RunOpt
     byType.set(reaction.eventType, list)
   }
   const react = <X>(reaction: Reaction<E, R>, envelope: DomainEvent.Envelope, onFailure: OnFailure<X>) =>
-    Effect.catchAllCause(retried(reaction, envelope, options), (cause) =>
+    Effect.catchAllCause(measured(reaction, envelope, options), (cause) =>
       Cause.isInterruptedOnly(cause)
         ? Effect.failCause(cause as Cause.Cause<never>)
         : Effect.zipRight(logFailure(cause), onFailure(reaction.name, envelope, cause))).pipe(
@@ -281,6 +283,57 @@ const retried = <E, R>(reaction: Reaction<E, R>, envelope: DomainEvent.Envelope,
         !(error instanceof Undecodable) && !(error instanceof Parked) && (reaction.retryable?.(error) ?? true)
     })
   )
+
+const reactionsTotal = Metric.counter("command_bus_reactions_total", {
+  description: "Reactions run, by reaction and outcome: success, failed (after its retries) or parked",
+  incremental: true
+})
+
+const deadLettersTotal = Metric.counter("command_bus_reaction_dead_letters_total", {
+  description: "Events that became dead letters under follow, by follower and reaction",
+  incremental: true
+})
+
+// The counters of a reaction, tagged once, not on every update.
+const countersOf = (() => {
+  const cache = new Map<string, Record<"success" | "failed" | "parked", Metric.Metric.Counter<number>>>()
+  return (name: string) => {
+    let counters = cache.get(name)
+    if (counters === undefined) {
+      const base = Metric.tagged(reactionsTotal, "reaction", name)
+      counters = {
+        success: Metric.tagged(base, "outcome", "success"),
+        failed: Metric.tagged(base, "outcome", "failed"),
+        parked: Metric.tagged(base, "outcome", "parked")
+      }
+      cache.set(name, counters)
+    }
+    return counters
+  }
+})()
+
+// One reaction to one event, its retries included: a span, and its outcome counted.
+const measured = <E, R>(reaction: Reaction<E, R>, envelope: DomainEvent.Envelope, options: RunOptions) => {
+  const counters = countersOf(reaction.name)
+  return retried(reaction, envelope, options).pipe(
+    Effect.onExit((exit) =>
+      exit._tag === "Success"
+        ? Metric.increment(counters.success)
+        : Cause.isInterruptedOnly(exit.cause)
+        ? Effect.void
+        : Metric.increment(failureOf(exit.cause) instanceof Parked ? counters.parked : counters.failed)
+    ),
+    Tracing.withSpan(`Reaction ${reaction.name}`, {
+      attributes: {
+        "reaction.name": reaction.name,
+        "event.type": envelope.type,
+        "event.id": envelope.eventId,
+        "event.aggregate_id": envelope.aggregateId,
+        "event.correlation_id": envelope.correlationId
+      }
+    })
+  )
+}
 
 const logFailure = (cause: Cause.Cause<unknown>) => {
   const error = failureOf(cause)
@@ -606,7 +659,12 @@ const followLoop = <E, R>(
                           event,
                           reason: reasonOf(cause)
                         }),
-                        () => sequenced && parked.add(sequenceKey(reaction, event))
+                        () => {
+                          if (sequenced) parked.add(sequenceKey(reaction, event))
+                          return Metric.increment(
+                            Metric.tagged(Metric.tagged(deadLettersTotal, "follower", name), "reaction", reaction)
+                          )
+                        }
                       )),
                     checkpoints.save(name, stored.position)
                   ),
@@ -703,7 +761,7 @@ export const redrive = <E, R>(
         blocked.add(sequence)
         continue
       }
-      const exit = yield* Effect.exit(retried(reaction, letter.event, options))
+      const exit = yield* Effect.exit(measured(reaction, letter.event, options))
       if (exit._tag === "Success") {
         yield* deadLetters.remove(name, letter.reaction, letter.event.eventId)
         resolved++

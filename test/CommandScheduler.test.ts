@@ -8,6 +8,8 @@ import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
 import { Command, CommandBus, CommandError, CommandScheduler, Handler } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
+import * as Metrics from "./support/Metrics.js"
+import { recordingTracer } from "./support/Tracing.js"
 
 class CardDeclined extends Schema.TaggedError<CardDeclined>()("CardDeclined", { orderId: Schema.String }) {}
 
@@ -94,14 +96,23 @@ describe("CommandScheduler", () => {
       assert.deepStrictEqual(yield* list(), [])
     }).pipe(Effect.provide(Stores)))
 
-  it.scoped("keeps the command's own idempotency key, and runs at a given time", () =>
+  it.scoped("keeps the command's own idempotency key, runs at a given time, in a span of its own", () =>
     Effect.gen(function*() {
       const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
-      yield* CommandScheduler.schedule(new Remind({ orderId: "o-1", idempotencyKey: "mine" }), { at: new Date(5000) })
-      yield* CommandScheduler.start(makeBus(ran, { remaining: 0 }))
+      const id = yield* CommandScheduler.schedule(new Remind({ orderId: "o-1", idempotencyKey: "mine" }), {
+        at: new Date(5000)
+      })
+      const { spans, tracer } = yield* recordingTracer
+      yield* CommandScheduler.start(makeBus(ran, { remaining: 0 })).pipe(Effect.withTracer(tracer))
       yield* TestClock.adjust("5 seconds")
       const got = yield* Queue.take(ran)
       assert.deepStrictEqual([got.at, got.idempotencyKey], [5000, "mine"])
+      yield* settle
+      const run = spans.find((span) => span.name === "CommandScheduler.run")
+      assert.deepStrictEqual(
+        [run?.attributes.get("scheduled.id"), run?.attributes.get("command.type"), run?.status._tag],
+        [id, "Remind", "Ended"]
+      )
     }).pipe(Effect.provide(Stores)))
 
   it.scoped("a failure the command declares fails it for good at once; retry runs it again", () =>
@@ -127,6 +138,12 @@ describe("CommandScheduler", () => {
   it.scoped("a failure that may pass runs again after a growing wait, then fails for good after maxAttempts", () =>
     Effect.gen(function*() {
       const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const outcomes = Effect.all(
+        ["completed", "retrying", "failed"].map((outcome) =>
+          Metrics.count("command_bus_scheduled_commands_total", { command: "Charge", outcome })
+        )
+      )
+      const [completed, retrying, failed] = yield* outcomes
       const conflicts = { remaining: 2 }
       yield* CommandScheduler.schedule(new Charge({ orderId: "flaky", amount: 1 }), { after: 0 })
       yield* CommandScheduler.start(makeBus(ran, conflicts), { maxAttempts: 3 })
@@ -140,9 +157,11 @@ describe("CommandScheduler", () => {
       yield* CommandScheduler.schedule(new Charge({ orderId: "stuck", amount: 1 }), { after: 0 })
       yield* TestClock.adjust("1 minute")
       assert.strictEqual((yield* Queue.takeAll(ran)).length, 3)
-      const [failed] = yield* list("failed")
-      assert.deepStrictEqual([(failed!.command as { orderId: string }).orderId, failed!.attempts], ["stuck", 3])
-      assert.include(failed!.lastError, "ConcurrencyConflict")
+      const [stuck] = yield* list("failed")
+      assert.deepStrictEqual([(stuck!.command as { orderId: string }).orderId, stuck!.attempts], ["stuck", 3])
+      assert.include(stuck!.lastError, "ConcurrencyConflict")
+      // flaky: 2 retrying then completed; stuck: 2 retrying then failed.
+      assert.deepStrictEqual(yield* outcomes, [completed + 1, retrying + 4, failed + 1])
     }).pipe(Effect.provide(Stores)))
 
   it.scoped("a cancelled command never runs; a command the runner's bus does not handle fails for good", () =>

@@ -9,7 +9,6 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
-import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
@@ -30,6 +29,7 @@ import {
   UnitOfWork
 } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
+import { read } from "./support/Metrics.js"
 import { parentId, recordingTracer } from "./support/Tracing.js"
 
 // -----------------------------------------------------------------------------
@@ -403,18 +403,6 @@ describe("Middleware", () => {
 
   // ---------------------------------------------------------------------------
   describe("metrics", () => {
-    /** The count (and sum, for histograms) of the metric with exactly these tags; zeros when never updated. */
-    const read = (name: string, tags: Readonly<Record<string, string>>) =>
-      Effect.map(Metric.snapshot, (pairs) => {
-        const pair = pairs.find((pair) =>
-          pair.metricKey.name === name &&
-          pair.metricKey.tags.length === Object.keys(tags).length &&
-          pair.metricKey.tags.every((label) => tags[label.key] === label.value)
-        )
-        const state = pair?.metricState as { readonly count?: number | bigint; readonly sum?: number } | undefined
-        return { count: Number(state?.count ?? 0), sum: state?.sum ?? 0 }
-      })
-
     const total = (command: string, outcome: string) =>
       Effect.map(read("command_bus_commands_total", { command, outcome }), (state) => state.count)
     const duration = (command: string) => read("command_bus_dispatch_duration_seconds", { command })

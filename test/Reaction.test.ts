@@ -22,6 +22,8 @@ import {
   Reaction
 } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
+import * as Metrics from "./support/Metrics.js"
+import { recordingTracer } from "./support/Tracing.js"
 
 // -----------------------------------------------------------------------------
 // a small process: an order placed is paid for
@@ -296,7 +298,11 @@ describe("Reaction", () => {
       const broken = envelopeOf("OrderPlaced", { orderId: 5, amount: "many" })
       const outbox = yield* Outbox.Outbox
       yield* outbox.append([big, broken, envelopeOf("OrderPlaced", { orderId: "o-after", amount: 1 })])
-      yield* Reaction.follow("payments", [charge], { retry: Schedule.recurs(2) }).pipe(Effect.provide(logger))
+      const { spans, tracer } = yield* recordingTracer
+      yield* Reaction.follow("payments", [charge], { retry: Schedule.recurs(2) }).pipe(
+        Effect.provide(logger),
+        Effect.withTracer(tracer)
+      )
       assert.strictEqual(yield* Queue.take(seen), "o-after")
       assert.strictEqual(runs, 3 + 1, "the declined one tried three times, the undecodable one never reached it")
       // The checkpoint moved past the failures: it is saved before the next event runs.
@@ -314,6 +320,14 @@ describe("Reaction", () => {
       assert.match(letters[1]!.reason, /^Undecodable: /)
       assert.deepStrictEqual(letters[0]!.event, big)
       assert.deepStrictEqual(yield* deadLetters.list("someone-else"), [])
+      // One span per reaction to an event, its retries included, failed or not.
+      const reacted = spans.filter((span) => span.name === "Reaction charge")
+      const outcomes = reacted.map((span) => span.status._tag === "Ended" ? span.status.exit._tag : "open")
+      assert.deepStrictEqual(outcomes, ["Failure", "Failure", "Success", "Success"])
+      assert.deepStrictEqual(reacted.slice(0, 2).map((span) => span.attributes.get("event.id")), [
+        big.eventId,
+        broken.eventId
+      ])
       assert.deepStrictEqual(
         lines.filter((line) => line.message.startsWith("reaction.")).map((line) => [
           line.message,
@@ -384,6 +398,12 @@ describe("Reaction", () => {
         { reaction: "ship", aggregateType: "Order", aggregateId: "A" }
       ])
       assert.strictEqual(lines.filter((line) => line.message === "reaction.parked").length, 2)
+      const runs = (outcome: string) => Metrics.count("command_bus_reactions_total", { reaction: "ship", outcome })
+      assert.deepStrictEqual([yield* runs("success"), yield* runs("failed"), yield* runs("parked")], [2, 1, 2])
+      assert.strictEqual(
+        yield* Metrics.count("command_bus_reaction_dead_letters_total", { follower: "shipping", reaction: "ship" }),
+        3
+      )
 
       // Still failing: the first stays, and holds the rest back without running them.
       const redrive = Reaction.redrive("shipping", [ship], { sequencing: "aggregate", retry: Schedule.recurs(0) })
@@ -392,6 +412,7 @@ describe("Reaction", () => {
       // Fixed: all three run, in the aggregate's order.
       failing = new Set()
       assert.deepStrictEqual(yield* redrive, { resolved: 3, failed: 0, unmatched: 0, held: 0 })
+      assert.deepStrictEqual([yield* runs("success"), yield* runs("failed"), yield* runs("parked")], [5, 2, 2])
       assert.deepStrictEqual([...yield* Queue.takeAll(seen)], ["a-1", "a-2", "a-3"])
       assert.deepStrictEqual(yield* deadLetters.sequences("shipping"), [])
       // Unblocked, the follower runs the aggregate's new events again.
