@@ -107,16 +107,17 @@ export class Parked extends Schema.TaggedError<Parked>()("Parked", {
 export const make = <A, E, R>(
   event: EventClass<A>,
   handle: (event: A, envelope: DomainEvent.Envelope) => Effect.Effect<void, E, R>,
-  options: { readonly name?: string; readonly retryable?: (error: E) => boolean } = {}
+  options: MakeOptions & { readonly retryable?: (error: E) => boolean } = {}
 ): Reaction<E, R> => {
   const decode = Schema.decodeUnknown(event)
   const retryable = options.retryable as ((error: unknown) => boolean) | undefined
+  const upcast = options.upcast
   return {
     name: options.name ?? `on ${event._tag}`,
     eventType: event._tag,
     ...(retryable === undefined ? {} : { retryable }),
     handle: (envelope) =>
-      decode(payloadOf(envelope)).pipe(
+      decode(payloadOf(envelope, upcast === undefined ? envelope.payload : upcast(envelope.payload, envelope))).pipe(
         Effect.mapError((error) =>
           new Undecodable({ eventType: envelope.type, eventId: envelope.eventId, reason: error.message })
         ),
@@ -125,11 +126,25 @@ export const make = <A, E, R>(
   }
 }
 
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface MakeOptions {
+  /** Default: `on <event type>`. Names the reaction in logs, metrics, dead letters and idempotency keys. */
+  readonly name?: string
+  /**
+   * Rewrites a stored payload before it is decoded: events written by an
+   * earlier version of the event's schema (a field renamed, say) decode
+   * with the current one. Given the payload as stored, without its tag.
+   * Additions with defaults need none: `Schema.optionalWith(..., { default })`.
+   */
+  readonly upcast?: (payload: unknown, envelope: DomainEvent.Envelope) => unknown
+}
+
 // A payload is the event's encoded fields; its tag is the envelope's type.
-const payloadOf = (envelope: DomainEvent.Envelope): unknown =>
-  typeof envelope.payload === "object" && envelope.payload !== null
-    ? { ...envelope.payload, _tag: envelope.type }
-    : envelope.payload
+const payloadOf = (envelope: DomainEvent.Envelope, payload: unknown): unknown =>
+  typeof payload === "object" && payload !== null ? { ...payload, _tag: envelope.type } : payload
 
 /**
  * The metadata a follow-up command of an event carries: the event's
@@ -164,7 +179,7 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   event: EventClass<A>,
   bus: CommandBus.CommandBus<C, H, BE, BR>,
   toCommand: (event: A, followUp: FollowUp, envelope: DomainEvent.Envelope) => Cmd | undefined,
-  options: { readonly name?: string } = {}
+  options: MakeOptions = {}
 ): Reaction<Command.Failure<Cmd> | BE, CommandBus.Requirements<H, Cmd["_tag"], BR>> => {
   const name = options.name ?? `on ${event._tag}`
   const definitions = [...bus.definitions.values()]
@@ -175,6 +190,7 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
     }, envelope)
     return command === undefined ? Effect.void : Effect.asVoid(bus.dispatch(command))
   }, {
+    ...options,
     name,
     retryable: (error) => !definitions.some((definition) => Command.isOutcome(definition, error))
   })
@@ -375,6 +391,8 @@ export interface CheckpointStore {
   readonly load: (name: string) => Effect.Effect<number, StoreUnavailable>
   /** Moves the position on; a lower one than stored is ignored. */
   readonly save: (name: string, position: number) => Effect.Effect<void, StoreUnavailable>
+  /** Sets the position, backwards too: `replay`. */
+  readonly reset: (name: string, position: number) => Effect.Effect<void, StoreUnavailable>
 }
 
 /**
@@ -397,9 +415,26 @@ export const layerCheckpointsMemory: Layer.Layer<Checkpoints> = Layer.sync(Check
   const positions = new Map<string, number>()
   return {
     load: (name) => Effect.sync(() => positions.get(name) ?? 0),
-    save: (name, position) => Effect.sync(() => void positions.set(name, Math.max(positions.get(name) ?? 0, position)))
+    save: (name, position) => Effect.sync(() => void positions.set(name, Math.max(positions.get(name) ?? 0, position))),
+    reset: (name, position) => Effect.sync(() => void positions.set(name, position))
   }
 })
+
+/**
+ * Moves the checkpoint named `name` back (or on) to `after`, default 0: the
+ * next `follow` of that name runs its reactions again on every event after
+ * that position, to rebuild what they build (a read model, a search index)
+ * after a fix. Run it while no follower of that name runs: a running one
+ * would save its own position over it. Dead letters stay as they are.
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const replay = (
+  name: string,
+  options: { readonly after?: number } = {}
+): Effect.Effect<void, StoreUnavailable, Checkpoints> =>
+  Effect.flatMap(Checkpoints, (checkpoints) => checkpoints.reset(name, options.after ?? 0))
 
 // -----------------------------------------------------------------------------
 // dead letters

@@ -463,6 +463,48 @@ describe("Reaction", () => {
       assert.isAtLeast(lines.filter((line) => line.message === "reaction.store-unavailable").length, 2)
     }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory])))
 
+  it.scoped("replay: a follower runs again over the log from the position it is reset to", () =>
+    Effect.gen(function*() {
+      const seen = yield* Queue.unbounded<string>()
+      const reactions = [Reaction.make(OrderPlaced, (event) => Queue.offer(seen, event.orderId))]
+      const outbox = yield* Outbox.Outbox
+      yield* outbox.append(["o-1", "o-2", "o-3"].map((orderId) => envelopeOf("OrderPlaced", { orderId, amount: 1 })))
+      const first = yield* Scope.make()
+      yield* Reaction.follow("projection", reactions).pipe(Scope.extend(first))
+      assert.deepStrictEqual([...yield* Queue.takeN(seen, 3)], ["o-1", "o-2", "o-3"])
+      yield* Scope.close(first, Exit.void)
+
+      const checkpoints = yield* Reaction.Checkpoints
+      yield* Reaction.replay("projection", { after: 1 })
+      assert.strictEqual(yield* checkpoints.load("projection"), 1)
+      yield* Reaction.follow("projection", reactions)
+      assert.deepStrictEqual([...yield* Queue.takeN(seen, 2)], ["o-2", "o-3"])
+      yield* Reaction.replay("elsewhere")
+      assert.strictEqual(yield* checkpoints.load("elsewhere"), 0)
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+
+  it.scoped("upcast: an event stored by an earlier schema is rewritten before it is decoded", () =>
+    Effect.gen(function*() {
+      const seen = yield* Queue.unbounded<string>()
+      // Version 1 of OrderPlaced called the amount "total".
+      const stored = envelopeOf("OrderPlaced", { orderId: "o-old", total: 42 })
+      const upcast = (payload: unknown) => {
+        const { total, ...rest } = payload as { readonly total?: unknown }
+        return total === undefined ? payload : { ...rest, amount: total }
+      }
+      const { lines, logger } = capturedLogs()
+      yield* Reaction.start([
+        Reaction.make(OrderPlaced, (event) => Queue.offer(seen, `${event.orderId} ${event.amount}`), { upcast }),
+        Reaction.make(OrderPlaced, () => Effect.void, { name: "no upcast" })
+      ]).pipe(Effect.provide(logger))
+      yield* publish(stored, envelopeOf("OrderPlaced", { orderId: "o-new", amount: 7 }))
+      assert.deepStrictEqual([...yield* Queue.takeN(seen, 2)], ["o-old 42", "o-new 7"])
+      assert.deepStrictEqual(
+        lines.filter((line) => line.message === "reaction.undecodable").map((line) => line.annotations.reaction),
+        ["no upcast"]
+      )
+    }).pipe(Effect.provide(InMemory.layer)))
+
   it("Command.causedBy: a command's follow-up keeps its correlation and names it as the cause", () => {
     const first = new PlaceOrder({ orderId: "o-1", amount: 1 })
     const next = new TakePayment({ orderId: "o-1", amount: 1, ...Command.causedBy(first) })

@@ -31,6 +31,13 @@ export const make: Effect.Effect<Reaction.CheckpointStore, never, SqlClient.SqlC
           SET position = GREATEST(reaction_checkpoints.position, EXCLUDED.position), updated_at = now()`.pipe(
         Effect.asVoid,
         SqlFailure.classify
+      ),
+    reset: (name, position) =>
+      sql`
+        INSERT INTO reaction_checkpoints (name, position, updated_at) VALUES (${name}, ${position}, now())
+        ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()`.pipe(
+        Effect.asVoid,
+        SqlFailure.classify
       )
   })
 )

@@ -90,7 +90,7 @@ const Shared = Layer.mergeAll(
 )
 
 layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.follow (${TestDatabase.kind})`, (it) => {
-  it.effect("keeps a position per name that never moves back", () =>
+  it.effect("keeps a position per name that never moves back, except by a reset", () =>
     Effect.gen(function*() {
       yield* TestDatabase.truncateAll
       const checkpoints = yield* Reaction.Checkpoints
@@ -101,6 +101,11 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       yield* checkpoints.save("a", 9_000_000_000)
       expect(yield* checkpoints.load("a")).toBe(9_000_000_000)
       expect(yield* checkpoints.load("b")).toBe(0)
+      // Only a reset moves it back (a replay), and it makes a row where there was none.
+      yield* checkpoints.reset("a", 2)
+      expect(yield* checkpoints.load("a")).toBe(2)
+      yield* Reaction.replay("b", { after: 4 })
+      expect(yield* checkpoints.load("b")).toBe(4)
     }))
 
   it.scoped("catches up on committed events, follows new ones, and a restart goes on where it stopped", () =>
