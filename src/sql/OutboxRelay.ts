@@ -45,6 +45,12 @@ export interface Options {
    * one each. Default 10 milliseconds.
    */
   readonly coalesce?: Duration.DurationInput
+  /**
+   * The wait instead of `coalesce` while commits keep coming (the last drain
+   * published more than one event): fewer, larger batches, for at most this
+   * much more delay before publication. Default 100 milliseconds.
+   */
+  readonly busyCoalesce?: Duration.DurationInput
 }
 
 const publishedTotal = Metric.counter("command_bus_outbox_published_total", {
@@ -117,6 +123,7 @@ export const run = (options: Options = {}) =>
     const batchSize = options.batchSize ?? 256
     const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
     const coalesce = Duration.decode(options.coalesce ?? "10 millis")
+    const busyCoalesce = Duration.decode(options.busyCoalesce ?? "100 millis")
     const pg = yield* PgClient.PgClient
     const wake = yield* Queue.sliding<void>(1)
     const listen = pg.listen(outboxChannel).pipe(
@@ -137,7 +144,9 @@ export const run = (options: Options = {}) =>
         listener = yield* listen
       }
       notified = Option.isSome(yield* Effect.timeoutOption(Queue.take(wake), pollInterval))
-      yield* Effect.sleep(coalesce)
+      // Under load a batch every few milliseconds costs the database and this
+      // process a transaction each; waiting longer makes them fewer.
+      yield* Effect.sleep(published > 1 ? busyCoalesce : coalesce)
     }
   })
 
