@@ -30,6 +30,7 @@ import {
   MalformedJson,
   MethodNotAllowed,
   PayloadTooLarge,
+  RepeatedHeader,
   RouteNotFound,
   ServiceUnavailable,
   UnsupportedMediaType
@@ -433,6 +434,7 @@ export class Api extends ApiBase
   .add(HealthGroup)
   .add(MetricsGroup)
   .addError(Problem.schema(MalformedJson))
+  .addError(Problem.schema(RepeatedHeader))
   .addError(Problem.schema(PayloadTooLarge))
   .addError(Problem.schema(UnsupportedMediaType))
   .addError(Problem.schema(RouteNotFound))

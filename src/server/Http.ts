@@ -42,6 +42,7 @@ import {
   MalformedJson,
   MethodNotAllowed,
   PayloadTooLarge,
+  RepeatedHeader,
   RouteNotFound,
   UnsupportedMediaType
 } from "./HttpErrors.js"
@@ -380,6 +381,10 @@ const withBody = (request: HttpServerRequest.HttpServerRequest, text: string, js
  */
 const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) =>
   Effect.gen(function*() {
+    // Two keys would reach the API as one, "a, b": neither the client meant.
+    if (request.headers["idempotency-key"]?.includes(",") && repeated(request, "idempotency-key")) {
+      return Either.left(Problem.responseFor(RepeatedHeader, new RepeatedHeader({ header: "Idempotency-Key" })))
+    }
     // No body and no content type: nothing to check; the router answers
     // (an unknown route is a 404).
     if (!hasBody(request) && request.headers["content-type"] === undefined) return Either.right(request)
@@ -415,6 +420,10 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
       ))
     }
   })
+
+// Whether the header came on more than one line (Node joins such lines).
+const repeated = (request: HttpServerRequest.HttpServerRequest, name: string): boolean =>
+  (NodeHttpServerRequest.toIncomingMessage(request).headersDistinct[name]?.length ?? 0) > 1
 
 /**
  * A failure no endpoint mapped (a defect, or a route that does not exist)

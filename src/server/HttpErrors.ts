@@ -57,6 +57,24 @@ export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()(
 }
 
 /**
+ * A header that names one value sent on more than one line: Node would join
+ * the lines into one value (`a, b`), which is neither of the keys the client
+ * meant.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class RepeatedHeader extends Schema.TaggedError<RepeatedHeader>()(
+  "RepeatedHeader",
+  { header: Schema.String },
+  HttpApiSchema.annotations({ status: 400, title: "Header repeated" })
+) {
+  override get message() {
+    return `The ${this.header} header appears more than once; send it once`
+  }
+}
+
+/**
  * A body that is not `application/json`.
  *
  * @since 0.1.0

@@ -326,6 +326,25 @@ const cases: ReadonlyArray<Case> = [
   // headers
   { name: "an empty Idempotency-Key", body: json(order), headers: { "idempotency-key": "" }, ...invalid },
   {
+    name: "two Idempotency-Key lines (Node would join them as one key, \"a, b\")",
+    raw: (bearer) => [
+      [
+        "POST /api/v1/orders HTTP/1.1",
+        "Host: localhost",
+        `Authorization: Bearer ${bearer}`,
+        "Content-Type: application/json",
+        "Idempotency-Key: repeated-a",
+        "Idempotency-Key: repeated-b",
+        `Content-Length: ${Buffer.byteLength(json(order))}`,
+        "Connection: close",
+        "",
+        json(order)
+      ].join("\r\n")
+    ],
+    status: 400,
+    code: "RepeatedHeader"
+  },
+  {
     name: "an Idempotency-Key of 256 characters",
     body: json(order),
     headers: { "idempotency-key": "k".repeat(256) },

@@ -222,6 +222,15 @@ export interface components {
             code: string;
             reason: string;
         };
+        /** @description Header repeated */
+        RepeatedHeader: {
+            type: string;
+            title: string;
+            status: components["schemas"]["Int"];
+            detail: string;
+            code: string;
+            header: string;
+        };
         /** @description Command validation failed */
         CommandValidationError: {
             type: string;
@@ -520,7 +529,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -649,7 +658,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -789,7 +798,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -910,7 +919,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -1037,7 +1046,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -1161,7 +1170,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"];
                 };
             };
             /** @description Unauthorized */
@@ -1262,7 +1271,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"];
                 };
             };
             /** @description Not found */
@@ -1345,7 +1354,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"];
                 };
             };
             /** @description Not found */
@@ -1428,7 +1437,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"];
                 };
             };
             /** @description Unauthorized */
