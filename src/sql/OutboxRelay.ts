@@ -46,9 +46,11 @@ export interface Options {
    */
   readonly coalesce?: Duration.DurationInput
   /**
-   * The wait instead of `coalesce` while commits keep coming (the last drain
-   * published more than one event): fewer, larger batches, for at most this
-   * much more delay before publication. Default 100 milliseconds.
+   * The longest wait while commits keep coming: after a drain that published
+   * `n` events (more than one), the relay waits `n` times `coalesce`, at most
+   * this long. Under steady load the batches grow to this much time's
+   * commits: fewer, larger publishing transactions, for at most this much
+   * delay before publication. Default 100 milliseconds.
    */
   readonly busyCoalesce?: Duration.DurationInput
 }
@@ -146,7 +148,9 @@ export const run = (options: Options = {}) =>
       notified = Option.isSome(yield* Effect.timeoutOption(Queue.take(wake), pollInterval))
       // Under load a batch every few milliseconds costs the database and this
       // process a transaction each; waiting longer makes them fewer.
-      yield* Effect.sleep(published > 1 ? busyCoalesce : coalesce)
+      yield* Effect.sleep(
+        published > 1 ? Duration.min(busyCoalesce, Duration.times(coalesce, published)) : coalesce
+      )
     }
   })
 

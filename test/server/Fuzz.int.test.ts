@@ -282,11 +282,17 @@ describe(`fuzzing every operation of the OpenAPI document (${kind}, seed ${baseS
           expect(reply.status, reply.text).toBe(201)
           sentinels.push((reply.body as { order_id: string }).order_id)
         }
+        const reader = stateReader(http)
+        // The relay publishes shortly after commit: a first snapshot taken
+        // before the sentinels' events are in the feed would see it grow.
+        for (const sentinel of sentinels) {
+          yield* Effect.promise(() => reader.awaitEvent(0, sentinel, "OrderCreated"))
+        }
         world = {
           document,
           operations: new Map(operations.map((operation) => [operation.id, operation])),
           http,
-          ...stateReader(http),
+          ...reader,
           check: responseChecker(document),
           sentinels
         }
