@@ -22,7 +22,6 @@ import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
-import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
@@ -30,6 +29,7 @@ import { randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
 import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
+import { failureOf, stored } from "./internal/cause.js"
 import * as Tracing from "./Tracing.js"
 
 /**
@@ -316,11 +316,11 @@ export const run = <C extends Command.Any, H, E, R>(
           yield* Metric.increment(counted(due.commandType, "completed"))
           return yield* Effect.logDebug("scheduled.completed")
         }
-        const error = Option.getOrUndefined(Cause.failureOption(exit.cause))
+        const error = failureOf(exit.cause)
         const definition = bus.definitions.get(due.commandType)
         const final = error instanceof UnknownCommand || error instanceof InvalidCommand ||
           (definition !== undefined && Command.isOutcome(definition, error))
-        const reason = reasonOf(exit.cause)
+        const reason = stored(Cause.pretty(exit.cause))
         if (final || due.attempts >= maxAttempts) {
           yield* store.fail(due.id, reason)
           yield* Metric.increment(counted(due.commandType, "failed"))
@@ -386,8 +386,3 @@ const withKey = (due: Due): unknown =>
   typeof due.command === "object" && due.command !== null && !("idempotencyKey" in due.command)
     ? { ...due.command, idempotencyKey: `scheduled:${due.id}` }
     : due.command
-
-const reasonOf = (cause: Cause.Cause<unknown>): string => {
-  const text = Cause.pretty(cause)
-  return text.length > 4000 ? `${text.slice(0, 3999)}…` : text
-}

@@ -22,7 +22,6 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
-import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
@@ -33,6 +32,7 @@ import type * as CommandBus from "./CommandBus.js"
 import type { StoreUnavailable } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
+import { failureOf, stored } from "./internal/cause.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
 
@@ -581,15 +581,15 @@ export const layerDeadLettersMemory: Layer.Layer<DeadLetters> = Layer.effect(
   })
 )
 
-// Operators read it; a defect's stack helps them, a page of it does not.
 const reasonOf = (cause: Cause.Cause<unknown>): string => {
   const error = failureOf(cause)
-  const text = error instanceof Undecodable
-    ? `Undecodable: ${error.reason}`
-    : error instanceof Parked
-    ? `Parked: ${error.message}`
-    : Cause.pretty(cause)
-  return text.length > 4000 ? `${text.slice(0, 3999)}…` : text
+  return stored(
+    error instanceof Undecodable
+      ? `Undecodable: ${error.reason}`
+      : error instanceof Parked
+      ? `Parked: ${error.message}`
+      : Cause.pretty(cause)
+  )
 }
 
 // -----------------------------------------------------------------------------
@@ -811,5 +811,3 @@ export const redrive = <E, R>(
     }
     return { resolved, failed, unmatched, held }
   }).pipe(Effect.annotateLogs({ follower: name, redrive: true }))
-
-const failureOf = (cause: Cause.Cause<unknown>): unknown => Option.getOrUndefined(Cause.failureOption(cause))

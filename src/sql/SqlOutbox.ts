@@ -13,6 +13,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type { StoreUnavailable } from "../CommandError.js"
 import { Envelope } from "../DomainEvent.js"
+import * as Column from "../internal/column.js"
 import * as Outbox from "../Outbox.js"
 import * as SqlFailure from "./SqlFailure.js"
 import * as SqlStatement from "./SqlStatement.js"
@@ -60,7 +61,7 @@ export const toEnvelope = (row: Row): Envelope =>
     occurredAt: DateTime.unsafeMake(row.occurred_at),
     correlationId: row.correlation_id,
     causationId: row.causation_id,
-    payload: typeof row.payload === "string" ? JSON.parse(row.payload) : row.payload
+    payload: Column.json(row.payload)
   }, { disableValidation: true })
 
 /**

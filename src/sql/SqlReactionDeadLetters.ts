@@ -10,6 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as DomainEvent from "../DomainEvent.js"
+import * as Column from "../internal/column.js"
 import * as Reaction from "../Reaction.js"
 import * as SqlFailure from "./SqlFailure.js"
 
@@ -27,12 +28,7 @@ interface Row {
 // An envelope encodes and decodes back without failing, unless the table was
 // changed by hand: a defect, then.
 const encodeEnvelope = (event: DomainEvent.Envelope) => Effect.orDie(Schema.encode(DomainEvent.Envelope)(event))
-const decodeEnvelope = (row: Row) =>
-  Effect.orDie(
-    Schema.decodeUnknown(Schema.parseJson(DomainEvent.Envelope))(
-      typeof row.event === "string" ? row.event : JSON.stringify(row.event)
-    )
-  )
+const decodeEnvelope = (row: Row) => Effect.orDie(Schema.decodeUnknown(DomainEvent.Envelope)(Column.json(row.event)))
 
 const toDeadLetter = (row: Row, event: DomainEvent.Envelope): Reaction.DeadLetter =>
   new Reaction.DeadLetter({

@@ -12,6 +12,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as CommandScheduler from "../CommandScheduler.js"
+import * as Column from "../internal/column.js"
 import * as SqlFailure from "./SqlFailure.js"
 
 interface Row {
@@ -24,13 +25,11 @@ interface Row {
   readonly last_error: string | null
 }
 
-const jsonOf = (value: unknown): unknown => typeof value === "string" ? JSON.parse(value) : value
-
 const toScheduled = (row: Row): CommandScheduler.ScheduledCommand =>
   new CommandScheduler.ScheduledCommand({
     id: row.id,
     commandType: row.command_type,
-    command: jsonOf(row.command),
+    command: Column.json(row.command),
     dueAt: DateTime.unsafeMake(row.due_at),
     state: row.state,
     attempts: row.attempts,
@@ -76,7 +75,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
             .map(({ row }) => ({
               id: row.id,
               commandType: row.command_type,
-              command: jsonOf(row.command),
+              command: Column.json(row.command),
               attempts: row.attempts
             }))
         ),
