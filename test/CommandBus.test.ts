@@ -96,6 +96,36 @@ describe("CommandBus", () => {
         assert.deepStrictEqual(error, new AccountClosed({ accountId: "closed" }))
       }).pipe(Effect.provide(InMemory.layer)))
 
+    // A handler that returns a finished effect takes the bus's shortcut (no
+    // flatMap): its value, events and failure must come out the same.
+    it.effect("handles a handler that is done already like any other, with or without middleware", () =>
+      Effect.gen(function*() {
+        const done = CommandBus.make([Deposit, Withdraw], {
+          Deposit: (command) =>
+            command.accountId === "closed"
+              ? Effect.fail(new AccountClosed({ accountId: command.accountId }))
+              : Effect.succeed(Handler.result({ accountId: command.accountId, balance: command.amount }, [
+                DomainEvent.draft(aggregate(2), new Deposited({ accountId, amount: command.amount }))
+              ])),
+          Withdraw: (command) => Exit.succeed(Handler.result({ withdrawn: command.amount }))
+        })
+        const wrapped = done.pipe(CommandBus.withMiddleware(Middleware.make("noop", (self) => self)))
+        for (const [i, bus] of [done, wrapped].entries()) {
+          assert.deepStrictEqual(yield* bus.dispatch(new Deposit({ accountId, amount: i + 1 })), {
+            accountId,
+            balance: i + 1
+          })
+          assert.deepStrictEqual(yield* bus.dispatch(new Withdraw({ accountId, amount: 3 })), { withdrawn: 3 })
+          const error = yield* Effect.flip(bus.dispatch(new Deposit({ accountId: "closed", amount: 5 })))
+          assert.deepStrictEqual(error, new AccountClosed({ accountId: "closed" }))
+        }
+        const stored = yield* readOutbox
+        assert.deepStrictEqual(stored.map((event) => event.event.payload), [
+          { _tag: "Deposited", accountId, amount: 1 },
+          { _tag: "Deposited", accountId, amount: 2 }
+        ])
+      }).pipe(Effect.provide(InMemory.layer)))
+
     it.scoped("publishes a handler's events once it has succeeded, in order", () =>
       Effect.gen(function*() {
         const publisher = yield* EventPublisher.EventPublisher
