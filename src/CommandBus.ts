@@ -9,8 +9,6 @@
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
-import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import { type Pipeable, pipeArguments } from "effect/Pipeable"
 import * as Predicate from "effect/Predicate"
@@ -24,7 +22,6 @@ import * as Idempotency from "./Idempotency.js"
 import type * as Middleware from "./Middleware.js"
 import * as MiddlewareModule from "./Middleware.js"
 import { Outbox } from "./Outbox.js"
-import * as UnitOfWork from "./UnitOfWork.js"
 
 /**
  * @since 0.1.0
@@ -188,19 +185,25 @@ const build = (
       if (op === "Success") return withEvents(command, (effect as Exit.Success<Handler.Result<unknown>, unknown>).value)
       return op === "Failure" ? effect : Effect.flatMap(effect, (result) => withEvents(command, result))
     } :
+    // The middleware applies each time the dispatch runs, with state of that
+    // run only: an effect may run twice, and a dispatch made inside a
+    // handler must not see (or run) the hooks of the one around it.
     (command: Command.Any): Effect.Effect<any, any, any> => {
       const route = routes.get(command._tag)
       if (route === undefined) return noRoute(command)
-      const current: Middleware.Dispatch = {
-        command,
-        definition: route.definition,
-        events: 0,
-        attempts: 0,
-        replayed: false
-      }
-      let effect = execute(command, route.handler, current)
-      for (let i = middleware.length - 1; i >= 0; i--) effect = middleware[i]!.apply(effect, current)
-      return effect
+      return Effect.suspend(() => {
+        const current: Middleware.Dispatch = {
+          command,
+          definition: route.definition,
+          events: 0,
+          attempts: 0,
+          replayed: false,
+          beforeCommit: []
+        }
+        let effect = execute(command, route.handler, current)
+        for (let i = middleware.length - 1; i >= 0; i--) effect = middleware[i]!.apply(effect, current)
+        return effect
+      })
     }
 
   const decoders = new Map<string, (input: unknown) => Effect.Effect<Command.Any, ParseResult.ParseError>>()
@@ -274,28 +277,14 @@ const execute = (
   })
 
 // After the handler succeeds, still inside the unit of work: stamp and append
-// its events, then run the before-commit hooks (the idempotency record).
-// This is the continuation of every dispatch, so it reads the hooks from the
-// fiber running it instead of spending a fiber step on `withFiberRuntime`.
+// its events, then run the dispatch's before-commit hooks (the idempotency
+// record).
 const afterHandler = (
   command: Command.Any,
   dispatch: Middleware.Dispatch,
   result: Handler.Result<unknown>
 ): Effect.Effect<unknown, unknown, Outbox> => {
-  const fiber = Fiber.getCurrentFiber()
-  if (Option.isNone(fiber)) {
-    return Effect.withFiberRuntime((running) => appendAndCommit(command, dispatch, result, running))
-  }
-  return appendAndCommit(command, dispatch, result, fiber.value)
-}
-
-const appendAndCommit = (
-  command: Command.Any,
-  dispatch: Middleware.Dispatch,
-  result: Handler.Result<unknown>,
-  fiber: Fiber.RuntimeFiber<unknown, unknown>
-): Effect.Effect<unknown, unknown, Outbox> => {
-  const hooks = fiber.getFiberRef(UnitOfWork.currentBeforeCommit)
+  const hooks = dispatch.beforeCommit
   const events = result.events
   dispatch.events = events.length
   if (hooks.length === 0) return withEvents(command, result)

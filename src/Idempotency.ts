@@ -37,7 +37,6 @@ import { randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type { StoreUnavailable } from "./CommandError.js"
 import * as Middleware from "./Middleware.js"
-import * as UnitOfWork from "./UnitOfWork.js"
 
 // -----------------------------------------------------------------------------
 // errors
@@ -399,8 +398,9 @@ export const middleware = (
             held ? Effect.void : Effect.fail(new IdempotencyKeyInFlight({ idempotencyKey: key }))
           )
         )
+      if (store.joinsTransaction) dispatch.beforeCommit.push(recordSuccess)
       const recorded = store.joinsTransaction
-        ? UnitOfWork.beforeCommit(self, recordSuccess)
+        ? self
         : Effect.tap(self, (value) =>
           // Committed already: a record that cannot be written only means a
           // retry runs again once the lease expires, so the success stands.

@@ -30,7 +30,7 @@ import type * as Command from "./Command.js"
 import { CommandTimeout, CommandValidationError, Forbidden, type StoreUnavailable } from "./CommandError.js"
 import * as CurrentUser from "./CurrentUser.js"
 import * as Span from "./internal/span.js"
-import { UnitOfWork } from "./UnitOfWork.js"
+import { type BeforeCommit, UnitOfWork } from "./UnitOfWork.js"
 
 /**
  * One dispatch as middleware sees it. `events` and `attempts` are filled in
@@ -48,6 +48,13 @@ export interface Dispatch {
   attempts: number
   /** Whether the result was replayed from the idempotency store. */
   replayed: boolean
+  /**
+   * Work that commits with the handler's writes: the bus runs these hooks,
+   * in order, after the handler succeeds and its events are appended, inside
+   * the unit of work (the idempotency record is one). A middleware adds one
+   * with `push`; they belong to this run of this dispatch only.
+   */
+  readonly beforeCommit: Array<BeforeCommit>
 }
 
 /**

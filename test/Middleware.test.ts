@@ -642,27 +642,28 @@ describe("Middleware", () => {
     /** A unit of work and an outbox that write down what runs, and whether a transaction is open. */
     const recordingWorld = () => {
       const log: Array<string> = []
-      let open = false
+      // Transactions open, nested ones included.
+      let depth = 0
       const unitOfWork: UnitOfWork.Service = {
         transactional: (self) =>
           Effect.acquireUseRelease(
             Effect.sync(() => {
-              open = true
+              depth++
               log.push("begin")
             }),
             () => self,
             (_, exit) =>
               Effect.sync(() => {
-                open = false
+                depth--
                 log.push(Exit.isSuccess(exit) ? "commit" : "rollback")
               })
           )
       }
       const outbox: Outbox.Service = {
-        append: (events) => Effect.sync(() => void log.push(`append ${events.length} (open: ${open})`)),
+        append: (events) => Effect.sync(() => void log.push(`append ${events.length} (open: ${depth > 0})`)),
         read: () => Effect.succeed([])
       }
-      const note = (entry: string) => Effect.sync(() => void log.push(`${entry} (open: ${open})`))
+      const note = (entry: string) => Effect.sync(() => void log.push(`${entry} (open: ${depth > 0})`))
       const layer = Layer.mergeAll(
         Layer.succeed(UnitOfWork.UnitOfWork, unitOfWork),
         Layer.succeed(Outbox.Outbox, outbox)
@@ -675,7 +676,7 @@ describe("Middleware", () => {
       return Effect.gen(function*() {
         const hook = Middleware.make(
           "hook",
-          (self) => UnitOfWork.beforeCommit(self, (value) => note(`hook ${JSON.stringify(value)}`))
+          (self, dispatch) => (dispatch.beforeCommit.push((value) => note(`hook ${JSON.stringify(value)}`)), self)
         )
         const { bus } = makeBus({ deposit: (command) => Effect.as(note("handler"), deposited(command)) })
         const transactional = bus.pipe(CommandBus.withMiddleware(hook, Middleware.transaction))
@@ -690,10 +691,67 @@ describe("Middleware", () => {
       }).pipe(Effect.provide(layer))
     })
 
+    // A handler may dispatch another command (on this bus or another) inside
+    // its own transaction: that dispatch runs its own hooks, never those of
+    // the dispatch around it (an idempotency record would be written with
+    // the inner command's value).
+    it.effect("runs, for a dispatch made inside a handler, only that dispatch's hooks", () => {
+      const { layer, log, note } = recordingWorld()
+      return Effect.gen(function*() {
+        const hook = (name: string) =>
+          Middleware.make(name, (self, dispatch) => {
+            dispatch.beforeCommit.push((value) => note(`${name} ${JSON.stringify(value)}`))
+            return self
+          })
+        const inner = makeBus().bus.pipe(CommandBus.withMiddleware(hook("inner"), Middleware.transaction))
+        const world = yield* Effect.context<UnitOfWork.UnitOfWork | Outbox.Outbox>()
+        const { bus } = makeBus({
+          deposit: (command) =>
+            inner.dispatch(new Deposit({ accountId, amount: command.amount + 1 })).pipe(
+              Effect.provide(world),
+              Effect.orDie,
+              Effect.as(deposited(command))
+            )
+        })
+        const outer = bus.pipe(CommandBus.withMiddleware(hook("outer"), Middleware.transaction))
+        yield* outer.dispatch(new Deposit({ accountId, amount: 7 }))
+        assert.deepStrictEqual(log, [
+          "begin",
+          "begin",
+          "append 1 (open: true)",
+          "inner {\"balance\":8} (open: true)",
+          "commit",
+          "append 1 (open: true)",
+          "outer {\"balance\":7} (open: true)",
+          "commit"
+        ])
+      }).pipe(Effect.provide(layer))
+    })
+
+    it.effect("runs a dispatch effect's hooks once each time it runs", () => {
+      const { layer, log, note } = recordingWorld()
+      return Effect.gen(function*() {
+        const hook = Middleware.make("hook", (self, dispatch) => {
+          dispatch.beforeCommit.push((value) => note(`hook ${JSON.stringify(value)}`))
+          return self
+        })
+        const { bus } = makeBus()
+        const deposit = bus.pipe(CommandBus.withMiddleware(hook, Middleware.transaction)).dispatch(
+          new Deposit({ accountId, amount: 7 })
+        )
+        yield* deposit
+        yield* deposit
+        assert.deepStrictEqual(log.filter((entry) => entry.startsWith("hook")), [
+          "hook {\"balance\":7} (open: true)",
+          "hook {\"balance\":7} (open: true)"
+        ])
+      }).pipe(Effect.provide(layer))
+    })
+
     it.effect("rolls back without appending or running hooks when the handler fails", () => {
       const { layer, log, note } = recordingWorld()
       return Effect.gen(function*() {
-        const hook = Middleware.make("hook", (self) => UnitOfWork.beforeCommit(self, () => note("hook")))
+        const hook = Middleware.make("hook", (self, dispatch) => (dispatch.beforeCommit.push(() => note("hook")), self))
         const { bus } = makeBus({
           deposit: (command) =>
             Effect.zipRight(note("handler"), Effect.fail(new AccountClosed({ accountId: command.accountId })))
@@ -707,15 +765,15 @@ describe("Middleware", () => {
     it.effect("rolls back when a before-commit hook fails", () => {
       const { layer, log, note } = recordingWorld()
       return Effect.gen(function*() {
-        const hook = Middleware.make<CommandError.StoreUnavailable>("hook", (self) =>
-          UnitOfWork.beforeCommit(
-            self,
-            () =>
-              Effect.zipRight(
-                note("hook"),
-                Effect.fail(new CommandError.StoreUnavailable({ store: "s", reason: "down" }))
-              )
-          ))
+        const hook = Middleware.make<CommandError.StoreUnavailable>("hook", (self, dispatch) => {
+          dispatch.beforeCommit.push(() =>
+            Effect.zipRight(
+              note("hook"),
+              Effect.fail(new CommandError.StoreUnavailable({ store: "s", reason: "down" }))
+            )
+          )
+          return self
+        })
         const { bus } = makeBus({ deposit: (command) => Effect.as(note("handler"), deposited(command)) })
         const transactional = bus.pipe(CommandBus.withMiddleware(hook, Middleware.transaction))
         const error = yield* Effect.flip(transactional.dispatch(new Deposit({ accountId, amount: 7 })))

@@ -17,16 +17,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
-import {
-  Command,
-  CommandBus,
-  CommandError,
-  CurrentUser,
-  Handler,
-  Idempotency,
-  Middleware,
-  UnitOfWork
-} from "../../src/index.js"
+import { Command, CommandBus, CommandError, CurrentUser, Handler, Idempotency, Middleware } from "../../src/index.js"
 import { CreateOrder } from "../../src/orders/Commands.js"
 import * as Inventory from "../../src/orders/Inventory.js"
 import * as Order from "../../src/orders/Order.js"
@@ -98,18 +89,19 @@ const seenAtCommit: Array<{ readonly orders: number; readonly outbox: number }> 
 /** Refuses `refuseAtCommit` commands after their events were appended, before commit. */
 const refuseAtCommit = Middleware.make<Refused, SqlClient.SqlClient>(
   "refuseAtCommit",
-  (self, { command }) =>
-    (command as PlaceOrderThen).then !== "refuseAtCommit"
+  (self, dispatch) =>
+    (dispatch.command as PlaceOrderThen).then !== "refuseAtCommit"
       ? self
-      : Effect.flatMap(SqlClient.SqlClient, (sql) =>
-        UnitOfWork.beforeCommit(self, () =>
+      : Effect.flatMap(SqlClient.SqlClient, (sql) => {
+        dispatch.beforeCommit.push(() =>
           Effect.all({ orders: count("orders"), outbox: count("outbox") }).pipe(
             Effect.provideService(SqlClient.SqlClient, sql),
-            Effect.tap((seen) =>
-              Effect.sync(() => seenAtCommit.push(seen))
-            ),
+            Effect.tap((seen) => Effect.sync(() => seenAtCommit.push(seen))),
             Effect.zipRight(Effect.fail(new Refused({ stage: "before commit" })))
-          )))
+          )
+        )
+        return self
+      })
 )
 
 const testBus = CommandBus.make([PlaceOrderThen], { PlaceOrderThen: placeOrderThen }).pipe(
