@@ -478,9 +478,18 @@ export const retry = (options: RetryOptions = {}): Middleware => {
   return make("retry", (self, dispatch) => {
     const retryable = dispatch.definition.retryable
     if (retryable.length === 0) return self
-    // The schedule starts at the first retryable failure rather than with
-    // every dispatch, so a dispatch that succeeds builds no schedule driver.
-    return Effect.catchAll(self, (error) => retryAfter(error, self, dispatch, retryable, schedule))
+    return Effect.suspend(() => {
+      // Before-commit hooks that an attempt registers are that attempt's: a
+      // retry starts from those registered before the first.
+      const kept = dispatch.beforeCommit.length
+      const again = Effect.suspend(() => {
+        dispatch.beforeCommit.length = kept
+        return self
+      })
+      // The schedule starts at the first retryable failure rather than with
+      // every dispatch, so a dispatch that succeeds builds no schedule driver.
+      return Effect.catchAll(self, (error) => retryAfter(error, again, dispatch, retryable, schedule))
+    })
   })
 }
 

@@ -506,6 +506,26 @@ describe("Middleware", () => {
         assert.strictEqual((yield* readOutbox).length, 1)
       }).pipe(Effect.provide(InMemory.layer)))
 
+    it.effect("keeps no before-commit hook of a failed attempt: each attempt's are its own", () =>
+      Effect.gen(function*() {
+        const { bus } = failing(2)
+        const hooks: Array<string> = []
+        const outer = Middleware.make("outer", (self, dispatch) =>
+          Effect.suspend(() => {
+            dispatch.beforeCommit.push(() => Effect.sync(() => void hooks.push("outer")))
+            return self
+          }))
+        const inner = Middleware.make("inner", (self, dispatch) =>
+          Effect.suspend(() => {
+            dispatch.beforeCommit.push(() => Effect.sync(() => void hooks.push(`inner ${dispatch.attempts}`)))
+            return self
+          }))
+        const retried = bus.pipe(CommandBus.withMiddleware(outer, Middleware.retry(), inner))
+        const exit = yield* afterAdjusting(retried.dispatch(new Deposit({ accountId, amount: 4 })), "1 second")
+        assert.deepStrictEqual(exit, Exit.succeed({ balance: 4 }))
+        assert.deepStrictEqual(hooks, ["outer", "inner 3"])
+      }).pipe(Effect.provide(InMemory.layer)))
+
     it.effect("fails at once on an error that is not retryable", () =>
       Effect.gen(function*() {
         const { bus, runs } = failing(Number.MAX_SAFE_INTEGER, new AccountClosed({ accountId }))

@@ -7,14 +7,26 @@ const root = Path.resolve(import.meta.dirname, "../..")
 const readme = Fs.readFileSync(Path.join(root, "README.md"), "utf8")
 
 describe("README", () => {
-  it("shows the example that ReadmeExample.test.ts runs, verbatim", () => {
-    const marker = readme.indexOf("<!-- README example")
-    expect(marker).toBeGreaterThan(0)
-    const shown = /```ts\n([\s\S]*?)```/.exec(readme.slice(marker))![1]!.trim()
-    const source = Fs.readFileSync(Path.join(root, "test/docs/ReadmeExample.test.ts"), "utf8")
-    const run = /\/\/ README:begin\n([\s\S]*?)\/\/ README:end/.exec(source)![1]!.trim()
-    expect(shown).toBe(run)
+  // Each example marked `<!-- README example: <file> runs this code -->` is the
+  // code between that file's README markers, verbatim.
+  const examples = [...readme.matchAll(/<!-- README example: (\S+) runs this code -->/g)]
+
+  it("marks its examples", () => {
+    expect(examples.map((match) => match[1])).toEqual([
+      "test/docs/ReadmeExample.test.ts",
+      "test/docs/ReadmeMiddleware.test.ts"
+    ])
   })
+
+  it.each(examples.map((match) => [match[1]!, match.index!] as const))(
+    "shows the code %s runs, verbatim",
+    (file, at) => {
+      const shown = /```ts\n([\s\S]*?)```/.exec(readme.slice(at))![1]!.trim()
+      const source = Fs.readFileSync(Path.join(root, file), "utf8")
+      const run = /\/\/ README:begin\n([\s\S]*?)\/\/ README:end/.exec(source)![1]!.trim()
+      expect(shown).toBe(run)
+    }
+  )
 
   it("lists every script it tells the reader to run", () => {
     const scripts = JSON.parse(Fs.readFileSync(Path.join(root, "package.json"), "utf8")).scripts
