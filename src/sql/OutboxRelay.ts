@@ -29,6 +29,7 @@ import * as Stream from "effect/Stream"
 import { EventPublisher } from "../EventPublisher.js"
 import { outboxChannel } from "./SqlMigrations.js"
 import * as SqlOutbox from "./SqlOutbox.js"
+import * as SqlStatement from "./SqlStatement.js"
 
 /**
  * @since 0.1.0
@@ -77,20 +78,19 @@ export const relayBatch = (batchSize = 256) =>
     return yield* Effect.uninterruptible(sql.withTransaction(Effect.gen(function*() {
       // Keyed by schema, so services in different schemas of one database
       // relay independently.
-      const [lock] = yield* sql<{ readonly locked: boolean }>`
-        SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.command_bus_outbox_relay')) AS locked`
-        .withoutTransform
+      const [lock] = yield* SqlStatement.rows(sql<{ readonly locked: boolean }>`
+        SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.command_bus_outbox_relay')) AS locked`)
       if (lock?.locked !== true) return 0
-      const rows = yield* sql<SqlOutbox.Row & { readonly base: string | number }>`
+      const rows = yield* SqlStatement.rows(sql<SqlOutbox.Row & { readonly base: string | number }>`
         SELECT ${sql.literal(SqlOutbox.columns)}, (SELECT coalesce(max(position), 0) FROM outbox) AS base
-        FROM outbox WHERE position IS NULL ORDER BY id LIMIT ${batchSize}`.withoutTransform
+        FROM outbox WHERE position IS NULL ORDER BY id LIMIT ${batchSize}`)
       if (rows.length === 0) return 0
       yield* publisher.publish(rows.map(SqlOutbox.toEnvelope))
-      yield* sql`
+      yield* SqlStatement.run(sql`
         UPDATE outbox AS o SET position = ${Number(rows[0]!.base)} + x.ord, published_at = now()
         FROM jsonb_array_elements_text(${JSON.stringify(rows.map((row) => String(row.id)))}::jsonb)
           WITH ORDINALITY AS x(id, ord)
-        WHERE o.id = x.id::bigint`.raw
+        WHERE o.id = x.id::bigint`)
       yield* Metric.incrementBy(publishedTotal, rows.length)
       return rows.length
     })))

@@ -34,8 +34,8 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
   SqlClient.SqlClient,
   (sql): Idempotency.Store => {
     const existing = (scope: string, key: string) =>
-      sql<ClaimRow>`SELECT false AS claimed, fingerprint, state, result FROM idempotency_keys
-                    WHERE scope = ${scope} AND key = ${key}`.withoutTransform
+      SqlStatement.rows(sql<ClaimRow>`SELECT false AS claimed, fingerprint, state, result FROM idempotency_keys
+                    WHERE scope = ${scope} AND key = ${key}`)
 
     const toClaim = (row: ClaimRow, token: string): Idempotency.Claim =>
       row.claimed
@@ -54,7 +54,7 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
           // key); a key held by another record is then read with a fresh
           // snapshot, which also sees a claim that committed after this
           // statement's (locked by the insert, invisible to its select).
-          const insert = sql<{ readonly claimed: boolean }>`
+          const insert = SqlStatement.rows(sql<{ readonly claimed: boolean }>`
             INSERT INTO idempotency_keys
               (scope, key, command_type, fingerprint, state, token, lease_expires_at, expires_at)
             VALUES (${request.scope}, ${request.key}, ${request.commandType}, ${request.fingerprint},
@@ -66,7 +66,7 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
               lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at
             WHERE idempotency_keys.expires_at <= now()
                OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.lease_expires_at <= now())
-            RETURNING true AS claimed`.withoutTransform
+            RETURNING true AS claimed`)
           // The record read after a refused insert may be gone (released or
           // pruned in between): then the key is free, and the insert is tried
           // again, a bounded number of times.
@@ -94,10 +94,10 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
         ).pipe(Effect.map((rows) => rows.length === 1)),
       release: (request) =>
         orUnavailable(
-          sql`DELETE FROM idempotency_keys
+          SqlStatement.run(sql`DELETE FROM idempotency_keys
               WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
-                AND state = 'in_flight'`.raw
-        ).pipe(Effect.asVoid),
+                AND state = 'in_flight'`)
+        ),
       prune: orUnavailable(
         sql<{ readonly pruned: string | number }>`
           WITH pruned AS (DELETE FROM idempotency_keys WHERE expires_at <= now() RETURNING 1)

@@ -1,16 +1,15 @@
 /**
- * Running a statement of the dispatch's transaction on its connection.
+ * Running a statement on its connection at once.
  *
  * `@effect/sql` runs every statement through a span made by `useSpan`, its
  * statement transformers, and a `Scope` for the connection it acquires, even
- * inside a transaction, where the connection is already there: about 65
- * fiber steps per statement, for four of the seven of a `CreateOrder`
- * (`bench/steps.ts` counts them). Here a statement inside a transaction
- * goes to the transaction's connection at once, with the same
- * `sql.execute` span (kind client, `db.query.text`, `db.operation.name` and
- * the client's own attributes) made in the same step. Outside a transaction,
- * or with a statement transformer installed, it is the statement as
- * `@effect/sql` runs it.
+ * when that connection is already there (a transaction's) or the same for
+ * every statement (a pooled client's): about 65 fiber steps per statement
+ * (`bench/steps.ts` counts them). Here a statement goes to that connection
+ * at once, with the same `sql.execute` span (kind client, `db.query.text`,
+ * `db.operation.name` and the client's own attributes) made in the same
+ * step. With a statement transformer installed, or on a client whose
+ * connections need a scope, it is the statement as `@effect/sql` runs it.
  *
  * @since 0.1.0
  */
@@ -20,6 +19,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FiberRef from "effect/FiberRef"
 import * as Span from "../internal/span.js"
 
@@ -63,18 +63,43 @@ const onConnection = <A>(
   fallback: Effect.Effect<A, SqlError>
 ): Effect.Effect<A, SqlError> =>
   Effect.withFiberRuntime<A, SqlError>((fiber) => {
+    if (fiber.getFiberRef(Statement.currentTransformer)._tag === "Some") return fallback
     const transaction = Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)
-    if (transaction._tag === "None" || fiber.getFiberRef(Statement.currentTransformer)._tag === "Some") {
-      return fallback
-    }
+    const connection = transaction._tag === "Some" ? transaction.value[0] : autocommitConnection(statement)
+    if (connection === null) return fallback
     const [sql, params] = statement.compile(true)
-    const executed = execute(transaction.value[0], sql, params)
+    const executed = execute(connection, sql, params)
     if (!fiber.getFiberRef(FiberRef.currentTracerEnabled)) return executed
     return Span.leaf(fiber, executed, "sql.execute", {
       kind: "client",
       attributes: attributesOf(statement, operation, sql)
     })
   })
+
+// The connection a client runs statements on outside a transaction, when it
+// is one object that needs no scope (`@effect/sql-pg`'s and PGlite's hand
+// each statement to the pool or the session): found once per client by
+// running its acquirer twice with no scope, and kept when both runs give the
+// same connection. A client whose acquirer needs a scope, or hands out a new
+// connection each time, keeps `@effect/sql`'s way (null). The acquirer is a
+// field of `@effect/sql`'s statements that their interface does not declare.
+const autocommitConnections = new WeakMap<object, SqlConnection.Connection | null>()
+
+const autocommitConnection = (statement: Statement.Statement<unknown>): SqlConnection.Connection | null => {
+  const acquirer = (statement as { readonly acquirer?: unknown }).acquirer
+  if (!Effect.isEffect(acquirer)) return null
+  let connection = autocommitConnections.get(acquirer)
+  if (connection === undefined) {
+    const acquire = () => {
+      const exit = Effect.runSyncExit(acquirer as Effect.Effect<SqlConnection.Connection, unknown>)
+      return Exit.isSuccess(exit) ? exit.value : null
+    }
+    const first = acquire()
+    connection = first !== null && acquire() === first ? first : null
+    autocommitConnections.set(acquirer, connection)
+  }
+  return connection
+}
 
 // The client's span attributes (database system, name, server) are a field
 // of `@effect/sql`'s statement that its interface does not declare; a

@@ -51,16 +51,45 @@ layer(TestDatabase.layer(), { timeout: 60_000 })(`SqlStatement (${TestDatabase.k
       assert.deepStrictEqual(yield* labels, ["uno"])
     }))
 
-  it.effect("outside a transaction: the statement as @effect/sql runs it", () =>
+  it.effect("outside a transaction: the rows, committed at once, on the client's connection", () =>
     Effect.gen(function*() {
       yield* setUp
       const sql = yield* SqlClient.SqlClient
-      yield* SqlStatement.run(sql`INSERT INTO sql_statement_test (id, label) VALUES (1, 'one')`)
-      const rows = yield* SqlStatement.rows(sql<{ readonly label: string }>`SELECT label FROM sql_statement_test`)
-      assert.deepStrictEqual(rows, [{ label: "one" }])
+      // Side by side, as concurrent dispatches claim their keys.
+      const inserted = yield* Effect.forEach(
+        [1, 2, 3, 4],
+        (id) =>
+          SqlStatement.rows(sql<{ readonly id: number }>`INSERT INTO sql_statement_test (id, label)
+            VALUES (${id}, ${`n${id}`}) RETURNING id`),
+        { concurrency: "unbounded" }
+      )
+      assert.deepStrictEqual(inserted, [[{ id: 1 }], [{ id: 2 }], [{ id: 3 }], [{ id: 4 }]])
+      yield* SqlStatement.run(sql`UPDATE sql_statement_test SET label = 'one' WHERE id = 1`)
+      // Committed: a transaction that fails afterwards takes none of it back.
+      yield* Effect.exit(sql.withTransaction(Effect.fail("roll back")))
+      assert.deepStrictEqual(yield* labels, ["one", "n2", "n3", "n4"])
       const failed = yield* Effect.exit(SqlStatement.run(sql`INSERT INTO sql_statement_test (id, label)
         VALUES (1, 'again')`))
-      assert.isTrue(Exit.isFailure(failed))
+      const error = Exit.isFailure(failed) ? Option.getOrUndefined(Cause.failureOption(failed.cause)) : undefined
+      assert.strictEqual(error?._tag, "SqlError")
+    }))
+
+  it.effect("outside a transaction too: the sql.execute span @effect/sql makes, ended", () =>
+    Effect.gen(function*() {
+      yield* setUp
+      const sql = yield* SqlClient.SqlClient
+      const { spans, tracer } = yield* recordingTracer
+      yield* SqlStatement.rows(sql`SELECT label FROM sql_statement_test WHERE id = ${2}`).pipe(
+        Effect.withSpan("caller"),
+        Effect.withTracer(tracer)
+      )
+      yield* sql`SELECT label FROM sql_statement_test WHERE id = ${2}`.withoutTransform.pipe(Effect.withTracer(tracer))
+      const caller = spans.find((span) => span.name === "caller")!
+      const [lean, reference] = spans.filter((span) => span.name === "sql.execute")
+      assert.strictEqual(parentId(lean!), caller.spanId)
+      assert.strictEqual(lean!.kind, "client")
+      assert.deepStrictEqual(Object.fromEntries(lean!.attributes), Object.fromEntries(reference!.attributes))
+      assert.strictEqual(lean!.status._tag, "Ended")
     }))
 
   it.effect("a failed statement fails the transaction with the SqlError", () =>
