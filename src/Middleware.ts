@@ -232,14 +232,16 @@ export const logging = (options: LoggingOptions = {}): Middleware => {
           command.correlationId
         )
         const annotate = FiberRef.set(FiberRef.currentLogAnnotations, annotated)
-        return Effect.flatMap(clock.currentTimeMillis, (start) =>
-          Effect.onExit(
-            Effect.zipRight(
-              logStarted ? Effect.zipRight(annotate, Effect.logWithLevel(levels.started, "command.started")) : annotate,
-              self
-            ),
-            (exit) => logEnded(levels, minimum, dispatch, exit, clock, start, outer)
-          ))
+        // The clock is read in the steps that run anyway (this one, and the
+        // one the exit is handed to), not in steps of its own.
+        const start = clock.unsafeCurrentTimeMillis()
+        return Effect.onExit(
+          Effect.zipRight(
+            logStarted ? Effect.zipRight(annotate, Effect.logWithLevel(levels.started, "command.started")) : annotate,
+            self
+          ),
+          (exit) => logEnded(levels, minimum, dispatch, exit, clock.unsafeCurrentTimeMillis() - start, outer)
+        )
       })
   )
 }
@@ -251,35 +253,32 @@ const logEnded = (
   minimum: LogLevel.LogLevel,
   dispatch: Dispatch,
   exit: Exit.Exit<unknown, unknown>,
-  clock: Clock.Clock,
-  start: number,
+  durationMs: number,
   outer: HashMap.HashMap<string, unknown>
-): Effect.Effect<void> =>
-  Effect.flatMap(clock.currentTimeMillis, (end) => {
-    const restore = FiberRef.set(FiberRef.currentLogAnnotations, outer)
-    const durationMs = end - start
-    if (Exit.isSuccess(exit)) {
-      if (LogLevel.lessThan(levels.completed, minimum)) return restore
-      return Effect.ensuring(
-        Effect.logWithLevel(levels.completed, "command.completed").pipe(
-          Effect.annotateLogs({
-            events: dispatch.events,
-            attempts: dispatch.attempts,
-            replayed: dispatch.replayed,
-            durationMs
-          })
-        ),
-        restore
-      )
-    }
-    if (LogLevel.lessThan(levels.failed, minimum) || Cause.isInterruptedOnly(exit.cause)) return restore
+): Effect.Effect<void> => {
+  const restore = FiberRef.set(FiberRef.currentLogAnnotations, outer)
+  if (Exit.isSuccess(exit)) {
+    if (LogLevel.lessThan(levels.completed, minimum)) return restore
     return Effect.ensuring(
-      Effect.logWithLevel(levels.failed, "command.failed").pipe(
-        Effect.annotateLogs({ error: outcomeOf(exit), attempts: dispatch.attempts, durationMs })
+      Effect.logWithLevel(levels.completed, "command.completed").pipe(
+        Effect.annotateLogs({
+          events: dispatch.events,
+          attempts: dispatch.attempts,
+          replayed: dispatch.replayed,
+          durationMs
+        })
       ),
       restore
     )
-  })
+  }
+  if (LogLevel.lessThan(levels.failed, minimum) || Cause.isInterruptedOnly(exit.cause)) return restore
+  return Effect.ensuring(
+    Effect.logWithLevel(levels.failed, "command.failed").pipe(
+      Effect.annotateLogs({ error: outcomeOf(exit), attempts: dispatch.attempts, durationMs })
+    ),
+    restore
+  )
+}
 
 /**
  * The outcome of a dispatch as metrics and logs name it: `success`, the
@@ -404,9 +403,10 @@ export const metrics: Middleware = make(
   <A, E, R>(self: Effect.Effect<A, E, R>, { command }: Dispatch) =>
     Effect.withFiberRuntime<A, E, R>((fiber) => {
       const clock = EffectContext.get(fiber.currentDefaultServices, Clock.Clock)
-      return Effect.flatMap(
-        clock.currentTimeNanos,
-        (start) => Effect.onExit(self, (exit) => dispatchMeasured(command._tag, exit, clock, start))
+      const start = clock.unsafeCurrentTimeNanos()
+      return Effect.onExit(
+        self,
+        (exit) => dispatchMeasured(command._tag, exit, Number(clock.unsafeCurrentTimeNanos() - start) / 1e9)
       )
     })
 )
@@ -414,14 +414,12 @@ export const metrics: Middleware = make(
 const dispatchMeasured = (
   command: string,
   exit: Exit.Exit<unknown, unknown>,
-  clock: Clock.Clock,
-  start: bigint
+  seconds: number
 ): Effect.Effect<void> =>
-  Effect.flatMap(clock.currentTimeNanos, (end) =>
-    onCurrentFiber((fiber) => {
-      record(fiber, commandsTotal, 1, labelsOf(command, "outcome", outcomeOf(exit)))
-      record(fiber, dispatchDuration, Number(end - start) / 1e9, labelsOf(command))
-    }))
+  onCurrentFiber((fiber) => {
+    record(fiber, commandsTotal, 1, labelsOf(command, "outcome", outcomeOf(exit)))
+    record(fiber, dispatchDuration, seconds, labelsOf(command))
+  })
 
 // Runs `f` with the fiber running this continuation. Inside a continuation
 // that is the fiber evaluating it, so there is no need to spend an effect

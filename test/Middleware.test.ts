@@ -324,8 +324,8 @@ describe("Middleware", () => {
         const clock = yield* Effect.clock
         const counting: Clock.Clock = {
           [Clock.ClockTypeId]: Clock.ClockTypeId,
-          unsafeCurrentTimeMillis: () => clock.unsafeCurrentTimeMillis(),
-          unsafeCurrentTimeNanos: () => clock.unsafeCurrentTimeNanos(),
+          unsafeCurrentTimeMillis: () => (reads.count++, clock.unsafeCurrentTimeMillis()),
+          unsafeCurrentTimeNanos: () => (reads.count++, clock.unsafeCurrentTimeNanos()),
           currentTimeMillis: Effect.suspend(() => (reads.count++, clock.currentTimeMillis)),
           currentTimeNanos: Effect.suspend(() => (reads.count++, clock.currentTimeNanos)),
           sleep: (duration) => clock.sleep(duration)
