@@ -324,24 +324,28 @@ const countFor = (counter: Metric.Metric.Counter<number>, command: string) =>
 
 const currentReplayObserver = globalValue(
   Symbol.for("effect-command-bus/Idempotency/currentReplayObserver"),
-  () => FiberRef.unsafeMake<(() => void) | undefined>(undefined)
+  () => FiberRef.unsafeMake<((command: Command.Any) => void) | undefined>(undefined)
 )
 
 /**
  * Runs a dispatch and tells whether its outcome was a replay, for edges
- * that say so (the `Idempotent-Replayed` header).
+ * that say so (the `Idempotent-Replayed` header). Given `command`, only a
+ * replay of that command counts: a handler's own dispatch of another
+ * command that replays (its key seen before) does not make the one it runs
+ * in a replay.
  *
  * @since 0.1.0
  * @category combinators
  */
 export const observeReplay = <A, E, R>(
-  self: Effect.Effect<A, E, R>
+  self: Effect.Effect<A, E, R>,
+  command?: Command.Any
 ): Effect.Effect<{ readonly exit: Exit.Exit<A, E>; readonly replayed: boolean }, never, R> =>
   Effect.suspend(() => {
     let replayed = false
     return Effect.map(
-      Effect.locally(Effect.exit(self), currentReplayObserver, () => {
-        replayed = true
+      Effect.locally(Effect.exit(self), currentReplayObserver, (replayedCommand) => {
+        if (command === undefined || replayedCommand === command) replayed = true
       }),
       (exit) => ({ exit, replayed })
     )
@@ -384,7 +388,7 @@ export const middleware = (
         yield* countFor(replaysTotal, command._tag)
         dispatch.replayed = true
         const observer = yield* FiberRef.get(currentReplayObserver)
-        if (observer !== undefined) observer()
+        if (observer !== undefined) observer(command)
         return yield* replay(definition, claim.result)
       }
       const { token } = claim

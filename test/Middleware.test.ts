@@ -1109,6 +1109,34 @@ describe("Middleware", () => {
         assert.isFalse(unkeyed.replayed)
       }).pipe(Effect.provide(InMemory.layer)))
 
+    it.effect("observeReplay of a command ignores a replay of another command its handler dispatches", () =>
+      Effect.gen(function*() {
+        const inner = idempotent()
+        const world = yield* Effect.context<Outbox.Outbox | UnitOfWork.UnitOfWork | Idempotency.IdempotencyStore>()
+        // CloseAccount's handler deposits with a key it always uses: from the
+        // second close on, that deposit is a replay.
+        const { bus } = makeBus({
+          close: () =>
+            inner.bus.dispatch(deposit({ idempotencyKey: "inner-key" })).pipe(
+              Effect.provide(world),
+              Effect.orDie,
+              Effect.as(Handler.result(undefined))
+            )
+        })
+        const outer = bus.pipe(CommandBus.withMiddleware(Idempotency.middleware(), Middleware.transaction))
+        const close = (idempotencyKey: string) => new CloseAccount({ accountId, idempotencyKey })
+        yield* outer.dispatch(close("close-1"))
+        const second = close("close-2")
+        const observed = yield* Idempotency.observeReplay(outer.dispatch(second), second)
+        assert.deepStrictEqual(observed, { exit: Exit.void, replayed: false })
+        assert.deepStrictEqual(inner.replays, [false, true])
+        // The same command again is a replay, and says so.
+        assert.isTrue((yield* Idempotency.observeReplay(outer.dispatch(second), second)).replayed)
+        // Without a command, any replay inside counts, as before.
+        const third = close("close-3")
+        assert.isTrue((yield* Idempotency.observeReplay(outer.dispatch(third))).replayed)
+      }).pipe(Effect.provide(InMemory.layer)))
+
     it.effect("runs the handler once for 20 concurrent dispatches with one key", () =>
       Effect.gen(function*() {
         const started = yield* Deferred.make<void>()

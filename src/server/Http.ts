@@ -99,7 +99,7 @@ const dispatch = <C extends Command.AnyClass, A, E, R>(
       correlationId,
       ...(idempotencyKey === undefined ? {} : { idempotencyKey })
     }).pipe(Effect.catchAll(invalid))
-    const { exit, replayed } = yield* Idempotency.observeReplay(CurrentUser.as(run(command), principal))
+    const { exit, replayed } = yield* Idempotency.observeReplay(CurrentUser.as(run(command), principal), command)
     if (replayed) yield* markReplayed
     return yield* exit
   })
