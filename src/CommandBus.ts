@@ -181,6 +181,8 @@ const build = (
       } catch (defect) {
         return Effect.die(defect)
       }
+      // As `execute` does, but written out here: one helper for both paths
+      // made its call of the continuation polymorphic, about 8% of this path.
       const op = opOf(effect)
       if (op === "Success") return withEvents(command, (effect as Exit.Success<Handler.Result<unknown>, unknown>).value)
       return op === "Failure" ? effect : Effect.flatMap(effect, (result) => withEvents(command, result))
@@ -200,7 +202,7 @@ const build = (
           replayed: false,
           beforeCommit: []
         }
-        let effect = execute(command, route.handler, current)
+        let effect = execute(route.handler, current)
         for (let i = middleware.length - 1; i >= 0; i--) effect = middleware[i]!.apply(effect, current)
         return effect
       })
@@ -241,18 +243,6 @@ const build = (
 // a finished handler costs.
 const opOf = (effect: Effect.Effect<unknown, unknown, unknown>): unknown => (effect as { readonly _op?: unknown })._op
 
-// Goes on with the handler's result: at once when the handler is done
-// already (`Effect.succeed(...)`, as a pure or in-memory handler returns),
-// one fiber step fewer than `flatMap`.
-const onResult = <R>(
-  effect: Effect.Effect<Handler.Result<unknown>, unknown, R>,
-  f: (result: Handler.Result<unknown>) => Effect.Effect<unknown, unknown, Outbox>
-): Effect.Effect<unknown, unknown, R | Outbox> => {
-  const op = opOf(effect)
-  if (op === "Success") return f((effect as Exit.Success<Handler.Result<unknown>, unknown>).value)
-  return op === "Failure" ? effect : Effect.flatMap(effect, f)
-}
-
 const withEvents = (command: Command.Any, result: Handler.Result<unknown>): Effect.Effect<unknown, unknown, Outbox> =>
   result.events.length === 0 ? Exit.succeed(result.value) : Effect.as(appended(command, result.events), result.value)
 
@@ -265,25 +255,32 @@ const appended = (
     (envelopes) => Effect.flatMap(Outbox, (outbox) => outbox.append(envelopes))
   )
 
-// Runs the handler, each time the effect runs (a retry runs it again).
+// Runs the handler, each time the effect runs (a retry runs it again), and
+// goes on with its result at once when it is done already (`Effect.succeed`,
+// as a pure or in-memory handler returns): one fiber step fewer than
+// `flatMap`.
 const execute = (
-  command: Command.Any,
   handler: Handler.Handler<any, any>,
   dispatch: Middleware.Dispatch
 ): Effect.Effect<unknown, unknown, any> =>
   Effect.suspend(() => {
     dispatch.attempts++
-    return onResult(handler(command), (result) => afterHandler(command, dispatch, result))
+    const effect: Effect.Effect<Handler.Result<unknown>, unknown, unknown> = handler(dispatch.command)
+    const op = opOf(effect)
+    if (op === "Success") {
+      return afterHandler(dispatch, (effect as Exit.Success<Handler.Result<unknown>, unknown>).value)
+    }
+    return op === "Failure" ? effect : Effect.flatMap(effect, (result) => afterHandler(dispatch, result))
   })
 
 // After the handler succeeds, still inside the unit of work: stamp and append
 // its events, then run the dispatch's before-commit hooks (the idempotency
 // record).
 const afterHandler = (
-  command: Command.Any,
   dispatch: Middleware.Dispatch,
   result: Handler.Result<unknown>
 ): Effect.Effect<unknown, unknown, Outbox> => {
+  const { command } = dispatch
   const hooks = dispatch.beforeCommit
   const events = result.events
   dispatch.events = events.length
