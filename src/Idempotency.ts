@@ -402,23 +402,25 @@ export const middleware = (
             held ? Effect.void : Effect.fail(new IdempotencyKeyInFlight({ idempotencyKey: key }))
           )
         )
-      if (store.joinsTransaction) dispatch.beforeCommit.push(recordSuccess)
-      const recorded = store.joinsTransaction
-        ? self
-        : Effect.tap(self, (value) =>
+      let recorded = self
+      if (store.joinsTransaction) {
+        dispatch.beforeCommit.push(recordSuccess)
+      } else {
+        recorded = Effect.tap(self, (value) =>
           // Committed already: a record that cannot be written only means a
           // retry runs again once the lease expires, so the success stands.
           Effect.catchAll(
             recordSuccess(value),
             (error) => Effect.logWarning("idempotency.record-failed", error).pipe(Effect.annotateLogs({ key }))
           ))
+      }
       return yield* recorded.pipe(
         Effect.onExit((exit) => {
           if (Exit.isSuccess(exit)) return Effect.void
           const failure = Cause.failureOption(exit.cause)
           if (
             Option.isSome(failure) && !Cause.isDie(exit.cause) && !Cause.isInterrupted(exit.cause) &&
-            isDomainFailure(definition, failure.value)
+            Command.isOutcome(definition, failure.value)
           ) {
             return Schema.encodeUnknown(definition.failure as Schema.Schema<unknown, unknown>)(failure.value).pipe(
               Effect.orDie,
@@ -436,10 +438,6 @@ export const middleware = (
     })
   })
 }
-
-const isDomainFailure = (definition: Command.AnyClass, error: unknown): boolean =>
-  Schema.is(definition.failure as Schema.Schema<unknown, unknown>)(error) &&
-  !definition.retryable.includes((error as { readonly _tag: string })._tag)
 
 const replay = (definition: Command.AnyClass, result: StoredResult): Effect.Effect<any, any> =>
   result._tag === "Success"

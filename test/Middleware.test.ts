@@ -684,22 +684,24 @@ describe("Middleware", () => {
         read: () => Effect.succeed([])
       }
       const note = (entry: string) => Effect.sync(() => void log.push(`${entry} (open: ${depth > 0})`))
+      /** A middleware whose before-commit hook notes its name and the handler's value. */
+      const hook = (name: string) =>
+        Middleware.make(name, (self, dispatch) => {
+          dispatch.beforeCommit.push((value) => note(`${name} ${JSON.stringify(value)}`))
+          return self
+        })
       const layer = Layer.mergeAll(
         Layer.succeed(UnitOfWork.UnitOfWork, unitOfWork),
         Layer.succeed(Outbox.Outbox, outbox)
       )
-      return { log, note, layer }
+      return { log, note, hook, layer }
     }
 
     it.effect("runs the handler, the outbox append and the before-commit hooks in one transaction", () => {
-      const { layer, log, note } = recordingWorld()
+      const { hook, layer, log, note } = recordingWorld()
       return Effect.gen(function*() {
-        const hook = Middleware.make(
-          "hook",
-          (self, dispatch) => (dispatch.beforeCommit.push((value) => note(`hook ${JSON.stringify(value)}`)), self)
-        )
         const { bus } = makeBus({ deposit: (command) => Effect.as(note("handler"), deposited(command)) })
-        const transactional = bus.pipe(CommandBus.withMiddleware(hook, Middleware.transaction))
+        const transactional = bus.pipe(CommandBus.withMiddleware(hook("hook"), Middleware.transaction))
         yield* transactional.dispatch(new Deposit({ accountId, amount: 7 }))
         assert.deepStrictEqual(log, [
           "begin",
@@ -716,13 +718,8 @@ describe("Middleware", () => {
     // the dispatch around it (an idempotency record would be written with
     // the inner command's value).
     it.effect("runs, for a dispatch made inside a handler, only that dispatch's hooks", () => {
-      const { layer, log, note } = recordingWorld()
+      const { hook, layer, log } = recordingWorld()
       return Effect.gen(function*() {
-        const hook = (name: string) =>
-          Middleware.make(name, (self, dispatch) => {
-            dispatch.beforeCommit.push((value) => note(`${name} ${JSON.stringify(value)}`))
-            return self
-          })
         const inner = makeBus().bus.pipe(CommandBus.withMiddleware(hook("inner"), Middleware.transaction))
         const world = yield* Effect.context<UnitOfWork.UnitOfWork | Outbox.Outbox>()
         const { bus } = makeBus({
@@ -749,14 +746,10 @@ describe("Middleware", () => {
     })
 
     it.effect("runs a dispatch effect's hooks once each time it runs", () => {
-      const { layer, log, note } = recordingWorld()
+      const { hook, layer, log } = recordingWorld()
       return Effect.gen(function*() {
-        const hook = Middleware.make("hook", (self, dispatch) => {
-          dispatch.beforeCommit.push((value) => note(`hook ${JSON.stringify(value)}`))
-          return self
-        })
         const { bus } = makeBus()
-        const deposit = bus.pipe(CommandBus.withMiddleware(hook, Middleware.transaction)).dispatch(
+        const deposit = bus.pipe(CommandBus.withMiddleware(hook("hook"), Middleware.transaction)).dispatch(
           new Deposit({ accountId, amount: 7 })
         )
         yield* deposit
@@ -769,14 +762,13 @@ describe("Middleware", () => {
     })
 
     it.effect("rolls back without appending or running hooks when the handler fails", () => {
-      const { layer, log, note } = recordingWorld()
+      const { hook, layer, log, note } = recordingWorld()
       return Effect.gen(function*() {
-        const hook = Middleware.make("hook", (self, dispatch) => (dispatch.beforeCommit.push(() => note("hook")), self))
         const { bus } = makeBus({
           deposit: (command) =>
             Effect.zipRight(note("handler"), Effect.fail(new AccountClosed({ accountId: command.accountId })))
         })
-        const transactional = bus.pipe(CommandBus.withMiddleware(hook, Middleware.transaction))
+        const transactional = bus.pipe(CommandBus.withMiddleware(hook("hook"), Middleware.transaction))
         yield* Effect.exit(transactional.dispatch(new Deposit({ accountId, amount: 7 })))
         assert.deepStrictEqual(log, ["begin", "handler (open: true)", "rollback"])
       }).pipe(Effect.provide(layer))
