@@ -200,7 +200,8 @@ const build = (
           events: 0,
           attempts: 0,
           replayed: false,
-          beforeCommit: []
+          beforeCommit: [],
+          committing: false
         }
         let effect = execute(route.handler, current)
         for (let i = middleware.length - 1; i >= 0; i--) effect = middleware[i]!.apply(effect, current)

@@ -55,6 +55,13 @@ export interface Dispatch {
    * with `push`; they belong to this run of this dispatch only.
    */
   readonly beforeCommit: Array<BeforeCommit>
+  /**
+   * Set by the `transaction` middleware when the handler's work is done and
+   * its commit begins: the point of no return, since a commit in flight
+   * cannot be interrupted. `timeout` lets a dispatch past it end as its
+   * commit does rather than report a timeout for work that committed.
+   */
+  committing: boolean
 }
 
 /**
@@ -482,6 +489,7 @@ export const retry = (options: RetryOptions = {}): Middleware => {
       const kept = dispatch.beforeCommit.length
       const again = Effect.suspend(() => {
         dispatch.beforeCommit.length = kept
+        dispatch.committing = false
         return self
       })
       // The schedule starts at the first retryable failure rather than with
@@ -543,10 +551,17 @@ export const timeout = (
   const fallback = Duration.decode(duration)
   return make(
     "timeout",
-    <A, E, R>(self: Effect.Effect<A, E, R>, { command }: Dispatch) =>
+    <A, E, R>(self: Effect.Effect<A, E, R>, dispatch: Dispatch) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.withFiberRuntime<A, E | CommandTimeout, R>((parent, status) =>
-          withDeadline(self, restore, byTag.get(command._tag) ?? fallback, command, parent, status.runtimeFlags)
+          withDeadline(
+            self,
+            restore,
+            byTag.get(dispatch.command._tag) ?? fallback,
+            dispatch,
+            parent,
+            status.runtimeFlags
+          )
         )
       )
   )
@@ -564,7 +579,7 @@ const withDeadline = <A, E, R>(
   self: Effect.Effect<A, E, R>,
   restore: <AX, EX, RX>(effect: Effect.Effect<AX, EX, RX>) => Effect.Effect<AX, EX, RX>,
   limit: Duration.Duration,
-  command: Command.Any,
+  dispatch: Dispatch,
   parent: Fiber.RuntimeFiber<A, E | CommandTimeout>,
   runtimeFlags: RuntimeFlags.RuntimeFlags
 ): Effect.Effect<A, E | CommandTimeout, R> => {
@@ -580,7 +595,19 @@ const withDeadline = <A, E, R>(
   const elapsed = clock.unsafeCurrentTimeMillis() - startedAt
   const left = elapsed <= 0 ? limit : Duration.millis(Math.max(0, Duration.toMillis(limit) - elapsed))
   const stop = Fiber.interruptAs(child, parent.id())
-  const timedOut = () => new CommandTimeout({ commandType: command._tag, timeoutMillis: Duration.toMillis(limit) })
+  // Past the deadline the child is interrupted and awaited, unless its
+  // commit is in flight: then it ends as its commit does. One that finished
+  // all the same (its caller made it uninterruptible) ends with its outcome.
+  const deadlinePassed = (): Effect.Effect<Exit.Exit<A, E>, CommandTimeout> =>
+    Effect.flatMap(
+      dispatch.committing ? Fiber.await(child) : stop,
+      (exit) =>
+        Exit.isSuccess(exit) && !(Exit.isFailure(exit.value) && Cause.isInterrupted(exit.value.cause))
+          ? Effect.succeed(exit.value)
+          : Effect.fail(
+            new CommandTimeout({ commandType: dispatch.command._tag, timeoutMillis: Duration.toMillis(limit) })
+          )
+    )
   if (isLiveClock(clock)) {
     // On the live clock, one timer and an observer of the child: no racing
     // fiber, which is most of what a timeout costs on an asynchronous dispatch.
@@ -593,10 +620,11 @@ const withDeadline = <A, E, R>(
         resume(exit)
       }
       const timer = setTimeout(() => {
-        if (settled) return
+        // Past its point of no return, the observer reports how it ends.
+        if (settled || dispatch.committing) return
         settled = true
         child.removeObserver(observer)
-        resume(Effect.zipRight(stop, Effect.fail(timedOut())))
+        resume(deadlinePassed())
       }, Duration.toMillis(left))
       child.addObserver(observer)
       return Effect.sync(() => {
@@ -610,10 +638,11 @@ const withDeadline = <A, E, R>(
       () => stop
     )
   }
-  const waited = Effect.timeoutFail(Effect.onInterrupt(Effect.flatten(Fiber.await(child)), () => stop), {
+  const waited = Effect.flatten(Effect.timeoutTo(Effect.flatten(Fiber.await(child)), {
     duration: left,
-    onTimeout: timedOut
-  })
+    onSuccess: Effect.succeed,
+    onTimeout: deadlinePassed
+  }))
   return Effect.onInterrupt(
     restore(Effect.flatMap(waited, (exit) => joined(child, fiberRefs, exit))),
     () => stop
@@ -667,5 +696,10 @@ const notInherited = RuntimeFlags.make(RuntimeFlags.WindDown, RuntimeFlags.Inter
  */
 export const transaction: Middleware<StoreUnavailable, UnitOfWork> = make(
   "transaction",
-  (self) => Effect.flatMap(UnitOfWork, (unitOfWork) => unitOfWork.transactional(self))
+  (self, dispatch) =>
+    Effect.flatMap(UnitOfWork, (unitOfWork) =>
+      unitOfWork.transactional(Effect.map(self, (value) => {
+        dispatch.committing = true
+        return value
+      })))
 )

@@ -639,6 +639,98 @@ describe("Middleware", () => {
         )
       }).pipe(Effect.provide(InMemory.layer)))
 
+    /** A unit of work whose commit takes `commitTakes` and, as a commit in flight, cannot be interrupted. */
+    const slowCommit = (commitTakes: Duration.DurationInput) => {
+      const log: Array<string> = []
+      const unitOfWork: UnitOfWork.Service = {
+        transactional: (self) =>
+          Effect.uninterruptibleMask((restore) =>
+            Effect.flatMap(Effect.exit(restore(self)), (exit) =>
+              Exit.isSuccess(exit)
+                ? Effect.sleep(commitTakes).pipe(
+                  Effect.zipRight(Effect.sync(() => log.push("commit"))),
+                  Effect.as(exit.value)
+                )
+                : Effect.zipRight(Effect.sync(() => log.push("rollback")), exit))
+          )
+      }
+      return { log, layer: Layer.succeed(UnitOfWork.UnitOfWork, unitOfWork) }
+    }
+
+    it.effect("lets a dispatch whose deadline passes during its commit end as the commit does", () => {
+      const commit = slowCommit("2 seconds")
+      return Effect.gen(function*() {
+        const { bus, runs } = makeBus()
+        const timed = bus.pipe(CommandBus.withMiddleware(Middleware.timeout("1 second"), Middleware.transaction))
+        const exit = yield* afterAdjusting(timed.dispatch(new Deposit({ accountId, amount: 5 })), "2 seconds")
+        // It committed: a timeout would have the caller retry work that is done.
+        assert.deepStrictEqual(exit, Exit.succeed({ balance: 5 }))
+        assert.deepStrictEqual(commit.log, ["commit"])
+        assert.strictEqual(runs.deposit, 1)
+        // Before its commit begins, the deadline still interrupts it.
+        const { bus: slow } = makeBus({
+          deposit: (command) => Effect.as(Effect.sleep("2 seconds"), deposited(command))
+        })
+        const late = slow.pipe(CommandBus.withMiddleware(Middleware.timeout("1 second"), Middleware.transaction))
+        assert.deepStrictEqual(
+          yield* afterAdjusting(late.dispatch(new Deposit({ accountId, amount: 5 })), "5 seconds"),
+          Exit.fail(new CommandError.CommandTimeout({ commandType: "Deposit", timeoutMillis: 1000 }))
+        )
+        assert.deepStrictEqual(commit.log, ["commit", "rollback"])
+      }).pipe(Effect.provide(commit.layer), Effect.provide(InMemory.layer))
+    })
+
+    it.live("does the same on the live clock", () => {
+      const commit = slowCommit("60 millis")
+      return Effect.gen(function*() {
+        const { bus } = makeBus()
+        const timed = bus.pipe(CommandBus.withMiddleware(Middleware.timeout("10 millis"), Middleware.transaction))
+        assert.deepStrictEqual(
+          yield* Effect.exit(timed.dispatch(new Deposit({ accountId, amount: 4 }))),
+          Exit.succeed({ balance: 4 })
+        )
+        assert.deepStrictEqual(commit.log, ["commit"])
+      }).pipe(Effect.provide(commit.layer), Effect.provide(InMemory.layer))
+    })
+
+    it.scoped("reports the outcome of a dispatch its caller made uninterruptible, past the deadline", () =>
+      Effect.gen(function*() {
+        const subscription = yield* subscribe
+        const { bus, probe } = slow()
+        const timed = bus.pipe(CommandBus.withMiddleware(Middleware.timeout("1 second")))
+        const exit = yield* afterAdjusting(
+          Effect.uninterruptible(timed.dispatch(new Deposit({ accountId, amount: 2 }))),
+          "2 seconds"
+        )
+        // The handler could not be interrupted, finished and published its event.
+        assert.deepStrictEqual(exit, Exit.succeed({ balance: 2 }))
+        assert.isTrue(probe.completed)
+        assert.strictEqual(yield* Queue.size(subscription), 1)
+      }).pipe(Effect.provide(InMemory.layer)))
+
+    it.scoped("interrupts a handler at the first point it can be, past the deadline", () =>
+      Effect.gen(function*() {
+        const subscription = yield* subscribe
+        const probe = { completed: false }
+        const { bus } = makeBus({
+          deposit: (command) =>
+            Effect.uninterruptible(Effect.sleep("2 seconds")).pipe(
+              Effect.zipRight(Effect.sleep("1 second")),
+              Effect.zipRight(Effect.sync(() => (probe.completed = true))),
+              Effect.as(deposited(command))
+            )
+        })
+        const timed = bus.pipe(CommandBus.withMiddleware(Middleware.timeout("1 second")))
+        const exit = yield* afterAdjusting(timed.dispatch(new Deposit({ accountId, amount: 5 })), "3 seconds")
+        assert.deepStrictEqual(
+          exit,
+          Exit.fail(new CommandError.CommandTimeout({ commandType: "Deposit", timeoutMillis: 1000 }))
+        )
+        assert.isFalse(probe.completed)
+        assert.strictEqual((yield* readOutbox).length, 0)
+        assert.strictEqual(yield* Queue.size(subscription), 0)
+      }).pipe(Effect.provide(InMemory.layer)))
+
     it.effect("covers every retry attempt when placed outside retry", () =>
       Effect.gen(function*() {
         const { bus, runs } = makeBus({ deposit: () => Effect.fail(conflict) })

@@ -243,6 +243,48 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`unit of wo
       expect(yield* count("orders")).toBe(1)
     }))
 
+  it.effect("reports a dispatch whose deadline passes during its COMMIT as done, since it committed", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* TestDatabase.truncateAll
+      yield* restock("p-1", 10)
+      // The commit of an order takes a second: a deferred trigger sleeps in it.
+      yield* sql.unsafe(
+        "CREATE FUNCTION test_slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$"
+      )
+      yield* sql.unsafe(
+        "CREATE CONSTRAINT TRIGGER test_slow_commit AFTER INSERT ON orders DEFERRABLE INITIALLY DEFERRED" +
+          " FOR EACH ROW EXECUTE FUNCTION test_slow_commit()"
+      )
+      const bus = OrderBus.make({ timeout: "300 millis" })
+      const command = new CreateOrder({
+        customerId,
+        items: [{ productId: "p-1", quantity: 4 }],
+        shippingAddress,
+        userId: "alice",
+        idempotencyKey: "k-slow-commit"
+      })
+      const first = yield* Idempotency.observeReplay(bus.dispatch(command).pipe(CurrentUser.as(alice)), command)
+      // Not a CommandTimeout: the caller would retry work that is done.
+      expect(first).toMatchObject({ exit: { _tag: "Success", value: { status: "created" } }, replayed: false })
+      expect(yield* stock("p-1")).toBe(6)
+      expect(yield* count("orders")).toBe(1)
+      expect(yield* count("outbox")).toBe(1)
+      // Its idempotency record committed with it: a retry replays.
+      const retried = yield* Idempotency.observeReplay(bus.dispatch(command).pipe(CurrentUser.as(alice)), command)
+      expect(retried).toEqual({ exit: first.exit, replayed: true })
+      expect(yield* count("orders")).toBe(1)
+    }).pipe(
+      Effect.ensuring(
+        Effect.flatMap(
+          SqlClient.SqlClient,
+          (sql) =>
+            sql.unsafe("DROP TRIGGER IF EXISTS test_slow_commit ON orders; DROP FUNCTION IF EXISTS test_slow_commit()")
+        )
+          .pipe(Effect.orDie)
+      )
+    ))
+
   it.effect("reports an unreachable database as StoreUnavailable, not as a defect", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
