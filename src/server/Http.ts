@@ -313,9 +313,30 @@ const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 export const correlationIdOf = (header: string | undefined): string =>
   header !== undefined && uuid.test(header) ? header.toLowerCase() : randomUUID()
 
-const isJson = (contentType: string) => {
-  const mediaType = contentType.split(";")[0]!.trim().toLowerCase()
-  return mediaType === "application/json" || (mediaType.startsWith("application/") && mediaType.endsWith("+json"))
+// `application/json` only: the API reads the bodies of no other media type
+// as JSON (`application/merge-patch+json` would mean another operation).
+const isJson = (contentType: string) => contentType.split(";")[0]!.trim().toLowerCase() === "application/json"
+
+// Deeper than any body of this API, and far below what formatting a
+// rejected value recursively (in a 400's detail) can take.
+const maxJsonDepth = 64
+
+// Whether JSON text nests arrays and objects deeper than `limit`; strings
+// are skipped, so a bracket inside one does not count.
+const nestsDeeperThan = (text: string, limit: number): boolean => {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (inString) {
+      if (c === 92) i++ // backslash: skip the escaped character
+      else if (c === 34) inString = false
+    } else if (c === 34) inString = true
+    else if (c === 91 || c === 123) {
+      if (++depth > limit) return true
+    } else if (c === 93 || c === 125) depth--
+  }
+  return false
 }
 
 type BodyRead =
@@ -412,7 +433,14 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
       return Either.left(Problem.responseFor(MalformedJson, new MalformedJson({ reason: "the body was cut off" })))
     }
     try {
-      return Either.right(withBody(request, body.text, JSON.parse(body.text)))
+      const json: unknown = JSON.parse(body.text)
+      if (nestsDeeperThan(body.text, maxJsonDepth)) {
+        return Either.left(Problem.responseFor(
+          MalformedJson,
+          new MalformedJson({ reason: `the body nests arrays and objects deeper than ${maxJsonDepth} levels` })
+        ))
+      }
+      return Either.right(withBody(request, body.text, json))
     } catch (error) {
       return Either.left(Problem.responseFor(
         MalformedJson,

@@ -121,6 +121,22 @@ const cases: ReadonlyArray<Case> = [
   { name: "a body of whitespace", body: " \n\t ", ...malformed },
   { name: "NaN as a number", method: "PUT", path: stock, as: "admin", body: "{\"available\": NaN}", ...malformed },
   { name: "a cancel body truncated", path: cancel, body: "{\"reason\": \"chan", ...malformed },
+  // Well-formed, but formatting the rejected value overflowed the stack (500).
+  { name: "arrays nested 3000 deep", body: "[".repeat(3000) + "]".repeat(3000), ...malformed },
+  {
+    name: "objects nested 3000 deep in a stock PUT",
+    method: "PUT",
+    path: stock,
+    as: "admin",
+    body: "{\"available\":" + "{\"a\":".repeat(3000) + "1" + "}".repeat(3001),
+    ...malformed
+  },
+  {
+    name: "a cancel reason nested 10000 deep",
+    path: cancel,
+    body: "{\"reason\":" + "[".repeat(10000) + "]".repeat(10000) + "}",
+    ...malformed
+  },
   // JSON that is not the expected object
   { name: "a null body", body: "null", ...invalid },
   { name: "an array instead of an object", body: "[]", ...invalid },
@@ -282,6 +298,22 @@ const cases: ReadonlyArray<Case> = [
     ...unsupported
   },
   { name: "application/xml", body: "<order/>", contentType: "application/xml", ...unsupported },
+  // JSON by its suffix, but not a body this API reads (and once hung the request).
+  {
+    name: "application/merge-patch+json",
+    body: json(order),
+    contentType: "application/merge-patch+json",
+    ...unsupported
+  },
+  {
+    name: "application/vnd.api+json on a stock PUT",
+    method: "PUT",
+    path: stock,
+    as: "admin",
+    body: json({ available: 5 }),
+    contentType: "application/vnd.api+json",
+    ...unsupported
+  },
   {
     name: "a gzip-compressed body",
     body: gzipSync(json(order)),
