@@ -5,7 +5,7 @@
  */
 import * as Schema from "effect/Schema"
 import { Command, CommandError } from "../index.js"
-import { InsufficientInventory } from "./Inventory.js"
+import { InsufficientInventory, maxAvailable } from "./Inventory.js"
 import {
   OrderAlreadyCancelled,
   OrderAlreadyExists,
@@ -111,7 +111,7 @@ export class CancelOrder extends Command.Class<CancelOrder>()("CancelOrder", {
 export class RestockProduct extends Command.Class<RestockProduct>()("RestockProduct", {
   payload: {
     productId: ProductId,
-    available: Schema.Int.pipe(Schema.nonNegative())
+    available: Schema.Int.pipe(Schema.between(0, maxAvailable))
   },
   success: Schema.Struct({ productId: ProductId, available: Schema.Int }),
   failure: Schema.Never,

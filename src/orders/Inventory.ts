@@ -29,13 +29,23 @@ export class InsufficientInventory extends Schema.TaggedError<InsufficientInvent
 }
 
 /**
+ * The most a product's stock can hold: PostgreSQL's `integer`, the column's
+ * type. Stock given back (a cancelled order's) saturates here rather than
+ * fail, so an order can always be cancelled.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const maxAvailable = 2_147_483_647
+
+/**
  * @since 0.1.0
  * @category models
  */
 export interface Service {
   /** Takes every line's quantity from stock, or none of them. */
   readonly reserve: (lines: ReadonlyArray<OrderLine>) => Effect.Effect<void, InsufficientInventory>
-  /** Puts the lines' quantities back. */
+  /** Puts the lines' quantities back, up to `maxAvailable`. */
   readonly release: (lines: ReadonlyArray<OrderLine>) => Effect.Effect<void>
   /** Sets the available quantity of a product (a stock count). */
   readonly setAvailable: (productId: string, available: number) => Effect.Effect<void>
@@ -87,7 +97,9 @@ export const makeMemory = (initial: Iterable<readonly [string, number]> = []): E
         }),
       release: (lines) =>
         Effect.sync(() => {
-          for (const line of lines) stock.set(line.productId, (stock.get(line.productId) ?? 0) + line.quantity)
+          for (const line of lines) {
+            stock.set(line.productId, Math.min((stock.get(line.productId) ?? 0) + line.quantity, maxAvailable))
+          }
         }),
       setAvailable: (productId, available) => Effect.sync(() => void stock.set(productId, available)),
       available: (productId) => Effect.sync(() => stock.get(productId) ?? 0)
@@ -131,7 +143,8 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
             WHERE i.product_id = ANY(${lines.productIds}::text[])
             ORDER BY i.product_id FOR UPDATE
           )
-          UPDATE inventory AS i SET available = i.available + r.quantity, updated_at = now()
+          UPDATE inventory AS i
+          SET available = LEAST(i.available::bigint + r.quantity, ${maxAvailable})::integer, updated_at = now()
           FROM locked AS l JOIN requested AS r USING (product_id)
           WHERE i.product_id = l.product_id`)
     return {

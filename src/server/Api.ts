@@ -14,7 +14,7 @@ import * as OpenApi from "@effect/platform/OpenApi"
 import * as Schema from "effect/Schema"
 import { Command, CommandError, Idempotency } from "../index.js"
 import { limits } from "../orders/Commands.js"
-import { InsufficientInventory } from "../orders/Inventory.js"
+import { InsufficientInventory, maxAvailable } from "../orders/Inventory.js"
 import {
   OrderAlreadyCancelled,
   OrderAlreadyExists,
@@ -140,7 +140,7 @@ export const OrderView = Schema.Struct({
  * @category schemas
  */
 export const StockBody = Schema.Struct({
-  available: Schema.Int.pipe(Schema.between(0, 2_147_483_647))
+  available: Schema.Int.pipe(Schema.between(0, maxAvailable))
 }).annotations({ identifier: "StockRequest", ...strict })
 
 /**

@@ -82,6 +82,29 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect(stored.map((event) => event.event.eventId)).toEqual(relayed.map((event) => event.eventId))
       }).pipe(Effect.provide(Persistence.layerSql({ pollInterval: "100 millis" }))))
 
+    it.effect("gives a cancelled order's stock back up to the most stock can hold, in memory as in SQL", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const bus = OrderBus.make()
+        const stock = Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-max"))
+        yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-max", 1000))
+        const { orderId } = yield* bus.dispatch(createOrder("p-max", 1000)).pipe(CurrentUser.as(alice))
+        // Restocked to the most it can hold while the order holds 1000: giving
+        // those back would overflow the column (an error, and an order that
+        // could not be cancelled), so it saturates.
+        yield* Effect.flatMap(
+          Inventory.Inventory,
+          (inventory) => inventory.setAvailable("p-max", Inventory.maxAvailable)
+        )
+        const cancel = new CancelOrder({ orderId, reason: "too many", userId: "alice" })
+        yield* bus.dispatch(cancel).pipe(CurrentUser.as(alice))
+        expect(yield* stock).toBe(Inventory.maxAvailable)
+
+        const memory = yield* Inventory.makeMemory([["p-max", Inventory.maxAvailable - 1]])
+        yield* memory.release([{ productId: "p-max", quantity: 5 }])
+        expect(yield* memory.available("p-max")).toBe(Inventory.maxAvailable)
+      }).pipe(Effect.provide(Persistence.layerSql(false))))
+
     // Server only (PGlite runs one transaction at a time): reservations lock
     // inventory rows in product order, so orders and cancellations sharing
     // products never deadlock (40P01).
