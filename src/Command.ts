@@ -366,9 +366,21 @@ const digest = (payload: Record<string, unknown>): string =>
  */
 export const canonicalJson = (value: unknown): string => JSON.stringify(value, sortKeys)
 
+// Also writes what JSON has no form for, so that it neither throws (a
+// bigint) nor reads as another value (NaN, ±Infinity would be `null`).
 const sortKeys = (_key: string, value: unknown): unknown => {
-  if (value === null || typeof value !== "object" || Array.isArray(value)) return value
-  const sorted: Record<string, unknown> = {}
-  for (const key of Object.keys(value).sort()) sorted[key] = (value as Record<string, unknown>)[key]
-  return sorted
+  switch (typeof value) {
+    case "number":
+      return Number.isFinite(value) ? value : { "\u0000number": String(value) }
+    case "bigint":
+      return { "\u0000bigint": value.toString() }
+    case "object": {
+      if (value === null || Array.isArray(value)) return value
+      const sorted: Record<string, unknown> = {}
+      for (const key of Object.keys(value).sort()) sorted[key] = (value as Record<string, unknown>)[key]
+      return sorted
+    }
+    default:
+      return value
+  }
 }

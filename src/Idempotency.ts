@@ -2,7 +2,8 @@
  * Idempotency keys: the rules, the store they need, and the middleware that
  * applies them.
  *
- * - A key is scoped by user: the same key from two users is two keys.
+ * - A key is scoped by user (the command's `userId`, else the current
+ *   user's): the same key from two users is two keys.
  * - The first dispatch claims the key atomically; a concurrent duplicate
  *   fails with `IdempotencyKeyInFlight` and never runs.
  * - The claim holds a lease: a dispatch that crashed leaves a marker that
@@ -36,6 +37,7 @@ import * as Schema from "effect/Schema"
 import { randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type { StoreUnavailable } from "./CommandError.js"
+import * as CurrentUser from "./CurrentUser.js"
 import * as Middleware from "./Middleware.js"
 
 // -----------------------------------------------------------------------------
@@ -371,8 +373,13 @@ export const middleware = (
     const { command, definition } = dispatch
     const key = command.idempotencyKey
     if (key === undefined) return self
-    const scope = command.userId ?? ""
     return Effect.gen(function*() {
+      // A key is the user's: the command's, else the authenticated one's.
+      // Only a dispatch with neither shares the anonymous scope.
+      const scope = command.userId ?? Option.match(yield* CurrentUser.CurrentUser, {
+        onNone: () => "",
+        onSome: (principal) => principal.userId
+      })
       const store = yield* IdempotencyStore
       const fingerprint = yield* Effect.orDie(Command.fingerprint(definition, command))
       const claim = yield* store.claim({ scope, key, fingerprint, commandType: command._tag, lease, retention })

@@ -197,6 +197,27 @@ describe("Command", () => {
         assert.strictEqual(new Set(fingerprints).size, variants.length)
       }))
 
+    it.effect("tells apart, and does not throw on, values JSON has no form for", () =>
+      Effect.gen(function*() {
+        class Measure extends Command.Class<Measure>()("Measure", {
+          payload: { value: Schema.Number, count: Schema.BigIntFromSelf },
+          success: Schema.Void,
+          failure: Schema.Never
+        }) {}
+        const of = (value: number, count: bigint) => fingerprint(new Measure({ value, count }), Measure)
+        const fingerprints = yield* Effect.all([
+          of(Number.NaN, 1n),
+          of(Infinity, 1n),
+          of(-Infinity, 1n),
+          of(0, 1n),
+          of(0, 2n),
+          of(0, 12345678901234567890n)
+        ])
+        // JSON.stringify writes NaN and the infinities as null, and throws on a bigint.
+        assert.strictEqual(new Set(fingerprints).size, fingerprints.length)
+        assert.strictEqual(yield* of(Number.NaN, 1n), fingerprints[0])
+      }))
+
     it.effect("changes with the tag", () =>
       Effect.gen(function*() {
         const renamed = yield* fingerprint(new RenameAccount(payload))

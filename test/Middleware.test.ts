@@ -1077,6 +1077,18 @@ describe("Middleware", () => {
         assert.strictEqual(runs.deposit, 2)
       }).pipe(Effect.provide(InMemory.layer)))
 
+    it.effect("scopes a key by the current user when the command names none", () =>
+      Effect.gen(function*() {
+        const { bus, runs } = idempotent()
+        const anonymous = () => new Deposit({ accountId, amount: 5, idempotencyKey: key })
+        yield* bus.dispatch(anonymous()).pipe(CurrentUser.as(alice))
+        // Bob's key is not Alice's: his dispatch runs, and does not get her result.
+        yield* bus.dispatch(anonymous()).pipe(CurrentUser.as(bob))
+        assert.strictEqual(runs.deposit, 2)
+        yield* bus.dispatch(anonymous()).pipe(CurrentUser.as(bob))
+        assert.strictEqual(runs.deposit, 2)
+      }).pipe(Effect.provide(InMemory.layer)))
+
     it.effect("leaves a command without a key alone", () =>
       Effect.gen(function*() {
         const { bus, runs } = idempotent()
