@@ -123,6 +123,8 @@ export const makeVerifier = (options: VerifierOptions): Verifier => {
       ? [key.algorithm]
       : [...key.algorithms],
     clockTolerance: 5,
+    // A token that never expires is a credential that cannot be taken back.
+    requiredClaims: ["exp"],
     ...(options.issuer === undefined ? {} : { issuer: options.issuer }),
     ...(options.audience === undefined ? {} : { audience: options.audience })
   }

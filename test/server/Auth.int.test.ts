@@ -101,6 +101,7 @@ const badCredentials = Effect.gen(function*() {
     ["a token of random base64url", `Bearer ${Buffer.from("garbage".repeat(20)).toString("base64url")}`],
     ["a token after two spaces", `Bearer  ${valid}`],
     ["an expired token", `Bearer ${yield* signToken(secret, claims, { expiresAt: now() - 3600 })}`],
+    ["a token that never expires (no exp)", `Bearer ${yield* signToken(secret, claims, { expiresAt: null })}`],
     [
       "a token not valid before an hour from now",
       `Bearer ${yield* signToken(secret, claims, { notBefore: now() + 3600 })}`

@@ -327,11 +327,13 @@ export const unsecuredToken = (claims: Record<string, unknown>, signature = "") 
 export const signToken = (
   secret: string,
   claims: Record<string, unknown>,
-  options: { readonly alg?: string; readonly expiresAt?: number; readonly notBefore?: number } = {}
+  options: { readonly alg?: string; readonly expiresAt?: number | null; readonly notBefore?: number } = {}
 ) =>
   Effect.promise(() => {
     let jwt = new Jose.SignJWT(claims).setProtectedHeader({ alg: options.alg ?? "HS256", typ: "JWT" }).setIssuedAt()
-    jwt = jwt.setExpirationTime(options.expiresAt ?? Math.floor(Date.now() / 1000) + 3600)
+    if (options.expiresAt !== null) {
+      jwt = jwt.setExpirationTime(options.expiresAt ?? Math.floor(Date.now() / 1000) + 3600)
+    }
     if (options.notBefore !== undefined) jwt = jwt.setNotBefore(options.notBefore)
     return jwt.sign(new TextEncoder().encode(secret))
   })
