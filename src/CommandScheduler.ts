@@ -85,12 +85,16 @@ export interface Store {
    * again until its lease has passed, to this runner or another.
    */
   readonly claim: (limit: number, lease: Duration.Duration) => Effect.Effect<ReadonlyArray<Due>, StoreUnavailable>
-  /** Ran: gone. */
-  readonly complete: (id: string) => Effect.Effect<void, StoreUnavailable>
+  /**
+   * Ran: gone. This and `retryAt` and `fail` act only on the lease `due` came
+   * with: once another claim took the command over (its lease had passed),
+   * they leave it to that claim.
+   */
+  readonly complete: (due: Due) => Effect.Effect<void, StoreUnavailable>
   /** Pending again, due at `dueAt`, with the failure. */
-  readonly retryAt: (id: string, dueAt: DateTime.Utc, error: string) => Effect.Effect<void, StoreUnavailable>
+  readonly retryAt: (due: Due, dueAt: DateTime.Utc, error: string) => Effect.Effect<void, StoreUnavailable>
   /** Failed for good, with the failure. */
-  readonly fail: (id: string, error: string) => Effect.Effect<void, StoreUnavailable>
+  readonly fail: (due: Due, error: string) => Effect.Effect<void, StoreUnavailable>
   /** A failed command pending again, due now, its attempts reset; false when there is none failed with this id. */
   readonly retry: (id: string) => Effect.Effect<boolean, StoreUnavailable>
   /** Earliest due first (default limit 100). */
@@ -125,10 +129,17 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
       new Map<string, { readonly command: ScheduledCommand; readonly leasedUntil: number }>()
     ),
     (entries): Store => {
-      const update = (id: string, f: (command: ScheduledCommand) => ScheduledCommand | undefined) =>
+      const update = (
+        id: string,
+        f: (command: ScheduledCommand) => ScheduledCommand | undefined,
+        leasedAs?: Due
+      ) =>
         Ref.modify(entries, (map) => {
           const entry = map.get(id)
-          const next = entry === undefined ? undefined : f(entry.command)
+          // A claim counts an attempt: a lease taken over has more than `leasedAs`.
+          const next = entry === undefined || (leasedAs !== undefined && entry.command.attempts !== leasedAs.attempts)
+            ? undefined
+            : f(entry.command)
           if (next === undefined) return [false, map]
           return [true, new Map(map).set(id, { command: next, leasedUntil: 0 })]
         })
@@ -168,19 +179,24 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               })
               return [claimed, next]
             })),
-        complete: (id) =>
+        complete: (due) =>
           Ref.update(entries, (map) => {
+            if (map.get(due.id)?.command.attempts !== due.attempts) return map
             const next = new Map(map)
-            next.delete(id)
+            next.delete(due.id)
             return next
           }),
-        retryAt: (id, dueAt, error) =>
+        retryAt: (due, dueAt, error) =>
           Effect.asVoid(
-            update(id, (command) => new ScheduledCommand({ ...command, state: "pending", dueAt, lastError: error }))
+            update(
+              due.id,
+              (command) => new ScheduledCommand({ ...command, state: "pending", dueAt, lastError: error }),
+              due
+            )
           ),
-        fail: (id, error) =>
+        fail: (due, error) =>
           Effect.asVoid(
-            update(id, (command) => new ScheduledCommand({ ...command, state: "failed", lastError: error }))
+            update(due.id, (command) => new ScheduledCommand({ ...command, state: "failed", lastError: error }), due)
           ),
         retry: (id) =>
           Effect.flatMap(DateTime.now, (now) =>
@@ -264,8 +280,10 @@ export interface RunOptions {
   /** Commands of a batch dispatched at once. Default 1: in due order. */
   readonly concurrency?: number
   /**
-   * How long a runner holds a command it runs; after that another may run it.
-   * Longer than any command takes (the bus's timeout). Default 1 minute.
+   * How long a runner holds the commands it claims, a batch at a time; after
+   * that another may run them. A command whose lease passed before its turn
+   * in the batch is left to the next claim. Longer than any command takes
+   * (the bus's timeout). Default 1 minute.
    */
   readonly lease?: Duration.DurationInput
   /** Runs before a command that keeps failing is failed for good. Default 10. */
@@ -312,7 +330,7 @@ export const run = <C extends Command.Any, H, E, R>(
       Effect.gen(function*() {
         const exit = yield* Effect.exit(bus.dispatchUnknown(withKey(due)))
         if (exit._tag === "Success") {
-          yield* store.complete(due.id)
+          yield* store.complete(due)
           yield* Metric.increment(counted(due.commandType, "completed"))
           return yield* Effect.logDebug("scheduled.completed")
         }
@@ -322,12 +340,12 @@ export const run = <C extends Command.Any, H, E, R>(
           (definition !== undefined && Command.isOutcome(definition, error))
         const reason = stored(Cause.pretty(exit.cause))
         if (final || due.attempts >= maxAttempts) {
-          yield* store.fail(due.id, reason)
+          yield* store.fail(due, reason)
           yield* Metric.increment(counted(due.commandType, "failed"))
           return yield* Effect.logWarning("scheduled.failed", exit.cause)
         }
         const dueAt = DateTime.addDuration(yield* DateTime.now, backoff(due.attempts))
-        yield* store.retryAt(due.id, dueAt, reason)
+        yield* store.retryAt(due, dueAt, reason)
         yield* Metric.increment(counted(due.commandType, "retrying"))
         yield* Effect.logWarning("scheduled.retrying", exit.cause).pipe(
           Effect.annotateLogs({ retryAt: DateTime.formatIso(dueAt) })
@@ -338,17 +356,38 @@ export const run = <C extends Command.Any, H, E, R>(
         }),
         Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType, attempts: due.attempts })
       )
-    return Effect.forever(
-      store.claim(batchSize, lease).pipe(
-        Effect.flatMap((batch) =>
-          Effect.as(
-            Effect.forEach(batch, runOne, { discard: true, concurrency: options.concurrency ?? 1 }),
-            batch.length
-          )
-        ),
-        Effect.catchAll((error) => Effect.as(Effect.logWarning("scheduler.store-unavailable", error), 0)),
-        Effect.flatMap((ran) => ran < batchSize ? Effect.sleep(pollInterval) : Effect.void)
+    // A batch runs one after another: a command whose lease passed while the
+    // ones before it ran may have been claimed by another runner, and is left
+    // to the next claim rather than run twice.
+    const runLeased = (due: Due, leasedUntil: number) =>
+      Effect.flatMap(
+        Clock.currentTimeMillis,
+        (now) =>
+          now < leasedUntil
+            ? runOne(due)
+            : Effect.logDebug("scheduled.lease-passed").pipe(
+              Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType })
+            )
       )
+    return Effect.forever(
+      // Read before the claim, the lease's end is never later than the store's.
+      Effect.flatMap(Clock.currentTimeMillis, (claimedAt) =>
+        Effect.map(store.claim(batchSize, lease), (batch) => ({
+          batch,
+          leasedUntil: claimedAt + Duration.toMillis(lease)
+        }))).pipe(
+          Effect.flatMap(({ batch, leasedUntil }) =>
+            Effect.as(
+              Effect.forEach(batch, (due) => runLeased(due, leasedUntil), {
+                discard: true,
+                concurrency: options.concurrency ?? 1
+              }),
+              batch.length
+            )
+          ),
+          Effect.catchAll((error) => Effect.as(Effect.logWarning("scheduler.store-unavailable", error), 0)),
+          Effect.flatMap((ran) => ran < batchSize ? Effect.sleep(pollInterval) : Effect.void)
+        )
     )
   })
 }

@@ -96,6 +96,41 @@ describe("CommandScheduler", () => {
       assert.deepStrictEqual(yield* list(), [])
     }).pipe(Effect.provide(Stores)))
 
+  it.scoped("a runner acts only on its own lease: one taken over is not its to complete, nor to run after it passed", () =>
+    Effect.gen(function*() {
+      const runs: Array<string> = []
+      // "slow" outlasts the lease of the batch it was claimed with; "next" waits behind it.
+      const bus = CommandBus.make([Remind, Charge], {
+        Remind: (command) =>
+          Effect.sync(() => runs.push(command.orderId)).pipe(
+            Effect.zipRight(command.orderId === "slow" ? Effect.sleep("2 minutes") : Effect.void),
+            Effect.as(Handler.result(undefined))
+          ),
+        Charge: () => Effect.succeed(Handler.result(undefined))
+      })
+      yield* CommandScheduler.schedule(new Remind({ orderId: "slow" }), { at: new Date(0) })
+      yield* CommandScheduler.schedule(new Remind({ orderId: "next" }), { at: new Date(1) })
+      const options = { lease: "1 minute", pollInterval: "10 seconds" } as const
+      // Two runners on one store: the first claims both, the second takes over
+      // what the first still holds once its lease has passed.
+      yield* CommandScheduler.start(bus, options)
+      yield* settle
+      yield* CommandScheduler.start(bus, options)
+      for (let i = 0; i < 36; i++) {
+        yield* TestClock.adjust("10 seconds")
+        yield* settle
+      }
+      assert.strictEqual(runs.filter((orderId) => orderId === "next").length, 1)
+      // "slow" outlasts every lease it gets, so each runner takes it over in
+      // turn (why a lease must be longer than any command) and none of them
+      // may report it done for another's lease.
+      assert.isAbove(runs.filter((orderId) => orderId === "slow").length, 1)
+      assert.deepStrictEqual(
+        (yield* list()).map((scheduled) => (scheduled.command as { readonly orderId: string }).orderId),
+        ["slow"]
+      )
+    }).pipe(Effect.provide(Stores)))
+
   it.scoped("keeps the command's own idempotency key, runs at a given time, in a span of its own", () =>
     Effect.gen(function*() {
       const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()

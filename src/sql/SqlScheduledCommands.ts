@@ -81,17 +81,22 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         ),
         SqlFailure.classify
       ),
-    complete: (id) => sql`DELETE FROM scheduled_commands WHERE id = ${id}`.pipe(Effect.asVoid, SqlFailure.classify),
-    retryAt: (id, dueAt, error) =>
+    // A claim counts an attempt: a lease another claim took over has more.
+    complete: (due) =>
+      sql`DELETE FROM scheduled_commands WHERE id = ${due.id} AND attempts = ${due.attempts}`.pipe(
+        Effect.asVoid,
+        SqlFailure.classify
+      ),
+    retryAt: (due, dueAt, error) =>
       sql`
         UPDATE scheduled_commands
         SET state = 'pending', due_at = ${DateTime.formatIso(dueAt)}::timestamptz, last_error = ${error},
           lease_expires_at = NULL
-        WHERE id = ${id}`.pipe(Effect.asVoid, SqlFailure.classify),
-    fail: (id, error) =>
+        WHERE id = ${due.id} AND attempts = ${due.attempts}`.pipe(Effect.asVoid, SqlFailure.classify),
+    fail: (due, error) =>
       sql`
         UPDATE scheduled_commands SET state = 'failed', last_error = ${error}, lease_expires_at = NULL
-        WHERE id = ${id}`.pipe(Effect.asVoid, SqlFailure.classify),
+        WHERE id = ${due.id} AND attempts = ${due.attempts}`.pipe(Effect.asVoid, SqlFailure.classify),
     retry: (id) =>
       sql`
         UPDATE scheduled_commands SET state = 'pending', due_at = now(), attempts = 0, lease_expires_at = NULL

@@ -128,7 +128,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect((claimed[0]!.command as { n: number }).n).toBe(1)
         expect(yield* store.claim(10, Duration.seconds(1)), "leased").toEqual([])
 
-        yield* store.fail(early, "it broke")
+        yield* store.fail(claimed[0]!, "it broke")
         const [failed, ...noOther] = yield* store.list({ state: "failed" })
         expect(noOther).toEqual([])
         expect([failed!.id, failed!.attempts, failed!.lastError]).toEqual([early, 1, "it broke"])
@@ -140,12 +140,19 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         // `early` is due again at once (attempts reset, due now); `late` once its lease has passed.
         expect((yield* store.claim(10, Duration.seconds(1))).map((due) => [due.id, due.attempts])).toEqual([[early, 1]])
         yield* Effect.sleep("1500 millis")
-        expect((yield* store.claim(10, Duration.seconds(30))).map((due) => [due.id, due.attempts])).toEqual([
+        const reclaimed = yield* store.claim(10, Duration.seconds(30))
+        expect(reclaimed.map((due) => [due.id, due.attempts])).toEqual([
           [late, 2],
           [early, 2]
         ])
-        yield* store.retryAt(late, DateTime.unsafeMake(Date.now() + 60_000), "again")
-        yield* store.complete(early)
+        // The first lease of `late` was taken over: what its runner reports is ignored.
+        yield* store.complete(claimed[1]!)
+        yield* store.fail(claimed[1]!, "stale")
+        yield* store.retryAt(claimed[1]!, DateTime.unsafeMake(Date.now()), "stale")
+        expect((yield* store.list({ state: "pending" })).map((scheduled) => [scheduled.id, scheduled.lastError]))
+          .toEqual([[late, undefined], [early, "it broke"]])
+        yield* store.retryAt(reclaimed[0]!, DateTime.unsafeMake(Date.now() + 60_000), "again")
+        yield* store.complete(reclaimed[1]!)
         expect((yield* store.list()).map((scheduled) => [scheduled.id, scheduled.state, scheduled.lastError])).toEqual([
           [late, "pending", "again"]
         ])
