@@ -38,6 +38,7 @@ import { randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type { StoreUnavailable } from "./CommandError.js"
 import * as CurrentUser from "./CurrentUser.js"
+import * as JsonValue from "./internal/json.js"
 import * as Middleware from "./Middleware.js"
 
 // -----------------------------------------------------------------------------
@@ -399,25 +400,33 @@ export const middleware = (
         return yield* replay(definition, claim.result)
       }
       const { token } = claim
-      const recordSuccess = (value: unknown) =>
+      // Encoded before commit in every store, so that a success that cannot
+      // be recorded fails the dispatch rather than follow its commit.
+      const encodeSuccess = (value: unknown) =>
         Schema.encodeUnknown(definition.success as Schema.Schema<unknown, unknown>)(value).pipe(
           Effect.orDie,
-          Effect.flatMap((encoded) =>
-            store.complete({ scope, key, token, retention, result: { _tag: "Success", value: encoded } })
-          ),
-          Effect.flatMap((held) =>
-            held ? Effect.void : Effect.fail(new IdempotencyKeyInFlight({ idempotencyKey: key }))
-          )
+          Effect.flatMap((encoded) => asRecorded(command, "success", encoded))
+        )
+      const recordSuccess = (encoded: unknown) =>
+        Effect.flatMap(
+          store.complete({ scope, key, token, retention, result: { _tag: "Success", value: encoded } }),
+          (held) => held ? Effect.void : Effect.fail(new IdempotencyKeyInFlight({ idempotencyKey: key }))
         )
       let recorded = self
       if (store.joinsTransaction) {
-        dispatch.beforeCommit.push(recordSuccess)
+        dispatch.beforeCommit.push((value) => Effect.flatMap(encodeSuccess(value), recordSuccess))
       } else {
-        recorded = Effect.tap(self, (value) =>
+        let encodedSuccess: unknown
+        dispatch.beforeCommit.push((value) =>
+          Effect.map(encodeSuccess(value), (encoded) => {
+            encodedSuccess = encoded
+          })
+        )
+        recorded = Effect.tap(self, () =>
           // Committed already: a record that cannot be written only means a
           // retry runs again once the lease expires, so the success stands.
           Effect.catchAll(
-            recordSuccess(value),
+            recordSuccess(encodedSuccess),
             (error) => Effect.logWarning("idempotency.record-failed", error).pipe(Effect.annotateLogs({ key }))
           ))
       }
@@ -431,6 +440,8 @@ export const middleware = (
           ) {
             return Schema.encodeUnknown(definition.failure as Schema.Schema<unknown, unknown>)(failure.value).pipe(
               Effect.orDie,
+              Effect.flatMap((encoded) => asRecorded(command, "failure", encoded)),
+              Effect.tapDefect(() => Effect.ignore(store.release({ scope, key, token }))),
               Effect.flatMap((encoded) =>
                 store.complete({ scope, key, token, retention, result: { _tag: "Failure", error: encoded } })
               ),
@@ -444,6 +455,19 @@ export const middleware = (
       )
     })
   })
+}
+
+// Records are JSON in every durable store (PostgreSQL's jsonb, Redis), and
+// one that would not read back as itself replays as a defect until it
+// expires. Refused when written instead, in every store, memory included, so
+// that a command whose schema encodes to something else fails its first
+// dispatch with a key, in tests as in production.
+const asRecorded = (command: Command.Any, kind: "success" | "failure", encoded: unknown): Effect.Effect<unknown> => {
+  const found = JsonValue.incompatibility(encoded)
+  return found === undefined ? Effect.succeed(encoded) : Effect.dieMessage(
+    `${command._tag}: its ${kind} cannot be recorded for idempotency: encoded, ${found}, which JSON does not ` +
+      `hold. Give the command a ${kind} schema that encodes to JSON (Schema.Date rather than Schema.DateFromSelf, say).`
+  )
 }
 
 const replay = (definition: Command.AnyClass, result: StoredResult): Effect.Effect<any, any> =>

@@ -1077,6 +1077,44 @@ describe("Middleware", () => {
         assert.strictEqual(runs.deposit, 2)
       }).pipe(Effect.provide(InMemory.layer)))
 
+    it.effect("refuses to record a result that does not encode to JSON, and frees the key", () =>
+      Effect.gen(function*() {
+        class Overdrawn extends Schema.TaggedError<Overdrawn>()("Overdrawn", { by: Schema.Number }) {}
+        // Its success encodes to a Date, its failure may hold NaN: a JSON record of either reads back as another value.
+        class Stamp extends Command.Class<Stamp>()("Stamp", {
+          payload: { fail: Schema.Boolean },
+          success: Schema.Struct({ at: Schema.DateFromSelf }),
+          failure: Overdrawn
+        }) {}
+        class Stamped extends DomainEvent.Class<Stamped>()("Stamped", { at: Schema.String }) {}
+        let runs = 0
+        const bus = CommandBus.make([Stamp], {
+          Stamp: (command) =>
+            Effect.suspend(() => {
+              runs++
+              return command.fail
+                ? Effect.fail(new Overdrawn({ by: Number.NaN }))
+                : Effect.succeed(Handler.result({ at: new Date(0) }, [
+                  DomainEvent.draft(
+                    { aggregateType: "Clock", aggregateId: "c", aggregateVersion: runs },
+                    new Stamped({ at: "now" })
+                  )
+                ]))
+            })
+        }).pipe(CommandBus.withMiddleware(Idempotency.middleware(), Middleware.transaction))
+        const stamp = (fail: boolean) => new Stamp({ fail, userId: "alice", idempotencyKey: `stamp-${fail}` })
+        for (const fail of [false, true]) {
+          for (const attempt of [1, 2]) {
+            const exit = yield* Effect.exit(bus.dispatch(stamp(fail)))
+            const defect = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.dieOption(exit.cause)) : undefined
+            assert.instanceOf(defect, Cause.RuntimeException, `${fail ? "failure" : "success"}, attempt ${attempt}`)
+            assert.include((defect as Error).message, `Stamp: its ${fail ? "failure" : "success"} cannot be recorded`)
+          }
+        }
+        // Each ran every time: the key was freed, not left in flight or recorded.
+        assert.strictEqual(runs, 4)
+      }).pipe(Effect.provide(InMemory.layer)))
+
     it.effect("scopes a key by the current user when the command names none", () =>
       Effect.gen(function*() {
         const { bus, runs } = idempotent()

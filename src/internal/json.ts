@@ -1,0 +1,38 @@
+/**
+ * Where a value stops being JSON: what `JSON.stringify` would drop, change
+ * or refuse, so that a record written as JSON would not read back as itself.
+ *
+ * @internal
+ */
+export const incompatibility = (value: unknown, path: string = "$"): string | undefined => {
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+    case "undefined":
+      // An undefined property is left out, as an absent optional field is.
+      return undefined
+    case "number":
+      return Number.isFinite(value) ? undefined : `${path} is ${value}`
+    case "object": {
+      if (value === null) return undefined
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) {
+          const found = incompatibility(value[i], `${path}[${i}]`)
+          if (found !== undefined) return found
+        }
+        return undefined
+      }
+      const proto = Object.getPrototypeOf(value)
+      if (proto !== Object.prototype && proto !== null) {
+        return `${path} is ${proto?.constructor?.name ? `a ${proto.constructor.name}` : "not a plain object"}`
+      }
+      for (const key of Object.keys(value)) {
+        const found = incompatibility((value as Record<string, unknown>)[key], `${path}.${key}`)
+        if (found !== undefined) return found
+      }
+      return undefined
+    }
+    default:
+      return `${path} is a ${typeof value}`
+  }
+}
