@@ -4,12 +4,14 @@
  *
  * @since 0.1.0
  */
+import * as Cause from "effect/Cause"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Schema from "effect/Schema"
 import { randomUUID } from "node:crypto"
 import type * as Command from "./Command.js"
+import * as JsonValue from "./internal/json.js"
 import * as PlainSchema from "./internal/schema.js"
 
 /**
@@ -98,7 +100,22 @@ const fieldKeys = PlainSchema.plainKeys(() => false)
  * @since 0.1.0
  * @category encoding
  */
-export const encode = (event: Any): Effect.Effect<unknown> => Effect.orDie(encoderOf(event)(event))
+export const encode = (event: Any): Effect.Effect<unknown> =>
+  Effect.flatMap(Effect.orDie(encoderOf(event)(event)), (payload) => asPayload(event, payload))
+
+// The outbox keeps payloads as JSON (jsonb), and the in-memory one must
+// publish what it would: one that is not JSON (a `Date`, NaN) would read
+// back as another value, so the dispatch dies instead, and rolls back.
+const asPayload = (event: Any, payload: unknown): Effect.Effect<unknown> => {
+  const found = JsonValue.incompatibility(payload)
+  return found === undefined ? Effect.succeed(payload) : Effect.die(notJson(event, found))
+}
+
+const notJson = (event: Any, found: string) =>
+  new Cause.RuntimeException(
+    `${event._tag}: encoded, ${found}, which JSON does not hold; give the event a schema that encodes to JSON ` +
+      "(Schema.Date rather than Schema.DateFromSelf, say)"
+  )
 
 /**
  * Stamps drafts with fresh event ids, the time, and the command's
@@ -120,6 +137,8 @@ export const stamp = (
       const encoded = encoderOf(draft.event)(draft.event)
       if (!Either.isEither(encoded)) return stampEach(command, drafts, occurredAt)
       if (Either.isLeft(encoded)) return Effect.die(encoded.left)
+      const found = JsonValue.incompatibility(encoded.right)
+      if (found !== undefined) return Effect.die(notJson(draft.event, found))
       payloads.push(encoded.right)
     }
     return Effect.succeed(drafts.map((draft, i) => envelope(command, draft, occurredAt, payloads[i])))

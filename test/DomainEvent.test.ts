@@ -1,6 +1,9 @@
 import { assert, describe, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import { DomainEvent } from "../src/index.js"
 
@@ -50,6 +53,24 @@ describe("DomainEvent", () => {
         for (const envelope of stamped) {
           assert.strictEqual(envelope.correlationId, command.correlationId)
           assert.strictEqual(envelope.causationId, command.commandId)
+        }
+      }))
+
+    it.effect("dies on a payload that does not encode to JSON, naming the value", () =>
+      Effect.gen(function*() {
+        class Clocked extends DomainEvent.Class<Clocked>()("Clocked", {
+          at: Schema.DateFromSelf,
+          reading: Schema.Number
+        }) {}
+        const clocked = new Clocked({ at: new Date(0), reading: 1 })
+        const exit = yield* Effect.exit(DomainEvent.stamp(command, [DomainEvent.draft(aggregate, clocked)]))
+        const defect = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.dieOption(exit.cause)) : undefined
+        assert.include((defect as Error | undefined)?.message, "Clocked: encoded, $.at is a Date")
+        class Measured extends DomainEvent.Class<Measured>()("Measured", { reading: Schema.Number }) {}
+        for (const reading of [Number.NaN, Infinity]) {
+          const exit = yield* Effect.exit(DomainEvent.encode(new Measured({ reading })))
+          const defect = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.dieOption(exit.cause)) : undefined
+          assert.include((defect as Error | undefined)?.message, `Measured: encoded, $.reading is ${reading}`)
         }
       }))
   })
