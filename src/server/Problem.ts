@@ -116,8 +116,8 @@ export const schema = <E extends { readonly _tag: string; readonly message: stri
     encode: (value: any) => {
       // Read fields by name: `message`, for one, is not enumerable on errors.
       const fields: Record<string, unknown> = {}
-      for (const key of extensionKeys) fields[key] = value[key]
-      return { type: typeOf(value._tag), title, status, detail: value.message, code: value._tag, ...fields }
+      for (const key of extensionKeys) fields[key] = clipped(value[key])
+      return { type: typeOf(value._tag), title, status, detail: clipped(value.message), code: value._tag, ...fields }
     }
   })
   return transformed.pipe(
@@ -125,6 +125,24 @@ export const schema = <E extends { readonly _tag: string; readonly message: stri
     Schema.annotations(HttpApiSchema.annotations({ status })),
     HttpApiSchema.withEncoding({ kind: "Json", contentType })
   ) as any
+}
+
+// Longer than any field a problem means to carry; a schema failure quotes
+// the value it refused, in its detail and in each issue, and a body of a
+// megabyte must not come back as three.
+const maxText = 1024
+
+const clipped = (value: unknown): any => {
+  if (typeof value === "string") {
+    return value.length <= maxText ? value : `${value.slice(0, maxText)}… (${value.length - maxText} more characters)`
+  }
+  if (Array.isArray(value)) return value.map(clipped)
+  if (value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) {
+    const fields: Record<string, unknown> = {}
+    for (const key of Object.keys(value)) fields[key] = clipped((value as Record<string, unknown>)[key])
+    return fields
+  }
+  return value
 }
 
 const encoders = new WeakMap<object, (error: unknown) => Document>()

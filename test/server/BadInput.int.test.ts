@@ -348,6 +348,19 @@ const cases: ReadonlyArray<Case> = [
     ...invalid
   },
   // sizes
+  {
+    // The refused value is quoted in the detail and in each issue: clipped, not echoed three times over.
+    name: "a string of a million characters where a number goes",
+    method: "PUT",
+    path: stock,
+    as: "admin",
+    body: json({ available: "x".repeat(1_000_000) }),
+    ...invalid,
+    check: (reply) => {
+      expect(reply.text.length).toBeLessThan(16 * 1024)
+      expect(reply.body.detail).toContain("more characters)")
+    }
+  },
   { name: "a 10 MB body", body: "x".repeat(10 * 1024 * 1024), ...tooLarge },
   { name: "valid JSON one byte over 1 MiB", body: json({ pad: "x".repeat(1024 * 1024 - 9) }), ...tooLarge },
   {
