@@ -206,7 +206,8 @@ export const IdempotencyHeaders = Schema.Struct({
  * @category schemas
  */
 export const VersionTag = Schema.String.pipe(
-  Schema.pattern(/^(\*|"\d{1,9}")$/),
+  // A version as the ETag writes it: "01" is another tag, not version 1.
+  Schema.pattern(/^(\*|"(0|[1-9]\d{0,8})")$/),
   Schema.annotations({ description: "The order's ETag, e.g. \"3\" (or * for any version)" })
 )
 

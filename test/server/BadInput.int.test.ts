@@ -418,6 +418,14 @@ const cases: ReadonlyArray<Case> = [
     ...invalid
   },
   { name: "an unquoted If-Match", path: cancel, body: json({ reason: "x" }), headers: { "if-match": "1" }, ...invalid },
+  // Not the ETag of version 1 (it once matched it).
+  {
+    name: "an If-Match of \"01\"",
+    path: cancel,
+    body: json({ reason: "x" }),
+    headers: { "if-match": "\"01\"" },
+    ...invalid
+  },
   {
     name: "an If-Match list",
     path: cancel,
