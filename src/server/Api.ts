@@ -28,6 +28,7 @@ import { Authentication } from "./Auth.js"
 import {
   InternalError,
   MalformedJson,
+  MalformedRequest,
   MethodNotAllowed,
   PayloadTooLarge,
   RepeatedHeader,
@@ -435,6 +436,7 @@ export class Api extends ApiBase
   .add(HealthGroup)
   .add(MetricsGroup)
   .addError(Problem.schema(MalformedJson))
+  .addError(Problem.schema(MalformedRequest))
   .addError(Problem.schema(RepeatedHeader))
   .addError(Problem.schema(PayloadTooLarge))
   .addError(Problem.schema(UnsupportedMediaType))

@@ -163,3 +163,25 @@ export class InternalError extends Schema.TaggedError<InternalError>()(
     return "The server failed to process the request; it has been logged"
   }
 }
+
+/**
+ * A request Node's HTTP parser refused before any route saw it: a broken
+ * request line or header, a bad `Content-Length`, headers over Node's limit
+ * (431), a request that took too long to arrive (408). Answered on the
+ * socket, which then closes.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class MalformedRequest extends Schema.TaggedError<MalformedRequest>()(
+  "MalformedRequest",
+  {
+    /** Node's parser error code, e.g. `HPE_INVALID_METHOD`. */
+    reason: Schema.String
+  },
+  HttpApiSchema.annotations({ status: 400, title: "Malformed request" })
+) {
+  override get message() {
+    return `The request is not well-formed HTTP (${this.reason})`
+  }
+}

@@ -20,6 +20,7 @@ import * as Predicate from "effect/Predicate"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
+import type { Duplex } from "node:stream"
 import * as OrderBus from "../orders/OrderBus.js"
 import * as Persistence from "../orders/Persistence.js"
 import * as SqlFailure from "../sql/SqlFailure.js"
@@ -28,7 +29,7 @@ import * as Config from "./Config.js"
 import * as Database from "./Database.js"
 import * as Docs from "./Docs.js"
 import * as Http from "./Http.js"
-import { ServiceUnavailable } from "./HttpErrors.js"
+import { MalformedRequest, ServiceUnavailable } from "./HttpErrors.js"
 import * as IdempotencyStoreLayer from "./IdempotencyStoreLayer.js"
 import * as Metrics from "./Metrics.js"
 import * as Observability from "./Observability.js"
@@ -62,6 +63,7 @@ export const HttpServerLive = Layer.unwrapEffect(
   Effect.map(Config.server, (config) => {
     const server = createServer()
     answerWhileNotServing(server)
+    answerClientErrors(server)
     // Keep-alive connections must not outlive a load balancer's idle timeout.
     server.keepAliveTimeout = 65_000
     server.headersTimeout = 66_000
@@ -87,6 +89,40 @@ export const HttpServerLive = Layer.unwrapEffect(
     )
   })
 )
+
+// Node's own answers to what its parser refuses, kept: the status, the
+// connection closed after it.
+const clientErrorStatus: Readonly<Record<string, readonly [number, string]>> = {
+  HPE_HEADER_OVERFLOW: [431, "Request Header Fields Too Large"],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, "Request Timeout"],
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: [413, "Payload Too Large"]
+}
+
+/**
+ * Answers what Node's HTTP parser refuses (a broken request line, a bad
+ * `Content-Length`, headers over the limit) with a problem, as every other
+ * error is, rather than Node's empty response.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const answerClientErrors = (server: Server): void => {
+  const encode = Schema.encodeSync(Problem.schema(MalformedRequest))
+  server.on("clientError", (error: NodeJS.ErrnoException, socket: Duplex) => {
+    // A connection reset, or one already answered: nothing to write to.
+    if (error.code === "ECONNRESET" || !socket.writable) {
+      socket.destroy()
+      return
+    }
+    const reason = error.code ?? "HPE_UNKNOWN"
+    const [status, text] = clientErrorStatus[reason] ?? [400, "Bad Request"]
+    const body = JSON.stringify({ ...encode(new MalformedRequest({ reason })), status })
+    socket.end(
+      `HTTP/1.1 ${status} ${text}\r\ncontent-type: ${Problem.contentType}\r\n` +
+        `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
+    )
+  })
+}
 
 /**
  * Answers the requests that reach `server` while no application is attached

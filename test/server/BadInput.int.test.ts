@@ -389,6 +389,46 @@ const cases: ReadonlyArray<Case> = [
     status: 400,
     code: "RepeatedHeader"
   },
+  // refused by Node's HTTP parser, before any route
+  {
+    name: "a request line that is not HTTP",
+    raw: () => ["GARBAGE\r\n\r\n"],
+    status: 400,
+    code: "MalformedRequest"
+  },
+  {
+    name: "a Content-Length that is not a number",
+    raw: (bearer) => [
+      [
+        "POST /api/v1/orders HTTP/1.1",
+        "Host: localhost",
+        `Authorization: Bearer ${bearer}`,
+        "Content-Type: application/json",
+        "Content-Length: abc",
+        "",
+        json(order)
+      ].join("\r\n")
+    ],
+    status: 400,
+    code: "MalformedRequest"
+  },
+  {
+    name: "both Content-Length and Transfer-Encoding",
+    raw: (bearer) => [
+      [
+        "POST /api/v1/orders HTTP/1.1",
+        "Host: localhost",
+        `Authorization: Bearer ${bearer}`,
+        "Content-Type: application/json",
+        `Content-Length: ${Buffer.byteLength(json(order))}`,
+        "Transfer-Encoding: chunked",
+        "",
+        json(order)
+      ].join("\r\n")
+    ],
+    status: 400,
+    code: "MalformedRequest"
+  },
   {
     name: "an Idempotency-Key of 256 characters",
     body: json(order),
@@ -564,7 +604,7 @@ describe(`malformed requests (${kind})`, () => {
         }))
     }
 
-    it.effect("a header block over Node's 16 KB limit is refused by Node itself with 431, never 5xx", () =>
+    it.effect("a header block over Node's 16 KB limit is refused with 431, a problem like any other", () =>
       Effect.gen(function*() {
         const { alice } = yield* users
         const reply = yield* request("POST", "/api/v1/orders", {
@@ -572,9 +612,10 @@ describe(`malformed requests (${kind})`, () => {
           json: order,
           headers: { "x-padding": "p".repeat(20 * 1024) }
         })
-        // Node's HTTP parser answers before the service runs, so this one
-        // response has no problem body.
-        expect(reply.status).toBe(431)
+        // Node's HTTP parser refuses it before any route runs; the service
+        // answers for it.
+        expectProblem(reply, 431, "MalformedRequest")
+        expect(reply.body.reason).toBe("HPE_HEADER_OVERFLOW")
       }))
 
     it.effect("nothing changed: stock, the sentinel order, and no event but the sentinel's cancellation", () =>

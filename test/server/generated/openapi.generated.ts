@@ -222,6 +222,15 @@ export interface components {
             code: string;
             reason: string;
         };
+        /** @description Malformed request */
+        MalformedRequest: {
+            type: string;
+            title: string;
+            status: components["schemas"]["Int"];
+            detail: string;
+            code: string;
+            reason: string;
+        };
         /** @description Header repeated */
         RepeatedHeader: {
             type: string;
@@ -529,7 +538,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["MalformedRequest"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -658,7 +667,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["MalformedRequest"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -798,7 +807,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["MalformedRequest"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -919,7 +928,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["MalformedRequest"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -1046,7 +1055,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["MalformedRequest"] | components["schemas"]["RepeatedHeader"] | components["schemas"]["CommandValidationError"];
                 };
             };
             /** @description Unauthorized */
@@ -1170,7 +1179,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["MalformedRequest"] | components["schemas"]["RepeatedHeader"];
                 };
             };
             /** @description Unauthorized */
@@ -1271,7 +1280,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["MalformedRequest"] | components["schemas"]["RepeatedHeader"];
                 };
             };
             /** @description Not found */
@@ -1354,7 +1363,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["MalformedRequest"] | components["schemas"]["RepeatedHeader"];
                 };
             };
             /** @description Not found */
@@ -1437,7 +1446,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["RepeatedHeader"];
+                    "application/problem+json": components["schemas"]["HttpApiDecodeError"] | components["schemas"]["MalformedJson"] | components["schemas"]["MalformedRequest"] | components["schemas"]["RepeatedHeader"];
                 };
             };
             /** @description Unauthorized */
