@@ -403,10 +403,7 @@ export const middleware = (
       // Encoded before commit in every store, so that a success that cannot
       // be recorded fails the dispatch rather than follow its commit.
       const encodeSuccess = (value: unknown) =>
-        Schema.encodeUnknown(definition.success as Schema.Schema<unknown, unknown>)(value).pipe(
-          Effect.orDie,
-          Effect.flatMap((encoded) => asRecorded(command, "success", encoded))
-        )
+        Effect.orDie(Schema.encodeUnknown(definition.success as Schema.Schema<unknown, unknown>)(value))
       const recordSuccess = (encoded: unknown) =>
         Effect.flatMap(
           store.complete({ scope, key, token, retention, result: { _tag: "Success", value: encoded } }),
@@ -414,13 +411,17 @@ export const middleware = (
         )
       let recorded = self
       if (store.joinsTransaction) {
-        dispatch.beforeCommit.push((value) => Effect.flatMap(encodeSuccess(value), recordSuccess))
+        dispatch.beforeCommit.push((value) =>
+          Effect.flatMap(encodeSuccess(value), (encoded) => asRecorded(command, "success", encoded, recordSuccess))
+        )
       } else {
         let encodedSuccess: unknown
         dispatch.beforeCommit.push((value) =>
-          Effect.map(encodeSuccess(value), (encoded) => {
-            encodedSuccess = encoded
-          })
+          Effect.flatMap(encodeSuccess(value), (encoded) =>
+            asRecorded(command, "success", encoded, () => {
+              encodedSuccess = encoded
+              return Effect.void
+            }))
         )
         recorded = Effect.tap(self, () =>
           // Committed already: a record that cannot be written only means a
@@ -440,11 +441,15 @@ export const middleware = (
           ) {
             return Schema.encodeUnknown(definition.failure as Schema.Schema<unknown, unknown>)(failure.value).pipe(
               Effect.orDie,
-              Effect.flatMap((encoded) => asRecorded(command, "failure", encoded)),
-              Effect.tapDefect(() => Effect.ignore(store.release({ scope, key, token }))),
               Effect.flatMap((encoded) =>
-                store.complete({ scope, key, token, retention, result: { _tag: "Failure", error: encoded } })
+                asRecorded(
+                  command,
+                  "failure",
+                  encoded,
+                  () => store.complete({ scope, key, token, retention, result: { _tag: "Failure", error: encoded } })
+                )
               ),
+              Effect.tapDefect(() => Effect.ignore(store.release({ scope, key, token }))),
               // The failure itself is the answer; an unrecorded one just runs again on retry.
               Effect.catchAll(() => store.release({ scope, key, token })),
               Effect.ignore
@@ -462,9 +467,14 @@ export const middleware = (
 // expires. Refused when written instead, in every store, memory included, so
 // that a command whose schema encodes to something else fails its first
 // dispatch with a key, in tests as in production.
-const asRecorded = (command: Command.Any, kind: "success" | "failure", encoded: unknown): Effect.Effect<unknown> => {
+const asRecorded = <A, E, R>(
+  command: Command.Any,
+  kind: "success" | "failure",
+  encoded: unknown,
+  record: (encoded: unknown) => Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> => {
   const found = JsonValue.incompatibility(encoded)
-  return found === undefined ? Effect.succeed(encoded) : Effect.dieMessage(
+  return found === undefined ? record(encoded) : Effect.dieMessage(
     `${command._tag}: its ${kind} cannot be recorded for idempotency: encoded, ${found}, which JSON does not ` +
       `hold. Give the command a ${kind} schema that encodes to JSON (Schema.Date rather than Schema.DateFromSelf, say).`
   )
