@@ -26,7 +26,7 @@ import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
+import type * as Exit from "effect/Exit"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
 import * as Layer from "effect/Layer"
@@ -374,91 +374,105 @@ export const middleware = (
     const { command, definition } = dispatch
     const key = command.idempotencyKey
     if (key === undefined) return self
-    return Effect.gen(function*() {
-      // A key is the user's: the command's, else the authenticated one's.
-      // Only a dispatch with neither shares the anonymous scope.
-      const scope = command.userId ?? Option.match(yield* CurrentUser.CurrentUser, {
-        onNone: () => "",
-        onSome: (principal) => principal.userId
-      })
-      const store = yield* IdempotencyStore
-      const fingerprint = yield* Effect.orDie(Command.fingerprint(definition, command))
-      const claim = yield* store.claim({ scope, key, fingerprint, commandType: command._tag, lease, retention })
-      if (claim._tag !== "Claimed") {
-        if (claim.fingerprint !== fingerprint) {
-          yield* countFor(mismatchesTotal, command._tag)
-          return yield* new IdempotencyKeyMismatch({ idempotencyKey: key })
+    // The claim and the finalizer that releases it are one uninterruptible
+    // step: a dispatch interrupted as its claim lands (a client that hangs
+    // up) must not leave the key in flight until the lease runs out. The
+    // claim is one short statement; the dispatch is interruptible again once
+    // its release is in place.
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        // A key is the user's: the command's, else the authenticated one's.
+        // Only a dispatch with neither shares the anonymous scope.
+        const scope = command.userId ?? Option.match(yield* CurrentUser.CurrentUser, {
+          onNone: () => "",
+          onSome: (principal) => principal.userId
+        })
+        const store = yield* IdempotencyStore
+        const fingerprint = yield* Effect.orDie(Command.fingerprint(definition, command))
+        const claim = yield* store.claim({ scope, key, fingerprint, commandType: command._tag, lease, retention })
+        if (claim._tag !== "Claimed") {
+          if (claim.fingerprint !== fingerprint) {
+            yield* countFor(mismatchesTotal, command._tag)
+            return yield* new IdempotencyKeyMismatch({ idempotencyKey: key })
+          }
+          if (claim._tag === "InFlight") {
+            yield* countFor(inFlightTotal, command._tag)
+            return yield* new IdempotencyKeyInFlight({ idempotencyKey: key })
+          }
+          yield* countFor(replaysTotal, command._tag)
+          dispatch.replayed = true
+          const observer = yield* FiberRef.get(currentReplayObserver)
+          if (observer !== undefined) observer(command)
+          return yield* replay(definition, claim.result)
         }
-        if (claim._tag === "InFlight") {
-          yield* countFor(inFlightTotal, command._tag)
-          return yield* new IdempotencyKeyInFlight({ idempotencyKey: key })
+        const { token } = claim
+        // Encoded before commit in every store, so that a success that cannot
+        // be recorded fails the dispatch rather than follow its commit.
+        const encodeSuccess = (value: unknown) =>
+          Effect.orDie(Schema.encodeUnknown(definition.success as Schema.Schema<unknown, unknown>)(value))
+        const recordSuccess = (encoded: unknown) =>
+          Effect.flatMap(
+            store.complete({ scope, key, token, retention, result: { _tag: "Success", value: encoded } }),
+            (held) => held ? Effect.void : Effect.fail(new IdempotencyKeyInFlight({ idempotencyKey: key }))
+          )
+        let recorded = self
+        if (store.joinsTransaction) {
+          dispatch.beforeCommit.push((value) =>
+            Effect.flatMap(encodeSuccess(value), (encoded) => asRecorded(command, "success", encoded, recordSuccess))
+          )
+        } else {
+          let encodedSuccess: unknown
+          dispatch.beforeCommit.push((value) =>
+            Effect.flatMap(encodeSuccess(value), (encoded) =>
+              asRecorded(command, "success", encoded, () => {
+                encodedSuccess = encoded
+                return Effect.void
+              }))
+          )
+          recorded = Effect.tap(self, () =>
+            // Committed already: a record that cannot be written only means a
+            // retry runs again once the lease expires, so the success stands.
+            Effect.catchAll(
+              recordSuccess(encodedSuccess),
+              (error) => Effect.logWarning("idempotency.record-failed", error).pipe(Effect.annotateLogs({ key }))
+            ))
         }
-        yield* countFor(replaysTotal, command._tag)
-        dispatch.replayed = true
-        const observer = yield* FiberRef.get(currentReplayObserver)
-        if (observer !== undefined) observer(command)
-        return yield* replay(definition, claim.result)
-      }
-      const { token } = claim
-      // Encoded before commit in every store, so that a success that cannot
-      // be recorded fails the dispatch rather than follow its commit.
-      const encodeSuccess = (value: unknown) =>
-        Effect.orDie(Schema.encodeUnknown(definition.success as Schema.Schema<unknown, unknown>)(value))
-      const recordSuccess = (encoded: unknown) =>
-        Effect.flatMap(
-          store.complete({ scope, key, token, retention, result: { _tag: "Success", value: encoded } }),
-          (held) => held ? Effect.void : Effect.fail(new IdempotencyKeyInFlight({ idempotencyKey: key }))
-        )
-      let recorded = self
-      if (store.joinsTransaction) {
-        dispatch.beforeCommit.push((value) =>
-          Effect.flatMap(encodeSuccess(value), (encoded) => asRecorded(command, "success", encoded, recordSuccess))
-        )
-      } else {
-        let encodedSuccess: unknown
-        dispatch.beforeCommit.push((value) =>
-          Effect.flatMap(encodeSuccess(value), (encoded) =>
-            asRecorded(command, "success", encoded, () => {
-              encodedSuccess = encoded
-              return Effect.void
-            }))
-        )
-        recorded = Effect.tap(self, () =>
-          // Committed already: a record that cannot be written only means a
-          // retry runs again once the lease expires, so the success stands.
-          Effect.catchAll(
-            recordSuccess(encodedSuccess),
-            (error) => Effect.logWarning("idempotency.record-failed", error).pipe(Effect.annotateLogs({ key }))
-          ))
-      }
-      return yield* recorded.pipe(
-        Effect.onExit((exit) => {
-          if (Exit.isSuccess(exit)) return Effect.void
-          const failure = Cause.failureOption(exit.cause)
+        // Already uninterruptible: a failure (interruption included) is
+        // caught as `onExit` would, without a region of its own.
+        return yield* Effect.catchAllCause(restore(recorded), (cause) => {
+          // The dispatch's own failure, with any of the settling's after it.
+          const settled = (effect: Effect.Effect<unknown>) =>
+            Effect.matchCauseEffect(effect, {
+              onFailure: (after) => Effect.failCause(Cause.sequential(cause, after)),
+              onSuccess: () => Effect.failCause(cause)
+            })
+          const failure = Cause.failureOption(cause)
           if (
-            Option.isSome(failure) && !Cause.isDie(exit.cause) && !Cause.isInterrupted(exit.cause) &&
+            Option.isSome(failure) && !Cause.isDie(cause) && !Cause.isInterrupted(cause) &&
             Command.isOutcome(definition, failure.value)
           ) {
-            return Schema.encodeUnknown(definition.failure as Schema.Schema<unknown, unknown>)(failure.value).pipe(
-              Effect.orDie,
-              Effect.flatMap((encoded) =>
-                asRecorded(
-                  command,
-                  "failure",
-                  encoded,
-                  () => store.complete({ scope, key, token, retention, result: { _tag: "Failure", error: encoded } })
-                )
-              ),
-              Effect.tapDefect(() => Effect.ignore(store.release({ scope, key, token }))),
-              // The failure itself is the answer; an unrecorded one just runs again on retry.
-              Effect.catchAll(() => store.release({ scope, key, token })),
-              Effect.ignore
+            return settled(
+              Schema.encodeUnknown(definition.failure as Schema.Schema<unknown, unknown>)(failure.value).pipe(
+                Effect.orDie,
+                Effect.flatMap((encoded) =>
+                  asRecorded(
+                    command,
+                    "failure",
+                    encoded,
+                    () => store.complete({ scope, key, token, retention, result: { _tag: "Failure", error: encoded } })
+                  )
+                ),
+                Effect.tapDefect(() => Effect.ignore(store.release({ scope, key, token }))),
+                // The failure itself is the answer; an unrecorded one just runs again on retry.
+                Effect.catchAll(() => store.release({ scope, key, token })),
+                Effect.ignore
+              )
             )
           }
-          return Effect.ignore(store.release({ scope, key, token }))
+          return settled(Effect.ignore(store.release({ scope, key, token })))
         })
-      )
-    })
+      })
+    )
   })
 }
 

@@ -1115,6 +1115,31 @@ describe("Middleware", () => {
         assert.strictEqual(runs, 4)
       }).pipe(Effect.provide(InMemory.layer)))
 
+    it.effect("frees the key of a dispatch interrupted while its claim was landing", () =>
+      Effect.gen(function*() {
+        const memory = yield* Idempotency.makeMemory
+        // A claim whose answer takes a second to come back, as one over the
+        // network may: it has landed before the dispatch hears of it.
+        const slowClaims: Idempotency.Store = {
+          ...memory,
+          claim: (request) => Effect.zipLeft(memory.claim(request), Effect.sleep("1 second"))
+        }
+        const { bus, runs } = idempotent()
+        const dispatch = bus.dispatch(deposit()).pipe(
+          Effect.provideService(Idempotency.IdempotencyStore, slowClaims)
+        )
+        const first = yield* Effect.fork(dispatch)
+        yield* TestClock.adjust("500 millis")
+        // The client hangs up while the claim is on its way.
+        yield* Fiber.interrupt(first).pipe(Effect.fork)
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(runs.deposit, 0)
+        // Its retry runs rather than wait out the lease behind IdempotencyKeyInFlight.
+        const retried = yield* afterAdjusting(dispatch, "1 second")
+        assert.deepStrictEqual(retried, Exit.succeed({ balance: 5 }))
+        assert.strictEqual(runs.deposit, 1)
+      }).pipe(Effect.provide(InMemory.layer)))
+
     it.effect("scopes a key by the current user when the command names none", () =>
       Effect.gen(function*() {
         const { bus, runs } = idempotent()
