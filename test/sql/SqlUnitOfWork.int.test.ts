@@ -43,6 +43,16 @@ const stock = (productId: string) => Effect.flatMap(Inventory.Inventory, (invent
 const restock = (productId: string, available: number) =>
   Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable(productId, available))
 
+/** Alice's order of 4 of p-1, with an idempotency key. */
+const keyedOrder = (idempotencyKey: string) =>
+  new CreateOrder({
+    customerId,
+    items: [{ productId: "p-1", quantity: 4 }],
+    shippingAddress,
+    userId: "alice",
+    idempotencyKey
+  })
+
 const failureOf = <A, E>(exit: Exit.Exit<A, E>): E | undefined =>
   Exit.isFailure(exit) ? Option.getOrUndefined(Cause.failureOption(exit.cause)) : undefined
 
@@ -211,13 +221,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`unit of wo
       yield* TestDatabase.truncateAll
       yield* restock("p-1", 10)
       const bus = OrderBus.make({ timeout: "300 millis" })
-      const command = new CreateOrder({
-        customerId,
-        items: [{ productId: "p-1", quantity: 4 }],
-        shippingAddress,
-        userId: "alice",
-        idempotencyKey: "k-timeout"
-      })
+      const command = keyedOrder("k-timeout")
       const [elapsed, exit] = yield* bus.dispatch(command).pipe(
         CurrentUser.as(alice),
         Effect.provide(slowAfterInsert),
@@ -257,13 +261,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`unit of wo
           " FOR EACH ROW EXECUTE FUNCTION test_slow_commit()"
       )
       const bus = OrderBus.make({ timeout: "300 millis" })
-      const command = new CreateOrder({
-        customerId,
-        items: [{ productId: "p-1", quantity: 4 }],
-        shippingAddress,
-        userId: "alice",
-        idempotencyKey: "k-slow-commit"
-      })
+      const command = keyedOrder("k-slow-commit")
       const first = yield* Idempotency.observeReplay(bus.dispatch(command).pipe(CurrentUser.as(alice)), command)
       // Not a CommandTimeout: the caller would retry work that is done.
       expect(first).toMatchObject({ exit: { _tag: "Success", value: { status: "created" } }, replayed: false })
