@@ -29,7 +29,7 @@ import { randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
 import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
-import { failureOf, stored } from "./internal/cause.js"
+import { failureOf, stored, survived } from "./internal/cause.js"
 import * as Tracing from "./Tracing.js"
 
 /**
@@ -364,7 +364,8 @@ export const run = <C extends Command.Any, H, E, R>(
         Clock.currentTimeMillis,
         (now) =>
           now < leasedUntil
-            ? runOne(due)
+            // One command's failure to be recorded (logged) does not stop the batch.
+            ? Effect.catchAllCause(runOne(due), survived("scheduler.store-unavailable", "scheduler.store-failed"))
             : Effect.logDebug("scheduled.lease-passed").pipe(
               Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType })
             )
@@ -385,7 +386,7 @@ export const run = <C extends Command.Any, H, E, R>(
               batch.length
             )
           ),
-          Effect.catchAll((error) => Effect.as(Effect.logWarning("scheduler.store-unavailable", error), 0)),
+          Effect.catchAllCause(survived("scheduler.store-unavailable", "scheduler.store-failed")),
           Effect.flatMap((ran) => ran < batchSize ? Effect.sleep(pollInterval) : Effect.void)
         )
     )

@@ -32,7 +32,7 @@ import type * as CommandBus from "./CommandBus.js"
 import type { StoreUnavailable } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
-import { failureOf, stored } from "./internal/cause.js"
+import { failureOf, stored, survived } from "./internal/cause.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
 
@@ -116,13 +116,30 @@ export const make = <A, E, R>(
     name: options.name ?? `on ${event._tag}`,
     eventType: event._tag,
     ...(retryable === undefined ? {} : { retryable }),
-    handle: (envelope) =>
-      decode(payloadOf(envelope, upcast === undefined ? envelope.payload : upcast(envelope.payload, envelope))).pipe(
+    handle: (envelope) => {
+      let payload = envelope.payload
+      if (upcast !== undefined) {
+        // An upcast that throws on a shape it did not expect leaves that
+        // event undecodable; it must not end the loop that runs reactions.
+        try {
+          payload = upcast(envelope.payload, envelope)
+        } catch (error) {
+          return Effect.fail(
+            new Undecodable({
+              eventType: envelope.type,
+              eventId: envelope.eventId,
+              reason: `its upcast threw: ${error instanceof Error ? error.message : String(error)}`
+            })
+          )
+        }
+      }
+      return decode(payloadOf(envelope, payload)).pipe(
         Effect.mapError((error) =>
           new Undecodable({ eventType: envelope.type, eventId: envelope.eventId, reason: error.message })
         ),
         Effect.flatMap((decoded) => handle(decoded, envelope))
       )
+    }
   }
 }
 
@@ -711,7 +728,7 @@ const followLoop = <E, R>(
   )
   return Effect.forever(
     step.pipe(
-      Effect.catchAll((error) => Effect.as(Effect.logWarning("reaction.store-unavailable", error), 0)),
+      Effect.catchAllCause(survived("reaction.store-unavailable", "reaction.store-failed")),
       Effect.flatMap((read) => read < batchSize ? idle : Effect.void),
       Effect.annotateLogs({ follower: name })
     )

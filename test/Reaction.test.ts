@@ -505,6 +505,52 @@ describe("Reaction", () => {
       )
     }).pipe(Effect.provide(InMemory.layer)))
 
+  it.scoped("follow: a store that dies (a refused statement, not an outage) is logged as an error; the follower goes on", () =>
+    Effect.gen(function*() {
+      const { lines, logger } = capturedLogs()
+      const seen = yield* Queue.unbounded<string>()
+      let deaths = 1
+      const dyingOnce = Layer.effect(
+        Reaction.Checkpoints,
+        Effect.map(Reaction.Checkpoints, (checkpoints) => ({
+          ...checkpoints,
+          load: (name: string) =>
+            deaths-- > 0 ? Effect.dieMessage("22021: invalid byte sequence") : checkpoints.load(name)
+        }))
+      ).pipe(Layer.provide(Reaction.layerCheckpointsMemory))
+      yield* Reaction.follow("dying", [Reaction.make(OrderPlaced, (event) => Queue.offer(seen, event.orderId))]).pipe(
+        Effect.provide([dyingOnce, logger])
+      )
+      yield* Effect.flatMap(
+        Outbox.Outbox,
+        (outbox) => outbox.append([envelopeOf("OrderPlaced", { orderId: "o-1", amount: 1 })])
+      )
+      // A defect once ended the follower's fiber, unseen; now it waits and reads again.
+      assert.strictEqual(yield* Queue.take(seen), "o-1")
+      assert.deepStrictEqual(lines.filter((line) => line.message === "reaction.store-failed").length, 1)
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerDeadLettersMemory])))
+
+  it.scoped("upcast: one that throws leaves its event an undecodable dead letter, and the follower goes on", () =>
+    Effect.gen(function*() {
+      const seen = yield* Queue.unbounded<string>()
+      const upcast = (payload: unknown) => {
+        if ((payload as { readonly orderId?: unknown }).orderId === "o-odd") throw new Error("an unexpected shape")
+        return payload
+      }
+      const outbox = yield* Outbox.Outbox
+      yield* outbox.append([
+        envelopeOf("OrderPlaced", { orderId: "o-odd", amount: 1 }),
+        envelopeOf("OrderPlaced", { orderId: "o-next", amount: 2 })
+      ])
+      yield* Reaction.follow("upcasting", [
+        Reaction.make(OrderPlaced, (event) => Queue.offer(seen, event.orderId), { name: "upcasting", upcast })
+      ])
+      assert.strictEqual(yield* Queue.take(seen), "o-next")
+      const [letter, ...others] = yield* Effect.flatMap(Reaction.DeadLetters, (letters) => letters.list("upcasting"))
+      assert.deepStrictEqual(others, [])
+      assert.strictEqual(letter?.reason, "Undecodable: its upcast threw: an unexpected shape")
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+
   it("Command.causedBy: a command's follow-up keeps its correlation and names it as the cause", () => {
     const first = new PlaceOrder({ orderId: "o-1", amount: 1 })
     const next = new TakePayment({ orderId: "o-1", amount: 1, ...Command.causedBy(first) })

@@ -1,4 +1,5 @@
 import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 
 /** The failure of a cause, if it has one. */
@@ -6,6 +7,27 @@ export const failureOf = (cause: Cause.Cause<unknown>): unknown => Option.getOrU
 
 /**
  * A failure as an operator reads it from a store: at most 4000 characters,
- * since a defect's stack helps and a page of it does not.
+ * since a defect's stack helps and a page of it does not, and no NUL, which
+ * PostgreSQL's text refuses (so the record of a failure would fail too).
  */
-export const stored = (text: string): string => text.length > 4000 ? `${text.slice(0, 3999)}…` : text
+export const stored = (text: string): string => {
+  const clean = text.includes("\u0000") ? text.replaceAll("\u0000", "\uFFFD") : text
+  return clean.length > 4000 ? `${clean.slice(0, 3999)}…` : clean
+}
+
+/**
+ * What a long-running loop does with a step that failed: an outage (a
+ * typed failure) is logged as a warning, anything else (a statement the
+ * database refused, a bug) as an error; either way the loop goes on after
+ * its wait, where a defect would have ended its fiber unseen. Interruption
+ * ends it.
+ */
+export const survived = (unavailable: string, failed: string) => (cause: Cause.Cause<unknown>): Effect.Effect<0> =>
+  Cause.isInterruptedOnly(cause)
+    ? Effect.failCause(cause as Cause.Cause<never>)
+    : Effect.as(
+      Cause.isFailure(cause) && !Cause.isDie(cause)
+        ? Effect.logWarning(unavailable, Cause.squash(cause))
+        : Effect.logError(failed, cause),
+      0
+    )

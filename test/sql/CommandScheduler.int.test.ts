@@ -112,6 +112,29 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect(yield* Queue.size(ran), "nothing runs twice").toBe(0)
       }))
 
+    it.scoped("a command that dies with a NUL in its message is rescheduled, and the runner goes on", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const ran = yield* Queue.unbounded<number>()
+        // PostgreSQL's text refuses NUL: recording this failure once failed
+        // too, and ended the runner for good.
+        const bus = CommandBus.make([Remind], {
+          Remind: (command) =>
+            command.n === 1
+              ? Effect.dieMessage("bad \u0000 byte")
+              : Effect.as(Queue.offer(ran, command.n), Handler.result(undefined))
+        })
+        const dying = yield* CommandScheduler.schedule(new Remind({ n: 1 }), { at: new Date(Date.now() - 2000) })
+        yield* CommandScheduler.start(bus, { pollInterval: "50 millis" })
+        yield* CommandScheduler.schedule(new Remind({ n: 2 }), { at: new Date(Date.now() - 1000) })
+        const [second] = yield* Queue.takeN(ran, 1).pipe(
+          Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error("the next command did not run") })
+        )
+        expect(second).toBe(2)
+        const kept = (yield* pending).find((scheduled) => scheduled.id === dying)
+        expect(kept?.lastError).toContain("bad \uFFFD byte")
+      }))
+
     it.effect("the store leases due commands earliest first, fails, retries, lists and cancels them", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll

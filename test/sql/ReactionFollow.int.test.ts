@@ -203,6 +203,27 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       expect(yield* deadLetters.list("picky")).toEqual([])
     }))
 
+  it.scoped("keeps a failure whose text holds a NUL as a dead letter, and goes on with the next event", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      yield* commit(1, 3)
+      yield* OutboxRelay.drain(100)
+      const seen = yield* Queue.unbounded<number>()
+      // PostgreSQL's text refuses NUL: recording this failure once failed
+      // too, and ended the follower for good.
+      const nul = [
+        Reaction.make(
+          Counted,
+          (event) => event.count === 2 ? Effect.fail(new Error("bad \u0000 byte")) : Queue.offer(seen, event.count),
+          { name: "nul" }
+        )
+      ]
+      yield* Reaction.follow("nul", nul, { pollInterval: "200 millis", retry: Schedule.recurs(0) })
+      expect(yield* nextSeen(seen, 2)).toEqual([1, 3])
+      const [letter] = yield* Effect.flatMap(Reaction.DeadLetters, (deadLetters) => deadLetters.list("nul"))
+      expect([letter?.position, letter?.reason.includes("bad \uFFFD byte")]).toEqual([2, true])
+    }))
+
   it.scoped("with aggregate sequencing, the aggregate's later events wait behind its dead letter, then run in order", () =>
     Effect.gen(function*() {
       const { picky, seen, twoFails } = yield* committedToPicky
