@@ -667,12 +667,31 @@ export const follow = <E, R>(
   Effect.flatMap(
     EventPublisher,
     (publisher) =>
-      Effect.flatMap(publisher.subscribe, (wake) => Effect.forkScoped(followLoop(name, wake, reactions, options)))
+      Effect.flatMap(publisher.subscribe, (published) =>
+        Effect.flatMap(Queue.sliding<void>(1), (wake) =>
+          // The subscription is only a wake-up: drained as events come, so a
+          // follower busy catching up does not hold every one published
+          // meanwhile in memory.
+          Effect.zipRight(
+            Effect.forkScoped(
+              Effect.forever(
+                Effect.zipRight(
+                  Effect.zipRight(Queue.take(published), Queue.takeAll(published)),
+                  Queue.offer(wake, void 0)
+                )
+              )
+            ),
+            Effect.forkScoped(followLoop(name, wake, reactions, options))
+          )))
   )
+
+// After a wake-up that found nothing new, the log is read again this soon:
+// the relay publishes a batch before its commit makes it readable.
+const settleMillis = [5, 10, 20, 40, 80, 160, 320]
 
 const followLoop = <E, R>(
   name: string,
-  wake: Queue.Dequeue<DomainEvent.Envelope>,
+  wake: Queue.Dequeue<void>,
   reactions: ReadonlyArray<Reaction<E, R>>,
   options: FollowOptions
 ): Effect.Effect<never, never, Outbox | Checkpoints | DeadLetters | R> => {
@@ -685,8 +704,11 @@ const followLoop = <E, R>(
   )
   const batchSize = options.batchSize ?? 100
   const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
-  // Events published while a batch ran are in `wake` already: none is missed.
-  const idle = Effect.raceFirst(Effect.zipRight(Queue.take(wake), Queue.takeAll(wake)), Effect.sleep(pollInterval))
+  // Events published while a batch ran left a wake-up: none is missed.
+  const waitFor = (duration: Duration.Duration) =>
+    Effect.raceFirst(Effect.as(Queue.take(wake), true), Effect.as(Effect.sleep(duration), false))
+  const idle = waitFor(pollInterval)
+  const pollMillis = Duration.toMillis(pollInterval)
   const step = Effect.flatMap(
     Effect.all([Checkpoints, Outbox, DeadLetters]),
     ([checkpoints, outbox, deadLetters]) =>
@@ -726,13 +748,21 @@ const followLoop = <E, R>(
             ))
       )
   )
-  return Effect.forever(
-    step.pipe(
-      Effect.catchAllCause(survived("reaction.store-unavailable", "reaction.store-failed")),
-      Effect.flatMap((read) => read < batchSize ? idle : Effect.void),
-      Effect.annotateLogs({ follower: name })
-    )
+  // Events read, or -1 for a step that failed (logged).
+  const read = Effect.catchAllCause(
+    step,
+    (cause) => Effect.as(survived("reaction.store-unavailable", "reaction.store-failed")(cause), -1)
   )
+  const loop = (woken: boolean, settled: number): Effect.Effect<never, never, Outbox | Checkpoints | DeadLetters | R> =>
+    Effect.flatMap(read, (count) => {
+      if (count >= batchSize) return loop(false, 0)
+      const wait = settleMillis[settled]
+      if (woken && count === 0 && wait !== undefined && wait < pollMillis) {
+        return Effect.flatMap(waitFor(Duration.millis(wait)), (again) => loop(true, again ? 0 : settled + 1))
+      }
+      return Effect.flatMap(idle, (again) => loop(again, 0))
+    })
+  return loop(false, 0).pipe(Effect.annotateLogs({ follower: name }))
 }
 
 // A reaction that fails with `Parked`, without running, on the events of a

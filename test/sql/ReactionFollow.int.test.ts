@@ -146,6 +146,19 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       expect(yield* Queue.size(seen)).toBe(0)
     }))
 
+  it.scoped("wakes on the relay's publication, not its poll interval, though the relay publishes before it commits", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      yield* Layer.build(OutboxRelay.layer({ pollInterval: "50 millis" }))
+      const seen = yield* Queue.unbounded<number>()
+      // A poll interval no test waits out: only a wake-up can show the events.
+      yield* Reaction.follow("waking", counting(seen), { pollInterval: "10 minutes" })
+      for (const count of [1, 2, 3]) {
+        yield* commit(count, count)
+        expect(yield* nextSeen(seen, 1)).toEqual([count])
+      }
+    }))
+
   it.effect("keeps dead letters by follower, reaction and event: a repeat counts an attempt, remove drops one", () =>
     Effect.gen(function*() {
       yield* TestDatabase.truncateAll
