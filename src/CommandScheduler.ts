@@ -77,7 +77,10 @@ export interface Store {
     readonly command: unknown
     readonly dueAt: DateTime.Utc
   }) => Effect.Effect<void, StoreUnavailable>
-  /** Drops a pending or failed command; false when there is none with this id. */
+  /**
+   * Drops a pending or failed command that no runner holds; false when there
+   * is none with this id, or a runner is running it (its lease holds).
+   */
   readonly cancel: (id: string) => Effect.Effect<boolean, StoreUnavailable>
   /**
    * Leases up to `limit` pending commands that are due, earliest first, for
@@ -151,12 +154,14 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               leasedUntil: 0
             })),
         cancel: (id) =>
-          Ref.modify(entries, (map) => {
-            if (!map.has(id)) return [false, map]
-            const next = new Map(map)
-            next.delete(id)
-            return [true, next]
-          }),
+          Effect.flatMap(Clock.currentTimeMillis, (now) =>
+            Ref.modify(entries, (map) => {
+              const entry = map.get(id)
+              if (entry === undefined || entry.leasedUntil > now) return [false, map]
+              const next = new Map(map)
+              next.delete(id)
+              return [true, next]
+            })),
         claim: (limit, lease) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
             Ref.modify(entries, (map) => {
@@ -260,7 +265,8 @@ export const schedule = (
 
 /**
  * Drops a scheduled command that has not run (or failed for good); false
- * when there is none with this id.
+ * when there is none with this id, or a runner is running it now: it was
+ * too late to cancel, and the command's own outcome stands.
  *
  * @since 0.1.0
  * @category scheduling

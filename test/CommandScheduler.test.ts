@@ -216,6 +216,28 @@ describe("CommandScheduler", () => {
       assert.strictEqual(yield* Queue.size(ran), 0)
     }).pipe(Effect.provide(Stores)))
 
+  it.scoped("a command a runner is running cannot be cancelled: too late, its own outcome stands", () =>
+    Effect.gen(function*() {
+      const finished: Array<string> = []
+      const slow = CommandBus.make([Remind, Charge], {
+        Remind: (command) =>
+          Effect.sleep("10 seconds").pipe(
+            Effect.zipRight(Effect.sync(() => finished.push(command.orderId))),
+            Effect.as(Handler.result(undefined))
+          ),
+        Charge: () => Effect.succeed(Handler.result(undefined))
+      })
+      const id = yield* CommandScheduler.schedule(new Remind({ orderId: "o-1" }), { after: 0 })
+      yield* CommandScheduler.start(slow)
+      yield* settle
+      // Running: cancel says so, rather than report a drop the run then ignores.
+      assert.isFalse(yield* CommandScheduler.cancel(id))
+      yield* TestClock.adjust("10 seconds")
+      yield* settle
+      assert.deepStrictEqual(finished, ["o-1"])
+      assert.deepStrictEqual(yield* list(), [])
+    }).pipe(Effect.provide(Stores)))
+
   it.effect("a leased command is not handed out again until its lease has passed", () =>
     Effect.gen(function*() {
       const store = yield* CommandScheduler.ScheduledCommands

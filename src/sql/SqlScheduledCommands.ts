@@ -49,7 +49,10 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         VALUES (${entry.id}, ${entry.commandType}, ${JSON.stringify(entry.command)}::jsonb,
           ${DateTime.formatIso(entry.dueAt)}::timestamptz, 'pending', 0)`.pipe(Effect.asVoid, SqlFailure.classify),
     cancel: (id) =>
-      sql`DELETE FROM scheduled_commands WHERE id = ${id} RETURNING id`.withoutTransform.pipe(
+      sql`
+        DELETE FROM scheduled_commands
+        WHERE id = ${id} AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+        RETURNING id`.withoutTransform.pipe(
         Effect.map((rows) => rows.length > 0),
         SqlFailure.classify
       ),

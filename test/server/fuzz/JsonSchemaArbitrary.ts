@@ -100,9 +100,21 @@ const knownPatterns: Record<
   { readonly inside: ReadonlyArray<string>; readonly outside: ReadonlyArray<string> }
 > = {
   "^[A-Z]{2}$": { inside: ["AA", "ZZ"], outside: ["A", "AAA", "us", "U1", "ÜS", "ＵＳ", "U\u200bS", " US", "US\n"] },
-  "^(\\*|\"\\d{1,9}\")$": {
-    inside: ["*", "\"0\"", "\"999999999\""],
-    outside: ["\"1234567890\"", "\"\"", "**", "W/\"1\"", "1", "\"1\", \"2\"", "\"-1\"", "\"1.0\"", "\"１\""]
+  "^(\\*|\"(0|[1-9]\\d{0,8})\")$": {
+    inside: ["*", "\"0\"", "\"1\"", "\"999999999\""],
+    outside: [
+      "\"1234567890\"",
+      "\"\"",
+      "**",
+      "W/\"1\"",
+      "1",
+      "\"1\", \"2\"",
+      "\"-1\"",
+      "\"1.0\"",
+      "\"１\"",
+      "\"01\"",
+      "\"00\""
+    ]
   },
   [uuidPattern]: {
     inside: ["00000000-0000-0000-0000-000000000000", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"],
