@@ -32,6 +32,7 @@ import type * as CommandBus from "./CommandBus.js"
 import type { StoreUnavailable } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
+import * as Idempotency from "./Idempotency.js"
 import { failureOf, stored, survived } from "./internal/cause.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
@@ -159,6 +160,28 @@ export interface MakeOptions {
   readonly upcast?: (payload: unknown, envelope: DomainEvent.Envelope) => unknown
 }
 
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface DispatchOptions extends MakeOptions {
+  /**
+   * How long a key in flight is waited out (checked every second) before
+   * the failure counts. Longer than the idempotency lease. Default 2 minutes.
+   */
+  readonly inFlightWait?: Duration.DurationInput
+}
+
+// Retries `self` on `schedule` while it fails with a key in flight.
+const waitingOut = <A, E, R>(
+  self: Effect.Effect<A, E, R>,
+  schedule: Schedule.Schedule<unknown, unknown>
+): Effect.Effect<A, E, R> =>
+  Effect.retry(
+    self,
+    Schedule.whileInput(schedule, (error: E) => error instanceof Idempotency.IdempotencyKeyInFlight)
+  )
+
 // A payload is the event's encoded fields; its tag is the envelope's type.
 const payloadOf = (envelope: DomainEvent.Envelope, payload: unknown): unknown =>
   typeof payload === "object" && payload !== null ? { ...payload, _tag: envelope.type } : payload
@@ -189,6 +212,11 @@ export interface FollowUp {
  * outcome, not a glitch: it is not retried, since the idempotency key would
  * replay it anyway. React to it in the process, or see it as a dead letter.
  *
+ * A key in flight (`IdempotencyKeyInFlight`) is waited out, for up to
+ * `inFlightWait`: another delivery is running the command, or one that
+ * crashed left its claim, which the lease frees. Either way the event's
+ * outcome comes, rather than a dead letter for a command that never ran.
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -196,16 +224,17 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   event: EventClass<A>,
   bus: CommandBus.CommandBus<C, H, BE, BR>,
   toCommand: (event: A, followUp: FollowUp, envelope: DomainEvent.Envelope) => Cmd | undefined,
-  options: MakeOptions = {}
+  options: DispatchOptions = {}
 ): Reaction<Command.Failure<Cmd> | BE, CommandBus.Requirements<H, Cmd["_tag"], BR>> => {
   const name = options.name ?? `on ${event._tag}`
   const definitions = [...bus.definitions.values()]
+  const waitOut = Schedule.spaced(Duration.seconds(1)).pipe(Schedule.upTo(options.inFlightWait ?? "2 minutes"))
   return make(event, (decoded, envelope) => {
     const command = toCommand(decoded, {
       ...Command.causedBy(envelope),
       idempotencyKey: `${name}:${envelope.eventId}`
     }, envelope)
-    return command === undefined ? Effect.void : Effect.asVoid(bus.dispatch(command))
+    return command === undefined ? Effect.void : Effect.asVoid(waitingOut(bus.dispatch(command), waitOut))
   }, {
     ...options,
     name,

@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as DateTime from "effect/DateTime"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -185,6 +186,35 @@ describe("Reaction", () => {
       // An error the bus adds (not the command's) is still retried.
       assert.isTrue(pay.retryable!(new CommandError.StoreUnavailable({ store: "s", reason: "r" })))
       assert.isFalse(pay.retryable!(new CardDeclined({ orderId: "o" })))
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+
+  it.scoped("dispatch: a key left in flight by a crashed run is waited out, then the command runs, not a dead letter", () =>
+    Effect.gen(function*() {
+      const payments = yield* Queue.unbounded<TakePayment>()
+      const pay = Reaction.dispatch(
+        OrderPlaced,
+        makeBus(payments),
+        (event, followUp) => new TakePayment({ orderId: event.orderId, amount: event.amount, ...followUp }),
+        { name: "pay" }
+      )
+      const placed = envelopeOf("OrderPlaced", { orderId: "o-1", amount: 5 })
+      // A process that crashed while running this event's payment left its claim.
+      const store = yield* Idempotency.IdempotencyStore
+      yield* store.claim({
+        scope: "",
+        key: `pay:${placed.eventId}`,
+        fingerprint: yield* Command.fingerprint(TakePayment, new TakePayment({ orderId: "o-1", amount: 5 })),
+        commandType: "TakePayment",
+        lease: Duration.minutes(1),
+        retention: Duration.hours(24)
+      })
+      yield* Reaction.follow("payments", [pay])
+      yield* Effect.flatMap(Outbox.Outbox, (outbox) => outbox.append([placed]))
+      yield* TestClock.adjust("30 seconds")
+      assert.strictEqual(yield* Queue.size(payments), 0, "in flight: not run yet")
+      yield* TestClock.adjust("40 seconds")
+      assert.strictEqual((yield* Queue.take(payments)).orderId, "o-1")
+      assert.deepStrictEqual(yield* Effect.flatMap(Reaction.DeadLetters, (letters) => letters.list("payments")), [])
     }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 
   it.scoped("a failing reaction is retried on its schedule, then logged; the next event still runs", () =>
