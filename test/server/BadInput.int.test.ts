@@ -105,6 +105,19 @@ interface Case {
 const cancel = "/api/v1/orders/{sentinel}/cancel"
 const stock = `/api/v1/products/${stocked}/stock`
 const events = "/api/v1/events"
+/** The valid order as a raw POST, with `headers` after the authorization and content type. */
+const rawOrder = (headers: ReadonlyArray<string>) => (bearer: string) => [
+  [
+    "POST /api/v1/orders HTTP/1.1",
+    "Host: localhost",
+    `Authorization: Bearer ${bearer}`,
+    "Content-Type: application/json",
+    ...headers,
+    "",
+    json(order)
+  ].join("\r\n")
+]
+
 const malformed = { status: 400, code: "MalformedJson" } as const
 const invalid = { status: 400, code: "HttpApiDecodeError" } as const
 const unsupported = { status: 415, code: "UnsupportedMediaType" } as const
@@ -372,20 +385,12 @@ const cases: ReadonlyArray<Case> = [
   { name: "an empty Idempotency-Key", body: json(order), headers: { "idempotency-key": "" }, ...invalid },
   {
     name: "two Idempotency-Key lines (Node would join them as one key, \"a, b\")",
-    raw: (bearer) => [
-      [
-        "POST /api/v1/orders HTTP/1.1",
-        "Host: localhost",
-        `Authorization: Bearer ${bearer}`,
-        "Content-Type: application/json",
-        "Idempotency-Key: repeated-a",
-        "Idempotency-Key: repeated-b",
-        `Content-Length: ${Buffer.byteLength(json(order))}`,
-        "Connection: close",
-        "",
-        json(order)
-      ].join("\r\n")
-    ],
+    raw: rawOrder([
+      "Idempotency-Key: repeated-a",
+      "Idempotency-Key: repeated-b",
+      `Content-Length: ${Buffer.byteLength(json(order))}`,
+      "Connection: close"
+    ]),
     status: 400,
     code: "RepeatedHeader"
   },
@@ -398,34 +403,13 @@ const cases: ReadonlyArray<Case> = [
   },
   {
     name: "a Content-Length that is not a number",
-    raw: (bearer) => [
-      [
-        "POST /api/v1/orders HTTP/1.1",
-        "Host: localhost",
-        `Authorization: Bearer ${bearer}`,
-        "Content-Type: application/json",
-        "Content-Length: abc",
-        "",
-        json(order)
-      ].join("\r\n")
-    ],
+    raw: rawOrder(["Content-Length: abc"]),
     status: 400,
     code: "MalformedRequest"
   },
   {
     name: "both Content-Length and Transfer-Encoding",
-    raw: (bearer) => [
-      [
-        "POST /api/v1/orders HTTP/1.1",
-        "Host: localhost",
-        `Authorization: Bearer ${bearer}`,
-        "Content-Type: application/json",
-        `Content-Length: ${Buffer.byteLength(json(order))}`,
-        "Transfer-Encoding: chunked",
-        "",
-        json(order)
-      ].join("\r\n")
-    ],
+    raw: rawOrder([`Content-Length: ${Buffer.byteLength(json(order))}`, "Transfer-Encoding: chunked"]),
     status: 400,
     code: "MalformedRequest"
   },
