@@ -20,7 +20,16 @@ import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as Tracer from "effect/Tracer"
-import { Command, CommandBus, CommandError, CurrentUser, DomainEvent, Handler, Middleware } from "../src/index.js"
+import {
+  Command,
+  CommandBus,
+  CommandError,
+  CurrentUser,
+  DomainEvent,
+  Handler,
+  Middleware,
+  UnitOfWork
+} from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
 import { defaultOptions, measure, type Options, type Variant } from "./lib/measure.js"
 import { format, type Report, type Row } from "./lib/report.js"
@@ -165,13 +174,22 @@ const floor = bare.pipe(CommandBus.withMiddleware(Middleware.make(
 )))
 
 /**
- * The world every Effect variant runs in, built once: in-memory stores, an
- * admin principal, and a minimum log level of Error, so every log of the
- * logging middleware (started Debug, completed Info, failed Warning) is
- * below it. Tracing is on with Effect's default (native) tracer, which
- * records spans and exports them nowhere.
+ * The world every Effect variant runs in, built once: in-memory stores with
+ * no unit of work (`UnitOfWork.layerNone`: the transaction middleware runs,
+ * with no transaction to hold), an admin principal, and a minimum log level
+ * of Error, so every log of the logging middleware (started Debug,
+ * completed Info, failed Warning) is below it. Tracing is on with Effect's
+ * default (native) tracer, which records spans and exports them nowhere.
  */
 const environment = Layer.mergeAll(
+  InMemory.layer,
+  UnitOfWork.layerNone,
+  Layer.succeed(CurrentUser.CurrentUser, Option.some(admin)),
+  Logger.minimumLogLevel(LogLevel.Error)
+)
+
+/** The same with `InMemory.layer`'s own unit of work, which holds a dispatch's events until it succeeds. */
+const environmentHoldingEvents = Layer.mergeAll(
   InMemory.layer,
   Layer.succeed(CurrentUser.CurrentUser, Option.some(admin)),
   Logger.minimumLogLevel(LogLevel.Error)
@@ -250,6 +268,7 @@ const checkFullStack = async (
 export const run = async (options: Options = defaultOptions): Promise<Report> => {
   const app = await NestFactory.createApplicationContext(BenchModule, { logger: false })
   const runtime = ManagedRuntime.make(environment)
+  const runtimeHoldingEvents = ManagedRuntime.make(environmentHoldingEvents)
   try {
     const nestBus = app.get(NestCommandBus)
     const handler = new RestockHandler()
@@ -291,7 +310,8 @@ export const run = async (options: Options = defaultOptions): Promise<Report> =>
       effectVariant("naive", runtime, naiveDispatch),
       effectVariant("floor", runtime, floor.dispatch),
       effectVariant("bare-event", runtime, bareWithEvent.dispatch),
-      effectVariant("full-event", runtime, fullWithEvent.dispatch)
+      effectVariant("full-event", runtime, fullWithEvent.dispatch),
+      effectVariant("full-holding", runtimeHoldingEvents, full.dispatch)
     ]
     const stats = await measure(variants, options)
     assertSame("last direct call", sink)
@@ -314,7 +334,8 @@ export const run = async (options: Options = defaultOptions): Promise<Report> =>
         row("naive", "naive Effect bus: Effect.withSpan defaults", { short: "naive bus" }),
         row("floor", "  (info) a span and one region, nothing else"),
         row("bare-event", "  (info) bus, no middleware, 1 event"),
-        row("full-event", "  (info) bus, full middleware stack, 1 event")
+        row("full-event", "  (info) bus, full middleware stack, 1 event"),
+        row("full-holding", "  (info) full stack, InMemory.layer's unit of work")
       ],
       notes: [
         "Same work in every variant, on the same command instance: validate a number, return " +
@@ -325,7 +346,8 @@ export const run = async (options: Options = defaultOptions): Promise<Report> =>
         "Effect.forEach(commands, dispatch, { discard: true }) in one ManagedRuntime.runPromise; the runtime " +
         "(in-memory stores, admin principal, log level) is built once, before timing.",
         "Full stack: CommandBus.defaultMiddleware() (tracing, logging, metrics, authorization, validation, " +
-        "idempotency, timeout 10 s, retry, transaction) over InMemory.layer; tracing on with Effect's native " +
+        "idempotency, timeout 10 s, retry, transaction) over InMemory.layer's stores (no unit of work, see " +
+        "below); tracing on with Effect's native " +
         "tracer and no exporter; no idempotency key, so no claim. Minimum log level Error: every command log " +
         "(started Debug, completed Info, failed Warning) is below it. The Warning row arms command.failed, so " +
         "the logging middleware annotates the dispatch's logs. Checked before timing: one ended span with the " +
@@ -337,12 +359,16 @@ export const run = async (options: Options = defaultOptions): Promise<Report> =>
         "logging or retry. Not a usable stack: a floor for the full stack's target.",
         "1 event: the handler returns one event, which the bus stamps and appends to the in-memory outbox " +
         "(which publishes it).",
+        "Every Effect variant runs over InMemory.layer's stores with UnitOfWork.layerNone, as the full stack's " +
+        "row always has. The last row runs over InMemory.layer's own unit of work, which holds a dispatch's " +
+        "events (in a fiber ref set for the dispatch) until it succeeds, as PostgreSQL's transaction does.",
         `Batch size calibrated to ~${options.batchMs} ms per variant, ${options.warmupMs} ms warm-up each, ` +
         "variants interleaved in rotating order each round; min – max is the spread over rounds."
       ]
     }
   } finally {
     await runtime.dispose()
+    await runtimeHoldingEvents.dispose()
     await app.close()
   }
 }

@@ -8,11 +8,13 @@
  */
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import type { StoreUnavailable } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
+import { currentPending } from "./internal/pending.js"
 
 /**
  * An event with its global position in the log, in commit order.
@@ -52,6 +54,8 @@ export class Outbox extends Context.Tag("effect-command-bus/Outbox")<Outbox, Ser
 
 /**
  * An in-memory log that publishes each append through the `EventPublisher`.
+ * Inside `UnitOfWork.layerMemory`'s unit of work, an append waits for that
+ * unit to commit, and is gone if it does not.
  *
  * @since 0.1.0
  * @category constructors
@@ -60,14 +64,20 @@ export const makeMemory: Effect.Effect<Service, never, EventPublisher> = Effect.
   EventPublisher,
   (publisher) => {
     const log: Array<StoredEvent> = []
+    const appendNow = (events: ReadonlyArray<DomainEvent.Envelope>) =>
+      Effect.suspend(() => {
+        for (const event of events) {
+          log.push(new StoredEvent({ position: log.length + 1, event }, { disableValidation: true }))
+        }
+        return publisher.publish(events)
+      }).pipe(Effect.uninterruptible)
     return {
       append: (events) =>
-        Effect.suspend(() => {
-          for (const event of events) {
-            log.push(new StoredEvent({ position: log.length + 1, event }, { disableValidation: true }))
-          }
-          return publisher.publish(events)
-        }).pipe(Effect.uninterruptible),
+        Effect.flatMap(FiberRef.get(currentPending), (pending) => {
+          if (pending === undefined) return appendNow(events)
+          pending.push(...events)
+          return Effect.void
+        }),
       read: ({ after, limit }) => Effect.sync(() => log.slice(Math.max(0, after), Math.max(0, after) + limit))
     }
   }

@@ -962,6 +962,47 @@ describe("Middleware", () => {
         ])
       }).pipe(Effect.provide(layer))
     })
+
+    // The test kit's world (InMemory.layer), as PostgreSQL does it.
+    it.scoped("in memory, publishes a dispatch's events when it succeeds, and none when it fails after its handler", () =>
+      Effect.gen(function*() {
+        const subscription = yield* subscribe
+        const refused = new CommandError.Forbidden({ reason: "refused at commit" })
+        const refusing = Middleware.make<CommandError.Forbidden>("refusing", (self, dispatch) => {
+          if ((dispatch.command as Deposit).amount === 13) dispatch.beforeCommit.push(() => Effect.fail(refused))
+          return self
+        })
+        // Deposit's handler dispatches CloseAccount (an event of amount 0), held with its own.
+        const closing = DomainEvent.draft(
+          { aggregateType: "Account", aggregateId: accountId, aggregateVersion: 1 },
+          new Deposited({ accountId, amount: 0 })
+        )
+        const inner = makeBus({ close: () => Effect.succeed(Handler.result(undefined, [closing])) }).bus.pipe(
+          CommandBus.withMiddleware(Middleware.transaction)
+        )
+        const world = yield* Effect.context<UnitOfWork.UnitOfWork | Outbox.Outbox>()
+        const { bus } = makeBus({
+          deposit: (command) =>
+            inner.dispatch(new CloseAccount({ accountId })).pipe(
+              Effect.provide(world),
+              Effect.orDie,
+              Effect.as(deposited(command))
+            )
+        })
+        const transactional = bus.pipe(CommandBus.withMiddleware(refusing, Middleware.transaction))
+        assert.deepStrictEqual(
+          yield* Effect.exit(transactional.dispatch(new Deposit({ accountId, amount: 13 }))),
+          Exit.fail(refused)
+        )
+        // Neither the inner dispatch's event nor the outer's.
+        assert.strictEqual((yield* readOutbox).length, 0)
+        assert.strictEqual(yield* Queue.size(subscription), 0)
+
+        yield* transactional.dispatch(new Deposit({ accountId, amount: 5 }))
+        const published = yield* Queue.takeAll(subscription)
+        assert.deepStrictEqual([...published].map((envelope) => (envelope.payload as Deposited).amount), [0, 5])
+        assert.deepStrictEqual((yield* readOutbox).map((stored) => stored.position), [1, 2])
+      }).pipe(Effect.provide(InMemory.layer)))
   })
 
   // ---------------------------------------------------------------------------

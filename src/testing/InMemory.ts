@@ -10,17 +10,17 @@ import * as Outbox from "../Outbox.js"
 import * as UnitOfWork from "../UnitOfWork.js"
 
 /**
- * The event publisher, the outbox (publishing at once), the idempotency
- * store and a unit of work without transactions. Build it once per test:
- * each build is a fresh, empty world.
+ * The event publisher, the outbox, the idempotency store and the outbox's
+ * unit of work (a dispatch's events are published when it succeeds, none
+ * when it fails). Build it once per test: each build is a fresh, empty
+ * world.
  *
  * @since 0.1.0
  * @category layers
  */
 export const layer: Layer.Layer<
   EventPublisher.EventPublisher | Outbox.Outbox | Idempotency.IdempotencyStore | UnitOfWork.UnitOfWork
-> = Layer.mergeAll(
-  Outbox.layerMemory,
-  Idempotency.layerMemory,
-  UnitOfWork.layerNone
-).pipe(Layer.provideMerge(EventPublisher.layerMemory))
+> = UnitOfWork.layerMemory.pipe(
+  Layer.provideMerge(Layer.merge(Outbox.layerMemory, Idempotency.layerMemory)),
+  Layer.provideMerge(EventPublisher.layerMemory)
+)
