@@ -416,6 +416,53 @@ const problemContentTypes = (spec: Record<string, any>): Record<string, any> => 
   return spec
 }
 
+// The response headers the service sets, which `HttpApi` has no way to
+// declare: written into the document here so that clients see them.
+const header = (description: string, schema: Record<string, unknown> = { type: "string" }) => ({ description, schema })
+
+const correlationHeader = header(
+  "The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id",
+  { type: "string", format: "uuid" }
+)
+
+const headersByOperation: Readonly<Record<string, Readonly<Record<string, Readonly<Record<string, unknown>>>>>> = {
+  "orders.createOrder": { "201": { Location: header("/api/v1/orders/{order_id} of the new order") } },
+  "orders.cancelOrder": { "200": { ETag: header("The order's version after the cancel, quoted: \"2\"") } },
+  "orders.getOrder": {
+    "200": { ETag: header("The order's version, quoted: \"1\"") },
+    "304": { ETag: header("The order's version, quoted: \"1\"") }
+  }
+}
+
+// Answers of the endpoints that take an Idempotency-Key may be replays: a
+// success, or a failure the command declares (refusals before the command
+// runs and outages are not stored).
+const idempotent = new Set(["orders.createOrder", "orders.cancelOrder", "products.setStock"])
+const replayable = new Set(["200", "201", "404", "409", "412"])
+
+const responseHeaders = (spec: Record<string, any>): Record<string, any> => {
+  for (const operations of Object.values(spec.paths ?? {}) as Array<Record<string, any>>) {
+    for (const operation of Object.values(operations)) {
+      const id: string = operation?.operationId ?? ""
+      for (const [status, response] of Object.entries(operation?.responses ?? {}) as Array<[string, any]>) {
+        const headers: Record<string, unknown> = { "X-Correlation-ID": correlationHeader }
+        if (idempotent.has(id) && replayable.has(status)) {
+          headers["Idempotent-Replayed"] = header(
+            "\"true\" when this is the stored answer to an earlier request with the same Idempotency-Key",
+            { type: "string", enum: ["true"] }
+          )
+        }
+        if (status === "401") headers["WWW-Authenticate"] = header("Bearer")
+        if (status === "503") headers["Retry-After"] = header("Seconds to wait before trying again", { type: "string" })
+        if (status === "405") headers["Allow"] = header("The methods the path takes")
+        Object.assign(headers, headersByOperation[id]?.[status] ?? {})
+        response.headers = { ...response.headers, ...headers }
+      }
+    }
+  }
+  return spec
+}
+
 const ApiBase = HttpApi.make("orders-service") // `HttpApi.make` starts every API with the plain `HttpApiDecodeError`, which
  // would be encoded before any other schema of that error; replace it with its
 // problem+json form so schema failures are problems like every other error.
@@ -444,7 +491,7 @@ export class Api extends ApiBase
   .addError(Problem.schema(MethodNotAllowed))
   .addError(Problem.schema(InternalError))
   .addError(Problem.schema(ServiceUnavailable))
-  .annotate(OpenApi.Transform, problemContentTypes)
+  .annotate(OpenApi.Transform, (spec) => responseHeaders(problemContentTypes(spec)))
   .annotate(OpenApi.Title, "Orders service (effect-command-bus reference)")
   .annotate(OpenApi.Version, "0.1.0")
   .annotate(

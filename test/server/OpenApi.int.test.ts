@@ -22,6 +22,7 @@ import {
   layer,
   layerOptions,
   request,
+  setStock,
   TestService,
   unknownOrderId,
   users
@@ -162,6 +163,49 @@ describe(`OpenAPI document and typed client (${kind})`, () => {
             ])
           }
         }
+      }))
+
+    it.effect("documents the response headers the service sets, and the service sets them", () =>
+      Effect.gen(function*() {
+        const spec = yield* served
+        const documented = (path: string, method: string, status: number) =>
+          Object.keys(spec.paths[path][method].responses[String(status)].headers ?? {}).map((name) =>
+            name.toLowerCase()
+          )
+        const { admin, alice } = yield* users
+        yield* setStock("headers-1", 5, admin)
+        const body = {
+          customer_id: customerId,
+          items: [{ product_id: "headers-1", quantity: 1 }],
+          shipping_address: address
+        }
+        const send = () =>
+          request("POST", "/api/v1/orders", { token: alice, json: body, headers: { "idempotency-key": "headers-key" } })
+        const checked = (
+          reply: { readonly status: number; readonly headers: Headers },
+          path: string,
+          method: string
+        ) => {
+          const names = documented(path, method, reply.status)
+          for (const name of names) {
+            // Only a replay says Idempotent-Replayed; every other documented header is on every answer.
+            if (name !== "idempotent-replayed") {
+              expect(reply.headers.get(name), `${method} ${path} ${reply.status} ${name}`).not.toBeNull()
+            }
+          }
+          return names
+        }
+        const created = yield* send()
+        expect(checked(created, "/api/v1/orders", "post")).toEqual(
+          expect.arrayContaining(["location", "x-correlation-id", "idempotent-replayed"])
+        )
+        const replayed = yield* send()
+        expect(replayed.headers.get("idempotent-replayed")).toBe("true")
+        const orderPath = created.headers.get("location")!
+        const read = yield* request("GET", orderPath, { token: alice })
+        expect(checked(read, "/api/v1/orders/{orderId}", "get")).toContain("etag")
+        const unauthenticated = yield* request("GET", orderPath)
+        expect(checked(unauthenticated, "/api/v1/orders/{orderId}", "get")).toContain("www-authenticate")
       }))
 
     it.effect("the committed document is the one the service serves", () =>

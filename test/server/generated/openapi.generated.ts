@@ -522,6 +522,12 @@ export interface operations {
             /** @description Success */
             201: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
+                    /** @description /api/v1/orders/{order_id} of the new order */
+                    Location?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -535,6 +541,8 @@ export interface operations {
             /** @description Invalid request */
             400: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -544,6 +552,10 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -553,6 +565,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -562,6 +576,10 @@ export interface operations {
             /** @description Not found */
             404: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -571,6 +589,10 @@ export interface operations {
             /** @description Method not allowed */
             405: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The methods the path takes */
+                    Allow?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -580,6 +602,10 @@ export interface operations {
             /** @description Idempotency key in flight */
             409: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -589,6 +615,8 @@ export interface operations {
             /** @description Payload too large */
             413: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -598,6 +626,8 @@ export interface operations {
             /** @description Unsupported media type */
             415: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -607,6 +637,8 @@ export interface operations {
             /** @description Idempotency key reused */
             422: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -616,6 +648,8 @@ export interface operations {
             /** @description Internal server error */
             500: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -625,6 +659,10 @@ export interface operations {
             /** @description Service unavailable */
             503: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -655,6 +693,12 @@ export interface operations {
             /** @description OrderCancelledResponse */
             200: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
+                    /** @description The order's version after the cancel, quoted: "2" */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -664,6 +708,8 @@ export interface operations {
             /** @description Invalid request */
             400: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -673,6 +719,10 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -682,6 +732,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -691,6 +743,10 @@ export interface operations {
             /** @description Not found */
             404: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -700,6 +756,10 @@ export interface operations {
             /** @description Method not allowed */
             405: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The methods the path takes */
+                    Allow?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -709,6 +769,10 @@ export interface operations {
             /** @description Idempotency key in flight */
             409: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -718,6 +782,10 @@ export interface operations {
             /** @description Precondition failed */
             412: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -727,6 +795,8 @@ export interface operations {
             /** @description Payload too large */
             413: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -736,6 +806,8 @@ export interface operations {
             /** @description Unsupported media type */
             415: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -745,6 +817,8 @@ export interface operations {
             /** @description Idempotency key reused */
             422: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -754,6 +828,8 @@ export interface operations {
             /** @description Internal server error */
             500: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -763,6 +839,10 @@ export interface operations {
             /** @description Service unavailable */
             503: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -788,6 +868,10 @@ export interface operations {
             /** @description Order */
             200: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The order's version, quoted: "1" */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -797,6 +881,10 @@ export interface operations {
             /** @description Not modified: the order's ETag is one of If-None-Match */
             304: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The order's version, quoted: "1" */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -804,6 +892,8 @@ export interface operations {
             /** @description Invalid request */
             400: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -813,6 +903,10 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -822,6 +916,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -831,6 +927,8 @@ export interface operations {
             /** @description Not found */
             404: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -840,6 +938,10 @@ export interface operations {
             /** @description Method not allowed */
             405: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The methods the path takes */
+                    Allow?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -849,6 +951,8 @@ export interface operations {
             /** @description Idempotency key in flight */
             409: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -858,6 +962,8 @@ export interface operations {
             /** @description Payload too large */
             413: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -867,6 +973,8 @@ export interface operations {
             /** @description Unsupported media type */
             415: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -876,6 +984,8 @@ export interface operations {
             /** @description Idempotency key reused */
             422: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -885,6 +995,8 @@ export interface operations {
             /** @description Internal server error */
             500: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -894,6 +1006,10 @@ export interface operations {
             /** @description Service unavailable */
             503: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -916,6 +1032,8 @@ export interface operations {
             /** @description Stock */
             200: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -925,6 +1043,8 @@ export interface operations {
             /** @description Invalid request */
             400: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -934,6 +1054,10 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -943,6 +1067,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -952,6 +1078,8 @@ export interface operations {
             /** @description Not found */
             404: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -961,6 +1089,10 @@ export interface operations {
             /** @description Method not allowed */
             405: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The methods the path takes */
+                    Allow?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -970,6 +1102,8 @@ export interface operations {
             /** @description Idempotency key in flight */
             409: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -979,6 +1113,8 @@ export interface operations {
             /** @description Payload too large */
             413: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -988,6 +1124,8 @@ export interface operations {
             /** @description Unsupported media type */
             415: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -997,6 +1135,8 @@ export interface operations {
             /** @description Idempotency key reused */
             422: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1006,6 +1146,8 @@ export interface operations {
             /** @description Internal server error */
             500: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1015,6 +1157,10 @@ export interface operations {
             /** @description Service unavailable */
             503: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1043,6 +1189,10 @@ export interface operations {
             /** @description Stock */
             200: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1052,6 +1202,8 @@ export interface operations {
             /** @description Invalid request */
             400: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1061,6 +1213,10 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1070,6 +1226,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1079,6 +1237,10 @@ export interface operations {
             /** @description Not found */
             404: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1088,6 +1250,10 @@ export interface operations {
             /** @description Method not allowed */
             405: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The methods the path takes */
+                    Allow?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1097,6 +1263,10 @@ export interface operations {
             /** @description Idempotency key in flight */
             409: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1106,6 +1276,8 @@ export interface operations {
             /** @description Payload too large */
             413: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1115,6 +1287,8 @@ export interface operations {
             /** @description Unsupported media type */
             415: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1124,6 +1298,8 @@ export interface operations {
             /** @description Idempotency key reused */
             422: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1133,6 +1309,8 @@ export interface operations {
             /** @description Internal server error */
             500: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1142,6 +1320,10 @@ export interface operations {
             /** @description Service unavailable */
             503: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1167,6 +1349,8 @@ export interface operations {
             /** @description EventsPage */
             200: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1176,6 +1360,8 @@ export interface operations {
             /** @description Invalid request */
             400: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1185,6 +1371,10 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1194,6 +1384,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1203,6 +1395,8 @@ export interface operations {
             /** @description Not found */
             404: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1212,6 +1406,10 @@ export interface operations {
             /** @description Method not allowed */
             405: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The methods the path takes */
+                    Allow?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1221,6 +1419,8 @@ export interface operations {
             /** @description Payload too large */
             413: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1230,6 +1430,8 @@ export interface operations {
             /** @description Unsupported media type */
             415: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1239,6 +1441,8 @@ export interface operations {
             /** @description Internal server error */
             500: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1248,6 +1452,10 @@ export interface operations {
             /** @description Service unavailable */
             503: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1268,6 +1476,8 @@ export interface operations {
             /** @description Health */
             200: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1277,6 +1487,8 @@ export interface operations {
             /** @description Invalid request */
             400: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1286,6 +1498,8 @@ export interface operations {
             /** @description Not found */
             404: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1295,6 +1509,10 @@ export interface operations {
             /** @description Method not allowed */
             405: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The methods the path takes */
+                    Allow?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1304,6 +1522,8 @@ export interface operations {
             /** @description Payload too large */
             413: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1313,6 +1533,8 @@ export interface operations {
             /** @description Unsupported media type */
             415: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1322,6 +1544,8 @@ export interface operations {
             /** @description Internal server error */
             500: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1331,6 +1555,10 @@ export interface operations {
             /** @description Service unavailable */
             503: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1351,6 +1579,8 @@ export interface operations {
             /** @description Health */
             200: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1360,6 +1590,8 @@ export interface operations {
             /** @description Invalid request */
             400: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1369,6 +1601,8 @@ export interface operations {
             /** @description Not found */
             404: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1378,6 +1612,10 @@ export interface operations {
             /** @description Method not allowed */
             405: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The methods the path takes */
+                    Allow?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1387,6 +1625,8 @@ export interface operations {
             /** @description Payload too large */
             413: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1396,6 +1636,8 @@ export interface operations {
             /** @description Unsupported media type */
             415: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1405,6 +1647,8 @@ export interface operations {
             /** @description Internal server error */
             500: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1414,6 +1658,10 @@ export interface operations {
             /** @description Service unavailable */
             503: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1434,6 +1682,8 @@ export interface operations {
             /** @description Every metric in the Prometheus text exposition format (0.0.4) */
             200: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1443,6 +1693,8 @@ export interface operations {
             /** @description Invalid request */
             400: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1452,6 +1704,10 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1461,6 +1717,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1470,6 +1728,8 @@ export interface operations {
             /** @description Not found */
             404: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1479,6 +1739,10 @@ export interface operations {
             /** @description Method not allowed */
             405: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description The methods the path takes */
+                    Allow?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1488,6 +1752,8 @@ export interface operations {
             /** @description Payload too large */
             413: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1497,6 +1763,8 @@ export interface operations {
             /** @description Unsupported media type */
             415: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1506,6 +1774,8 @@ export interface operations {
             /** @description Internal server error */
             500: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1515,6 +1785,10 @@ export interface operations {
             /** @description Service unavailable */
             503: {
                 headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
