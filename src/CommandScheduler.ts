@@ -365,13 +365,14 @@ export const run = <C extends Command.Any, H, E, R>(
     // A batch runs one after another: a command whose lease passed while the
     // ones before it ran may have been claimed by another runner, and is left
     // to the next claim rather than run twice.
+    const stepFailed = survived("scheduler.store-unavailable", "scheduler.store-failed")
     const runLeased = (due: Due, leasedUntil: number) =>
       Effect.flatMap(
         Clock.currentTimeMillis,
         (now) =>
           now < leasedUntil
             // One command's failure to be recorded (logged) does not stop the batch.
-            ? Effect.catchAllCause(runOne(due), survived("scheduler.store-unavailable", "scheduler.store-failed"))
+            ? Effect.catchAllCause(runOne(due), stepFailed)
             : Effect.logDebug("scheduled.lease-passed").pipe(
               Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType })
             )
@@ -392,7 +393,7 @@ export const run = <C extends Command.Any, H, E, R>(
               batch.length
             )
           ),
-          Effect.catchAllCause(survived("scheduler.store-unavailable", "scheduler.store-failed")),
+          Effect.catchAllCause((cause) => Effect.as(stepFailed(cause), 0)),
           Effect.flatMap((ran) => ran < batchSize ? Effect.sleep(pollInterval) : Effect.void)
         )
     )

@@ -112,10 +112,7 @@ const asPayload = (event: Any, payload: unknown): Effect.Effect<unknown> => {
 }
 
 const notJson = (event: Any, found: string) =>
-  new Cause.RuntimeException(
-    `${event._tag}: encoded, ${found}, which JSON does not hold; give the event a schema that encodes to JSON ` +
-      "(Schema.Date rather than Schema.DateFromSelf, say)"
-  )
+  new Cause.RuntimeException(`${event._tag}: ${JsonValue.refusal(found, "the event")}`)
 
 /**
  * Stamps drafts with fresh event ids, the time, and the command's

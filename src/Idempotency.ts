@@ -415,28 +415,26 @@ export const middleware = (
             store.complete({ scope, key, token, retention, result: { _tag: "Success", value: encoded } }),
             (held) => held ? Effect.void : Effect.fail(new IdempotencyKeyInFlight({ idempotencyKey: key }))
           )
-        let recorded = self
-        if (store.joinsTransaction) {
-          dispatch.beforeCommit.push((value) =>
-            Effect.flatMap(encodeSuccess(value), (encoded) => asRecorded(command, "success", encoded, recordSuccess))
-          )
-        } else {
-          let encodedSuccess: unknown
-          dispatch.beforeCommit.push((value) =>
-            Effect.flatMap(encodeSuccess(value), (encoded) =>
-              asRecorded(command, "success", encoded, () => {
-                encodedSuccess = encoded
-                return Effect.void
-              }))
-          )
-          recorded = Effect.tap(self, () =>
-            // Committed already: a record that cannot be written only means a
-            // retry runs again once the lease expires, so the success stands.
-            Effect.catchAll(
-              recordSuccess(encodedSuccess),
-              (error) => Effect.logWarning("idempotency.record-failed", error).pipe(Effect.annotateLogs({ key }))
-            ))
+        // A store that joins the transaction records in it; any other is
+        // given the encoded success after commit.
+        let encodedSuccess: unknown
+        const keep = (encoded: unknown) => {
+          encodedSuccess = encoded
+          return Effect.void
         }
+        dispatch.beforeCommit.push((value) =>
+          Effect.flatMap(
+            encodeSuccess(value),
+            (encoded) => asRecorded(command, "success", encoded, store.joinsTransaction ? recordSuccess : keep)
+          )
+        )
+        const recorded = store.joinsTransaction ? self : Effect.tap(self, () =>
+          // Committed already: a record that cannot be written only means a
+          // retry runs again once the lease expires, so the success stands.
+          Effect.catchAll(
+            recordSuccess(encodedSuccess),
+            (error) => Effect.logWarning("idempotency.record-failed", error).pipe(Effect.annotateLogs({ key }))
+          ))
         // Already uninterruptible: a failure (interruption included) is
         // caught as `onExit` would, without a region of its own.
         return yield* Effect.catchAllCause(restore(recorded), (cause) => {
@@ -489,8 +487,9 @@ const asRecorded = <A, E, R>(
 ): Effect.Effect<A, E, R> => {
   const found = JsonValue.incompatibility(encoded)
   return found === undefined ? record(encoded) : Effect.dieMessage(
-    `${command._tag}: its ${kind} cannot be recorded for idempotency: encoded, ${found}, which JSON does not ` +
-      `hold. Give the command a ${kind} schema that encodes to JSON (Schema.Date rather than Schema.DateFromSelf, say).`
+    `${command._tag}: its ${kind} cannot be recorded for idempotency: ${
+      JsonValue.refusal(found, `the command's ${kind}`)
+    }`
   )
 }
 

@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
+import type * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -108,6 +109,13 @@ const subscribe = Effect.flatMap(EventPublisher.EventPublisher, (publisher) => p
 const alice: CurrentUser.Principal = { userId: "alice", roles: [] }
 const bob: CurrentUser.Principal = { userId: "bob", roles: [] }
 const admin: CurrentUser.Principal = { userId: "root", roles: ["admin"] }
+
+/**
+ * A dispatch made inside a handler, in `world` (the stores of the dispatch
+ * around it); its failures are defects of that handler.
+ */
+const dispatchedIn = <R>(world: Context.Context<R>, dispatched: Effect.Effect<unknown, unknown, R>) =>
+  Effect.orDie(Effect.provide(dispatched, world))
 
 /** Runs `self` in a fork, moves the `TestClock` by `duration`, and awaits its exit. */
 const afterAdjusting = <A, E, R>(self: Effect.Effect<A, E, R>, duration: Duration.DurationInput) =>
@@ -816,10 +824,9 @@ describe("Middleware", () => {
         const world = yield* Effect.context<UnitOfWork.UnitOfWork | Outbox.Outbox>()
         const { bus } = makeBus({
           deposit: (command) =>
-            inner.dispatch(new Deposit({ accountId, amount: command.amount + 1 })).pipe(
-              Effect.provide(world),
-              Effect.orDie,
-              Effect.as(deposited(command))
+            Effect.as(
+              dispatchedIn(world, inner.dispatch(new Deposit({ accountId, amount: command.amount + 1 }))),
+              deposited(command)
             )
         })
         const outer = bus.pipe(CommandBus.withMiddleware(hook("outer"), Middleware.transaction))
@@ -983,11 +990,7 @@ describe("Middleware", () => {
         const world = yield* Effect.context<UnitOfWork.UnitOfWork | Outbox.Outbox>()
         const { bus } = makeBus({
           deposit: (command) =>
-            inner.dispatch(new CloseAccount({ accountId })).pipe(
-              Effect.provide(world),
-              Effect.orDie,
-              Effect.as(deposited(command))
-            )
+            Effect.as(dispatchedIn(world, inner.dispatch(new CloseAccount({ accountId }))), deposited(command))
         })
         const transactional = bus.pipe(CommandBus.withMiddleware(refusing, Middleware.transaction))
         assert.deepStrictEqual(
@@ -1317,10 +1320,9 @@ describe("Middleware", () => {
         // second close on, that deposit is a replay.
         const { bus } = makeBus({
           close: () =>
-            inner.bus.dispatch(deposit({ idempotencyKey: "inner-key" })).pipe(
-              Effect.provide(world),
-              Effect.orDie,
-              Effect.as(Handler.result(undefined))
+            Effect.as(
+              dispatchedIn(world, inner.bus.dispatch(deposit({ idempotencyKey: "inner-key" }))),
+              Handler.result(undefined)
             )
         })
         const outer = bus.pipe(CommandBus.withMiddleware(Idempotency.middleware(), Middleware.transaction))

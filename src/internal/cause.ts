@@ -22,12 +22,9 @@ export const stored = (text: string): string => {
  * its wait, where a defect would have ended its fiber unseen. Interruption
  * ends it.
  */
-export const survived = (unavailable: string, failed: string) => (cause: Cause.Cause<unknown>): Effect.Effect<0> =>
+export const survived = (unavailable: string, failed: string) => (cause: Cause.Cause<unknown>): Effect.Effect<void> =>
   Cause.isInterruptedOnly(cause)
     ? Effect.failCause(cause as Cause.Cause<never>)
-    : Effect.as(
-      Cause.isFailure(cause) && !Cause.isDie(cause)
-        ? Effect.logWarning(unavailable, Cause.squash(cause))
-        : Effect.logError(failed, cause),
-      0
-    )
+    : Cause.isFailure(cause) && !Cause.isDie(cause)
+    ? Effect.logWarning(unavailable, Cause.squash(cause))
+    : Effect.logError(failed, cause)

@@ -36,3 +36,13 @@ export const incompatibility = (value: unknown, path: string = "$"): string | un
       return `${path} is a ${typeof value}`
   }
 }
+
+/**
+ * Why a value `incompatibility` found cannot be stored as JSON, and what to
+ * do about it, for the defect that refuses it.
+ *
+ * @internal
+ */
+export const refusal = (found: string, schemaOf: string): string =>
+  `encoded, ${found}, which JSON does not hold: give ${schemaOf} a schema that encodes to JSON ` +
+  "(Schema.Date rather than Schema.DateFromSelf, say)"

@@ -425,13 +425,12 @@ const correlationHeader = header(
   { type: "string", format: "uuid" }
 )
 
+const versionTag = { ETag: header("The order's version (after the cancel, for one), quoted: \"2\"") }
+
 const headersByOperation: Readonly<Record<string, Readonly<Record<string, Readonly<Record<string, unknown>>>>>> = {
   "orders.createOrder": { "201": { Location: header("/api/v1/orders/{order_id} of the new order") } },
-  "orders.cancelOrder": { "200": { ETag: header("The order's version after the cancel, quoted: \"2\"") } },
-  "orders.getOrder": {
-    "200": { ETag: header("The order's version, quoted: \"1\"") },
-    "304": { ETag: header("The order's version, quoted: \"1\"") }
-  }
+  "orders.cancelOrder": { "200": versionTag },
+  "orders.getOrder": { "200": versionTag, "304": versionTag }
 }
 
 // Answers of the endpoints that take an Idempotency-Key may be replays: a

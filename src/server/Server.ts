@@ -19,7 +19,7 @@ import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
+import { createServer, type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } from "node:http"
 import type { Duplex } from "node:stream"
 import * as OrderBus from "../orders/OrderBus.js"
 import * as Persistence from "../orders/Persistence.js"
@@ -90,12 +90,12 @@ export const HttpServerLive = Layer.unwrapEffect(
   })
 )
 
-// Node's own answers to what its parser refuses, kept: the status, the
-// connection closed after it.
-const clientErrorStatus: Readonly<Record<string, readonly [number, string]>> = {
-  HPE_HEADER_OVERFLOW: [431, "Request Header Fields Too Large"],
-  ERR_HTTP_REQUEST_TIMEOUT: [408, "Request Timeout"],
-  HPE_CHUNK_EXTENSIONS_OVERFLOW: [413, "Payload Too Large"]
+// Node's own answers to what its parser refuses, kept: the status (400
+// otherwise), the connection closed after it.
+const clientErrorStatus: Readonly<Record<string, number>> = {
+  HPE_HEADER_OVERFLOW: 431,
+  ERR_HTTP_REQUEST_TIMEOUT: 408,
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: 413
 }
 
 /**
@@ -115,10 +115,10 @@ export const answerClientErrors = (server: Server): void => {
       return
     }
     const reason = error.code ?? "HPE_UNKNOWN"
-    const [status, text] = clientErrorStatus[reason] ?? [400, "Bad Request"]
+    const status = clientErrorStatus[reason] ?? 400
     const body = JSON.stringify({ ...encode(new MalformedRequest({ reason })), status })
     socket.end(
-      `HTTP/1.1 ${status} ${text}\r\ncontent-type: ${Problem.contentType}\r\n` +
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: ${Problem.contentType}\r\n` +
         `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
     )
   })

@@ -697,7 +697,7 @@ export interface operations {
                     "X-Correlation-ID"?: string;
                     /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
                     "Idempotent-Replayed"?: "true";
-                    /** @description The order's version after the cancel, quoted: "2" */
+                    /** @description The order's version (after the cancel, for one), quoted: "2" */
                     ETag?: string;
                     [name: string]: unknown;
                 };
@@ -870,7 +870,7 @@ export interface operations {
                 headers: {
                     /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
                     "X-Correlation-ID"?: string;
-                    /** @description The order's version, quoted: "1" */
+                    /** @description The order's version (after the cancel, for one), quoted: "2" */
                     ETag?: string;
                     [name: string]: unknown;
                 };
@@ -883,7 +883,7 @@ export interface operations {
                 headers: {
                     /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
                     "X-Correlation-ID"?: string;
-                    /** @description The order's version, quoted: "1" */
+                    /** @description The order's version (after the cancel, for one), quoted: "2" */
                     ETag?: string;
                     [name: string]: unknown;
                 };
