@@ -409,3 +409,122 @@ describe("PgliteClient persistence", () => {
       expect(rows).toEqual([{ id: 1, body: { a: 1 } }, { id: 2, body: { b: 2 } }])
     }), 120_000)
 })
+
+/** The session's named statements, by text. */
+const preparedTexts = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const rows = yield* sql<{ statement: string }>`SELECT statement FROM pg_prepared_statements ORDER BY statement`
+  return rows.map((row) => row.statement)
+})
+
+layer(PgliteClient.layer({ dataDir: "memory://", preparedStatements: 3 }), {
+  excludeTestServices: true,
+  timeout: "120 seconds"
+})(
+  "PgliteClient prepared statements",
+  (it) => {
+    it.effect("parses a statement once, binds it after, and keeps the least recently used within the cap", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const add = (x: number) => sql<{ y: number }>`SELECT ${x}::int + 1 AS y`
+        for (let x = 0; x < 5; x++) expect(yield* add(x)).toEqual([{ y: x + 1 }])
+        expect(yield* preparedTexts).toEqual(["SELECT $1::int + 1 AS y"])
+
+        // Six texts through a cap of three, twice over: right answers throughout, three kept.
+        const texts = [1, 2, 3, 4, 5, 6].map((k) => (x: number) =>
+          sql<{ y: number }>`SELECT ${x}::int * ${sql.literal(String(k))} AS y`
+        )
+        for (let round = 0; round < 2; round++) {
+          for (const [i, times] of texts.entries()) {
+            expect(yield* times(round + 2)).toEqual([{ y: (round + 2) * (i + 1) }])
+          }
+        }
+        const kept = yield* preparedTexts
+        expect(kept).toHaveLength(3)
+        expect(kept).toEqual(["SELECT $1::int * 4 AS y", "SELECT $1::int * 5 AS y", "SELECT $1::int * 6 AS y"])
+      }))
+
+    it.effect("a statement whose Parse or Execute failed runs correctly afterwards", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`CREATE TABLE checked (id int PRIMARY KEY, qty int NOT NULL CHECK (qty >= 0))`
+        const insert = (id: number, qty: number) => sql`INSERT INTO checked VALUES (${id}, ${qty})`
+        yield* insert(1, 1)
+        // Fails at Execute: the statement stays prepared and usable.
+        expect(sqlState(yield* insert(2, -1).pipe(Effect.flip))).toBe("23514")
+        yield* insert(2, 2)
+
+        // A first use inside an aborted transaction fails at Parse.
+        const read = (id: number) => sql<{ qty: number }>`SELECT qty FROM checked WHERE id = ${id}`
+        const aborted = yield* sql.withTransaction(
+          Effect.gen(function*() {
+            yield* insert(3, -1).pipe(Effect.ignore)
+            return yield* read(1)
+          })
+        ).pipe(Effect.flip)
+        expect(sqlState(aborted)).toBe("25P02")
+        expect(yield* read(1)).toEqual([{ qty: 1 }])
+        expect(yield* read(2)).toEqual([{ qty: 2 }])
+        // One name per text: nothing parsed twice under two names.
+        const texts = yield* preparedTexts
+        expect(texts.filter((text) => text.startsWith("SELECT qty FROM checked"))).toHaveLength(1)
+      }))
+
+    it.effect("statements outlive a rolled-back transaction", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const echo = (s: string) => sql<{ s: string }>`SELECT ${s}::text AS s`
+        const failed = yield* sql.withTransaction(
+          Effect.zipRight(echo("in"), Effect.fail(new Boom()))
+        ).pipe(Effect.flip)
+        assert.instanceOf(failed, Boom)
+        expect(yield* preparedTexts).toContain("SELECT $1::text AS s")
+        expect(yield* echo("out")).toEqual([{ s: "out" }])
+      }))
+
+    it.effect("prepares again a statement dropped behind its back or outdated by a changed table", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`CREATE TABLE widened (a int)`
+        yield* sql`INSERT INTO widened VALUES (1)`
+        const select = (a: number) => sql<Record<string, number | null>>`SELECT * FROM widened WHERE a = ${a}`
+        expect(yield* select(1)).toEqual([{ a: 1 }])
+
+        // Outside a transaction the retry is silent.
+        yield* sql`ALTER TABLE widened ADD COLUMN b int`
+        expect(yield* select(1)).toEqual([{ a: 1, b: null }])
+        yield* sql`DEALLOCATE ALL`
+        expect(yield* select(1)).toEqual([{ a: 1, b: null }])
+
+        // Inside one, the failure has aborted the transaction: it fails once.
+        yield* sql`DEALLOCATE ALL`
+        const inTransaction = yield* sql.withTransaction(select(1)).pipe(Effect.flip)
+        expect(sqlState(inTransaction)).toBe("26000")
+        expect(yield* select(1)).toEqual([{ a: 1, b: null }])
+      }))
+
+    it.effect("unprepared statements stay unnamed", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const before = yield* preparedTexts
+        const rows = yield* sql<{ z: number }>`SELECT ${7}::int AS z`.unprepared
+        expect(rows).toEqual([{ z: 7 }])
+        expect(yield* preparedTexts).toEqual(before)
+      }))
+  }
+)
+
+layer(PgliteClient.layer({ dataDir: "memory://", preparedStatements: 0 }), {
+  excludeTestServices: true,
+  timeout: "120 seconds"
+})(
+  "PgliteClient with preparedStatements: 0",
+  (it) => {
+    it.effect("sends every statement unnamed", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        expect(yield* sql<{ y: number }>`SELECT ${1}::int + 1 AS y`).toEqual([{ y: 2 }])
+        expect(yield* preparedTexts).toEqual([])
+      }))
+  }
+)
