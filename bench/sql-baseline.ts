@@ -16,6 +16,7 @@ import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import Pg from "pg"
+import { PgPreparedClient } from "../src/sql/index.js"
 import * as Postgres from "./lib/postgres.js"
 import type { Report, Row } from "./lib/report.js"
 import { claim, fingerprint, type NewOrder, type OrderLine, placeOrder, type ShippingAddress } from "./reference/sql.js"
@@ -61,8 +62,13 @@ export const randomOrderBody = () => ({
   }
 })
 
-export const openPool = (url: string, max: number): Pg.Pool => {
-  const pool = new Pg.Pool({ connectionString: url, max })
+/**
+ * A `pg` pool; `prepared`: its statements with parameters are named prepared
+ * statements, as the service sends them (`PgPreparedClient`, one name per
+ * text), so the server parses and plans each once per connection.
+ */
+export const openPool = (url: string, max: number, prepared = false): Pg.Pool => {
+  const pool = new Pg.Pool({ connectionString: url, max, ...(prepared ? { Client: PgPreparedClient.make() } : {}) })
   // An idle connection the server drops (a stop racing pool.end()) must not crash the bench.
   pool.on("error", () => {})
   return pool
@@ -113,6 +119,8 @@ export interface ThroughputOptions {
   readonly withIdempotencyKey: boolean
   /** The scope of the keys and the orders' user. Default "bench-bare". */
   readonly userId?: string
+  /** Statements as named prepared statements, as the service sends them. Default true. */
+  readonly prepared?: boolean
 }
 
 export interface Throughput {
@@ -143,7 +151,7 @@ export const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
 export const bareCreateOrderThroughput = async (options: ThroughputOptions): Promise<Throughput> => {
   await seedInventory(options.url)
   const poolSize = Math.min(options.poolSize ?? options.concurrency, options.concurrency)
-  const pool = openPool(options.url, poolSize)
+  const pool = openPool(options.url, poolSize, options.prepared ?? true)
   const userId = options.userId ?? "bench-bare"
   const createOrder = async () => {
     const order: NewOrder = {

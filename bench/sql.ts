@@ -2,7 +2,10 @@
  * `CreateOrder` through the bus (full middleware, SQL layers, an idempotency
  * key per order) on a real PostgreSQL, at 1, 4 and 16 fibers, beside the
  * same transaction's SQL sent by a bare `pg` pool at the same concurrency:
- * the limit for this stack. Then the embedded database (PGlite) at 16.
+ * the limit for this stack. Both send their statements as named prepared
+ * statements (the bare pool through the same `PgPreparedClient` the service
+ * uses); one more run of the bare pool with `pg`'s default unnamed statements
+ * is an info row. Then the embedded database (PGlite) at 16.
  *
  * Targets: the bus ≥ 0.7× the bare client at 16 (≤ 1.43× its time per
  * order), the median of 3 alternating rounds of each (`BENCH_SQL_ROUNDS`);
@@ -237,6 +240,27 @@ export const run = async (): Promise<Report> => {
             `orders/s (${busMedian.errors} errors, Node CPU ${busMedian.cpuMicrosPerOrder.toFixed(0)} µs/order)${each}`
         )
       }
+      // The limit as it stood before the service prepared its statements: pg's
+      // default, every statement unnamed, parsed and planned on each run.
+      await resetTables(database.url)
+      const unnamed = await bareCreateOrderThroughput({
+        url: database.url,
+        concurrency: 16,
+        durationMs,
+        warmupMs,
+        withIdempotencyKey: true,
+        prepared: false
+      })
+      rows.push(throughputRow(
+        "bare-16-unnamed",
+        "bare pg, unnamed statements (pg's default), 16 in flight (info)",
+        unnamed.ordersPerSecond,
+        unnamed.perSecond
+      ))
+      notes.push(
+        `16 in flight, bare pg with unnamed statements: ${unnamed.ordersPerSecond.toFixed(0)} orders/s ` +
+          `(Node CPU ${unnamed.cpuMicrosPerOrder.toFixed(0)} µs/order)`
+      )
       await resetTables(database.url)
       const trips = await roundTripsPerOrder(database.url)
       notes.push(`database round trips per order (claim to commit, with an idempotency key): ${trips}`)

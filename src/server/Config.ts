@@ -18,6 +18,12 @@ const positiveInt = (name: string, fallback: number) =>
     Config.validate({ message: `${name} must be a positive integer`, validation: (n) => n > 0 })
   )
 
+const nonNegativeInt = (name: string, fallback: number) =>
+  Config.integer(name).pipe(
+    Config.withDefault(fallback),
+    Config.validate({ message: `${name} must be a non-negative integer`, validation: (n) => n >= 0 })
+  )
+
 const duration = (name: string, fallback: Duration.DurationInput) =>
   Config.duration(name).pipe(Config.withDefault(Duration.decode(fallback)))
 
@@ -88,7 +94,8 @@ export const database = Config.all({
   dataDir: Config.string("DATA_DIR").pipe(Config.withDefault("./data")),
   poolSize: positiveInt("DB_POOL_SIZE", 20),
   connectTimeout: duration("DB_CONNECT_TIMEOUT", "5 seconds"),
-  statementTimeout: duration("DB_STATEMENT_TIMEOUT", "10 seconds")
+  statementTimeout: duration("DB_STATEMENT_TIMEOUT", "10 seconds"),
+  preparedStatements: nonNegativeInt("DB_PREPARED_STATEMENTS", 256)
 })
 
 /**

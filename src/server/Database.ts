@@ -20,6 +20,7 @@ import * as Path from "node:path"
 import Pg from "pg"
 import * as Migrations from "../orders/Migrations.js"
 import * as PgliteClient from "../sql/PgliteClient.js"
+import * as PgPreparedClient from "../sql/PgPreparedClient.js"
 import * as Config from "./Config.js"
 
 /**
@@ -77,6 +78,8 @@ export const serverLayer = (options: {
   readonly poolSize: number
   readonly connectTimeout: Duration.Duration
   readonly statementTimeout: Duration.Duration
+  /** Statement texts sent as named prepared statements (default 256; 0: none). */
+  readonly preparedStatements?: number | undefined
 }): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient | DatabasePool, SqlError> =>
   Layer.unwrapScoped(
     Effect.map(
@@ -84,6 +87,7 @@ export const serverLayer = (options: {
         Effect.try({
           try: () => {
             const pool = new Pg.Pool({
+              Client: PgPreparedClient.make({ capacity: options.preparedStatements }),
               connectionString: Redacted.value(options.url),
               max: options.poolSize,
               connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
@@ -158,7 +162,10 @@ export const layer: Layer.Layer<
     yield* Effect.logInfo("database.embedded").pipe(
       Effect.annotateLogs({ dataDir, note: "embedded PostgreSQL (PGlite); set DATABASE_URL for a server" })
     )
-    return Layer.merge(PgliteClient.layer({ dataDir: Path.join(dataDir, "pg") }), noPool)
+    return Layer.merge(
+      PgliteClient.layer({ dataDir: Path.join(dataDir, "pg"), preparedStatements: config.preparedStatements }),
+      noPool
+    )
   })
 )
 

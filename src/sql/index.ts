@@ -8,6 +8,9 @@
 export * as OutboxRelay from "./OutboxRelay.js"
 
 /** @since 0.1.0 */
+export * as PgPreparedClient from "./PgPreparedClient.js"
+
+/** @since 0.1.0 */
 export * as SqlFailure from "./SqlFailure.js"
 
 /** @since 0.1.0 */

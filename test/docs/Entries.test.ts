@@ -25,6 +25,7 @@ describe("package entries", () => {
     ]))
     expect(Object.keys(Sql).sort()).toEqual([
       "OutboxRelay",
+      "PgPreparedClient",
       "SqlFailure",
       "SqlIdempotencyStore",
       "SqlMigrations",
