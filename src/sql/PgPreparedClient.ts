@@ -65,7 +65,7 @@ export const make = (options: Options = {}): typeof Pg.Client => {
   const nameOf = (text: string): string | undefined => {
     let name = names.get(text)
     if (name === undefined && names.size < capacity) {
-      name = `effect_sql_${names.size}`
+      name = `ecb_${names.size}`
       names.set(text, name)
     }
     return name
@@ -111,12 +111,13 @@ export const make = (options: Options = {}): typeof Pg.Client => {
     }
 
     private send(config: QueryConfig, done: Callback) {
-      // The transaction status the last statement left: idle means this one
-      // runs on its own, and a failure of it changes nothing.
-      const alone = (this as unknown as { readonly _txStatus?: unknown })._txStatus === "I"
       super.query(config as Pg.QueryConfig, (error: Error | null, result: unknown) => {
         if (error === null || !isStale(error)) return done(error, result)
         const retry = { ...config, name: this.rename(config) }
+        // `pg` reports an error as it arrives, before the server says what
+        // state it left: the status is still the one this statement started
+        // in. Idle means it ran on its own, and its failure changed nothing.
+        const alone = (this as unknown as { readonly _txStatus?: unknown })._txStatus === "I"
         if (!alone) return done(error, result)
         super.query(retry as Pg.QueryConfig, done as any)
       })

@@ -389,7 +389,7 @@ class PreparedStatements {
       oldest.evicted = true
       if (oldest.state !== STATEMENT_NEW) this.closing.push(oldest.name)
     }
-    const statement: PreparedStatement = { name: `effect_sql_${this.count++}`, state: STATEMENT_NEW, evicted: false }
+    const statement: PreparedStatement = { name: `ecb_${this.count++}`, state: STATEMENT_NEW, evicted: false }
     this.bySql.set(sql, statement)
     return statement
   }
