@@ -571,7 +571,8 @@ export const measure = async (options: Options = defaultOptions): Promise<HttpRe
         "1000, stocked with 1e9 through PUT /api/v1/products/{id}/stock), so the full 7-statement transaction " +
         "runs every time. orders/s counts 201s only; non-2xx counts every other answer, errors and timeouts; " +
         "p50/p99 are over every answer.",
-        "(a) is the same transaction from a bare pg pool (bench/sql-baseline.ts); pgbench runs " +
+        "(a) is the same transaction from a bare pg pool (bench/sql-baseline.ts), its statements prepared as " +
+        "the service's are (PgPreparedClient); (b) sends them unnamed, pg's default; pgbench runs " +
         "bench/pgbench/create-order.sql. Servers: the service as `npm start` runs it (built, `node <flags> dist/server/main.js`), the reference under tsx, a fresh process each round, " +
         "LOG_LEVEL=warn, DB_POOL_SIZE=20, NODE_ENV=production; peak RSS is the highest VmHWM of the server " +
         "process after a round (warm-up included).",

@@ -378,7 +378,7 @@ export const run = async (options: Options = defaultOptions): Promise<Report> =>
         "into the outbox, complete the claim, COMMIT: the SQL of src/sql/SqlIdempotencyStore.ts, " +
         "src/orders/Inventory.ts, src/orders/OrderRepository.ts and src/sql/SqlOutbox.ts (copied in " +
         "bench/reference/sql.ts); without a key, the claim and its completion are left out.",
-        `Tables emptied before each row. Bare pg: a pg.Pool sized to the concurrency, N async loops; ` +
+        `Tables emptied before each row. Bare pg: a pg.Pool sized to the concurrency, its statements prepared (PgPreparedClient, as the service sends them), N async loops; ` +
         `${options.warmupMs} ms warm-up, then ` +
         `${options.durationMs} ms counted; latency is claim to commit.`,
         "pgbench: bench/pgbench/create-order.sql, the same statements with the per-order values (ids, keys, " +
