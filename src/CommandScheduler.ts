@@ -64,6 +64,12 @@ export interface Due {
   readonly command: unknown
   /** Runs so far, this one included. */
   readonly attempts: number
+  /**
+   * The store's token of this lease, when `attempts` alone cannot tell it
+   * from a later one (`retry` sets attempts back, so a later claim can have
+   * the same count).
+   */
+  readonly lease?: string | undefined
 }
 
 /**
@@ -129,9 +135,19 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
   ScheduledCommands,
   Effect.map(
     Ref.make(
-      new Map<string, { readonly command: ScheduledCommand; readonly leasedUntil: number }>()
+      new Map<
+        string,
+        { readonly command: ScheduledCommand; readonly leasedUntil: number; readonly lease?: string }
+      >()
     ),
     (entries): Store => {
+      // Each claim's own token: `retry` sets attempts back, so a later claim
+      // can have the count of an earlier one whose runner still reports.
+      let leases = 0
+      const holds = (
+        entry: { readonly command: ScheduledCommand; readonly lease?: string } | undefined,
+        due: Due
+      ) => entry !== undefined && entry.command.attempts === due.attempts && entry.lease === due.lease
       const update = (
         id: string,
         f: (command: ScheduledCommand) => ScheduledCommand | undefined,
@@ -139,8 +155,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
       ) =>
         Ref.modify(entries, (map) => {
           const entry = map.get(id)
-          // A claim counts an attempt: a lease taken over has more than `leasedAs`.
-          const next = entry === undefined || (leasedAs !== undefined && entry.command.attempts !== leasedAs.attempts)
+          const next = entry === undefined || (leasedAs !== undefined && !holds(entry, leasedAs))
             ? undefined
             : f(entry.command)
           if (next === undefined) return [false, map]
@@ -174,19 +189,21 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               const next = new Map(map)
               const claimed = due.map(({ command }) => {
                 const counted = new ScheduledCommand({ ...command, attempts: command.attempts + 1 })
-                next.set(command.id, { command: counted, leasedUntil: now + Duration.toMillis(lease) })
+                const token = String(++leases)
+                next.set(command.id, { command: counted, leasedUntil: now + Duration.toMillis(lease), lease: token })
                 return {
                   id: counted.id,
                   commandType: counted.commandType,
                   command: counted.command,
-                  attempts: counted.attempts
+                  attempts: counted.attempts,
+                  lease: token
                 }
               })
               return [claimed, next]
             })),
         complete: (due) =>
           Ref.update(entries, (map) => {
-            if (map.get(due.id)?.command.attempts !== due.attempts) return map
+            if (!holds(map.get(due.id), due)) return map
             const next = new Map(map)
             next.delete(due.id)
             return next

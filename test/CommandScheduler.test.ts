@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Clock from "effect/Clock"
+import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -252,5 +253,28 @@ describe("CommandScheduler", () => {
       assert.deepStrictEqual(yield* store.claim(10, Duration.seconds(30)), [])
       yield* TestClock.adjust("30 seconds")
       assert.deepStrictEqual((yield* store.claim(1, Duration.seconds(30))).map((due) => due.attempts), [2])
+    }).pipe(Effect.provide(Stores)))
+
+  it.effect("a runner whose lease was taken over, failed and retried (attempts back to 1) is ignored", () =>
+    Effect.gen(function*() {
+      const store = yield* CommandScheduler.ScheduledCommands
+      const id = yield* CommandScheduler.schedule(new Remind({ orderId: "o-1" }), { after: "1 second" })
+      yield* TestClock.adjust("1 second")
+      const [first] = yield* store.claim(10, Duration.seconds(30))
+      yield* TestClock.adjust("31 seconds")
+      const [second] = yield* store.claim(10, Duration.seconds(30))
+      yield* store.fail(second!, "gave up")
+      assert.isTrue(yield* store.retry(id))
+      const [third] = yield* store.claim(10, Duration.seconds(30))
+      assert.deepStrictEqual([first!.attempts, second!.attempts, third!.attempts], [1, 2, 1])
+      // The first runner wakes up and reports: the third one's lease stands.
+      yield* store.complete(first!)
+      yield* store.fail(first!, "stale")
+      yield* store.retryAt(first!, DateTime.unsafeMake(0), "stale")
+      assert.deepStrictEqual((yield* list()).map((scheduled) => [scheduled.id, scheduled.state, scheduled.lastError]), [
+        [id, "pending", "gave up"]
+      ])
+      yield* store.complete(third!)
+      assert.deepStrictEqual(yield* list(), [])
     }).pipe(Effect.provide(Stores)))
 })

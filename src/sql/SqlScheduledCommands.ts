@@ -42,22 +42,30 @@ const toScheduled = (row: Row): CommandScheduler.ScheduledCommand =>
  */
 export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlClient> = Effect.map(
   SqlClient.SqlClient,
-  (sql): CommandScheduler.Store => ({
-    add: (entry) =>
-      sql`
+  (sql): CommandScheduler.Store => {
+    // The row while `due`'s lease holds it: a claim counts an attempt, so a
+    // lease another claim took over has more; and one claimed again after
+    // `retry` set attempts back has another lease time.
+    const held = (due: CommandScheduler.Due) =>
+      due.lease === undefined
+        ? sql`id = ${due.id} AND attempts = ${due.attempts}`
+        : sql`id = ${due.id} AND attempts = ${due.attempts} AND lease_expires_at = ${due.lease}::timestamptz`
+    return {
+      add: (entry) =>
+        sql`
         INSERT INTO scheduled_commands (id, command_type, command, due_at, state, attempts)
         VALUES (${entry.id}, ${entry.commandType}, ${JSON.stringify(entry.command)}::jsonb,
           ${DateTime.formatIso(entry.dueAt)}::timestamptz, 'pending', 0)`.pipe(Effect.asVoid, SqlFailure.classify),
-    cancel: (id) =>
-      sql`
+      cancel: (id) =>
+        sql`
         DELETE FROM scheduled_commands
         WHERE id = ${id} AND (lease_expires_at IS NULL OR lease_expires_at <= now())
         RETURNING id`.withoutTransform.pipe(
-        Effect.map((rows) => rows.length > 0),
-        SqlFailure.classify
-      ),
-    claim: (limit, lease) =>
-      sql<Pick<Row, "id" | "command_type" | "command" | "attempts" | "due_at">>`
+          Effect.map((rows) => rows.length > 0),
+          SqlFailure.classify
+        ),
+      claim: (limit, lease) =>
+        sql<Pick<Row, "id" | "command_type" | "command" | "attempts" | "due_at"> & { readonly lease: string }>`
         UPDATE scheduled_commands AS s
         SET lease_expires_at = now() + make_interval(secs => ${Duration.toMillis(lease) / 1000}),
           attempts = s.attempts + 1
@@ -69,53 +77,52 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           FOR UPDATE SKIP LOCKED
         ) AS due
         WHERE s.id = due.id
-        RETURNING s.id, s.command_type, s.command, s.attempts, s.due_at`.withoutTransform.pipe(
-        // UPDATE returns its rows in no particular order.
-        Effect.map((rows) =>
-          rows
-            .map((row) => ({ row, dueAt: new Date(row.due_at).getTime() }))
-            .sort((a, b) => a.dueAt - b.dueAt)
-            .map(({ row }) => ({
-              id: row.id,
-              commandType: row.command_type,
-              command: Column.json(row.command),
-              attempts: row.attempts
-            }))
-        ),
-        SqlFailure.classify
-      ),
-    // A claim counts an attempt: a lease another claim took over has more.
-    complete: (due) =>
-      sql`DELETE FROM scheduled_commands WHERE id = ${due.id} AND attempts = ${due.attempts}`.pipe(
-        Effect.asVoid,
-        SqlFailure.classify
-      ),
-    retryAt: (due, dueAt, error) =>
-      sql`
+        RETURNING s.id, s.command_type, s.command, s.attempts, s.due_at, s.lease_expires_at::text AS lease`
+          .withoutTransform.pipe(
+            // UPDATE returns its rows in no particular order.
+            Effect.map((rows) =>
+              rows
+                .map((row) => ({ row, dueAt: new Date(row.due_at).getTime() }))
+                .sort((a, b) => a.dueAt - b.dueAt)
+                .map(({ row }) => ({
+                  id: row.id,
+                  commandType: row.command_type,
+                  command: Column.json(row.command),
+                  attempts: row.attempts,
+                  lease: row.lease
+                }))
+            ),
+            SqlFailure.classify
+          ),
+      complete: (due) =>
+        sql`DELETE FROM scheduled_commands WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
+      retryAt: (due, dueAt, error) =>
+        sql`
         UPDATE scheduled_commands
         SET state = 'pending', due_at = ${DateTime.formatIso(dueAt)}::timestamptz, last_error = ${error},
           lease_expires_at = NULL
-        WHERE id = ${due.id} AND attempts = ${due.attempts}`.pipe(Effect.asVoid, SqlFailure.classify),
-    fail: (due, error) =>
-      sql`
+        WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
+      fail: (due, error) =>
+        sql`
         UPDATE scheduled_commands SET state = 'failed', last_error = ${error}, lease_expires_at = NULL
-        WHERE id = ${due.id} AND attempts = ${due.attempts}`.pipe(Effect.asVoid, SqlFailure.classify),
-    retry: (id) =>
-      sql`
+        WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
+      retry: (id) =>
+        sql`
         UPDATE scheduled_commands SET state = 'pending', due_at = now(), attempts = 0, lease_expires_at = NULL
         WHERE id = ${id} AND state = 'failed' RETURNING id`.withoutTransform.pipe(
-        Effect.map((rows) => rows.length > 0),
-        SqlFailure.classify
-      ),
-    list: (options) =>
-      sql<Row>`
+          Effect.map((rows) => rows.length > 0),
+          SqlFailure.classify
+        ),
+      list: (options) =>
+        sql<Row>`
         SELECT id, command_type, command, due_at, state, attempts, last_error FROM scheduled_commands
         WHERE ${options?.state === undefined ? sql`true` : sql`state = ${options.state}`}
         ORDER BY due_at, id LIMIT ${options?.limit ?? 100}`.withoutTransform.pipe(
-        Effect.map((rows) => rows.map(toScheduled)),
-        SqlFailure.classify
-      )
-  })
+          Effect.map((rows) => rows.map(toScheduled)),
+          SqlFailure.classify
+        )
+    }
+  }
 )
 
 /**

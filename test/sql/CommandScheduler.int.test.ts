@@ -135,6 +135,33 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect(kept?.lastError).toContain("bad \uFFFD byte")
       }))
 
+    it.effect("a runner whose lease was taken over, failed and retried (attempts back to 1) is ignored", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const store = yield* CommandScheduler.ScheduledCommands
+        const id = yield* CommandScheduler.schedule(new Remind({ n: 1 }), { at: new Date(Date.now() - 1000) })
+        const [first] = yield* store.claim(10, Duration.millis(200))
+        expect(first?.attempts).toBe(1)
+        yield* Effect.sleep("400 millis")
+        // Its lease passed: another runner takes it, fails it; an operator retries it; a third runner takes it.
+        const [second] = yield* store.claim(10, Duration.seconds(30))
+        expect(second?.attempts).toBe(2)
+        yield* store.fail(second!, "gave up")
+        expect(yield* store.retry(id)).toBe(true)
+        const [third] = yield* store.claim(10, Duration.seconds(30))
+        expect(third?.attempts).toBe(1)
+        // The first runner wakes up and reports: the third one's lease stands.
+        yield* store.complete(first!)
+        yield* store.fail(first!, "stale")
+        yield* store.retryAt(first!, DateTime.unsafeMake(Date.now() + 60_000), "stale")
+        expect((yield* store.list()).map((scheduled) => [scheduled.id, scheduled.state, scheduled.lastError])).toEqual([
+          [id, "pending", "gave up"]
+        ])
+        expect(yield* store.cancel(id), "still leased to the third runner").toBe(false)
+        yield* store.complete(third!)
+        expect(yield* store.list()).toEqual([])
+      }))
+
     it.effect("the store leases due commands earliest first, fails, retries, lists and cancels them", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
