@@ -15,8 +15,13 @@
  * - A statement dropped behind the client's back (`DEALLOCATE ALL`,
  *   `DISCARD ALL`), or whose plan no longer fits a changed table ("cached
  *   plan must not change result type"), gets a new name on that connection;
- *   outside a transaction it runs again under it at once, inside one (which
- *   the failure has aborted) it fails once.
+ *   when the connection was idle with nothing queued, it runs again under it
+ *   at once; otherwise (in a transaction the failure has aborted) it fails
+ *   once. A statement keeps the parameter types of its first Parse: after a
+ *   column changes type, a value that fits only the new one fails once (a
+ *   data exception), and the next use parses it again under a new name.
+ *   Statements left behind by a rename are deallocated when the connection
+ *   is next idle.
  * - Not for a pooler in transaction mode (PgBouncer before 1.21, or without
  *   `max_prepared_statements`), where the next statement may reach another
  *   server connection.
@@ -41,15 +46,29 @@ interface QueryConfig {
   readonly values?: ReadonlyArray<unknown>
   readonly name?: string
   readonly submit?: unknown
+  readonly callback?: unknown
 }
+
+/** What `pg.Client` keeps to itself and this class reads. */
+interface ClientState {
+  readonly _txStatus?: unknown
+  readonly _queryQueue?: ReadonlyArray<unknown>
+  readonly pipeline?: unknown
+}
+
+const sqlState = (error: unknown): unknown => (error as { readonly code?: unknown } | null)?.code
 
 // 26000: no prepared statement of that name; 0A000 with this text: the
 // tables changed under a cached plan in a way that changes its result.
-const isStale = (error: unknown): boolean => {
-  const code = (error as { readonly code?: unknown } | null)?.code
-  return code === "26000" ||
-    (code === "0A000" && String((error as { readonly message?: unknown }).message).includes("cached plan"))
-}
+const isStale = (code: unknown, error: Error): boolean =>
+  code === "26000" || (code === "0A000" && error.message.includes("cached plan"))
+
+// A statement keeps the parameter types its Parse inferred, even after a
+// table's column changes type; a value that no longer fits them fails with a
+// data exception (class 22) or a type mismatch, and a fresh Parse infers
+// them again.
+const mayBeOutdatedTypes = (code: unknown): boolean =>
+  typeof code === "string" && (code.startsWith("22") || code === "42804" || code === "42883")
 
 /**
  * A `pg.Client` subclass whose statements with parameters are named, one
@@ -72,14 +91,21 @@ export const make = (options: Options = {}): typeof Pg.Client => {
   }
 
   return class PreparedClient extends Pg.Client {
-    /** Texts renamed on this connection after their statement went stale. */
+    /** This connection's name for a text whose statement it had to prepare again. */
     private renamed: Map<string, string> | undefined
     private renames = 0
+    /** Statements left on the server by a rename, deallocated when the connection is next idle. */
+    private abandoned: Array<string> = []
 
     override query(config: any, values?: any, callback?: any): any {
       const named = this.named(config, values)
       if (named === undefined) return super.query(config, values, callback)
       const done: Callback | undefined = typeof values === "function" ? values : callback
+      if (this.abandoned.length > 0 && this.idle()) {
+        for (const name of this.abandoned.splice(0)) {
+          super.query(`DEALLOCATE ${Pg.escapeIdentifier(name)}`, () => {})
+        }
+      }
       if (done === undefined) {
         return new Promise((resolve, reject) =>
           this.send(named, (error, result) => error === null ? resolve(result) : reject(error))
@@ -89,43 +115,75 @@ export const make = (options: Options = {}): typeof Pg.Client => {
       return undefined
     }
 
-    /** `config` with its statement's name, when it has parameters and a name to get. */
+    /**
+     * The query named, when it has parameters and a name to get: a text, or
+     * a plain config object (a class instance may keep its text in a getter
+     * a copy would lose; one with a callback of its own is left to `pg`).
+     * Values given beside a config win, as in `pg`.
+     */
     private named(config: unknown, values: unknown): QueryConfig | undefined {
+      let text: string
+      let params: unknown
+      let rest: QueryConfig | undefined
       if (typeof config === "string") {
-        if (!Array.isArray(values) || values.length === 0) return undefined
-        const name = this.nameFor(config)
-        return name === undefined ? undefined : { name, text: config, values }
+        text = config
+        params = values
+      } else {
+        if (typeof config !== "object" || config === null) return undefined
+        const prototype = Object.getPrototypeOf(config)
+        if (prototype !== Object.prototype && prototype !== null) return undefined
+        rest = config as QueryConfig
+        if (
+          typeof rest.text !== "string" || rest.name !== undefined || rest.submit !== undefined ||
+          rest.callback !== undefined
+        ) return undefined
+        text = rest.text
+        params = Array.isArray(values) ? values : rest.values
       }
-      if (typeof config !== "object" || config === null) return undefined
-      const query = config as QueryConfig
-      if (
-        typeof query.submit === "function" || query.name !== undefined || typeof query.text !== "string" ||
-        !Array.isArray(query.values) || query.values.length === 0
-      ) return undefined
-      const name = this.nameFor(query.text)
-      return name === undefined ? undefined : { ...query, name }
+      if (!Array.isArray(params) || params.length === 0) return undefined
+      const name = this.renamed?.get(text) ?? nameOf(text)
+      if (name === undefined) return undefined
+      return rest === undefined ? { name, text, values: params } : { ...rest, name, text, values: params }
     }
 
-    private nameFor(text: string): string | undefined {
-      return this.renamed?.get(text) ?? nameOf(text)
+    /** Nothing running or queued, outside a transaction (`pg`'s pipeline mode never counts as idle). */
+    private idle(): boolean {
+      const state = this as unknown as ClientState
+      return state._txStatus === "I" && (state._queryQueue?.length ?? 0) === 0 && !state.pipeline
     }
 
     private send(config: QueryConfig, done: Callback) {
       super.query(config as Pg.QueryConfig, (error: Error | null, result: unknown) => {
-        if (error === null || !isStale(error)) return done(error, result)
-        const retry = { ...config, name: this.rename(config) }
-        // `pg` reports an error as it arrives, before the server says what
-        // state it left: the status is still the one this statement started
-        // in. Idle means it ran on its own, and its failure changed nothing.
-        const alone = (this as unknown as { readonly _txStatus?: unknown })._txStatus === "I"
-        if (!alone) return done(error, result)
-        super.query(retry as Pg.QueryConfig, done as any)
+        if (error === null) return done(error, result)
+        const code = sqlState(error)
+        if (code === undefined) {
+          // Failed in this process (a value `pg` cannot serialize): `pg` closed
+          // the statement on the server, and still lists it as parsed.
+          this.rename(config, false)
+          return done(error, result)
+        }
+        if (isStale(code, error)) {
+          // `pg` reports an error as it arrives, before the server says what
+          // state it left: the status is still the one this statement
+          // started in. Idle, with nothing queued behind it, means it ran on
+          // its own and its failure changed nothing: it runs again, first.
+          const retry = { ...config, name: this.rename(config, code === "0A000") }
+          if (!this.idle()) return done(error, result)
+          for (const name of this.abandoned.splice(0)) {
+            super.query(`DEALLOCATE ${Pg.escapeIdentifier(name)}`, () => {})
+          }
+          super.query(retry as Pg.QueryConfig, done as any)
+          return
+        }
+        if (mayBeOutdatedTypes(code)) this.rename(config, true)
+        done(error, result)
       })
     }
 
-    /** A fresh name for `config`'s text on this connection (the old one may still exist on the server). */
-    private rename(config: QueryConfig): string {
-      const name = `${config.name}_${++this.renames}`
+    /** A fresh name for `config`'s text on this connection; `exists`: the old statement is still on the server. */
+    private rename(config: QueryConfig, exists: boolean): string {
+      if (exists && config.name !== undefined) this.abandoned.push(config.name)
+      const name = `${nameOf(config.text) ?? "ecb"}_r${++this.renames}`
       ;(this.renamed ??= new Map()).set(config.text, name)
       return name
     }

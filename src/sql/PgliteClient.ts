@@ -285,6 +285,13 @@ const isStale = (cause: unknown): boolean => {
     (code === "0A000" && String((cause as { readonly message?: unknown }).message).includes("cached plan"))
 }
 
+// A statement keeps the parameter types its Parse inferred, even after a
+// table's column changes type; a value that no longer fits them fails with a
+// data exception (class 22) or a type mismatch, and a fresh Parse infers
+// them again.
+const mayBeOutdatedTypes = (code: unknown): boolean =>
+  typeof code === "string" && (code.startsWith("22") || code === "42804" || code === "42883")
+
 const STATEMENT_NEW = 0
 const STATEMENT_PREPARED = 1
 const STATEMENT_UNKNOWN = 2
@@ -292,7 +299,6 @@ const STATEMENT_UNKNOWN = 2
 interface PreparedStatement {
   readonly name: string
   state: typeof STATEMENT_NEW | typeof STATEMENT_PREPARED | typeof STATEMENT_UNKNOWN
-  evicted: boolean
 }
 
 /**
@@ -309,6 +315,9 @@ interface PreparedStatement {
  * client's back (`DEALLOCATE ALL`, `DISCARD ALL`), or whose plan no longer
  * fits a changed table, is prepared again at once outside a transaction;
  * inside one, where the failure has aborted the transaction, it fails once.
+ * A statement keeps the parameter types of its first Parse: after a column
+ * changes type, a value that fits only the new one fails once (a data
+ * exception), and the statement is parsed again on its next use.
  */
 class PreparedStatements {
   private readonly bySql = new Map<string, PreparedStatement>()
@@ -323,41 +332,48 @@ class PreparedStatements {
     params: ReadonlyArray<unknown>,
     options: QueryOptions | undefined
   ): Promise<Results<unknown>> {
-    const statement = this.lookup(sql)
     let values: Array<string | Uint8Array | null>
     try {
       values = params.map(toParameter)
     } catch (cause) {
       return Promise.reject(cause)
     }
-    const message = (closing: ReadonlyArray<string>) => {
-      const parts: Array<Uint8Array> = []
-      for (const name of closing) parts.push(protocol.serialize.close({ type: "S", name }))
-      if (statement.state === STATEMENT_UNKNOWN) {
-        parts.push(protocol.serialize.close({ type: "S", name: statement.name }))
-      }
-      if (statement.state !== STATEMENT_PREPARED) {
-        parts.push(protocol.serialize.parse({ name: statement.name, text: sql }))
-      }
-      for (const part of bindAndExecute(values, statement.name)) parts.push(part)
-      return concatBytes(parts)
-    }
-    const send = (bytes: Uint8Array) => {
-      const parsing = statement.state !== STATEMENT_PREPARED
-      return pg.execProtocolStream(bytes, { syncToFs: false }).then(
-        (messages) => {
-          this.settle(statement, STATEMENT_PREPARED)
-          return messages
-        },
-        (cause) => {
-          // A failed Bind or Execute leaves a prepared statement prepared;
-          // after a failed message with a Parse in it, nobody knows.
-          this.settle(statement, parsing || isStale(cause) ? STATEMENT_UNKNOWN : STATEMENT_PREPARED)
-          return Promise.reject(cause)
-        }
-      )
-    }
+    // Looked up, sent and settled in one exclusive section: statements of a
+    // held session (a transaction's, which may run concurrently) cannot push
+    // out one in flight.
     return pg.runExclusive(async () => {
+      const statement = this.lookup(sql)
+      const message = (closing: ReadonlyArray<string>) => {
+        const parts: Array<Uint8Array> = []
+        for (const name of closing) parts.push(protocol.serialize.close({ type: "S", name }))
+        if (statement.state === STATEMENT_UNKNOWN) {
+          parts.push(protocol.serialize.close({ type: "S", name: statement.name }))
+        }
+        if (statement.state !== STATEMENT_PREPARED) {
+          parts.push(protocol.serialize.parse({ name: statement.name, text: sql }))
+        }
+        for (const part of bindAndExecute(values, statement.name)) parts.push(part)
+        return concatBytes(parts)
+      }
+      const send = (bytes: Uint8Array) => {
+        const parsing = statement.state !== STATEMENT_PREPARED
+        return pg.execProtocolStream(bytes, { syncToFs: false }).then(
+          (messages) => {
+            statement.state = STATEMENT_PREPARED
+            return messages
+          },
+          (cause) => {
+            // A failed Bind or Execute leaves a prepared statement prepared;
+            // after a failed message with a Parse in it, nobody knows; and
+            // one whose parameter types may be out of date is parsed again.
+            const code = (cause as { readonly code?: unknown } | null)?.code
+            statement.state = parsing || isStale(cause) || mayBeOutdatedTypes(code)
+              ? STATEMENT_UNKNOWN
+              : STATEMENT_PREPARED
+            return Promise.reject(cause)
+          }
+        )
+      }
       const wasPrepared = statement.state === STATEMENT_PREPARED
       const messages = await send(message(this.closing.splice(0))).catch((cause) =>
         // Outside a transaction nothing was done: a statement that was
@@ -367,12 +383,6 @@ class PreparedStatements {
       if (!pg.isInTransaction()) await pg.syncToFs()
       return PgParse.parseResults(messages, pg.parsers, options)[0] as Results<unknown>
     })
-  }
-
-  private settle(statement: PreparedStatement, state: typeof STATEMENT_PREPARED | typeof STATEMENT_UNKNOWN) {
-    // Pushed out while its first message was in flight: not closed then.
-    if (statement.evicted && statement.state === STATEMENT_NEW) this.closing.push(statement.name)
-    statement.state = state
   }
 
   /** The statement for `sql`, made the most recently used; a new one may push out the least recently used. */
@@ -386,10 +396,9 @@ class PreparedStatements {
     if (this.bySql.size >= this.capacity) {
       const [oldestSql, oldest] = this.bySql.entries().next().value!
       this.bySql.delete(oldestSql)
-      oldest.evicted = true
       if (oldest.state !== STATEMENT_NEW) this.closing.push(oldest.name)
     }
-    const statement: PreparedStatement = { name: `ecb_${this.count++}`, state: STATEMENT_NEW, evicted: false }
+    const statement: PreparedStatement = { name: `ecb_${this.count++}`, state: STATEMENT_NEW }
     this.bySql.set(sql, statement)
     return statement
   }

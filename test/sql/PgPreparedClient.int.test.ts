@@ -119,6 +119,100 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
     }
   })
 
+  it("a stale statement with others queued behind it fails rather than run after them", async () => {
+    const pool = openPool()
+    const client = await pool.connect()
+    try {
+      await client.query("CREATE TABLE queued (n int)")
+      await client.query("INSERT INTO queued VALUES ($1)", [1])
+      await client.query("DEALLOCATE ALL")
+      const [insert, count] = await Promise.allSettled([
+        client.query("INSERT INTO queued VALUES ($1)", [2]),
+        client.query("SELECT count(*)::int AS n FROM queued")
+      ])
+      expect(insert.status === "rejected" && sqlState(insert.reason)).toBe("26000")
+      expect(count.status === "fulfilled" && count.value.rows).toEqual([{ n: 1 }])
+      await client.query("INSERT INTO queued VALUES ($1)", [2])
+      expect((await client.query("SELECT n FROM queued ORDER BY n")).rows).toEqual([{ n: 1 }, { n: 2 }])
+    } finally {
+      client.release()
+      await pool.end()
+    }
+  })
+
+  it("a value pg cannot serialize leaves the statement usable in the same transaction", async () => {
+    const pool = openPool()
+    const client = await pool.connect()
+    try {
+      await client.query("CREATE TABLE documents (body jsonb)")
+      const insert = (body: unknown) => client.query("INSERT INTO documents VALUES ($1)", [body])
+      await insert({ a: 0 })
+      await client.query("BEGIN")
+      await expect(insert({ a: 1n })).rejects.toThrow(/BigInt/)
+      await insert({ a: 2 })
+      await client.query("COMMIT")
+      expect((await client.query("SELECT body FROM documents ORDER BY body->>'a'")).rows).toEqual([
+        { body: { a: 0 } },
+        { body: { a: 2 } }
+      ])
+    } finally {
+      client.release()
+      await pool.end()
+    }
+  })
+
+  it("reads a config as pg does: getters kept, values beside it win, its own callback called", async () => {
+    const pool = openPool()
+    const client = await pool.connect()
+    try {
+      class Statement {
+        get text() {
+          return "SELECT $1::int AS v"
+        }
+        readonly values = [5]
+      }
+      expect((await client.query(new Statement() as unknown as Pg.QueryConfig)).rows).toEqual([{ v: 5 }])
+      expect((await client.query({ text: "SELECT $1::int AS v", values: [1] }, [2])).rows).toEqual([{ v: 2 }])
+      const viaOwnCallback = await new Promise((resolve, reject) => {
+        client.query({
+          text: "SELECT $1::int AS v",
+          values: [3],
+          callback: (error: Error | null, result: Pg.QueryResult) => error ? reject(error) : resolve(result.rows)
+        } as Pg.QueryConfig)
+      })
+      expect(viaOwnCallback).toEqual([{ v: 3 }])
+      expect((await client.query("SELECT $1::int AS v", [4])).rows).toEqual([{ v: 4 }])
+    } finally {
+      client.release()
+      await pool.end()
+    }
+  })
+
+  it("a column that changes type: one failure, then the statement is parsed again; nothing left behind", async () => {
+    const pool = openPool()
+    try {
+      await pool.query("CREATE TABLE widening (id int)")
+      const insert = (id: string) => pool.query("INSERT INTO widening VALUES ($1)", [id])
+      await insert("1")
+      await pool.query("ALTER TABLE widening ALTER id TYPE bigint")
+      expect(sqlState(await insert("3000000000").catch((error) => error))).toBe("22003")
+      await insert("3000000000")
+      const select = async () => (await pool.query("SELECT * FROM widening WHERE id = $1", [1])).rows
+      expect(await select()).toEqual([{ id: "1" }])
+      for (const column of ["a", "b", "c"]) {
+        await pool.query(`ALTER TABLE widening ADD COLUMN ${column} int`)
+        expect(Object.keys((await select())[0]!)).toContain(column)
+      }
+      // One statement per text on the server, whatever was renamed.
+      expect((await preparedTexts(pool)).filter((text) => text.includes("widening")).sort()).toEqual([
+        "INSERT INTO widening VALUES ($1)",
+        "SELECT * FROM widening WHERE id = $1"
+      ])
+    } finally {
+      await pool.end()
+    }
+  })
+
   it.effect("the service's server layer sends the statements of a transaction prepared", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

@@ -503,6 +503,32 @@ layer(PgliteClient.layer({ dataDir: "memory://", preparedStatements: 3 }), {
         expect(yield* select(1)).toEqual([{ a: 1, b: null }])
       }))
 
+    it.effect("concurrent statements of one transaction past the cap: none closed under another in flight", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const times = (k: number) => sql<{ y: number }>`SELECT ${k}::int * ${sql.literal(String(k + 10))} AS y`
+        yield* times(1)
+        yield* times(2)
+        const results = yield* sql.withTransaction(
+          Effect.all([times(1), times(3), times(4), times(5), times(2)], { concurrency: "unbounded" })
+        )
+        expect(results).toEqual([[{ y: 11 }], [{ y: 39 }], [{ y: 56 }], [{ y: 75 }], [{ y: 24 }]])
+        expect((yield* preparedTexts).length).toBeLessThanOrEqual(3)
+      }))
+
+    it.effect("a column that changes type: one failure, then the statement is parsed again", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`CREATE TABLE widening (id int)`
+        const insert = (id: string) => sql`INSERT INTO widening VALUES (${id})`
+        yield* insert("1")
+        yield* sql`ALTER TABLE widening ALTER id TYPE bigint`
+        expect(sqlState(yield* insert("3000000000").pipe(Effect.flip))).toBe("22003")
+        yield* insert("3000000000")
+        const rows = yield* sql<{ id: string }>`SELECT id FROM widening ORDER BY id`
+        expect(rows).toEqual([{ id: "1" }, { id: "3000000000" }])
+      }))
+
     it.effect("unprepared statements stay unnamed", () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
