@@ -52,6 +52,7 @@ interface QueryConfig {
 /** What `pg.Client` keeps to itself and this class reads. */
 interface ClientState {
   readonly _txStatus?: unknown
+  readonly _activeQuery?: unknown
   readonly _queryQueue?: ReadonlyArray<unknown>
   readonly pipeline?: unknown
 }
@@ -146,10 +147,15 @@ export const make = (options: Options = {}): typeof Pg.Client => {
       return rest === undefined ? { name, text, values: params } : { ...rest, name, text, values: params }
     }
 
-    /** Nothing running or queued, outside a transaction (`pg`'s pipeline mode never counts as idle). */
+    /**
+     * Outside a transaction, with nothing running or queued: the transaction
+     * status is the last statement's, and no statement sent now can land in a
+     * transaction opened before it (`pg`'s pipeline mode never counts).
+     */
     private idle(): boolean {
       const state = this as unknown as ClientState
-      return state._txStatus === "I" && (state._queryQueue?.length ?? 0) === 0 && !state.pipeline
+      return state._txStatus === "I" && (state._activeQuery ?? null) === null &&
+        (state._queryQueue?.length ?? 0) === 0 && !state.pipeline
     }
 
     private send(config: QueryConfig, done: Callback) {

@@ -213,6 +213,28 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
     }
   })
 
+  it("a statement left behind is deallocated only when the connection is idle, never in a transaction", async () => {
+    const pool = openPool()
+    const client = await pool.connect()
+    try {
+      await client.query("CREATE TABLE narrowing (id int)")
+      const insert = (id: string) => client.query("INSERT INTO narrowing VALUES ($1)", [id])
+      await insert("1")
+      // A data exception leaves the statement to be parsed again, the old one left behind.
+      expect(sqlState(await insert("3000000000").catch((error) => error))).toBe("22003")
+      // Gone already, so deallocating it would be an error, in a transaction an aborting one.
+      await client.query("DEALLOCATE ALL")
+      const begin = client.query("BEGIN")
+      await insert("2")
+      await begin
+      await client.query("COMMIT")
+      expect((await client.query("SELECT id FROM narrowing ORDER BY id")).rows).toEqual([{ id: 1 }, { id: 2 }])
+    } finally {
+      client.release()
+      await pool.end()
+    }
+  })
+
   it.effect("the service's server layer sends the statements of a transaction prepared", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
