@@ -22,6 +22,11 @@
  *   data exception), and the next use parses it again under a new name.
  *   Statements left behind by a rename are deallocated when the connection
  *   is next idle.
+ * - A value `pg` cannot serialize fails before any name is involved; an
+ *   error without a SQLSTATE (a read timeout, a row no type parser takes)
+ *   leaves the statement as it is.
+ * - `pg`'s pipeline mode, config objects that are class instances or carry
+ *   a callback of their own, and submittables (cursors) go unnamed.
  * - Not for a pooler in transaction mode (PgBouncer before 1.21, or without
  *   `max_prepared_statements`), where the next statement may reach another
  *   server connection.
@@ -54,8 +59,20 @@ interface ClientState {
   readonly _txStatus?: unknown
   readonly _activeQuery?: unknown
   readonly _queryQueue?: ReadonlyArray<unknown>
+  readonly readyForQuery?: unknown
   readonly pipeline?: unknown
+  readonly connection: {
+    readonly parsedStatements: Record<string, string>
+    readonly submittedNamedStatements: Record<string, string>
+  }
 }
+
+// A parameter as `pg` sends it: prepared here first, so that a value it
+// cannot serialize fails before a name is involved (`pg` would close the
+// named statement on the server and still list it as parsed).
+const prepareValue = (Pg as unknown as {
+  readonly utils: { readonly prepareValue: (value: unknown) => unknown }
+}).utils.prepareValue
 
 const sqlState = (error: unknown): unknown => (error as { readonly code?: unknown } | null)?.code
 
@@ -102,11 +119,7 @@ export const make = (options: Options = {}): typeof Pg.Client => {
       const named = this.named(config, values)
       if (named === undefined) return super.query(config, values, callback)
       const done: Callback | undefined = typeof values === "function" ? values : callback
-      if (this.abandoned.length > 0 && this.idle()) {
-        for (const name of this.abandoned.splice(0)) {
-          super.query(`DEALLOCATE ${Pg.escapeIdentifier(name)}`, () => {})
-        }
-      }
+      if (this.abandoned.length > 0 && this.idle() && this.state().readyForQuery === true) this.deallocate()
       if (done === undefined) {
         return new Promise((resolve, reject) =>
           this.send(named, (error, result) => error === null ? resolve(result) : reject(error))
@@ -123,6 +136,9 @@ export const make = (options: Options = {}): typeof Pg.Client => {
      * Values given beside a config win, as in `pg`.
      */
     private named(config: unknown, values: unknown): QueryConfig | undefined {
+      // Pipeline mode sends statements ahead of the answers this class's
+      // retries and deallocations wait for: left to `pg`, unnamed.
+      if (this.state().pipeline) return undefined
       let text: string
       let params: unknown
       let rest: QueryConfig | undefined
@@ -144,7 +160,17 @@ export const make = (options: Options = {}): typeof Pg.Client => {
       if (!Array.isArray(params) || params.length === 0) return undefined
       const name = this.renamed?.get(text) ?? nameOf(text)
       if (name === undefined) return undefined
-      return rest === undefined ? { name, text, values: params } : { ...rest, name, text, values: params }
+      let prepared: Array<unknown>
+      try {
+        prepared = params.map((value) => prepareValue(value))
+      } catch {
+        return undefined
+      }
+      return rest === undefined ? { name, text, values: prepared } : { ...rest, name, text, values: prepared }
+    }
+
+    private state(): ClientState {
+      return this as unknown as ClientState
     }
 
     /**
@@ -153,42 +179,57 @@ export const make = (options: Options = {}): typeof Pg.Client => {
      * transaction opened before it (`pg`'s pipeline mode never counts).
      */
     private idle(): boolean {
-      const state = this as unknown as ClientState
+      const state = this.state()
       return state._txStatus === "I" && (state._activeQuery ?? null) === null &&
         (state._queryQueue?.length ?? 0) === 0 && !state.pipeline
     }
 
+    /** Deallocates the statements renames left on the server; the caller made sure the connection is idle. */
+    private deallocate() {
+      const { parsedStatements, submittedNamedStatements } = this.state().connection
+      for (const name of this.abandoned.splice(0)) {
+        delete parsedStatements[name]
+        delete submittedNamedStatements[name]
+        super.query(`DEALLOCATE ${Pg.escapeIdentifier(name)}`, () => {})
+      }
+    }
+
     private send(config: QueryConfig, done: Callback) {
       super.query(config as Pg.QueryConfig, (error: Error | null, result: unknown) => {
-        if (error === null) return done(error, result)
+        // Without a SQLSTATE (a read timeout, a row no type parser takes)
+        // the statement itself is fine.
+        if (error === null || sqlState(error) === undefined) return done(error, result)
         const code = sqlState(error)
-        if (code === undefined) {
-          // Failed in this process (a value `pg` cannot serialize): `pg` closed
-          // the statement on the server, and still lists it as parsed.
-          this.rename(config, false)
-          return done(error, result)
-        }
         if (isStale(code, error)) {
           // `pg` reports an error as it arrives, before the server says what
           // state it left: the status is still the one this statement
           // started in. Idle, with nothing queued behind it, means it ran on
           // its own and its failure changed nothing: it runs again, first.
-          const retry = { ...config, name: this.rename(config, code === "0A000") }
+          const retry = { ...config, name: this.rename(config) }
           if (!this.idle()) return done(error, result)
-          for (const name of this.abandoned.splice(0)) {
-            super.query(`DEALLOCATE ${Pg.escapeIdentifier(name)}`, () => {})
-          }
+          this.deallocate()
           super.query(retry as Pg.QueryConfig, done as any)
           return
         }
-        if (mayBeOutdatedTypes(code)) this.rename(config, true)
+        if (mayBeOutdatedTypes(code)) this.rename(config)
         done(error, result)
       })
     }
 
-    /** A fresh name for `config`'s text on this connection; `exists`: the old statement is still on the server. */
-    private rename(config: QueryConfig, exists: boolean): string {
-      if (exists && config.name !== undefined) this.abandoned.push(config.name)
+    /**
+     * A fresh name for `config`'s text on this connection. The old one is
+     * deallocated later if the server has it (its Parse completed; one that
+     * failed at Parse never existed).
+     */
+    private rename(config: QueryConfig): string {
+      const old = config.name
+      if (
+        old !== undefined && this.renamed?.get(config.text) !== undefined &&
+        this.renamed.get(config.text) !== old
+      ) return this.renamed.get(config.text)!
+      if (old !== undefined && old in this.state().connection.parsedStatements && !this.abandoned.includes(old)) {
+        this.abandoned.push(old)
+      }
       const name = `${nameOf(config.text) ?? "ecb"}_r${++this.renames}`
       ;(this.renamed ??= new Map()).set(config.text, name)
       return name

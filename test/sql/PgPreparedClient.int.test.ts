@@ -235,6 +235,63 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
     }
   })
 
+  it("bad input over and over: one statement on the server, pg's own list bounded, nothing in a transaction", async () => {
+    const Client = PgPreparedClient.make()
+    const client = new Client({ connectionString: url, options: `-c search_path=${schema}` })
+    await client.connect()
+    try {
+      const lookup = (id: string) => client.query("SELECT $1::uuid AS id", [id])
+      for (let i = 0; i < 50; i++) {
+        expect(sqlState(await lookup("not-a-uuid").catch((error) => error))).toBe("22P02")
+        expect((await lookup("00000000-0000-0000-0000-000000000000")).rows).toHaveLength(1)
+      }
+      // A data exception raised at Parse: that statement never existed, and
+      // nothing may try to deallocate it inside the transaction begun next.
+      expect(sqlState(await client.query("SELECT $1::int + 'x'", [1]).catch((error) => error))).toBe("22P02")
+      await client.query("SELECT 1")
+      const begin = client.query("BEGIN")
+      const inside = client.query("SELECT $1::int AS v", [1])
+      await begin
+      expect((await inside).rows).toEqual([{ v: 1 }])
+      expect((await client.query("COMMIT")).command).toBe("COMMIT")
+      const onServer = await client.query<{ statement: string }>("SELECT statement FROM pg_prepared_statements")
+      expect(onServer.rows.filter((row) => row.statement.includes("uuid"))).toHaveLength(1)
+      const parsed = (client as unknown as { readonly connection: { readonly parsedStatements: object } }).connection
+        .parsedStatements
+      expect(Object.keys(parsed).length).toBeLessThanOrEqual(4)
+    } finally {
+      await client.end()
+    }
+  })
+
+  it("a read timeout leaves no statement behind; pipeline mode sends statements unnamed", async () => {
+    const Client = PgPreparedClient.make()
+    const timed = new Client({ connectionString: url, query_timeout: 100 })
+    await timed.connect()
+    try {
+      for (let i = 0; i < 3; i++) {
+        await expect(timed.query("SELECT pg_sleep($1::float8)", [0.3])).rejects.toThrow(/timeout/)
+      }
+      // Behind the three sleeps the server still runs: a timeout of its own.
+      const onServer = await timed.query<{ n: number }>({
+        text: "SELECT count(*)::int AS n FROM pg_prepared_statements",
+        query_timeout: 10_000
+      } as Pg.QueryConfig)
+      expect(onServer.rows).toEqual([{ n: 1 }])
+    } finally {
+      await timed.end()
+    }
+    const pipelined = new Client({ connectionString: url, pipeline: true } as Pg.ClientConfig)
+    await pipelined.connect()
+    try {
+      expect((await pipelined.query("SELECT $1::int AS v", [7])).rows).toEqual([{ v: 7 }])
+      const onServer = await pipelined.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_prepared_statements")
+      expect(onServer.rows).toEqual([{ n: 0 }])
+    } finally {
+      await pipelined.end()
+    }
+  })
+
   it.effect("the service's server layer sends the statements of a transaction prepared", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
