@@ -21,7 +21,7 @@
  *   column changes type, a value that fits only the new one fails once (a
  *   data exception), and the next use parses it again under a new name.
  *   Statements left behind by a rename are deallocated when the connection
- *   is next idle.
+ *   is next idle, one per statement sent on an idle connection.
  * - A value `pg` cannot serialize fails before any name is involved; an
  *   error without a SQLSTATE (a read timeout, a row no type parser takes)
  *   leaves the statement as it is.
@@ -116,10 +116,12 @@ export const make = (options: Options = {}): typeof Pg.Client => {
     private abandoned: Array<string> = []
 
     override query(config: any, values?: any, callback?: any): any {
+      // Any statement on an idle connection (a BEGIN too: in a transaction
+      // nothing is ever idle) first deallocates one left behind.
+      if (this.abandoned.length > 0 && this.idle() && this.state().readyForQuery === true) this.deallocateOne()
       const named = this.named(config, values)
       if (named === undefined) return super.query(config, values, callback)
       const done: Callback | undefined = typeof values === "function" ? values : callback
-      if (this.abandoned.length > 0 && this.idle() && this.state().readyForQuery === true) this.deallocate()
       if (done === undefined) {
         return new Promise((resolve, reject) =>
           this.send(named, (error, result) => error === null ? resolve(result) : reject(error))
@@ -184,14 +186,22 @@ export const make = (options: Options = {}): typeof Pg.Client => {
         (state._queryQueue?.length ?? 0) === 0 && !state.pipeline
     }
 
-    /** Deallocates the statements renames left on the server; the caller made sure the connection is idle. */
-    private deallocate() {
+    /**
+     * Deallocates one statement a rename left on the server; the caller made
+     * sure the connection is idle. One at a time, so that it runs at once and
+     * the caller's statement is the only one queued behind it.
+     */
+    private deallocateOne() {
+      const name = this.abandoned.shift()!
+      this.forget(name)
+      super.query(`DEALLOCATE ${Pg.escapeIdentifier(name)}`, () => {})
+    }
+
+    /** Drops `name` from `pg`'s own list of the connection's statements. */
+    private forget(name: string) {
       const { parsedStatements, submittedNamedStatements } = this.state().connection
-      for (const name of this.abandoned.splice(0)) {
-        delete parsedStatements[name]
-        delete submittedNamedStatements[name]
-        super.query(`DEALLOCATE ${Pg.escapeIdentifier(name)}`, () => {})
-      }
+      delete parsedStatements[name]
+      delete submittedNamedStatements[name]
     }
 
     private send(config: QueryConfig, done: Callback) {
@@ -205,30 +215,30 @@ export const make = (options: Options = {}): typeof Pg.Client => {
           // state it left: the status is still the one this statement
           // started in. Idle, with nothing queued behind it, means it ran on
           // its own and its failure changed nothing: it runs again, first.
-          const retry = { ...config, name: this.rename(config) }
+          const retry = { ...config, name: this.rename(config, code !== "26000") }
           if (!this.idle()) return done(error, result)
-          this.deallocate()
           super.query(retry as Pg.QueryConfig, done as any)
           return
         }
-        if (mayBeOutdatedTypes(code)) this.rename(config)
+        if (mayBeOutdatedTypes(code)) this.rename(config, true)
         done(error, result)
       })
     }
 
     /**
      * A fresh name for `config`'s text on this connection. The old one is
-     * deallocated later if the server has it (its Parse completed; one that
-     * failed at Parse never existed).
+     * deallocated later if the server still has it: `exists` (not gone, as
+     * after 26000) and its Parse completed (one that failed at Parse never
+     * existed).
      */
-    private rename(config: QueryConfig): string {
+    private rename(config: QueryConfig, exists: boolean): string {
       const old = config.name
-      if (
-        old !== undefined && this.renamed?.get(config.text) !== undefined &&
-        this.renamed.get(config.text) !== old
-      ) return this.renamed.get(config.text)!
-      if (old !== undefined && old in this.state().connection.parsedStatements && !this.abandoned.includes(old)) {
-        this.abandoned.push(old)
+      const current = this.renamed?.get(config.text)
+      // Renamed already, by another statement of this text that failed.
+      if (old !== undefined && current !== undefined && current !== old) return current
+      if (old !== undefined) {
+        if (exists && old in this.state().connection.parsedStatements) this.abandoned.push(old)
+        else this.forget(old)
       }
       const name = `${nameOf(config.text) ?? "ecb"}_r${++this.renames}`
       ;(this.renamed ??= new Map()).set(config.text, name)

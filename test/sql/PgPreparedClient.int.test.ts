@@ -264,6 +264,26 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
     }
   })
 
+  it("bad input in transaction after transaction: statements left behind are deallocated, one per BEGIN", async () => {
+    const Client = PgPreparedClient.make()
+    const client = new Client({ connectionString: url, options: `-c search_path=${schema}` })
+    await client.connect()
+    try {
+      await client.query("CREATE TABLE counted (n int)")
+      for (let i = 0; i < 50; i++) {
+        await client.query("BEGIN")
+        await client.query("INSERT INTO counted VALUES ($1)", [String(i)])
+        expect(sqlState(await client.query("INSERT INTO counted VALUES ($1)", ["not-a-number"]).catch((e) => e)))
+          .toBe("22P02")
+        await client.query("ROLLBACK")
+      }
+      const onServer = await client.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_prepared_statements")
+      expect(onServer.rows[0]!.n).toBeLessThanOrEqual(2)
+    } finally {
+      await client.end()
+    }
+  })
+
   it("a read timeout leaves no statement behind; pipeline mode sends statements unnamed", async () => {
     const Client = PgPreparedClient.make()
     const timed = new Client({ connectionString: url, query_timeout: 100 })
