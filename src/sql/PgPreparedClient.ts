@@ -34,6 +34,7 @@
  * @since 0.1.0
  */
 import Pg from "pg"
+import { isStale, mayBeOutdatedTypes, prepareValue, sqlState } from "../internal/preparedStatement.js"
 
 /**
  * @since 0.1.0
@@ -66,27 +67,6 @@ interface ClientState {
     readonly submittedNamedStatements: Record<string, string>
   }
 }
-
-// A parameter as `pg` sends it: prepared here first, so that a value it
-// cannot serialize fails before a name is involved (`pg` would close the
-// named statement on the server and still list it as parsed).
-const prepareValue = (Pg as unknown as {
-  readonly utils: { readonly prepareValue: (value: unknown) => unknown }
-}).utils.prepareValue
-
-const sqlState = (error: unknown): unknown => (error as { readonly code?: unknown } | null)?.code
-
-// 26000: no prepared statement of that name; 0A000 with this text: the
-// tables changed under a cached plan in a way that changes its result.
-const isStale = (code: unknown, error: Error): boolean =>
-  code === "26000" || (code === "0A000" && error.message.includes("cached plan"))
-
-// A statement keeps the parameter types its Parse inferred, even after a
-// table's column changes type; a value that no longer fits them fails with a
-// data exception (class 22) or a type mismatch, and a fresh Parse infers
-// them again.
-const mayBeOutdatedTypes = (code: unknown): boolean =>
-  typeof code === "string" && (code.startsWith("22") || code === "42804" || code === "42883")
 
 /**
  * A `pg.Client` subclass whose statements with parameters are named, one
@@ -162,6 +142,9 @@ export const make = (options: Options = {}): typeof Pg.Client => {
       if (!Array.isArray(params) || params.length === 0) return undefined
       const name = this.renamed?.get(text) ?? nameOf(text)
       if (name === undefined) return undefined
+      // Prepared here first, so that a value `pg` cannot serialize fails
+      // before a name is involved (`pg` would close the named statement on
+      // the server and still list it as parsed).
       let prepared: Array<unknown>
       try {
         prepared = params.map((value) => prepareValue(value))
@@ -209,18 +192,17 @@ export const make = (options: Options = {}): typeof Pg.Client => {
         // Without a SQLSTATE (a read timeout, a row no type parser takes)
         // the statement itself is fine.
         if (error === null || sqlState(error) === undefined) return done(error, result)
-        const code = sqlState(error)
-        if (isStale(code, error)) {
+        if (isStale(error)) {
           // `pg` reports an error as it arrives, before the server says what
           // state it left: the status is still the one this statement
           // started in. Idle, with nothing queued behind it, means it ran on
           // its own and its failure changed nothing: it runs again, first.
-          const retry = { ...config, name: this.rename(config, code !== "26000") }
+          const retry = { ...config, name: this.rename(config, sqlState(error) !== "26000") }
           if (!this.idle()) return done(error, result)
           super.query(retry as Pg.QueryConfig, done as any)
           return
         }
-        if (mayBeOutdatedTypes(code)) this.rename(config, true)
+        if (mayBeOutdatedTypes(error)) this.rename(config, true)
         done(error, result)
       })
     }

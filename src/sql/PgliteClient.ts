@@ -59,7 +59,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import Pg from "pg"
+import { isStale, mayBeOutdatedTypes, prepareValue } from "../internal/preparedStatement.js"
 
 /**
  * @category models
@@ -269,28 +269,23 @@ const extendedQuery = (
   params: ReadonlyArray<unknown>,
   options: QueryOptions | undefined
 ): Promise<Results<unknown>> => {
-  const message = concatBytes([protocol.serialize.parse({ text: sql }), ...bindAndExecute(params.map(toParameter))])
+  const message = concatBytes([protocol.serialize.parse({ text: sql }), ...bindAndExecute(params.map(prepareValue))])
   return pg.runExclusive(async () => {
     const messages = await pg.execProtocolStream(message, { syncToFs: false })
-    if (!pg.isInTransaction()) await pg.syncToFs()
-    return PgParse.parseResults(messages, pg.parsers, options)[0] as Results<unknown>
+    return resultOf(pg, messages, options)
   })
 }
 
-// 26000: no prepared statement of that name; 0A000 with this text: the
-// tables changed under a cached plan in a way that changes its result.
-const isStale = (cause: unknown): boolean => {
-  const code = (cause as { readonly code?: unknown } | null)?.code
-  return code === "26000" ||
-    (code === "0A000" && String((cause as { readonly message?: unknown }).message).includes("cached plan"))
+// The answer to one statement's message: written to disk first when it
+// committed on its own (outside a transaction), then read.
+const resultOf = async (
+  pg: PGlite,
+  messages: Awaited<ReturnType<PGlite["execProtocolStream"]>>,
+  options: QueryOptions | undefined
+): Promise<Results<unknown>> => {
+  if (!pg.isInTransaction()) await pg.syncToFs()
+  return PgParse.parseResults(messages, pg.parsers, options)[0] as Results<unknown>
 }
-
-// A statement keeps the parameter types its Parse inferred, even after a
-// table's column changes type; a value that no longer fits them fails with a
-// data exception (class 22) or a type mismatch, and a fresh Parse infers
-// them again.
-const mayBeOutdatedTypes = (code: unknown): boolean =>
-  typeof code === "string" && (code.startsWith("22") || code === "42804" || code === "42883")
 
 const STATEMENT_NEW = 0
 const STATEMENT_PREPARED = 1
@@ -334,7 +329,7 @@ class PreparedStatements {
   ): Promise<Results<unknown>> {
     let values: Array<string | Uint8Array | null>
     try {
-      values = params.map(toParameter)
+      values = params.map(prepareValue)
     } catch (cause) {
       return Promise.reject(cause)
     }
@@ -366,8 +361,7 @@ class PreparedStatements {
             // A failed Bind or Execute leaves a prepared statement prepared;
             // after a failed message with a Parse in it, nobody knows; and
             // one whose parameter types may be out of date is parsed again.
-            const code = (cause as { readonly code?: unknown } | null)?.code
-            statement.state = parsing || isStale(cause) || mayBeOutdatedTypes(code)
+            statement.state = parsing || isStale(cause) || mayBeOutdatedTypes(cause)
               ? STATEMENT_UNKNOWN
               : STATEMENT_PREPARED
             return Promise.reject(cause)
@@ -380,8 +374,7 @@ class PreparedStatements {
         // dropped, or whose plan no longer fits its tables, is prepared again.
         wasPrepared && isStale(cause) && !pg.isInTransaction() ? send(message([])) : Promise.reject(cause)
       )
-      if (!pg.isInTransaction()) await pg.syncToFs()
-      return PgParse.parseResults(messages, pg.parsers, options)[0] as Results<unknown>
+      return resultOf(pg, messages, options)
     })
   }
 
@@ -415,15 +408,6 @@ const concatBytes = (parts: ReadonlyArray<Uint8Array>): Uint8Array => {
   }
   return bytes
 }
-
-/**
- * A parameter as `pg` sends it (its own `prepareValue`: text, bytes for
- * binary data, or null), so nothing here can drift from the driver used
- * against a server. `pg.utils` is public in `pg` but not in `@types/pg`.
- */
-const toParameter = (Pg as unknown as {
-  readonly utils: { readonly prepareValue: (value: unknown) => string | Uint8Array | null }
-}).utils.prepareValue
 
 const rowsOfResult = (result: Results<unknown>): ReadonlyArray<unknown> => result.rows
 // Multi-statement scripts return one rows array per statement, as sql-pg does.

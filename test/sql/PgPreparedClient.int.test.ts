@@ -26,6 +26,50 @@ const openPool = (capacity?: number) =>
     options: `-c search_path=${schema}`
   })
 
+/** Runs `f` with a fresh `openPool(capacity)`, ended after. */
+const withPool = async <A>(f: (pool: Pg.Pool) => Promise<A>, capacity?: number): Promise<A> => {
+  const pool = openPool(capacity)
+  try {
+    return await f(pool)
+  } finally {
+    await pool.end()
+  }
+}
+
+/** Runs `f` with the one connection of a fresh pool, checked out. */
+const withPooledClient = <A>(f: (client: Pg.PoolClient) => Promise<A>): Promise<A> =>
+  withPool(async (pool) => {
+    const client = await pool.connect()
+    try {
+      return await f(client)
+    } finally {
+      client.release()
+    }
+  })
+
+/** Runs `f` with a prepared client of its own (no pool), ended after. */
+const withClient = async <A>(config: Pg.ClientConfig, f: (client: Pg.Client) => Promise<A>): Promise<A> => {
+  const Client = PgPreparedClient.make()
+  const client = new Client({ connectionString: url, ...config })
+  await client.connect()
+  try {
+    return await f(client)
+  } finally {
+    await client.end()
+  }
+}
+
+/** One statement as a plain `pg` client, for the schema's creation and removal. */
+const asAdmin = async (statement: string) => {
+  const admin = new Pg.Client({ connectionString: url })
+  await admin.connect()
+  try {
+    await admin.query(statement)
+  } finally {
+    await admin.end()
+  }
+}
+
 const preparedTexts = async (pool: Pg.Pool) =>
   (await pool.query<{ statement: string }>("SELECT statement FROM pg_prepared_statements ORDER BY statement"))
     .rows.map((row) => row.statement)
@@ -33,22 +77,11 @@ const preparedTexts = async (pool: Pg.Pool) =>
 const sqlState = (error: unknown) => (error as { readonly code?: string }).code
 
 describe.skipIf(url === undefined)("PgPreparedClient", () => {
-  beforeAll(async () => {
-    const admin = new Pg.Client({ connectionString: url })
-    await admin.connect()
-    await admin.query(`CREATE SCHEMA ${schema}`)
-    await admin.end()
-  })
-  afterAll(async () => {
-    const admin = new Pg.Client({ connectionString: url })
-    await admin.connect()
-    await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)
-    await admin.end()
-  })
+  beforeAll(() => asAdmin(`CREATE SCHEMA ${schema}`))
+  afterAll(() => asAdmin(`DROP SCHEMA IF EXISTS ${schema} CASCADE`))
 
-  it("names a statement with parameters once per text, promise, callback and config alike", async () => {
-    const pool = openPool()
-    try {
+  it("names a statement with parameters once per text, promise, callback and config alike", () =>
+    withPool(async (pool) => {
       for (let x = 0; x < 3; x++) {
         expect((await pool.query("SELECT $1::int + 1 AS y", [x])).rows).toEqual([{ y: x + 1 }])
       }
@@ -61,35 +94,25 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       // Without parameters: unnamed.
       expect((await pool.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }])
       expect(await preparedTexts(pool)).toEqual(["SELECT $1::int + 1 AS y", "SELECT $1::text AS s"])
-    } finally {
-      await pool.end()
-    }
-  })
+    }))
 
   it("names at most `capacity` texts; the rest run unnamed", async () => {
-    const pool = openPool(2)
-    try {
+    await withPool(async (pool) => {
       for (let round = 0; round < 2; round++) {
         for (const k of [1, 2, 3, 4]) {
           expect((await pool.query(`SELECT $1::int * ${k} AS y`, [round + 2])).rows).toEqual([{ y: (round + 2) * k }])
         }
       }
       expect(await preparedTexts(pool)).toEqual(["SELECT $1::int * 1 AS y", "SELECT $1::int * 2 AS y"])
-    } finally {
-      await pool.end()
-    }
-    const none = openPool(0)
-    try {
+    }, 2)
+    await withPool(async (none) => {
       expect((await none.query("SELECT $1::int AS y", [5])).rows).toEqual([{ y: 5 }])
       expect(await preparedTexts(none)).toEqual([])
-    } finally {
-      await none.end()
-    }
+    }, 0)
   })
 
-  it("prepares again a statement dropped behind its back or outdated by a changed table", async () => {
-    const pool = openPool()
-    try {
+  it("prepares again a statement dropped behind its back or outdated by a changed table", () =>
+    withPool(async (pool) => {
       await pool.query("CREATE TABLE widened (a int)")
       await pool.query("INSERT INTO widened VALUES (1)")
       const select = async () => (await pool.query("SELECT * FROM widened WHERE a = $1", [1])).rows
@@ -114,15 +137,10 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
         client.release()
       }
       expect(await preparedTexts(pool)).toEqual(["SELECT * FROM widened WHERE a = $1"])
-    } finally {
-      await pool.end()
-    }
-  })
+    }))
 
-  it("a stale statement with others queued behind it fails rather than run after them", async () => {
-    const pool = openPool()
-    const client = await pool.connect()
-    try {
+  it("a stale statement with others queued behind it fails rather than run after them", () =>
+    withPooledClient(async (client) => {
       await client.query("CREATE TABLE queued (n int)")
       await client.query("INSERT INTO queued VALUES ($1)", [1])
       await client.query("DEALLOCATE ALL")
@@ -134,16 +152,10 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       expect(count.status === "fulfilled" && count.value.rows).toEqual([{ n: 1 }])
       await client.query("INSERT INTO queued VALUES ($1)", [2])
       expect((await client.query("SELECT n FROM queued ORDER BY n")).rows).toEqual([{ n: 1 }, { n: 2 }])
-    } finally {
-      client.release()
-      await pool.end()
-    }
-  })
+    }))
 
-  it("a value pg cannot serialize leaves the statement usable in the same transaction", async () => {
-    const pool = openPool()
-    const client = await pool.connect()
-    try {
+  it("a value pg cannot serialize leaves the statement usable in the same transaction", () =>
+    withPooledClient(async (client) => {
       await client.query("CREATE TABLE documents (body jsonb)")
       const insert = (body: unknown) => client.query("INSERT INTO documents VALUES ($1)", [body])
       await insert({ a: 0 })
@@ -155,16 +167,10 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
         { body: { a: 0 } },
         { body: { a: 2 } }
       ])
-    } finally {
-      client.release()
-      await pool.end()
-    }
-  })
+    }))
 
-  it("reads a config as pg does: getters kept, values beside it win, its own callback called", async () => {
-    const pool = openPool()
-    const client = await pool.connect()
-    try {
+  it("reads a config as pg does: getters kept, values beside it win, its own callback called", () =>
+    withPooledClient(async (client) => {
       class Statement {
         get text() {
           return "SELECT $1::int AS v"
@@ -182,15 +188,10 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       })
       expect(viaOwnCallback).toEqual([{ v: 3 }])
       expect((await client.query("SELECT $1::int AS v", [4])).rows).toEqual([{ v: 4 }])
-    } finally {
-      client.release()
-      await pool.end()
-    }
-  })
+    }))
 
-  it("a column that changes type: one failure, then the statement is parsed again; nothing left behind", async () => {
-    const pool = openPool()
-    try {
+  it("a column that changes type: one failure, then the statement is parsed again; nothing left behind", () =>
+    withPool(async (pool) => {
       await pool.query("CREATE TABLE widening (id int)")
       const insert = (id: string) => pool.query("INSERT INTO widening VALUES ($1)", [id])
       await insert("1")
@@ -208,15 +209,10 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
         "INSERT INTO widening VALUES ($1)",
         "SELECT * FROM widening WHERE id = $1"
       ])
-    } finally {
-      await pool.end()
-    }
-  })
+    }))
 
-  it("a statement left behind is deallocated only when the connection is idle, never in a transaction", async () => {
-    const pool = openPool()
-    const client = await pool.connect()
-    try {
+  it("a statement left behind is deallocated only when the connection is idle, never in a transaction", () =>
+    withPooledClient(async (client) => {
       await client.query("CREATE TABLE narrowing (id int)")
       const insert = (id: string) => client.query("INSERT INTO narrowing VALUES ($1)", [id])
       await insert("1")
@@ -229,17 +225,10 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       await begin
       await client.query("COMMIT")
       expect((await client.query("SELECT id FROM narrowing ORDER BY id")).rows).toEqual([{ id: 1 }, { id: 2 }])
-    } finally {
-      client.release()
-      await pool.end()
-    }
-  })
+    }))
 
-  it("bad input over and over: one statement on the server, pg's own list bounded, nothing in a transaction", async () => {
-    const Client = PgPreparedClient.make()
-    const client = new Client({ connectionString: url, options: `-c search_path=${schema}` })
-    await client.connect()
-    try {
+  it("bad input over and over: one statement on the server, pg's own list bounded, nothing in a transaction", () =>
+    withClient({ options: `-c search_path=${schema}` }, async (client) => {
       const lookup = (id: string) => client.query("SELECT $1::uuid AS id", [id])
       for (let i = 0; i < 50; i++) {
         expect(sqlState(await lookup("not-a-uuid").catch((error) => error))).toBe("22P02")
@@ -259,16 +248,10 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       const parsed = (client as unknown as { readonly connection: { readonly parsedStatements: object } }).connection
         .parsedStatements
       expect(Object.keys(parsed).length).toBeLessThanOrEqual(4)
-    } finally {
-      await client.end()
-    }
-  })
+    }))
 
-  it("bad input in transaction after transaction: statements left behind are deallocated, one per BEGIN", async () => {
-    const Client = PgPreparedClient.make()
-    const client = new Client({ connectionString: url, options: `-c search_path=${schema}` })
-    await client.connect()
-    try {
+  it("bad input in transaction after transaction: statements left behind are deallocated, one per BEGIN", () =>
+    withClient({ options: `-c search_path=${schema}` }, async (client) => {
       await client.query("CREATE TABLE counted (n int)")
       for (let i = 0; i < 50; i++) {
         await client.query("BEGIN")
@@ -279,16 +262,10 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       }
       const onServer = await client.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_prepared_statements")
       expect(onServer.rows[0]!.n).toBeLessThanOrEqual(2)
-    } finally {
-      await client.end()
-    }
-  })
+    }))
 
   it("a read timeout leaves no statement behind; pipeline mode sends statements unnamed", async () => {
-    const Client = PgPreparedClient.make()
-    const timed = new Client({ connectionString: url, query_timeout: 100 })
-    await timed.connect()
-    try {
+    await withClient({ query_timeout: 100 }, async (timed) => {
       for (let i = 0; i < 3; i++) {
         await expect(timed.query("SELECT pg_sleep($1::float8)", [0.3])).rejects.toThrow(/timeout/)
       }
@@ -298,18 +275,12 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
         query_timeout: 10_000
       } as Pg.QueryConfig)
       expect(onServer.rows).toEqual([{ n: 1 }])
-    } finally {
-      await timed.end()
-    }
-    const pipelined = new Client({ connectionString: url, pipeline: true } as Pg.ClientConfig)
-    await pipelined.connect()
-    try {
+    })
+    await withClient({ pipeline: true } as Pg.ClientConfig, async (pipelined) => {
       expect((await pipelined.query("SELECT $1::int AS v", [7])).rows).toEqual([{ v: 7 }])
       const onServer = await pipelined.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_prepared_statements")
       expect(onServer.rows).toEqual([{ n: 0 }])
-    } finally {
-      await pipelined.end()
-    }
+    })
   })
 
   it.effect("the service's server layer sends the statements of a transaction prepared", () =>

@@ -417,10 +417,14 @@ const preparedTexts = Effect.gen(function*() {
   return rows.map((row) => row.statement)
 })
 
-layer(PgliteClient.layer({ dataDir: "memory://", preparedStatements: 3 }), {
-  excludeTestServices: true,
-  timeout: "120 seconds"
-})(
+/** Tests on a throwaway in-memory database that keeps `preparedStatements` texts prepared. */
+const inMemory = (preparedStatements: number) =>
+  layer(PgliteClient.layer({ dataDir: "memory://", preparedStatements }), {
+    excludeTestServices: true,
+    timeout: "120 seconds"
+  })
+
+inMemory(3)(
   "PgliteClient prepared statements",
   (it) => {
     it.effect("parses a statement once, binds it after, and keeps the least recently used within the cap", () =>
@@ -540,10 +544,7 @@ layer(PgliteClient.layer({ dataDir: "memory://", preparedStatements: 3 }), {
   }
 )
 
-layer(PgliteClient.layer({ dataDir: "memory://", preparedStatements: 0 }), {
-  excludeTestServices: true,
-  timeout: "120 seconds"
-})(
+inMemory(0)(
   "PgliteClient with preparedStatements: 0",
   (it) => {
     it.effect("sends every statement unnamed", () =>
