@@ -122,6 +122,13 @@ export class ScheduledCommands extends Context.Tag("effect-command-bus/CommandSc
   Store
 >() {}
 
+interface MemoryEntry {
+  readonly command: ScheduledCommand
+  readonly leasedUntil: number
+  /** The token of the claim that leased it. */
+  readonly lease?: string
+}
+
 /**
  * Scheduled commands in memory, on the `Clock` (so `TestClock` moves them):
  * for tests. Not transactional: a command scheduled by a dispatch that then
@@ -134,20 +141,13 @@ export class ScheduledCommands extends Context.Tag("effect-command-bus/CommandSc
 export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
   ScheduledCommands,
   Effect.map(
-    Ref.make(
-      new Map<
-        string,
-        { readonly command: ScheduledCommand; readonly leasedUntil: number; readonly lease?: string }
-      >()
-    ),
+    Ref.make(new Map<string, MemoryEntry>()),
     (entries): Store => {
       // Each claim's own token: `retry` sets attempts back, so a later claim
       // can have the count of an earlier one whose runner still reports.
       let leases = 0
-      const holds = (
-        entry: { readonly command: ScheduledCommand; readonly lease?: string } | undefined,
-        due: Due
-      ) => entry !== undefined && entry.command.attempts === due.attempts && entry.lease === due.lease
+      const holds = (entry: MemoryEntry | undefined, due: Due) =>
+        entry !== undefined && entry.command.attempts === due.attempts && entry.lease === due.lease
       const update = (
         id: string,
         f: (command: ScheduledCommand) => ScheduledCommand | undefined,
