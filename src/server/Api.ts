@@ -435,9 +435,14 @@ const headersByOperation: Readonly<Record<string, Readonly<Record<string, Readon
 
 // Answers of the endpoints that take an Idempotency-Key may be replays: a
 // success, or a failure the command declares (refusals before the command
-// runs and outages are not stored).
-const idempotent = new Set(["orders.createOrder", "orders.cancelOrder", "products.setStock"])
-const replayable = new Set(["200", "201", "404", "409", "412"])
+// runs and outages are not stored). A cancel's 403 is the handler's (not the
+// order's owner), so it is stored; the others' 403 is the role check before.
+const replayableStatuses = ["200", "201", "404", "409", "412"]
+const replayable: Readonly<Record<string, ReadonlySet<string>>> = {
+  "orders.createOrder": new Set(replayableStatuses),
+  "orders.cancelOrder": new Set([...replayableStatuses, "403"]),
+  "products.setStock": new Set(replayableStatuses)
+}
 
 const responseHeaders = (spec: Record<string, any>): Record<string, any> => {
   for (const operations of Object.values(spec.paths ?? {}) as Array<Record<string, any>>) {
@@ -445,7 +450,7 @@ const responseHeaders = (spec: Record<string, any>): Record<string, any> => {
       const id: string = operation?.operationId ?? ""
       for (const [status, response] of Object.entries(operation?.responses ?? {}) as Array<[string, any]>) {
         const headers: Record<string, unknown> = { "X-Correlation-ID": correlationHeader }
-        if (idempotent.has(id) && replayable.has(status)) {
+        if (replayable[id]?.has(status) === true) {
           headers["Idempotent-Replayed"] = header(
             "\"true\" when this is the stored answer to an earlier request with the same Idempotency-Key",
             { type: "string", enum: ["true"] }

@@ -74,6 +74,13 @@ export type DatabaseConfig =
   | { readonly _tag: "Server"; readonly url: Redacted.Redacted }
   | { readonly _tag: "Embedded"; readonly dataDir: string }
 
+// An empty setting (`export JWT_SECRET=`) means unset, as DATABASE_URL= does:
+// an empty secret, host or directory is never what was meant.
+const setString = (name: string) =>
+  Config.option(Config.string(name)).pipe(Config.map(Option.filter((value) => value.trim() !== "")))
+
+const stringOr = (name: string, fallback: string) => setString(name).pipe(Config.map(Option.getOrElse(() => fallback)))
+
 /**
  * @since 0.1.0
  * @category config
@@ -91,7 +98,7 @@ export const database = Config.all({
       })
     )
   ),
-  dataDir: Config.string("DATA_DIR").pipe(Config.withDefault("./data")),
+  dataDir: stringOr("DATA_DIR", "./data"),
   poolSize: positiveInt("DB_POOL_SIZE", 20),
   connectTimeout: duration("DB_CONNECT_TIMEOUT", "5 seconds"),
   statementTimeout: duration("DB_STATEMENT_TIMEOUT", "10 seconds"),
@@ -141,11 +148,13 @@ export const idempotencyStore: Config.Config<IdempotencyStoreConfig> = Config.al
  * @category config
  */
 export const jwt = Config.all({
-  secret: Config.option(Config.redacted("JWT_SECRET")),
-  publicKeyFile: Config.option(Config.string("JWT_PUBLIC_KEY_FILE")),
-  jwksFile: Config.option(Config.string("JWT_JWKS_FILE")),
-  issuer: Config.option(Config.string("JWT_ISSUER")),
-  audience: Config.option(Config.string("JWT_AUDIENCE"))
+  secret: Config.option(Config.redacted("JWT_SECRET")).pipe(
+    Config.map(Option.filter((secret) => Redacted.value(secret).trim() !== ""))
+  ),
+  publicKeyFile: setString("JWT_PUBLIC_KEY_FILE"),
+  jwksFile: setString("JWT_JWKS_FILE"),
+  issuer: setString("JWT_ISSUER"),
+  audience: setString("JWT_AUDIENCE")
 })
 
 /**
@@ -220,7 +229,7 @@ export const server = Config.all({
     Config.withDefault(3000),
     Config.validate({ message: "PORT must be 0 to 65535 (0: any free port)", validation: (n) => n >= 0 && n <= 65535 })
   ),
-  host: Config.string("HOST").pipe(Config.withDefault("127.0.0.1")),
+  host: stringOr("HOST", "127.0.0.1"),
   bodyLimit: size("BODY_LIMIT", 1024 * 1024),
   idempotencyTtl: duration("IDEMPOTENCY_TTL", "24 hours"),
   idempotencyLease: duration("IDEMPOTENCY_LEASE", "1 minute"),

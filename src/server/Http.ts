@@ -317,6 +317,12 @@ export const correlationIdOf = (header: string | undefined): string =>
 // as JSON (`application/merge-patch+json` would mean another operation).
 const isJson = (contentType: string) => contentType.split(";")[0]!.trim().toLowerCase() === "application/json"
 
+// JSON is UTF-8 (RFC 8259 §8.1), whatever charset the content type names:
+// bytes that are not are refused rather than turned into U+FFFD, which would
+// store text the client never sent. A BOM is kept, so `JSON.parse` refuses
+// it as before.
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })
+
 // Deeper than any body of this API, and far below what formatting a
 // rejected value recursively (in a 400's detail) can take.
 const maxJsonDepth = 64
@@ -341,8 +347,17 @@ const nestsDeeperThan = (text: string, limit: number): boolean => {
 
 type BodyRead =
   | { readonly _tag: "Read"; readonly text: string }
+  | { readonly _tag: "NotUtf8" }
   | { readonly _tag: "TooLarge" }
   | { readonly _tag: "Aborted" }
+
+const decode = (chunks: ReadonlyArray<Buffer>): BodyRead => {
+  try {
+    return { _tag: "Read", text: utf8.decode(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)) }
+  } catch {
+    return { _tag: "NotUtf8" }
+  }
+}
 
 /**
  * Reads a body of at most `limit` bytes. A larger one is drained (up to a
@@ -364,8 +379,7 @@ const readBody = (incoming: Http.IncomingMessage, limit: number) =>
       if (size <= limit) chunks.push(chunk)
       else if (size > limit * 16) incoming.destroy()
     }
-    const onEnd = () =>
-      finish(size > limit ? { _tag: "TooLarge" } : { _tag: "Read", text: Buffer.concat(chunks).toString("utf8") })
+    const onEnd = () => finish(size > limit ? { _tag: "TooLarge" } : decode(chunks))
     const onClose = () => finish({ _tag: "Aborted" })
     incoming.on("data", onData)
     incoming.once("end", onEnd)
@@ -431,6 +445,9 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
     if (body._tag === "TooLarge") return tooLarge()
     if (body._tag === "Aborted") {
       return Either.left(Problem.responseFor(MalformedJson, new MalformedJson({ reason: "the body was cut off" })))
+    }
+    if (body._tag === "NotUtf8") {
+      return Either.left(Problem.responseFor(MalformedJson, new MalformedJson({ reason: "the body is not UTF-8" })))
     }
     try {
       const json: unknown = JSON.parse(body.text)
@@ -505,7 +522,9 @@ export const edge =
   (options: { readonly bodyLimit: number; readonly routes: Observability.RouteTable }) =>
   <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
     Effect.withFiberRuntime((fiber) => {
-      const request = Context.unsafeGet(fiber.currentContext, HttpServerRequest.HttpServerRequest)
+      const received = Context.unsafeGet(fiber.currentContext, HttpServerRequest.HttpServerRequest)
+      const url = Observability.originForm(received.url)
+      const request = url === received.url ? received : received.modify({ url })
       const start = performance.now()
       const route = options.routes.find(request.method, request.url)
       // The span the platform's HTTP tracer opened for this request (its

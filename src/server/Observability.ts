@@ -97,15 +97,13 @@ export const makeRouteTable = (
   }
   return {
     find: (method, url) => {
-      const path = pathOf(url)
+      const path = routedPath(url)
       return findFor(method, path, undefined) ??
         (method === "HEAD" ? findFor("GET", path, undefined) : undefined) ??
         unmatchedRoute
     },
     methodsOf: (url) => {
-      let path = pathOf(url)
-      // The router ignores a trailing slash.
-      if (path.length > 1 && path.endsWith("/")) path = path.slice(0, -1)
+      const path = routedPath(url)
       const segments = path.split("/")
       const found: Array<string> = []
       for (const method of methods) {
@@ -117,9 +115,30 @@ export const makeRouteTable = (
   }
 }
 
-const pathOf = (url: string): string => {
+/**
+ * The request target in origin form (`/api/v1/orders?…`): an absolute-form
+ * target (`http://host/api/v1/orders`), which HTTP/1.1 servers must accept,
+ * loses its scheme and authority, as the router's own matching does, so the
+ * body checks and route labels see the path the router routes.
+ *
+ * @since 0.1.0
+ * @category routes
+ */
+export const originForm = (url: string): string => {
+  if (url.startsWith("/")) return url
+  const authority = /^https?:\/\/[^/?#]*/i.exec(url)
+  if (authority === null) return url
+  const rest = url.slice(authority[0].length)
+  return rest.startsWith("/") ? rest : `/${rest}`
+}
+
+// The path the router matches: origin form, no query, and no trailing
+// slash, which it ignores.
+const routedPath = (target: string): string => {
+  const url = originForm(target)
   const query = url.indexOf("?")
-  return query === -1 ? url : url.slice(0, query)
+  const path = query === -1 ? url : url.slice(0, query)
+  return path.length > 1 && path.endsWith("/") ? path.slice(0, -1) : path
 }
 
 const matches = (template: ReadonlyArray<string>, parts: ReadonlyArray<string>): boolean => {
@@ -152,7 +171,7 @@ export const withSpanNames = (routes: RouteTable) => <A, E, R>(layer: Layer.Laye
 
 // Scrapes and probes come every few seconds: spans of them would be noise.
 const untraced = (request: HttpServerRequest.HttpServerRequest): boolean => {
-  const path = pathOf(request.url)
+  const path = routedPath(request.url)
   return path === "/metrics" || path.startsWith("/health/")
 }
 

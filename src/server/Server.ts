@@ -191,9 +191,15 @@ export const layer = (options: { readonly tracing?: Layer.Layer<never, unknown> 
       ])
       return HttpApiBuilder.serve().pipe(
         HttpServer.withLogAddress,
-        // Path parameters are percent-encoded: 100 characters of a product id
-        // can take 1200 in the URL.
-        Layer.provide(HttpRouter.setRouterConfig({ maxParamLength: 1500 })),
+        // Every parameter Node lets through (its request line and headers are
+        // at most 16 KB) reaches its schema, which answers a long one with a
+        // 400, not the router with a 404. Paths match as the document writes
+        // them: `/API/v1/orders` or `//api/v1/orders` is no route of this API.
+        Layer.provide(HttpRouter.setRouterConfig({
+          maxParamLength: 16 * 1024,
+          caseSensitive: true,
+          ignoreDuplicateSlashes: false
+        })),
         Observability.withSpanNames(routes),
         Layer.provide(HttpApiBuilder.middleware(Http.edge({ bodyLimit: config.bodyLimit, routes }))),
         Layer.provide(Docs.layer({ path: "/docs" })),

@@ -9,6 +9,7 @@ import * as Effect from "effect/Effect"
 import { gzipSync } from "node:zlib"
 import { kind } from "../support/Database.js"
 import {
+  absoluteFormPost,
   address,
   customerId,
   expectJson,
@@ -122,6 +123,7 @@ const malformed = { status: 400, code: "MalformedJson" } as const
 const invalid = { status: 400, code: "HttpApiDecodeError" } as const
 const unsupported = { status: 415, code: "UnsupportedMediaType" } as const
 const tooLarge = { status: 413, code: "PayloadTooLarge" } as const
+const notFound = { status: 404, code: "RouteNotFound" } as const
 
 const cases: ReadonlyArray<Case> = [
   // JSON that does not parse
@@ -354,6 +356,14 @@ const cases: ReadonlyArray<Case> = [
     contentType: null,
     ...invalid
   },
+  // JSON is UTF-8: other bytes were decoded to U+FFFD and stored.
+  { name: "Latin-1 bytes in the body", body: Buffer.from(withAddress({ line1: "Café" }), "latin1"), ...malformed },
+  {
+    name: "Latin-1 bytes in a body labelled charset=latin1",
+    body: Buffer.from(withAddress({ line1: "Café" }), "latin1"),
+    contentType: "application/json; charset=latin1",
+    ...malformed
+  },
   {
     name: "application/json; charset=latin1 is read as JSON (wrong types: 400, not 415)",
     body: withOrder({ customer_id: 42 }),
@@ -504,6 +514,39 @@ const cases: ReadonlyArray<Case> = [
     method: "GET",
     path: `/api/v1/products/${encodeURIComponent("🍕".repeat(101))}/stock`,
     ...invalid
+  },
+  // Past the router's old limit on a parameter (1500), it was a 404.
+  {
+    name: "a product id of 1501 characters",
+    method: "GET",
+    path: `/api/v1/products/${"p".repeat(1501)}/stock`,
+    ...invalid
+  },
+  {
+    name: "a product id of 1501 characters in a stock PUT",
+    method: "PUT",
+    path: `/api/v1/products/${"p".repeat(1501)}/stock`,
+    as: "admin",
+    body: json({ available: 1 }),
+    ...invalid
+  },
+  { name: "an order id of 1501 characters", method: "GET", path: `/api/v1/orders/${"a".repeat(1501)}`, ...invalid },
+  // Spellings of an API path: the router matched them, the body checks did
+  // not run, and broken JSON was a 500.
+  { name: "a doubled slash before api, broken JSON", path: "//api/v1/orders", body: "{", ...notFound },
+  { name: "api in capitals, broken JSON", path: "/API/v1/orders", body: "{", ...notFound },
+  { name: "a doubled slash inside the path", path: "/api/v1//orders", body: json(order), ...notFound },
+  {
+    name: "an absolute-form target, broken JSON",
+    raw: (bearer) => [absoluteFormPost("/api/v1/orders", bearer, "{")],
+    ...malformed
+  },
+  {
+    name: "an absolute-form target, a body over the limit",
+    raw: (
+      bearer
+    ) => [absoluteFormPost("/api/v1/orders", bearer, json({ ...order, padding: "x".repeat(2 * 1024 * 1024) }))],
+    ...tooLarge
   },
   // query parameters
   { name: "limit=0", method: "GET", path: `${events}?limit=0`, as: "admin", ...invalid },

@@ -141,6 +141,25 @@ export const rawRequest = (
       return Effect.sync(() => socket.destroy())
     }))
 
+/**
+ * `POST http://localhost{path}` in absolute form, as raw HTTP for
+ * `rawRequest` (which writes latin1: the body's UTF-8 bytes, one character
+ * each).
+ */
+export const absoluteFormPost = (path: string, bearer: string, body: string): string => {
+  const bytes = Buffer.from(body, "utf8")
+  return [
+    `POST http://localhost${path} HTTP/1.1`,
+    "Host: localhost",
+    `Authorization: Bearer ${bearer}`,
+    "Content-Type: application/json",
+    `Content-Length: ${bytes.length}`,
+    "Connection: close",
+    "",
+    bytes.toString("latin1")
+  ].join("\r\n")
+}
+
 /** A raw HTTP/1.1 answer as a `Reply` (headers joined as `Headers`, body de-chunked). */
 export const parseRawReply = (answer: string): Reply => {
   const split = answer.indexOf("\r\n\r\n")

@@ -206,6 +206,19 @@ describe(`OpenAPI document and typed client (${kind})`, () => {
         expect(checked(read, "/api/v1/orders/{orderId}", "get")).toContain("etag")
         const unauthenticated = yield* request("GET", orderPath)
         expect(checked(unauthenticated, "/api/v1/orders/{orderId}", "get")).toContain("www-authenticate")
+        // Cancelling another's order is the command's own answer (403), stored with the key and replayed.
+        const { bob } = yield* users
+        const cancelAsBob = () =>
+          request("POST", `${orderPath}/cancel`, {
+            token: bob,
+            json: { reason: "not mine" },
+            headers: { "idempotency-key": "headers-cancel-key" }
+          })
+        expectProblem(yield* cancelAsBob(), 403, "Forbidden")
+        const refusedAgain = yield* cancelAsBob()
+        expectProblem(refusedAgain, 403, "Forbidden")
+        expect(refusedAgain.headers.get("idempotent-replayed")).toBe("true")
+        expect(checked(refusedAgain, "/api/v1/orders/{orderId}/cancel", "post")).toContain("idempotent-replayed")
       }))
 
     it.effect("the committed document is the one the service serves", () =>

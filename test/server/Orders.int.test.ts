@@ -8,6 +8,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import { kind } from "../support/Database.js"
 import {
+  absoluteFormPost,
   address,
   customerId,
   expectJson,
@@ -18,6 +19,7 @@ import {
   layer,
   layerOptions,
   orderBody,
+  parseRawReply,
   placeOrder,
   rawRequest,
   readFeed,
@@ -549,6 +551,23 @@ describe(`orders over HTTP (${kind})`, () => {
           contentType: "application/json; charset=latin1"
         })
         expectJson(created, 201)
+      }))
+
+    it.effect("an absolute-form request target (http://host/path) is served as its path, UTF-8 text intact", () =>
+      Effect.gen(function*() {
+        const { admin, alice } = yield* users
+        yield* setStock("absolute-1", 1, admin)
+        const body = JSON.stringify({
+          ...orderBody([{ product_id: "absolute-1", quantity: 1 }]),
+          shipping_address: { ...address, line1: "Café Zoë" }
+        })
+        const created = parseRawReply(
+          yield* rawRequest(absoluteFormPost("/api/v1/orders", alice, body), { halfClose: false })
+        )
+        expectJson(created, 201)
+        const read = yield* request("GET", `/api/v1/orders/${created.body.order_id}`, { token: alice })
+        expect(read.body.shipping_address.line1).toBe("Café Zoë")
+        expect(yield* stockOf("absolute-1", alice)).toBe(0)
       }))
 
     it.effect("health: live and ready are 200; /docs is HTML; an unknown route is a 404 problem", () =>

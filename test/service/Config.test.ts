@@ -1,14 +1,18 @@
 /**
- * The database settings read from the environment: defaults, and a bad value
- * refused with its name.
+ * Settings read from the environment: defaults, a bad value refused with its
+ * name, and an empty value (`export JWT_SECRET=`) taken as unset.
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as Config from "../../src/server/Config.js"
 
-const read = (env: Record<string, string>) =>
-  Config.database.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
+const withEnv = (env: Record<string, string>) =>
+  Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
+
+const read = (env: Record<string, string>) => Config.database.pipe(withEnv(env))
 
 describe("Config.database", () => {
   it.effect("prepares 256 statement texts by default, none with DB_PREPARED_STATEMENTS=0", () =>
@@ -24,5 +28,35 @@ describe("Config.database", () => {
         const error = yield* Effect.flip(read({ DB_PREPARED_STATEMENTS: value }))
         expect(String(error)).toContain("DB_PREPARED_STATEMENTS")
       }
+    }))
+})
+
+describe("empty settings", () => {
+  it.effect("HOST= and DATA_DIR= are their defaults, not every interface and the working directory", () =>
+    Effect.gen(function*() {
+      for (const empty of ["", "  "]) {
+        expect((yield* Config.server.pipe(withEnv({ HOST: empty }))).host).toBe("127.0.0.1")
+        expect((yield* read({ DATA_DIR: empty })).dataDir).toBe("./data")
+      }
+      expect((yield* Config.server.pipe(withEnv({ HOST: "0.0.0.0" }))).host).toBe("0.0.0.0")
+    }))
+
+  it.effect("JWT_SECRET=, JWT_ISSUER=, JWT_AUDIENCE= and the key files are unset, not empty values", () =>
+    Effect.gen(function*() {
+      const jwt = yield* Config.jwt.pipe(withEnv({
+        JWT_SECRET: "",
+        JWT_ISSUER: "",
+        JWT_AUDIENCE: " ",
+        JWT_PUBLIC_KEY_FILE: "",
+        JWT_JWKS_FILE: ""
+      }))
+      expect(Option.isNone(jwt.secret)).toBe(true)
+      expect(Option.isNone(jwt.issuer)).toBe(true)
+      expect(Option.isNone(jwt.audience)).toBe(true)
+      expect(Option.isNone(jwt.publicKeyFile)).toBe(true)
+      expect(Option.isNone(jwt.jwksFile)).toBe(true)
+      const set = yield* Config.jwt.pipe(withEnv({ JWT_SECRET: "s".repeat(32), JWT_ISSUER: "issuer" }))
+      expect(Option.map(set.secret, Redacted.value)).toEqual(Option.some("s".repeat(32)))
+      expect(set.issuer).toEqual(Option.some("issuer"))
     }))
 })

@@ -734,6 +734,8 @@ export interface operations {
                 headers: {
                     /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
                     "X-Correlation-ID"?: string;
+                    /** @description "true" when this is the stored answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
