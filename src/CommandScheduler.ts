@@ -48,6 +48,8 @@ export class ScheduledCommand extends Schema.Class<ScheduledCommand>("ScheduledC
   state: Schema.Literal("pending", "failed"),
   /** Runs so far. */
   attempts: Schema.Int,
+  /** Times an operator ran it again with `retry`. */
+  retries: Schema.Int,
   /** The last failure, as `Cause.pretty` renders it (at most 4000 characters). */
   lastError: Schema.optionalWith(Schema.String, { exact: true })
 }) {}
@@ -64,6 +66,12 @@ export interface Due {
   readonly command: unknown
   /** Runs so far, this one included. */
   readonly attempts: number
+  /**
+   * Times an operator ran it again with `retry`: part of the idempotency key
+   * a command without its own runs with, so a retried command runs rather
+   * than replay the outcome that failed it.
+   */
+  readonly retries?: number | undefined
   /**
    * The store's token of this lease, when `attempts` alone cannot tell it
    * from a later one (`retry` sets attempts back, so a later claim can have
@@ -104,7 +112,10 @@ export interface Store {
   readonly retryAt: (due: Due, dueAt: DateTime.Utc, error: string) => Effect.Effect<void, StoreUnavailable>
   /** Failed for good, with the failure. */
   readonly fail: (due: Due, error: string) => Effect.Effect<void, StoreUnavailable>
-  /** A failed command pending again, due now, its attempts reset; false when there is none failed with this id. */
+  /**
+   * A failed command pending again, due now, its attempts reset and its
+   * retries counted; false when there is none failed with this id.
+   */
   readonly retry: (id: string) => Effect.Effect<boolean, StoreUnavailable>
   /** Earliest due first (default limit 100). */
   readonly list: (options?: {
@@ -165,7 +176,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
         add: (entry) =>
           Ref.update(entries, (map) =>
             new Map(map).set(entry.id, {
-              command: new ScheduledCommand({ ...entry, state: "pending", attempts: 0 }),
+              command: new ScheduledCommand({ ...entry, state: "pending", attempts: 0, retries: 0 }),
               leasedUntil: 0
             })),
         cancel: (id) =>
@@ -196,6 +207,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
                   commandType: counted.commandType,
                   command: counted.command,
                   attempts: counted.attempts,
+                  retries: counted.retries,
                   lease: token
                 }
               })
@@ -224,7 +236,13 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
           Effect.flatMap(DateTime.now, (now) =>
             update(id, (command) =>
               command.state === "failed"
-                ? new ScheduledCommand({ ...command, state: "pending", dueAt: now, attempts: 0 })
+                ? new ScheduledCommand({
+                  ...command,
+                  state: "pending",
+                  dueAt: now,
+                  attempts: 0,
+                  retries: command.retries + 1
+                })
                 : undefined)),
         list: (options) =>
           Effect.map(Ref.get(entries), (map) =>
@@ -445,8 +463,14 @@ export const layer = <C extends Command.Any, H, E, R>(
   Layer.scopedDiscard(start(bus, options))
 
 // The run's own key when the command has none: a second run after a crash
-// replays the first one's outcome instead of running again.
+// replays the first one's outcome instead of running again. An operator's
+// `retry` starts a key of its own, so the retried command runs.
 const withKey = (due: Due): unknown =>
   typeof due.command === "object" && due.command !== null && !("idempotencyKey" in due.command)
-    ? { ...due.command, idempotencyKey: `scheduled:${due.id}` }
+    ? {
+      ...due.command,
+      idempotencyKey: due.retries === undefined || due.retries === 0
+        ? `scheduled:${due.id}`
+        : `scheduled:${due.id}:retry-${due.retries}`
+    }
     : due.command

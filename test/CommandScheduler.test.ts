@@ -171,6 +171,30 @@ describe("CommandScheduler", () => {
       assert.strictEqual(((yield* Queue.take(ran)) as unknown as Charge).orderId, "o-1")
     }).pipe(Effect.provide(Stores)))
 
+  // With the default middleware, a retry under the first run's key would
+  // replay the recorded failure instead of running.
+  it.scoped("retry runs a failed command again on a bus with idempotency: under a key of its own", () =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const bus = makeBus(ran, { remaining: 0 }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware()))
+      const id = yield* CommandScheduler.schedule(new Charge({ orderId: "o-1", amount: 5000 }), { after: 0 })
+      yield* CommandScheduler.start(bus, { pollInterval: "10 seconds" })
+      const first = yield* Queue.take(ran)
+      assert.strictEqual(first.idempotencyKey, `scheduled:${id}`)
+      yield* settle
+      const [failed] = yield* list("failed")
+      assert.deepStrictEqual([failed!.id, failed!.retries], [id, 0])
+
+      const store = yield* CommandScheduler.ScheduledCommands
+      assert.isTrue(yield* store.retry(id))
+      yield* TestClock.adjust("10 seconds")
+      const second = yield* Queue.take(ran)
+      assert.strictEqual(second.idempotencyKey, `scheduled:${id}:retry-1`)
+      yield* settle
+      const [again] = yield* list("failed")
+      assert.deepStrictEqual([again!.id, again!.attempts, again!.retries], [id, 1, 1])
+    }).pipe(Effect.provide(Stores)))
+
   it.scoped("a failure that may pass runs again after a growing wait, then fails for good after maxAttempts", () =>
     Effect.gen(function*() {
       const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()

@@ -133,6 +133,11 @@ export const migrations = {
       created_at timestamptz NOT NULL DEFAULT now()
     )`,
     `CREATE INDEX scheduled_commands_due ON scheduled_commands (due_at) WHERE state = 'pending'`
+  ),
+  // How many times an operator retried a command: a retried one runs with
+  // an idempotency key of its own.
+  "6_scheduled_commands_retries": statements(
+    `ALTER TABLE scheduled_commands ADD COLUMN retries integer NOT NULL DEFAULT 0 CHECK (retries >= 0)`
   )
 }
 

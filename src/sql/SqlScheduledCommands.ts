@@ -22,6 +22,7 @@ interface Row {
   readonly due_at: Date | string
   readonly state: "pending" | "failed"
   readonly attempts: number
+  readonly retries: number
   readonly last_error: string | null
 }
 
@@ -33,6 +34,7 @@ const toScheduled = (row: Row): CommandScheduler.ScheduledCommand =>
     dueAt: DateTime.unsafeMake(row.due_at),
     state: row.state,
     attempts: row.attempts,
+    retries: row.retries,
     ...(row.last_error === null ? {} : { lastError: row.last_error })
   }, { disableValidation: true })
 
@@ -65,7 +67,9 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           SqlFailure.classify
         ),
       claim: (limit, lease) =>
-        sql<Pick<Row, "id" | "command_type" | "command" | "attempts" | "due_at"> & { readonly lease: string }>`
+        sql<
+          Pick<Row, "id" | "command_type" | "command" | "attempts" | "retries" | "due_at"> & { readonly lease: string }
+        >`
         UPDATE scheduled_commands AS s
         SET lease_expires_at = now() + make_interval(secs => ${Duration.toMillis(lease) / 1000}),
           attempts = s.attempts + 1
@@ -77,7 +81,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           FOR UPDATE SKIP LOCKED
         ) AS due
         WHERE s.id = due.id
-        RETURNING s.id, s.command_type, s.command, s.attempts, s.due_at, s.lease_expires_at::text AS lease`
+        RETURNING s.id, s.command_type, s.command, s.attempts, s.retries, s.due_at, s.lease_expires_at::text AS lease`
           .withoutTransform.pipe(
             // UPDATE returns its rows in no particular order.
             Effect.map((rows) =>
@@ -89,6 +93,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
                   commandType: row.command_type,
                   command: Column.json(row.command),
                   attempts: row.attempts,
+                  retries: row.retries,
                   lease: row.lease
                 }))
             ),
@@ -108,14 +113,15 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
       retry: (id) =>
         sql`
-        UPDATE scheduled_commands SET state = 'pending', due_at = now(), attempts = 0, lease_expires_at = NULL
+        UPDATE scheduled_commands
+        SET state = 'pending', due_at = now(), attempts = 0, retries = retries + 1, lease_expires_at = NULL
         WHERE id = ${id} AND state = 'failed' RETURNING id`.withoutTransform.pipe(
           Effect.map((rows) => rows.length > 0),
           SqlFailure.classify
         ),
       list: (options) =>
         sql<Row>`
-        SELECT id, command_type, command, due_at, state, attempts, last_error FROM scheduled_commands
+        SELECT id, command_type, command, due_at, state, attempts, retries, last_error FROM scheduled_commands
         WHERE ${options?.state === undefined ? sql`true` : sql`state = ${options.state}`}
         ORDER BY due_at, id LIMIT ${options?.limit ?? 100}`.withoutTransform.pipe(
           Effect.map((rows) => rows.map(toScheduled)),

@@ -181,14 +181,19 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         yield* store.fail(claimed[0]!, "it broke")
         const [failed, ...noOther] = yield* store.list({ state: "failed" })
         expect(noOther).toEqual([])
-        expect([failed!.id, failed!.attempts, failed!.lastError]).toEqual([early, 1, "it broke"])
+        expect([failed!.id, failed!.attempts, failed!.retries, failed!.lastError]).toEqual([early, 1, 0, "it broke"])
         expect(yield* store.retry(early)).toBe(true)
         expect(yield* store.retry(early)).toBe(false)
+        expect((yield* store.list()).find((scheduled) => scheduled.id === early)?.retries).toBe(1)
         expect(yield* store.cancel(future)).toBe(true)
         expect(yield* store.cancel(future)).toBe(false)
 
-        // `early` is due again at once (attempts reset, due now); `late` once its lease has passed.
-        expect((yield* store.claim(10, Duration.seconds(1))).map((due) => [due.id, due.attempts])).toEqual([[early, 1]])
+        // `early` is due again at once (attempts reset, due now, one retry); `late` once its lease has passed.
+        expect((yield* store.claim(10, Duration.seconds(1))).map((due) => [due.id, due.attempts, due.retries])).toEqual(
+          [
+            [early, 1, 1]
+          ]
+        )
         yield* Effect.sleep("1500 millis")
         const reclaimed = yield* store.claim(10, Duration.seconds(30))
         expect(reclaimed.map((due) => [due.id, due.attempts])).toEqual([
