@@ -40,6 +40,7 @@ import type { StoreUnavailable } from "./CommandError.js"
 import * as CurrentUser from "./CurrentUser.js"
 import * as JsonValue from "./internal/json.js"
 import * as Middleware from "./Middleware.js"
+import { UnitOfWork } from "./UnitOfWork.js"
 
 // -----------------------------------------------------------------------------
 // errors
@@ -428,28 +429,49 @@ export const middleware = (
             (encoded) => asRecorded(command, "success", encoded, store.joinsTransaction ? recordSuccess : keep)
           )
         )
-        const recorded = store.joinsTransaction ? self : Effect.tap(self, () =>
-          // Committed already: a record that cannot be written only means a
-          // retry runs again once the lease expires, so the success stands.
-          Effect.catchAll(
-            recordSuccess(encodedSuccess),
-            (error) => Effect.logWarning("idempotency.record-failed", error).pipe(Effect.annotateLogs({ key }))
-          ))
+        // Committed already: a record that cannot be written only means a
+        // retry runs again once the lease expires, so the success stands. It
+        // is written outside `restore`, so a client that hangs up meanwhile
+        // cannot cut it off and have the claim released.
+        const recordCommitted = Effect.catchAll(
+          Effect.suspend(() => recordSuccess(encodedSuccess)),
+          (error) => Effect.logWarning("idempotency.record-failed", error).pipe(Effect.annotateLogs({ key }))
+        )
+        // Inside another dispatch's transaction this one's "commit" is a
+        // savepoint: a store outside the database records its outcome when
+        // that transaction commits, and releases the claim if it rolls back,
+        // so a retry of the outer command runs this one again.
+        const outer = store.joinsTransaction
+          ? undefined
+          : Option.getOrUndefined(yield* Effect.serviceOption(UnitOfWork))
+        const whenCommitted = (record: Effect.Effect<void>): Effect.Effect<void> =>
+          outer?.afterEnd === undefined ? record : Effect.flatMap(
+            outer.afterEnd((committed) => committed ? record : Effect.ignore(store.release({ scope, key, token }))),
+            (registered) => registered ? Effect.void : record
+          )
+        const recorded = store.joinsTransaction
+          ? restore(self)
+          : Effect.tap(restore(self), () => whenCommitted(recordCommitted))
         // Already uninterruptible: a failure (interruption included) is
         // caught as `onExit` would, without a region of its own.
-        return yield* Effect.catchAllCause(restore(recorded), (cause) => {
+        return yield* Effect.catchAllCause(recorded, (cause) => {
           // The dispatch's own failure, with any of the settling's after it.
           const settled = (effect: Effect.Effect<unknown>) =>
             Effect.matchCauseEffect(effect, {
               onFailure: (after) => Effect.failCause(Cause.sequential(cause, after)),
               onSuccess: () => Effect.failCause(cause)
             })
+          // Interrupted once its commit landed: the success stands, and is
+          // recorded rather than its claim released to run it again.
+          if (!store.joinsTransaction && dispatch.committed && Cause.isInterruptedOnly(cause)) {
+            return settled(whenCommitted(recordCommitted))
+          }
           const failure = Cause.failureOption(cause)
           if (
             Option.isSome(failure) && !Cause.isDie(cause) && !Cause.isInterrupted(cause) &&
             Command.isOutcome(definition, failure.value)
           ) {
-            return settled(
+            return settled(whenCommitted(
               Schema.encodeUnknown(definition.failure as Schema.Schema<unknown, unknown>)(failure.value).pipe(
                 Effect.orDie,
                 Effect.flatMap((encoded) =>
@@ -465,7 +487,7 @@ export const middleware = (
                 Effect.catchAll(() => store.release({ scope, key, token })),
                 Effect.ignore
               )
-            )
+            ))
           }
           return settled(Effect.ignore(store.release({ scope, key, token })))
         })

@@ -62,6 +62,12 @@ export interface Dispatch {
    * commit does rather than report a timeout for work that committed.
    */
   committing: boolean
+  /**
+   * Set by the `transaction` middleware once its unit of work committed, in
+   * the same uninterruptible step: a dispatch interrupted as its commit
+   * lands (a client that hangs up) is known to have committed.
+   */
+  committed: boolean
 }
 
 /**
@@ -698,8 +704,19 @@ export const transaction: Middleware<StoreUnavailable, UnitOfWork> = make(
   "transaction",
   (self, dispatch) =>
     Effect.flatMap(UnitOfWork, (unitOfWork) =>
-      unitOfWork.transactional(Effect.map(self, (value) => {
-        dispatch.committing = true
-        return value
-      })))
+      // Only the handler's work is interruptible: between the commit and
+      // `committed` nothing can stop the dispatch, so an interruption that
+      // arrives during the commit still leaves it marked as committed.
+      Effect.uninterruptibleMask((restore) =>
+        Effect.map(
+          unitOfWork.transactional(restore(Effect.map(self, (value) => {
+            dispatch.committing = true
+            return value
+          }))),
+          (value) => {
+            dispatch.committed = true
+            return value
+          }
+        )
+      ))
 )

@@ -20,6 +20,41 @@ import { Outbox } from "./Outbox.js"
  */
 export interface Service {
   readonly transactional: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StoreUnavailable, R>
+  /**
+   * Runs `end` when the transaction the caller is inside ends, told whether
+   * it committed; false, with nothing registered, outside one. For what a
+   * dispatch inside another's transaction (a savepoint of it) must not do
+   * before that transaction commits: an idempotency record kept outside the
+   * database. Optional: without it, such work is done at once.
+   */
+  readonly afterEnd?: ((end: (committed: boolean) => Effect.Effect<void>) => Effect.Effect<boolean>) | undefined
+}
+
+/**
+ * What each transaction has registered with `afterEnd`, by the object that
+ * tells it from any other (its connection, its pending events), for the
+ * implementations of `Service`.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const makeEnds = () => {
+  const registered = new WeakMap<object, Array<(committed: boolean) => Effect.Effect<void>>>()
+  return {
+    /** Registers `end` for the transaction `of`. */
+    add: (of: object, end: (committed: boolean) => Effect.Effect<void>): void => {
+      const ends = registered.get(of)
+      if (ends === undefined) registered.set(of, [end])
+      else ends.push(end)
+    },
+    /** Runs and forgets what the transaction `of` registered. */
+    run: (of: object, committed: boolean): Effect.Effect<void> => {
+      const ends = registered.get(of)
+      if (ends === undefined) return Effect.void
+      registered.delete(of)
+      return Effect.forEach(ends, (end) => end(committed), { discard: true })
+    }
+  }
 }
 
 /**
@@ -49,23 +84,39 @@ export const layerNone: Layer.Layer<UnitOfWork> = Layer.succeed(UnitOfWork, { tr
  */
 export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
   UnitOfWork,
-  Effect.map(Outbox, (outbox): Service => ({
-    // An interruption between `self`'s success and the append ends the
-    // dispatch as interrupted, with nothing published: as a commit that
-    // never happened.
-    transactional: (self) =>
-      Effect.flatMap(FiberRef.get(currentPending), (outer) => {
-        const events: Array<DomainEvent.Envelope> = []
-        return Effect.flatMap(Effect.locally(self, currentPending, events), (value) => {
-          if (events.length === 0) return Effect.succeed(value)
-          if (outer !== undefined) {
-            outer.push(...events)
-            return Effect.succeed(value)
-          }
-          return Effect.as(outbox.append(events), value)
+  Effect.map(Outbox, (outbox): Service => {
+    // Each transaction's events array tells it from any other; one inside
+    // another ends when the outermost does.
+    const ends = makeEnds()
+    const outermost = new WeakMap<Array<DomainEvent.Envelope>, Array<DomainEvent.Envelope>>()
+    return {
+      // An interruption between `self`'s success and the append ends the
+      // dispatch as interrupted, with nothing published: as a commit that
+      // never happened.
+      transactional: (self) =>
+        Effect.flatMap(FiberRef.get(currentPending), (outer) => {
+          const events: Array<DomainEvent.Envelope> = []
+          if (outer !== undefined) outermost.set(events, outermost.get(outer) ?? outer)
+          const appended = Effect.flatMap(Effect.locally(self, currentPending, events), (value) => {
+            if (events.length === 0) return Effect.succeed(value)
+            if (outer !== undefined) {
+              outer.push(...events)
+              return Effect.succeed(value)
+            }
+            return Effect.as(outbox.append(events), value)
+          })
+          return outer !== undefined
+            ? appended
+            : Effect.onExit(appended, (exit) => ends.run(events, exit._tag === "Success"))
+        }),
+      afterEnd: (end) =>
+        Effect.map(FiberRef.get(currentPending), (pending) => {
+          if (pending === undefined) return false
+          ends.add(outermost.get(pending) ?? pending, end)
+          return true
         })
-      })
-  }))
+    }
+  })
 )
 
 /**

@@ -94,8 +94,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `
 
+// Only a claim still in flight: a completed record stays, whoever asks.
 const releaseScript = `
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+local record = redis.call('HMGET', KEYS[1], 'token', 'state')
+if record[1] ~= ARGV[1] or record[2] ~= 'in_flight' then
   return 0
 end
 return redis.call('DEL', KEYS[1])

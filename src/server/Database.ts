@@ -21,6 +21,7 @@ import Pg from "pg"
 import * as Migrations from "../orders/Migrations.js"
 import * as PgliteClient from "../sql/PgliteClient.js"
 import * as PgPreparedClient from "../sql/PgPreparedClient.js"
+import * as SqlUnitOfWork from "../sql/SqlUnitOfWork.js"
 import * as Config from "./Config.js"
 
 /**
@@ -80,7 +81,7 @@ export const serverLayer = (options: {
   readonly statementTimeout: Duration.Duration
   /** Statement texts sent as named prepared statements (default 256; 0: none). */
   readonly preparedStatements?: number | undefined
-}): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient | DatabasePool, SqlError> =>
+}): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient | SqlUnitOfWork.PgPool | DatabasePool, SqlError> =>
   Layer.unwrapScoped(
     Effect.map(
       Effect.acquireRelease(
@@ -112,7 +113,10 @@ export const serverLayer = (options: {
       // first, then the pool ends.
       (pool) =>
         Layer.merge(
-          PgClient.layerFromPool({ applicationName: "effect-command-bus", acquire: Effect.succeed(pool) }),
+          // Transactions take their connections from the pool directly.
+          SqlUnitOfWork.layerPgPool(pool).pipe(Layer.provideMerge(
+            PgClient.layerFromPool({ applicationName: "effect-command-bus", acquire: Effect.succeed(pool) })
+          )),
           Layer.succeed(DatabasePool, {
             usage: () =>
               Option.some({

@@ -19,9 +19,9 @@ import type { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as FiberRef from "effect/FiberRef"
 import * as Span from "../internal/span.js"
+import { autocommitConnection } from "../internal/sqlConnection.js"
 
 /**
  * The rows of `statement`, untransformed, as `statement.withoutTransform`.
@@ -75,31 +75,6 @@ const onConnection = <A>(
       attributes: attributesOf(statement, operation, sql)
     })
   })
-
-// The connection a client runs statements on outside a transaction, when it
-// is one object that needs no scope (`@effect/sql-pg`'s and PGlite's hand
-// each statement to the pool or the session): found once per client by
-// running its acquirer twice with no scope, and kept when both runs give the
-// same connection. A client whose acquirer needs a scope, or hands out a new
-// connection each time, keeps `@effect/sql`'s way (null). The acquirer is a
-// field of `@effect/sql`'s statements that their interface does not declare.
-const autocommitConnections = new WeakMap<object, SqlConnection.Connection | null>()
-
-const autocommitConnection = (statement: Statement.Statement<unknown>): SqlConnection.Connection | null => {
-  const acquirer = (statement as { readonly acquirer?: unknown }).acquirer
-  if (!Effect.isEffect(acquirer)) return null
-  let connection = autocommitConnections.get(acquirer)
-  if (connection === undefined) {
-    const acquire = () => {
-      const exit = Effect.runSyncExit(acquirer as Effect.Effect<SqlConnection.Connection, unknown>)
-      return Exit.isSuccess(exit) ? exit.value : null
-    }
-    const first = acquire()
-    connection = first !== null && acquire() === first ? first : null
-    autocommitConnections.set(acquirer, connection)
-  }
-  return connection
-}
 
 // The client's span attributes (database system, name, server) are a field
 // of `@effect/sql`'s statement that its interface does not declare; a

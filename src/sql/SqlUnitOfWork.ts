@@ -1,24 +1,104 @@
 /**
- * The unit of work on `@effect/sql`: one `withTransaction` per dispatch, so
- * the handler's writes, its outbox rows and its idempotency record commit or
+ * The unit of work on `@effect/sql`: one transaction per dispatch, so the
+ * handler's writes, its outbox rows and its idempotency record commit or
  * roll back together. Interrupting the dispatch (a timeout) rolls it back.
  *
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Tracer from "effect/Tracer"
+import type Pg from "pg"
+import * as Span from "../internal/span.js"
+import { connectionClassOf } from "../internal/sqlConnection.js"
 import * as UnitOfWork from "../UnitOfWork.js"
 import * as SqlFailure from "./SqlFailure.js"
 
 /**
+ * The `pg` pool an `@effect/sql-pg` client was made from
+ * (`PgClient.layerFromPool`), beside that client. Provided, it lets the unit
+ * of work take each transaction's connection from the pool itself, with
+ * `BEGIN` sent in the same step and `COMMIT` and the release in one more:
+ * about a seventh less CPU per dispatch than `sql.withTransaction`'s scope,
+ * finalizers and statement effects. Same statements, same span
+ * (`sql.transaction`), same rollback on failure and interruption. Used only
+ * by a unit of work on that same client.
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export class PgPool extends Context.Tag("effect-command-bus/sql/SqlUnitOfWork/PgPool")<PgPool, {
+  readonly client: SqlClient.SqlClient
+  readonly pool: Pg.Pool
+}>() {}
+
+/**
+ * `PgPool` for the client in context and `pool`, the pool it was made from.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerPgPool = (pool: Pg.Pool): Layer.Layer<PgPool, never, SqlClient.SqlClient> =>
+  Layer.effect(PgPool, Effect.map(SqlClient.SqlClient, (client) => ({ client, pool })))
+
+/**
+ * `sql.withTransaction`, or the pool's own connections when a `PgPool` of
+ * this client is provided and the client is `@effect/sql-pg`'s. A transaction
+ * inside another (a dispatch from a handler) is a savepoint of the outer
+ * one either way.
+ *
  * @since 0.1.0
  * @category constructors
  */
-export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient> = Effect.map(
-  SqlClient.SqlClient,
-  (sql) => ({ transactional: (self) => SqlFailure.classify(sql.withTransaction(self)) })
-)
+export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient> = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const pgPool = yield* Effect.serviceOption(PgPool)
+  // A transaction's connection tells it from any other; one inside another
+  // (a savepoint) has the outer one's, and ends with it.
+  const ends = UnitOfWork.makeEnds()
+  const direct = Option.isSome(pgPool) && pgPool.value.client === sql
+    ? onPool(sql, pgPool.value.pool, ends)
+    : undefined
+  return {
+    transactional: direct === undefined
+      ? (self) => SqlFailure.classify(withTransaction(sql, ends, self))
+      : (self) => SqlFailure.classify(direct(self)),
+    afterEnd: (end) =>
+      Effect.withFiberRuntime((fiber) => {
+        const transaction = Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)
+        if (Option.isNone(transaction)) return Effect.succeed(false)
+        ends.add(transaction.value[0], end)
+        return Effect.succeed(true)
+      })
+  }
+})
+
+type Ends = ReturnType<typeof UnitOfWork.makeEnds>
+
+/** `sql.withTransaction`, running what was registered for it once it ends. */
+const withTransaction = <A, E, R>(sql: SqlClient.SqlClient, ends: Ends, self: Effect.Effect<A, E, R>) =>
+  Effect.withFiberRuntime<A, E | SqlError, R>((fiber) => {
+    if (Option.isSome(Context.getOption(fiber.currentContext, SqlClient.TransactionConnection))) {
+      return sql.withTransaction(self)
+    }
+    let connection: object | undefined
+    const seen = Effect.withFiberRuntime<A, E, R>((inner) => {
+      const transaction = Context.getOption(inner.currentContext, SqlClient.TransactionConnection)
+      if (Option.isSome(transaction)) connection = transaction.value[0]
+      return self
+    })
+    return Effect.onExit(
+      sql.withTransaction(seen),
+      (exit) => connection === undefined ? Effect.void : ends.run(connection, exit._tag === "Success")
+    )
+  })
 
 /**
  * @since 0.1.0
@@ -28,3 +108,107 @@ export const layer: Layer.Layer<UnitOfWork.UnitOfWork, never, SqlClient.SqlClien
   UnitOfWork.UnitOfWork,
   make
 )
+
+// -----------------------------------------------------------------------------
+// transactions on a pg pool's connections
+// -----------------------------------------------------------------------------
+
+interface Held {
+  readonly client: Pg.PoolClient
+  readonly release: (error?: Error | boolean) => void
+  readonly onError: (error: Error) => void
+  /** The error the client emitted while held: it is then destroyed, not pooled again. */
+  broken: Error | undefined
+}
+
+/**
+ * A connection taken from the pool with its transaction begun. A client that
+ * emits an error while held (the server went away) is destroyed when it is
+ * released, as `@effect/sql-pg` does with its own.
+ */
+const begin = (pool: Pg.Pool) =>
+  Effect.async<Held, SqlError>((resume) => {
+    pool.connect((error, client, release) => {
+      if (error !== undefined || client === undefined) {
+        const cause = error ?? new Error("No client returned")
+        resume(Effect.fail(new SqlError({ cause, message: "Failed to acquire connection for transaction" })))
+        return
+      }
+      const held: Held = {
+        client,
+        release,
+        onError: (cause) => {
+          held.broken = cause
+        },
+        broken: undefined
+      }
+      client.on("error", held.onError)
+      client.query("BEGIN", (error: Error | null) => {
+        if (error === null) return resume(Effect.succeed(held))
+        client.off("error", held.onError)
+        release(error)
+        resume(Effect.fail(new SqlError({ cause: error, message: "Failed to begin transaction" })))
+      })
+    })
+  })
+
+/** Ends the transaction (`COMMIT` or `ROLLBACK`) and hands the connection back. */
+const end = (held: Held, commit: boolean) =>
+  Effect.async<void, SqlError>((resume) => {
+    held.client.query(commit ? "COMMIT" : "ROLLBACK", (error: Error | null) => {
+      held.client.off("error", held.onError)
+      held.release(held.broken)
+      resume(
+        error === null
+          ? Effect.void
+          : Effect.fail(new SqlError({ cause: error, message: `Failed to ${commit ? "commit" : "roll back"}` }))
+      )
+    })
+  })
+
+/**
+ * `withTransaction` on the pool's connections, or undefined when the client
+ * is not one this can hand a connection to (not `@effect/sql-pg`'s, or a
+ * version whose connection class takes no client).
+ */
+const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
+  const probe = sql`SELECT 1`
+  const connectionOf = connectionClassOf(probe)
+  if (connectionOf === undefined) return undefined
+  const spanAttributes = (probe as { readonly spanAttributes?: unknown }).spanAttributes
+  const attributes: ReadonlyArray<readonly [string, unknown]> = Array.isArray(spanAttributes) ? spanAttributes : []
+  return <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.withFiberRuntime<A, E | SqlError, R>((fiber) => {
+        const context = fiber.currentContext
+        // Inside a transaction: a savepoint of it, as `@effect/sql` makes.
+        if (Option.isSome(Context.getOption(context, SqlClient.TransactionConnection))) {
+          return sql.withTransaction(restore(self))
+        }
+        const span = fiber.getFiberRef(FiberRef.currentTracerEnabled)
+          ? Span.start(fiber, "sql.transaction", { kind: "client" })
+          : undefined
+        if (span !== undefined) { for (const [key, value] of attributes) span.attribute(key, value) }
+        return Effect.flatMap(begin(pool), (held) => {
+          const connection = connectionOf(held.client)
+          let inner = Context.add(context, SqlClient.TransactionConnection, [connection, 0] as const)
+          if (span !== undefined) inner = Context.add(inner, Tracer.ParentSpan, span)
+          return Effect.flatMap(Effect.exit(Effect.locally(restore(self), FiberRef.currentContext, inner)), (exit) => {
+            const committing = Exit.isSuccess(exit)
+            if (span !== undefined) {
+              const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+              span.event(`db.transaction.${committing ? "commit" : "rollback"}`, clock.unsafeCurrentTimeNanos())
+            }
+            return Effect.onExit(
+              Effect.zipRight(Effect.orDie(end(held, committing)), exit),
+              (final) =>
+                Effect.zipRight(
+                  ends.run(connection, Exit.isSuccess(final)),
+                  Effect.sync(() => span !== undefined && Span.end(fiber, span, final))
+                )
+            )
+          })
+        })
+      })
+    )
+}

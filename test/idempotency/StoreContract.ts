@@ -125,6 +125,25 @@ const commitFailing = <A, E, R>(
     })
   })
 
+/**
+ * The unit of work, with a commit that takes until `committed` completes
+ * (signalling `committing` as it starts): a commit in flight, which nothing
+ * can interrupt.
+ */
+const slowCommit = <A, E, R>(
+  self: Effect.Effect<A, E, R>,
+  committing: Deferred.Deferred<void>,
+  committed: Deferred.Deferred<void>
+) =>
+  Effect.flatMap(UnitOfWork.UnitOfWork, (unitOfWork) =>
+    Effect.provideService(self, UnitOfWork.UnitOfWork, {
+      transactional: (body) =>
+        Effect.zipLeft(
+          unitOfWork.transactional(body),
+          Effect.zipRight(Deferred.succeed(committing, undefined), Deferred.await(committed))
+        )
+    }))
+
 // -----------------------------------------------------------------------------
 // the suite
 // -----------------------------------------------------------------------------
@@ -228,6 +247,9 @@ export const contract = (
             fingerprint: `fingerprint-${key}`,
             result
           })
+          // Releasing is for claims in flight: a recorded outcome stays, even for its owner.
+          yield* store.release({ scope, key, token: claim.token })
+          expect((yield* store.claim(request(scope, key)))._tag).toBe("Completed")
         }
       }))
 
@@ -398,6 +420,26 @@ export const contract = (
         expect(Exit.isSuccess(retried.exit)).toBe(true)
         expect(retried.replayed).toBe(false)
         expect(counter.runs).toBe(2)
+      }))
+
+    // A client that hangs up while its command commits: the commit lands all
+    // the same, so the key must answer with it, not run the handler again.
+    it.effect("bus: a dispatch interrupted while it commits keeps its success: a retry replays it, and does not run", () =>
+      Effect.gen(function*() {
+        const committing = yield* Deferred.make<void>()
+        const committed = yield* Deferred.make<void>()
+        const { bus, counter } = makeBus()
+        const scope = randomUUID()
+        const first = yield* Effect.fork(slowCommit(bus.dispatch(chargeOf(scope, "k")), committing, committed))
+        yield* Deferred.await(committing)
+        const interrupted = yield* Effect.fork(Fiber.interrupt(first))
+        yield* Deferred.succeed(committed, undefined)
+        const exit = yield* Fiber.join(interrupted)
+        expect(Exit.isInterrupted(exit)).toBe(true)
+        const retried = yield* Idempotency.observeReplay(bus.dispatch(chargeOf(scope, "k")))
+        expect(Exit.isSuccess(retried.exit)).toBe(true)
+        expect(retried.replayed).toBe(true)
+        expect(counter.runs).toBe(1)
       }))
 
     it.effect("bus: a crashed dispatch holds its key until the lease passes, not before; then a retry runs", () =>
