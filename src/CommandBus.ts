@@ -201,8 +201,7 @@ const build = (
           attempts: 0,
           replayed: false,
           beforeCommit: [],
-          committing: false,
-          committed: false
+          committing: false
         }
         let effect = execute(route.handler, current)
         for (let i = middleware.length - 1; i >= 0; i--) effect = middleware[i]!.apply(effect, current)

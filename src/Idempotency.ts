@@ -461,9 +461,10 @@ export const middleware = (
               onFailure: (after) => Effect.failCause(Cause.sequential(cause, after)),
               onSuccess: () => Effect.failCause(cause)
             })
-          // Interrupted once its commit landed: the success stands, and is
-          // recorded rather than its claim released to run it again.
-          if (!store.joinsTransaction && dispatch.committed && Cause.isInterruptedOnly(cause)) {
+          // Interrupted once its commit began, and nothing else: it committed
+          // (a unit of work does not stop between its work and its commit's
+          // outcome), so the success is recorded, not its claim released.
+          if (!store.joinsTransaction && dispatch.committing && Cause.isInterruptedOnly(cause)) {
             return settled(whenCommitted(recordCommitted))
           }
           const failure = Cause.failureOption(cause)
@@ -471,23 +472,25 @@ export const middleware = (
             Option.isSome(failure) && !Cause.isDie(cause) && !Cause.isInterrupted(cause) &&
             Command.isOutcome(definition, failure.value)
           ) {
-            return settled(whenCommitted(
+            // Encoded and checked now, so that one that cannot be recorded is
+            // this dispatch's defect; only the write waits for an outer commit.
+            return settled(
               Schema.encodeUnknown(definition.failure as Schema.Schema<unknown, unknown>)(failure.value).pipe(
                 Effect.orDie,
                 Effect.flatMap((encoded) =>
-                  asRecorded(
-                    command,
-                    "failure",
-                    encoded,
-                    () => store.complete({ scope, key, token, retention, result: { _tag: "Failure", error: encoded } })
-                  )
+                  asRecorded(command, "failure", encoded, () =>
+                    whenCommitted(
+                      store.complete({ scope, key, token, retention, result: { _tag: "Failure", error: encoded } })
+                        .pipe(
+                          // The failure itself is the answer; an unrecorded one just runs again on retry.
+                          Effect.catchAll(() => store.release({ scope, key, token })),
+                          Effect.ignore
+                        )
+                    ))
                 ),
-                Effect.tapDefect(() => Effect.ignore(store.release({ scope, key, token }))),
-                // The failure itself is the answer; an unrecorded one just runs again on retry.
-                Effect.catchAll(() => store.release({ scope, key, token })),
-                Effect.ignore
+                Effect.tapDefect(() => Effect.ignore(store.release({ scope, key, token })))
               )
-            ))
+            )
           }
           return settled(Effect.ignore(store.release({ scope, key, token })))
         })

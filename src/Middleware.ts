@@ -57,17 +57,13 @@ export interface Dispatch {
   readonly beforeCommit: Array<BeforeCommit>
   /**
    * Set by the `transaction` middleware when the handler's work is done and
-   * its commit begins: the point of no return, since a commit in flight
-   * cannot be interrupted. `timeout` lets a dispatch past it end as its
-   * commit does rather than report a timeout for work that committed.
+   * its commit begins: the point of no return, since a unit of work does not
+   * stop between its work's success and its commit's outcome. `timeout` lets
+   * a dispatch past it end as its commit does rather than report a timeout
+   * for work that committed; the idempotency middleware records the success
+   * of one interrupted past it (a client that hung up), which committed.
    */
   committing: boolean
-  /**
-   * Set by the `transaction` middleware once its unit of work committed, in
-   * the same uninterruptible step: a dispatch interrupted as its commit
-   * lands (a client that hangs up) is known to have committed.
-   */
-  committed: boolean
 }
 
 /**
@@ -704,19 +700,8 @@ export const transaction: Middleware<StoreUnavailable, UnitOfWork> = make(
   "transaction",
   (self, dispatch) =>
     Effect.flatMap(UnitOfWork, (unitOfWork) =>
-      // Only the handler's work is interruptible: between the commit and
-      // `committed` nothing can stop the dispatch, so an interruption that
-      // arrives during the commit still leaves it marked as committed.
-      Effect.uninterruptibleMask((restore) =>
-        Effect.map(
-          unitOfWork.transactional(restore(Effect.map(self, (value) => {
-            dispatch.committing = true
-            return value
-          }))),
-          (value) => {
-            dispatch.committed = true
-            return value
-          }
-        )
-      ))
+      unitOfWork.transactional(Effect.map(self, (value) => {
+        dispatch.committing = true
+        return value
+      })))
 )

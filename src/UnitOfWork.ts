@@ -19,6 +19,12 @@ import { Outbox } from "./Outbox.js"
  * @category models
  */
 export interface Service {
+  /**
+   * Runs `self` in a transaction. Once `self` has succeeded, the commit is
+   * not interrupted (an interruption is seen after its outcome), as
+   * `@effect/sql`'s `withTransaction` does: a dispatch that ends interrupted
+   * past that point, and with no other failure, committed.
+   */
   readonly transactional: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StoreUnavailable, R>
   /**
    * Runs `end` when the transaction the caller is inside ends, told whether
@@ -33,7 +39,10 @@ export interface Service {
 /**
  * What each transaction has registered with `afterEnd`, by the object that
  * tells it from any other (its connection, its pending events), for the
- * implementations of `Service`.
+ * implementations of `Service`: `begin` when a transaction of theirs starts
+ * (one that someone else began takes no registration), `run` when it ended.
+ * A registered end that fails is logged; the others still run, and the
+ * transaction's outcome stands.
  *
  * @since 0.1.0
  * @category utils
@@ -41,18 +50,25 @@ export interface Service {
 export const makeEnds = () => {
   const registered = new WeakMap<object, Array<(committed: boolean) => Effect.Effect<void>>>()
   return {
-    /** Registers `end` for the transaction `of`. */
-    add: (of: object, end: (committed: boolean) => Effect.Effect<void>): void => {
-      const ends = registered.get(of)
-      if (ends === undefined) registered.set(of, [end])
-      else ends.push(end)
+    begin: (of: object): void => {
+      registered.set(of, [])
     },
-    /** Runs and forgets what the transaction `of` registered. */
+    /** Registers `end` for the transaction `of`; false when it is not one begun here. */
+    add: (of: object, end: (committed: boolean) => Effect.Effect<void>): boolean => {
+      const ends = registered.get(of)
+      if (ends === undefined) return false
+      ends.push(end)
+      return true
+    },
     run: (of: object, committed: boolean): Effect.Effect<void> => {
       const ends = registered.get(of)
-      if (ends === undefined) return Effect.void
       registered.delete(of)
-      return Effect.forEach(ends, (end) => end(committed), { discard: true })
+      if (ends === undefined || ends.length === 0) return Effect.void
+      return Effect.forEach(
+        ends,
+        (end) => Effect.catchAllCause(end(committed), (cause) => Effect.logWarning("unit-of-work.after-end", cause)),
+        { discard: true }
+      )
     }
   }
 }
@@ -90,31 +106,35 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
     const ends = makeEnds()
     const outermost = new WeakMap<Array<DomainEvent.Envelope>, Array<DomainEvent.Envelope>>()
     return {
-      // An interruption between `self`'s success and the append ends the
-      // dispatch as interrupted, with nothing published: as a commit that
-      // never happened.
+      // Once `self` succeeded, the append (its commit) is not interrupted,
+      // as a database's commit is not; before, an interruption ends the
+      // dispatch with nothing published.
       transactional: (self) =>
         Effect.flatMap(FiberRef.get(currentPending), (outer) => {
           const events: Array<DomainEvent.Envelope> = []
-          if (outer !== undefined) outermost.set(events, outermost.get(outer) ?? outer)
-          const appended = Effect.flatMap(Effect.locally(self, currentPending, events), (value) => {
-            if (events.length === 0) return Effect.succeed(value)
-            if (outer !== undefined) {
+          if (outer !== undefined) {
+            outermost.set(events, outermost.get(outer) ?? outer)
+            return Effect.map(Effect.locally(self, currentPending, events), (value) => {
               outer.push(...events)
-              return Effect.succeed(value)
-            }
-            return Effect.as(outbox.append(events), value)
-          })
-          return outer !== undefined
-            ? appended
-            : Effect.onExit(appended, (exit) => ends.run(events, exit._tag === "Success"))
+              return value
+            })
+          }
+          ends.begin(events)
+          return Effect.uninterruptibleMask((restore) =>
+            Effect.onExit(
+              Effect.flatMap(
+                Effect.locally(restore(self), currentPending, events),
+                (value) => events.length === 0 ? Effect.succeed(value) : Effect.as(outbox.append(events), value)
+              ),
+              (exit) => ends.run(events, exit._tag === "Success")
+            )
+          )
         }),
       afterEnd: (end) =>
-        Effect.map(FiberRef.get(currentPending), (pending) => {
-          if (pending === undefined) return false
-          ends.add(outermost.get(pending) ?? pending, end)
-          return true
-        })
+        Effect.map(
+          FiberRef.get(currentPending),
+          (pending) => pending !== undefined && ends.add(outermost.get(pending) ?? pending, end)
+        )
     }
   })
 )

@@ -73,9 +73,7 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
     afterEnd: (end) =>
       Effect.withFiberRuntime((fiber) => {
         const transaction = Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)
-        if (Option.isNone(transaction)) return Effect.succeed(false)
-        ends.add(transaction.value[0], end)
-        return Effect.succeed(true)
+        return Effect.succeed(Option.isSome(transaction) && ends.add(transaction.value[0], end))
       })
   }
 })
@@ -91,7 +89,10 @@ const withTransaction = <A, E, R>(sql: SqlClient.SqlClient, ends: Ends, self: Ef
     let connection: object | undefined
     const seen = Effect.withFiberRuntime<A, E, R>((inner) => {
       const transaction = Context.getOption(inner.currentContext, SqlClient.TransactionConnection)
-      if (Option.isSome(transaction)) connection = transaction.value[0]
+      if (Option.isSome(transaction)) {
+        connection = transaction.value[0]
+        ends.begin(connection)
+      }
       return self
     })
     return Effect.onExit(
@@ -189,8 +190,9 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
           ? Span.start(fiber, "sql.transaction", { kind: "client" })
           : undefined
         if (span !== undefined) { for (const [key, value] of attributes) span.attribute(key, value) }
-        return Effect.flatMap(begin(pool), (held) => {
+        const transaction = Effect.flatMap(begin(pool), (held) => {
           const connection = connectionOf(held.client)
+          ends.begin(connection)
           let inner = Context.add(context, SqlClient.TransactionConnection, [connection, 0] as const)
           if (span !== undefined) inner = Context.add(inner, Tracer.ParentSpan, span)
           return Effect.flatMap(Effect.exit(Effect.locally(restore(self), FiberRef.currentContext, inner)), (exit) => {
@@ -201,14 +203,14 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
             }
             return Effect.onExit(
               Effect.zipRight(Effect.orDie(end(held, committing)), exit),
-              (final) =>
-                Effect.zipRight(
-                  ends.run(connection, Exit.isSuccess(final)),
-                  Effect.sync(() => span !== undefined && Span.end(fiber, span, final))
-                )
+              (final) => ends.run(connection, Exit.isSuccess(final))
             )
           })
         })
+        // Ended however the transaction ends, a connection or BEGIN that failed included.
+        return span === undefined
+          ? transaction
+          : Effect.onExit(transaction, (final) => Effect.sync(() => Span.end(fiber, span, final)))
       })
     )
 }

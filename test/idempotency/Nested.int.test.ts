@@ -36,6 +36,18 @@ class Reserve extends Command.Class<Reserve>()("Reserve", {
   failure: Schema.Never
 }) {}
 
+class Oddity extends Schema.TaggedError<Oddity>()("Oddity", { n: Schema.Number }) {}
+
+class Odd
+  extends Command.Class<Odd>()("Odd", { payload: { n: Schema.Number }, success: Schema.Void, failure: Oddity })
+{}
+
+class Outer extends Command.Class<Outer>()("Outer", {
+  payload: { n: Schema.Number },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
 class Checkout extends Command.Class<Checkout>()("Checkout", {
   payload: { sku: Schema.String, failWith: Schema.Literal("conflict", "declined", "nothing") },
   success: Schema.Void,
@@ -160,6 +172,69 @@ const suite = (
           expect(replayedAfter).toBe(expected.replayedAfter)
         }))
     }
+
+    // Its failure cannot be recorded (NaN is not JSON): the inner dispatch's
+    // own defect, found before anything waits for the outer commit, so the
+    // outer one fails and commits nothing; a retry runs it again.
+    it.effect("an inner failure that cannot be recorded fails the outer dispatch, which commits nothing", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql.unsafe(`CREATE TABLE IF NOT EXISTS ${table} (sku text NOT NULL)`)
+        yield* sql.unsafe(`TRUNCATE ${table}`)
+        let outerRuns = 0
+        const bus: any = CommandBus.make([Odd, Outer], {
+          Odd: () => Effect.fail(new Oddity({ n: NaN })),
+          Outer: (command) =>
+            Effect.gen(function*() {
+              outerRuns++
+              yield* Effect.orDie(sql`INSERT INTO ${sql(table)} (sku) VALUES ('outer')`)
+              yield* Effect.ignore(
+                bus.dispatch(
+                  new Odd({ n: 1, userId: "alice", idempotencyKey: `odd:${command.idempotencyKey}` })
+                ) as Effect.Effect<
+                  void,
+                  unknown
+                >
+              )
+              return Handler.result(undefined)
+            })
+        }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware()))
+        const key = `outer-${Math.random()}`
+        const first = yield* Effect.exit(
+          bus.dispatch(new Outer({ n: 1, userId: "alice", idempotencyKey: key })) as Effect.Effect<
+            void,
+            unknown,
+            Services
+          >
+        )
+        const second = yield* Effect.exit(
+          bus.dispatch(new Outer({ n: 1, userId: "alice", idempotencyKey: key })) as Effect.Effect<
+            void,
+            unknown,
+            Services
+          >
+        )
+        const [row] = yield* sql<{ readonly n: number }>`SELECT count(*)::int AS n FROM ${sql(table)}`
+        expect([first._tag, second._tag, outerRuns, row!.n]).toEqual(["Failure", "Failure", 2, 0])
+      }))
+
+    // A transaction the unit of work did not begin (the caller's own) has
+    // no end it runs: the record is written at once, as outside any.
+    it.effect("a keyed dispatch inside the caller's own sql.withTransaction is recorded, and replays", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        let runs = 0
+        const bus = CommandBus.make([Reserve], {
+          Reserve: () => Effect.sync(() => (runs++, Handler.result(undefined)))
+        }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware()))
+        const reserve = (key: string) => new Reserve({ sku: "fig", userId: "alice", idempotencyKey: key })
+        const key = `own-${Math.random()}`
+        yield* sql.withTransaction(bus.dispatch(reserve(key)))
+        const again = yield* Idempotency.observeReplay(bus.dispatch(reserve(key)))
+        expect(again.exit._tag).toBe("Success")
+        expect(again.replayed).toBe(true)
+        expect(runs).toBe(1)
+      }))
   })
 
 const database = TestDatabase.layer()

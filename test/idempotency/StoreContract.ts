@@ -127,8 +127,8 @@ const commitFailing = <A, E, R>(
 
 /**
  * The unit of work, with a commit that takes until `committed` completes
- * (signalling `committing` as it starts): a commit in flight, which nothing
- * can interrupt.
+ * (signalling `committing` as it starts): a commit in flight, which, as
+ * every unit of work's, nothing interrupts once the work succeeded.
  */
 const slowCommit = <A, E, R>(
   self: Effect.Effect<A, E, R>,
@@ -138,9 +138,11 @@ const slowCommit = <A, E, R>(
   Effect.flatMap(UnitOfWork.UnitOfWork, (unitOfWork) =>
     Effect.provideService(self, UnitOfWork.UnitOfWork, {
       transactional: (body) =>
-        Effect.zipLeft(
-          unitOfWork.transactional(body),
-          Effect.zipRight(Deferred.succeed(committing, undefined), Deferred.await(committed))
+        Effect.uninterruptibleMask((restore) =>
+          Effect.zipLeft(
+            unitOfWork.transactional(restore(body)),
+            Effect.zipRight(Deferred.succeed(committing, undefined), Deferred.await(committed))
+          )
         )
     }))
 

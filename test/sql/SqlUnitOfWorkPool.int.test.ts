@@ -7,6 +7,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, expect, layer } from "@effect/vitest"
 import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -20,12 +21,12 @@ import { SqlUnitOfWork } from "../../src/sql/index.js"
 import * as TestDatabase from "../support/Database.js"
 import { parentId, recordingTracer } from "../support/Tracing.js"
 
-const serverLayer = (poolSize: number) =>
+const serverLayer = (poolSize: number, connectTimeout: Duration.Duration = Duration.seconds(5)) =>
   Database.serverLayer({
     url: Redacted.make(TestDatabase.serverUrl ?? "postgres://unused"),
     schema: Option.none(),
     poolSize,
-    connectTimeout: Duration.seconds(5),
+    connectTimeout,
     statementTimeout: Duration.seconds(30)
   })
 
@@ -152,6 +153,33 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
         const statement = spans.find((span) => span.name === "sql.execute")
         assert.isDefined(statement)
         expect(parentId(statement!)).toBe(transaction!.spanId)
+      })
+  )
+
+  it.effect.skipIf(TestDatabase.serverUrl === undefined)(
+    "ends the sql.transaction span of a transaction that got no connection",
+    () =>
+      Effect.gen(function*() {
+        const held = yield* Deferred.make<void>()
+        const entered = yield* Deferred.make<void>()
+        const { spans, tracer } = yield* recordingTracer
+        const exit = yield* Effect.gen(function*() {
+          const unitOfWork = yield* UnitOfWork.UnitOfWork
+          // The pool's only connection, held by another transaction.
+          const holder = yield* Effect.fork(
+            unitOfWork.transactional(Effect.zipRight(Deferred.succeed(entered, undefined), Deferred.await(held)))
+          )
+          yield* Deferred.await(entered)
+          const exit = yield* Effect.exit(unitOfWork.transactional(Effect.void).pipe(Effect.withTracer(tracer)))
+          yield* Deferred.succeed(held, undefined)
+          yield* Fiber.join(holder)
+          yield* everyConnectionBack
+          return exit
+        }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(1, Duration.millis(300))))))
+        assert.isTrue(Exit.isFailure(exit))
+        const transaction = spans.find((span) => span.name === "sql.transaction")
+        assert.isDefined(transaction)
+        expect(transaction!.status._tag).toBe("Ended")
       })
   )
 
