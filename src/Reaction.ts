@@ -33,7 +33,7 @@ import type { StoreUnavailable } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
 import * as Idempotency from "./Idempotency.js"
-import { failureOf, stored, survived } from "./internal/cause.js"
+import { failureOf, interruptedItself, stored, survived, unlessInterrupted } from "./internal/cause.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
 
@@ -321,12 +321,12 @@ const reactor = <E, R>(reactions: ReadonlyArray<Reaction<E, R>>, options: RunOpt
     byType.set(reaction.eventType, list)
   }
   const react = <X>(reaction: Reaction<E, R>, envelope: DomainEvent.Envelope, onFailure: OnFailure<X>) =>
-    Effect.catchAllCause(measured(reaction, envelope, options), (cause) =>
-      Cause.isInterruptedOnly(cause)
-        ? Effect.failCause(cause as Cause.Cause<never>)
-        : Effect.zipRight(logFailure(cause), onFailure(reaction.name, envelope, cause))).pipe(
-        annotated(reaction.name, envelope)
-      )
+    Effect.catchAllCause(
+      measured(reaction, envelope, options),
+      (cause) => unlessInterrupted(cause, Effect.zipRight(logFailure(cause), onFailure(reaction.name, envelope, cause)))
+    ).pipe(
+      annotated(reaction.name, envelope)
+    )
   return <X>(envelope: DomainEvent.Envelope, onFailure: OnFailure<X>): Effect.Effect<void, X, R> => {
     const list = byType.get(envelope.type)
     return list === undefined
@@ -542,7 +542,7 @@ export interface DeadLetterStore {
   ) => Effect.Effect<ReadonlyArray<DeadLetter>, StoreUnavailable>
   /** Drops one; nothing when it is not there. */
   readonly remove: (follower: string, reaction: string, eventId: string) => Effect.Effect<void, StoreUnavailable>
-  /** The reactions and aggregates a follower has dead letters of, each once. */
+  /** The reactions and aggregates a follower has dead letters of, each once, from its lowest position. */
   readonly sequences: (follower: string) => Effect.Effect<ReadonlyArray<Sequence>, StoreUnavailable>
 }
 
@@ -556,6 +556,8 @@ export interface Sequence {
   readonly reaction: string
   readonly aggregateType: string
   readonly aggregateId: string
+  /** The lowest position of its dead letters: its events after that one wait. */
+  readonly position: number
 }
 
 const sequenceKey = (reaction: string, event: DomainEvent.Envelope | Omit<Sequence, "reaction">) =>
@@ -614,11 +616,14 @@ export const layerDeadLettersMemory: Layer.Layer<DeadLetters> = Layer.effect(
           const found = new Map<string, Sequence>()
           for (const letter of map.values()) {
             if (letter.follower !== follower) continue
-            const { aggregateId, aggregateType } = letter.event
-            found.set(sequenceKey(letter.reaction, letter.event), {
+            const key = sequenceKey(letter.reaction, letter.event)
+            const known = found.get(key)
+            if (known !== undefined && known.position <= letter.position) continue
+            found.set(key, {
               reaction: letter.reaction,
-              aggregateType,
-              aggregateId
+              aggregateType: letter.event.aggregateType,
+              aggregateId: letter.event.aggregateId,
+              position: letter.position
             })
           }
           return [...found.values()]
@@ -725,10 +730,15 @@ const followLoop = <E, R>(
   options: FollowOptions
 ): Effect.Effect<never, never, Outbox | Checkpoints | DeadLetters | R> => {
   const sequenced = options.sequencing === "aggregate"
-  // The sequences with a dead letter, read at each batch, grown as it fails.
-  const parked = new Set<string>()
+  // The sequences with a dead letter, from the position of their first,
+  // read at each batch, grown as it fails; and the position of the event
+  // being run, which waits only if it comes after its sequence's letter (an
+  // event run again, its checkpoint unsaved, or replayed, is not parked
+  // behind its own letter or a later one).
+  const parked = new Map<string, number>()
+  const at = { position: 0 }
   const react = reactor(
-    sequenced ? reactions.map((reaction) => parkedBehind(reaction, parked)) : reactions,
+    sequenced ? reactions.map((reaction) => parkedBehind(reaction, parked, at)) : reactions,
     options
   )
   const batchSize = options.batchSize ?? 100
@@ -753,22 +763,28 @@ const followLoop = <E, R>(
                 batch,
                 (stored) =>
                   Effect.zipRight(
-                    react(stored.event, (reaction, event, cause) =>
-                      Effect.tap(
-                        deadLetters.add({
-                          follower: name,
-                          reaction,
-                          position: stored.position,
-                          event,
-                          reason: reasonOf(cause)
-                        }),
-                        () => {
-                          if (sequenced) parked.add(sequenceKey(reaction, event))
-                          return Metric.increment(
-                            Metric.tagged(Metric.tagged(deadLettersTotal, "follower", name), "reaction", reaction)
-                          )
-                        }
-                      )),
+                    Effect.suspend(() => {
+                      at.position = stored.position
+                      return react(stored.event, (reaction, event, cause) =>
+                        Effect.tap(
+                          deadLetters.add({
+                            follower: name,
+                            reaction,
+                            position: stored.position,
+                            event,
+                            reason: reasonOf(cause)
+                          }),
+                          () => {
+                            if (sequenced) {
+                              const key = sequenceKey(reaction, event)
+                              parked.set(key, Math.min(parked.get(key) ?? stored.position, stored.position))
+                            }
+                            return Metric.increment(
+                              Metric.tagged(Metric.tagged(deadLettersTotal, "follower", name), "reaction", reaction)
+                            )
+                          }
+                        ))
+                    }),
                     checkpoints.save(name, stored.position)
                   ),
                 { discard: true }
@@ -795,11 +811,15 @@ const followLoop = <E, R>(
 }
 
 // A reaction that fails with `Parked`, without running, on the events of a
-// sequence in `parked`.
-const parkedBehind = <E, R>(reaction: Reaction<E, R>, parked: ReadonlySet<string>): Reaction<E, R> => ({
+// sequence in `parked` that come after its first dead letter.
+const parkedBehind = <E, R>(
+  reaction: Reaction<E, R>,
+  parked: ReadonlyMap<string, number>,
+  at: { readonly position: number }
+): Reaction<E, R> => ({
   ...reaction,
   handle: (envelope) =>
-    parked.has(sequenceKey(reaction.name, envelope))
+    at.position > (parked.get(sequenceKey(reaction.name, envelope)) ?? Infinity)
       ? Effect.fail(
         new Parked({
           eventId: envelope.eventId,
@@ -810,9 +830,9 @@ const parkedBehind = <E, R>(reaction: Reaction<E, R>, parked: ReadonlySet<string
       : reaction.handle(envelope)
 })
 
-const reset = (parked: Set<string>, found: ReadonlyArray<Sequence>) => {
+const reset = (parked: Map<string, number>, found: ReadonlyArray<Sequence>) => {
   parked.clear()
-  for (const sequence of found) parked.add(sequenceKey(sequence.reaction, sequence))
+  for (const sequence of found) parked.set(sequenceKey(sequence.reaction, sequence), sequence.position)
 }
 
 /**
@@ -876,7 +896,7 @@ export const redrive = <E, R>(
       if (exit._tag === "Success") {
         yield* deadLetters.remove(name, letter.reaction, letter.event.eventId)
         resolved++
-      } else if (Cause.isInterruptedOnly(exit.cause)) {
+      } else if (Cause.isInterruptedOnly(exit.cause) && (yield* interruptedItself)) {
         return yield* Effect.interrupt
       } else {
         yield* logFailure(exit.cause).pipe(annotated(letter.reaction, letter.event))

@@ -425,7 +425,7 @@ describe("Reaction", () => {
         [["ship", 1, "CardDeclined"], ["ship", 2, "Parked"], ["ship", 4, "Parked"]]
       )
       assert.deepStrictEqual(yield* deadLetters.sequences("shipping"), [
-        { reaction: "ship", aggregateType: "Order", aggregateId: "A" }
+        { reaction: "ship", aggregateType: "Order", aggregateId: "A", position: 1 }
       ])
       assert.strictEqual(lines.filter((line) => line.message === "reaction.parked").length, 2)
       const runs = (outcome: string) => Metrics.count("command_bus_reactions_total", { reaction: "ship", outcome })

@@ -79,14 +79,21 @@ export const make: Effect.Effect<Reaction.DeadLetterStore, never, SqlClient.SqlC
         SqlFailure.classify
       ),
     sequences: (follower) =>
-      sql<{ readonly reaction: string; readonly aggregate_type: string; readonly aggregate_id: string }>`
-        SELECT DISTINCT reaction, aggregate_type, aggregate_id
-        FROM reaction_dead_letters WHERE follower = ${follower}`.withoutTransform.pipe(
+      sql<{
+        readonly reaction: string
+        readonly aggregate_type: string
+        readonly aggregate_id: string
+        readonly position: string
+      }>`
+        SELECT reaction, aggregate_type, aggregate_id, min(position)::text AS position
+        FROM reaction_dead_letters WHERE follower = ${follower}
+        GROUP BY reaction, aggregate_type, aggregate_id`.withoutTransform.pipe(
         Effect.map((rows) =>
           rows.map((row) => ({
             reaction: row.reaction,
             aggregateType: row.aggregate_type,
-            aggregateId: row.aggregate_id
+            aggregateId: row.aggregate_id,
+            position: Number(row.position)
           }))
         ),
         SqlFailure.classify

@@ -183,8 +183,9 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       expect(yield* deadLetters.list("f", { limit: 1 })).toHaveLength(1)
       const sequences = yield* deadLetters.sequences("f")
       expect([...sequences].sort((a, b) => a.reaction.localeCompare(b.reaction))).toEqual([
-        { reaction: "q", aggregateType: "Counter", aggregateId: "c-1" },
-        { reaction: "r", aggregateType: "Counter", aggregateId: "c-1" }
+        { reaction: "q", aggregateType: "Counter", aggregateId: "c-1", position: 7 },
+        // Its lowest position, of its two.
+        { reaction: "r", aggregateType: "Counter", aggregateId: "c-1", position: 7 }
       ])
       expect(yield* deadLetters.sequences("nobody")).toEqual([])
 
