@@ -1,7 +1,7 @@
 /**
  * Reactions that fail in the ways a follower must survive: a handler whose
  * own work ends interrupted (a failure, not a shutdown), and, with
- * \`sequencing: "aggregate"\`, events at or before an aggregate's dead letter
+ * `sequencing: "aggregate"`, events at or before an aggregate's dead letter
  * (run again after an unsaved checkpoint or a replay, not parked behind it).
  */
 import { assert, describe, it } from "@effect/vitest"
