@@ -58,7 +58,8 @@ export const TextOfLength = (min: number, max: number) =>
     Schema.filter((value) => {
       // Cheap bounds first: code points ≤ UTF-16 units ≤ 2 × code points.
       if (value.length < min || value.length > 2 * max) return false
-      const length = value.length <= max ? value.length : codePoints(value)
+      if (value.length <= max && value.length >= 2 * min) return true
+      const length = codePoints(value)
       return length >= min && length <= max
     }, {
       message: () => `must be ${min} to ${max} characters long`,
@@ -376,7 +377,9 @@ const sortKeys = (_key: string, value: unknown): unknown => {
       return { "\u0000bigint": value.toString() }
     case "object": {
       if (value === null || Array.isArray(value)) return value
-      const sorted: Record<string, unknown> = {}
+      // No prototype: an own `__proto__` key is a key like any other here,
+      // where `{}` would take it as its prototype and leave it out.
+      const sorted: Record<string, unknown> = Object.create(null)
       for (const key of Object.keys(value).sort()) sorted[key] = (value as Record<string, unknown>)[key]
       return sorted
     }

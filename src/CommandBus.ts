@@ -219,11 +219,32 @@ const build = (
     return decode
   }
 
+  // Input that cannot even be read (a getter or proxy trap that throws) is
+  // invalid, as a failure: nothing here throws.
+  const unreadable = (commandType: string, error: unknown) =>
+    Effect.fail(
+      new InvalidCommand({
+        commandType,
+        issues: [new ValidationIssue({ path: [], message: `the input cannot be read: ${String(error)}` })]
+      })
+    )
+
   const dispatchUnknown = (input: unknown): Effect.Effect<any, any, any> => {
-    const tag = Predicate.hasProperty(input, "_tag") && typeof input._tag === "string" ? input._tag : undefined
+    let tag: string | undefined
+    try {
+      tag = Predicate.hasProperty(input, "_tag") && typeof input._tag === "string" ? input._tag : undefined
+    } catch (error) {
+      return unreadable("", error)
+    }
     const definition = tag === undefined ? undefined : definitions.get(tag)
     if (definition === undefined) return Effect.fail(new UnknownCommand({ commandType: tag ?? "" }))
-    return decoderFor(definition)(input).pipe(
+    let decoded: Effect.Effect<Command.Any, ParseResult.ParseError>
+    try {
+      decoded = decoderFor(definition)(input)
+    } catch (error) {
+      return unreadable(definition._tag, error)
+    }
+    return decoded.pipe(
       Effect.mapError((error) => new InvalidCommand({ commandType: definition._tag, issues: issuesOf(error) })),
       Effect.flatMap(dispatch)
     )
@@ -242,7 +263,9 @@ const build = (
 // declare it; no other effect has either. One property read, where
 // `Exit.isExit` is two `in` checks and a getter: a fifth of what dispatching
 // a finished handler costs.
-const opOf = (effect: Effect.Effect<unknown, unknown, unknown>): unknown => (effect as { readonly _op?: unknown })._op
+const opOf = (effect: Effect.Effect<unknown, unknown, unknown>): unknown =>
+  // `?.`: a handler that broke its type and returned nothing dies when run, not here.
+  (effect as { readonly _op?: unknown } | undefined)?._op
 
 const withEvents = (command: Command.Any, result: Handler.Result<unknown>): Effect.Effect<unknown, unknown, Outbox> =>
   result.events.length === 0 ? Exit.succeed(result.value) : Effect.as(appended(command, result.events), result.value)

@@ -514,20 +514,23 @@ const retryAfter = <A, E, R>(
 ): Effect.Effect<A, E, R> => {
   const isRetryable = (e: unknown): e is { readonly _tag: string } => isTaggedWith(e, retryable)
   if (!isRetryable(error)) return Effect.fail(error)
+  // Counted as each re-run starts, under the error that caused it: the last
+  // failure, which the schedule does not retry, is no re-run.
   let first = true
-  const attempt = Effect.suspend(() => {
-    if (!first) return self
-    first = false
-    return Effect.fail(error)
+  let previous: { readonly _tag: string } = error
+  const attempt = Effect.withFiberRuntime<A, E, R>((fiber) => {
+    if (first) {
+      first = false
+      return Effect.fail(error)
+    }
+    record(fiber, retriesTotal, 1, labelsOf(dispatch.command._tag, "error", previous._tag))
+    return self
   })
-  const counted = Effect.tapError(attempt, (e) =>
-    isRetryable(e)
-      ? Effect.withFiberRuntime<void>((fiber) => {
-        record(fiber, retriesTotal, 1, labelsOf(dispatch.command._tag, "error", e._tag))
-        return Effect.void
-      })
-      : Effect.void)
-  return Effect.retry(counted, { schedule, while: isRetryable })
+  const tracked = Effect.tapError(attempt, (e) => {
+    if (isRetryable(e)) previous = e
+    return Effect.void
+  })
+  return Effect.retry(tracked, { schedule, while: isRetryable })
 }
 
 const isTaggedWith = (error: unknown, tags: ReadonlyArray<string>): boolean =>
@@ -621,13 +624,16 @@ const withDeadline = <A, E, R>(
         clearTimeout(timer)
         resume(exit)
       }
-      const timer = setTimeout(() => {
+      // Node fires a timer of more than 2^31 - 1 ms at once; Effect's clock
+      // never fires one (an infinite deadline included), and neither does this.
+      const millis = Duration.toMillis(left)
+      const timer = millis > maxTimerMillis ? undefined : setTimeout(() => {
         // Past its point of no return, the observer reports how it ends.
         if (settled || dispatch.committing) return
         settled = true
         child.removeObserver(observer)
         resume(deadlinePassed())
-      }, Duration.toMillis(left))
+      }, millis)
       child.addObserver(observer)
       return Effect.sync(() => {
         settled = true
@@ -650,6 +656,8 @@ const withDeadline = <A, E, R>(
     () => stop
   )
 }
+
+const maxTimerMillis = 2 ** 31 - 1
 
 // A clock whose time moves by itself. `TestClock` (and any clock moved by
 // hand) has `adjust`; its sleeps must go through it.

@@ -1,0 +1,129 @@
+/**
+ * Edges of the bus that reviews found broken: a deadline beyond what a
+ * timer can hold, the retry counter when retries run out, an own
+ * `__proto__` key in a fingerprinted payload, input whose reading throws,
+ * a handler that breaks its type, and lengths counted in code points.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import { Command, CommandBus, CommandError, Handler, Middleware } from "../src/index.js"
+import { InMemory } from "../src/testing/index.js"
+import { read } from "./support/Metrics.js"
+
+class Ping extends Command.Class<Ping>()("Ping", {
+  payload: { n: Schema.Number },
+  success: Schema.Void,
+  failure: CommandError.ConcurrencyConflict,
+  retryable: ["ConcurrencyConflict"]
+}) {}
+
+class Note extends Command.Class<Note>()("Note", {
+  payload: { meta: Schema.Unknown },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
+const ok = () => Effect.succeed(Handler.result(undefined))
+
+describe("bus edges", () => {
+  // 1. Middleware.timeout on the live clock: a deadline >= 2^31 ms (Infinity, "30 days")
+  // goes to setTimeout, which clamps it to 1 ms.
+  for (const limit of [Duration.infinity, Duration.days(30)]) {
+    it.live(`timeout(${Duration.format(limit)}) does not time out a 20 ms dispatch`, () =>
+      Effect.gen(function*() {
+        const bus = CommandBus.make([Ping], {
+          Ping: () => Effect.as(Effect.sleep("20 millis"), Handler.result(undefined))
+        }).pipe(CommandBus.withMiddleware(Middleware.timeout(limit)))
+        const exit = yield* Effect.exit(bus.dispatch(new Ping({ n: 1 })))
+        assert.isTrue(Exit.isSuccess(exit), String(Exit.isFailure(exit) ? exit.cause : ""))
+      }).pipe(Effect.provide(InMemory.layer)))
+  }
+
+  // 2. command_bus_retries_total counts the final, not-retried failure too.
+  it.effect("retries_total counts re-runs, not failures, when retries run out", () =>
+    Effect.gen(function*() {
+      const conflict = new CommandError.ConcurrencyConflict({
+        aggregateType: "a",
+        aggregateId: "b",
+        expectedVersion: 1
+      })
+      let runs = 0
+      const bus = CommandBus.make([Ping], {
+        Ping: () => {
+          runs++
+          return Effect.fail(conflict)
+        }
+      }).pipe(CommandBus.withMiddleware(Middleware.retry({ schedule: Schedule.recurs(2) })))
+      const tags = { command: "Ping", error: "ConcurrencyConflict" }
+      const before = (yield* read("command_bus_retries_total", tags)).count
+      yield* Effect.exit(bus.dispatch(new Ping({ n: 1 })))
+      const after = (yield* read("command_bus_retries_total", tags)).count
+      assert.strictEqual(runs, 3)
+      assert.strictEqual(after - before, runs - 1)
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  // 3. canonicalJson loses an own "__proto__" key: different payloads, same fingerprint.
+  it.effect("payloads differing only under an own __proto__ key get different fingerprints", () =>
+    Effect.gen(function*() {
+      const decode = Schema.decodeUnknownSync(Note)
+      const a = decode(JSON.parse("{\"_tag\":\"Note\",\"meta\":{\"__proto__\":{\"admin\":true}}}"))
+      const b = decode(JSON.parse("{\"_tag\":\"Note\",\"meta\":{\"__proto__\":{\"admin\":false}}}"))
+      assert.notStrictEqual(
+        JSON.stringify(Schema.encodeSync(Note)(a).meta),
+        JSON.stringify(Schema.encodeSync(Note)(b).meta)
+      )
+      assert.notStrictEqual(yield* Command.fingerprint(Note, a), yield* Command.fingerprint(Note, b))
+    }))
+
+  // 4. dispatchUnknown throws synchronously on an input whose properties throw when read.
+  it.effect("dispatchUnknown does not throw on an input with a throwing getter", () =>
+    Effect.gen(function*() {
+      const bus = CommandBus.make([Ping], { Ping: ok })
+      const inputs = [
+        {
+          get _tag(): string {
+            throw new Error("boom")
+          }
+        },
+        {
+          _tag: "Ping",
+          get n(): number {
+            throw new Error("boom")
+          }
+        }
+      ]
+      for (const input of inputs) {
+        let effect: Effect.Effect<unknown, unknown, unknown> | undefined
+        assert.doesNotThrow(() => {
+          effect = bus.dispatchUnknown(input)
+        })
+        if (effect !== undefined) {
+          const exit = yield* Effect.exit(effect as Effect.Effect<unknown, unknown, never>)
+          assert.isTrue(Exit.isFailure(exit))
+        }
+      }
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  // 5. A bus without middleware throws synchronously when a handler returns no effect.
+  it.effect("dispatch without middleware does not throw when a handler returns undefined", () =>
+    Effect.gen(function*() {
+      const bus = CommandBus.make([Ping], { Ping: (() => undefined) as any })
+      let effect: Effect.Effect<unknown, unknown, unknown> | undefined
+      assert.doesNotThrow(() => {
+        effect = bus.dispatch(new Ping({ n: 1 }))
+      })
+      if (effect !== undefined) {
+        const exit = yield* Effect.exit(effect as Effect.Effect<unknown, unknown, never>)
+        assert.isTrue(Exit.isFailure(exit))
+      }
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  // 6. TextOfLength counts UTF-16 units for the minimum when the string is short.
+  it("TextOfLength(2, 10) refuses one code point written as a surrogate pair", () => {
+    assert.isFalse(Schema.is(Command.TextOfLength(2, 10))("\u{1F600}"))
+  })
+})
