@@ -518,7 +518,61 @@ const unmapped = (
  * @since 0.1.0
  * @category middleware
  */
-export const edge =
+export const edge = (options: {
+  readonly bodyLimit: number
+  readonly routes: Observability.RouteTable
+  /** Told of each request as it starts and ends, for a shutdown to wait for those in flight. */
+  readonly inFlight?: InFlight | undefined
+}) =>
+<E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> => {
+  const handled = edgeOf(options)(app)
+  const inFlight = options.inFlight
+  return inFlight === undefined ? handled : Effect.acquireUseRelease(
+    Effect.sync(inFlight.begin),
+    () => handled,
+    () => Effect.sync(inFlight.end)
+  )
+}
+
+/**
+ * Requests in flight: `begin` and `end` around each, `drained` once none is.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface InFlight {
+  readonly begin: () => void
+  readonly end: () => void
+  readonly drained: Effect.Effect<void>
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeInFlight = (): InFlight => {
+  let active = 0
+  const waiting = new Set<() => void>()
+  return {
+    begin: () => {
+      active++
+    },
+    end: () => {
+      active--
+      if (active > 0) return
+      for (const resume of waiting) resume()
+      waiting.clear()
+    },
+    drained: Effect.async<void>((resume) => {
+      if (active === 0) return resume(Effect.void)
+      const done = () => resume(Effect.void)
+      waiting.add(done)
+      return Effect.sync(() => waiting.delete(done))
+    })
+  }
+}
+
+const edgeOf =
   (options: { readonly bodyLimit: number; readonly routes: Observability.RouteTable }) =>
   <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
     Effect.withFiberRuntime((fiber) => {

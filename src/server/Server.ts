@@ -189,7 +189,15 @@ export const layer = (options: { readonly tracing?: Layer.Layer<never, unknown> 
         { method: "GET", path: "/openapi.json" },
         { method: "GET", path: "/docs" }
       ])
+      // Released after the API detaches (new requests get 503) and before
+      // the stores and the database close: requests in flight finish, up to
+      // the shutdown timeout, with their database still there.
+      const inFlight = Http.makeInFlight()
+      const drain = Layer.scopedDiscard(
+        Effect.addFinalizer(() => Effect.asVoid(Effect.timeoutOption(inFlight.drained, config.shutdownTimeout)))
+      )
       return HttpApiBuilder.serve().pipe(
+        Layer.provide(drain),
         HttpServer.withLogAddress,
         // Every parameter Node lets through (its request line and headers are
         // at most 16 KB) reaches its schema, which answers a long one with a
@@ -201,7 +209,7 @@ export const layer = (options: { readonly tracing?: Layer.Layer<never, unknown> 
           ignoreDuplicateSlashes: false
         })),
         Observability.withSpanNames(routes),
-        Layer.provide(HttpApiBuilder.middleware(Http.edge({ bodyLimit: config.bodyLimit, routes }))),
+        Layer.provide(HttpApiBuilder.middleware(Http.edge({ bodyLimit: config.bodyLimit, routes, inFlight }))),
         Layer.provide(Docs.layer({ path: "/docs" })),
         Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
         Layer.provide(Http.ApiLive),
