@@ -88,7 +88,15 @@ const stringOr = (name: string, fallback: string) => setString(name).pipe(Config
 export const database = Config.all({
   // An empty DATABASE_URL (`export DATABASE_URL=`) means none.
   url: Config.option(Config.redacted("DATABASE_URL")).pipe(
-    Config.map(Option.filter((url) => Redacted.value(url).trim() !== ""))
+    Config.map(Option.filter((url) => Redacted.value(url).trim() !== "")),
+    // `pg` parses it with `new URL` only when it first connects, where a bad
+    // one (a port over 65535) is a stack trace that never names the setting.
+    Config.mapOrFail((url) =>
+      Option.isNone(url) || /^postgres(ql)?:\/\//i.test(Redacted.value(url.value)) &&
+          URL.canParse(Redacted.value(url.value))
+        ? Either.right(url)
+        : Either.left(ConfigError.InvalidData(["DATABASE_URL"], "must be a postgres:// or postgresql:// URL"))
+    )
   ),
   schema: Config.option(
     Config.string("DATABASE_SCHEMA").pipe(

@@ -10,6 +10,7 @@ import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Cause from "effect/Cause"
+import * as ConfigError from "effect/ConfigError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -249,6 +250,13 @@ export const checkConfig = Effect.all([
   Config.jwtAlgorithm,
   Config.observability
 ]).pipe(
+  // The metrics listener and the API cannot share a port (0 picks a free one for each).
+  Effect.filterOrFail(
+    ([server, , , , , observability]) =>
+      Option.isNone(observability.metricsPort) || observability.metricsPort.value === 0 ||
+      observability.metricsPort.value !== server.port,
+    () => ConfigError.InvalidData(["METRICS_PORT"], "METRICS_PORT must differ from PORT")
+  ),
   // Its warnings are logged once, when the verifier is built.
   Effect.zipRight(Logger.withMinimumLogLevel(Auth.keyFromConfig, LogLevel.None)),
   Effect.asVoid

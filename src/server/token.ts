@@ -46,16 +46,19 @@ const program = Effect.gen(function*() {
     ...values.roles.split(",").map((role) => role.trim()).filter((role) => role.length > 0),
     ...(values.admin ? [Auth.adminRole] : [])
   ]
-  const token = yield* Effect.promise(() =>
-    Auth.sign({
-      secret,
-      sub: values.sub!,
-      roles,
-      expiresIn: values.expires,
-      issuer: Option.getOrUndefined(jwt.issuer),
-      audience: Option.getOrUndefined(jwt.audience)
-    })
-  )
+  const token = yield* Effect.tryPromise({
+    // A bad `--expires` ("bogus") is refused by the signer: the usage, not a stack.
+    catch: (error) => new Error(`${error instanceof Error ? error.message : String(error)}\n${usage}`),
+    try: () =>
+      Auth.sign({
+        secret,
+        sub: values.sub!,
+        roles,
+        expiresIn: values.expires,
+        issuer: Option.getOrUndefined(jwt.issuer),
+        audience: Option.getOrUndefined(jwt.audience)
+      })
+  })
   yield* Console.log(token)
 })
 

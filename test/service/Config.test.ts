@@ -8,6 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Config from "../../src/server/Config.js"
+import * as Server from "../../src/server/Server.js"
 
 const withEnv = (env: Record<string, string>) =>
   Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
@@ -58,5 +59,29 @@ describe("empty settings", () => {
       const set = yield* Config.jwt.pipe(withEnv({ JWT_SECRET: "s".repeat(32), JWT_ISSUER: "issuer" }))
       expect(Option.map(set.secret, Redacted.value)).toEqual(Option.some("s".repeat(32)))
       expect(set.issuer).toEqual(Option.some("issuer"))
+    }))
+})
+
+describe("settings checked before start", () => {
+  it.effect("a DATABASE_URL that is not a postgres URL is refused, naming it", () =>
+    Effect.gen(function*() {
+      for (const url of ["postgres://u:p@127.0.0.1:99999/db", "mysql://127.0.0.1/db", "not a url"]) {
+        const error = yield* Effect.flip(read({ DATABASE_URL: url }))
+        expect(String(error)).toContain("DATABASE_URL")
+        expect(String(error)).not.toContain(":p@")
+      }
+      for (const url of ["postgres://u:p@127.0.0.1:5432/db", "postgresql://localhost/db?sslmode=require"]) {
+        expect(Option.map((yield* read({ DATABASE_URL: url })).url, Redacted.value)).toEqual(Option.some(url))
+      }
+    }))
+
+  it.effect("METRICS_PORT equal to PORT is refused, naming METRICS_PORT; 0 or another port is not", () =>
+    Effect.gen(function*() {
+      const check = (env: Record<string, string>) =>
+        Server.checkConfig.pipe(withEnv({ JWT_SECRET: "test-secret-test-secret-test-secret-0123456789", ...env }))
+      const error = yield* Effect.flip(check({ PORT: "3000", METRICS_PORT: "3000" }))
+      expect(String(error)).toContain("METRICS_PORT")
+      yield* check({ PORT: "3000", METRICS_PORT: "9464" })
+      yield* check({ PORT: "0", METRICS_PORT: "0" })
     }))
 })
