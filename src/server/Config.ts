@@ -74,10 +74,13 @@ export type DatabaseConfig =
   | { readonly _tag: "Server"; readonly url: Redacted.Redacted }
   | { readonly _tag: "Embedded"; readonly dataDir: string }
 
-// An empty setting (`export JWT_SECRET=`) means unset, as DATABASE_URL= does:
-// an empty secret, host or directory is never what was meant.
+// An empty setting (`export JWT_SECRET=`) means unset: an empty URL, secret,
+// host or directory is never what was meant.
 const setString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((value) => value.trim() !== "")))
+
+const setRedacted = (name: string) =>
+  Config.option(Config.redacted(name)).pipe(Config.map(Option.filter((value) => Redacted.value(value).trim() !== "")))
 
 const stringOr = (name: string, fallback: string) => setString(name).pipe(Config.map(Option.getOrElse(() => fallback)))
 
@@ -86,9 +89,7 @@ const stringOr = (name: string, fallback: string) => setString(name).pipe(Config
  * @category config
  */
 export const database = Config.all({
-  // An empty DATABASE_URL (`export DATABASE_URL=`) means none.
-  url: Config.option(Config.redacted("DATABASE_URL")).pipe(
-    Config.map(Option.filter((url) => Redacted.value(url).trim() !== "")),
+  url: setRedacted("DATABASE_URL").pipe(
     // `pg` parses it with `new URL` only when it first connects, where a bad
     // one (a port over 65535) is a stack trace that never names the setting.
     Config.mapOrFail((url) =>
@@ -134,10 +135,7 @@ export type IdempotencyStoreConfig =
  */
 export const idempotencyStore: Config.Config<IdempotencyStoreConfig> = Config.all({
   store: Config.literal("postgres", "redis")("IDEMPOTENCY_STORE").pipe(Config.withDefault("postgres" as const)),
-  // An empty REDIS_URL means none, as with DATABASE_URL.
-  url: Config.option(Config.redacted("REDIS_URL")).pipe(
-    Config.map(Option.filter((url) => Redacted.value(url).trim() !== ""))
-  ),
+  url: setRedacted("REDIS_URL"),
   timeout: duration("REDIS_TIMEOUT", "2 seconds")
 }).pipe(
   Config.mapOrFail(({ store, timeout, url }): Either.Either<IdempotencyStoreConfig, ConfigError.ConfigError> => {
@@ -156,9 +154,7 @@ export const idempotencyStore: Config.Config<IdempotencyStoreConfig> = Config.al
  * @category config
  */
 export const jwt = Config.all({
-  secret: Config.option(Config.redacted("JWT_SECRET")).pipe(
-    Config.map(Option.filter((secret) => Redacted.value(secret).trim() !== ""))
-  ),
+  secret: setRedacted("JWT_SECRET"),
   publicKeyFile: setString("JWT_PUBLIC_KEY_FILE"),
   jwksFile: setString("JWT_JWKS_FILE"),
   issuer: setString("JWT_ISSUER"),
@@ -182,8 +178,7 @@ export const jwtAlgorithm = Config.option(
  * An `http://` or `https://` URL, or none when unset or empty.
  */
 const optionalHttpUrl = (name: string) =>
-  Config.option(Config.string(name)).pipe(
-    Config.map(Option.filter((url) => url.trim() !== "")),
+  setString(name).pipe(
     Config.mapOrFail((url) =>
       Option.isNone(url) || (/^https?:\/\/[^\s/]+/.test(url.value.trim()) && URL.canParse(url.value.trim()))
         ? Either.right(Option.map(url, (value) => value.trim()))
