@@ -11,6 +11,7 @@ import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -63,43 +64,49 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
   // A transaction's connection tells it from any other; one inside another
   // (a savepoint) has the outer one's, and ends with it.
   const ends = UnitOfWork.makeEnds()
-  const direct = Option.isSome(pgPool) && pgPool.value.client === sql
-    ? onPool(sql, pgPool.value.pool, ends)
-    : undefined
+  const outermost: <A, E, R>(self: Effect.Effect<A, E, R>, fiber: AnyFiber) => Effect.Effect<A, E | SqlError, R> =
+    (Option.isSome(pgPool) && pgPool.value.client === sql
+      ? onPool(sql, pgPool.value.pool, ends)
+      : undefined) ?? withTransaction(sql, ends)
   return {
-    transactional: direct === undefined
-      ? (self) => SqlFailure.classify(withTransaction(sql, ends, self))
-      : (self) => SqlFailure.classify(direct(self)),
+    transactional: <A, E, R>(self: Effect.Effect<A, E, R>) =>
+      SqlFailure.classify(Effect.withFiberRuntime<A, E | SqlError, R>((fiber) =>
+        // Inside a transaction: a savepoint of it, as `@effect/sql` makes.
+        connectionOf(fiber) === undefined ? outermost(self, fiber) : sql.withTransaction(self)
+      )),
     afterEnd: (end) =>
       Effect.withFiberRuntime((fiber) => {
-        const transaction = Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)
-        return Effect.succeed(Option.isSome(transaction) && ends.add(transaction.value[0], end))
+        const connection = connectionOf(fiber)
+        return Effect.succeed(connection !== undefined && ends.add(connection, end))
       })
   }
 })
 
 type Ends = ReturnType<typeof UnitOfWork.makeEnds>
 
-/** `sql.withTransaction`, running what was registered for it once it ends. */
-const withTransaction = <A, E, R>(sql: SqlClient.SqlClient, ends: Ends, self: Effect.Effect<A, E, R>) =>
-  Effect.withFiberRuntime<A, E | SqlError, R>((fiber) => {
-    if (Option.isSome(Context.getOption(fiber.currentContext, SqlClient.TransactionConnection))) {
-      return sql.withTransaction(self)
-    }
+type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
+
+/** The connection of the transaction the fiber is in, if any. */
+const connectionOf = (fiber: AnyFiber): object | undefined => {
+  const transaction = Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)
+  return Option.isSome(transaction) ? transaction.value[0] : undefined
+}
+
+/** `sql.withTransaction` outside any, running what was registered for it once it ends. */
+const withTransaction =
+  (sql: SqlClient.SqlClient, ends: Ends) =>
+  <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> => {
     let connection: object | undefined
-    const seen = Effect.withFiberRuntime<A, E, R>((inner) => {
-      const transaction = Context.getOption(inner.currentContext, SqlClient.TransactionConnection)
-      if (Option.isSome(transaction)) {
-        connection = transaction.value[0]
-        ends.begin(connection)
-      }
+    const seen = Effect.withFiberRuntime<A, E, R>((fiber) => {
+      connection = connectionOf(fiber)
+      if (connection !== undefined) ends.begin(connection)
       return self
     })
     return Effect.onExit(
       sql.withTransaction(seen),
       (exit) => connection === undefined ? Effect.void : ends.run(connection, exit._tag === "Success")
     )
-  })
+  }
 
 /**
  * @since 0.1.0
@@ -168,49 +175,44 @@ const end = (held: Held, commit: boolean) =>
   })
 
 /**
- * `withTransaction` on the pool's connections, or undefined when the client
- * is not one this can hand a connection to (not `@effect/sql-pg`'s, or a
- * version whose connection class takes no client).
+ * An outermost transaction on the pool's connections, or undefined when the
+ * client is not one this can hand a connection to (not `@effect/sql-pg`'s,
+ * or a version whose connection class takes no client).
  */
 const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
   const probe = sql`SELECT 1`
-  const connectionOf = connectionClassOf(probe)
-  if (connectionOf === undefined) return undefined
+  const connectionFor = connectionClassOf(probe)
+  if (connectionFor === undefined) return undefined
   const spanAttributes = (probe as { readonly spanAttributes?: unknown }).spanAttributes
   const attributes: ReadonlyArray<readonly [string, unknown]> = Array.isArray(spanAttributes) ? spanAttributes : []
-  return <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> =>
-    Effect.uninterruptibleMask((restore) =>
-      Effect.withFiberRuntime<A, E | SqlError, R>((fiber) => {
-        const context = fiber.currentContext
-        // Inside a transaction: a savepoint of it, as `@effect/sql` makes.
-        if (Option.isSome(Context.getOption(context, SqlClient.TransactionConnection))) {
-          return sql.withTransaction(restore(self))
-        }
-        const span = fiber.getFiberRef(FiberRef.currentTracerEnabled)
-          ? Span.start(fiber, "sql.transaction", { kind: "client" })
-          : undefined
-        if (span !== undefined) { for (const [key, value] of attributes) span.attribute(key, value) }
-        const transaction = Effect.flatMap(begin(pool), (held) => {
-          const connection = connectionOf(held.client)
-          ends.begin(connection)
-          let inner = Context.add(context, SqlClient.TransactionConnection, [connection, 0] as const)
-          if (span !== undefined) inner = Context.add(inner, Tracer.ParentSpan, span)
-          return Effect.flatMap(Effect.exit(Effect.locally(restore(self), FiberRef.currentContext, inner)), (exit) => {
-            const committing = Exit.isSuccess(exit)
-            if (span !== undefined) {
-              const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
-              span.event(`db.transaction.${committing ? "commit" : "rollback"}`, clock.unsafeCurrentTimeNanos())
-            }
-            return Effect.onExit(
-              Effect.zipRight(Effect.orDie(end(held, committing)), exit),
-              (final) => ends.run(connection, Exit.isSuccess(final))
-            )
-          })
+  // `fiber` is the one running the transaction, read before its region.
+  return <A, E, R>(self: Effect.Effect<A, E, R>, fiber: AnyFiber): Effect.Effect<A, E | SqlError, R> =>
+    Effect.uninterruptibleMask((restore) => {
+      const context = fiber.currentContext
+      const span = fiber.getFiberRef(FiberRef.currentTracerEnabled)
+        ? Span.start(fiber, "sql.transaction", { kind: "client" })
+        : undefined
+      if (span !== undefined) { for (const [key, value] of attributes) span.attribute(key, value) }
+      const transaction = Effect.flatMap(begin(pool), (held) => {
+        const connection = connectionFor(held.client)
+        ends.begin(connection)
+        let inner = Context.add(context, SqlClient.TransactionConnection, [connection, 0] as const)
+        if (span !== undefined) inner = Context.add(inner, Tracer.ParentSpan, span)
+        return Effect.flatMap(Effect.exit(Effect.locally(restore(self), FiberRef.currentContext, inner)), (exit) => {
+          const committing = Exit.isSuccess(exit)
+          if (span !== undefined) {
+            const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+            span.event(`db.transaction.${committing ? "commit" : "rollback"}`, clock.unsafeCurrentTimeNanos())
+          }
+          return Effect.onExit(
+            Effect.zipRight(Effect.orDie(end(held, committing)), exit),
+            (final) => ends.run(connection, Exit.isSuccess(final))
+          )
         })
-        // Ended however the transaction ends, a connection or BEGIN that failed included.
-        return span === undefined
-          ? transaction
-          : Effect.onExit(transaction, (final) => Effect.sync(() => Span.end(fiber, span, final)))
       })
-    )
+      // Ended however the transaction ends, a connection or BEGIN that failed included.
+      return span === undefined
+        ? transaction
+        : Effect.onExit(transaction, (final) => Effect.sync(() => Span.end(fiber, span, final)))
+    })
 }
