@@ -179,7 +179,14 @@ export const EventsPage = Schema.Struct({
   next: Schema.Int.annotations({ description: "Pass as `after` to continue" })
 }).annotations({ identifier: "EventsPage" })
 
-const IntFromString = (min: number, max: number) => Schema.NumberFromString.pipe(Schema.int(), Schema.between(min, max))
+// Decimal digits only: `NumberFromString` alone reads "0x10", "1e2" and " 5" as numbers.
+const IntFromString = (min: number, max: number) =>
+  Schema.String.pipe(
+    Schema.pattern(/^\d{1,20}$/, { message: () => "Expected a whole number in decimal digits" }),
+    Schema.compose(Schema.NumberFromString),
+    Schema.int(),
+    Schema.between(min, max)
+  )
 
 /**
  * @since 0.1.0

@@ -46,7 +46,7 @@ const size = (name: string, fallback: number) =>
   Config.string(name).pipe(
     Config.mapOrFail((raw) =>
       Option.match(parseSize(raw), {
-        onNone: () => Either.left(ConfigError.InvalidData([name], `must be a size like 1048576, 512kb or 1mb`)),
+        onNone: () => Either.left(ConfigError.InvalidData([], `must be a size like 1048576, 512kb or 1mb`)),
         onSome: Either.right
       })
     ),

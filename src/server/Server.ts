@@ -8,6 +8,7 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
+import * as HttpServerError from "@effect/platform/HttpServerError"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Cause from "effect/Cause"
 import * as ConfigError from "effect/ConfigError"
@@ -290,6 +291,14 @@ export const LoggerLive = Layer.unwrapEffect(
 export const reportFailure = (cause: Cause.Cause<unknown>): Effect.Effect<void> => {
   if (Cause.isInterruptedOnly(cause)) return Effect.void
   const error = Option.getOrUndefined(Option.orElse(Cause.failureOption(cause), () => Cause.dieOption(cause)))
+  // A setting the operator must change, or a port already taken: the reason
+  // is the whole story, a stack trace would only bury it.
+  if (ConfigError.isConfigError(error)) {
+    return Effect.logError("config.invalid").pipe(Effect.annotateLogs({ reason: describeConfigError(error) }))
+  }
+  if (error instanceof HttpServerError.ServeError) {
+    return Effect.logError("server.listen_failed").pipe(Effect.annotateLogs({ reason: reasonOf(error.cause) }))
+  }
   if (!(error instanceof SqlError)) return Effect.logError("service.failed", cause)
   return Effect.flatMap(
     Effect.option(Config.database),
@@ -305,6 +314,18 @@ export const reportFailure = (cause: Cause.Cause<unknown>): Effect.Effect<void> 
       )
   )
 }
+
+// "BODY_LIMIT: must be a size like 1048576, 512kb or 1mb", one clause per
+// setting at fault.
+const describeConfigError = (error: ConfigError.ConfigError): string =>
+  ConfigError.reduceWithContext(error, undefined, {
+    andCase: (_, left: string, right: string) => `${left}; ${right}`,
+    orCase: (_, left: string, right: string) => `${left}; ${right}`,
+    invalidDataCase: (_, path, message) => `${path.join(".")}: ${message}`,
+    missingDataCase: (_, path, message) => `${path.join(".")}: ${message}`,
+    sourceUnavailableCase: (_, path, message) => `${path.join(".")}: ${message}`,
+    unsupportedCase: (_, path, message) => `${path.join(".")}: ${message}`
+  })
 
 // The messages down an error's chain of causes: "Failed to acquire a
 // connection: connect ECONNREFUSED 127.0.0.1:5432".

@@ -556,6 +556,12 @@ const cases: ReadonlyArray<Case> = [
   { name: "limit=1.5", method: "GET", path: `${events}?limit=1.5`, as: "admin", ...invalid },
   { name: "limit= (empty)", method: "GET", path: `${events}?limit=`, as: "admin", ...invalid },
   { name: "after=1e400", method: "GET", path: `${events}?after=1e400`, as: "admin", ...invalid },
+  // Numbers are written in decimal digits: no hex, exponents, signs or spaces.
+  { name: "limit=0x10", method: "GET", path: `${events}?limit=0x10`, as: "admin", ...invalid },
+  { name: "limit=1e2", method: "GET", path: `${events}?limit=1e2`, as: "admin", ...invalid },
+  { name: "limit=+5", method: "GET", path: `${events}?limit=%2B5`, as: "admin", ...invalid },
+  { name: "limit=' 5'", method: "GET", path: `${events}?limit=%205`, as: "admin", ...invalid },
+  { name: "after=0b1", method: "GET", path: `${events}?after=0b1`, as: "admin", ...invalid },
   { name: "limit given twice", method: "GET", path: `${events}?limit=1&limit=2`, as: "admin", ...invalid }
 ]
 

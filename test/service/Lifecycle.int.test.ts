@@ -2,6 +2,7 @@
 // and refusals of bad configuration.
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import { type AddressInfo, createServer, type Server } from "node:net"
 import * as Auth from "../../src/server/Auth.js"
 import * as TestDatabase from "../support/Database.js"
 import * as Process from "../support/Process.js"
@@ -100,9 +101,47 @@ describe(`service lifecycle (${TestDatabase.kind})`, () => {
   it.scoped("refuses a bad configuration value, naming it", () =>
     Effect.gen(function*() {
       const dataDir = yield* TestDatabase.tempDir("ecb-badconfig")
-      const env = { ...TestDatabase.serviceEnv(dataDir), BODY_LIMIT: "lots" }
-      const failure = yield* Effect.flip(Process.spawnService(env, { timeoutMs: 60_000 }).pipe(Effect.sandbox))
-      expect(String(failure)).toContain("BODY_LIMIT")
-      expect(String(failure)).toContain("exited")
+      const env = { ...TestDatabase.serviceEnv(dataDir), BODY_LIMIT: "lots", LOG_LEVEL: "loud" }
+      const failure = String(
+        yield* Effect.flip(Process.spawnService(env, { timeoutMs: 60_000 }).pipe(Effect.sandbox))
+      )
+      expect(failure).toContain("exited (1)")
+      // One line naming every bad setting once, and no stack trace.
+      const line = failure.split("\n").find((text) => text.includes("config.invalid"))
+      expect(line).toBeDefined()
+      const reason: string = JSON.parse(line!).annotations.reason
+      expect(reason).toContain("BODY_LIMIT: must be a size like 1048576, 512kb or 1mb")
+      expect(reason).toContain("LOG_LEVEL: must be one of")
+      expect(reason).not.toContain("BODY_LIMIT.BODY_LIMIT")
+      // The service's own lines (JSON): no stack trace in any of them.
+      const logs = failure.split("\n").filter((text) => text.startsWith("{")).join("\n")
+      expect(logs).not.toMatch(/\\n\s+at /)
     }), { timeout: 120_000 })
+
+  it.scoped("stops with exit code 1 and one line when its port is taken, no stack trace", () =>
+    Effect.gen(function*() {
+      const dataDir = yield* TestDatabase.tempDir("ecb-port-taken")
+      const taken = yield* Effect.acquireRelease(
+        Effect.async<Server>((resume) => {
+          // Answers nothing: the readiness probe must not mistake it for the service.
+          const server = createServer((socket) => socket.destroy())
+          server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+        }),
+        (server) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)))
+      )
+      const port = (taken.address() as AddressInfo).port
+      const env = { ...TestDatabase.serviceEnv(dataDir), HOST: "127.0.0.1", PORT: String(port) }
+      yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
+      const failure = String(
+        yield* Effect.flip(Process.spawnService(env, { timeoutMs: 90_000 }).pipe(Effect.sandbox))
+      )
+      expect(failure).toContain("exited (1)")
+      const line = failure.split("\n").find((text) => text.includes("server.listen_failed"))
+      expect(line).toBeDefined()
+      expect(JSON.parse(line!).annotations.reason).toContain(`EADDRINUSE`)
+      expect(JSON.parse(line!).annotations.reason).toContain(`127.0.0.1:${port}`)
+      // The service's own lines (JSON): no stack trace in any of them.
+      const logs = failure.split("\n").filter((text) => text.startsWith("{")).join("\n")
+      expect(logs).not.toMatch(/\\n\s+at /)
+    }), { timeout: 150_000 })
 })
