@@ -1,6 +1,10 @@
+import { defaultServerConditions } from "vite"
 import { defineConfig } from "vitest/config"
 
 export default defineConfig({
+  // Tests that import the package by name get its sources, not a dist/ that
+  // may be older than them.
+  ssr: { resolve: { conditions: ["effect-command-bus-source", ...defaultServerConditions] } },
   test: {
     include: ["test/**/*.test.ts"],
     typecheck: {
