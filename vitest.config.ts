@@ -4,7 +4,15 @@ import { defineConfig } from "vitest/config"
 export default defineConfig({
   // Tests that import the package by name get its sources, not a dist/ that
   // may be older than them.
-  ssr: { resolve: { conditions: ["effect-command-bus-source", ...defaultServerConditions] } },
+  // Vitest's own server conditions otherwise: Vite's without "module".
+  ssr: {
+    resolve: {
+      conditions: [
+        "effect-command-bus-source",
+        ...defaultServerConditions.filter((condition) => condition !== "module")
+      ]
+    }
+  },
   test: {
     include: ["test/**/*.test.ts"],
     typecheck: {
