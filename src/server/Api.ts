@@ -463,7 +463,12 @@ const responseHeaders = (spec: Record<string, any>): Record<string, any> => {
             { type: "string", enum: ["true"] }
           )
         }
-        if (status === "401") headers["WWW-Authenticate"] = header("Bearer")
+        if (status === "401") {
+          headers["WWW-Authenticate"] = header(
+            "`Bearer error=\"invalid_token\"` when a bearer token was sent and refused, else `Bearer` (RFC 6750)",
+            { type: "string", enum: ["Bearer", "Bearer error=\"invalid_token\""] }
+          )
+        }
         if (status === "503") headers["Retry-After"] = header("Seconds to wait before trying again", { type: "string" })
         if (status === "405") headers["Allow"] = header("The methods the path takes")
         Object.assign(headers, headersByOperation[id]?.[status] ?? {})

@@ -284,17 +284,19 @@ export const layer: Layer.Layer<Authentication, never, TokenVerifier> = Layer.ef
   Authentication,
   Effect.map(TokenVerifier, (verifier) => ({
     // The security decoder strips the first seven characters whatever they
-    // are; the scheme itself is checked here.
-    bearer: (token) =>
+    // are; the scheme, and the token after one or more spaces (RFC 6750's
+    // `"Bearer" 1*SP b64token`), are read here.
+    bearer: () =>
       Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
         const header = request.headers.authorization
         if (header === undefined || header.trim() === "") {
           return Effect.fail(new Unauthorized({ reason: "Missing bearer token" }))
         }
-        if (!/^bearer /i.test(header)) {
+        const scheme = /^bearer +/i.exec(header)
+        if (scheme === null) {
           return Effect.fail(new Unauthorized({ reason: "Expected the Bearer authorization scheme" }))
         }
-        return verifier.verify(Redacted.value(token))
+        return verifier.verify(header.slice(scheme[0].length))
       })
   }))
 )

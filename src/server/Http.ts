@@ -303,6 +303,14 @@ export const apiRoutes: ReadonlyArray<{ readonly method: string; readonly path: 
 
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
+// RFC 6750 §3: a request that carried a bearer token which failed is told
+// `invalid_token`; one with no bearer credentials gets the bare challenge.
+const bearerToken = /^bearer +\S/i
+const challengeFor = (authorization: string | ReadonlyArray<string> | undefined): string =>
+  typeof authorization === "string" && bearerToken.test(authorization.trim())
+    ? "Bearer error=\"invalid_token\""
+    : "Bearer"
+
 /**
  * The correlation id of a request: its `X-Correlation-ID` when that is a
  * UUID, else a new one.
@@ -598,7 +606,11 @@ const edgeOf =
           let decorated = HttpServerResponse.setHeader(response, "x-correlation-id", correlationId)
           if (traceparent !== undefined) decorated = HttpServerResponse.setHeader(decorated, "traceparent", traceparent)
           if (response.status === 401) {
-            decorated = HttpServerResponse.setHeader(decorated, "www-authenticate", "Bearer")
+            decorated = HttpServerResponse.setHeader(
+              decorated,
+              "www-authenticate",
+              challengeFor(request.headers["authorization"])
+            )
           } else if (response.status === 503) {
             decorated = HttpServerResponse.setHeader(decorated, "retry-after", "1")
           }

@@ -9,7 +9,7 @@ import * as Schema from "effect/Schema"
 
 /**
  * Missing, malformed, expired or otherwise invalid bearer token. Served with
- * `WWW-Authenticate: Bearer`.
+ * `WWW-Authenticate: Bearer` (`error="invalid_token"` when a bearer token was sent).
  *
  * @since 0.1.0
  * @category errors

@@ -554,8 +554,8 @@ export interface operations {
                 headers: {
                     /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
                     "X-Correlation-ID"?: string;
-                    /** @description Bearer */
-                    "WWW-Authenticate"?: string;
+                    /** @description `Bearer error="invalid_token"` when a bearer token was sent and refused, else `Bearer` (RFC 6750) */
+                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
                     [name: string]: unknown;
                 };
                 content: {
@@ -721,8 +721,8 @@ export interface operations {
                 headers: {
                     /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
                     "X-Correlation-ID"?: string;
-                    /** @description Bearer */
-                    "WWW-Authenticate"?: string;
+                    /** @description `Bearer error="invalid_token"` when a bearer token was sent and refused, else `Bearer` (RFC 6750) */
+                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
                     [name: string]: unknown;
                 };
                 content: {
@@ -907,8 +907,8 @@ export interface operations {
                 headers: {
                     /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
                     "X-Correlation-ID"?: string;
-                    /** @description Bearer */
-                    "WWW-Authenticate"?: string;
+                    /** @description `Bearer error="invalid_token"` when a bearer token was sent and refused, else `Bearer` (RFC 6750) */
+                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1058,8 +1058,8 @@ export interface operations {
                 headers: {
                     /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
                     "X-Correlation-ID"?: string;
-                    /** @description Bearer */
-                    "WWW-Authenticate"?: string;
+                    /** @description `Bearer error="invalid_token"` when a bearer token was sent and refused, else `Bearer` (RFC 6750) */
+                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1217,8 +1217,8 @@ export interface operations {
                 headers: {
                     /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
                     "X-Correlation-ID"?: string;
-                    /** @description Bearer */
-                    "WWW-Authenticate"?: string;
+                    /** @description `Bearer error="invalid_token"` when a bearer token was sent and refused, else `Bearer` (RFC 6750) */
+                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1375,8 +1375,8 @@ export interface operations {
                 headers: {
                     /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
                     "X-Correlation-ID"?: string;
-                    /** @description Bearer */
-                    "WWW-Authenticate"?: string;
+                    /** @description `Bearer error="invalid_token"` when a bearer token was sent and refused, else `Bearer` (RFC 6750) */
+                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1708,8 +1708,8 @@ export interface operations {
                 headers: {
                     /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
                     "X-Correlation-ID"?: string;
-                    /** @description Bearer */
-                    "WWW-Authenticate"?: string;
+                    /** @description `Bearer error="invalid_token"` when a bearer token was sent and refused, else `Bearer` (RFC 6750) */
+                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
                     [name: string]: unknown;
                 };
                 content: {
