@@ -13,11 +13,14 @@
 import * as HttpApiMiddleware from "@effect/platform/HttpApiMiddleware"
 import * as HttpApiSecurity from "@effect/platform/HttpApiSecurity"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Predicate from "effect/Predicate"
 import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
 import * as Jose from "jose"
 import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
@@ -97,11 +100,18 @@ export interface VerifierOptions {
 
 const asymmetric = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 
+/**
+ * Whether a token's `sub` can be a command's `userId`: the metadata's own
+ * rule (1 to 255 code points of storable text).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const isUserId: (sub: unknown) => sub is string = Schema.is(Command.TextOfLength(1, 255))
+
 const principalOf = (payload: Jose.JWTPayload): Option.Option<CurrentUser.Principal> => {
   const sub = payload.sub
-  if (typeof sub !== "string" || sub.length === 0 || sub.length > 255 || !Command.isStorableText(sub)) {
-    return Option.none()
-  }
+  if (!isUserId(sub)) return Option.none()
   const roles = Array.isArray(payload.roles) ? payload.roles.filter((role) => typeof role === "string") : []
   return Option.some({ userId: sub, roles })
 }
@@ -180,24 +190,86 @@ export const makeVerifier = (options: VerifierOptions): Verifier => {
  */
 export const devSecretPath = (dataDir: string): string => Path.join(Path.resolve(dataDir), "jwt-dev-secret")
 
+const messageOf = (error: unknown): string =>
+  Predicate.hasProperty(error, "message") && typeof error.message === "string" ? error.message : String(error)
+
+// What `randomBytes(48)` gives in base64url; a shorter file is not one this
+// module wrote in full.
+const devSecretLength = 64
+
 /**
- * Reads the development secret, creating it on first use (mode 0600).
+ * Reads the development secret, creating it on first use (mode 0600). The
+ * file appears whole or not at all (written aside, then linked into place),
+ * so processes that start together on a fresh data directory (the service
+ * and `npm run token`, or two instances) all read the one secret. A file
+ * that is empty or cut short is refused, naming it, rather than used as a
+ * key every token would fail against.
  *
  * @since 0.1.0
  * @category utils
  */
-export const devSecret = (dataDir: string): Effect.Effect<Uint8Array, Error> =>
-  Effect.try({
-    try: () => {
-      const file = devSecretPath(dataDir)
+export const devSecret = (dataDir: string): Effect.Effect<Uint8Array, ConfigError.ConfigError> =>
+  Effect.suspend(() => {
+    const file = devSecretPath(dataDir)
+    const failed = (message: string) =>
+      Effect.fail(ConfigError.InvalidData(["DATA_DIR"], `the development JWT secret ${file} ${message}`))
+    try {
       if (!Fs.existsSync(file)) {
         Fs.mkdirSync(Path.dirname(file), { recursive: true })
-        Fs.writeFileSync(file, randomBytes(48).toString("base64url"), { mode: 0o600, flag: "wx" })
+        const aside = `${file}.${process.pid}.${randomBytes(6).toString("hex")}`
+        Fs.writeFileSync(aside, randomBytes(48).toString("base64url"), { mode: 0o600, flag: "wx" })
+        let linkError: unknown = undefined
+        try {
+          Fs.linkSync(aside, file)
+        } catch (error) {
+          linkError = error
+        } finally {
+          Fs.rmSync(aside, { force: true })
+        }
+        // EEXIST: another process linked its secret first, and that one is the secret.
+        if (linkError !== undefined && !(Predicate.hasProperty(linkError, "code") && linkError.code === "EEXIST")) {
+          return failed(`cannot be created: ${messageOf(linkError)}`)
+        }
       }
-      return new TextEncoder().encode(Fs.readFileSync(file, "utf8").trim())
-    },
-    catch: (cause) => new Error(`Cannot read or create the development JWT secret: ${String(cause)}`)
+      const secret = Fs.readFileSync(file, "utf8").trim()
+      if (secret.length < devSecretLength) {
+        return failed(`is empty or cut short (${secret.length} characters); delete it to make a new one`)
+      }
+      return Effect.succeed(new TextEncoder().encode(secret))
+    } catch (error) {
+      return failed(`cannot be read or created: ${messageOf(error)}`)
+    }
   })
+
+// The algorithms a key of each type signs with.
+const algorithmsOfType: Record<string, RegExp> = { RSA: /^(RS|PS)/, EC: /^ES/, OKP: /^EdDSA$/ }
+
+// Whether a JWK is a public key that can verify one of `algorithms`: meant
+// for signatures (`use`, `key_ops`) and importable for its own `alg`, or for
+// one of them its type signs with.
+const verifiesWith = (key: unknown, algorithms: ReadonlyArray<string>): Effect.Effect<boolean> => {
+  if (!Predicate.isRecord(key) || typeof key.kty !== "string") return Effect.succeed(false)
+  if (key.use !== undefined && key.use !== "sig") return Effect.succeed(false)
+  if (key.key_ops !== undefined && !(Array.isArray(key.key_ops) && key.key_ops.includes("verify"))) {
+    return Effect.succeed(false)
+  }
+  const type = algorithmsOfType[key.kty]
+  const candidates = typeof key.alg === "string"
+    ? algorithms.filter((alg) => alg === key.alg)
+    : algorithms.filter((alg) => type?.test(alg) === true)
+  return Effect.promise(async () => {
+    for (const alg of candidates) {
+      const imported = await Jose.importJWK(key as Jose.JWK, alg).then((key) => key, () => undefined)
+      // jose verifies RSA signatures with moduli of 2048 bits or more only.
+      const modulus = Predicate.hasProperty(imported, "algorithm") &&
+          Predicate.hasProperty(imported.algorithm, "modulusLength")
+        ? imported.algorithm.modulusLength
+        : undefined
+      if (imported !== undefined && (typeof modulus !== "number" || modulus >= 2048)) return true
+    }
+    return false
+  })
+}
 
 /**
  * The key from configuration. Production refuses to start without one.
@@ -212,29 +284,52 @@ export const keyFromConfig = Effect.gen(function*() {
   const algorithm = yield* Config.jwtAlgorithm
   if (Option.isSome(jwt.jwksFile)) {
     const file = jwt.jwksFile.value
+    const invalid = (message: string) => ConfigError.InvalidData(["JWT_JWKS_FILE"], `${file} ${message}`)
+    const algorithms = Option.match(algorithm, { onNone: () => asymmetric, onSome: (alg): Array<string> => [alg] })
     const jwks = yield* Effect.try({
-      try: () => JSON.parse(Fs.readFileSync(file, "utf8")) as Jose.JSONWebKeySet,
-      catch: (cause) => new Error(`JWT_JWKS_FILE: cannot read ${file}: ${String(cause)}`)
+      try: (): unknown => JSON.parse(Fs.readFileSync(file, "utf8")),
+      catch: (cause) => invalid(`cannot be read: ${messageOf(cause)}`)
     })
-    return {
-      _tag: "Jwks",
-      keys: Jose.createLocalJWKSet(jwks),
-      algorithms: Option.match(algorithm, { onNone: () => asymmetric, onSome: (alg): Array<string> => [alg] })
-    } satisfies KeyConfig as KeyConfig
+    const keys: ReadonlyArray<unknown> | undefined = Predicate.hasProperty(jwks, "keys") && Array.isArray(jwks.keys)
+      ? jwks.keys
+      : undefined
+    if (keys === undefined) {
+      return yield* Effect.fail(invalid("is not a JSON Web Key Set (an object with a \"keys\" array)"))
+    }
+    // A verifier needs public keys only: a private key here is one handed to
+    // the wrong party. (A symmetric key is ignored: it never enables HS256.)
+    if (keys.some((key) => Predicate.hasProperty(key, "d"))) {
+      return yield* Effect.fail(invalid("holds a private key; give it the public keys only"))
+    }
+    // A set no token could be verified with starts a service that refuses
+    // every request: refused here instead.
+    const usable = yield* Effect.filter(keys, (key) => verifiesWith(key, algorithms))
+    if (usable.length === 0) {
+      return yield* Effect.fail(invalid(`holds no public key that verifies ${algorithms.join(", ")} signatures`))
+    }
+    const getKey = yield* Effect.try({
+      try: () => Jose.createLocalJWKSet(jwks as Jose.JSONWebKeySet),
+      catch: (cause) => invalid(`is not a valid JSON Web Key Set: ${messageOf(cause)}`)
+    })
+    return { _tag: "Jwks", keys: getKey, algorithms } satisfies KeyConfig as KeyConfig
   }
   if (Option.isSome(jwt.publicKeyFile)) {
     const file = jwt.publicKeyFile.value
     const alg = Option.getOrElse(algorithm, (): string => "RS256")
     const key = yield* Effect.tryPromise({
       try: () => Jose.importSPKI(Fs.readFileSync(file, "utf8"), alg),
-      catch: (cause) => new Error(`JWT_PUBLIC_KEY_FILE: cannot import ${file}: ${String(cause)}`)
+      catch: (cause) => ConfigError.InvalidData(["JWT_PUBLIC_KEY_FILE"], `cannot import ${file}: ${messageOf(cause)}`)
     })
     return { _tag: "PublicKey", key, algorithm: alg } satisfies KeyConfig as KeyConfig
   }
   if (Option.isSome(jwt.secret)) {
     const secret = Redacted.value(jwt.secret.value)
     if (secret.length < 32) {
-      if (production) return yield* Effect.fail(new Error("JWT_SECRET must be at least 32 characters in production"))
+      if (production) {
+        return yield* Effect.fail(
+          ConfigError.InvalidData(["JWT_SECRET"], "must be at least 32 characters in production")
+        )
+      }
       yield* Effect.logWarning("auth.weak-secret").pipe(
         Effect.annotateLogs({ note: "JWT_SECRET is shorter than 32 characters" })
       )
@@ -246,9 +341,10 @@ export const keyFromConfig = Effect.gen(function*() {
     } satisfies KeyConfig as KeyConfig
   }
   if (production) {
-    return yield* Effect.fail(
-      new Error("NODE_ENV=production requires JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE")
-    )
+    return yield* Effect.fail(ConfigError.MissingData(
+      ["JWT_SECRET"],
+      "NODE_ENV=production requires JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE"
+    ))
   }
   const secret = yield* devSecret(dataDir)
   yield* Effect.logWarning("auth.development-secret").pipe(Effect.annotateLogs({

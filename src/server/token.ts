@@ -29,7 +29,8 @@ const program = Effect.gen(function*() {
       }),
     catch: (error) => new Error(`${(error as Error).message}\n${usage}`)
   })
-  if (values.sub === undefined || values.sub.length === 0 || values.sub.length > 255) {
+  const sub = values.sub
+  if (!Auth.isUserId(sub)) {
     return yield* Effect.fail(new Error(usage))
   }
   const jwt = yield* Config.jwt
@@ -52,7 +53,7 @@ const program = Effect.gen(function*() {
     try: () =>
       Auth.sign({
         secret,
-        sub: values.sub!,
+        sub,
         roles,
         expiresIn: values.expires,
         issuer: Option.getOrUndefined(jwt.issuer),

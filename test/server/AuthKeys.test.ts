@@ -1,0 +1,156 @@
+/**
+ * The verifier's keys from configuration, without a service: the development
+ * secret (created once, whole, whoever races for it), a JWKS file checked
+ * at start, and the subject rule the command metadata uses.
+ */
+import { afterEach, describe, expect, it } from "@effect/vitest"
+import * as ConfigError from "effect/ConfigError"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import { generateKeyPairSync } from "node:crypto"
+import Fs from "node:fs"
+import { syncBuiltinESMExports } from "node:module"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import * as Auth from "../../src/server/Auth.js"
+
+const existsSync = Fs.existsSync
+afterEach(() => {
+  Fs.existsSync = existsSync
+  syncBuiltinESMExports()
+})
+
+const freshDir = () => Fs.mkdtempSync(Path.join(Os.tmpdir(), "ecb-auth-keys-"))
+
+const reasonOf = (error: ConfigError.ConfigError): string =>
+  ConfigError.reduceWithContext(error, undefined, {
+    andCase: (_, left: string, right: string) => `${left}; ${right}`,
+    orCase: (_, left: string, right: string) => `${left}; ${right}`,
+    invalidDataCase: (_, path, message) => `${path.join(".")}: ${message}`,
+    missingDataCase: (_, path, message) => `${path.join(".")}: ${message}`,
+    sourceUnavailableCase: (_, path, message) => `${path.join(".")}: ${message}`,
+    unsupportedCase: (_, path, message) => `${path.join(".")}: ${message}`
+  })
+
+describe("the development secret", () => {
+  it.effect("is created once, 0600, and read back the same", () =>
+    Effect.gen(function*() {
+      const dir = freshDir()
+      const first = yield* Auth.devSecret(dir)
+      expect(first.length).toBe(64)
+      expect(Fs.statSync(Auth.devSecretPath(dir)).mode & 0o777).toBe(0o600)
+      expect(yield* Auth.devSecret(dir)).toEqual(first)
+      // Nothing left beside it.
+      expect(Fs.readdirSync(dir)).toEqual([Path.basename(Auth.devSecretPath(dir))])
+    }))
+
+  it.effect("another process creating it between the check and the create: its secret is used", () =>
+    Effect.gen(function*() {
+      const dir = freshDir()
+      const file = Auth.devSecretPath(dir)
+      const theirs = "t".repeat(64)
+      Fs.existsSync = (path: Fs.PathLike) => {
+        if (String(path) === file) {
+          Fs.writeFileSync(file, theirs, { mode: 0o600 })
+          return false
+        }
+        return existsSync(path)
+      }
+      syncBuiltinESMExports()
+      const secret = yield* Auth.devSecret(dir)
+      expect(new TextDecoder().decode(secret)).toBe(theirs)
+      expect(Fs.readdirSync(dir)).toEqual([Path.basename(file)])
+    }))
+
+  it.effect("an empty or cut-short file is refused, naming it, not used as a key", () =>
+    Effect.gen(function*() {
+      for (const content of ["", "   \n", "short"]) {
+        const dir = freshDir()
+        Fs.writeFileSync(Auth.devSecretPath(dir), content)
+        const error = yield* Effect.flip(Auth.devSecret(dir))
+        expect(reasonOf(error)).toContain(Auth.devSecretPath(dir))
+        expect(reasonOf(error)).toContain("delete it")
+      }
+    }))
+})
+
+describe("JWT_JWKS_FILE", () => {
+  const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 })
+  const publicJwk = rsa.publicKey.export({ format: "jwk" })
+  const privateJwk = rsa.privateKey.export({ format: "jwk" })
+
+  const withJwks = (content: string, env: Record<string, string> = {}) => {
+    const dir = freshDir()
+    const file = Path.join(dir, "jwks.json")
+    Fs.writeFileSync(file, content)
+    return Auth.keyFromConfig.pipe(
+      Effect.either,
+      Effect.withConfigProvider(ConfigProvider.fromJson({ DATA_DIR: dir, JWT_JWKS_FILE: file, ...env }))
+    )
+  }
+
+  it.effect("a set with a public signing key is the verifier's key", () =>
+    Effect.gen(function*() {
+      const key = yield* withJwks(JSON.stringify({ keys: [{ ...publicJwk, kid: "k1", use: "sig" }] }))
+      expect(Either.isRight(key) && key.right._tag).toBe("Jwks")
+      // Without `alg`, the key's type says which algorithms it can verify.
+      const untyped = yield* withJwks(JSON.stringify({ keys: [publicJwk] }), { JWT_ALGORITHM: "RS256" })
+      expect(Either.isRight(untyped)).toBe(true)
+    }))
+
+  it.effect("refused at start, naming the setting: not a key set, no usable key, a private key", () =>
+    Effect.gen(function*() {
+      const refused: ReadonlyArray<readonly [string, string, string]> = [
+        ["not JSON", "{", "cannot be read"],
+        ["no keys array", JSON.stringify({ key: [] }), "is not a JSON Web Key Set"],
+        ["an empty set", JSON.stringify({ keys: [] }), "no public key"],
+        ["a broken RSA key", JSON.stringify({ keys: [{ kty: "RSA", n: "abc", e: "AQAB" }] }), "no public key"],
+        ["an encryption key only", JSON.stringify({ keys: [{ ...publicJwk, use: "enc" }] }), "no public key"],
+        [
+          "a symmetric key only",
+          JSON.stringify({ keys: [{ kty: "oct", k: "c2VjcmV0", alg: "HS256" }] }),
+          "no public key"
+        ],
+        [
+          "an RS256 key with JWT_ALGORITHM=ES256",
+          JSON.stringify({ keys: [{ ...publicJwk, alg: "RS256" }] }),
+          "no public key"
+        ],
+        ["a private key", JSON.stringify({ keys: [publicJwk, privateJwk] }), "private key"]
+      ]
+      for (const [name, content, reason] of refused) {
+        const result = yield* withJwks(content, name.includes("ES256") ? { JWT_ALGORITHM: "ES256" } : {})
+        expect(Either.isLeft(result), name).toBe(true)
+        if (Either.isLeft(result)) {
+          const text = reasonOf(result.left as ConfigError.ConfigError)
+          expect(text, name).toContain("JWT_JWKS_FILE: ")
+          expect(text, name).toContain(reason)
+        }
+      }
+    }))
+})
+
+describe("the subject as a user id", () => {
+  it("follows the command metadata's rule: 1 to 255 code points of storable text", () => {
+    expect(Auth.isUserId("😀".repeat(200))).toBe(true)
+    expect(Auth.isUserId("a".repeat(255))).toBe(true)
+    expect(Auth.isUserId("a".repeat(256))).toBe(false)
+    expect(Auth.isUserId("😀".repeat(256))).toBe(false)
+    expect(Auth.isUserId("")).toBe(false)
+    expect(Auth.isUserId("a\u0000b")).toBe(false)
+    expect(Auth.isUserId("\ud800")).toBe(false)
+    expect(Auth.isUserId(42)).toBe(false)
+  })
+
+  it.effect("a verified token with an astral-plane subject of 200 characters is accepted", () =>
+    Effect.gen(function*() {
+      const secret = new TextEncoder().encode("s".repeat(64))
+      const verifier = Auth.makeVerifier({ key: { _tag: "Secret", secret, development: false } })
+      const sub = "😀".repeat(200)
+      const token = yield* Effect.promise(() => Auth.sign({ secret, sub }))
+      expect((yield* verifier.verify(token)).userId).toBe(sub)
+      const tooLong = yield* Effect.promise(() => Auth.sign({ secret, sub: "😀".repeat(256) }))
+      expect((yield* Effect.flip(verifier.verify(tooLong)))._tag).toBe("Unauthorized")
+    }))
+})
