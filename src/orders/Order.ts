@@ -238,8 +238,11 @@ export const create = (input: {
   readonly now: DateTime.Utc
 }): Change => {
   const order = new Order({
-    id: input.id,
-    customerId: input.customerId,
+    // Ids in their canonical (lowercase) form, as the orders table's uuid
+    // columns give them back: the order, its events and every store agree
+    // whatever case the command spelled them in.
+    id: input.id.toLowerCase(),
+    customerId: input.customerId.toLowerCase(),
     userId: input.userId,
     status: "created",
     version: 1,

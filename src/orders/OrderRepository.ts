@@ -41,23 +41,27 @@ export class OrderRepository extends Context.Tag("orders/OrderRepository")<Order
  * @category constructors
  */
 export const makeMemory: Effect.Effect<Service> = Effect.sync(() => {
+  // Keyed by the id in lowercase: PostgreSQL's uuid compares ids whatever
+  // their case, and so does this store.
   const orders = new Map<string, Order>()
   return {
-    findById: (id) => Effect.sync(() => Option.fromNullable(orders.get(id))),
+    findById: (id) => Effect.sync(() => Option.fromNullable(orders.get(id.toLowerCase()))),
     insert: (order) =>
       Effect.suspend(() => {
-        if (orders.has(order.id)) return Effect.fail(new OrderAlreadyExists({ orderId: order.id }))
-        orders.set(order.id, order)
+        const key = order.id.toLowerCase()
+        if (orders.has(key)) return Effect.fail(new OrderAlreadyExists({ orderId: order.id }))
+        orders.set(key, order)
         return Effect.void
       }),
     update: (order, expectedVersion) =>
       Effect.suspend(() => {
-        if (orders.get(order.id)?.version !== expectedVersion) {
+        const key = order.id.toLowerCase()
+        if (orders.get(key)?.version !== expectedVersion) {
           return Effect.fail(
             new CommandError.ConcurrencyConflict({ aggregateType, aggregateId: order.id, expectedVersion })
           )
         }
-        orders.set(order.id, order)
+        orders.set(key, order)
         return Effect.void
       })
   }

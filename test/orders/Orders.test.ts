@@ -123,6 +123,24 @@ describe("Orders", () => {
         assert.strictEqual(yield* stockOf(inventory, "p-2"), 0)
       }))
 
+    it("writes the order's and the customer's ids in lowercase, in the order and in its event", () => {
+      const id = "0A1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D"
+      const customerId = "6F1C3C0E-4A59-4A57-9D3E-5D1C7D3F2B10"
+      const { events, order } = Order.create({
+        id,
+        customerId,
+        userId: "alice",
+        items: [{ productId: "p-1", quantity: 1 }],
+        shippingAddress: { line1: "1 Main St", city: "Springfield", postalCode: "12345", country: "US" },
+        now: DateTime.unsafeMake(0)
+      })
+      assert.deepStrictEqual([order.id, order.customerId], [id.toLowerCase(), customerId.toLowerCase()])
+      const [created] = events
+      assert.strictEqual(created!.aggregateId, id.toLowerCase())
+      const event = created!.event as Order.OrderCreated
+      assert.deepStrictEqual([event.orderId, event.customerId], [id.toLowerCase(), customerId.toLowerCase()])
+    })
+
     it.effect("stores the order under the command's id, at version 1", () =>
       Effect.gen(function*() {
         const command = createOrder([{ productId: "p-1", quantity: 1 }])

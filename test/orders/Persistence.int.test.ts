@@ -46,6 +46,50 @@ const Shared = TestDatabase.layer().pipe(Layer.provideMerge(Logger.minimumLogLev
 layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
   `order persistence (${TestDatabase.kind})`,
   (it) => {
+    it.effect("ids in any case: the SQL stores and the in-memory ones agree, in lowercase", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const orderId = "0A1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D"
+        const scenario = Effect.gen(function*() {
+          const bus = OrderBus.make()
+          yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-case", 5))
+          const created = yield* bus.dispatch(
+            new CreateOrder({
+              commandId: orderId,
+              customerId: customerId.toUpperCase(),
+              items: [{ productId: "p-case", quantity: 2 }],
+              shippingAddress,
+              userId: "alice"
+            })
+          )
+          const orders = yield* OrderRepository.OrderRepository
+          const found = Option.getOrThrow(yield* orders.findById(orderId))
+          const cancelled = yield* bus.dispatch(
+            new CancelOrder({ orderId, reason: "changed my mind", userId: "alice" })
+          )
+          const again = yield* Effect.flip(
+            bus.dispatch(new CancelOrder({ orderId: orderId.toLowerCase(), reason: "twice", userId: "alice" }))
+          )
+          return {
+            created,
+            found: [found.id, found.customerId],
+            cancelled,
+            again: again._tag,
+            stock: yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-case"))
+          }
+        }).pipe(CurrentUser.as(alice))
+        const onSql = yield* scenario.pipe(Effect.provide(Persistence.layerSql(false)))
+        const inMemory = yield* scenario.pipe(Effect.provide(Persistence.layerMemory()))
+        expect(onSql).toEqual(inMemory)
+        expect(onSql).toEqual({
+          created: { orderId: orderId.toLowerCase(), status: "created", version: 1 },
+          found: [orderId.toLowerCase(), customerId],
+          cancelled: { orderId: orderId.toLowerCase(), status: "cancelled", version: 2 },
+          again: "OrderAlreadyCancelled",
+          stock: 5
+        })
+      }))
+
     it.scoped("commits exactly 10 of 50 concurrent orders against a stock of 10, and relays their 10 events", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
