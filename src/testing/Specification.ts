@@ -17,7 +17,7 @@
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import type * as Layer from "effect/Layer"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
@@ -25,6 +25,7 @@ import * as Command from "../Command.js"
 import type * as CommandBus from "../CommandBus.js"
 import * as DomainEvent from "../DomainEvent.js"
 import { Outbox } from "../Outbox.js"
+import { UnitOfWork } from "../UnitOfWork.js"
 
 /**
  * A specification that did not hold; its message says what differed.
@@ -50,16 +51,40 @@ export type Given<B extends CommandBus.Any, R> =
   | Effect.Effect<unknown, unknown, R>
 
 /**
+ * The services dispatching any command of the bus `B` requires.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type BusContext<B> = B extends CommandBus.CommandBus<infer C, infer H, infer _E, infer R>
+  ? CommandBus.Requirements<H, C["_tag"], R>
+  : never
+
+/**
  * @since 0.1.0
  * @category models
  */
 export interface Options<B extends CommandBus.Any, R, LE> {
   readonly bus: B
-  /** Everything the bus needs, built fresh for each scenario. */
+  /**
+   * Everything the bus needs, built fresh for each scenario: in memory or on
+   * a database (the events checked are the ones the command's transaction
+   * committed, published or not).
+   */
   readonly layer: Layer.Layer<R, LE>
   /** Applies a prior event to the stores, for `given(event)`. */
-  readonly evolve?: (event: DomainEvent.Any) => Effect.Effect<void, never, R>
+  readonly evolve?: (event: DomainEvent.Any) => Effect.Effect<void, never, NoInfer<R>>
 }
+
+/**
+ * Nothing when the layer provides every service the bus needs; else a
+ * property named after the gap, so that `make` does not compile.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Covers<B, R> = [Exclude<BusContext<B>, R>] extends [never] ? unknown
+  : { readonly "the layer does not provide these services of the bus": Exclude<BusContext<B>, R> }
 
 /**
  * @since 0.1.0
@@ -98,7 +123,9 @@ export interface Then<C extends Command.Any> {
  * @since 0.1.0
  * @category constructors
  */
-export const make = <B extends CommandBus.Any, R, LE>(options: Options<B, R, LE>): Specification<B, R> => {
+export const make = <B extends CommandBus.Any, R, LE>(
+  options: Options<B, R, LE> & Covers<B, R>
+): Specification<B, R> => {
   const given = (...steps: ReadonlyArray<Given<B, R>>): When<B> => ({
     when: (command) => scenario(options, steps, command)
   })
@@ -116,12 +143,13 @@ const scenario = <B extends CommandBus.Any, R, LE, C extends Command.Any>(
   command: C
 ): Then<C> => {
   const run: Effect.Effect<Outcome, SpecificationFailed> = Effect.gen(function*() {
-    for (const step of steps) yield* applyStep(options, step)
-    const outbox = yield* Outbox
-    const before = (yield* outbox.read({ after: 0, limit: Number.MAX_SAFE_INTEGER })).length
-    const exit = yield* Effect.exit(options.bus.dispatch(command) as Effect.Effect<unknown, unknown, R>)
-    const events = yield* outbox.read({ after: before, limit: Number.MAX_SAFE_INTEGER })
-    return { exit, events: events.map((stored) => stored.event) }
+    const committed: Array<DomainEvent.Envelope> = []
+    const exit = yield* Effect.gen(function*() {
+      for (const step of steps) yield* applyStep(options, step)
+      committed.length = 0
+      return yield* Effect.exit(options.bus.dispatch(command) as Effect.Effect<unknown, unknown, R>)
+    }).pipe(Effect.provide(recording(committed)))
+    return { exit, events: [...committed] }
   }).pipe(
     Effect.catchAll((error) => fail(`setting up the scenario failed: ${describe(error)}`)),
     Effect.provide(options.layer as Layer.Layer<R | Outbox, LE>),
@@ -180,6 +208,34 @@ const scenario = <B extends CommandBus.Any, R, LE, C extends Command.Any>(
       })
   }
 }
+
+// The layer's outbox, noting the events of each append once they are
+// committed: at the end of the transaction they were appended in (nothing
+// when it rolls back, as a retried attempt's does), or at once where the
+// unit of work cannot say (none, or one without `afterEnd`). A database's
+// outbox reads back only what its relay published; this sees what the
+// command committed.
+const recording = (committed: Array<DomainEvent.Envelope>) =>
+  Layer.effect(
+    Outbox,
+    Effect.gen(function*() {
+      const outbox = yield* Outbox
+      const unitOfWork = yield* Effect.serviceOption(UnitOfWork)
+      const afterEnd = Option.getOrUndefined(unitOfWork)?.afterEnd
+      const note = (events: ReadonlyArray<DomainEvent.Envelope>) => Effect.sync(() => void committed.push(...events))
+      return {
+        read: outbox.read,
+        append: (events) =>
+          Effect.zipRight(
+            outbox.append(events),
+            afterEnd === undefined ? note(events) : Effect.flatMap(
+              afterEnd((wasCommitted) => wasCommitted ? note(events) : Effect.void),
+              (registered) => registered ? Effect.void : note(events)
+            )
+          )
+      }
+    })
+  )
 
 const applyStep = <B extends CommandBus.Any, R, LE>(options: Options<B, R, LE>, step: Given<B, R>) => {
   if (Effect.isEffect(step)) return Effect.asVoid(step)

@@ -3,10 +3,12 @@
  * `DATABASE_URL`), through the full bus: stock under concurrent orders, the
  * outbox and relay behind them, and orders kept across a restart.
  */
+import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, expect, layer } from "@effect/vitest"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -19,10 +21,12 @@ import * as Redacted from "effect/Redacted"
 import { CurrentUser, EventPublisher, Outbox } from "../../src/index.js"
 import { CancelOrder, CreateOrder } from "../../src/orders/Commands.js"
 import * as Inventory from "../../src/orders/Inventory.js"
+import * as Order from "../../src/orders/Order.js"
 import * as OrderBus from "../../src/orders/OrderBus.js"
 import * as OrderRepository from "../../src/orders/OrderRepository.js"
 import * as Persistence from "../../src/orders/Persistence.js"
 import * as Database from "../../src/server/Database.js"
+import { Specification } from "../../src/testing/index.js"
 import * as TestDatabase from "../support/Database.js"
 
 const customerId = "6f1c3c0e-4a59-4a57-9d3e-5d1c7d3f2b10"
@@ -88,6 +92,40 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
           again: "OrderAlreadyCancelled",
           stock: 5
         })
+      }))
+
+    it.effect("a specification over the SQL stores sees the events its command committed, not yet published", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        // The database only: the test's whole context would bring its CurrentUser along.
+        const database = Layer.succeedContext(
+          Context.pick(SqlClient.SqlClient, PgClient.PgClient)(
+            yield* Effect.context<SqlClient.SqlClient | PgClient.PgClient>()
+          )
+        )
+        const spec = Specification.make({
+          bus: OrderBus.make(),
+          // No relay: nothing is published, the events are only committed.
+          layer: Persistence.layerSql(false).pipe(Layer.provideMerge(database))
+        })
+        const items = [{ productId: "p-spec", quantity: 2 }]
+        const command = createOrder("p-spec", 2)
+        const stock = (available: number) =>
+          Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-spec", available))
+        yield* spec.given(stock(3)).when(command)
+          .thenSucceeds(
+            { orderId: command.commandId, status: "created", version: 1 },
+            new Order.OrderCreated({ orderId: command.commandId, customerId, userId: "alice", items, shippingAddress })
+          ).pipe(CurrentUser.as(alice))
+        const refused = spec.given(stock(1)).when(createOrder("p-spec", 5)).thenFails(
+          new Inventory.InsufficientInventory({ productId: "p-spec", requested: 5, available: 1 })
+        )
+        yield* refused.pipe(CurrentUser.as(alice))
+        // And a wrong expectation is reported, not passed.
+        const wrong = yield* Effect.flip(
+          spec.given(stock(1)).when(createOrder("p-spec", 1)).then().pipe(CurrentUser.as(alice))
+        )
+        expect(wrong.message).toContain("OrderCreated")
       }))
 
     it.scoped("commits exactly 10 of 50 concurrent orders against a stock of 10, and relays their 10 events", () =>
