@@ -54,6 +54,8 @@ import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import { identity } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -614,23 +616,34 @@ export const make = (
     const dataDir = onDisk ? Path.resolve(config.dataDir) : config.dataDir
     const lock = new SessionLock(config.maxQueued ?? Number.POSITIVE_INFINITY)
 
-    const acquireLock: Effect.Effect<void, SqlError> = Effect.suspend(() => {
-      if (lock.closedWith !== undefined) return Effect.fail(lock.closedWith)
-      return lock.tryAcquire() ? Effect.void : waitForLock
-    })
-    const waitForLock = Effect.async<void, SqlError>((resume) => {
-      const request = new LockRequest(resume)
-      const error = lock.enqueue(request)
-      if (error !== undefined) {
-        resume(Effect.fail(error))
-        return
-      }
-      return Effect.sync(() => {
-        // Granted but interrupted before the fiber resumed: pass the lock on.
-        if (request.state === GRANTED) lock.release()
-        else lock.cancel(request)
+    // Takes the session lock; called where interruption is masked, with
+    // `restore` making only the wait interruptible (`identity` for callers
+    // that are not). A free lock is taken with no interruptible step after
+    // it, and a wait that ends any way but success (interrupted while queued,
+    // or after the grant but before the caller holds it) gives the lock back
+    // or leaves the queue: either way, no lock without an owner.
+    const acquireLockWith = (
+      restore: (wait: Effect.Effect<void, SqlError>) => Effect.Effect<void, SqlError>
+    ): Effect.Effect<void, SqlError> =>
+      Effect.suspend(() => {
+        if (lock.closedWith !== undefined) return Effect.fail(lock.closedWith)
+        if (lock.tryAcquire()) return Effect.void
+        let request: LockRequest | undefined
+        return Effect.onExit(
+          restore(Effect.async<void, SqlError>((resume) => {
+            const queued = new LockRequest(resume)
+            const error = lock.enqueue(queued)
+            if (error !== undefined) return resume(Effect.fail(error))
+            request = queued
+          })),
+          (exit) =>
+            Effect.sync(() => {
+              if (Exit.isSuccess(exit) || request === undefined) return
+              if (request.state === GRANTED) lock.release()
+              else lock.cancel(request)
+            })
+        )
       })
-    })
 
     // Single listener for all channels; `listen` streams subscribe here.
     const channels = new Map<string, Set<(payload: string) => void>>()
@@ -654,7 +667,7 @@ export const make = (
         Effect.gen(function*() {
           // Let the running transaction (if any) finish, bounded, so close does
           // not tear the session down under it; then fail all other waiters.
-          yield* Effect.ignore(Effect.timeoutOption(Effect.interruptible(acquireLock), "5 seconds"))
+          yield* Effect.ignore(Effect.timeoutOption(acquireLockWith(Effect.interruptible), "5 seconds"))
           lock.close(new SqlError({ message: "PgliteClient: the database is closed" }))
           yield* Effect.tryPromise(() => pg.close()).pipe(Effect.ignoreLogged)
           releaseDir?.()
@@ -765,7 +778,7 @@ export const make = (
 
     /** Holds the session until the scope closes (`reserve`). */
     const reserve: Effect.Effect<Connection, SqlError, Scope.Scope> = Effect.uninterruptibleMask((restore) =>
-      Effect.zipRight(restore(acquireLock), Effect.flatMap(Effect.scope, holdSession))
+      Effect.zipRight(acquireLockWith(restore), Effect.flatMap(Effect.scope, holdSession))
     )
 
     /** Runs `f` with exclusive use of the session: the current transaction's, or a freshly locked one. */
@@ -777,7 +790,7 @@ export const make = (
             ? f(tx.value[0])
             : Effect.uninterruptibleMask((restore) =>
               Effect.zipRight(
-                restore(acquireLock),
+                acquireLockWith(restore),
                 Effect.flatMap(Scope.make(), (scope) =>
                   Effect.flatMap(
                     holdSession(scope),
@@ -814,8 +827,8 @@ export const make = (
         rollback: (conn) => conn.executeUnprepared("ROLLBACK", [], undefined),
         rollbackSavepoint: (conn, id) => conn.executeUnprepared(`ROLLBACK TO SAVEPOINT effect_sql_${id}`, [], undefined)
       })
-    const withTransactionInterruptible = makeWithTransaction(Effect.interruptible(acquireLock))
-    const withTransactionUninterruptible = makeWithTransaction(acquireLock)
+    const withTransactionInterruptible = makeWithTransaction(acquireLockWith(Effect.interruptible))
+    const withTransactionUninterruptible = makeWithTransaction(acquireLockWith(identity))
     const withTransaction = <R, E, A>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> =>
       Effect.checkInterruptible((interruptible) =>
         interruptible ? withTransactionInterruptible(self) : withTransactionUninterruptible(self)

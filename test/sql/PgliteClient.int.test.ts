@@ -264,6 +264,33 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })("PgliteClie
       expect(after).toEqual([{ ok: 1 }])
     }))
 
+  // Effect yields to the scheduler every so many operations (64 here), where
+  // an interruption lands: swept over each step around taking the session,
+  // it must never leave the session taken with no one to give it back.
+  it.effect("an interruption at any step around taking the session leaves it free", () =>
+    Effect.gen(function*() {
+      const pg = yield* PgClient.PgClient
+      const probe = pg`SELECT 1`.pipe(Effect.timeout("2 seconds"), Effect.option)
+      const takers: ReadonlyArray<readonly [string, Effect.Effect<unknown, unknown>]> = [
+        ["withTransaction", pg.withTransaction(pg`SELECT 1`)],
+        ["reserve", Effect.scoped(Effect.flatMap(pg.reserve, (conn) => conn.execute("SELECT 1", [], undefined)))]
+      ]
+      for (const [name, take] of takers) {
+        for (let pad = 0; pad < 70; pad++) {
+          for (let yields = 1; yields <= 2; yields++) {
+            let padded: Effect.Effect<void> = Effect.void
+            for (let i = 0; i < pad; i++) padded = Effect.zipRight(padded, Effect.void)
+            const fiber = yield* Effect.fork(Effect.zipRight(padded, take).pipe(Effect.withMaxOpsBeforeYield(64)))
+            for (let i = 0; i < yields; i++) yield* Effect.yieldNow()
+            yield* Fiber.interrupt(fiber)
+            expect(Option.isSome(yield* probe), `${name}, interrupted after ${pad} steps and ${yields} yields`).toBe(
+              true
+            )
+          }
+        }
+      }
+    }), 60_000)
+
   it.effect("rejects statements on a transaction's connection once the transaction ended", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
