@@ -27,6 +27,18 @@ const nonNegativeInt = (name: string, fallback: number) =>
 const duration = (name: string, fallback: Duration.DurationInput) =>
   Config.duration(name).pipe(Config.withDefault(Duration.decode(fallback)))
 
+// A timer's delay: Node's timers and PostgreSQL's statement_timeout take at
+// most 2^31 - 1 ms; a longer one fires at once (Node) or is refused when the
+// first connection opens (PostgreSQL), far from the setting that caused it.
+const timer = (name: string, fallback: Duration.DurationInput) =>
+  Config.duration(name).pipe(
+    Config.validate({
+      message: "must be at most 2147483647 ms (about 24.8 days)",
+      validation: (delay) => Duration.toMillis(delay) <= 2 ** 31 - 1
+    }),
+    Config.withDefault(Duration.decode(fallback))
+  )
+
 /**
  * A size such as `1048576`, `512kb` or `1mb`.
  *
@@ -109,8 +121,8 @@ export const database = Config.all({
   ),
   dataDir: stringOr("DATA_DIR", "./data"),
   poolSize: positiveInt("DB_POOL_SIZE", 20),
-  connectTimeout: duration("DB_CONNECT_TIMEOUT", "5 seconds"),
-  statementTimeout: duration("DB_STATEMENT_TIMEOUT", "10 seconds"),
+  connectTimeout: timer("DB_CONNECT_TIMEOUT", "5 seconds"),
+  statementTimeout: timer("DB_STATEMENT_TIMEOUT", "10 seconds"),
   preparedStatements: nonNegativeInt("DB_PREPARED_STATEMENTS", 256)
 })
 
@@ -136,7 +148,7 @@ export type IdempotencyStoreConfig =
 export const idempotencyStore: Config.Config<IdempotencyStoreConfig> = Config.all({
   store: Config.literal("postgres", "redis")("IDEMPOTENCY_STORE").pipe(Config.withDefault("postgres" as const)),
   url: setRedacted("REDIS_URL"),
-  timeout: duration("REDIS_TIMEOUT", "2 seconds")
+  timeout: timer("REDIS_TIMEOUT", "2 seconds")
 }).pipe(
   Config.mapOrFail(({ store, timeout, url }): Either.Either<IdempotencyStoreConfig, ConfigError.ConfigError> => {
     if (store === "postgres") return Either.right({ _tag: "Postgres" })
@@ -237,7 +249,7 @@ export const server = Config.all({
   idempotencyTtl: duration("IDEMPOTENCY_TTL", "24 hours"),
   idempotencyLease: duration("IDEMPOTENCY_LEASE", "1 minute"),
   commandTimeout: duration("COMMAND_TIMEOUT", "10 seconds"),
-  shutdownTimeout: duration("SHUTDOWN_TIMEOUT", "10 seconds"),
+  shutdownTimeout: timer("SHUTDOWN_TIMEOUT", "10 seconds"),
   logLevel: Config.string("LOG_LEVEL").pipe(
     Config.withDefault("info"),
     Config.mapOrFail((raw) => {

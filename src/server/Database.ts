@@ -97,7 +97,8 @@ export const serverLayer = (options: {
               application_name: "effect-command-bus",
               ...Option.match(options.schema, {
                 onNone: () => ({}),
-                onSome: (schema) => ({ options: `-c search_path=${schema}` })
+                // Quoted: a lowercase name that is also a keyword ("order") is still a name.
+                onSome: (schema) => ({ options: `-c search_path="${schema}"` })
               })
             })
             // Errors of idle clients (the server went away) surface on the next
@@ -183,7 +184,13 @@ export const migrate = Effect.gen(function*() {
   const config = yield* Config.database
   if (Option.isSome(config.url) && Option.isSome(config.schema)) {
     const sql = yield* SqlClient.SqlClient
-    yield* sql.unsafe(`CREATE SCHEMA IF NOT EXISTS ${config.schema.value}`)
+    // Instances starting together on a new schema: CREATE SCHEMA IF NOT
+    // EXISTS alone can fail in all but one with a unique violation, so they
+    // take turns, as the migrations do.
+    yield* sql.withTransaction(Effect.zipRight(
+      sql`SELECT pg_advisory_xact_lock(hashtext('effect-command-bus:create-schema'))`,
+      sql.unsafe(`CREATE SCHEMA IF NOT EXISTS "${config.schema.value}"`)
+    ))
   }
   return yield* Migrations.run
 })

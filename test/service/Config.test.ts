@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -29,6 +30,30 @@ describe("Config.database", () => {
         const error = yield* Effect.flip(read({ DB_PREPARED_STATEMENTS: value }))
         expect(String(error)).toContain("DB_PREPARED_STATEMENTS")
       }
+    }))
+})
+
+describe("timer settings", () => {
+  it.effect("refuse delays over 2^31 - 1 ms, which Node's timers and PostgreSQL cannot take, naming them", () =>
+    Effect.gen(function*() {
+      for (const name of ["DB_CONNECT_TIMEOUT", "DB_STATEMENT_TIMEOUT"]) {
+        const error = yield* Effect.flip(read({ [name]: "30 days" }))
+        expect(String(error)).toContain(name)
+        expect(String(error)).toContain("at most 2147483647 ms")
+        expect(Duration.toMillis(
+          (yield* read({ [name]: "24 days" }))[
+            name === "DB_CONNECT_TIMEOUT" ? "connectTimeout" : "statementTimeout"
+          ]
+        )).toBe(24 * 24 * 3600 * 1000)
+      }
+      const shutdown = yield* Effect.flip(Config.server.pipe(withEnv({ SHUTDOWN_TIMEOUT: "30 days" })))
+      expect(String(shutdown)).toContain("SHUTDOWN_TIMEOUT")
+      const redis = yield* Effect.flip(
+        Config.idempotencyStore.pipe(
+          withEnv({ IDEMPOTENCY_STORE: "redis", REDIS_URL: "redis://127.0.0.1:6379", REDIS_TIMEOUT: "30 days" })
+        )
+      )
+      expect(String(redis)).toContain("REDIS_TIMEOUT")
     }))
 })
 

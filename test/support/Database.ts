@@ -36,7 +36,7 @@ export const tempDir = (prefix: string) =>
 export const freshSchema = () => `t_${randomBytes(6).toString("hex")}`
 
 const dropSchema = (schema: string) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)).pipe(
+  Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`)).pipe(
     Effect.provide(Database.serverLayer({
       url: Redacted.make(serverUrl!),
       schema: Option.none(),
