@@ -532,34 +532,72 @@ const isAlive = (pid: number): boolean => {
 const dirError = (dir: string, message: string, cause?: unknown) =>
   new SqlError({ cause, message: `PgliteClient: data directory ${dir} ${message}` })
 
-/** Takes over a lock file whose owner is gone (crash), unless the owner still runs. */
+const readOwner = (lockPath: string): number | undefined => {
+  try {
+    const pid = Number(Fs.readFileSync(lockPath, "utf8").trim())
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+// Writes this process's pid whole (aside, then renamed over the file).
+const writeOwner = (lockPath: string): void => {
+  const aside = `${lockPath}.${process.pid}.${Math.random().toString(36).slice(2)}`
+  Fs.writeFileSync(aside, String(process.pid))
+  Fs.renameSync(aside, lockPath)
+}
+
+/**
+ * Takes over a lock file whose owner is gone (a crash; or a pid reused by
+ * this process, as a container's pid 1 is), unless the owner still runs.
+ * Two processes taking over at once both write; after a pause each reads
+ * the file back, and only the one whose pid it holds goes on.
+ */
 const takeOverLockFile = (dir: string, lockPath: string): Effect.Effect<void, SqlError> =>
-  Effect.try({
-    try: () => Number(Fs.readFileSync(lockPath, "utf8").trim()),
-    catch: (cause) => dirError(dir, "has an unreadable lock file", cause)
-  }).pipe(
-    Effect.flatMap((pid) =>
-      Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)
-        ? Effect.fail(dirError(dir, `is in use by process ${pid} (${lockPath})`))
-        : Effect.try({
-          try: () => Fs.writeFileSync(lockPath, String(process.pid)),
-          catch: (cause) => dirError(dir, "could not be locked", cause)
-        })
+  Effect.suspend(() => {
+    const owner = readOwner(lockPath)
+    if (owner !== undefined && owner !== process.pid && isAlive(owner)) {
+      return Effect.fail(dirError(dir, `is in use by process ${owner} (${lockPath})`))
+    }
+    return Effect.try({
+      try: () => writeOwner(lockPath),
+      catch: (cause) => dirError(dir, "could not be locked", cause)
+    }).pipe(
+      Effect.zipRight(Effect.sleep("100 millis")),
+      Effect.zipRight(Effect.suspend(() => {
+        const now = readOwner(lockPath)
+        return now === process.pid
+          ? Effect.void
+          : Effect.fail(dirError(dir, `is in use by process ${now ?? "(unknown)"} (${lockPath})`))
+      }))
     )
-  )
+  })
 
 /**
  * Creates `dir` if needed (PGlite's NodeFS only creates the last path segment)
  * and claims it for this process, since PGlite happily opens a directory that
- * another instance is using. Returns the release function.
+ * another instance is using. Claims are by the directory's real path, so a
+ * symbolic link to an open directory is refused too. Returns that path (PGlite
+ * cannot open a link) and the release function, which removes the lock file
+ * only while it is this process's.
  */
-const claimDataDir = (dir: string): Effect.Effect<() => void, SqlError> =>
-  Effect.suspend(() => {
+const claimDataDir = (
+  path: string
+): Effect.Effect<{ readonly dir: string; readonly release: () => void }, SqlError> =>
+  Effect.try({
+    try: () => {
+      Fs.mkdirSync(path, { recursive: true })
+      return Fs.realpathSync(path)
+    },
+    catch: (cause) => dirError(path, "could not be created", cause)
+  }).pipe(Effect.flatMap((dir) => {
     if (openDirs.has(dir)) return Effect.fail(dirError(dir, "is already open in this process"))
     openDirs.add(dir)
     const lockPath = Path.join(dir, LOCK_FILE)
     const release = () => {
       openDirs.delete(dir)
+      if (readOwner(lockPath) !== process.pid) return
       try {
         Fs.unlinkSync(lockPath)
       } catch {
@@ -567,25 +605,18 @@ const claimDataDir = (dir: string): Effect.Effect<() => void, SqlError> =>
       }
     }
     return Effect.try({
-      try: () => Fs.mkdirSync(dir, { recursive: true }),
-      catch: (cause) => dirError(dir, "could not be created", cause)
+      try: () => Fs.writeFileSync(lockPath, String(process.pid), { flag: "wx" }),
+      catch: (cause) => cause as NodeJS.ErrnoException
     }).pipe(
-      Effect.zipRight(
-        Effect.try({
-          try: () => Fs.writeFileSync(lockPath, String(process.pid), { flag: "wx" }),
-          catch: (cause) => cause as NodeJS.ErrnoException
-        }).pipe(
-          Effect.catchAll((cause) =>
-            cause.code === "EEXIST"
-              ? takeOverLockFile(dir, lockPath)
-              : Effect.fail(dirError(dir, "could not be locked", cause))
-          )
-        )
+      Effect.catchAll((cause) =>
+        cause.code === "EEXIST"
+          ? takeOverLockFile(dir, lockPath)
+          : Effect.fail(dirError(dir, "could not be locked", cause))
       ),
-      Effect.as(release),
+      Effect.as({ dir, release }),
       Effect.tapError(() => Effect.sync(() => openDirs.delete(dir)))
     )
-  })
+  }))
 
 // ---------------------------------------------------------------------------
 // Client
@@ -656,9 +687,10 @@ export const make = (
 
     const pg = yield* Effect.acquireRelease(
       Effect.gen(function*() {
-        const releaseDir = onDisk ? yield* claimDataDir(dataDir) : undefined
+        const claimed = onDisk ? yield* claimDataDir(dataDir) : undefined
+        const releaseDir = claimed?.release
         const pg = yield* Effect.tryPromise({
-          try: () => PGlite.create(dataDir, { parsers }),
+          try: () => PGlite.create(claimed?.dir ?? dataDir, { parsers }),
           catch: (cause) => new SqlError({ cause, message: `PgliteClient: failed to open ${dataDir}` })
         }).pipe(Effect.tapError(() => Effect.sync(() => releaseDir?.())))
         return { pg, releaseDir }

@@ -389,6 +389,51 @@ describe("PgliteClient persistence", () => {
       expect(Fs.existsSync(Path.join(dataDir, "PG_VERSION"))).toBe(false)
     }))
 
+  it.live(
+    "claims a dataDir by its real path: a link to an open one is refused, a link alone opens",
+    () =>
+      Effect.gen(function*() {
+        const root = Path.join(tmpRoot, "links")
+        const real = Path.join(root, "data")
+        Fs.mkdirSync(real, { recursive: true })
+        Fs.symlinkSync(real, Path.join(root, "alias"), "dir")
+        const open = (dataDir: string) => PgliteClient.make({ dataDir }).pipe(Effect.provide(Reactivity.layer))
+        yield* Effect.scoped(Effect.gen(function*() {
+          const first = yield* open(Path.join(real, "pg"))
+          yield* first`CREATE TABLE through_real (id int)`
+          const error = yield* Effect.flip(Effect.scoped(open(Path.join(root, "alias", "pg"))))
+          expect(error.message).toContain("already open in this process")
+          // The refused open did not take the lock away from the open one.
+          expect(Fs.readFileSync(Path.join(real, "pg", ".pglite-client.lock"), "utf8")).toBe(String(process.pid))
+        }))
+        // Closed: the same database opens through the link.
+        const tables = yield* Effect.scoped(Effect.flatMap(
+          open(Path.join(root, "alias", "pg")),
+          (sql) =>
+            sql<{ readonly name: string }>`SELECT tablename AS name FROM pg_tables WHERE tablename = 'through_real'`
+        ))
+        expect(tables).toEqual([{ name: "through_real" }])
+        expect(Fs.existsSync(Path.join(real, "pg", ".pglite-client.lock"))).toBe(false)
+      }),
+    120_000
+  )
+
+  it.live(
+    "takes over a lock file left with this process's own pid (a pid reused after a crash)",
+    () =>
+      Effect.gen(function*() {
+        const dataDir = Path.join(tmpRoot, "own-pid")
+        Fs.mkdirSync(dataDir, { recursive: true })
+        Fs.writeFileSync(Path.join(dataDir, ".pglite-client.lock"), String(process.pid))
+        const rows = yield* Effect.scoped(Effect.flatMap(
+          PgliteClient.make({ dataDir }).pipe(Effect.provide(Reactivity.layer)),
+          (sql) => sql<{ readonly one: number }>`SELECT 1 AS one`
+        ))
+        expect(rows).toEqual([{ one: 1 }])
+      }),
+    120_000
+  )
+
   it.live("keeps data across close and reopen of the same dataDir", () =>
     Effect.gen(function*() {
       const dataDir = Path.join(tmpRoot, "persistent", "db")
