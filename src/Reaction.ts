@@ -67,6 +67,22 @@ export interface Reaction<out E = never, out R = never> {
 }
 
 /**
+ * Any reaction, whatever its errors and requirements.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Any = Reaction<any, any>
+
+/**
+ * The services a reaction requires; of a union of reactions, all of theirs.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Requirements<A> = A extends Reaction<infer _E, infer R> ? R : never
+
+/**
  * An event whose payload its reaction's schema does not decode (an event
  * written by another version of the schema, say). Logged and skipped.
  *
@@ -282,10 +298,10 @@ export const defaultRetry: Schedule.Schedule<unknown, unknown> = Schedule.expone
  * @since 0.1.0
  * @category running
  */
-export const start = <E, R>(
-  reactions: ReadonlyArray<Reaction<E, R>>,
+export const start = <const Rs extends ReadonlyArray<Any>>(
+  reactions: Rs,
   options: RunOptions = {}
-): Effect.Effect<Fiber.RuntimeFiber<never>, never, EventPublisher | Scope.Scope | R> =>
+): Effect.Effect<Fiber.RuntimeFiber<never>, never, EventPublisher | Scope.Scope | Requirements<Rs[number]>> =>
   Effect.flatMap(
     EventPublisher,
     (publisher) =>
@@ -298,10 +314,10 @@ export const start = <E, R>(
  * @since 0.1.0
  * @category running
  */
-export const run = <E, R>(
-  reactions: ReadonlyArray<Reaction<E, R>>,
+export const run = <const Rs extends ReadonlyArray<Any>>(
+  reactions: Rs,
   options: RunOptions = {}
-): Effect.Effect<never, never, EventPublisher | Scope.Scope | R> =>
+): Effect.Effect<never, never, EventPublisher | Scope.Scope | Requirements<Rs[number]>> =>
   Effect.flatMap(start(reactions, options), Fiber.join)
 
 // What becomes of a reaction that failed after its retries (logged first).
@@ -689,14 +705,14 @@ export interface FollowOptions extends RunOptions {
  * @since 0.1.0
  * @category running
  */
-export const follow = <E, R>(
+export const follow = <const Rs extends ReadonlyArray<Any>>(
   name: string,
-  reactions: ReadonlyArray<Reaction<E, R>>,
+  reactions: Rs,
   options: FollowOptions = {}
 ): Effect.Effect<
   Fiber.RuntimeFiber<never>,
   never,
-  EventPublisher | Outbox | Checkpoints | DeadLetters | Scope.Scope | R
+  EventPublisher | Outbox | Checkpoints | DeadLetters | Scope.Scope | Requirements<Rs[number]>
 > =>
   Effect.flatMap(
     EventPublisher,
@@ -865,11 +881,11 @@ export interface Redriven {
  * @since 0.1.0
  * @category running
  */
-export const redrive = <E, R>(
+export const redrive = <const Rs extends ReadonlyArray<Any>>(
   name: string,
-  reactions: ReadonlyArray<Reaction<E, R>>,
+  reactions: Rs,
   options: RunOptions & { readonly limit?: number; readonly sequencing?: "none" | "aggregate" } = {}
-): Effect.Effect<Redriven, StoreUnavailable, DeadLetters | R> =>
+): Effect.Effect<Redriven, StoreUnavailable, DeadLetters | Requirements<Rs[number]>> =>
   Effect.gen(function*() {
     const deadLetters = yield* DeadLetters
     const byName = new Map(reactions.map((reaction) => [reaction.name, reaction]))

@@ -379,7 +379,7 @@ describe("Reaction", () => {
       assert.deepStrictEqual(left.map((letter) => [letter.event.eventId, letter.attempts]), [[broken.eventId, 2]])
       assert.isTrue(DateTime.greaterThanOrEqualTo(left[0]!.lastFailedAt, left[0]!.firstFailedAt))
       // A letter whose reaction is not given is left alone; removing drops it.
-      assert.deepStrictEqual(yield* Reaction.redrive<never, never>("payments", []), {
+      assert.deepStrictEqual(yield* Reaction.redrive("payments", []), {
         resolved: 0,
         failed: 0,
         unmatched: 1,
