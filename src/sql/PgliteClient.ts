@@ -47,7 +47,7 @@ import * as Client from "@effect/sql/SqlClient"
 import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
-import { parse as PgParse, PGlite, protocol, types as PgTypes } from "@electric-sql/pglite"
+import { parse as PgParse, PGlite, protocol } from "@electric-sql/pglite"
 import type { ParserOptions, QueryOptions, Results } from "@electric-sql/pglite"
 import * as Chunk from "effect/Chunk"
 import * as Config from "effect/Config"
@@ -61,6 +61,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
+import Pg from "pg"
 import { isStale, mayBeOutdatedTypes, prepareValue } from "../internal/preparedStatement.js"
 
 /**
@@ -483,34 +484,25 @@ class StatementTask extends Waiter {
 }
 
 // ---------------------------------------------------------------------------
-// Type parsers: match what `pg` returns by default, so rows look the same on
-// PGlite and on a real server.
+// Type parsers: `pg`'s own, so rows look the same on PGlite and on a real
+// server. PGlite's differ for some types: int8 as a number (a bigint above
+// 2^53), a date as UTC midnight, years below 100 as 19xx, BC dates as
+// invalid, interval and point as text.
 // ---------------------------------------------------------------------------
 
-const parseDate = (x: string): Date | number => {
-  // pg (postgres-date) reads a bare `date` as local midnight; PGlite's default
-  // `new Date(x)` would read it as UTC midnight.
-  if (x === "infinity") return Infinity
-  if (x === "-infinity") return -Infinity
-  const match = /^(\d+)-(\d{2})-(\d{2})( BC)?$/.exec(x)
-  if (match === null) return new Date(x)
-  let year = Number(match[1])
-  if (match[4] !== undefined) year = 1 - year
-  const date = new Date(year, Number(match[2]) - 1, Number(match[3]))
-  if (year >= 0 && year < 100) date.setFullYear(year)
-  return date
-}
-
-const parsers: ParserOptions = {
-  // int8: pg returns strings (exact); PGlite would return a number, or a
-  // bigint above 2^53, i.e. a type that depends on the value.
-  [PgTypes.INT8]: (x: string) => x,
-  [PgTypes.DATE]: parseDate,
-  // bytea: pg returns a Buffer (a Uint8Array subclass); this is also much
-  // faster than PGlite's per-byte parser.
-  [PgTypes.BYTEA]: (x: string) => Buffer.from(x.slice(2), "hex")
-  // timestamptz / timestamp: both PGlite and pg return `Date` (ms precision), no override.
-  // json / jsonb: both return parsed values. numeric: both return strings.
+// Every type `pg` parses (its built-in ones, and any an application
+// registered with `Pg.types.setTypeParser` before the client was made).
+// PGlite parses an array itself, with its element type's parser: numeric[]
+// stays text, where pg's own array parser reads floats.
+const pgParsers = (): ParserOptions => {
+  const parserOf = Pg.types.getTypeParser as (oid: number, format: "text") => (value: string) => unknown
+  const unparsed = parserOf(0, "text")
+  const parsers: Record<number, (value: string) => unknown> = {}
+  for (let oid = 1; oid < 10_000; oid++) {
+    const parse = parserOf(oid, "text")
+    if (parse !== unparsed) parsers[oid] = (value: string) => parse(value)
+  }
+  return parsers
 }
 
 // ---------------------------------------------------------------------------
@@ -690,7 +682,7 @@ export const make = (
         const claimed = onDisk ? yield* claimDataDir(dataDir) : undefined
         const releaseDir = claimed?.release
         const pg = yield* Effect.tryPromise({
-          try: () => PGlite.create(claimed?.dir ?? dataDir, { parsers }),
+          try: () => PGlite.create(claimed?.dir ?? dataDir, { parsers: pgParsers() }),
           catch: (cause) => new SqlError({ cause, message: `PgliteClient: failed to open ${dataDir}` })
         }).pipe(Effect.tapError(() => Effect.sync(() => releaseDir?.())))
         return { pg, releaseDir }

@@ -88,6 +88,23 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })("PgliteClie
       expect(row!.flag).toBe(true)
     }))
 
+  it.effect("returns what pg returns for dates of the first century and BC, intervals and points", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const [row] = yield* sql<Record<string, any>>`
+        SELECT
+          '0050-03-01 10:00:00+00'::timestamptz AS early,
+          '0044-03-15 12:00:00+00 BC'::timestamptz AS bc,
+          '1 day 02:03:04'::interval AS span,
+          '(1,2)'::point AS spot`
+      expect((row!.early as Date).getUTCFullYear()).toBe(50)
+      expect((row!.early as Date).toISOString()).toBe("0050-03-01T10:00:00.000Z")
+      expect(Number.isNaN((row!.bc as Date).getTime())).toBe(false)
+      expect((row!.bc as Date).getUTCFullYear()).toBe(-43)
+      expect([row!.span.days, row!.span.hours, row!.span.minutes, row!.span.seconds]).toEqual([1, 2, 3, 4])
+      expect(row!.spot).toEqual({ x: 1, y: 2 })
+    }))
+
   it.effect("inserts and selects jsonb", () =>
     Effect.gen(function*() {
       const pg = yield* PgClient.PgClient
