@@ -225,8 +225,7 @@ export const valid = (schema: JsonSchema, hints: Hints = {}, path: Path = []): f
   }
   switch (typeOf(s)) {
     case "string": {
-      const pattern = patternOf(s)
-      if (pattern !== undefined) return fc.stringMatching(new RegExp(pattern))
+      // An integer in words (its range) is generated as one, whatever pattern spells its digits.
       const range = integerString(s)
       if (range !== undefined) {
         return fc.oneof(
@@ -234,6 +233,8 @@ export const valid = (schema: JsonSchema, hints: Hints = {}, path: Path = []): f
           fc.integer({ min: range.min, max: range.max })
         ).map(String)
       }
+      const pattern = patternOf(s)
+      if (pattern !== undefined) return fc.stringMatching(new RegExp(pattern))
       const min = s.minLength ?? 0
       const max = Math.min(s.maxLength ?? min + 40, min + 120)
       return text(min, max, medium)
@@ -346,6 +347,14 @@ export const boundaries = (site: Site, hints: Hints = {}): Array<Mutation> => {
   if (Array.isArray(s.enum) || "const" in s) return result
   switch (typeOf(s)) {
     case "string": {
+      const range = integerString(s)
+      if (range !== undefined) {
+        result.push(set(site, `${range.min} (minimum)`, "accept", String(range.min)))
+        result.push(set(site, `${range.max} (maximum)`, "accept", String(range.max)))
+        result.push(set(site, `${range.min - 1} (minimum - 1)`, "refuse", String(range.min - 1)))
+        result.push(set(site, `${range.max + 1} (maximum + 1)`, "refuse", BigInt(range.max) + 1n + ""))
+        return result
+      }
       const pattern = patternOf(s)
       if (pattern !== undefined) {
         const { inside, outside } = known(pattern)
@@ -356,14 +365,6 @@ export const boundaries = (site: Site, hints: Hints = {}): Array<Mutation> => {
           if (site.medium === "header" && /[^\x20-\x7e]/.test(value)) continue
           result.push(set(site, `${JSON.stringify(value)} (pattern, outside)`, "refuse", value))
         }
-        return result
-      }
-      const range = integerString(s)
-      if (range !== undefined) {
-        result.push(set(site, `${range.min} (minimum)`, "accept", String(range.min)))
-        result.push(set(site, `${range.max} (maximum)`, "accept", String(range.max)))
-        result.push(set(site, `${range.min - 1} (minimum - 1)`, "refuse", String(range.min - 1)))
-        result.push(set(site, `${range.max + 1} (maximum + 1)`, "refuse", BigInt(range.max) + 1n + ""))
         return result
       }
       if (typeof s.minLength === "number") {
@@ -528,9 +529,12 @@ export const invalids = (site: Site): Array<fc.Arbitrary<Mutation>> => {
           if (value === "-1" && range.min < 0) continue
           constant(set(site, `${JSON.stringify(value)} (not an integer in range)`, "refuse", value))
         }
-        // Other spellings of a number in range: the document does not say, so either answer is right.
+        // Other spellings of a number in range: refused when the document's
+        // pattern says how the digits are written and they break it, else
+        // either answer is right.
         for (const value of [` ${range.min}`, `+${range.min}`, `0${range.min}`, "1e1", "0x10", `${range.min}.0`]) {
-          constant(set(site, `${JSON.stringify(value)} (another spelling of a number)`, "either", value))
+          const expect = pattern === undefined ? "either" : new RegExp(pattern).test(value) ? "accept" : "refuse"
+          constant(set(site, `${JSON.stringify(value)} (another spelling of a number)`, expect, value))
         }
         return result
       }
