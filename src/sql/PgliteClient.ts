@@ -37,6 +37,9 @@
  *   and `statement_timeout` has no effect.
  * - `notify` inside `withTransaction` joins the transaction (delivered on
  *   commit); sql-pg would send it at once on another pool connection.
+ * - `listen` started inside `withTransaction` sends its `LISTEN` in that
+ *   transaction: a rollback undoes it and the stream hears nothing (sql-pg
+ *   listens on a connection of its own). Start listeners outside transactions.
  * - The session time zone is UTC.
  *
  * @since 0.1.0
