@@ -1,4 +1,5 @@
 import { Layer } from "effect"
+import type { CommandBus } from "../src/index.js"
 import { describe, expectTypeOf, it } from "vitest"
 import * as OrderBus from "../src/orders/OrderBus.js"
 import * as OrderRepository from "../src/orders/OrderRepository.js"
@@ -9,6 +10,12 @@ describe("Specification types", () => {
   it("takes a layer that provides every service of the bus", () => {
     const spec = Specification.make({ bus: OrderBus.make(), layer: Persistence.layerMemory() })
     expectTypeOf(spec.when).toBeFunction()
+  })
+
+  it("takes a bus typed CommandBus.Any, as a helper generic over its bus passes it, unchecked", () => {
+    const specFor = <B extends CommandBus.Any>(bus: B) =>
+      Specification.make({ bus: bus as CommandBus.Any, layer: Persistence.layerMemory() })
+    expectTypeOf(specFor(OrderBus.make()).when).toBeFunction()
   })
 
   it("refuses, at compile time, a layer that misses services the bus needs", () => {

@@ -536,38 +536,55 @@ const readOwner = (lockPath: string): number | undefined => {
   }
 }
 
-// Writes this process's pid whole (aside, then renamed over the file).
-const writeOwner = (lockPath: string): void => {
-  const aside = `${lockPath}.${process.pid}.${Math.random().toString(36).slice(2)}`
-  Fs.writeFileSync(aside, String(process.pid))
-  Fs.renameSync(aside, lockPath)
-}
-
 /**
  * Takes over a lock file whose owner is gone (a crash; or a pid reused by
  * this process, as a container's pid 1 is), unless the owner still runs.
- * Two processes taking over at once both write; after a pause each reads
- * the file back, and only the one whose pid it holds goes on.
+ * The stale file is moved aside (one process can move it), checked to be
+ * the one found stale (else put back), removed, and the lock created anew
+ * with an exclusive create: of processes taking over at once, however they
+ * are scheduled, one gets the lock and the others find it taken.
  */
 const takeOverLockFile = (dir: string, lockPath: string): Effect.Effect<void, SqlError> =>
   Effect.suspend(() => {
     const owner = readOwner(lockPath)
-    if (owner !== undefined && owner !== process.pid && isAlive(owner)) {
-      return Effect.fail(dirError(dir, `is in use by process ${owner} (${lockPath})`))
+    const inUse = (pid: number | undefined) =>
+      Effect.fail(dirError(dir, `is in use by process ${pid ?? "(unknown)"} (${lockPath})`))
+    if (owner !== undefined && owner !== process.pid && isAlive(owner)) return inUse(owner)
+    const aside = `${lockPath}.stale-${process.pid}-${Math.random().toString(36).slice(2)}`
+    try {
+      Fs.renameSync(lockPath, aside)
+    } catch {
+      // Moved by another process taking over: whoever creates the lock has it.
+      return createLock(dir, lockPath, () => inUse(readOwner(lockPath)))
     }
-    return Effect.try({
-      try: () => writeOwner(lockPath),
-      catch: (cause) => dirError(dir, "could not be locked", cause)
-    }).pipe(
-      Effect.zipRight(Effect.sleep("100 millis")),
-      Effect.zipRight(Effect.suspend(() => {
-        const now = readOwner(lockPath)
-        return now === process.pid
-          ? Effect.void
-          : Effect.fail(dirError(dir, `is in use by process ${now ?? "(unknown)"} (${lockPath})`))
-      }))
-    )
+    if (readOwner(aside) !== owner) {
+      // A lock written since it was read stale: give it back.
+      try {
+        Fs.linkSync(aside, lockPath)
+      } catch {
+        // another took its place meanwhile
+      }
+      Fs.rmSync(aside, { force: true })
+      return inUse(readOwner(lockPath))
+    }
+    Fs.rmSync(aside, { force: true })
+    return createLock(dir, lockPath, () => inUse(readOwner(lockPath)))
   })
+
+// Creates the lock file with this process's pid, exclusively; `taken` when it exists.
+const createLock = (
+  dir: string,
+  lockPath: string,
+  taken: () => Effect.Effect<void, SqlError>
+): Effect.Effect<void, SqlError> =>
+  Effect.try({
+    try: () => Fs.writeFileSync(lockPath, String(process.pid), { flag: "wx" }),
+    catch: (cause) => cause as NodeJS.ErrnoException
+  }).pipe(
+    Effect.catchAll((cause) =>
+      cause.code === "EEXIST" ? taken() : Effect.fail(dirError(dir, "could not be locked", cause))
+    )
+  )
 
 /**
  * Creates `dir` if needed (PGlite's NodeFS only creates the last path segment)
@@ -599,15 +616,7 @@ const claimDataDir = (
         // already gone
       }
     }
-    return Effect.try({
-      try: () => Fs.writeFileSync(lockPath, String(process.pid), { flag: "wx" }),
-      catch: (cause) => cause as NodeJS.ErrnoException
-    }).pipe(
-      Effect.catchAll((cause) =>
-        cause.code === "EEXIST"
-          ? takeOverLockFile(dir, lockPath)
-          : Effect.fail(dirError(dir, "could not be locked", cause))
-      ),
+    return createLock(dir, lockPath, () => takeOverLockFile(dir, lockPath)).pipe(
       Effect.as({ dir, release }),
       Effect.tapError(() => Effect.sync(() => openDirs.delete(dir)))
     )

@@ -78,13 +78,21 @@ export interface Options<B extends CommandBus.Any, R, LE> {
 
 /**
  * Nothing when the layer provides every service the bus needs; else a
- * property named after the gap, so that `make` does not compile.
+ * property named after the gap, so that `make` does not compile. A bus typed
+ * `CommandBus.Any` is not checked. A helper generic over its bus type cannot
+ * be checked either (the compiler cannot know that bus's services yet): give
+ * `make` the bus as `CommandBus.Any` there.
  *
  * @since 0.1.0
  * @category models
  */
-export type Covers<B, R> = [Exclude<BusContext<B>, R>] extends [never] ? unknown
-  : { readonly "the layer does not provide these services of the bus": Exclude<BusContext<B>, R> }
+export type Covers<B, R> = {
+  readonly [
+    K in [Exclude<BusContext<B>, R>] extends [never] ? never
+      : 0 extends (1 & BusContext<B>) ? never
+      : "the layer does not provide these services of the bus"
+  ]: Exclude<BusContext<B>, R>
+}
 
 /**
  * @since 0.1.0
