@@ -12,16 +12,18 @@ import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 
+// Each check comes before the default, so its error's path names the
+// setting; the messages say what the value must be, not the name again.
 const positiveInt = (name: string, fallback: number) =>
   Config.integer(name).pipe(
-    Config.withDefault(fallback),
-    Config.validate({ message: `${name} must be a positive integer`, validation: (n) => n > 0 })
+    Config.validate({ message: "must be a positive integer", validation: (n) => n > 0 }),
+    Config.withDefault(fallback)
   )
 
 const nonNegativeInt = (name: string, fallback: number) =>
   Config.integer(name).pipe(
-    Config.withDefault(fallback),
-    Config.validate({ message: `${name} must be a non-negative integer`, validation: (n) => n >= 0 })
+    Config.validate({ message: "must be a non-negative integer", validation: (n) => n >= 0 }),
+    Config.withDefault(fallback)
   )
 
 const duration = (name: string, fallback: Duration.DurationInput) =>
@@ -212,13 +214,13 @@ export const observability = Config.all({
   otlpEndpoint: optionalHttpUrl("OTEL_EXPORTER_OTLP_ENDPOINT"),
   otlpTracesEndpoint: optionalHttpUrl("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
   serviceName: Config.string("OTEL_SERVICE_NAME").pipe(
-    Config.withDefault("orders-service"),
-    Config.validate({ message: "OTEL_SERVICE_NAME must not be empty", validation: (name) => name.trim() !== "" })
+    Config.validate({ message: "must not be empty", validation: (name) => name.trim() !== "" }),
+    Config.withDefault("orders-service")
   ),
   metricsPort: Config.option(
     Config.integer("METRICS_PORT").pipe(
       Config.validate({
-        message: "METRICS_PORT must be 0 to 65535 (0: any free port)",
+        message: "must be 0 to 65535 (0: any free port)",
         validation: (n) => n >= 0 && n <= 65535
       })
     )
@@ -241,8 +243,8 @@ export const observability = Config.all({
  */
 export const server = Config.all({
   port: Config.integer("PORT").pipe(
-    Config.withDefault(3000),
-    Config.validate({ message: "PORT must be 0 to 65535 (0: any free port)", validation: (n) => n >= 0 && n <= 65535 })
+    Config.validate({ message: "must be 0 to 65535 (0: any free port)", validation: (n) => n >= 0 && n <= 65535 }),
+    Config.withDefault(3000)
   ),
   host: stringOr("HOST", "127.0.0.1"),
   bodyLimit: size("BODY_LIMIT", 1024 * 1024),

@@ -10,6 +10,7 @@ import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import { SqlError } from "@effect/sql/SqlError"
+import * as Arr from "effect/Array"
 import * as Cause from "effect/Cause"
 import * as ConfigError from "effect/ConfigError"
 import * as Duration from "effect/Duration"
@@ -250,13 +251,17 @@ export const checkConfig = Effect.all([
   Config.jwt,
   Config.jwtAlgorithm,
   Config.observability
-]).pipe(
+], { mode: "validate" }).pipe(
+  // Every group read, so one line names every bad setting, not the first group's.
+  Effect.mapError((errors) =>
+    Arr.getSomes(errors).reduce((all: ConfigError.ConfigError, error) => ConfigError.And(all, error))
+  ),
   // The metrics listener and the API cannot share a port (0 picks a free one for each).
   Effect.filterOrFail(
     ([server, , , , , observability]) =>
       Option.isNone(observability.metricsPort) || observability.metricsPort.value === 0 ||
       observability.metricsPort.value !== server.port,
-    () => ConfigError.InvalidData(["METRICS_PORT"], "METRICS_PORT must differ from PORT")
+    () => ConfigError.InvalidData(["METRICS_PORT"], "must differ from PORT")
   ),
   // Its warnings are logged once, when the verifier is built.
   Effect.zipRight(Logger.withMinimumLogLevel(Auth.keyFromConfig, LogLevel.None)),

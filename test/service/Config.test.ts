@@ -6,6 +6,8 @@ import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as HashMap from "effect/HashMap"
+import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Config from "../../src/server/Config.js"
@@ -30,6 +32,36 @@ describe("Config.database", () => {
         const error = yield* Effect.flip(read({ DB_PREPARED_STATEMENTS: value }))
         expect(String(error)).toContain("DB_PREPARED_STATEMENTS")
       }
+    }))
+})
+
+describe("the start-up check", () => {
+  const reasonFor = (env: Record<string, string>) =>
+    Effect.gen(function*() {
+      const reasons: Array<unknown> = []
+      const capture = Logger.make(({ annotations }) => {
+        reasons.push(Option.getOrUndefined(HashMap.get(annotations, "reason")))
+      })
+      yield* Server.checkConfig.pipe(
+        withEnv({ DATA_DIR: "/tmp/ecb-no-such-dir", ...env }),
+        Effect.tapErrorCause(Server.reportFailure),
+        Effect.ignore,
+        Effect.provide(Logger.replace(Logger.defaultLogger, capture))
+      )
+      return reasons
+    })
+
+  it.effect("names every bad setting once, whichever group it is in, with what it must be", () =>
+    Effect.gen(function*() {
+      expect(yield* reasonFor({ BODY_LIMIT: "lots", DB_POOL_SIZE: "0", REDIS_TIMEOUT: "30 days" })).toEqual([
+        "BODY_LIMIT: must be a size like 1048576, 512kb or 1mb; DB_POOL_SIZE: must be a positive integer; " +
+        "REDIS_TIMEOUT: must be at most 2147483647 ms (about 24.8 days)"
+      ])
+      expect(yield* reasonFor({ PORT: "99999" })).toEqual(["PORT: must be 0 to 65535 (0: any free port)"])
+      expect(yield* reasonFor({ METRICS_PORT: "70000" })).toEqual([
+        "METRICS_PORT: must be 0 to 65535 (0: any free port)"
+      ])
+      expect(yield* reasonFor({ PORT: "8080", METRICS_PORT: "8080" })).toEqual(["METRICS_PORT: must differ from PORT"])
     }))
 })
 
