@@ -1,6 +1,6 @@
 import { Layer } from "effect"
-import type { CommandBus } from "../src/index.js"
 import { describe, expectTypeOf, it } from "vitest"
+import type { CommandBus } from "../src/index.js"
 import * as OrderBus from "../src/orders/OrderBus.js"
 import * as OrderRepository from "../src/orders/OrderRepository.js"
 import * as Persistence from "../src/orders/Persistence.js"
