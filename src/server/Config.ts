@@ -6,28 +6,56 @@
  */
 import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Either from "effect/Either"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 
-// Each check comes before the default, so its error's path names the
-// setting; the messages say what the value must be, not the name again.
-const positiveInt = (name: string, fallback: number) =>
-  Config.integer(name).pipe(
-    Config.validate({ message: "must be a positive integer", validation: (n) => n > 0 }),
-    Config.withDefault(fallback)
+/**
+ * The environment as the service reads it: a variable set to nothing (or
+ * only spaces, `export PORT=`) is no variable, so its default applies.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const environment = (env: Readonly<Record<string, string | undefined>> = process.env) =>
+  ConfigProvider.fromMap(
+    new Map(
+      Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined && entry[1].trim() !== "")
+    ),
+    { pathDelim: "_", seqDelim: "," }
   )
+
+// An integer in decimal digits (`Config.integer` reads "0x50" as 80) within
+// bounds, read in one step over the setting itself, so an error's path names
+// it; the messages say what the value must be, not the name again.
+const integer = (name: string, min: number, max: number, message: string) =>
+  Config.string(name).pipe(
+    Config.mapOrFail((raw) => {
+      if (!/^\s*-?\d{1,15}\s*$/.test(raw)) {
+        return Either.left(ConfigError.InvalidData([], `must be a whole number in decimal digits, not "${raw}"`))
+      }
+      const value = Number(raw.trim())
+      return value >= min && value <= max ? Either.right(value) : Either.left(ConfigError.InvalidData([], message))
+    })
+  )
+
+const positiveInt = (name: string, fallback: number) =>
+  integer(name, 1, Number.MAX_SAFE_INTEGER, "must be a positive integer").pipe(Config.withDefault(fallback))
 
 const nonNegativeInt = (name: string, fallback: number) =>
-  Config.integer(name).pipe(
-    Config.validate({ message: "must be a non-negative integer", validation: (n) => n >= 0 }),
-    Config.withDefault(fallback)
-  )
+  integer(name, 0, Number.MAX_SAFE_INTEGER, "must be a non-negative integer").pipe(Config.withDefault(fallback))
 
-const duration = (name: string, fallback: Duration.DurationInput) =>
-  Config.duration(name).pipe(Config.withDefault(Duration.decode(fallback)))
+const port = (name: string) => integer(name, 0, 65535, "must be 0 to 65535 (0: any free port)")
+
+// A deadline or a retention: zero would refuse every command, or keep nothing.
+const positiveDuration = (name: string, fallback: Duration.DurationInput) =>
+  Config.duration(name).pipe(
+    Config.validate({ message: "must be longer than zero", validation: (delay) => Duration.toMillis(delay) > 0 }),
+    Config.withDefault(Duration.decode(fallback))
+  )
 
 // A timer's delay: Node's timers and PostgreSQL's statement_timeout take at
 // most 2^31 - 1 ms; a longer one fires at once (Node) or is refused when the
@@ -218,12 +246,7 @@ export const observability = Config.all({
     Config.withDefault("orders-service")
   ),
   metricsPort: Config.option(
-    Config.integer("METRICS_PORT").pipe(
-      Config.validate({
-        message: "must be 0 to 65535 (0: any free port)",
-        validation: (n) => n >= 0 && n <= 65535
-      })
-    )
+    port("METRICS_PORT")
   )
 }).pipe(
   Config.map(({ metricsPort, otlpEndpoint, otlpTracesEndpoint, serviceName }) => ({
@@ -242,15 +265,12 @@ export const observability = Config.all({
  * @category config
  */
 export const server = Config.all({
-  port: Config.integer("PORT").pipe(
-    Config.validate({ message: "must be 0 to 65535 (0: any free port)", validation: (n) => n >= 0 && n <= 65535 }),
-    Config.withDefault(3000)
-  ),
+  port: port("PORT").pipe(Config.withDefault(3000)),
   host: stringOr("HOST", "127.0.0.1"),
   bodyLimit: size("BODY_LIMIT", 1024 * 1024),
-  idempotencyTtl: duration("IDEMPOTENCY_TTL", "24 hours"),
-  idempotencyLease: duration("IDEMPOTENCY_LEASE", "1 minute"),
-  commandTimeout: duration("COMMAND_TIMEOUT", "10 seconds"),
+  idempotencyTtl: positiveDuration("IDEMPOTENCY_TTL", "24 hours"),
+  idempotencyLease: positiveDuration("IDEMPOTENCY_LEASE", "1 minute"),
+  commandTimeout: positiveDuration("COMMAND_TIMEOUT", "10 seconds"),
   shutdownTimeout: timer("SHUTDOWN_TIMEOUT", "10 seconds"),
   logLevel: Config.string("LOG_LEVEL").pipe(
     Config.withDefault("info"),

@@ -65,7 +65,8 @@ const program = Effect.gen(function*() {
 
 NodeRuntime.runMain(
   program.pipe(
-    Effect.catchAll((error) => Effect.zipRight(Console.error(String(error)), Effect.sync(() => process.exit(2))))
+    Effect.catchAll((error) => Effect.zipRight(Console.error(String(error)), Effect.sync(() => process.exit(2)))),
+    Effect.withConfigProvider(Config.environment())
   ),
   { disablePrettyLogger: true }
 )

@@ -6,6 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as HashMap from "effect/HashMap"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
@@ -62,6 +63,64 @@ describe("the start-up check", () => {
         "METRICS_PORT: must be 0 to 65535 (0: any free port)"
       ])
       expect(yield* reasonFor({ PORT: "8080", METRICS_PORT: "8080" })).toEqual(["METRICS_PORT: must differ from PORT"])
+    }))
+})
+
+describe("the environment", () => {
+  const settings = [
+    "PORT",
+    "HOST",
+    "DATA_DIR",
+    "DATABASE_URL",
+    "DATABASE_SCHEMA",
+    "DB_POOL_SIZE",
+    "DB_CONNECT_TIMEOUT",
+    "DB_STATEMENT_TIMEOUT",
+    "DB_PREPARED_STATEMENTS",
+    "IDEMPOTENCY_TTL",
+    "IDEMPOTENCY_LEASE",
+    "IDEMPOTENCY_STORE",
+    "REDIS_URL",
+    "REDIS_TIMEOUT",
+    "COMMAND_TIMEOUT",
+    "SHUTDOWN_TIMEOUT",
+    "BODY_LIMIT",
+    "LOG_LEVEL",
+    "JWT_SECRET",
+    "JWT_ALGORITHM",
+    "OTEL_SERVICE_NAME",
+    "METRICS_PORT"
+  ]
+
+  it.effect("takes a setting set to nothing, or to spaces, as unset: its default applies", () =>
+    Effect.gen(function*() {
+      for (const empty of ["", "  "]) {
+        const env = Object.fromEntries(settings.map((name) => [name, empty]))
+        const read = Effect.withConfigProvider(Config.environment(env))
+        expect(Exit.isSuccess(yield* Effect.exit(read(Server.checkConfig)))).toBe(true)
+        const server = yield* read(Config.server)
+        expect([server.port, server.host, Duration.toMillis(server.commandTimeout)]).toEqual([
+          3000,
+          "127.0.0.1",
+          10_000
+        ])
+        expect((yield* read(Config.database)).poolSize).toBe(20)
+      }
+    }))
+
+  it.effect("refuses integers not in decimal digits, and deadlines and retentions of zero", () =>
+    Effect.gen(function*() {
+      for (const [name, value] of [["PORT", "0x50"], ["PORT", "1e3"], ["DB_POOL_SIZE", "0b11"]] as const) {
+        const error = yield* Effect.flip(Server.checkConfig.pipe(withEnv({ [name]: value })))
+        expect(String(error)).toContain(name)
+        expect(String(error)).toContain("decimal digits")
+      }
+      expect((yield* Config.server.pipe(withEnv({ PORT: " 8080 " }))).port).toBe(8080)
+      for (const name of ["COMMAND_TIMEOUT", "IDEMPOTENCY_LEASE", "IDEMPOTENCY_TTL"]) {
+        const error = yield* Effect.flip(Config.server.pipe(withEnv({ [name]: "0 seconds" })))
+        expect(String(error)).toContain(name)
+        expect(String(error)).toContain("longer than zero")
+      }
     }))
 })
 
