@@ -22,6 +22,7 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import type * as ParseResult from "effect/ParseResult"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
@@ -150,11 +151,25 @@ export const make = <A, E, R>(
           )
         }
       }
-      return decode(payloadOf(envelope, payload)).pipe(
+      // A schema's transformation that throws runs as the parser is called:
+      // that payload is undecodable, as with an upcast that throws.
+      let decoded: Effect.Effect<A, ParseResult.ParseError>
+      try {
+        decoded = decode(payloadOf(envelope, payload))
+      } catch (error) {
+        return Effect.fail(
+          new Undecodable({
+            eventType: envelope.type,
+            eventId: envelope.eventId,
+            reason: `its schema threw: ${error instanceof Error ? error.message : String(error)}`
+          })
+        )
+      }
+      return decoded.pipe(
         Effect.mapError((error) =>
           new Undecodable({ eventType: envelope.type, eventId: envelope.eventId, reason: error.message })
         ),
-        Effect.flatMap((decoded) => handle(decoded, envelope))
+        Effect.flatMap((event) => handle(event, envelope))
       )
     }
   }
@@ -353,8 +368,10 @@ const reactor = <E, R>(reactions: ReadonlyArray<Reaction<E, R>>, options: RunOpt
 
 // An undecodable payload decodes no better the next time, and a final failure
 // fails the same: neither is retried.
+// A `handle` that throws (a reaction written by hand) is a defect of this
+// reaction's run, not of the loop that runs them all.
 const retried = <E, R>(reaction: Reaction<E, R>, envelope: DomainEvent.Envelope, options: RunOptions) =>
-  reaction.handle(envelope).pipe(
+  Effect.suspend(() => reaction.handle(envelope)).pipe(
     Effect.retry({
       schedule: options.retry ?? defaultRetry,
       while: (error) =>

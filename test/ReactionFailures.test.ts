@@ -68,6 +68,76 @@ describe("Reaction: a handler that ends interrupted", () => {
     })).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 })
 
+// A schema whose transformation throws on a payload it did not expect, and
+// a reaction written by hand whose handle throws: each a failure of that
+// event's reaction, not of the loop that runs them.
+const Sku = Schema.transform(Schema.String, Schema.String, {
+  strict: true,
+  decode: (sku) => {
+    if (!sku.startsWith("sku-")) throw new Error(`not a sku: ${sku}`)
+    return sku.slice(4)
+  },
+  encode: (sku) => `sku-${sku}`
+})
+class ItemAdded extends DomainEvent.Class<ItemAdded>()("ItemAdded", { sku: Sku }) {}
+
+const itemAdded = (sku: string) =>
+  new DomainEvent.Envelope({
+    eventId: crypto.randomUUID(),
+    type: "ItemAdded",
+    aggregateType: "Cart",
+    aggregateId: `c-${sku}`,
+    aggregateVersion: 1,
+    occurredAt: DateTime.unsafeNow(),
+    correlationId: crypto.randomUUID(),
+    causationId: crypto.randomUUID(),
+    payload: { sku }
+  })
+
+const throwing = (seen: Queue.Queue<string>): ReadonlyArray<Reaction.Reaction<never, never>> => [
+  Reaction.make(ItemAdded, (event) => Queue.offer(seen, event.sku), { name: "items" }),
+  {
+    name: "by-hand",
+    eventType: "ItemAdded",
+    handle: (envelope) => {
+      if ((envelope.payload as { sku: string }).sku === "oops") throw new Error("by-hand threw")
+      return Effect.void
+    }
+  }
+]
+
+describe("Reaction: a schema or a handle that throws", () => {
+  it.live("start: the event is a failure of its reactions; the next event still runs", () =>
+    Effect.scoped(
+      Effect.gen(function*() {
+        const seen = yield* Queue.unbounded<string>()
+        const fiber = yield* Reaction.start(throwing(seen))
+        const publisher = yield* EventPublisher.EventPublisher
+        yield* publisher.publish([itemAdded("oops"), itemAdded("sku-2")])
+        const got = yield* Effect.timeoutOption(Queue.take(seen), "2 seconds")
+        assert.strictEqual(Option.getOrUndefined(got), "2", "the next event handled")
+        assert.isNull(fiber.unsafePoll())
+      })
+    ).pipe(Effect.provide(InMemory.layer)))
+
+  it.live("follow: the event becomes dead letters (undecodable; a defect); the follower goes on", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const seen = yield* Queue.unbounded<string>()
+      const outbox = yield* Outbox.Outbox
+      const broken = itemAdded("oops")
+      yield* outbox.append([broken, itemAdded("sku-2")])
+      const fiber = yield* Reaction.follow("items", throwing(seen), { pollInterval: "50 millis" })
+      const got = yield* Effect.timeoutOption(Queue.take(seen), "2 seconds")
+      assert.strictEqual(Option.getOrUndefined(got), "2", "the next event handled")
+      assert.isNull(fiber.unsafePoll())
+      const letters = yield* Effect.flatMap(Reaction.DeadLetters, (store) => store.list("items"))
+      assert.deepStrictEqual(
+        letters.map((letter) => [letter.reaction, letter.event.eventId]).sort(),
+        [["by-hand", broken.eventId], ["items", broken.eventId]]
+      )
+    })).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+})
+
 class OrderPlaced extends DomainEvent.Class<OrderPlaced>()("OrderPlaced", { orderId: Schema.String }) {}
 class Declined extends Schema.TaggedError<Declined>()("Declined", { orderId: Schema.String }) {}
 
