@@ -30,6 +30,8 @@ import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
 import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
 import { failureOf, stored, survived } from "./internal/cause.js"
+import * as JsonValue from "./internal/json.js"
+import { pageSize } from "./internal/limit.js"
 import * as Tracing from "./Tracing.js"
 
 /**
@@ -250,7 +252,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               .map(({ command }) => command)
               .filter((command) => options?.state === undefined || command.state === options.state)
               .sort((a, b) => a.dueAt.epochMillis - b.dueAt.epochMillis)
-              .slice(0, options?.limit ?? 100))
+              .slice(0, pageSize(options?.limit)))
       }
     }
   )
@@ -289,6 +291,14 @@ export const schedule = (
       )
     }
     const encoded = yield* Effect.orDie(Schema.encodeUnknown(definition)(command))
+    // Refused in every store, memory included: a database stores it as JSON,
+    // where a Date becomes a string its schema would not decode when it runs.
+    const found = JsonValue.incompatibility(encoded)
+    if (found !== undefined) {
+      return yield* Effect.dieMessage(
+        `CommandScheduler.schedule: ${command._tag} ${JsonValue.refusal(found, "the command")}`
+      )
+    }
     const dueAt = "at" in when
       ? DateTime.toUtc(DateTime.unsafeMake(when.at))
       : DateTime.addDuration(yield* DateTime.now, when.after)

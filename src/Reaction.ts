@@ -35,6 +35,7 @@ import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
 import * as Idempotency from "./Idempotency.js"
 import { failureOf, interruptedItself, stored, survived, unlessInterrupted } from "./internal/cause.js"
+import { pageSize } from "./internal/limit.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
 
@@ -637,7 +638,7 @@ export const layerDeadLettersMemory: Layer.Layer<DeadLetters> = Layer.effect(
           [...map.values()]
             .filter((letter) => letter.follower === follower)
             .sort((a, b) => a.position - b.position || (a.reaction < b.reaction ? -1 : 1))
-            .slice(0, options?.limit ?? 100)),
+            .slice(0, pageSize(options?.limit))),
       remove: (follower, reaction, eventId) =>
         Ref.update(letters, (map) => {
           const next = new Map(map)

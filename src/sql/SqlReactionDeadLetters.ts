@@ -11,8 +11,11 @@ import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as DomainEvent from "../DomainEvent.js"
 import * as Column from "../internal/column.js"
+import { pageSize } from "../internal/limit.js"
 import * as Reaction from "../Reaction.js"
 import * as SqlFailure from "./SqlFailure.js"
+
+const isUuid = Schema.is(Schema.UUID)
 
 interface Row {
   readonly follower: string
@@ -65,14 +68,15 @@ export const make: Effect.Effect<Reaction.DeadLetterStore, never, SqlClient.SqlC
       sql<Row>`
         SELECT follower, reaction, position, event, reason, attempts, first_failed_at, last_failed_at
         FROM reaction_dead_letters WHERE follower = ${follower}
-        ORDER BY position, reaction LIMIT ${options?.limit ?? 100}`.withoutTransform.pipe(
+        ORDER BY position, reaction LIMIT ${pageSize(options?.limit)}`.withoutTransform.pipe(
         SqlFailure.classify,
         Effect.flatMap((rows) =>
           Effect.forEach(rows, (row) => Effect.map(decodeEnvelope(row), (event) => toDeadLetter(row, event)))
         )
       ),
+    // An id that is no UUID names no letter (the column's type would refuse it).
     remove: (follower, reaction, eventId) =>
-      sql`
+      !isUuid(eventId) ? Effect.void : sql`
         DELETE FROM reaction_dead_letters
         WHERE follower = ${follower} AND reaction = ${reaction} AND event_id = ${eventId}`.pipe(
         Effect.asVoid,

@@ -11,9 +11,14 @@ import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
 import * as CommandScheduler from "../CommandScheduler.js"
 import * as Column from "../internal/column.js"
+import { pageSize } from "../internal/limit.js"
 import * as SqlFailure from "./SqlFailure.js"
+
+// An id that is no UUID names no scheduled command (the column's type would refuse it).
+const isUuid = Schema.is(Schema.UUID)
 
 interface Row {
   readonly id: string
@@ -59,7 +64,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         VALUES (${entry.id}, ${entry.commandType}, ${JSON.stringify(entry.command)}::jsonb,
           ${DateTime.formatIso(entry.dueAt)}::timestamptz, 'pending', 0)`.pipe(Effect.asVoid, SqlFailure.classify),
       cancel: (id) =>
-        sql`
+        !isUuid(id) ? Effect.succeed(false) : sql`
         DELETE FROM scheduled_commands
         WHERE id = ${id} AND (lease_expires_at IS NULL OR lease_expires_at <= now())
         RETURNING id`.withoutTransform.pipe(
@@ -112,7 +117,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         UPDATE scheduled_commands SET state = 'failed', last_error = ${error}, lease_expires_at = NULL
         WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
       retry: (id) =>
-        sql`
+        !isUuid(id) ? Effect.succeed(false) : sql`
         UPDATE scheduled_commands
         SET state = 'pending', due_at = now(), attempts = 0, retries = retries + 1, lease_expires_at = NULL
         WHERE id = ${id} AND state = 'failed' RETURNING id`.withoutTransform.pipe(
@@ -123,7 +128,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         sql<Row>`
         SELECT id, command_type, command, due_at, state, attempts, retries, last_error FROM scheduled_commands
         WHERE ${options?.state === undefined ? sql`true` : sql`state = ${options.state}`}
-        ORDER BY due_at, id LIMIT ${options?.limit ?? 100}`.withoutTransform.pipe(
+        ORDER BY due_at, id LIMIT ${pageSize(options?.limit)}`.withoutTransform.pipe(
           Effect.map((rows) => rows.map(toScheduled)),
           SqlFailure.classify
         )

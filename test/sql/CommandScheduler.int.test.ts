@@ -64,6 +64,45 @@ const dueNow = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`UPDATE scheduled
 layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
   `CommandScheduler (${TestDatabase.kind})`,
   (it) => {
+    it.effect("ids that are no UUID and odd limits answer as in memory, not with an SQL error", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        yield* CommandScheduler.schedule(new Remind({ n: 1 }), { after: "1 hour" })
+        const onStore = Effect.gen(function*() {
+          const store = yield* CommandScheduler.ScheduledCommands
+          return [
+            yield* CommandScheduler.cancel("not-a-uuid"),
+            yield* store.retry("not-a-uuid"),
+            (yield* store.list({ limit: -1 })).length,
+            (yield* store.list({ limit: 1.5 })).length
+          ]
+        })
+        const inMemory = yield* Effect.provide(
+          Effect.zipRight(CommandScheduler.schedule(new Remind({ n: 1 }), { after: "1 hour" }), onStore),
+          CommandScheduler.layerMemory
+        )
+        expect(yield* onStore).toEqual([false, false, 0, 1])
+        expect(inMemory).toEqual([false, false, 0, 1])
+      }))
+
+    it.effect("a command whose encoded form is not JSON is refused when scheduled, in every store", () =>
+      Effect.gen(function*() {
+        class RemindAt extends Command.Class<RemindAt>()("RemindAt", {
+          payload: { at: Schema.DateFromSelf },
+          success: Schema.Void,
+          failure: Schema.Never
+        }) {}
+        const scheduled = CommandScheduler.schedule(new RemindAt({ at: new Date(0) }), { after: "1 hour" })
+        for (
+          const exit of [
+            yield* Effect.exit(scheduled),
+            yield* Effect.exit(Effect.provide(scheduled, CommandScheduler.layerMemory))
+          ]
+        ) {
+          expect(Exit.isFailure(exit) && String(exit.cause)).toContain("which JSON does not hold")
+        }
+      }))
+
     it.effect("a command scheduled by a handler is kept when its dispatch commits, gone when it fails", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll

@@ -159,6 +159,13 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       }
     }))
 
+  it.effect("dead letters: an event id that is no UUID names none, a negative limit lists none, as in memory", () =>
+    Effect.gen(function*() {
+      const deadLetters = yield* Reaction.DeadLetters
+      yield* deadLetters.remove("f", "r", "not-a-uuid")
+      expect(yield* deadLetters.list("f", { limit: -1 })).toEqual([])
+    }))
+
   it.effect("keeps dead letters by follower, reaction and event: a repeat counts an attempt, remove drops one", () =>
     Effect.gen(function*() {
       yield* TestDatabase.truncateAll
