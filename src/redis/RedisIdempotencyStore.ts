@@ -25,17 +25,19 @@
  * - release: deletes the record, only while `token` owns it.
  *
  * Redis and transactions: the SQL store's completion rolls back with the
- * command's transaction; a Redis write cannot. So ownership, not the
- * `in_flight` state, decides: an attempt that retries after its commit
- * failed completes again with the same token, and a dispatch that fails
- * after recording its success (its commit failed) releases what it recorded,
- * so a retry runs again instead of replaying a success that never committed.
+ * command's transaction; a Redis write cannot. So the middleware records a
+ * success only once the command's transaction committed (`joinsTransaction`
+ * is false), and a release drops only a claim still in flight: a completed
+ * record stays, whoever asks.
  *
  * Outages: every call is bounded by `timeout` and fails with the typed,
  * retryable `StoreUnavailable`; the client neither queues commands while
  * disconnected nor resends them after a reconnect (a resent claim could find
  * itself in flight), and it reconnects in the background, so the service
- * stays up and serves again once Redis is back.
+ * stays up and serves again once Redis is back. Releases are the exception:
+ * one that could not be sent is sent once the connection is back (and before
+ * a new claim of its key), so a key whose claim reached Redis just before
+ * the connection dropped is free again then, not only when its lease passes.
  *
  * @since 0.1.0
  */
@@ -118,7 +120,8 @@ interface RedisWithScripts extends Redis {
 
 // Redis replies that mean "not now" (loading, a failover, memory full, a
 // script running too long) rather than a bug in this module.
-const transientReplies = /^(LOADING|BUSY|MASTERDOWN|READONLY|TRYAGAIN|CLUSTERDOWN|OOM|NOREPLICAS)\b/
+// MISCONF: it cannot save its snapshot and refuses writes until it can.
+const transientReplies = /^(LOADING|BUSY|MASTERDOWN|READONLY|TRYAGAIN|CLUSTERDOWN|OOM|NOREPLICAS|MISCONF|UNBLOCKED)\b/
 
 const isReplyError = (error: unknown): error is Error => error instanceof Error && error.name === "ReplyError"
 
@@ -164,6 +167,37 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
     const runtime = yield* Effect.runtime<never>()
     const log = (effect: Effect.Effect<void>) => Runtime.runFork(runtime)(effect)
     let closing = false
+    // Releases that could not be sent (the connection was down): sent once
+    // it is back, and before any new claim of their key, which would
+    // otherwise find the key "in flight" until its lease passed, though its
+    // command is long over. Sending one late is safe: the script drops only
+    // a claim still in flight with that token. Bounded: past it, the lease
+    // frees the key.
+    const unsent = new Map<string, Set<string>>()
+    let unsentCount = 0
+    const remember = (key: string, token: string) => {
+      if (unsentCount >= 10_000) return
+      const tokens = unsent.get(key) ?? new Set()
+      if (!tokens.has(token)) unsentCount++
+      unsent.set(key, tokens.add(token))
+    }
+    // The releases of a key still unsent, now taken to be sent.
+    const takeUnsent = (key: string): ReadonlyArray<string> => {
+      const tokens = unsent.get(key)
+      if (tokens === undefined) return []
+      unsent.delete(key)
+      unsentCount -= tokens.size
+      return [...tokens]
+    }
+    const sendUnsent = (key: string): Promise<unknown> =>
+      Promise.all(
+        takeUnsent(key).map((token) =>
+          client.idempotencyRelease(key, token).catch((error: unknown) => {
+            remember(key, token)
+            return Promise.reject(error)
+          })
+        )
+      )
 
     const client = yield* Effect.acquireRelease(
       Effect.sync(() => {
@@ -191,6 +225,7 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
           if (lost) log(Effect.logInfo("redis.reconnected"))
           connected = true
           lost = false
+          for (const key of [...unsent.keys()]) sendUnsent(key).catch(() => {})
         })
         redis.on("close", () => {
           if (connected && !closing) {
@@ -238,10 +273,18 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
 
     const keyOf = (scope: string, key: string) => `${prefix}${encodeURIComponent(scope)}:${encodeURIComponent(key)}`
 
-    const release = (request: { readonly scope: string; readonly key: string; readonly token: string }) =>
-      send("release", () => client.idempotencyRelease(keyOf(request.scope, request.key), request.token)).pipe(
+    const release = (request: { readonly scope: string; readonly key: string; readonly token: string }) => {
+      const key = keyOf(request.scope, request.key)
+      return send("release", () => client.idempotencyRelease(key, request.token)).pipe(
+        Effect.tapError(() => Effect.sync(() => remember(key, request.token))),
         Effect.asVoid
       )
+    }
+
+    // A claim of a key whose release is still unsent sends that release
+    // first, on the same connection, so Redis runs them in that order.
+    const claimAfterUnsent = (key: string, claim: () => Promise<ReadonlyArray<string>>) =>
+      unsent.has(key) ? sendUnsent(key).then(claim) : claim()
 
     return {
       // Not in the command's transaction: a success is recorded after commit.
@@ -251,20 +294,21 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
           const key = keyOf(request.scope, request.key)
           const token = randomUUID()
           return send("claim", () =>
-            client.idempotencyClaim(
-              key,
-              token,
-              request.fingerprint,
-              request.commandType,
-              millis(request.lease),
-              millis(request.retention)
-            )).pipe(
+            claimAfterUnsent(key, () =>
+              client.idempotencyClaim(
+                key,
+                token,
+                request.fingerprint,
+                request.commandType,
+                millis(request.lease),
+                millis(request.retention)
+              ))).pipe(
               // A claim that timed out or was interrupted may still have
               // reached Redis: drop it (the release follows it on the same
               // connection), so the key is not held until its lease passes.
               Effect.onExit((exit) =>
                 Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
-                  client.idempotencyRelease(key, token).catch(() => {})
+                  client.idempotencyRelease(key, token).catch(() => remember(key, token))
                 })
               ),
               Effect.flatMap((reply): Effect.Effect<Idempotency.Claim> => {

@@ -650,7 +650,10 @@ const edgeOf =
         )
         const handled = provided.pipe(
           Effect.catchAllCause((cause) =>
-            isMappedFailure(cause) ? Effect.failCause(cause) : unmapped(cause, request, options.routes)
+            isMappedFailure(cause)
+              ? Effect.failCause(cause)
+              // Its log line (the cause of a 500) carries the id the client was given.
+              : Effect.annotateLogs(unmapped(cause, request, options.routes), "correlationId", correlationId)
           )
         )
         return yield* (untraced ? Effect.withTracerEnabled(handled, false) : handled)

@@ -33,6 +33,7 @@ import { createServer } from "node:http"
 import { SqlOutbox } from "../sql/index.js"
 import * as Config from "./Config.js"
 import { DatabasePool } from "./Database.js"
+import * as Observability from "./Observability.js"
 
 /**
  * The media type of the Prometheus text exposition format.
@@ -222,15 +223,13 @@ export class Listener extends Context.Tag("server/Metrics/Listener")<Listener, {
   readonly address: Option.Option<HttpServer.Address>
 }>() {}
 
-const pathOf = (url: string) => {
-  const query = url.indexOf("?")
-  return query === -1 ? url : url.slice(0, query)
-}
-
 /** `GET /metrics`, and nothing else. */
 const listenerApp = (scrape: Effect.Effect<string>) =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
-    if (pathOf(request.url) !== "/metrics") return Effect.succeed(HttpServerResponse.empty({ status: 404 }))
+    // As the API's router reads a target: absolute form and a trailing slash too.
+    if (Observability.routedPath(request.url) !== "/metrics") {
+      return Effect.succeed(HttpServerResponse.empty({ status: 404 }))
+    }
     if (request.method !== "GET" && request.method !== "HEAD") {
       return Effect.succeed(HttpServerResponse.empty({ status: 405, headers: { allow: "GET, HEAD" } }))
     }

@@ -132,9 +132,14 @@ export const originForm = (url: string): string => {
   return rest.startsWith("/") ? rest : `/${rest}`
 }
 
-// The path the router matches: origin form, no query, and no trailing
-// slash, which it ignores.
-const routedPath = (target: string): string => {
+/**
+ * The path the router matches: origin form, no query, and no trailing
+ * slash, which it ignores.
+ *
+ * @since 0.1.0
+ * @category routes
+ */
+export const routedPath = (target: string): string => {
   const url = originForm(target)
   const query = url.indexOf("?")
   const path = query === -1 ? url : url.slice(0, query)

@@ -14,6 +14,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { randomUUID } from "node:crypto"
+import * as Net from "node:net"
 import { kind } from "../support/Database.js"
 import { type RunningService, start } from "../support/Service.js"
 import { orderBody, request } from "./Service.js"
@@ -262,6 +263,22 @@ describe(`metrics (${kind})`, () => {
         const viaApi = yield* scrape
         expect([...parsed.types.keys()].sort()).toEqual([...viaApi.types.keys()].sort())
         expect((yield* request(`${metricsUrl}/api/v1/orders`)).status).toBe(404)
+        // Targets as the API's router reads them: a trailing slash, and the absolute form.
+        expect((yield* request(`${metricsUrl}/metrics/`)).status).toBe(200)
+        const absolute = yield* Effect.async<string>((resume) => {
+          const { hostname, port } = new URL(metricsUrl)
+          let answer = ""
+          const socket = Net.connect(
+            Number(port),
+            hostname,
+            () => socket.end(`GET ${metricsUrl}/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+          )
+          socket.on("data", (chunk: Buffer) => (answer += chunk.toString("latin1")))
+          socket.on("error", () => {})
+          socket.on("close", () => resume(Effect.succeed(answer)))
+          return Effect.sync(() => socket.destroy())
+        }).pipe(Effect.timeout("10 seconds"))
+        expect(absolute.split("\r\n")[0]).toBe("HTTP/1.1 200 OK")
         expect((yield* request(`${metricsUrl}/metrics`, { method: "POST" })).status).toBe(405)
         // Its requests are not the API's: they are not counted.
         const later = yield* scrape
