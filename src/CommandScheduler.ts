@@ -57,6 +57,15 @@ export class ScheduledCommand extends Schema.Class<ScheduledCommand>("ScheduledC
 }) {}
 
 /**
+ * When a stored command is due: at a time, or after a delay from now by the
+ * store's clock.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type DueTime = { readonly at: DateTime.Utc } | { readonly after: Duration.Duration }
+
+/**
  * A command a runner has leased to run.
  *
  * @since 0.1.0
@@ -87,11 +96,16 @@ export interface Due {
  * @category models
  */
 export interface Store {
+  /**
+   * Keeps a command, due at a time, or after a delay counted by the store's
+   * own clock (a database's `now()`, which it also claims by, so a runner
+   * whose clock is off does not move it).
+   */
   readonly add: (entry: {
     readonly id: string
     readonly commandType: string
     readonly command: unknown
-    readonly dueAt: DateTime.Utc
+    readonly due: DueTime
   }) => Effect.Effect<void, StoreUnavailable>
   /**
    * Drops a pending or failed command that no runner holds; false when there
@@ -105,13 +119,13 @@ export interface Store {
    */
   readonly claim: (limit: number, lease: Duration.Duration) => Effect.Effect<ReadonlyArray<Due>, StoreUnavailable>
   /**
-   * Ran: gone. This and `retryAt` and `fail` act only on the lease `due` came
+   * Ran: gone. This and `retryAfter` and `fail` act only on the lease `due` came
    * with: once another claim took the command over (its lease had passed),
    * they leave it to that claim.
    */
   readonly complete: (due: Due) => Effect.Effect<void, StoreUnavailable>
-  /** Pending again, due at `dueAt`, with the failure. */
-  readonly retryAt: (due: Due, dueAt: DateTime.Utc, error: string) => Effect.Effect<void, StoreUnavailable>
+  /** Pending again, due `after` from now by the store's clock, with the failure. */
+  readonly retryAfter: (due: Due, after: Duration.Duration, error: string) => Effect.Effect<void, StoreUnavailable>
   /** Failed for good, with the failure. */
   readonly fail: (due: Due, error: string) => Effect.Effect<void, StoreUnavailable>
   /**
@@ -175,12 +189,19 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
           return [true, new Map(map).set(id, { command: next, leasedUntil: 0 })]
         })
       return {
-        add: (entry) =>
-          Ref.update(entries, (map) =>
-            new Map(map).set(entry.id, {
-              command: new ScheduledCommand({ ...entry, state: "pending", attempts: 0, retries: 0 }),
-              leasedUntil: 0
-            })),
+        add: ({ due, ...entry }) =>
+          Effect.flatMap(DateTime.now, (now) =>
+            Ref.update(entries, (map) =>
+              new Map(map).set(entry.id, {
+                command: new ScheduledCommand({
+                  ...entry,
+                  dueAt: "at" in due ? due.at : DateTime.addDuration(now, due.after),
+                  state: "pending",
+                  attempts: 0,
+                  retries: 0
+                }),
+                leasedUntil: 0
+              }))),
         cancel: (id) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
             Ref.modify(entries, (map) => {
@@ -222,14 +243,21 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
             next.delete(due.id)
             return next
           }),
-        retryAt: (due, dueAt, error) =>
-          Effect.asVoid(
-            update(
-              due.id,
-              (command) => new ScheduledCommand({ ...command, state: "pending", dueAt, lastError: error }),
-              due
-            )
-          ),
+        retryAfter: (due, after, error) =>
+          Effect.flatMap(DateTime.now, (now) =>
+            Effect.asVoid(
+              update(
+                due.id,
+                (command) =>
+                  new ScheduledCommand({
+                    ...command,
+                    state: "pending",
+                    dueAt: DateTime.addDuration(now, after),
+                    lastError: error
+                  }),
+                due
+              )
+            )),
         fail: (due, error) =>
           Effect.asVoid(
             update(due.id, (command) => new ScheduledCommand({ ...command, state: "failed", lastError: error }), due)
@@ -299,12 +327,12 @@ export const schedule = (
         `CommandScheduler.schedule: ${command._tag} ${JsonValue.refusal(found, "the command")}`
       )
     }
-    const dueAt = "at" in when
-      ? DateTime.toUtc(DateTime.unsafeMake(when.at))
-      : DateTime.addDuration(yield* DateTime.now, when.after)
+    const due: DueTime = "at" in when
+      ? { at: DateTime.toUtc(DateTime.unsafeMake(when.at)) }
+      : { after: Duration.decode(when.after) }
     const id = randomUUID()
     const store = yield* ScheduledCommands
-    yield* store.add({ id, commandType: command._tag, command: encoded, dueAt })
+    yield* store.add({ id, commandType: command._tag, command: encoded, due })
     return id
   })
 
@@ -395,11 +423,12 @@ export const run = <C extends Command.Any, H, E, R>(
           yield* Metric.increment(counted(due.commandType, "failed"))
           return yield* Effect.logWarning("scheduled.failed", exit.cause)
         }
-        const dueAt = DateTime.addDuration(yield* DateTime.now, backoff(due.attempts))
-        yield* store.retryAt(due, dueAt, reason)
+        // After the wait by the store's clock, which it claims by too.
+        const wait = Duration.decode(backoff(due.attempts))
+        yield* store.retryAfter(due, wait, reason)
         yield* Metric.increment(counted(due.commandType, "retrying"))
         yield* Effect.logWarning("scheduled.retrying", exit.cause).pipe(
-          Effect.annotateLogs({ retryAt: DateTime.formatIso(dueAt) })
+          Effect.annotateLogs({ retryAfter: Duration.format(wait) })
         )
       }).pipe(
         Tracing.withSpan("CommandScheduler.run", {

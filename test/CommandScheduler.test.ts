@@ -1,6 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Clock from "effect/Clock"
-import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -294,7 +293,7 @@ describe("CommandScheduler", () => {
       // The first runner wakes up and reports: the third one's lease stands.
       yield* store.complete(first!)
       yield* store.fail(first!, "stale")
-      yield* store.retryAt(first!, DateTime.unsafeMake(0), "stale")
+      yield* store.retryAfter(first!, Duration.zero, "stale")
       assert.deepStrictEqual((yield* list()).map((scheduled) => [scheduled.id, scheduled.state, scheduled.lastError]), [
         [id, "pending", "gave up"]
       ])

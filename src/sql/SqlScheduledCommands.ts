@@ -57,12 +57,17 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
       due.lease === undefined
         ? sql`id = ${due.id} AND attempts = ${due.attempts}`
         : sql`id = ${due.id} AND attempts = ${due.attempts} AND lease_expires_at = ${due.lease}::timestamptz`
+    // A delay is counted from the database's now(), the clock claims compare with.
+    const dueAt = (due: CommandScheduler.DueTime) =>
+      "at" in due
+        ? sql`${DateTime.formatIso(due.at)}::timestamptz`
+        : sql`now() + make_interval(secs => ${Duration.toMillis(due.after) / 1000})`
     return {
       add: (entry) =>
         sql`
         INSERT INTO scheduled_commands (id, command_type, command, due_at, state, attempts)
         VALUES (${entry.id}, ${entry.commandType}, ${JSON.stringify(entry.command)}::jsonb,
-          ${DateTime.formatIso(entry.dueAt)}::timestamptz, 'pending', 0)`.pipe(Effect.asVoid, SqlFailure.classify),
+          ${dueAt(entry.due)}, 'pending', 0)`.pipe(Effect.asVoid, SqlFailure.classify),
       cancel: (id) =>
         !isUuid(id) ? Effect.succeed(false) : sql`
         DELETE FROM scheduled_commands
@@ -106,10 +111,10 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           ),
       complete: (due) =>
         sql`DELETE FROM scheduled_commands WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
-      retryAt: (due, dueAt, error) =>
+      retryAfter: (due, after, error) =>
         sql`
         UPDATE scheduled_commands
-        SET state = 'pending', due_at = ${DateTime.formatIso(dueAt)}::timestamptz, last_error = ${error},
+        SET state = 'pending', due_at = ${dueAt({ after })}, last_error = ${error},
           lease_expires_at = NULL
         WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
       fail: (due, error) =>

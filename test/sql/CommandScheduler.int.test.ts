@@ -6,7 +6,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { expect, layer } from "@effect/vitest"
-import * as DateTime from "effect/DateTime"
+import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -23,6 +23,13 @@ import * as TestDatabase from "../support/Database.js"
 class Refused extends Schema.TaggedError<Refused>()("Refused", {}) {}
 
 class Remind extends Command.Class<Remind>()("Remind", {
+  payload: { n: Schema.Int },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
+/** Its handler always breaks (not one of its outcomes): the runner retries it with backoff. */
+class Busy extends Command.Class<Busy>()("Busy", {
   payload: { n: Schema.Int },
   success: Schema.Void,
   failure: Schema.Never
@@ -64,6 +71,49 @@ const dueNow = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`UPDATE scheduled
 layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
   `CommandScheduler (${TestDatabase.kind})`,
   (it) => {
+    it.scoped(
+      "due times count by the database's clock: a runner whose clock is off keeps the backoff and delays",
+      () =>
+        Effect.gen(function*() {
+          yield* TestDatabase.truncateAll
+          let runs = 0
+          const busy = CommandBus.make([Busy], {
+            Busy: () =>
+              Effect.suspend(() => {
+                runs++
+                return Effect.dieMessage("busy")
+              })
+          })
+          // Ten minutes behind the database, then two hours ahead of it.
+          const skewed = (offsetMillis: number): Clock.Clock => {
+            const clock = Clock.make()
+            return {
+              [Clock.ClockTypeId]: Clock.ClockTypeId,
+              sleep: (duration) => clock.sleep(duration),
+              unsafeCurrentTimeMillis: () => clock.unsafeCurrentTimeMillis() + offsetMillis,
+              currentTimeMillis: Effect.sync(() => clock.unsafeCurrentTimeMillis() + offsetMillis),
+              unsafeCurrentTimeNanos: () => clock.unsafeCurrentTimeNanos() + BigInt(offsetMillis) * 1_000_000n,
+              currentTimeNanos: Effect.sync(() => clock.unsafeCurrentTimeNanos() + BigInt(offsetMillis) * 1_000_000n)
+            }
+          }
+          const behind = skewed(-10 * 60_000)
+          yield* CommandScheduler.schedule(new Busy({ n: 1 }), { after: "0 millis" }).pipe(Effect.withClock(behind))
+          yield* CommandScheduler.start(busy, { pollInterval: "50 millis" }).pipe(Effect.withClock(behind))
+          yield* Effect.sleep("2500 millis")
+          // The first run at once, then 1 s and 2 s of backoff: 2 or 3 runs, not one per poll.
+          expect(runs).toBeGreaterThanOrEqual(2)
+          expect(runs).toBeLessThanOrEqual(3)
+
+          const ahead = skewed(2 * 3600_000)
+          yield* CommandScheduler.schedule(new Remind({ n: 7 }), { after: "1 hour" }).pipe(Effect.withClock(ahead))
+          const [reminder] = (yield* pending).filter((scheduled) => scheduled.commandType === "Remind")
+          const inAnHour = reminder!.dueAt.epochMillis - Date.now()
+          expect(inAnHour).toBeGreaterThan(3_500_000)
+          expect(inAnHour).toBeLessThanOrEqual(3_600_000)
+        }),
+      30_000
+    )
+
     it.effect("ids that are no UUID and odd limits answer as in memory, not with an SQL error", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
@@ -192,7 +242,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         // The first runner wakes up and reports: the third one's lease stands.
         yield* store.complete(first!)
         yield* store.fail(first!, "stale")
-        yield* store.retryAt(first!, DateTime.unsafeMake(Date.now() + 60_000), "stale")
+        yield* store.retryAfter(first!, Duration.minutes(1), "stale")
         expect((yield* store.list()).map((scheduled) => [scheduled.id, scheduled.state, scheduled.lastError])).toEqual([
           [id, "pending", "gave up"]
         ])
@@ -242,10 +292,10 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         // The first lease of `late` was taken over: what its runner reports is ignored.
         yield* store.complete(claimed[1]!)
         yield* store.fail(claimed[1]!, "stale")
-        yield* store.retryAt(claimed[1]!, DateTime.unsafeMake(Date.now()), "stale")
+        yield* store.retryAfter(claimed[1]!, Duration.zero, "stale")
         expect((yield* store.list({ state: "pending" })).map((scheduled) => [scheduled.id, scheduled.lastError]))
           .toEqual([[late, undefined], [early, "it broke"]])
-        yield* store.retryAt(reclaimed[0]!, DateTime.unsafeMake(Date.now() + 60_000), "again")
+        yield* store.retryAfter(reclaimed[0]!, Duration.minutes(1), "again")
         yield* store.complete(reclaimed[1]!)
         expect((yield* store.list()).map((scheduled) => [scheduled.id, scheduled.state, scheduled.lastError])).toEqual([
           [late, "pending", "again"]
