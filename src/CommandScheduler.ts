@@ -75,7 +75,10 @@ export interface Due {
   readonly id: string
   readonly commandType: string
   readonly command: unknown
-  /** Runs so far, this one included. */
+  /**
+   * Claims so far, this one included: runs, and claims a runner gave up
+   * unrun (a lease that passed while the command waited in its batch).
+   */
   readonly attempts: number
   /**
    * Times an operator ran it again with `retry`: part of the idempotency key
@@ -365,7 +368,10 @@ export interface RunOptions {
    * (the bus's timeout). Default 1 minute.
    */
   readonly lease?: Duration.DurationInput
-  /** Runs before a command that keeps failing is failed for good. Default 10. */
+  /**
+   * Claims (see `Due.attempts`) before a command that keeps failing is failed
+   * for good. Default 10.
+   */
   readonly maxAttempts?: number
   /** The wait before run `attempts + 1`. Default 2^(attempts - 1) seconds, at most 5 minutes. */
   readonly backoff?: (attempts: number) => Duration.DurationInput
