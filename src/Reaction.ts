@@ -893,8 +893,12 @@ export interface Redriven {
  * Runs a follower's dead letters again (at most `limit`, default 100, lowest
  * position first), each through the reaction it names, with the usual
  * retries. With `sequencing: "aggregate"` (as the follower's), a letter that
- * stays holds back the later letters of its reaction and aggregate. The follower may be running meanwhile. Like any delivery, a
- * redrive may run an event a reaction has seen: reactions are idempotent.
+ * stays holds back the later letters of its reaction and aggregate; held
+ * letters do not count against `limit`, and the redrive reads on past them,
+ * so one aggregate stuck behind a letter that keeps failing does not keep
+ * the letters of others from being run. The follower may be running
+ * meanwhile. Like any delivery, a redrive may run an event a reaction has
+ * seen: reactions are idempotent.
  *
  * @since 0.1.0
  * @category running
@@ -914,30 +918,45 @@ export const redrive = <const Rs extends ReadonlyArray<Any>>(
     let failed = 0
     let unmatched = 0
     let held = 0
-    for (const letter of yield* deadLetters.list(name, { limit: options.limit ?? 100 })) {
-      const sequence = sequenceKey(letter.reaction, letter.event)
-      if (sequenced && blocked.has(sequence)) {
-        held++
-        continue
+    const limit = pageSize(options.limit)
+    // Letters looked at already: a page read again after the resolved ones
+    // left the store starts with those that stayed.
+    const seen = new Set<string>()
+    let want = limit
+    while (resolved + failed + unmatched < limit) {
+      const letters = yield* deadLetters.list(name, { limit: want })
+      for (const letter of letters) {
+        if (resolved + failed + unmatched >= limit) break
+        const key = `${letter.reaction}\u0000${letter.event.eventId}`
+        if (seen.has(key)) continue
+        seen.add(key)
+        const sequence = sequenceKey(letter.reaction, letter.event)
+        if (sequenced && blocked.has(sequence)) {
+          held++
+          continue
+        }
+        const reaction = byName.get(letter.reaction)
+        if (reaction === undefined || reaction.eventType !== letter.event.type) {
+          unmatched++
+          blocked.add(sequence)
+          continue
+        }
+        const exit = yield* Effect.exit(measured(reaction, letter.event, options))
+        if (exit._tag === "Success") {
+          yield* deadLetters.remove(name, letter.reaction, letter.event.eventId)
+          resolved++
+        } else if (Cause.isInterruptedOnly(exit.cause) && (yield* interruptedItself)) {
+          return yield* Effect.interrupt
+        } else {
+          yield* logFailure(exit.cause).pipe(annotated(letter.reaction, letter.event))
+          yield* deadLetters.add({ ...letter, reason: reasonOf(exit.cause) })
+          blocked.add(sequence)
+          failed++
+        }
       }
-      const reaction = byName.get(letter.reaction)
-      if (reaction === undefined || reaction.eventType !== letter.event.type) {
-        unmatched++
-        blocked.add(sequence)
-        continue
-      }
-      const exit = yield* Effect.exit(measured(reaction, letter.event, options))
-      if (exit._tag === "Success") {
-        yield* deadLetters.remove(name, letter.reaction, letter.event.eventId)
-        resolved++
-      } else if (Cause.isInterruptedOnly(exit.cause) && (yield* interruptedItself)) {
-        return yield* Effect.interrupt
-      } else {
-        yield* logFailure(exit.cause).pipe(annotated(letter.reaction, letter.event))
-        yield* deadLetters.add({ ...letter, reason: reasonOf(exit.cause) })
-        blocked.add(sequence)
-        failed++
-      }
+      // Every letter read, or only held ones left in reach: read further.
+      if (letters.length < want || !sequenced) break
+      want += limit
     }
     return { resolved, failed, unmatched, held }
   }).pipe(Effect.annotateLogs({ follower: name, redrive: true }))

@@ -231,3 +231,32 @@ describe("follow with sequencing: \"aggregate\" parks only events after a dead l
       assert.strictEqual(got, "a-1")
     })).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 })
+
+describe("redrive with sequencing: \"aggregate\"", () => {
+  it.effect("reads on past an aggregate held behind a letter that keeps failing: other aggregates' letters run", () =>
+    Effect.gen(function*() {
+      const deadLetters = yield* Reaction.DeadLetters
+      // 120 letters of aggregate A (its first keeps failing), then one of B (fixed now).
+      const stuck = Array.from({ length: 120 }, (_, i) => on("A", `a-${i + 1}`))
+      for (const [i, event] of stuck.entries()) {
+        yield* deadLetters.add({ follower: "mail", reaction: "notify", position: i + 1, event, reason: "down" })
+      }
+      yield* deadLetters.add({
+        follower: "mail",
+        reaction: "notify",
+        position: 121,
+        event: on("B", "b-1"),
+        reason: "down"
+      })
+      const seen: Array<string> = []
+      const notify = Reaction.make(OrderPlaced, (event) =>
+        event.orderId.startsWith("a-")
+          ? Effect.fail(new Declined({ orderId: event.orderId }))
+          : Effect.sync(() => void seen.push(event.orderId)), { name: "notify" })
+      const options = { retry: Schedule.recurs(0), sequencing: "aggregate", limit: 100 } as const
+      const redriven = yield* Reaction.redrive("mail", [notify], options)
+      assert.deepStrictEqual(seen, ["b-1"])
+      assert.deepStrictEqual(redriven, { resolved: 1, failed: 1, unmatched: 0, held: 119 })
+      assert.strictEqual((yield* deadLetters.list("mail", { limit: 1000 })).length, 120)
+    }).pipe(Effect.provide(Reaction.layerDeadLettersMemory)))
+})
