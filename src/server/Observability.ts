@@ -115,6 +115,28 @@ export const makeRouteTable = (
   }
 }
 
+// W3C Trace Context, version 00: lowercase hex, ids not all zeros.
+const validTraceparent = /^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$/
+
+/**
+ * Removes a `traceparent` that W3C Trace Context says to ignore (uppercase
+ * hex, all-zero ids, another version's layout), with its `tracestate`, from
+ * a request's headers before the platform's tracer reads them: it parses
+ * case-insensitively, so such a header would be joined and echoed back,
+ * where the next W3C parser refuses it.
+ *
+ * @since 0.1.0
+ * @category tracing
+ */
+export const dropInvalidTraceparent = (headers: Record<string, string | Array<string> | undefined>): void => {
+  const traceparent = headers["traceparent"]
+  if (traceparent === undefined || (typeof traceparent === "string" && validTraceparent.test(traceparent.trim()))) {
+    return
+  }
+  delete headers["traceparent"]
+  delete headers["tracestate"]
+}
+
 /**
  * The request target in origin form (`/api/v1/orders?…`): an absolute-form
  * target (`http://host/api/v1/orders`), which HTTP/1.1 servers must accept,

@@ -65,6 +65,11 @@ export const BusLive = Layer.effect(
 export const HttpServerLive = Layer.unwrapEffect(
   Effect.map(Config.server, (config) => {
     const server = createServer()
+    // Before the platform's handler reads the request.
+    server.prependListener(
+      "request",
+      (request: IncomingMessage) => Observability.dropInvalidTraceparent(request.headers)
+    )
     answerWhileNotServing(server)
     answerClientErrors(server)
     // Keep-alive connections must not outlive a load balancer's idle timeout.

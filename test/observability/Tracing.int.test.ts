@@ -127,6 +127,29 @@ describe(`tracing (${kind})`, () => {
         for (const span of spans) expect(isUnder(spans, span, server) || span === server).toBe(true)
       }))
 
+    it.effect("a traceparent W3C says to ignore (uppercase hex, zero ids) is ignored: a trace of its own, not echoed", () =>
+      Effect.gen(function*() {
+        const { exporter, service } = yield* Traced
+        const alice = yield* Effect.promise(() => service.token("alice"))
+        for (
+          const sent of [
+            `00-${"A".repeat(32)}-${"B".repeat(16)}-01`,
+            `00-${"0".repeat(32)}-${"b".repeat(16)}-01`,
+            `00-${"a".repeat(32)}-${"0".repeat(16)}-01`
+          ]
+        ) {
+          const reply = yield* request(`${service.baseUrl}/api/v1/products/sku-trace/stock`, {
+            token: alice,
+            headers: { traceparent: sent, tracestate: "vendor=1" }
+          })
+          const out = traceparentPattern.exec(reply.headers.get("traceparent") ?? "")
+          expect(out, sent).not.toBeNull()
+          expect(out![1], sent).not.toBe(sent.slice(3, 35).toLowerCase())
+          const spans = yield* traceOf(() => exporter.getFinishedSpans(), out![1]!)
+          expect(parentId(spans.find((span) => span.kind === 1)!), sent).toBeUndefined()
+        }
+      }))
+
     it.effect("without a traceparent a request starts a trace of its own; a refused command's outcome is its error", () =>
       Effect.gen(function*() {
         const { exporter, service } = yield* Traced
