@@ -54,6 +54,9 @@ export const BusLive = Layer.effect(
     }))
 )
 
+// Runs first on every request, before the platform's handler reads it.
+const dropInvalidTraceparent = (request: IncomingMessage): void => Observability.dropInvalidTraceparent(request.headers)
+
 /**
  * A Node HTTP server that, on shutdown, stops accepting at once, lets
  * in-flight requests finish, and closes connections still open after the
@@ -65,11 +68,7 @@ export const BusLive = Layer.effect(
 export const HttpServerLive = Layer.unwrapEffect(
   Effect.map(Config.server, (config) => {
     const server = createServer()
-    // Before the platform's handler reads the request.
-    server.prependListener(
-      "request",
-      (request: IncomingMessage) => Observability.dropInvalidTraceparent(request.headers)
-    )
+    server.prependListener("request", dropInvalidTraceparent)
     answerWhileNotServing(server)
     answerClientErrors(server)
     // Keep-alive connections must not outlive a load balancer's idle timeout.
@@ -168,11 +167,15 @@ export const answerWhileNotServing = (server: Server): void => {
     })
     response.end(body)
   }
+  // The application's listener, not this fallback or the header check before every request.
+  const isApplication = (listener: unknown) => listener !== fallback && listener !== dropInvalidTraceparent
   server.on("newListener", (event, listener) => {
-    if (event === "request" && listener !== fallback) server.off("request", fallback)
+    if (event === "request" && isApplication(listener)) server.off("request", fallback)
   })
   server.on("removeListener", (event, listener) => {
-    if (event === "request" && listener !== fallback && server.listenerCount("request") === 0) {
+    if (
+      event === "request" && isApplication(listener) && server.listeners("request").filter(isApplication).length === 0
+    ) {
       phase = "stopping"
       server.on("request", fallback)
     }
