@@ -143,13 +143,7 @@ export const make = <A, E, R>(
         try {
           payload = upcast(envelope.payload, envelope)
         } catch (error) {
-          return Effect.fail(
-            new Undecodable({
-              eventType: envelope.type,
-              eventId: envelope.eventId,
-              reason: `its upcast threw: ${error instanceof Error ? error.message : String(error)}`
-            })
-          )
+          return threw(envelope, "its upcast", error)
         }
       }
       // A schema's transformation that throws runs as the parser is called:
@@ -158,13 +152,7 @@ export const make = <A, E, R>(
       try {
         decoded = decode(payloadOf(envelope, payload))
       } catch (error) {
-        return Effect.fail(
-          new Undecodable({
-            eventType: envelope.type,
-            eventId: envelope.eventId,
-            reason: `its schema threw: ${error instanceof Error ? error.message : String(error)}`
-          })
-        )
+        return threw(envelope, "its schema", error)
       }
       return decoded.pipe(
         Effect.mapError((error) =>
@@ -175,6 +163,16 @@ export const make = <A, E, R>(
     }
   }
 }
+
+// An event whose upcast or schema threw on it: undecodable.
+const threw = (envelope: DomainEvent.Envelope, what: string, error: unknown) =>
+  Effect.fail(
+    new Undecodable({
+      eventType: envelope.type,
+      eventId: envelope.eventId,
+      reason: `${what} threw: ${error instanceof Error ? error.message : String(error)}`
+    })
+  )
 
 /**
  * @since 0.1.0

@@ -28,6 +28,23 @@ export const environment = (env: Readonly<Record<string, string | undefined>> = 
     { pathDelim: "_", seqDelim: "," }
   )
 
+/**
+ * A configuration error in words, one clause per setting at fault:
+ * "BODY_LIMIT: must be a size like 1048576, 512kb or 1mb".
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const describeError = (error: ConfigError.ConfigError): string =>
+  ConfigError.reduceWithContext(error, undefined, {
+    andCase: (_, left: string, right: string) => `${left}; ${right}`,
+    orCase: (_, left: string, right: string) => `${left}; ${right}`,
+    invalidDataCase: (_, path, message) => `${path.join(".")}: ${message}`,
+    missingDataCase: (_, path, message) => `${path.join(".")}: ${message}`,
+    sourceUnavailableCase: (_, path, message) => `${path.join(".")}: ${message}`,
+    unsupportedCase: (_, path, message) => `${path.join(".")}: ${message}`
+  })
+
 // An integer in decimal digits (`Config.integer` reads "0x50" as 80) within
 // bounds, read in one step over the setting itself, so an error's path names
 // it; the messages say what the value must be, not the name again.

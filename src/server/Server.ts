@@ -307,7 +307,7 @@ export const reportFailure = (cause: Cause.Cause<unknown>): Effect.Effect<void> 
   // A setting the operator must change, or a port already taken: the reason
   // is the whole story, a stack trace would only bury it.
   if (ConfigError.isConfigError(error)) {
-    return Effect.logError("config.invalid").pipe(Effect.annotateLogs({ reason: describeConfigError(error) }))
+    return Effect.logError("config.invalid").pipe(Effect.annotateLogs({ reason: Config.describeError(error) }))
   }
   if (error instanceof HttpServerError.ServeError) {
     return Effect.logError("server.listen_failed").pipe(Effect.annotateLogs({ reason: reasonOf(error.cause) }))
@@ -327,18 +327,6 @@ export const reportFailure = (cause: Cause.Cause<unknown>): Effect.Effect<void> 
       )
   )
 }
-
-// "BODY_LIMIT: must be a size like 1048576, 512kb or 1mb", one clause per
-// setting at fault.
-const describeConfigError = (error: ConfigError.ConfigError): string =>
-  ConfigError.reduceWithContext(error, undefined, {
-    andCase: (_, left: string, right: string) => `${left}; ${right}`,
-    orCase: (_, left: string, right: string) => `${left}; ${right}`,
-    invalidDataCase: (_, path, message) => `${path.join(".")}: ${message}`,
-    missingDataCase: (_, path, message) => `${path.join(".")}: ${message}`,
-    sourceUnavailableCase: (_, path, message) => `${path.join(".")}: ${message}`,
-    unsupportedCase: (_, path, message) => `${path.join(".")}: ${message}`
-  })
 
 // The messages down an error's chain of causes: "Failed to acquire a
 // connection: connect ECONNREFUSED 127.0.0.1:5432".

@@ -4,7 +4,7 @@
  * at start, and the subject rule the command metadata uses.
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
-import * as ConfigError from "effect/ConfigError"
+import type * as ConfigError from "effect/ConfigError"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -14,6 +14,7 @@ import { syncBuiltinESMExports } from "node:module"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Auth from "../../src/server/Auth.js"
+import * as Config from "../../src/server/Config.js"
 
 const existsSync = Fs.existsSync
 afterEach(() => {
@@ -23,15 +24,7 @@ afterEach(() => {
 
 const freshDir = () => Fs.mkdtempSync(Path.join(Os.tmpdir(), "ecb-auth-keys-"))
 
-const reasonOf = (error: ConfigError.ConfigError): string =>
-  ConfigError.reduceWithContext(error, undefined, {
-    andCase: (_, left: string, right: string) => `${left}; ${right}`,
-    orCase: (_, left: string, right: string) => `${left}; ${right}`,
-    invalidDataCase: (_, path, message) => `${path.join(".")}: ${message}`,
-    missingDataCase: (_, path, message) => `${path.join(".")}: ${message}`,
-    sourceUnavailableCase: (_, path, message) => `${path.join(".")}: ${message}`,
-    unsupportedCase: (_, path, message) => `${path.join(".")}: ${message}`
-  })
+const reasonOf = Config.describeError
 
 describe("the development secret", () => {
   it.effect("is created once, 0600, and read back the same", () =>
