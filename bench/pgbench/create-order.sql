@@ -24,13 +24,13 @@ WITH requested AS (
   SELECT product_id, quantity FROM unnest(ARRAY['sku-' || :p1::text, 'sku-' || :p2::text], ARRAY[1, 1])
     AS r(product_id, quantity)
 ), locked AS (
-  SELECT i.product_id, i.available FROM inventory AS i
+  SELECT i.product_id FROM inventory AS i
   WHERE i.product_id = ANY(ARRAY['sku-' || :p1::text, 'sku-' || :p2::text])
   ORDER BY i.product_id FOR UPDATE
 )
 UPDATE inventory AS i SET available = i.available - r.quantity, updated_at = now()
 FROM locked AS l JOIN requested AS r USING (product_id)
-WHERE i.product_id = l.product_id AND l.available >= r.quantity
+WHERE i.product_id = l.product_id AND i.available >= r.quantity
 RETURNING i.product_id;
 INSERT INTO orders (id, customer_id, user_id, status, version, items, shipping_address, created_at,
   updated_at, cancel_reason)

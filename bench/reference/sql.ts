@@ -82,13 +82,13 @@ export const reserveSql = `
               SELECT product_id, quantity FROM unnest($1::text[], $2::integer[])
                 AS r(product_id, quantity)
             ), locked AS (
-              SELECT i.product_id, i.available FROM inventory AS i
+              SELECT i.product_id FROM inventory AS i
               WHERE i.product_id = ANY($1::text[])
               ORDER BY i.product_id FOR UPDATE
             )
             UPDATE inventory AS i SET available = i.available - r.quantity, updated_at = now()
             FROM locked AS l JOIN requested AS r USING (product_id)
-            WHERE i.product_id = l.product_id AND l.available >= r.quantity
+            WHERE i.product_id = l.product_id AND i.available >= r.quantity
             RETURNING i.product_id`
 
 export const availableSql = `SELECT available FROM inventory WHERE product_id = $1`

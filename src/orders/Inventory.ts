@@ -154,19 +154,23 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
           const params = linesParams(totals)
           // The rows are locked first, in product order, so that concurrent
           // reservations of the same products cannot deadlock (a plain UPDATE
-          // … FROM may lock them in any order the plan visits them).
+          // … FROM may lock them in any order the plan visits them). The
+          // stock is checked on the row written, which PostgreSQL checks
+          // again on its newest version: the CTE's copy of it can be an older
+          // one, and checked there, a give-back committing meanwhile let a
+          // reservation past this check into the CHECK constraint.
           const taken = yield* SqlStatement.rows(sql<{ readonly product_id: string }>`
             WITH requested AS (
               SELECT product_id, quantity FROM unnest(${params.productIds}::text[], ${params.quantities}::integer[])
                 AS r(product_id, quantity)
             ), locked AS (
-              SELECT i.product_id, i.available FROM inventory AS i
+              SELECT i.product_id FROM inventory AS i
               WHERE i.product_id = ANY(${params.productIds}::text[])
               ORDER BY i.product_id FOR UPDATE
             )
             UPDATE inventory AS i SET available = i.available - r.quantity, updated_at = now()
             FROM locked AS l JOIN requested AS r USING (product_id)
-            WHERE i.product_id = l.product_id AND l.available >= r.quantity
+            WHERE i.product_id = l.product_id AND i.available >= r.quantity
             RETURNING i.product_id`)
           if (taken.length === totals.size) return
           const takenIds = new Set(taken.map((row) => row.product_id))

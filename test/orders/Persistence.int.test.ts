@@ -18,7 +18,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Redacted from "effect/Redacted"
-import { CurrentUser, EventPublisher, Outbox } from "../../src/index.js"
+import { CurrentUser, EventPublisher, Outbox, UnitOfWork } from "../../src/index.js"
 import { CancelOrder, CreateOrder } from "../../src/orders/Commands.js"
 import * as Inventory from "../../src/orders/Inventory.js"
 import * as Order from "../../src/orders/Order.js"
@@ -239,6 +239,40 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
             })
             expect(outcomes.filter((outcome) => outcome !== "success")).toEqual([])
           }
+        }).pipe(Effect.provide(Persistence.layerSql(false)))
+    )
+
+    // Server only, as above. A reservation checks the stock of the row it
+    // writes: checked against the locking CTE's copy instead, a give-back
+    // committing meanwhile let it past the check and into the CHECK
+    // constraint (a defect, a 500), where the stock short is a refusal.
+    onServer(
+      "reservations racing with give-backs of the same product are refused, never a defect",
+      () =>
+        Effect.gen(function*() {
+          yield* TestDatabase.truncateAll
+          const inventory = yield* Inventory.Inventory
+          const unitOfWork = yield* UnitOfWork.UnitOfWork
+          yield* inventory.setAvailable("p-race", 50)
+          const lines = [{ productId: "p-race", quantity: 2 }]
+          const outcomes = yield* Effect.forEach(
+            Array.from({ length: 200 }, (_, i) => i),
+            (i) =>
+              Effect.exit(unitOfWork.transactional(inventory.reserve(lines))).pipe(
+                Effect.tap((exit) =>
+                  Exit.isSuccess(exit) && i % 3 === 0 ? unitOfWork.transactional(inventory.release(lines)) : Effect.void
+                ),
+                Effect.map((exit) =>
+                  Exit.isSuccess(exit) ? "reserved" : failureOf(exit)?._tag ?? Cause.pretty(exit.cause)
+                )
+              ),
+            { concurrency: 20 }
+          )
+          expect(outcomes.filter((outcome) => outcome !== "reserved" && outcome !== "InsufficientInventory"))
+            .toEqual([])
+          const reserved = outcomes.filter((outcome) => outcome === "reserved").length
+          const givenBack = outcomes.filter((outcome, i) => outcome === "reserved" && i % 3 === 0).length
+          expect(yield* inventory.available("p-race")).toBe(50 - 2 * (reserved - givenBack))
         }).pipe(Effect.provide(Persistence.layerSql(false)))
     )
 
