@@ -160,12 +160,18 @@ const begin = (pool: Pg.Pool) =>
     })
   })
 
-/** Ends the transaction (`COMMIT` or `ROLLBACK`) and hands the connection back. */
+/**
+ * Ends the transaction (`COMMIT` or `ROLLBACK`) and hands the connection
+ * back; one whose end failed is destroyed. A connection lost during COMMIT
+ * reports the failed COMMIT before the client emits its error, so without
+ * that the pool took the dead connection back as a live one, and the next
+ * statement on it (the release of an idempotency claim) failed.
+ */
 const end = (held: Held, commit: boolean) =>
   Effect.async<void, SqlError>((resume) => {
     held.client.query(commit ? "COMMIT" : "ROLLBACK", (error: Error | null) => {
       held.client.off("error", held.onError)
-      held.release(held.broken)
+      held.release(held.broken ?? error ?? undefined)
       resume(
         error === null
           ? Effect.void
