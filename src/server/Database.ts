@@ -87,6 +87,7 @@ export const serverLayer = (options: {
       Effect.acquireRelease(
         Effect.try({
           try: () => {
+            const cancels = cancelPool(options)
             const pool = new Pg.Pool({
               Client: PgPreparedClient.make({ capacity: options.preparedStatements }),
               connectionString: Redacted.value(options.url),
@@ -104,11 +105,15 @@ export const serverLayer = (options: {
             // Errors of idle clients (the server went away) surface on the next
             // query; without a listener they would crash the process.
             pool.on("error", () => {})
+            routeCancels(pool, cancels)
             return pool
           },
           catch: (cause) => new SqlError({ cause, message: "Invalid database configuration" })
         }),
-        (pool) => Effect.promise(() => pool.end()).pipe(Effect.timeoutOption("5 seconds"))
+        (pool) =>
+          Effect.promise(() => Promise.all([pool.end(), cancelsOf.get(pool)?.end()])).pipe(
+            Effect.timeoutOption("5 seconds")
+          )
       ),
       // The client is built in the same scope, after the pool: it closes
       // first, then the pool ends.
@@ -130,6 +135,42 @@ export const serverLayer = (options: {
         )
     )
   )
+
+// `@effect/sql-pg` cancels the statement of an interrupted fiber (a command
+// past its timeout) with `SELECT pg_cancel_backend(pid)` on the pool the
+// statement runs on. With every connection of that pool busy, the cancelled
+// statements' own among them, the cancel waited for one: a command's timeout
+// stretched to its statement's end, or the statement timeout, and the service
+// stalled meanwhile. Cancels go to a pool of their own, of one connection
+// opened when needed and closed when idle.
+const cancelStatement = /^SELECT pg_cancel_backend\(\d+\)$/
+
+const cancelsOf = new WeakMap<Pg.Pool, Pg.Pool>()
+
+const cancelPool = (options: {
+  readonly url: Redacted.Redacted
+  readonly connectTimeout: Duration.Duration
+}): Pg.Pool => {
+  const cancels = new Pg.Pool({
+    connectionString: Redacted.value(options.url),
+    max: 1,
+    connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
+    idleTimeoutMillis: 10_000,
+    application_name: "effect-command-bus-cancel"
+  })
+  cancels.on("error", () => {})
+  return cancels
+}
+
+const routeCancels = (pool: Pg.Pool, cancels: Pg.Pool) => {
+  cancelsOf.set(pool, cancels)
+  const query = pool.query.bind(pool) as (...args: Array<unknown>) => unknown
+  const cancel = cancels.query.bind(cancels) as (...args: Array<unknown>) => unknown
+  pool.query = ((...args: Array<unknown>) =>
+    typeof args[0] === "string" && cancelStatement.test(args[0])
+      ? cancel(...args)
+      : query(...args)) as typeof pool.query
+}
 
 /**
  * The embedded database has no pool: one session behind a queue (whose
