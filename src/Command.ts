@@ -217,17 +217,27 @@ export interface CommandClass<
 }
 
 /**
+ * A command's own fields: any but the metadata's names. Checked in the
+ * constraint, not where the option is given, so that `payload: {}` (a
+ * command with nothing to carry) still infers as no fields.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type PayloadFields = Schema.Struct.Fields & { readonly [K in keyof MetadataFields]?: never }
+
+/**
  * Options of a command declaration.
  *
  * @since 0.1.0
  * @category models
  */
 export interface Options<
-  Payload extends Schema.Struct.Fields,
+  Payload extends PayloadFields,
   Success extends Schema.Schema.All,
   Failure extends Schema.Schema.All
 > {
-  readonly payload: Payload & { readonly [K in keyof MetadataFields]?: never }
+  readonly payload: Payload
   readonly success: Success
   readonly failure: Failure
   readonly retryable?: ReadonlyArray<ErrorTags<Failure>>
@@ -257,7 +267,7 @@ export interface Options<
 export const Class = <Self = never>() =>
 <
   const Tag extends string,
-  Payload extends Schema.Struct.Fields,
+  Payload extends PayloadFields,
   Success extends Schema.Schema.All,
   Failure extends Schema.Schema.All
 >(

@@ -102,6 +102,29 @@ describe("CommandBus types", () => {
     class Bad {}
   })
 
+  it("a command with no payload fields goes on a bus like any other", () => {
+    class CloseBooks extends Command.Class<CloseBooks>()("CloseBooks", {
+      payload: {},
+      success: Schema.Void,
+      failure: Schema.Never
+    }) {}
+    const bus = CommandBus.make([CloseBooks], { CloseBooks: () => Effect.succeed(Handler.result(undefined)) })
+    const dispatched = bus.dispatch(new CloseBooks({}))
+    expectTypeOf<Effect.Effect.Success<typeof dispatched>>().toEqualTypeOf<void>()
+    expectTypeOf<Effect.Effect.Error<typeof dispatched>>().toEqualTypeOf<never>()
+    expectTypeOf(new CloseBooks({}).commandId).toEqualTypeOf<string>()
+  })
+
+  it("a payload cannot take a metadata field's name", () => {
+    Command.Class<Clash>()("Clash", {
+      // @ts-expect-error userId is metadata
+      payload: { userId: Schema.Number },
+      success: Schema.Void,
+      failure: Schema.Never
+    })
+    class Clash {}
+  })
+
   it("the full order bus keeps CancelOrder's errors", () => {
     const bus = OrderBus.make()
     type E = Effect.Effect.Error<ReturnType<typeof bus.dispatch<CancelOrder>>>
