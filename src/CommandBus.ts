@@ -15,7 +15,7 @@ import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
 import type * as Command from "./Command.js"
 import { ValidationIssue } from "./Command.js"
-import { InvalidCommand, UnknownCommand } from "./CommandError.js"
+import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import type * as Handler from "./Handler.js"
 import * as Idempotency from "./Idempotency.js"
@@ -70,7 +70,7 @@ export interface CommandBus<C extends Command.Any, H, E = never, R = never> exte
    */
   readonly dispatch: <Cmd extends C>(
     command: Cmd
-  ) => Effect.Effect<Command.Success<Cmd>, Command.Failure<Cmd> | E, Requirements<H, Cmd["_tag"], R>>
+  ) => Effect.Effect<Command.Success<Cmd>, Command.Failure<Cmd> | E | StoreUnavailable, Requirements<H, Cmd["_tag"], R>>
   /**
    * Decodes untyped input (from the wire: `{ _tag, ...fields }`) with the
    * registered schemas, refusing unknown fields, and dispatches it.
@@ -79,7 +79,7 @@ export interface CommandBus<C extends Command.Any, H, E = never, R = never> exte
     input: unknown
   ) => Effect.Effect<
     Command.Success<C>,
-    Command.Failure<C> | E | UnknownCommand | InvalidCommand,
+    Command.Failure<C> | E | StoreUnavailable | UnknownCommand | InvalidCommand,
     Requirements<H, keyof H, R>
   >
 }

@@ -255,7 +255,7 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   bus: CommandBus.CommandBus<C, H, BE, BR>,
   toCommand: (event: A, followUp: FollowUp, envelope: DomainEvent.Envelope) => Cmd | undefined,
   options: DispatchOptions = {}
-): Reaction<Command.Failure<Cmd> | BE, CommandBus.Requirements<H, Cmd["_tag"], BR>> => {
+): Reaction<Command.Failure<Cmd> | BE | StoreUnavailable, CommandBus.Requirements<H, Cmd["_tag"], BR>> => {
   const name = options.name ?? `on ${event._tag}`
   const definitions = [...bus.definitions.values()]
   const waitOut = Schedule.spaced(Duration.seconds(1)).pipe(Schedule.upTo(options.inFlightWait ?? "2 minutes"))

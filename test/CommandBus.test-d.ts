@@ -27,7 +27,7 @@ describe("CommandBus types", () => {
     expectTypeOf(effect).toEqualTypeOf<
       Effect.Effect<
         { readonly orderId: string; readonly status: "created"; readonly version: number },
-        InsufficientInventory | OrderAlreadyExists | CommandError.Forbidden,
+        InsufficientInventory | OrderAlreadyExists | CommandError.Forbidden | CommandError.StoreUnavailable,
         Inventory | OrderRepository | Outbox.Outbox
       >
     >()
@@ -36,7 +36,9 @@ describe("CommandBus types", () => {
   it("middleware adds exactly its errors and requirements", () => {
     const bus = OrderBus.bare.pipe(CommandBus.withMiddleware(Middleware.timeout("1 second"), Middleware.validation))
     type E = Effect.Effect.Error<ReturnType<typeof bus.dispatch<RestockProduct>>>
-    expectTypeOf<E>().toEqualTypeOf<CommandError.CommandTimeout | CommandError.CommandValidationError>()
+    expectTypeOf<E>().toEqualTypeOf<
+      CommandError.CommandTimeout | CommandError.CommandValidationError | CommandError.StoreUnavailable
+    >()
     const withStore = bus.pipe(CommandBus.withMiddleware(Idempotency.middleware()))
     type R = Effect.Effect.Context<ReturnType<typeof withStore.dispatch<RestockProduct>>>
     expectTypeOf<R>().toEqualTypeOf<Inventory | Outbox.Outbox | Idempotency.IdempotencyStore>()
@@ -111,7 +113,8 @@ describe("CommandBus types", () => {
     const bus = CommandBus.make([CloseBooks], { CloseBooks: () => Effect.succeed(Handler.result(undefined)) })
     const dispatched = bus.dispatch(new CloseBooks({}))
     expectTypeOf<Effect.Effect.Success<typeof dispatched>>().toEqualTypeOf<void>()
-    expectTypeOf<Effect.Effect.Error<typeof dispatched>>().toEqualTypeOf<never>()
+    // The outbox's, as of every dispatch (its events may be appended to a database).
+    expectTypeOf<Effect.Effect.Error<typeof dispatched>>().toEqualTypeOf<CommandError.StoreUnavailable>()
     expectTypeOf(new CloseBooks({}).commandId).toEqualTypeOf<string>()
   })
 
