@@ -125,14 +125,34 @@ export const make = <
   const Cs extends ReadonlyArray<Command.AnyClass>,
   H extends HandlersFor<InstanceType<Cs[number]>>
 >(
-  commands: Cs,
+  commands: Cs & UniqueTags<Cs>,
   handlers: H & { readonly [K in Exclude<keyof H, InstanceType<Cs[number]>["_tag"]>]: never }
-): CommandBus<InstanceType<Cs[number]>, H> =>
-  build(
-    new Map(commands.map((definition) => [definition._tag as string, definition])),
-    handlers as unknown as Readonly<Record<string, Handler.Handler<any, any>>>,
-    []
-  )
+): CommandBus<InstanceType<Cs[number]>, H> => {
+  const definitions = new Map<string, Command.AnyClass>()
+  const shared = new Set<string>()
+  for (const definition of commands as ReadonlyArray<Command.AnyClass>) {
+    if (definitions.has(definition._tag)) shared.add(definition._tag)
+    definitions.set(definition._tag, definition)
+  }
+  return build(definitions, handlers as unknown as Readonly<Record<string, Handler.Handler<any, any>>>, [], shared)
+}
+
+/**
+ * The tag of the first command class in `Cs` whose tag an earlier one has.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SharedTag<Cs extends ReadonlyArray<Command.AnyClass>, Seen = never> = Cs extends
+  readonly [infer Head extends Command.AnyClass, ...infer Rest extends ReadonlyArray<Command.AnyClass>]
+  ? InstanceType<Head>["_tag"] extends Seen ? InstanceType<Head>["_tag"]
+  : SharedTag<Rest, Seen | InstanceType<Head>["_tag"]>
+  : never
+
+// Two classes with one tag would share a handler, and the bus would check,
+// authorize and decode both as the last: refused where it is written.
+type UniqueTags<Cs extends ReadonlyArray<Command.AnyClass>> = [SharedTag<Cs>] extends [never] ? unknown
+  : { readonly "two command classes share a tag": SharedTag<Cs> }
 
 /**
  * Wraps the bus in middleware, the first listed outermost. A later call
@@ -146,25 +166,41 @@ export const withMiddleware =
   <C extends Command.Any, H, E, R>(
     bus: CommandBus<C, H, E, R>
   ): CommandBus<C, H, E | Middleware.Error<M[number]>, R | Middleware.Context<M[number]>> =>
-    build(bus.definitions, (bus as unknown as Internal).handlers, [...middleware, ...bus.middleware])
+    build(
+      bus.definitions,
+      (bus as unknown as Internal).handlers,
+      [...middleware, ...bus.middleware],
+      (bus as unknown as Internal).shared
+    )
 
 interface Internal extends Any {
   readonly handlers: Readonly<Record<string, Handler.Handler<any, any>>>
+  readonly shared: ReadonlySet<string>
 }
 
 const build = (
   definitions: ReadonlyMap<string, Command.AnyClass>,
   handlers: Readonly<Record<string, Handler.Handler<any, any>>>,
-  middleware: ReadonlyArray<Middleware.Any>
+  middleware: ReadonlyArray<Middleware.Any>,
+  shared: ReadonlySet<string>
 ): any => {
-  // One lookup per dispatch: each tag's definition with its handler.
+  // One lookup per dispatch: each tag's definition with its handler. A tag
+  // two classes share (only from untyped code) has no route: its dispatch
+  // dies, rather than run one command as the other.
   const routes = new Map<
     string,
     { readonly definition: Command.AnyClass; readonly handler: Handler.Handler<any, any> }
   >()
-  for (const [tag, definition] of definitions) routes.set(tag, { definition, handler: handlers[tag]! })
+  for (const [tag, definition] of definitions) {
+    if (!shared.has(tag)) routes.set(tag, { definition, handler: handlers[tag]! })
+  }
   // Unreachable from typed code: `dispatch` only accepts the bus's commands.
-  const noRoute = (command: Command.Any) => Effect.dieMessage(`No handler for ${command._tag}`)
+  const noRoute = (command: Command.Any) =>
+    Effect.dieMessage(
+      shared.has(command._tag)
+        ? `Two command classes share the tag ${command._tag}: a bus takes one class per tag`
+        : `No handler for ${command._tag}`
+    )
   // Two functions, not one with a branch: each keeps type feedback of its
   // own, so a bus with no middleware stays as cheap beside buses with some.
   const dispatch = middleware.length === 0 ?
@@ -254,6 +290,7 @@ const build = (
   bus.definitions = definitions
   bus.middleware = middleware
   bus.handlers = handlers
+  bus.shared = shared
   bus.dispatch = dispatch
   bus.dispatchUnknown = dispatchUnknown
   return bus

@@ -118,6 +118,22 @@ describe("CommandBus types", () => {
     expectTypeOf(new CloseBooks({}).commandId).toEqualTypeOf<string>()
   })
 
+  it("two command classes with one tag do not make a bus", () => {
+    class RenewLoan extends Command.Class<RenewLoan>()("Loan", {
+      payload: { loanId: Schema.String },
+      success: Schema.Void,
+      failure: Schema.Never
+    }) {}
+    class WriteOffLoan extends Command.Class<WriteOffLoan>()("Loan", {
+      payload: { loanId: Schema.String, amount: Schema.Number },
+      success: Schema.Void,
+      failure: Schema.Never
+    }) {}
+    expectTypeOf<CommandBus.SharedTag<[typeof RenewLoan, typeof WriteOffLoan]>>().toEqualTypeOf<"Loan">()
+    // @ts-expect-error two classes share the tag "Loan"
+    CommandBus.make([RenewLoan, WriteOffLoan], { Loan: () => Effect.succeed(Handler.result(undefined)) })
+  })
+
   it("a payload cannot take a metadata field's name", () => {
     Command.Class<Clash>()("Clash", {
       // @ts-expect-error userId is metadata

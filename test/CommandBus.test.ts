@@ -1,4 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
@@ -388,4 +389,29 @@ describe("CommandBus", () => {
         assert.strictEqual((yield* readOutbox).length, 0)
       }).pipe(Effect.provide(InMemory.layer)))
   })
+
+  it.effect("two classes with one tag, given from untyped code: their dispatch dies, neither runs as the other", () =>
+    Effect.gen(function*() {
+      class RenewLoan extends Command.Class<RenewLoan>()("Loan", {
+        payload: { loanId: Schema.String },
+        success: Schema.String,
+        failure: Schema.Never
+      }) {}
+      class WriteOffLoan extends Command.Class<WriteOffLoan>()("Loan", {
+        payload: { loanId: Schema.String, amount: Schema.Number },
+        success: Schema.String,
+        failure: Schema.Never,
+        requiredRole: "admin"
+      }) {}
+      const ran: Array<string> = []
+      // Typed code cannot build it (CommandBus.test-d.ts): the cast stands for code that is not.
+      const bus = CommandBus.make([RenewLoan, WriteOffLoan] as Array<typeof RenewLoan>, {
+        Loan: (command) => Effect.sync(() => ran.push(command.loanId)).pipe(Effect.as(Handler.result("done")))
+      })
+      const exit = yield* Effect.exit(bus.dispatch(new RenewLoan({ loanId: "l-1" })))
+      assert.isTrue(Exit.isFailure(exit) && String(Cause.squash(exit.cause)).includes("share the tag Loan"))
+      const unknown = yield* Effect.exit(bus.dispatchUnknown({ _tag: "Loan", loanId: "l-2", amount: 5 }))
+      assert.isTrue(Exit.isFailure(unknown) && Cause.isDie(unknown.cause))
+      assert.deepStrictEqual(ran, [])
+    }).pipe(Effect.provide(InMemory.layer)))
 })
