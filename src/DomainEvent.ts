@@ -80,6 +80,20 @@ const encoders = new WeakMap<object, (event: unknown) => Effect.Effect<unknown, 
 const encoderOf = (event: Any) => {
   const schema = (event as object).constructor
   let encode = encoders.get(schema)
+  if (encode === undefined && !Schema.isSchema(schema)) {
+    // A plain object with a `_tag` fits `Any`, and has no schema to encode with.
+    encode = (event) =>
+      Effect.die(
+        new Cause.RuntimeException(
+          `${(event as Any)._tag}: an event must be an instance of a DomainEvent.Class, not ${
+            schema === Object || schema === undefined
+              ? "a plain object"
+              : `a ${String((schema as { readonly name?: unknown }).name)}`
+          }`
+        )
+      )
+    encoders.set(schema ?? Object, encode)
+  }
   if (encode === undefined) {
     const keys = fieldKeys(schema)
     // Fields that encode to themselves are copied, not run through the

@@ -56,6 +56,20 @@ describe("DomainEvent", () => {
         }
       }))
 
+    it.effect("dies on an event that is a plain object, saying it must be a DomainEvent.Class", () =>
+      Effect.gen(function*() {
+        for (const event of [{ _tag: "Pinged" }, Object.assign(Object.create(null), { _tag: "Pinged" })]) {
+          const exit = yield* Effect.exit(DomainEvent.stamp(command, [DomainEvent.draft(aggregate, event)]))
+          assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
+          if (Exit.isFailure(exit)) {
+            assert.include(
+              String(Cause.squash(exit.cause)),
+              "Pinged: an event must be an instance of a DomainEvent.Class"
+            )
+          }
+        }
+      }))
+
     it.effect("dies on a payload that does not encode to JSON, naming the value", () =>
       Effect.gen(function*() {
         class Clocked extends DomainEvent.Class<Clocked>()("Clocked", {
