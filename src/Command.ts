@@ -280,10 +280,31 @@ export const Class = <Self = never>() =>
     failure: options.failure
   }) as any
   return class extends Base {
+    constructor(props: unknown, options?: unknown) {
+      super(withoutUndefinedMetadata(props), options)
+    }
     static readonly retryable = options.retryable ?? []
     static readonly requiredRole = options.requiredRole
     static readonly validate = options.validate
   } as any
+}
+
+// Optional metadata given as `undefined` (`userId: request.user?.id`) is
+// left out, as the compiler of an application without
+// `exactOptionalPropertyTypes` lets it be written; the exact schema would
+// refuse it.
+const exactMetadataKeys = ["causationId", "userId", "idempotencyKey"] as const
+
+const withoutUndefinedMetadata = (props: unknown): unknown => {
+  if (typeof props !== "object" || props === null) return props
+  let copy: Record<string, unknown> | undefined
+  for (const key of exactMetadataKeys) {
+    if (key in props && (props as Record<string, unknown>)[key] === undefined) {
+      copy ??= { ...props }
+      delete copy[key]
+    }
+  }
+  return copy ?? props
 }
 
 const failureChecks = new WeakMap<AnyClass, (error: unknown) => boolean>()

@@ -98,6 +98,19 @@ describe("Command", () => {
       }
     })
 
+    it("leaves out optional metadata given as undefined, as a compiler without exactOptionalPropertyTypes allows", () => {
+      const given = { ...payload, userId: undefined, causationId: undefined, idempotencyKey: undefined }
+      const command = new RenameAccount(given as unknown as typeof payload)
+      for (const key of ["userId", "causationId", "idempotencyKey"]) assert.isFalse(key in command, key)
+      assert.match(command.commandId, uuid)
+      assert.deepStrictEqual(
+        Object.keys(given).sort(),
+        [...Object.keys(payload), "causationId", "idempotencyKey", "userId"].sort()
+      )
+      // A value that is there is still checked.
+      assert.throws(() => new RenameAccount({ ...payload, userId: "" }))
+    })
+
     it("refuses ids that are not UUIDs", () => {
       assert.isTrue(Either.isLeft(decode({ _tag: "RenameAccount", ...payload, commandId: "not-a-uuid" })))
       assert.isTrue(Either.isLeft(decode({ _tag: "RenameAccount", ...payload, correlationId: "42" })))
