@@ -351,6 +351,18 @@ export const cancel = (id: string): Effect.Effect<boolean, StoreUnavailable, Sch
   Effect.flatMap(ScheduledCommands, (store) => store.cancel(id))
 
 /**
+ * Runs a command that failed for good again: pending, due now, its attempts
+ * reset and its retries counted (the run's idempotency key, when the bus gave
+ * it one, names the retry, so it runs rather than replay the failure); false
+ * when there is no failed command with this id.
+ *
+ * @since 0.1.0
+ * @category scheduling
+ */
+export const retry = (id: string): Effect.Effect<boolean, StoreUnavailable, ScheduledCommands> =>
+  Effect.flatMap(ScheduledCommands, (store) => store.retry(id))
+
+/**
  * @since 0.1.0
  * @category models
  */

@@ -163,9 +163,8 @@ describe("CommandScheduler", () => {
       yield* TestClock.adjust("10 minutes")
       assert.strictEqual(yield* Queue.size(ran), 0, "not run again")
 
-      const store = yield* CommandScheduler.ScheduledCommands
-      assert.isTrue(yield* store.retry(id))
-      assert.isFalse(yield* store.retry(id), "pending, not failed")
+      assert.isTrue(yield* CommandScheduler.retry(id))
+      assert.isFalse(yield* CommandScheduler.retry(id), "pending, not failed")
       yield* TestClock.adjust("10 seconds")
       assert.strictEqual(((yield* Queue.take(ran)) as unknown as Charge).orderId, "o-1")
     }).pipe(Effect.provide(Stores)))
