@@ -86,6 +86,25 @@ describe("DomainEvent", () => {
           const defect = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.dieOption(exit.cause)) : undefined
           assert.include((defect as Error | undefined)?.message, `Measured: encoded, $.reading is ${reading}`)
         }
+        // JSON holds these, PostgreSQL's jsonb does not: the in-memory outbox refuses them as the SQL one does.
+        class Noted extends DomainEvent.Class<Noted>()("Noted", {
+          text: Schema.String,
+          by: Schema.Record({ key: Schema.String, value: Schema.String })
+        }) {}
+        for (
+          const [noted, where] of [
+            [new Noted({ text: "a\u0000b", by: {} }), "$.text"],
+            [new Noted({ text: "\ud800", by: {} }), "$.text"],
+            [new Noted({ text: "ok", by: { "k\u0000": "v" } }), "a key of $.by"]
+          ] as const
+        ) {
+          const exit = yield* Effect.exit(DomainEvent.stamp(command, [DomainEvent.draft(aggregate, noted)]))
+          const defect = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.dieOption(exit.cause)) : undefined
+          assert.include(
+            (defect as Error | undefined)?.message,
+            `Noted: encoded, ${where} is a string with a NUL character or a lone surrogate`
+          )
+        }
       }))
   })
 })

@@ -1,3 +1,5 @@
+import { isStorableText } from "../Command.js"
+
 /**
  * Where a value stops being JSON: what `JSON.stringify` would drop, change
  * or refuse, so that a record written as JSON would not read back as itself.
@@ -7,6 +9,8 @@
 export const incompatibility = (value: unknown, path: string = "$"): string | undefined => {
   switch (typeof value) {
     case "string":
+      // JSON holds it, PostgreSQL's jsonb does not: refused in memory too.
+      return isStorableText(value) ? undefined : `${path} is ${unstorable}`
     case "boolean":
     case "undefined":
       // An undefined property is left out, as an absent optional field is.
@@ -27,6 +31,7 @@ export const incompatibility = (value: unknown, path: string = "$"): string | un
         return `${path} is ${proto?.constructor?.name ? `a ${proto.constructor.name}` : "not a plain object"}`
       }
       for (const key of Object.keys(value)) {
+        if (!isStorableText(key)) return `a key of ${path} is ${unstorable}`
         const found = incompatibility((value as Record<string, unknown>)[key], `${path}.${key}`)
         if (found !== undefined) return found
       }
@@ -44,5 +49,10 @@ export const incompatibility = (value: unknown, path: string = "$"): string | un
  * @internal
  */
 export const refusal = (found: string, schemaOf: string): string =>
-  `encoded, ${found}, which JSON does not hold: give ${schemaOf} a schema that encodes to JSON ` +
-  "(Schema.Date rather than Schema.DateFromSelf, say)"
+  found.endsWith(unstorable)
+    ? `encoded, ${found}, which a database does not store: refuse such text in ${schemaOf}'s schema ` +
+      "(Command.Text)"
+    : `encoded, ${found}, which JSON does not hold: give ${schemaOf} a schema that encodes to JSON ` +
+      "(Schema.Date rather than Schema.DateFromSelf, say)"
+
+const unstorable = "a string with a NUL character or a lone surrogate"
