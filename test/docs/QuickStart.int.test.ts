@@ -71,5 +71,29 @@ describe("README Quick start", () => {
         "OrderCancelled"
       ])
       expect(feed.next).toBe(2)
+
+      // With no JWT_SECRET the start-up log says a development secret was
+      // made; and every request and every command logs one JSON line with
+      // its correlation id: the one the request was given. The README's
+      // commands ran while this process waited on them, so their lines may
+      // still be on their way from the service's pipe.
+      const completed = () => service.output().split("command.completed").length - 1
+      for (let attempt = 0; attempt < 50 && completed() < 4; attempt++) yield* Effect.sleep("100 millis")
+      const lines = service.output().split("\n").filter((line) => line.startsWith("{")).map((line) =>
+        JSON.parse(line) as {
+          readonly message: unknown
+          readonly annotations: Readonly<Record<string, unknown>>
+        }
+      )
+      expect(lines.some((line) => line.message === "auth.development-secret"), logsOf()).toBe(true)
+      const requests = lines.filter((line) => line.message === "http.request")
+      const commands = lines.filter((line) => line.message === "command.completed")
+      expect(commands.map((line) => line.annotations.commandType).sort(), logsOf()).toEqual(
+        ["CancelOrder", "CreateOrder", "CreateOrder", "RestockProduct"].sort()
+      )
+      for (const command of commands) {
+        const correlationId = command.annotations.correlationId
+        expect(requests.filter((line) => line.annotations.correlationId === correlationId), logsOf()).toHaveLength(1)
+      }
     }), { timeout: 300_000 })
 })
