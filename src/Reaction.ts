@@ -259,16 +259,34 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   const name = options.name ?? `on ${event._tag}`
   const definitions = [...bus.definitions.values()]
   const waitOut = Schedule.spaced(Duration.seconds(1)).pipe(Schedule.upTo(options.inFlightWait ?? "2 minutes"))
+  // Whether a failure is an outcome depends on the command that failed: a
+  // tag one command marks retryable may be another's outcome. Each failure
+  // of a dispatch is judged by its own command's definition, and remembered
+  // for `retryable`; one it never saw, by every command of the bus.
+  const outcomes = new WeakMap<object, boolean>()
   return make(event, (decoded, envelope) => {
     const command = toCommand(decoded, {
       ...Command.causedBy(envelope),
       idempotencyKey: `${name}:${envelope.eventId}`
     }, envelope)
-    return command === undefined ? Effect.void : Effect.asVoid(waitingOut(bus.dispatch(command), waitOut))
+    if (command === undefined) return Effect.void
+    const definition = bus.definitions.get(command._tag)
+    return Effect.asVoid(waitingOut(bus.dispatch(command), waitOut)).pipe(
+      Effect.tapError((error) =>
+        Effect.sync(() => {
+          if (definition !== undefined && typeof error === "object" && error !== null) {
+            outcomes.set(error, Command.isOutcome(definition, error))
+          }
+        })
+      )
+    )
   }, {
     ...options,
     name,
-    retryable: (error) => !definitions.some((definition) => Command.isOutcome(definition, error))
+    retryable: (error) =>
+      !(typeof error === "object" && error !== null && outcomes.has(error)
+        ? outcomes.get(error)!
+        : definitions.some((definition) => Command.isOutcome(definition, error)))
   })
 }
 

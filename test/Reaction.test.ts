@@ -188,6 +188,45 @@ describe("Reaction", () => {
       assert.isFalse(pay.retryable!(new CardDeclined({ orderId: "o" })))
     }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 
+  it.effect("dispatch: a failure is judged by the command that failed, not by another command of the bus", () =>
+    Effect.gen(function*() {
+      // One tag, retryable for one command and an outcome of the other.
+      class Settle extends Command.Class<Settle>()("Settle", {
+        payload: { orderId: Schema.String },
+        success: Schema.Void,
+        failure: CommandError.ConcurrencyConflict,
+        retryable: ["ConcurrencyConflict"]
+      }) {}
+      class Audit extends Command.Class<Audit>()("Audit", {
+        payload: { orderId: Schema.String },
+        success: Schema.Void,
+        failure: CommandError.ConcurrencyConflict
+      }) {}
+      const conflict = (orderId: string) =>
+        Effect.fail(
+          new CommandError.ConcurrencyConflict({ aggregateType: "Order", aggregateId: orderId, expectedVersion: 1 })
+        )
+      const bus = CommandBus.make([Settle, Audit], {
+        Settle: (command) => conflict(command.orderId),
+        Audit: (command) => conflict(command.orderId)
+      })
+      const settle = Reaction.dispatch(
+        OrderPlaced,
+        bus,
+        (event, followUp) => new Settle({ orderId: event.orderId, ...followUp }),
+        { name: "settle" }
+      )
+      const audit = Reaction.dispatch(
+        OrderPlaced,
+        bus,
+        (event, followUp) => new Audit({ orderId: event.orderId, ...followUp }),
+        { name: "audit" }
+      )
+      const placed = envelopeOf("OrderPlaced", { orderId: "o-1", amount: 5 })
+      assert.isTrue(settle.retryable!(yield* Effect.flip(settle.handle(placed))), "Settle marks it retryable")
+      assert.isFalse(audit.retryable!(yield* Effect.flip(audit.handle(placed))), "Audit's outcome")
+    }).pipe(Effect.provide(InMemory.layer)))
+
   it.scoped("dispatch: a key left in flight by a crashed run is waited out, then the command runs, not a dead letter", () =>
     Effect.gen(function*() {
       const payments = yield* Queue.unbounded<TakePayment>()
