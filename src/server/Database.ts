@@ -16,6 +16,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { mkdirSync } from "node:fs"
+import * as Net from "node:net"
 import * as Path from "node:path"
 import Pg from "pg"
 import * as Migrations from "../orders/Migrations.js"
@@ -87,7 +88,6 @@ export const serverLayer = (options: {
       Effect.acquireRelease(
         Effect.try({
           try: () => {
-            const cancels = cancelPool(options)
             const pool = new Pg.Pool({
               Client: PgPreparedClient.make({ capacity: options.preparedStatements }),
               connectionString: Redacted.value(options.url),
@@ -105,15 +105,12 @@ export const serverLayer = (options: {
             // Errors of idle clients (the server went away) surface on the next
             // query; without a listener they would crash the process.
             pool.on("error", () => {})
-            routeCancels(pool, cancels)
+            routeCancels(pool)
             return pool
           },
           catch: (cause) => new SqlError({ cause, message: "Invalid database configuration" })
         }),
-        (pool) =>
-          Effect.promise(() => Promise.all([pool.end(), cancelsOf.get(pool)?.end()])).pipe(
-            Effect.timeoutOption("5 seconds")
-          )
+        (pool) => Effect.promise(() => pool.end()).pipe(Effect.timeoutOption("5 seconds"))
       ),
       // The client is built in the same scope, after the pool: it closes
       // first, then the pool ends.
@@ -141,35 +138,59 @@ export const serverLayer = (options: {
 // statement runs on. With every connection of that pool busy, the cancelled
 // statements' own among them, the cancel waited for one: a command's timeout
 // stretched to its statement's end, or the statement timeout, and the service
-// stalled meanwhile. Cancels go to a pool of their own, of one connection
-// opened when needed and closed when idle.
-const cancelStatement = /^SELECT pg_cancel_backend\(\d+\)$/
+// stalled meanwhile. Here that query is sent as PostgreSQL's own
+// CancelRequest instead, as libpq's PQcancel does: a connection of its own
+// that names the backend and its secret key and closes. It needs no free
+// connection of the pool, no login, and no connection slot of the server, so
+// it gets through a full pool and a server at max_connections alike.
+const cancelStatement = /^SELECT pg_cancel_backend\((\d+)\)$/
 
-const cancelsOf = new WeakMap<Pg.Pool, Pg.Pool>()
-
-const cancelPool = (options: {
-  readonly url: Redacted.Redacted
-  readonly connectTimeout: Duration.Duration
-}): Pg.Pool => {
-  const cancels = new Pg.Pool({
-    connectionString: Redacted.value(options.url),
-    max: 1,
-    connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
-    idleTimeoutMillis: 10_000,
-    application_name: "effect-command-bus-cancel"
-  })
-  cancels.on("error", () => {})
-  return cancels
+/** What a `pg` client of the pool knows of its backend. */
+interface Backend {
+  readonly processID?: number
+  readonly secretKey?: number
+  readonly host?: string
+  readonly port?: number
 }
 
-const routeCancels = (pool: Pg.Pool, cancels: Pg.Pool) => {
-  cancelsOf.set(pool, cancels)
+type Callback = (error: Error | null, result?: unknown) => void
+
+const routeCancels = (pool: Pg.Pool) => {
   const query = pool.query.bind(pool) as (...args: Array<unknown>) => unknown
-  const cancel = cancels.query.bind(cancels) as (...args: Array<unknown>) => unknown
-  pool.query = ((...args: Array<unknown>) =>
-    typeof args[0] === "string" && cancelStatement.test(args[0])
-      ? cancel(...args)
-      : query(...args)) as typeof pool.query
+  pool.query = ((...args: Array<unknown>) => {
+    const match = typeof args[0] === "string" ? cancelStatement.exec(args[0]) : null
+    const done = args.find((arg) => typeof arg === "function") as Callback | undefined
+    if (match === null || done === undefined) return query(...args)
+    // `pg-pool` keeps its clients here; a version that does not is asked the query.
+    const clients = (pool as unknown as { readonly _clients?: ReadonlyArray<Backend> })._clients ?? []
+    const backend = clients.find((client) => client.processID === Number(match[1]))
+    if (backend?.secretKey === undefined || backend.port === undefined) return query(...args)
+    sendCancelRequest(backend as Required<Backend>, done)
+    return undefined
+  }) as typeof pool.query
+}
+
+const sendCancelRequest = (backend: Required<Backend>, done: Callback) => {
+  const socket = backend.host.startsWith("/")
+    ? Net.connect(`${backend.host}/.s.PGSQL.${backend.port}`)
+    : Net.connect(backend.port, backend.host)
+  const message = Buffer.alloc(16)
+  message.writeInt32BE(16, 0)
+  message.writeInt32BE(80877102, 4) // the CancelRequest code
+  message.writeInt32BE(backend.processID, 8)
+  message.writeInt32BE(backend.secretKey, 12)
+  let finished = false
+  const finish = (error: Error | null) => {
+    if (finished) return
+    finished = true
+    socket.destroy()
+    done(error, { rows: [] })
+  }
+  socket.setTimeout(5_000, () => finish(new Error("PostgreSQL did not take the cancel request in time")))
+  socket.once("connect", () => socket.end(message))
+  socket.once("error", finish)
+  // The server closes the connection once it has the request.
+  socket.once("close", () => finish(null))
 }
 
 /**
