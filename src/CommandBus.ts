@@ -131,23 +131,36 @@ export const make = <
   const definitions = new Map<string, Command.AnyClass>()
   const shared = new Set<string>()
   for (const definition of commands as ReadonlyArray<Command.AnyClass>) {
-    if (definitions.has(definition._tag)) shared.add(definition._tag)
+    // The same class twice (lists of commands put together) is one command.
+    const seen = definitions.get(definition._tag)
+    if (seen !== undefined && seen !== definition) shared.add(definition._tag)
     definitions.set(definition._tag, definition)
   }
   return build(definitions, handlers as unknown as Readonly<Record<string, Handler.Handler<any, any>>>, [], shared)
 }
 
 /**
- * The tag of the first command class in `Cs` whose tag an earlier one has.
+ * The tag of the first command class in `Cs` whose tag another, earlier
+ * class has. The same class twice is one command; a class whose tag is just
+ * `string` (typed `Command.AnyClass`) is not judged.
  *
  * @since 0.1.0
  * @category models
  */
-export type SharedTag<Cs extends ReadonlyArray<Command.AnyClass>, Seen = never> = Cs extends
+export type SharedTag<Cs extends ReadonlyArray<Command.AnyClass>, Tags = never, Classes = never> = Cs extends
   readonly [infer Head extends Command.AnyClass, ...infer Rest extends ReadonlyArray<Command.AnyClass>]
-  ? InstanceType<Head>["_tag"] extends Seen ? InstanceType<Head>["_tag"]
-  : SharedTag<Rest, Seen | InstanceType<Head>["_tag"]>
+  ? [SameAsOneOf<Head, Classes>] extends [never] ?
+    (string extends InstanceType<Head>["_tag"] ? SharedTag<Rest, Tags, Classes>
+      : InstanceType<Head>["_tag"] extends Tags ? InstanceType<Head>["_tag"]
+      : SharedTag<Rest, Tags | InstanceType<Head>["_tag"], Classes | Head>)
+  : SharedTag<Rest, Tags, Classes>
   : never
+
+// `true` when `A` is one of the union `Classes`: the same type, not merely
+// assignable (two classes of one tag may be assignable to each other).
+type SameAsOneOf<A, Classes> = Classes extends unknown ? Same<A, Classes> extends true ? true : never : never
+
+type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
 
 // Two classes with one tag would share a handler, and the bus would check,
 // authorize and decode both as the last: refused where it is written.

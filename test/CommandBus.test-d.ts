@@ -132,6 +132,16 @@ describe("CommandBus types", () => {
     expectTypeOf<CommandBus.SharedTag<[typeof RenewLoan, typeof WriteOffLoan]>>().toEqualTypeOf<"Loan">()
     // @ts-expect-error two classes share the tag "Loan"
     CommandBus.make([RenewLoan, WriteOffLoan], { Loan: () => Effect.succeed(Handler.result(undefined)) })
+    // The same class twice (lists put together) is one command, and classes
+    // typed only as Command.AnyClass are not judged.
+    const shared = [RenewLoan] as const
+    CommandBus.make([...shared, ...shared, RestockProduct], {
+      Loan: () => Effect.succeed(Handler.result(undefined)),
+      RestockProduct: (command) =>
+        Effect.succeed(Handler.result({ productId: command.productId, available: command.available }))
+    })
+    expectTypeOf<CommandBus.SharedTag<[typeof RenewLoan, typeof RenewLoan]>>().toEqualTypeOf<never>()
+    expectTypeOf<CommandBus.SharedTag<readonly [Command.AnyClass, Command.AnyClass]>>().toEqualTypeOf<never>()
   })
 
   it("a payload cannot take a metadata field's name", () => {

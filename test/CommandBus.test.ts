@@ -413,5 +413,11 @@ describe("CommandBus", () => {
       const unknown = yield* Effect.exit(bus.dispatchUnknown({ _tag: "Loan", loanId: "l-2", amount: 5 }))
       assert.isTrue(Exit.isFailure(unknown) && Cause.isDie(unknown.cause))
       assert.deepStrictEqual(ran, [])
+      // The same class listed twice is one command, and runs.
+      const twice = CommandBus.make([RenewLoan, RenewLoan] as Array<typeof RenewLoan>, {
+        Loan: (command) => Effect.sync(() => ran.push(command.loanId)).pipe(Effect.as(Handler.result("done")))
+      })
+      assert.strictEqual(yield* twice.dispatch(new RenewLoan({ loanId: "l-3" })), "done")
+      assert.deepStrictEqual(ran, ["l-3"])
     }).pipe(Effect.provide(InMemory.layer)))
 })
