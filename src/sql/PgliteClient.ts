@@ -57,6 +57,7 @@ import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import { identity } from "effect/Function"
 import * as Layer from "effect/Layer"
@@ -66,6 +67,7 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import Pg from "pg"
 import { isStale, mayBeOutdatedTypes, prepareValue } from "../internal/preparedStatement.js"
+import * as SqlFailure from "./SqlFailure.js"
 
 /**
  * @category models
@@ -859,7 +861,22 @@ export const make = (
         ),
         begin: (conn) => conn.executeUnprepared("BEGIN", [], undefined),
         savepoint: (conn, id) => conn.executeUnprepared(`SAVEPOINT effect_sql_${id}`, [], undefined),
-        commit: (conn) => conn.executeUnprepared("COMMIT", [], undefined),
+        // COMMIT of a transaction a failed statement aborted rolls back without
+        // an error (and PGlite does not hand over the command tag that says
+        // so): a statement first tells, then COMMIT ends it either way.
+        commit: (conn) =>
+          Effect.flatMap(
+            Effect.either(conn.executeUnprepared("SELECT 1", [], undefined)),
+            (probe) =>
+              Effect.zipRight(
+                conn.executeUnprepared("COMMIT", [], undefined),
+                Either.isLeft(probe) && SqlFailure.sqlState(probe.left) === "25P02"
+                  ? Effect.fail(SqlFailure.abortedCommit())
+                  : Either.isLeft(probe)
+                  ? Effect.fail(probe.left)
+                  : Effect.void
+              )
+          ),
         rollback: (conn) => conn.executeUnprepared("ROLLBACK", [], undefined),
         rollbackSavepoint: (conn, id) => conn.executeUnprepared(`ROLLBACK TO SAVEPOINT effect_sql_${id}`, [], undefined)
       })

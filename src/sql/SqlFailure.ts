@@ -105,3 +105,18 @@ export const classify = <A, E, R>(
       return Effect.failCause(cause)
     })
   ) as any
+
+/**
+ * The failure of a COMMIT that rolled back: a statement of the transaction
+ * failed and the code that ran it went on.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const abortedCommit = (): SqlError =>
+  new SqlError({
+    cause: new Error("COMMIT rolled back"),
+    message: "The transaction rolled back at COMMIT: one of its statements failed, and the handler went on past " +
+      "its error (a failed statement aborts the whole transaction; catch it inside a nested transaction, which " +
+      "becomes a savepoint, to go on)"
+  })

@@ -169,14 +169,19 @@ const begin = (pool: Pg.Pool) =>
  */
 const end = (held: Held, commit: boolean) =>
   Effect.async<void, SqlError>((resume) => {
-    held.client.query(commit ? "COMMIT" : "ROLLBACK", (error: Error | null) => {
+    held.client.query(commit ? "COMMIT" : "ROLLBACK", (error: Error | null, result?: { command?: string }) => {
       held.client.off("error", held.onError)
       held.release(held.broken ?? error ?? undefined)
-      resume(
-        error === null
-          ? Effect.void
-          : Effect.fail(new SqlError({ cause: error, message: `Failed to ${commit ? "commit" : "roll back"}` }))
-      )
+      if (error !== null) {
+        return resume(
+          Effect.fail(new SqlError({ cause: error, message: `Failed to ${commit ? "commit" : "roll back"}` }))
+        )
+      }
+      // A statement that failed in the transaction, its error caught by the
+      // handler, aborted it: PostgreSQL answers COMMIT with ROLLBACK and no
+      // error. The dispatch did not commit, so it does not succeed.
+      if (commit && result?.command === "ROLLBACK") return resume(Effect.fail(SqlFailure.abortedCommit()))
+      resume(Effect.void)
     })
   })
 
