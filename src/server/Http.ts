@@ -25,6 +25,7 @@ import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import type * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
 import { randomUUID } from "node:crypto"
 import type * as Http from "node:http"
 import { Command, CommandError, CurrentUser, Idempotency, Outbox } from "../index.js"
@@ -40,6 +41,7 @@ import { adminRole, CurrentPrincipal } from "./Auth.js"
 import {
   InternalError,
   MalformedJson,
+  MalformedRequest,
   MethodNotAllowed,
   PayloadTooLarge,
   RepeatedHeader,
@@ -580,6 +582,26 @@ export const makeInFlight = (): InFlight => {
   }
 }
 
+/**
+ * The most header lines a request may have; one with more is refused with
+ * 431. The Node server counts none (`maxHeadersCount = 0`; its 16 KB limit
+ * on the head still holds): with a count, it drops the lines past it and
+ * serves the rest, so an `Idempotency-Key` or `Authorization` among them
+ * went unseen and a retry ran twice.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const maxHeaders = 100
+
+// The request's header lines as Node received them (repeats included).
+const headerCount = (request: HttpServerRequest.HttpServerRequest): number => {
+  const raw = (request.source as { readonly rawHeaders?: ReadonlyArray<string> } | undefined)?.rawHeaders
+  return raw === undefined ? 0 : raw.length / 2
+}
+
+const encodeMalformed = Schema.encodeSync(Problem.schema(MalformedRequest))
+
 const edgeOf =
   (options: { readonly bodyLimit: number; readonly routes: Observability.RouteTable }) =>
   <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
@@ -632,8 +654,19 @@ const edgeOf =
             decorated
           )
         })
+        if (headerCount(received) > maxHeaders) {
+          return Problem.response({
+            ...encodeMalformed(new MalformedRequest({ reason: "TOO_MANY_HEADERS" })),
+            status: 431
+          })
+        }
+        if (Observability.hasPathParameters(request.url)) {
+          const path = request.url.split("?")[0]!
+          return Problem.responseFor(RouteNotFound, new RouteNotFound({ method: request.method, path }))
+        }
         let checked = request
-        if (HttpMethod.hasBody(request.method) && request.url.startsWith("/api/")) {
+        // The path as the router decodes it: `/%61pi/v1/orders` is an API route too.
+        if (HttpMethod.hasBody(request.method) && Observability.routedPath(request.url).startsWith("/api/")) {
           const body = yield* checkBody(request, options.bodyLimit)
           if (Either.isLeft(body)) return body.left
           checked = body.right

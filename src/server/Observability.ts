@@ -155,17 +155,42 @@ export const originForm = (url: string): string => {
 }
 
 /**
- * The path the router matches: origin form, no query, and no trailing
- * slash, which it ignores.
+ * The path the router matches: origin form, no query, percent-escapes
+ * decoded as the router decodes them (`decodeURI`: `/%61pi` is `/api`, an
+ * escaped `/` stays one), and no trailing slash, which it ignores. A `;`
+ * stays in: the router would cut the path there, and the edge answers 404
+ * instead (`hasPathParameters`).
  *
  * @since 0.1.0
  * @category routes
  */
 export const routedPath = (target: string): string => {
   const url = originForm(target)
+  const end = url.search(/[?#]/)
+  let path = end === -1 ? url : url.slice(0, end)
+  if (path.includes("%")) {
+    try {
+      path = decodeURI(path)
+    } catch {
+      // Malformed: the router finds no route for it either.
+    }
+  }
+  return path.length > 1 && path.endsWith("/") ? path.slice(0, -1) : path
+}
+
+/**
+ * Whether the path (before the query) has a `;` or a `#`: the router cuts
+ * the path at either (`/api/v1/orders;x` would be `/api/v1/orders`), where
+ * the API's paths are matched as written.
+ *
+ * @since 0.1.0
+ * @category routes
+ */
+export const hasPathParameters = (target: string): boolean => {
+  const url = originForm(target)
   const query = url.indexOf("?")
   const path = query === -1 ? url : url.slice(0, query)
-  return path.length > 1 && path.endsWith("/") ? path.slice(0, -1) : path
+  return path.includes(";") || path.includes("#")
 }
 
 const matches = (template: ReadonlyArray<string>, parts: ReadonlyArray<string>): boolean => {

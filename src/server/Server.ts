@@ -32,7 +32,7 @@ import * as Config from "./Config.js"
 import * as Database from "./Database.js"
 import * as Docs from "./Docs.js"
 import * as Http from "./Http.js"
-import { MalformedRequest, ServiceUnavailable } from "./HttpErrors.js"
+import { MalformedRequest, MethodNotAllowed, ServiceUnavailable } from "./HttpErrors.js"
 import * as IdempotencyStoreLayer from "./IdempotencyStoreLayer.js"
 import * as Metrics from "./Metrics.js"
 import * as Observability from "./Observability.js"
@@ -75,7 +75,9 @@ export const HttpServerLive = Layer.unwrapEffect(
     server.keepAliveTimeout = 65_000
     server.headersTimeout = 66_000
     server.requestTimeout = 30_000
-    server.maxHeadersCount = 100
+    // Counted by the edge (Http.maxHeaders), which refuses too many with 431:
+    // Node drops the lines past its count and serves the rest.
+    server.maxHeadersCount = 0
     return Layer.merge(
       Layer.scoped(
         HttpServer.HttpServer,
@@ -123,12 +125,50 @@ export const answerClientErrors = (server: Server): void => {
     }
     const reason = error.code ?? "HPE_UNKNOWN"
     const status = clientErrorStatus[reason] ?? 400
-    const body = JSON.stringify({ ...encode(new MalformedRequest({ reason })), status })
-    socket.end(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: ${Problem.contentType}\r\n` +
-        `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
-    )
+    socket.end(rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, undefined))
   })
+  // An `Expect` other than `100-continue`: Node's own answer is a bare 417.
+  server.on("checkExpectation", (request: IncomingMessage, response: ServerResponse) => {
+    const status = 417
+    const document = { ...encode(new MalformedRequest({ reason: "UNSUPPORTED_EXPECTATION" })), status }
+    const body = JSON.stringify(document)
+    response.writeHead(status, {
+      "content-type": Problem.contentType,
+      "content-length": Buffer.byteLength(body),
+      "x-correlation-id": correlationIdOf(request),
+      connection: "close"
+    })
+    response.end(body)
+  })
+  // CONNECT (a proxy's tunnel) is no method of this API; Node would close
+  // the connection unanswered.
+  server.on("connect", (request: IncomingMessage, socket: Duplex) => {
+    const encodeNotAllowed = Schema.encodeSync(Problem.schema(MethodNotAllowed))
+    const document = encodeNotAllowed(
+      new MethodNotAllowed({ method: "CONNECT", path: request.url ?? "", allowed: [] })
+    )
+    socket.end(rawProblem(405, document, request, { allow: "" }))
+  })
+}
+
+const correlationIdOf = (request: IncomingMessage | undefined): string => {
+  const header = request?.headers["x-correlation-id"]
+  return Http.correlationIdOf(typeof header === "string" ? header : undefined)
+}
+
+// A whole problem response, written to a socket the server has not parsed a
+// request on (or will not answer through a response), then closed.
+const rawProblem = (
+  status: number,
+  document: unknown,
+  request: IncomingMessage | undefined,
+  headers: Readonly<Record<string, string>> = {}
+): string => {
+  const body = JSON.stringify(document)
+  const extra = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join("")
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: ${Problem.contentType}\r\n` +
+    `content-length: ${Buffer.byteLength(body)}\r\nx-correlation-id: ${correlationIdOf(request)}\r\n${extra}` +
+    `connection: close\r\n\r\n${body}`
 }
 
 /**

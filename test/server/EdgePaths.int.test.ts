@@ -1,0 +1,98 @@
+/**
+ * Requests whose target or framing the router reads differently from how it
+ * is written: the edge's checks apply to the path the router routes, a path
+ * the router would cut short is no route, and what Node answers on its own
+ * (an unknown `Expect`, `CONNECT`) is a problem like every other refusal.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import { kind } from "../support/Database.js"
+import {
+  expectProblem,
+  layer,
+  layerOptions,
+  orderBody,
+  parseRawReply,
+  rawRequest,
+  setStock,
+  stockOf,
+  users
+} from "./Http.js"
+
+const product = "edge-paths-sku"
+const body = JSON.stringify(orderBody([{ product_id: product, quantity: 1 }]))
+
+const post = (target: string, headers: ReadonlyArray<string>, text: string) => {
+  const bytes = Buffer.from(text, "utf8")
+  return [
+    `POST ${target} HTTP/1.1`,
+    "Host: localhost",
+    ...headers,
+    `Content-Length: ${bytes.length}`,
+    "Connection: close",
+    "",
+    bytes.toString("latin1")
+  ].join("\r\n")
+}
+
+// The whole request is written, then the answer read (no half-close, which
+// Node would take as the client leaving).
+const send = (text: string) => Effect.map(rawRequest(text, { halfClose: false }), parseRawReply)
+
+describe(`the edge and the paths the router routes (${kind})`, () => {
+  it.layer(layer(), layerOptions)((it) => {
+    it.effect("a percent-encoded /api/ prefix gets every body check the plain one does, and changes nothing", () =>
+      Effect.gen(function*() {
+        const { admin, alice } = yield* users
+        yield* setStock(product, 100, admin)
+        const auth = `Authorization: Bearer ${alice}`
+        const json = "Content-Type: application/json"
+        for (const target of ["/%61pi/v1/orders", "/ap%69/v1/orders", "http://localhost/%61pi/v1/orders"]) {
+          expectProblem(yield* send(post(target, [auth, json], "{not json")), 400, "MalformedJson")
+          expectProblem(yield* send(post(target, [auth], body)), 415, "UnsupportedMediaType")
+          expectProblem(
+            yield* send(post(target, [auth, json, "Idempotency-Key: a", "Idempotency-Key: b"], body)),
+            400,
+            "RepeatedHeader"
+          )
+          const big = JSON.stringify({ ...JSON.parse(body), pad: "x".repeat(2 * 1024 * 1024) })
+          expectProblem(yield* send(post(target, [auth, json], big)), 413, "PayloadTooLarge")
+        }
+        expect(yield* stockOf(product, alice)).toBe(100)
+        // Checked, it is served as the route it is.
+        const created = yield* send(post("/%61pi/v1/orders", [auth, json], body))
+        expect(created.status).toBe(201)
+        expect(yield* stockOf(product, alice)).toBe(99)
+      }))
+
+    it.effect("a path the router would cut at ';' is no route: 404, nothing created", () =>
+      Effect.gen(function*() {
+        const { admin, alice } = yield* users
+        yield* setStock(product, 10, admin)
+        const auth = `Authorization: Bearer ${alice}`
+        for (const target of ["/api/v1/orders;anything", "/api/v1/orders;"]) {
+          expectProblem(yield* send(post(target, [auth, "Content-Type: application/json"], body)), 404, "RouteNotFound")
+        }
+        expectProblem(
+          yield* send(
+            `GET /api/v1/products/${product};x/stock HTTP/1.1\r\nHost: localhost\r\n${auth}\r\n` +
+              "Connection: close\r\n\r\n"
+          ),
+          404,
+          "RouteNotFound"
+        )
+        expect(yield* stockOf(product, alice)).toBe(10)
+      }))
+
+    it.effect("an Expect other than 100-continue is a 417 problem; CONNECT a 405 one", () =>
+      Effect.gen(function*() {
+        const expectation = yield* send(
+          "GET /health/live HTTP/1.1\r\nHost: localhost\r\nExpect: foo\r\nConnection: close\r\n\r\n"
+        )
+        expectProblem(expectation, 417, "MalformedRequest")
+        expect(expectation.headers.get("x-correlation-id")).toMatch(/^[0-9a-f-]{36}$/)
+        const connect = yield* send("CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n")
+        expectProblem(connect, 405, "MethodNotAllowed")
+      }))
+  })
+})
