@@ -960,6 +960,7 @@ export const make = (
 
     const pgClient: PgClient.PgClient = Object.assign(client, {
       [PgClient.TypeId]: PgClient.TypeId,
+      [SqlFailure.checksAbortedCommit]: true,
       withTransaction,
       reserve,
       config: pgConfig,

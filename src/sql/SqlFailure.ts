@@ -120,3 +120,26 @@ export const abortedCommit = (): SqlError =>
       "its error (a failed statement aborts the whole transaction; catch it inside a nested transaction, which " +
       "becomes a savepoint, to go on)"
   })
+
+/**
+ * Set on a client whose own `withTransaction` fails a COMMIT that rolled
+ * back (`PgliteClient`'s), so a unit of work need not check again.
+ *
+ * @since 0.1.0
+ * @category symbols
+ */
+export const checksAbortedCommit: unique symbol = Symbol.for("effect-command-bus/sql/checksAbortedCommit")
+
+/**
+ * Fails with `abortedCommit` when the transaction the fiber is in has been
+ * aborted by a failed statement: one `SELECT 1` in it, which PostgreSQL
+ * refuses then (25P02). For a transaction whose COMMIT cannot be read.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const failIfAborted = (sql: { readonly unsafe: (sql: string) => Effect.Effect<unknown, SqlError> }) =>
+  Effect.catchAll(
+    Effect.asVoid(sql.unsafe("SELECT 1")),
+    (error): Effect.Effect<void, SqlError> => Effect.fail(sqlState(error) === "25P02" ? abortedCommit() : error)
+  )

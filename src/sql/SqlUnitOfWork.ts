@@ -97,10 +97,15 @@ const withTransaction =
   (sql: SqlClient.SqlClient, ends: Ends) =>
   <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> => {
     let connection: object | undefined
-    const seen = Effect.withFiberRuntime<A, E, R>((fiber) => {
+    // `@effect/sql` does not read COMMIT's answer: one that rolled back (a
+    // failed statement the handler went past) would pass for a commit.
+    const checked = (sql as { readonly [SqlFailure.checksAbortedCommit]?: boolean })[SqlFailure.checksAbortedCommit]
+      ? self
+      : Effect.tap(self, () => SqlFailure.failIfAborted(sql))
+    const seen = Effect.withFiberRuntime<A, E | SqlError, R>((fiber) => {
       connection = connectionOf(fiber)
       if (connection !== undefined) ends.begin(connection)
-      return self
+      return checked
     })
     return Effect.onExit(
       sql.withTransaction(seen),
