@@ -117,6 +117,7 @@ const clientErrorStatus: Readonly<Record<string, number>> = {
  */
 export const answerClientErrors = (server: Server): void => {
   const encode = Schema.encodeSync(Problem.schema(MalformedRequest))
+  const encodeNotAllowed = Schema.encodeSync(Problem.schema(MethodNotAllowed))
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Duplex) => {
     // A connection reset, or one already answered: nothing to write to.
     if (error.code === "ECONNRESET" || !socket.writable) {
@@ -143,7 +144,6 @@ export const answerClientErrors = (server: Server): void => {
   // CONNECT (a proxy's tunnel) is no method of this API; Node would close
   // the connection unanswered.
   server.on("connect", (request: IncomingMessage, socket: Duplex) => {
-    const encodeNotAllowed = Schema.encodeSync(Problem.schema(MethodNotAllowed))
     const document = encodeNotAllowed(
       new MethodNotAllowed({ method: "CONNECT", path: request.url ?? "", allowed: [] })
     )

@@ -57,7 +57,6 @@ import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import { identity } from "effect/Function"
 import * as Layer from "effect/Layer"
@@ -866,16 +865,8 @@ export const make = (
         // so): a statement first tells, then COMMIT ends it either way.
         commit: (conn) =>
           Effect.flatMap(
-            Effect.either(conn.executeUnprepared("SELECT 1", [], undefined)),
-            (probe) =>
-              Effect.zipRight(
-                conn.executeUnprepared("COMMIT", [], undefined),
-                Either.isLeft(probe) && SqlFailure.sqlState(probe.left) === "25P02"
-                  ? Effect.fail(SqlFailure.abortedCommit())
-                  : Either.isLeft(probe)
-                  ? Effect.fail(probe.left)
-                  : Effect.void
-              )
+            Effect.either(SqlFailure.failIfAborted(conn.executeUnprepared("SELECT 1", [], undefined))),
+            (checked) => Effect.zipRight(conn.executeUnprepared("COMMIT", [], undefined), checked)
           ),
         rollback: (conn) => conn.executeUnprepared("ROLLBACK", [], undefined),
         rollbackSavepoint: (conn, id) => conn.executeUnprepared(`ROLLBACK TO SAVEPOINT effect_sql_${id}`, [], undefined)

@@ -131,15 +131,16 @@ export const abortedCommit = (): SqlError =>
 export const checksAbortedCommit: unique symbol = Symbol.for("effect-command-bus/sql/checksAbortedCommit")
 
 /**
- * Fails with `abortedCommit` when the transaction the fiber is in has been
- * aborted by a failed statement: one `SELECT 1` in it, which PostgreSQL
- * refuses then (25P02). For a transaction whose COMMIT cannot be read.
+ * Fails with `abortedCommit` when the transaction `probe` runs in has been
+ * aborted by a failed statement: the probe is one statement in it (`SELECT
+ * 1`), which PostgreSQL refuses then (25P02). For a transaction whose
+ * COMMIT's answer cannot be read.
  *
  * @since 0.1.0
  * @category utils
  */
-export const failIfAborted = (sql: { readonly unsafe: (sql: string) => Effect.Effect<unknown, SqlError> }) =>
+export const failIfAborted = (probe: Effect.Effect<unknown, SqlError>): Effect.Effect<void, SqlError> =>
   Effect.catchAll(
-    Effect.asVoid(sql.unsafe("SELECT 1")),
-    (error): Effect.Effect<void, SqlError> => Effect.fail(sqlState(error) === "25P02" ? abortedCommit() : error)
+    Effect.asVoid(probe),
+    (error) => Effect.fail(sqlState(error) === "25P02" ? abortedCommit() : error)
   )

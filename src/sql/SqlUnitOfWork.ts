@@ -101,7 +101,7 @@ const withTransaction =
     // failed statement the handler went past) would pass for a commit.
     const checked = (sql as { readonly [SqlFailure.checksAbortedCommit]?: boolean })[SqlFailure.checksAbortedCommit]
       ? self
-      : Effect.tap(self, () => SqlFailure.failIfAborted(sql))
+      : Effect.tap(self, () => SqlFailure.failIfAborted(sql.unsafe("SELECT 1")))
     const seen = Effect.withFiberRuntime<A, E | SqlError, R>((fiber) => {
       connection = connectionOf(fiber)
       if (connection !== undefined) ends.begin(connection)
