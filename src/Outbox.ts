@@ -32,10 +32,26 @@ export class StoredEvent extends Schema.Class<StoredEvent>("StoredEvent")({
  * @category models
  */
 export interface ReadOptions {
-  /** Events strictly after this position; 0 reads from the start. */
+  /** Events strictly after this position; 0 reads from the start. A non-negative integer. */
   readonly after: number
+  /** At most this many events. A positive integer. */
   readonly limit: number
 }
+
+/**
+ * Why `options` cannot be read, or `undefined` when they can. Every outbox
+ * refuses the same options (its `read` dies with this message), so a caller
+ * tested on the in-memory one meets the same answer on PostgreSQL.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const invalidReadOptions = ({ after, limit }: ReadOptions): string | undefined =>
+  !Number.isSafeInteger(after) || after < 0
+    ? `Outbox.read: after must be a non-negative integer, got ${String(after)}`
+    : !Number.isSafeInteger(limit) || limit < 1
+    ? `Outbox.read: limit must be a positive integer, got ${String(limit)}`
+    : undefined
 
 /**
  * @since 0.1.0
@@ -78,7 +94,12 @@ export const makeMemory: Effect.Effect<Service, never, EventPublisher> = Effect.
           pending.push(...events)
           return Effect.void
         }),
-      read: ({ after, limit }) => Effect.sync(() => log.slice(Math.max(0, after), Math.max(0, after) + limit))
+      read: (options) => {
+        const invalid = invalidReadOptions(options)
+        return invalid === undefined
+          ? Effect.sync(() => log.slice(options.after, options.after + options.limit))
+          : Effect.dieMessage(invalid)
+      }
     }
   }
 )

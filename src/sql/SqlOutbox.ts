@@ -107,8 +107,10 @@ export const make: Effect.Effect<Outbox.Service, never, SqlClient.SqlClient> = E
               occurred_at timestamptz)`
         )
       ),
-    read: ({ after, limit }) =>
-      orUnavailable(
+    read: ({ after, limit }) => {
+      const invalid = Outbox.invalidReadOptions({ after, limit })
+      if (invalid !== undefined) return Effect.dieMessage(invalid)
+      return orUnavailable(
         sql<Row>`SELECT ${sql.literal(columns)} FROM outbox
                  WHERE position > ${after} ORDER BY position LIMIT ${limit}`.withoutTransform
       ).pipe(
@@ -116,6 +118,7 @@ export const make: Effect.Effect<Outbox.Service, never, SqlClient.SqlClient> = E
           rows.map((row) => new Outbox.StoredEvent({ position: Number(row.position), event: toEnvelope(row) }))
         )
       )
+    }
   })
 )
 

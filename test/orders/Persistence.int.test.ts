@@ -18,6 +18,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import { CurrentUser, EventPublisher, Outbox, UnitOfWork } from "../../src/index.js"
 import { CancelOrder, CreateOrder } from "../../src/orders/Commands.js"
 import * as Inventory from "../../src/orders/Inventory.js"
@@ -163,6 +164,50 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect(stored.map((event) => event.position)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1))
         expect(stored.map((event) => event.event.eventId)).toEqual(relayed.map((event) => event.eventId))
       }).pipe(Effect.provide(Persistence.layerSql({ pollInterval: "100 millis" }))))
+
+    it.effect("Outbox.read refuses the same bad options in memory as in SQL, and reads nothing for them", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const scenario = Effect.gen(function*() {
+          const bus = OrderBus.make()
+          yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-read", 5))
+          for (let i = 0; i < 3; i++) yield* bus.dispatch(createOrder("p-read", 1)).pipe(CurrentUser.as(alice))
+          const outbox = yield* Outbox.Outbox
+          // On SQL the relay gives committed events their positions.
+          yield* outbox.read({ after: 0, limit: 10 }).pipe(
+            Effect.filterOrFail((read) => read.length === 3),
+            Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 250 })
+          )
+          const answers: Array<string> = []
+          for (
+            const options of [
+              { after: 0, limit: -1 },
+              { after: 0, limit: 0 },
+              { after: 0, limit: 1.5 },
+              { after: 2.5, limit: 1 },
+              { after: -1, limit: 1 },
+              { after: 0, limit: Number.NaN }
+            ]
+          ) {
+            const exit = yield* Effect.exit(outbox.read(options))
+            answers.push(Exit.isFailure(exit) ? Cause.pretty(exit.cause).split("\n")[0]! : "read")
+          }
+          const read = yield* outbox.read({ after: 1, limit: 1 })
+          return { answers, positions: read.map((event) => event.position) }
+        })
+        const inMemory = yield* scenario.pipe(Effect.provide(Persistence.layerMemory()))
+        const inSql = yield* scenario.pipe(Effect.provide(Persistence.layerSql({ pollInterval: "20 millis" })))
+        expect(inMemory).toEqual(inSql)
+        expect(inSql.positions).toEqual([2])
+        expect(inSql.answers).toEqual([
+          "RuntimeException: Outbox.read: limit must be a positive integer, got -1",
+          "RuntimeException: Outbox.read: limit must be a positive integer, got 0",
+          "RuntimeException: Outbox.read: limit must be a positive integer, got 1.5",
+          "RuntimeException: Outbox.read: after must be a non-negative integer, got 2.5",
+          "RuntimeException: Outbox.read: after must be a non-negative integer, got -1",
+          "RuntimeException: Outbox.read: limit must be a positive integer, got NaN"
+        ])
+      }))
 
     it.effect("gives a cancelled order's stock back up to the most stock can hold, in memory as in SQL", () =>
       Effect.gen(function*() {
