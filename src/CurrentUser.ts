@@ -1,6 +1,7 @@
 /**
  * Who is dispatching: the authenticated principal an edge (HTTP, a job)
- * provides. Absent means anonymous; authorization decides what that may do.
+ * provides. Absent, the caller is code inside the process, trusted to name the
+ * user a command acts for (see `CurrentUser`).
  *
  * @since 0.1.0
  */
@@ -19,8 +20,12 @@ export interface Principal {
 }
 
 /**
- * Defaults to no principal, so dispatching without one needs no setup and
- * gets only what anonymous callers may do.
+ * Defaults to no principal, so dispatching without one needs no setup. With
+ * none, nothing checks a command's `userId`: a trusted caller inside the
+ * process (a scheduled command, a reaction) acts as the user it names, as an
+ * edge that authenticated that user would. An edge that serves untrusted
+ * callers must provide their principal (the HTTP server does), and then a
+ * `userId` that is not theirs is `Forbidden`.
  *
  * @since 0.1.0
  * @category tags
