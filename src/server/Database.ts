@@ -110,7 +110,8 @@ export const serverLayer = (options: {
           },
           catch: (cause) => new SqlError({ cause, message: "Invalid database configuration" })
         }),
-        (pool) => Effect.promise(() => pool.end()).pipe(Effect.timeoutOption("5 seconds"))
+        // A release runs uninterruptibly: the wait must be interruptible for its deadline to hold.
+        (pool) => Effect.promise(() => pool.end()).pipe(Effect.interruptible, Effect.timeoutOption("5 seconds"))
       ),
       // The client is built in the same scope, after the pool: it closes
       // first, then the pool ends.

@@ -18,8 +18,10 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
@@ -46,6 +48,7 @@ import {
   PayloadTooLarge,
   RepeatedHeader,
   RouteNotFound,
+  ServiceUnavailable,
   UnsupportedMediaType
 } from "./HttpErrors.js"
 import * as Metrics from "./Metrics.js"
@@ -451,7 +454,10 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
         Problem.responseFor(PayloadTooLarge, new PayloadTooLarge({ limitBytes: limit }), { connection: "close" })
       )
     if (Number(request.headers["content-length"] ?? "0") > limit) return tooLarge()
-    const body = yield* readBody(NodeHttpServerRequest.toIncomingMessage(request), limit)
+    // The edge runs where the platform made the request uninterruptible (the
+    // router makes only its handlers interruptible again): a shutdown that
+    // stops waiting for a body still arriving must be able to end the wait.
+    const body = yield* Effect.interruptible(readBody(NodeHttpServerRequest.toIncomingMessage(request), limit))
     if (body._tag === "TooLarge") return tooLarge()
     if (body._tag === "Aborted") {
       return Either.left(Problem.responseFor(MalformedJson, new MalformedJson({ reason: "the body was cut off" })))
@@ -537,23 +543,26 @@ export const edge = (options: {
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> => {
   const handled = edgeOf(options)(app)
   const inFlight = options.inFlight
-  return inFlight === undefined ? handled : Effect.acquireUseRelease(
-    Effect.sync(inFlight.begin),
-    () => handled,
-    () => Effect.sync(inFlight.end)
-  )
+  return inFlight === undefined ? handled : inFlight.track(handled)
 }
 
 /**
- * Requests in flight: `begin` and `end` around each, `drained` once none is.
+ * The requests in flight, for a shutdown to finish them.
  *
  * @since 0.1.0
  * @category models
  */
 export interface InFlight {
-  readonly begin: () => void
-  readonly end: () => void
-  readonly drained: Effect.Effect<void>
+  /** Runs `self`, a request, counted in flight on its fiber until it ends. */
+  readonly track: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /**
+   * Waits up to `timeout` for the requests in flight to end. Those still
+   * running then are interrupted: each rolls back its transaction, releases
+   * its idempotency key and answers 503, and they get up to `grace` for it.
+   * It may run in a finalizer: its waits are interruptible, so their
+   * deadlines hold there too.
+   */
+  readonly drain: (timeout: Duration.Duration, grace: Duration.Duration) => Effect.Effect<void>
 }
 
 /**
@@ -561,26 +570,48 @@ export interface InFlight {
  * @category constructors
  */
 export const makeInFlight = (): InFlight => {
-  let active = 0
+  const running = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
   const waiting = new Set<() => void>()
+  const ended = (fiber: Fiber.RuntimeFiber<unknown, unknown>) => {
+    running.delete(fiber)
+    if (running.size > 0) return
+    for (const resume of waiting) resume()
+    waiting.clear()
+  }
+  const drained = Effect.async<void>((resume) => {
+    if (running.size === 0) return resume(Effect.void)
+    const done = () => resume(Effect.void)
+    waiting.add(done)
+    return Effect.sync(() => waiting.delete(done))
+  })
+  // A finalizer is uninterruptible, and a timeout ends its effect by
+  // interrupting it: the wait must be interruptible for the deadline to hold.
+  const waitUpTo = (duration: Duration.Duration) => Effect.timeoutOption(Effect.interruptible(drained), duration)
   return {
-    begin: () => {
-      active++
-    },
-    end: () => {
-      active--
-      if (active > 0) return
-      for (const resume of waiting) resume()
-      waiting.clear()
-    },
-    drained: Effect.async<void>((resume) => {
-      if (active === 0) return resume(Effect.void)
-      const done = () => resume(Effect.void)
-      waiting.add(done)
-      return Effect.sync(() => waiting.delete(done))
-    })
+    track: (self) =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.withFiberRuntime((fiber) => {
+          running.add(fiber)
+          return Effect.ensuring(restore(self), Effect.sync(() => ended(fiber)))
+        })
+      ),
+    drain: (timeout, grace) =>
+      Effect.flatMap(
+        waitUpTo(timeout),
+        (done) =>
+          Option.isSome(done) || running.size === 0 ? Effect.void : Effect.withFiberRuntime((self) => {
+            const left = running.size
+            for (const fiber of running) fiber.unsafeInterruptAsFork(self.id())
+            return Effect.zipRight(
+              Effect.logWarning("server.requests_interrupted").pipe(Effect.annotateLogs({ requests: left })),
+              Effect.asVoid(waitUpTo(grace))
+            )
+          })
+      )
   }
 }
+
+const stoppingResponse = () => Problem.responseFor(ServiceUnavailable, new ServiceUnavailable({ phase: "stopping" }))
 
 /**
  * The most header lines a request may have; one with more is refused with
@@ -625,7 +656,13 @@ const edgeOf =
         yield* HttpApp.appendPreResponseHandler((_request, response) => {
           const elapsedMs = performance.now() - start
           Metrics.recordRequest(request.method, route, response.status, elapsedMs / 1000)
-          let decorated = HttpServerResponse.setHeader(response, "x-correlation-id", correlationId)
+          // An empty 503 is the platform's answer for a request interrupted
+          // by the server: a shutdown that stopped waiting for it.
+          let decorated = HttpServerResponse.setHeader(
+            response.status === 503 && response.body._tag === "Empty" ? stoppingResponse() : response,
+            "x-correlation-id",
+            correlationId
+          )
           if (traceparent !== undefined) decorated = HttpServerResponse.setHeader(decorated, "traceparent", traceparent)
           if (response.status === 401) {
             decorated = HttpServerResponse.setHeader(

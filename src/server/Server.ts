@@ -224,6 +224,15 @@ export const answerWhileNotServing = (server: Server): void => {
 }
 
 /**
+ * How long requests still running at the shutdown timeout get, once
+ * interrupted, to roll back and release their idempotency keys.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const shutdownGrace: Duration.Duration = Duration.seconds(5)
+
+/**
  * The whole service, with tracing as `tracing` sets it up (by default from
  * configuration: OTLP when an endpoint is set, else off). Tracing is built
  * first, so every fiber the service starts (requests, the outbox relay)
@@ -245,7 +254,7 @@ export const layer = (options: { readonly tracing?: Layer.Layer<never, unknown> 
       // the shutdown timeout, with their database still there.
       const inFlight = Http.makeInFlight()
       const drain = Layer.scopedDiscard(
-        Effect.addFinalizer(() => Effect.asVoid(Effect.timeoutOption(inFlight.drained, config.shutdownTimeout)))
+        Effect.addFinalizer(() => inFlight.drain(config.shutdownTimeout, shutdownGrace))
       )
       return HttpApiBuilder.serve().pipe(
         Layer.provide(drain),

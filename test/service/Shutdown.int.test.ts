@@ -2,11 +2,14 @@
  * A request in flight when SIGTERM arrives (its headers read, its body still
  * coming) is finished, with its database still open: the service stops
  * accepting, finishes in-flight requests (up to SHUTDOWN_TIMEOUT), then
- * stops the relay, closes the pool and exits 0.
+ * stops the relay, closes the pool and exits 0. One still running at
+ * SHUTDOWN_TIMEOUT is interrupted: it rolls back, releases its idempotency
+ * key and answers 503, and the service exits without waiting for it.
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Net from "node:net"
+import Pg from "pg"
 import * as Auth from "../../src/server/Auth.js"
 import * as TestDatabase from "../support/Database.js"
 import * as Process from "../support/Process.js"
@@ -46,4 +49,118 @@ describe(`graceful shutdown (${TestDatabase.kind})`, () => {
       expect(response.split("\r\n")[0]).toBe("HTTP/1.1 200 OK")
       expect(exitCode).toBe(0)
     }), { timeout: 120_000 })
+
+  // Before, the drain's deadline ran in a finalizer, where nothing is
+  // interruptible: shutdown waited for the request as long as it ran.
+  it.scoped(
+    "interrupts a request still running at SHUTDOWN_TIMEOUT: 503 problem, exit 0 without it",
+    () =>
+      Effect.gen(function*() {
+        const dataDir = yield* TestDatabase.tempDir("ecb-stuck")
+        const env = TestDatabase.serviceEnv(dataDir, { SHUTDOWN_TIMEOUT: "1 second" })
+        yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
+        const admin = yield* Effect.promise(() =>
+          Auth.sign({ secret: new TextEncoder().encode(env.JWT_SECRET!), sub: "admin", roles: ["admin"] })
+        )
+        const service = yield* Process.spawnScoped(env)
+        const port = Number(new URL(service.baseUrl).port)
+        const { exitCode, response } = yield* Effect.promise(async () => {
+          // Its body never completes: the request runs until something ends it.
+          const socket = Net.connect(port, "127.0.0.1")
+          await new Promise((resolve) => socket.once("connect", resolve))
+          let response = ""
+          socket.on("data", (chunk: Buffer) => response += chunk.toString())
+          socket.write(
+            `PUT /api/v1/products/sku-1/stock HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer ${admin}\r\n` +
+              `content-type: application/json\r\ncontent-length: 20\r\n\r\n{"avail`
+          )
+          await sleep(300)
+          process.kill(service.child.pid!, "SIGTERM")
+          // Node's own request timeout (30 s) would end it too, later.
+          const exitCode = await Promise.race([service.exited, sleep(20_000).then(() => "still running")])
+          socket.destroy()
+          return { response, exitCode }
+        })
+        expect(exitCode).toBe(0)
+        expect(response.split("\r\n")[0]).toBe("HTTP/1.1 503 Service Unavailable")
+        expect(response).toMatch(/retry-after: 1/i)
+        expect(JSON.parse(response.slice(response.indexOf("\r\n\r\n") + 4))).toMatchObject({
+          status: 503,
+          code: "ServiceUnavailable",
+          phase: "stopping"
+        })
+      }),
+    { timeout: 60_000 }
+  )
+
+  it.scoped.skipIf(TestDatabase.serverUrl === undefined)(
+    "a command waiting on a lock at SHUTDOWN_TIMEOUT rolls back and frees its key; the service exits while the lock is held",
+    () =>
+      Effect.gen(function*() {
+        const dataDir = yield* TestDatabase.tempDir("ecb-locked")
+        const env = TestDatabase.serviceEnv(dataDir, {
+          SHUTDOWN_TIMEOUT: "1 second",
+          COMMAND_TIMEOUT: "60 seconds",
+          DB_STATEMENT_TIMEOUT: "60 seconds"
+        })
+        yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
+        const sign = (sub: string, roles: Array<string>) =>
+          Auth.sign({ secret: new TextEncoder().encode(env.JWT_SECRET!), sub, roles })
+        const service = yield* Process.spawnScoped(env)
+        const db = new Pg.Client(TestDatabase.serverUrl)
+        yield* Effect.acquireRelease(Effect.promise(() => db.connect()), () => Effect.promise(() => db.end()))
+        const result = yield* Effect.promise(async () => {
+          const admin = await sign("admin", ["admin"])
+          const alice = await sign("alice", [])
+          const stocked = await fetch(`${service.baseUrl}/api/v1/products/locked/stock`, {
+            method: "PUT",
+            headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+            body: JSON.stringify({ available: 10 })
+          })
+          expect(stocked.status).toBe(200)
+          // Another session holds the row the order must reserve, past the service's exit.
+          await db.query(`SET search_path = "${env.DATABASE_SCHEMA}"`)
+          await db.query("BEGIN")
+          await db.query("SELECT * FROM inventory WHERE product_id = 'locked' FOR UPDATE")
+          const order = fetch(`${service.baseUrl}/api/v1/orders`, {
+            method: "POST",
+            headers: { authorization: `Bearer ${alice}`, "content-type": "application/json", "idempotency-key": "k1" },
+            body: JSON.stringify({
+              customer_id: "3f1c9c3e-8a5b-4c1e-9d2f-6b7a8c9d0e1f",
+              items: [{ product_id: "locked", quantity: 1 }],
+              shipping_address: { line1: "1 Main St", city: "Springfield", postal_code: "12345", country: "US" }
+            })
+          }).then(async (response) => ({ status: response.status, body: await response.json() }))
+          // The order waits on the lock.
+          for (let i = 0; i < 100; i++) {
+            const waiting = await db.query(
+              "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%inventory%'"
+            )
+            if (waiting.rows[0].n > 0) break
+            await sleep(50)
+          }
+          process.kill(service.child.pid!, "SIGTERM")
+          const exitCode = await Promise.race([service.exited, sleep(20_000).then(() => "still running")])
+          await db.query("ROLLBACK")
+          const keys = await db.query("SELECT state FROM idempotency_keys")
+          const orders = await db.query("SELECT count(*)::int AS n FROM orders")
+          const stock = await db.query("SELECT available FROM inventory WHERE product_id = 'locked'")
+          return {
+            exitCode,
+            order: await order,
+            keys: keys.rows.map((row) => row.state),
+            orders: orders.rows[0].n,
+            stock: stock.rows[0].available
+          }
+        })
+        expect(result.exitCode).toBe(0)
+        expect(result.order.status).toBe(503)
+        expect(result.order.body).toMatchObject({ code: "ServiceUnavailable", phase: "stopping" })
+        // The PUT's key-less record only: the order's key was released, nothing kept.
+        expect(result.keys.filter((state) => state !== "completed")).toEqual([])
+        expect(result.orders).toBe(0)
+        expect(result.stock).toBe(10)
+      }),
+    { timeout: 60_000 }
+  )
 })
