@@ -67,22 +67,30 @@ const nonNegativeInt = (name: string, fallback: number) =>
 
 const port = (name: string) => integer(name, 0, 65535, "must be 0 to 65535 (0: any free port)")
 
-// A deadline or a retention: zero would refuse every command, or keep nothing.
+// A deadline or a retention: zero would refuse every command, or keep
+// nothing. A retention or lease is added to the database's clock, whose
+// timestamps end in the year 294276: past that, every keyed command failed.
 const positiveDuration = (name: string, fallback: Duration.DurationInput) =>
   Config.duration(name).pipe(
-    Config.validate({ message: "must be longer than zero", validation: (delay) => Duration.toMillis(delay) > 0 }),
+    Config.validate({
+      message: "must be longer than zero and at most 36500 days (100 years)",
+      validation: (delay) => Duration.toMillis(delay) > 0 && Duration.toMillis(delay) <= 36_500 * 24 * 3600 * 1000
+    }),
     Config.withDefault(Duration.decode(fallback))
   )
 
-// A timer's delay: Node's timers and PostgreSQL's statement_timeout take at
-// most 2^31 - 1 ms; a longer one fires at once (Node) or is refused when the
-// first connection opens (PostgreSQL), far from the setting that caused it.
+// A timer's delay, in whole milliseconds. Node's timers and PostgreSQL's
+// statement_timeout take at most 2^31 - 1 ms; a longer one fires at once
+// (Node) or is refused when the first connection opens (PostgreSQL), far
+// from the setting that caused it. Below 1 ms, `pg` sends 0, which means no
+// timeout at all.
 const timer = (name: string, fallback: Duration.DurationInput) =>
   Config.duration(name).pipe(
     Config.validate({
-      message: "must be at most 2147483647 ms (about 24.8 days)",
-      validation: (delay) => Duration.toMillis(delay) <= 2 ** 31 - 1
+      message: "must be 1 ms to 2147483647 ms (about 24.8 days)",
+      validation: (delay) => Duration.toMillis(delay) >= 1 && Duration.toMillis(delay) <= 2 ** 31 - 1
     }),
+    Config.map((delay) => Duration.millis(Math.round(Duration.toMillis(delay)))),
     Config.withDefault(Duration.decode(fallback))
   )
 

@@ -56,7 +56,7 @@ describe("the start-up check", () => {
     Effect.gen(function*() {
       expect(yield* reasonFor({ BODY_LIMIT: "lots", DB_POOL_SIZE: "0", REDIS_TIMEOUT: "30 days" })).toEqual([
         "BODY_LIMIT: must be a size like 1048576, 512kb or 1mb; DB_POOL_SIZE: must be a positive integer; " +
-        "REDIS_TIMEOUT: must be at most 2147483647 ms (about 24.8 days)"
+        "REDIS_TIMEOUT: must be 1 ms to 2147483647 ms (about 24.8 days)"
       ])
       expect(yield* reasonFor({ PORT: "99999" })).toEqual(["PORT: must be 0 to 65535 (0: any free port)"])
       expect(yield* reasonFor({ METRICS_PORT: "70000" })).toEqual([
@@ -130,7 +130,7 @@ describe("timer settings", () => {
       for (const name of ["DB_CONNECT_TIMEOUT", "DB_STATEMENT_TIMEOUT"]) {
         const error = yield* Effect.flip(read({ [name]: "30 days" }))
         expect(String(error)).toContain(name)
-        expect(String(error)).toContain("at most 2147483647 ms")
+        expect(String(error)).toContain("1 ms to 2147483647 ms")
         expect(Duration.toMillis(
           (yield* read({ [name]: "24 days" }))[
             name === "DB_CONNECT_TIMEOUT" ? "connectTimeout" : "statementTimeout"
@@ -145,6 +145,35 @@ describe("timer settings", () => {
         )
       )
       expect(String(redis)).toContain("REDIS_TIMEOUT")
+    }))
+
+  // `pg` sends a delay below 1 ms as 0, which PostgreSQL and `pg` read as no timeout at all.
+  it.effect("refuse delays below 1 ms, and round the rest to whole milliseconds", () =>
+    Effect.gen(function*() {
+      for (const name of ["DB_CONNECT_TIMEOUT", "DB_STATEMENT_TIMEOUT"]) {
+        for (const value of ["0 seconds", "0.5 millis"]) {
+          const error = yield* Effect.flip(read({ [name]: value }))
+          expect(String(error)).toContain(name)
+          expect(String(error)).toContain("1 ms to 2147483647 ms")
+        }
+      }
+      expect(Duration.toMillis((yield* read({ DB_STATEMENT_TIMEOUT: "1.6 millis" })).statementTimeout)).toBe(2)
+      const shutdown = yield* Effect.flip(Config.server.pipe(withEnv({ SHUTDOWN_TIMEOUT: "0 seconds" })))
+      expect(String(shutdown)).toContain("SHUTDOWN_TIMEOUT")
+    }))
+})
+
+describe("retentions and leases", () => {
+  // Added to the database's clock: past its last timestamp every keyed command failed with a 500.
+  it.effect("refuse more than 100 years, naming the setting", () =>
+    Effect.gen(function*() {
+      for (const name of ["IDEMPOTENCY_TTL", "IDEMPOTENCY_LEASE", "COMMAND_TIMEOUT"]) {
+        const error = yield* Effect.flip(Config.server.pipe(withEnv({ [name]: "200000000 days" })))
+        expect(String(error)).toContain(name)
+        expect(String(error)).toContain("at most 36500 days")
+      }
+      expect(Duration.toHours((yield* Config.server.pipe(withEnv({ IDEMPOTENCY_TTL: "36500 days" }))).idempotencyTtl))
+        .toBe(36_500 * 24)
     }))
 })
 
