@@ -68,8 +68,20 @@ export class DatabasePool extends Context.Tag("server/DatabasePool")<DatabasePoo
 }>() {}
 
 /**
+ * How much longer than `statement_timeout` a statement may go without an
+ * answer before its connection is taken for dead (`PgPreparedClient`'s
+ * `answerTimeout`): the server's own timeout, with its error, comes first.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const answerMargin = 2_000
+
+/**
  * A `pg` pool sized and timed from configuration. `statement_timeout` is set
- * on every connection, so a runaway statement cannot hold a connection.
+ * on every connection, so a runaway statement cannot hold a connection, and
+ * a statement whose answer does not come within it and `answerMargin` closes
+ * its connection, so a server that stops answering cannot either.
  *
  * @since 0.1.0
  * @category constructors
@@ -89,7 +101,14 @@ export const serverLayer = (options: {
         Effect.try({
           try: () => {
             const pool = new Pg.Pool({
-              Client: PgPreparedClient.make({ capacity: options.preparedStatements }),
+              // statement_timeout ends a slow statement on the server; this
+              // ends one whose answer never comes back (a partition, a frozen
+              // server), which would otherwise hold its connection and its
+              // request for as long as the kernel keeps the socket.
+              Client: PgPreparedClient.make({
+                capacity: options.preparedStatements,
+                answerTimeout: Duration.toMillis(options.statementTimeout) + answerMargin
+              }),
               connectionString: Redacted.value(options.url),
               max: options.poolSize,
               connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),

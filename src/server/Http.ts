@@ -258,7 +258,11 @@ export const HealthLive = HttpApiBuilder.group(Api, "health", (handlers) =>
     return handlers
       .handle("live", () => Effect.succeed({ status: "ok" as const }))
       .handle("ready", () =>
+        // Disconnected: past its deadline the probe is left to end (its
+        // cancel may wait on a server that does not answer) and the answer
+        // is 503 at once.
         sql`SELECT 1`.pipe(
+          Effect.disconnect,
           Effect.timeout("2 seconds"),
           Effect.as({ status: "ok" as const }),
           Effect.catchAllCause(() =>

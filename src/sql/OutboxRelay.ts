@@ -128,13 +128,17 @@ export const run = (options: Options = {}) =>
     const busyCoalesce = Duration.decode(options.busyCoalesce ?? "100 millis")
     const pg = yield* PgClient.PgClient
     const wake = yield* Queue.sliding<void>(1)
+    // Not awaited when stopped: ending a listen sends UNLISTEN, and on a
+    // server that stopped answering that waits as long as the socket lasts.
+    // The relay's stop, and the service's shutdown, do not wait for it.
     const listen = pg.listen(outboxChannel).pipe(
       Stream.runForEach(() => Queue.offer(wake, undefined)),
       Effect.tapErrorCause((cause) => Effect.logDebug("outbox.listen-failed", cause)),
       Effect.retry(Schedule.spaced(pollInterval)),
-      Effect.forkScoped
+      Effect.forkDaemon
     )
     let listener = yield* listen
+    yield* Effect.addFinalizer(() => Fiber.interruptFork(listener))
     let notified = true
     for (;;) {
       const published = yield* drain(batchSize).pipe(

@@ -43,6 +43,19 @@ import { isStale, mayBeOutdatedTypes, prepareValue, sqlState } from "../internal
 export interface Options {
   /** How many statement texts get a name (default 256; 0 names none). */
   readonly capacity?: number | undefined
+  /**
+   * How long, in milliseconds, a statement may wait for the server's answer
+   * before its connection is closed (default: as long as it takes).
+   * PostgreSQL's `statement_timeout` ends a statement the server runs; it
+   * cannot end one whose answer never comes back (a network partition, a
+   * frozen server, a failover that drops packets), which waits until the
+   * kernel gives up on the socket, many minutes later. Past this delay the
+   * connection is closed: its statements fail with `ETIMEDOUT`, as on a
+   * dead socket, and a pool replaces it. Set it above `statement_timeout`,
+   * which ends a slow statement with a clearer error. Cursors (submittables)
+   * are not bounded.
+   */
+  readonly answerTimeout?: number | undefined
 }
 
 type Callback = (error: Error | null, result?: unknown) => void
@@ -96,6 +109,7 @@ interface ClientState {
  */
 export const make = (options: Options = {}): typeof Pg.Client => {
   const capacity = options.capacity ?? 256
+  const answerTimeout = options.answerTimeout
   const names = new Map<string, string>()
   const nameOf = (text: string): string | undefined => {
     let name = names.get(text)
@@ -114,6 +128,44 @@ export const make = (options: Options = {}): typeof Pg.Client => {
     private abandoned: Array<string> = []
 
     override query(config: any, values?: any, callback?: any): any {
+      if (answerTimeout === undefined || typeof config?.submit === "function") {
+        return this.queryNow(config, values, callback)
+      }
+      const done: Callback | undefined = typeof values === "function" ? values : callback
+      const params = typeof values === "function" ? undefined : values
+      if (done === undefined) {
+        return new Promise((resolve, reject) =>
+          this.query(
+            config,
+            params,
+            (error: Error | null, result: unknown) => error === null ? resolve(result) : reject(error)
+          )
+        )
+      }
+      // Counted from the call: a statement queued behind one whose answer
+      // never comes (a ROLLBACK after an interrupted statement) is bounded too.
+      const timer = setTimeout(() => this.close(answerTimeout), answerTimeout)
+      return this.queryNow(config, params, (error: Error | null, result: unknown) => {
+        clearTimeout(timer)
+        done(error, result)
+      })
+    }
+
+    /**
+     * Closes the connection whose answer did not come: `pg` fails its
+     * statements with this error, and a pool drops it when it comes back.
+     */
+    private close(after: number) {
+      const stream = (this as unknown as { readonly connection?: { readonly stream?: { destroy(e: Error): void } } })
+        .connection?.stream
+      const error = Object.assign(
+        new Error(`PostgreSQL did not answer within ${after} ms; the connection was closed`),
+        { code: "ETIMEDOUT" }
+      )
+      stream?.destroy(error)
+    }
+
+    private queryNow(config: any, values?: any, callback?: any): any {
       // Any statement on an idle connection (a BEGIN too: in a transaction
       // nothing is ever idle) first deallocates one left behind.
       if (this.abandoned.length > 0 && this.idle() && this.state().readyForQuery === true) this.deallocateOne()
