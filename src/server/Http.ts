@@ -463,9 +463,9 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
     // stops waiting for a body still arriving must be able to end the wait.
     const body = yield* Effect.interruptible(readBody(NodeHttpServerRequest.toIncomingMessage(request), limit))
     if (body._tag === "TooLarge") return tooLarge()
-    if (body._tag === "Aborted") {
-      return Either.left(Problem.responseFor(MalformedJson, new MalformedJson({ reason: "the body was cut off" })))
-    }
+    // The connection is gone: no answer can reach the client, and writing
+    // one would wait for good on a socket that never finishes.
+    if (body._tag === "Aborted") return yield* Effect.interrupt
     if (body._tag === "NotUtf8") {
       return Either.left(Problem.responseFor(MalformedJson, new MalformedJson({ reason: "the body is not UTF-8" })))
     }

@@ -57,6 +57,30 @@ export const BusLive = Layer.effect(
 // Runs first on every request, before the platform's handler reads it.
 const dropInvalidTraceparent = (request: IncomingMessage): void => Observability.dropInvalidTraceparent(request.headers)
 
+// `@effect/platform-node` writes a response with `end(body, callback)` and
+// waits for the callback, uninterruptibly. Node calls it on 'finish' only,
+// which a response whose connection closed first never emits: each client
+// that hung up before its answer was out left a fiber, its request and its
+// response in memory for good. Here the callback is also called on 'close'.
+const settleEndOnClose = (_request: IncomingMessage, response: ServerResponse): void => {
+  const end = response.end
+  response.end = function(this: ServerResponse, ...args: Array<unknown>) {
+    const callback = args[args.length - 1]
+    if (typeof callback === "function") {
+      let settled = false
+      const settle = () => {
+        if (settled) return
+        settled = true
+        callback()
+      }
+      args[args.length - 1] = settle
+      if (this.destroyed) process.nextTick(settle)
+      else this.once("close", settle)
+    }
+    return (end as (...args: Array<unknown>) => ServerResponse).apply(this, args)
+  } as ServerResponse["end"]
+}
+
 /**
  * A Node HTTP server that, on shutdown, stops accepting at once, lets
  * in-flight requests finish, and closes connections still open after the
@@ -69,6 +93,7 @@ export const HttpServerLive = Layer.unwrapEffect(
   Effect.map(Config.server, (config) => {
     const server = createServer()
     server.prependListener("request", dropInvalidTraceparent)
+    server.prependListener("request", settleEndOnClose)
     answerWhileNotServing(server)
     answerClientErrors(server)
     // Keep-alive connections must not outlive a load balancer's idle timeout.
