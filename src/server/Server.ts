@@ -232,8 +232,9 @@ export const answerWhileNotServing = (server: Server): void => {
     })
     response.end(body)
   }
-  // The application's listener, not this fallback or the header check before every request.
-  const isApplication = (listener: unknown) => listener !== fallback && listener !== dropInvalidTraceparent
+  // The application's listener, not this fallback or what runs before every request.
+  const isApplication = (listener: unknown) =>
+    listener !== fallback && listener !== dropInvalidTraceparent && listener !== settleEndOnClose
   server.on("newListener", (event, listener) => {
     if (event === "request" && isApplication(listener)) server.off("request", fallback)
   })
