@@ -109,7 +109,10 @@ interface ClientState {
  */
 export const make = (options: Options = {}): typeof Pg.Client => {
   const capacity = options.capacity ?? 256
-  const answerTimeout = options.answerTimeout
+  // Node fires a timer of more than 2^31 - 1 ms at once: a longer delay is no bound.
+  const answerTimeout = options.answerTimeout !== undefined && options.answerTimeout <= 2 ** 31 - 1
+    ? options.answerTimeout
+    : undefined
   const names = new Map<string, string>()
   const nameOf = (text: string): string | undefined => {
     let name = names.get(text)
@@ -131,8 +134,15 @@ export const make = (options: Options = {}): typeof Pg.Client => {
       if (answerTimeout === undefined || typeof config?.submit === "function") {
         return this.queryNow(config, values, callback)
       }
-      const done: Callback | undefined = typeof values === "function" ? values : callback
+      const positional: Callback | undefined = typeof values === "function" ? values : callback
       const params = typeof values === "function" ? undefined : values
+      // A config with a callback of its own is answered there, as by `pg`.
+      if (positional === undefined && typeof config?.callback === "function") {
+        const { callback: own, ...rest } = config
+        this.query(rest, params, own)
+        return undefined
+      }
+      const done = positional
       if (done === undefined) {
         return new Promise((resolve, reject) =>
           this.query(

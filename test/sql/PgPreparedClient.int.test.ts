@@ -300,4 +300,56 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
         statementTimeout: Duration.seconds(30)
       }))
     ))
+
+  describe("answerTimeout", () => {
+    /** A client of its own with `answerTimeout`, ended after (or already closed by the timeout). */
+    const withAnswerTimeout = async <A>(answerTimeout: number, f: (client: Pg.Client) => Promise<A>): Promise<A> => {
+      const Client = PgPreparedClient.make({ answerTimeout })
+      const client = new Client({ connectionString: url })
+      client.on("error", () => {})
+      await client.connect()
+      try {
+        return await f(client)
+      } finally {
+        await client.end().catch(() => {})
+      }
+    }
+
+    it("closes a connection whose statement gets no answer in time: ETIMEDOUT, also for what waits behind it", () =>
+      withAnswerTimeout(300, async (client) => {
+        expect((await client.query("SELECT $1::int AS y", [1])).rows).toEqual([{ y: 1 }])
+        const slow = client.query("SELECT pg_sleep(5)").then(() => "answered", (error) => error)
+        const behind = client.query("SELECT 1").then(() => "answered", (error) => error)
+        for (const outcome of [await slow, await behind]) {
+          expect(outcome).toBeInstanceOf(Error)
+          expect((outcome as { readonly code?: string }).code).toBe("ETIMEDOUT")
+        }
+        const after = await client.query("SELECT 1").then(() => "answered", (error) => error)
+        expect(after).toBeInstanceOf(Error)
+      }))
+
+    // Node fires a timer of more than 2^31 - 1 ms at once: every statement's connection was closed.
+    it("takes a delay longer than Node's timers as none", () =>
+      withAnswerTimeout(2 ** 31 - 1 + 2_000, async (client) => {
+        expect((await client.query("SELECT $1::int AS y, pg_sleep(0.05)", [2])).rows).toEqual([{ y: 2, pg_sleep: "" }])
+      }))
+
+    it("answers a config's own callback, as pg does", () =>
+      withAnswerTimeout(5_000, async (client) => {
+        const answered = await new Promise((resolve) =>
+          client.query(
+            {
+              text: "SELECT $1::int AS y",
+              values: [3],
+              callback: (error: Error | null, result: Pg.QueryResult) => resolve(error ?? result.rows)
+            } as Pg.QueryConfig
+          )
+        )
+        expect(answered).toEqual([{ y: 3 }])
+        const failed = await new Promise((resolve) =>
+          client.query({ text: "SELECT nope", callback: (error: Error | null) => resolve(error) } as Pg.QueryConfig)
+        )
+        expect(sqlState(failed)).toBe("42703")
+      }))
+  })
 })
