@@ -615,7 +615,8 @@ export const makeInFlight = (): InFlight => {
   }
 }
 
-const stoppingResponse = () => Problem.responseFor(ServiceUnavailable, new ServiceUnavailable({ phase: "stopping" }))
+const stoppingResponse = () =>
+  Problem.responseFor(ServiceUnavailable, new ServiceUnavailable({ phase: "stopping" }), { connection: "close" })
 
 /**
  * The most header lines a request may have; one with more is refused with

@@ -83,7 +83,8 @@ describe(`graceful shutdown (${TestDatabase.kind})`, () => {
         })
         expect(exitCode).toBe(0)
         expect(response.split("\r\n")[0]).toBe("HTTP/1.1 503 Service Unavailable")
-        expect(response).toMatch(/retry-after: 1/i)
+        expect(response).toMatch(/^retry-after: 1\r$/im)
+      expect(response).toMatch(/^connection: close\r$/im)
         expect(JSON.parse(response.slice(response.indexOf("\r\n\r\n") + 4))).toMatchObject({
           status: 503,
           code: "ServiceUnavailable",
