@@ -146,7 +146,10 @@ export const run = (options: Options = {}) =>
       )
       if (!notified && published > 0) {
         yield* Effect.logDebug("outbox.listen-renewed")
-        yield* Fiber.interruptFork(listener)
+        // The old listen's UNLISTEN must land before the new LISTEN, on the
+        // connection they share, or the new one stops listening at once. A
+        // server that does not answer gets a second, then the poll goes on.
+        yield* Effect.timeoutOption(Fiber.interrupt(listener), "1 second")
         listener = yield* listen
       }
       notified = Option.isSome(yield* Effect.timeoutOption(Queue.take(wake), pollInterval))

@@ -6,6 +6,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { expect, layer } from "@effect/vitest"
 import * as Chunk from "effect/Chunk"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -15,6 +16,7 @@ import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import { randomUUID } from "node:crypto"
 import { DomainEvent, EventPublisher, Outbox } from "../../src/index.js"
+import * as Database from "../../src/server/Database.js"
 import { OutboxRelay, SqlMigrations, SqlOutbox } from "../../src/sql/index.js"
 import * as TestDatabase from "../support/Database.js"
 
@@ -269,4 +271,57 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`outbox rel
       )
       expect(woken.eventId).toBe(third[0]!.eventId)
     }))
+
+  // A poll that finds events renews the listen. The old listen's UNLISTEN and
+  // the new LISTEN share one connection: sent in the wrong order, the relay
+  // stopped listening and lived on polls alone, renewing at every one. The
+  // relay here has a database of its own, named, so that its connections are
+  // told from other files' relays.
+  it.scoped.skipIf(TestDatabase.serverUrl === undefined)(
+    "after renewing its listen, it still listens: its listen connection's last statement is LISTEN",
+    () =>
+      Effect.gen(function*() {
+        const name = `relay-renew-${randomUUID().slice(0, 8)}`
+        const schema = TestDatabase.freshSchema()
+        yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema({ DATABASE_SCHEMA: schema }))
+        const url = new URL(TestDatabase.serverUrl!)
+        url.searchParams.set("application_name", name)
+        const context = yield* Layer.build(
+          Layer.mergeAll(SqlOutbox.layer, EventPublisher.layerMemory).pipe(
+            Layer.provideMerge(Layer.effectDiscard(Database.migrate).pipe(Layer.provideMerge(Database.layer))),
+            Layer.provide(Layer.setConfigProvider(ConfigProvider.fromJson({
+              DATABASE_URL: url.toString(),
+              DATABASE_SCHEMA: schema,
+              DB_POOL_SIZE: 4
+            })))
+          )
+        )
+        yield* Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          const outbox = yield* Outbox.Outbox
+          const subscription = yield* subscribe
+          yield* Layer.build(OutboxRelay.layer({ pollInterval: "200 millis" }))
+          const listenStatements = sql<{ readonly query: string }>`
+            SELECT query FROM pg_stat_activity
+            WHERE application_name = ${name} AND state = 'idle' AND query ILIKE '%LISTEN %'`.withoutTransform
+          for (let round = 0; round < 3; round++) {
+            // Committed without its notification: the next poll finds it, and the relay listens anew.
+            yield* sql.withTransaction(
+              Effect.zipRight(
+                sql`SET LOCAL session_replication_role = replica`,
+                outbox.append([envelope(randomUUID(), 1)])
+              )
+            )
+            yield* nextPublished(subscription, 1)
+            const last = yield* listenStatements.pipe(
+              Effect.map((rows) => rows.map((row) => row.query.trim().split(" ")[0]!.toUpperCase())),
+              Effect.filterOrFail((statements) => statements.length === 1 && statements[0] === "LISTEN"),
+              Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 250 }),
+              Effect.orElse(() => Effect.map(listenStatements, (rows) => rows.map((row) => row.query)))
+            )
+            expect(last, `round ${round}`).toEqual(["LISTEN"])
+          }
+        }).pipe(Effect.provide(context))
+      })
+  )
 })
