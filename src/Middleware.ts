@@ -541,6 +541,35 @@ const isTaggedWith = (error: unknown, tags: ReadonlyArray<string>): boolean =>
 // -----------------------------------------------------------------------------
 
 /**
+ * What an edge that may have to end its work early (a server shutting down)
+ * gives the dispatches it runs, as `CurrentCutoff`. The `timeout` middleware
+ * registers each dispatch that waits on something: its `cut` passes the
+ * dispatch's deadline at once, so that it ends as at its deadline
+ * (`CommandTimeout`, its transaction rolled back, its idempotency key
+ * released), unless its commit has begun; `cut` says whether it cut. When a
+ * dispatch ends past the start of its commit, `committed` is called: the
+ * edge's work now has an outcome to report, which interrupting it would hide.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Cutoff {
+  /** Registers a dispatch's `cut`; the function returned ends the registration. */
+  readonly register: (cut: () => boolean) => () => void
+  readonly committed: () => void
+}
+
+/**
+ * The `Cutoff` of the dispatches run in its scope; none by default.
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export class CurrentCutoff extends EffectContext.Reference<CurrentCutoff>()("effect-command-bus/Middleware/Cutoff", {
+  defaultValue: (): Cutoff | undefined => undefined
+}) {}
+
+/**
  * Interrupts a dispatch that runs past its deadline and fails it with
  * `CommandTimeout`. Interruption rolls back its transaction, so nothing of
  * it is committed or published. `perCommand` overrides the default by tag.
@@ -596,7 +625,11 @@ const withDeadline = <A, E, R>(
     Effect.exit(restore(self))
   )
   const done = child.unsafePoll()
-  if (done !== null) return Exit.isSuccess(done) ? joined(child, fiberRefs, done.value) : Exit.failCause(done.cause)
+  const cutoff = EffectContext.get(parent.currentContext, CurrentCutoff)
+  if (done !== null) {
+    if (dispatch.committing) cutoff?.committed()
+    return Exit.isSuccess(done) ? joined(child, fiberRefs, done.value) : Exit.failCause(done.cause)
+  }
   const elapsed = clock.unsafeCurrentTimeMillis() - startedAt
   const left = elapsed <= 0 ? limit : Duration.millis(Math.max(0, Duration.toMillis(limit) - elapsed))
   const stop = Fiber.interruptAs(child, parent.id())
@@ -618,26 +651,36 @@ const withDeadline = <A, E, R>(
     // fiber, which is most of what a timeout costs on an asynchronous dispatch.
     const waited = Effect.async<Exit.Exit<A, E>, CommandTimeout>((resume) => {
       let settled = false
+      let unregister: (() => void) | undefined = undefined
       const observer = (exit: Exit.Exit<Exit.Exit<A, E>>) => {
         if (settled) return
         settled = true
         clearTimeout(timer)
+        unregister?.()
+        if (dispatch.committing) cutoff?.committed()
         resume(exit)
+      }
+      // The deadline, when it comes or when the edge's cutoff brings it
+      // forward. Past its point of no return, the observer reports how it ends.
+      const passNow = (): boolean => {
+        if (settled || dispatch.committing) return false
+        settled = true
+        clearTimeout(timer)
+        unregister?.()
+        child.removeObserver(observer)
+        resume(deadlinePassed())
+        return true
       }
       // Node fires a timer of more than 2^31 - 1 ms at once; Effect's clock
       // never fires one (an infinite deadline included), and neither does this.
       const millis = Duration.toMillis(left)
-      const timer = millis > maxTimerMillis ? undefined : setTimeout(() => {
-        // Past its point of no return, the observer reports how it ends.
-        if (settled || dispatch.committing) return
-        settled = true
-        child.removeObserver(observer)
-        resume(deadlinePassed())
-      }, millis)
+      const timer = millis > maxTimerMillis ? undefined : setTimeout(passNow, millis)
       child.addObserver(observer)
+      unregister = cutoff?.register(passNow)
       return Effect.sync(() => {
         settled = true
         clearTimeout(timer)
+        unregister?.()
         child.removeObserver(observer)
       })
     })

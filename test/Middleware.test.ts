@@ -701,6 +701,50 @@ describe("Middleware", () => {
       }).pipe(Effect.provide(commit.layer), Effect.provide(InMemory.layer))
     })
 
+    it.live("a Cutoff in scope passes a waiting dispatch's deadline now, and hears of a dispatch that reached its commit", () =>
+      Effect.gen(function*() {
+        const registered = new Set<() => boolean>()
+        let committed = 0
+        const cutoff: Middleware.Cutoff = {
+          register: (cut) => {
+            registered.add(cut)
+            return () => registered.delete(cut)
+          },
+          committed: () => {
+            committed++
+          }
+        }
+        const withCutoff = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+          Effect.provideService(self, Middleware.CurrentCutoff, cutoff)
+        const stack = [Middleware.timeout("1 hour"), Middleware.transaction] as const
+
+        const { bus: waiting } = makeBus({
+          deposit: (command) => Effect.as(Effect.sleep("1 hour"), deposited(command))
+        })
+        const fiber = yield* Effect.fork(
+          withCutoff(waiting.pipe(CommandBus.withMiddleware(...stack)).dispatch(new Deposit({ accountId, amount: 1 })))
+        )
+        for (let i = 0; i < 200 && registered.size === 0; i++) yield* Effect.sleep("5 millis")
+        assert.deepStrictEqual([...registered].map((cut) => cut()), [true])
+        assert.deepStrictEqual(
+          yield* Fiber.await(fiber),
+          Exit.fail(new CommandError.CommandTimeout({ commandType: "Deposit", timeoutMillis: 3_600_000 }))
+        )
+        assert.deepStrictEqual([registered.size, committed], [0, 0])
+        assert.strictEqual((yield* readOutbox).length, 0)
+
+        const { bus: quick } = makeBus({
+          deposit: (command) => Effect.as(Effect.sleep("5 millis"), deposited(command))
+        })
+        assert.deepStrictEqual(
+          yield* withCutoff(
+            quick.pipe(CommandBus.withMiddleware(...stack)).dispatch(new Deposit({ accountId, amount: 2 }))
+          ),
+          { balance: 2 }
+        )
+        assert.deepStrictEqual([registered.size, committed], [0, 1])
+      }).pipe(Effect.provide(InMemory.layer)))
+
     it.scoped("reports the outcome of a dispatch its caller made uninterruptible, past the deadline", () =>
       Effect.gen(function*() {
         const subscription = yield* subscribe

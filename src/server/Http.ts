@@ -30,7 +30,7 @@ import type * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import { randomUUID } from "node:crypto"
 import type * as Http from "node:http"
-import { Command, CommandError, CurrentUser, Idempotency, Outbox } from "../index.js"
+import { Command, CommandError, CurrentUser, Idempotency, Middleware, Outbox } from "../index.js"
 import { CancelOrder, CreateOrder, RestockProduct } from "../orders/Commands.js"
 import { Inventory } from "../orders/Inventory.js"
 import type { Order } from "../orders/Order.js"
@@ -560,13 +560,22 @@ export interface InFlight {
   /** Runs `self`, a request, counted in flight on its fiber until it ends. */
   readonly track: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   /**
-   * Waits up to `timeout` for the requests in flight to end. Those still
-   * running then are interrupted: each rolls back its transaction, releases
-   * its idempotency key and answers 503, and they get up to `grace` for it.
-   * It may run in a finalizer: its waits are interruptible, so their
-   * deadlines hold there too.
+   * Waits up to `timeout` for the requests in flight to end, then ends those
+   * still running, and gives them up to `grace` for it. A command still at
+   * work ends as at its deadline (503 `CommandTimeout`: rolled back, its
+   * idempotency key released); one whose commit has begun, or a request
+   * whose command committed, is left to answer with its outcome; any other
+   * request is interrupted (503 `ServiceUnavailable`). It may run in a
+   * finalizer: its waits are interruptible, so their deadlines hold there too.
    */
   readonly drain: (timeout: Duration.Duration, grace: Duration.Duration) => Effect.Effect<void>
+}
+
+interface Running {
+  /** The deadlines of its dispatches that wait on something, to pass now. */
+  readonly cuts: Set<() => boolean>
+  /** One of its dispatches began its commit: it has an outcome to report. */
+  committed: boolean
 }
 
 /**
@@ -574,7 +583,7 @@ export interface InFlight {
  * @category constructors
  */
 export const makeInFlight = (): InFlight => {
-  const running = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
+  const running = new Map<Fiber.RuntimeFiber<unknown, unknown>, Running>()
   const waiting = new Set<() => void>()
   const ended = (fiber: Fiber.RuntimeFiber<unknown, unknown>) => {
     running.delete(fiber)
@@ -595,8 +604,21 @@ export const makeInFlight = (): InFlight => {
     track: (self) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.withFiberRuntime((fiber) => {
-          running.add(fiber)
-          return Effect.ensuring(restore(self), Effect.sync(() => ended(fiber)))
+          const request: Running = { cuts: new Set(), committed: false }
+          const cutoff: Middleware.Cutoff = {
+            register: (cut) => {
+              request.cuts.add(cut)
+              return () => request.cuts.delete(cut)
+            },
+            committed: () => {
+              request.committed = true
+            }
+          }
+          running.set(fiber, request)
+          return Effect.ensuring(
+            restore(Effect.provideService(self, Middleware.CurrentCutoff, cutoff)),
+            Effect.sync(() => ended(fiber))
+          )
         })
       ),
     drain: (timeout, grace) =>
@@ -604,10 +626,21 @@ export const makeInFlight = (): InFlight => {
         waitUpTo(timeout),
         (done) =>
           Option.isSome(done) || running.size === 0 ? Effect.void : Effect.withFiberRuntime((self) => {
-            const left = running.size
-            for (const fiber of running) fiber.unsafeInterruptAsFork(self.id())
+            let cut = 0
+            let interrupted = 0
+            for (const [fiber, request] of running) {
+              if (request.committed) continue
+              if (request.cuts.size > 0) {
+                for (const passNow of [...request.cuts]) if (passNow()) cut++
+              } else {
+                fiber.unsafeInterruptAsFork(self.id())
+                interrupted++
+              }
+            }
             return Effect.zipRight(
-              Effect.logWarning("server.requests_interrupted").pipe(Effect.annotateLogs({ requests: left })),
+              Effect.logWarning("server.requests_stopped").pipe(
+                Effect.annotateLogs({ running: running.size, commandsCut: cut, interrupted })
+              ),
               Effect.asVoid(waitUpTo(grace))
             )
           })
