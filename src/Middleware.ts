@@ -625,11 +625,11 @@ const withDeadline = <A, E, R>(
     Effect.exit(restore(self))
   )
   const done = child.unsafePoll()
-  const cutoff = EffectContext.get(parent.currentContext, CurrentCutoff)
   if (done !== null) {
-    if (dispatch.committing) cutoff?.committed()
+    if (dispatch.committing) EffectContext.get(parent.currentContext, CurrentCutoff)?.committed()
     return Exit.isSuccess(done) ? joined(child, fiberRefs, done.value) : Exit.failCause(done.cause)
   }
+  const cutoff = EffectContext.get(parent.currentContext, CurrentCutoff)
   const elapsed = clock.unsafeCurrentTimeMillis() - startedAt
   const left = elapsed <= 0 ? limit : Duration.millis(Math.max(0, Duration.toMillis(limit) - elapsed))
   const stop = Fiber.interruptAs(child, parent.id())
