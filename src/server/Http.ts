@@ -629,10 +629,12 @@ export const makeInFlight = (): InFlight => {
             let cut = 0
             let interrupted = 0
             for (const [fiber, request] of running) {
-              if (request.committed) continue
+              // Its dispatches still at work first: a dispatch made inside
+              // another's transaction may have committed (its savepoint)
+              // while the outer one still works.
               if (request.cuts.size > 0) {
                 for (const passNow of [...request.cuts]) if (passNow()) cut++
-              } else {
+              } else if (!request.committed) {
                 fiber.unsafeInterruptAsFork(self.id())
                 interrupted++
               }
