@@ -543,7 +543,8 @@ const isTaggedWith = (error: unknown, tags: ReadonlyArray<string>): boolean =>
 /**
  * What an edge that may have to end its work early (a server shutting down)
  * gives the dispatches it runs, as `CurrentCutoff`. The `timeout` middleware
- * registers each dispatch that waits on something: its `cut` passes the
+ * registers each dispatch that waits on something (on the live clock; under
+ * a clock moved by hand, such as `TestClock`, it does not): its `cut` passes the
  * dispatch's deadline at once, so that it ends as at its deadline
  * (`CommandTimeout`, its transaction rolled back, its idempotency key
  * released), unless its commit has begun; `cut` says whether it cut. When a
@@ -676,7 +677,8 @@ const withDeadline = <A, E, R>(
       const millis = Duration.toMillis(left)
       const timer = millis > maxTimerMillis ? undefined : setTimeout(passNow, millis)
       child.addObserver(observer)
-      unregister = cutoff?.register(passNow)
+      // A child that ended meanwhile was reported by `addObserver` at once.
+      if (!settled) unregister = cutoff?.register(passNow)
       return Effect.sync(() => {
         settled = true
         clearTimeout(timer)
