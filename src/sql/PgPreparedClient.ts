@@ -166,13 +166,23 @@ export const make = (options: Options = {}): typeof Pg.Client => {
      * statements with this error, and a pool drops it when it comes back.
      */
     private close(after: number) {
-      const stream = (this as unknown as { readonly connection?: { readonly stream?: { destroy(e: Error): void } } })
-        .connection?.stream
+      const stream = (this as unknown as {
+        readonly connection?: {
+          readonly stream?: { destroy(e: Error): void; resetAndDestroy?: unknown; resetAndClosing?: boolean }
+        }
+      }).connection?.stream
+      if (stream === undefined) return
       const error = Object.assign(
         new Error(`PostgreSQL did not answer within ${after} ms; the connection was closed`),
         { code: "ETIMEDOUT" }
       )
-      stream?.destroy(error)
+      // Closed with a reset, as `resetAndDestroy()` does (the flag it sets;
+      // that method takes no error): the kernel drops what was written and
+      // not yet delivered. A graceful close would deliver it when the
+      // network heals, and a claim or a COMMIT the caller was told failed
+      // would land then.
+      if (typeof stream.resetAndDestroy === "function") stream.resetAndClosing = true
+      stream.destroy(error)
     }
 
     private queryNow(config: any, values?: any, callback?: any): any {
