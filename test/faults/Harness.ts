@@ -12,6 +12,7 @@ import { expect } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import { randomUUID } from "node:crypto"
 import { readFileSync } from "node:fs"
+import * as Net from "node:net"
 import Pg from "pg"
 import * as Auth from "../../src/server/Auth.js"
 import * as Postgres from "../support/Postgres.js"
@@ -119,6 +120,79 @@ export const token = (sub: string, options: { readonly admin?: boolean } = {}): 
   }
   return signed
 }
+
+// -----------------------------------------------------------------------------
+// a partition
+// -----------------------------------------------------------------------------
+
+/**
+ * A TCP proxy on loopback to the PostgreSQL server at `target`, and `url`,
+ * `target` through it. `freeze()` stops forwarding both ways and keeps every
+ * connection open (one made meanwhile is accepted and not answered), as a
+ * network partition or a frozen server does; `unfreeze()` forwards again, on
+ * every connection. Closed with the scope.
+ */
+export const frozenProxy = (target: string) =>
+  Effect.acquireRelease(
+    Effect.promise(async () => {
+      const upstreamUrl = new URL(target)
+      let frozen = false
+      const pairs = new Set<{ client: Net.Socket; upstream: Net.Socket; piped: boolean }>()
+      const server = Net.createServer((client) => {
+        const upstream = Net.connect(Number(upstreamUrl.port || 5432), upstreamUrl.hostname)
+        const pair = { client, upstream, piped: !frozen }
+        pairs.add(pair)
+        if (frozen) client.pause()
+        else {
+          client.pipe(upstream)
+          upstream.pipe(client)
+        }
+        const end = () => {
+          client.destroy()
+          upstream.destroy()
+          pairs.delete(pair)
+        }
+        client.on("error", end).on("close", end)
+        upstream.on("error", end).on("close", end)
+      })
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+      const url = new URL(target)
+      url.host = `127.0.0.1:${(server.address() as Net.AddressInfo).port}`
+      return {
+        url: url.toString(),
+        freeze: () => {
+          frozen = true
+          for (const pair of pairs) {
+            pair.client.unpipe(pair.upstream)
+            pair.upstream.unpipe(pair.client)
+            pair.client.pause()
+            pair.upstream.pause()
+            pair.piped = false
+          }
+        },
+        unfreeze: () => {
+          frozen = false
+          for (const pair of pairs) {
+            if (!pair.piped) {
+              pair.client.pipe(pair.upstream)
+              pair.upstream.pipe(pair.client)
+              pair.piped = true
+            }
+            pair.client.resume()
+            pair.upstream.resume()
+          }
+        },
+        close: () => {
+          server.close()
+          for (const { client, upstream } of pairs) {
+            client.destroy()
+            upstream.destroy()
+          }
+        }
+      }
+    }),
+    (proxy) => Effect.sync(proxy.close)
+  )
 
 // -----------------------------------------------------------------------------
 // requests

@@ -8,11 +8,11 @@
 // service shuts down, all while the partition lasts.
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
-import * as Net from "node:net"
 import * as Postgres from "../support/Postgres.js"
 import {
   codeOf,
   createRequest,
+  frozenProxy,
   type Outcome,
   send,
   sendCreate,
@@ -25,67 +25,14 @@ import {
   token
 } from "./Harness.js"
 
-/**
- * A TCP proxy to `target` whose `freeze()` stops forwarding both ways and
- * keeps every connection open; a connection made afterwards is accepted and
- * never answered.
- */
-const frozenProxy = (target: URL) =>
-  Effect.acquireRelease(
-    Effect.promise(async () => {
-      let frozen = false
-      const pairs = new Set<{ readonly client: Net.Socket; readonly upstream: Net.Socket }>()
-      const server = Net.createServer((client) => {
-        const upstream = Net.connect(Number(target.port || 5432), target.hostname)
-        const pair = { client, upstream }
-        pairs.add(pair)
-        if (frozen) client.pause()
-        else {
-          client.pipe(upstream)
-          upstream.pipe(client)
-        }
-        const end = () => {
-          client.destroy()
-          upstream.destroy()
-          pairs.delete(pair)
-        }
-        client.on("error", end).on("close", end)
-        upstream.on("error", end).on("close", end)
-      })
-      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-      return {
-        port: (server.address() as Net.AddressInfo).port,
-        freeze: () => {
-          frozen = true
-          for (const { client, upstream } of pairs) {
-            client.unpipe(upstream)
-            upstream.unpipe(client)
-            client.pause()
-            upstream.pause()
-          }
-        },
-        close: () => {
-          server.close()
-          for (const { client, upstream } of pairs) {
-            client.destroy()
-            upstream.destroy()
-          }
-        }
-      }
-    }),
-    (proxy) => Effect.sync(proxy.close)
-  )
-
 describe.skipIf(skipReason !== undefined)(title("faults: database partitioned"), () => {
   it.scoped(
     "requests answer 503, readiness 503, and SIGTERM exits 0 while the database does not answer",
     () =>
       Effect.gen(function*() {
         const cluster = yield* Postgres.scoped()
-        const proxy = yield* frozenProxy(new URL(cluster.url))
-        const viaProxy = new URL(cluster.url)
-        viaProxy.host = `127.0.0.1:${proxy.port}`
-        const service = yield* spawn(serviceEnv(viaProxy.toString(), {
+        const proxy = yield* frozenProxy(cluster.url)
+        const service = yield* spawn(serviceEnv(proxy.url, {
           COMMAND_TIMEOUT: "2 seconds",
           DB_STATEMENT_TIMEOUT: "1 second",
           SHUTDOWN_TIMEOUT: "2 seconds"

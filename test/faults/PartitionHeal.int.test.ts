@@ -5,69 +5,19 @@
 // connection is now closed with a reset, which drops what was not delivered.
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
-import * as Net from "node:net"
 import * as Postgres from "../support/Postgres.js"
-import { codeOf, createRequest, sendCreate, serviceEnv, setStock, skipReason, sleep, spawn, title } from "./Harness.js"
-
-/** Partition.int.test.ts's frozenProxy, plus unfreeze(): forwarding resumes on every connection. */
-const frozenProxy = (target: URL) =>
-  Effect.acquireRelease(
-    Effect.promise(async () => {
-      let frozen = false
-      const pairs = new Set<{ client: Net.Socket; upstream: Net.Socket; piped: boolean }>()
-      const server = Net.createServer((client) => {
-        const upstream = Net.connect(Number(target.port || 5432), target.hostname)
-        const pair = { client, upstream, piped: !frozen }
-        pairs.add(pair)
-        if (frozen) client.pause()
-        else {
-          client.pipe(upstream)
-          upstream.pipe(client)
-        }
-        const end = () => {
-          client.destroy()
-          upstream.destroy()
-          pairs.delete(pair)
-        }
-        client.on("error", end).on("close", end)
-        upstream.on("error", end).on("close", end)
-      })
-      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-      return {
-        port: (server.address() as Net.AddressInfo).port,
-        freeze: () => {
-          frozen = true
-          for (const pair of pairs) {
-            pair.client.unpipe(pair.upstream)
-            pair.upstream.unpipe(pair.client)
-            pair.client.pause()
-            pair.upstream.pause()
-            pair.piped = false
-          }
-        },
-        unfreeze: () => {
-          frozen = false
-          for (const pair of pairs) {
-            if (!pair.piped) {
-              pair.client.pipe(pair.upstream)
-              pair.upstream.pipe(pair.client)
-              pair.piped = true
-            }
-            pair.client.resume()
-            pair.upstream.resume()
-          }
-        },
-        close: () => {
-          server.close()
-          for (const { client, upstream } of pairs) {
-            client.destroy()
-            upstream.destroy()
-          }
-        }
-      }
-    }),
-    (proxy) => Effect.sync(proxy.close)
-  )
+import {
+  codeOf,
+  createRequest,
+  frozenProxy,
+  sendCreate,
+  serviceEnv,
+  setStock,
+  skipReason,
+  sleep,
+  spawn,
+  title
+} from "./Harness.js"
 
 describe.skipIf(skipReason !== undefined)(title("faults: database partition heals"), () => {
   it.scoped(
@@ -75,10 +25,8 @@ describe.skipIf(skipReason !== undefined)(title("faults: database partition heal
     () =>
       Effect.gen(function*() {
         const cluster = yield* Postgres.scoped()
-        const proxy = yield* frozenProxy(new URL(cluster.url))
-        const viaProxy = new URL(cluster.url)
-        viaProxy.host = `127.0.0.1:${proxy.port}`
-        const service = yield* spawn(serviceEnv(viaProxy.toString(), {
+        const proxy = yield* frozenProxy(cluster.url)
+        const service = yield* spawn(serviceEnv(proxy.url, {
           COMMAND_TIMEOUT: "2 seconds",
           DB_STATEMENT_TIMEOUT: "1 second"
         }))

@@ -16,6 +16,72 @@ import * as Process from "../support/Process.js"
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
+/**
+ * On the server: the service with `SHUTDOWN_TIMEOUT` 1 s (and command and
+ * statement timeouts far above it), `product` stocked with 10, a token of
+ * alice's, and a session of the test in the service's schema.
+ */
+const serviceWithStock = (prefix: string, product: string) =>
+  Effect.gen(function*() {
+    const dataDir = yield* TestDatabase.tempDir(prefix)
+    const env = TestDatabase.serviceEnv(dataDir, {
+      SHUTDOWN_TIMEOUT: "1 second",
+      COMMAND_TIMEOUT: "60 seconds",
+      DB_STATEMENT_TIMEOUT: "60 seconds"
+    })
+    yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
+    const sign = (sub: string, roles: Array<string>) =>
+      Auth.sign({ secret: new TextEncoder().encode(env.JWT_SECRET!), sub, roles })
+    const service = yield* Process.spawnScoped(env)
+    const db = new Pg.Client(TestDatabase.serverUrl)
+    yield* Effect.acquireRelease(Effect.promise(() => db.connect()), () => Effect.promise(() => db.end()))
+    const alice = yield* Effect.promise(async () => {
+      const stocked = await fetch(`${service.baseUrl}/api/v1/products/${product}/stock`, {
+        method: "PUT",
+        headers: { authorization: `Bearer ${await sign("admin", ["admin"])}`, "content-type": "application/json" },
+        body: JSON.stringify({ available: 10 })
+      })
+      expect(stocked.status).toBe(200)
+      await db.query(`SET search_path = "${env.DATABASE_SCHEMA}"`)
+      return sign("alice", [])
+    })
+    return { alice, db, service }
+  })
+
+/** An order of one `product`, with `key` as its Idempotency-Key when given: its status and body. */
+const postOrder = (baseUrl: string, token: string, product: string, key?: string) =>
+  fetch(`${baseUrl}/api/v1/orders`, {
+    method: "POST",
+    headers: {
+      authorization: `Bearer ${token}`,
+      "content-type": "application/json",
+      ...(key === undefined ? {} : { "idempotency-key": key })
+    },
+    body: JSON.stringify({
+      customer_id: "3f1c9c3e-8a5b-4c1e-9d2f-6b7a8c9d0e1f",
+      items: [{ product_id: product, quantity: 1 }],
+      shipping_address: { line1: "1 Main St", city: "Springfield", postal_code: "12345", country: "US" }
+    })
+  }).then(async (response) => ({
+    status: response.status,
+    body: await response.json() as { readonly order_id?: string }
+  }))
+
+/** Whether `count` (a query of one row with `n`) came above 0 within 5 seconds. */
+const seen = async (db: Pg.Client, count: string): Promise<boolean> => {
+  for (let i = 0; i < 100; i++) {
+    if ((await db.query(count)).rows[0].n > 0) return true
+    await sleep(50)
+  }
+  return false
+}
+
+/** SIGTERM, then the exit code, or "still running" after 20 seconds. */
+const stopped = (service: Process.ServiceProcess) => {
+  process.kill(service.child.pid!, "SIGTERM")
+  return Promise.race([service.exited, sleep(20_000).then(() => "still running")])
+}
+
 describe(`graceful shutdown (${TestDatabase.kind})`, () => {
   it.scoped("finishes a request whose body arrives after SIGTERM", () =>
     Effect.gen(function*() {
@@ -75,9 +141,8 @@ describe(`graceful shutdown (${TestDatabase.kind})`, () => {
               `content-type: application/json\r\ncontent-length: 20\r\n\r\n{"avail`
           )
           await sleep(300)
-          process.kill(service.child.pid!, "SIGTERM")
           // Node's own request timeout (30 s) would end it too, later.
-          const exitCode = await Promise.race([service.exited, sleep(20_000).then(() => "still running")])
+          const exitCode = await stopped(service)
           socket.destroy()
           return { response, exitCode }
         })
@@ -98,50 +163,18 @@ describe(`graceful shutdown (${TestDatabase.kind})`, () => {
     "a command waiting on a lock at SHUTDOWN_TIMEOUT ends as at its deadline: rolled back, key freed; the service exits while the lock is held",
     () =>
       Effect.gen(function*() {
-        const dataDir = yield* TestDatabase.tempDir("ecb-locked")
-        const env = TestDatabase.serviceEnv(dataDir, {
-          SHUTDOWN_TIMEOUT: "1 second",
-          COMMAND_TIMEOUT: "60 seconds",
-          DB_STATEMENT_TIMEOUT: "60 seconds"
-        })
-        yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
-        const sign = (sub: string, roles: Array<string>) =>
-          Auth.sign({ secret: new TextEncoder().encode(env.JWT_SECRET!), sub, roles })
-        const service = yield* Process.spawnScoped(env)
-        const db = new Pg.Client(TestDatabase.serverUrl)
-        yield* Effect.acquireRelease(Effect.promise(() => db.connect()), () => Effect.promise(() => db.end()))
+        const { alice, db, service } = yield* serviceWithStock("ecb-locked", "locked")
         const result = yield* Effect.promise(async () => {
-          const admin = await sign("admin", ["admin"])
-          const alice = await sign("alice", [])
-          const stocked = await fetch(`${service.baseUrl}/api/v1/products/locked/stock`, {
-            method: "PUT",
-            headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
-            body: JSON.stringify({ available: 10 })
-          })
-          expect(stocked.status).toBe(200)
           // Another session holds the row the order must reserve, past the service's exit.
-          await db.query(`SET search_path = "${env.DATABASE_SCHEMA}"`)
           await db.query("BEGIN")
           await db.query("SELECT * FROM inventory WHERE product_id = 'locked' FOR UPDATE")
-          const order = fetch(`${service.baseUrl}/api/v1/orders`, {
-            method: "POST",
-            headers: { authorization: `Bearer ${alice}`, "content-type": "application/json", "idempotency-key": "k1" },
-            body: JSON.stringify({
-              customer_id: "3f1c9c3e-8a5b-4c1e-9d2f-6b7a8c9d0e1f",
-              items: [{ product_id: "locked", quantity: 1 }],
-              shipping_address: { line1: "1 Main St", city: "Springfield", postal_code: "12345", country: "US" }
-            })
-          }).then(async (response) => ({ status: response.status, body: await response.json() }))
+          const order = postOrder(service.baseUrl, alice, "locked", "k1")
           // The order waits on the lock.
-          for (let i = 0; i < 100; i++) {
-            const waiting = await db.query(
-              "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%inventory%'"
-            )
-            if (waiting.rows[0].n > 0) break
-            await sleep(50)
-          }
-          process.kill(service.child.pid!, "SIGTERM")
-          const exitCode = await Promise.race([service.exited, sleep(20_000).then(() => "still running")])
+          await seen(
+            db,
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%inventory%'"
+          )
+          const exitCode = await stopped(service)
           await db.query("ROLLBACK")
           const keys = await db.query("SELECT state FROM idempotency_keys")
           const orders = await db.query("SELECT count(*)::int AS n FROM orders")
@@ -172,29 +205,9 @@ describe(`graceful shutdown (${TestDatabase.kind})`, () => {
     "a command whose commit is under way at SHUTDOWN_TIMEOUT answers with its outcome: 201, kept",
     () =>
       Effect.gen(function*() {
-        const dataDir = yield* TestDatabase.tempDir("ecb-committing")
-        const env = TestDatabase.serviceEnv(dataDir, {
-          SHUTDOWN_TIMEOUT: "1 second",
-          COMMAND_TIMEOUT: "60 seconds",
-          DB_STATEMENT_TIMEOUT: "60 seconds"
-        })
-        yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
-        const sign = (sub: string, roles: Array<string>) =>
-          Auth.sign({ secret: new TextEncoder().encode(env.JWT_SECRET!), sub, roles })
-        const service = yield* Process.spawnScoped(env)
-        const db = new Pg.Client(TestDatabase.serverUrl)
-        yield* Effect.acquireRelease(Effect.promise(() => db.connect()), () => Effect.promise(() => db.end()))
+        const { alice, db, service } = yield* serviceWithStock("ecb-committing", "slow")
         const result = yield* Effect.promise(async () => {
-          const admin = await sign("admin", ["admin"])
-          const alice = await sign("alice", [])
-          const stocked = await fetch(`${service.baseUrl}/api/v1/products/slow/stock`, {
-            method: "PUT",
-            headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
-            body: JSON.stringify({ available: 10 })
-          })
-          expect(stocked.status).toBe(200)
           // A commit that takes 3 s: a deferred trigger that sleeps.
-          await db.query(`SET search_path = "${env.DATABASE_SCHEMA}"`)
           await db.query(
             "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$"
           )
@@ -202,28 +215,12 @@ describe(`graceful shutdown (${TestDatabase.kind})`, () => {
             "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON orders DEFERRABLE INITIALLY DEFERRED " +
               "FOR EACH ROW EXECUTE FUNCTION slow_commit()"
           )
-          const order = fetch(`${service.baseUrl}/api/v1/orders`, {
-            method: "POST",
-            headers: { authorization: `Bearer ${alice}`, "content-type": "application/json" },
-            body: JSON.stringify({
-              customer_id: "3f1c9c3e-8a5b-4c1e-9d2f-6b7a8c9d0e1f",
-              items: [{ product_id: "slow", quantity: 1 }],
-              shipping_address: { line1: "1 Main St", city: "Springfield", postal_code: "12345", country: "US" }
-            })
-          }).then(async (response) => ({
-            status: response.status,
-            body: await response.json() as { readonly order_id?: string }
-          }))
-          let committing = false
-          for (let i = 0; i < 100 && !committing; i++) {
-            const active = await db.query(
-              "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'COMMIT' AND state = 'active'"
-            )
-            committing = active.rows[0].n > 0
-            if (!committing) await sleep(50)
-          }
-          process.kill(service.child.pid!, "SIGTERM")
-          const exitCode = await Promise.race([service.exited, sleep(20_000).then(() => "still running")])
+          const order = postOrder(service.baseUrl, alice, "slow")
+          const committing = await seen(
+            db,
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'COMMIT' AND state = 'active'"
+          )
+          const exitCode = await stopped(service)
           const orders = await db.query("SELECT id FROM orders")
           return { committing, exitCode, order: await order, orders: orders.rows.map((row) => row.id) }
         })
