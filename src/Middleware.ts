@@ -29,6 +29,7 @@ import type * as Tracer from "effect/Tracer"
 import type * as Command from "./Command.js"
 import { CommandTimeout, CommandValidationError, Forbidden, type StoreUnavailable } from "./CommandError.js"
 import * as CurrentUser from "./CurrentUser.js"
+import { maxTimerMillis } from "./internal/limit.js"
 import * as Span from "./internal/span.js"
 import { type BeforeCommit, UnitOfWork } from "./UnitOfWork.js"
 
@@ -701,8 +702,6 @@ const withDeadline = <A, E, R>(
     () => stop
   )
 }
-
-const maxTimerMillis = 2 ** 31 - 1
 
 // A clock whose time moves by itself. `TestClock` (and any clock moved by
 // hand) has `adjust`; its sleeps must go through it.

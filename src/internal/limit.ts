@@ -8,3 +8,10 @@
  */
 export const pageSize = (limit: number | undefined, fallback = 100): number =>
   limit === undefined || Number.isNaN(limit) ? fallback : Math.max(0, Math.min(Math.floor(limit), 2 ** 31 - 1))
+
+/**
+ * The longest delay Node's timers take: a longer one fires at once.
+ *
+ * @internal
+ */
+export const maxTimerMillis = 2 ** 31 - 1

@@ -34,6 +34,7 @@
  * @since 0.1.0
  */
 import Pg from "pg"
+import { maxTimerMillis } from "../internal/limit.js"
 import { isStale, mayBeOutdatedTypes, prepareValue, sqlState } from "../internal/preparedStatement.js"
 
 /**
@@ -110,7 +111,7 @@ interface ClientState {
 export const make = (options: Options = {}): typeof Pg.Client => {
   const capacity = options.capacity ?? 256
   // Node fires a timer of more than 2^31 - 1 ms at once: a longer delay is no bound.
-  const answerTimeout = options.answerTimeout !== undefined && options.answerTimeout <= 2 ** 31 - 1
+  const answerTimeout = options.answerTimeout !== undefined && options.answerTimeout <= maxTimerMillis
     ? options.answerTimeout
     : undefined
   const names = new Map<string, string>()
