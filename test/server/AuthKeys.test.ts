@@ -3,7 +3,7 @@
  * secret (created once, whole, whoever races for it), a JWKS file checked
  * at start, and the subject rule the command metadata uses.
  */
-import { afterEach, describe, expect, it } from "@effect/vitest"
+import { afterAll, afterEach, describe, expect, it } from "@effect/vitest"
 import type * as ConfigError from "effect/ConfigError"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
@@ -22,7 +22,16 @@ afterEach(() => {
   syncBuiltinESMExports()
 })
 
-const freshDir = () => Fs.mkdtempSync(Path.join(Os.tmpdir(), "ecb-auth-keys-"))
+const dirs: Array<string> = []
+afterAll(() => {
+  for (const dir of dirs) Fs.rmSync(dir, { recursive: true, force: true })
+})
+
+const freshDir = () => {
+  const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "ecb-auth-keys-"))
+  dirs.push(dir)
+  return dir
+}
 
 const reasonOf = Config.describeError
 
