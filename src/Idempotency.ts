@@ -39,6 +39,7 @@ import * as Command from "./Command.js"
 import type { StoreUnavailable } from "./CommandError.js"
 import * as CurrentUser from "./CurrentUser.js"
 import * as JsonValue from "./internal/json.js"
+import { storedMillis } from "./internal/limit.js"
 import * as Middleware from "./Middleware.js"
 import { UnitOfWork } from "./UnitOfWork.js"
 
@@ -111,6 +112,11 @@ export interface ClaimRequest {
   readonly fingerprint: string
   readonly commandType: string
   readonly lease: Duration.Duration
+  /**
+   * How long the claim's record is kept (a completed one's is set again by
+   * `complete`). The middleware never asks for less than the lease. Past
+   * 100 years (infinity too) counts as 100 years, in every store.
+   */
   readonly retention: Duration.Duration
 }
 
@@ -204,8 +210,8 @@ export const makeMemory: Effect.Effect<Store> = Effect.sync(() => {
         records.set(id(request.scope, request.key), {
           fingerprint: request.fingerprint,
           token,
-          leaseExpiresAt: now + Duration.toMillis(request.lease),
-          expiresAt: now + Duration.toMillis(request.retention),
+          leaseExpiresAt: now + storedMillis(request.lease),
+          expiresAt: now + storedMillis(request.retention),
           result: undefined
         })
         return { _tag: "Claimed", token }
@@ -217,7 +223,7 @@ export const makeMemory: Effect.Effect<Store> = Effect.sync(() => {
         records.set(id(request.scope, request.key), {
           ...existing,
           result: request.result,
-          expiresAt: now + Duration.toMillis(request.retention)
+          expiresAt: now + storedMillis(request.retention)
         })
         return true
       }),
@@ -296,7 +302,10 @@ export const layerMemory: Layer.Layer<IdempotencyStore> = layerWithPruning(makeM
  * @category models
  */
 export interface Options {
-  /** How long a completed record is kept. Default 24 hours. */
+  /**
+   * How long a completed record is kept. Default 24 hours. An in-flight
+   * claim is kept at least for its lease. Past 100 years counts as 100 years.
+   */
   readonly retention?: Duration.DurationInput
   /**
    * How long an in-flight claim holds before a retry may take it over.
@@ -371,6 +380,10 @@ export const middleware = (
 ): Middleware.Middleware<IdempotencyKeyInFlight | IdempotencyKeyMismatch | StoreUnavailable, IdempotencyStore> => {
   const retention = Duration.decode(options.retention ?? "24 hours")
   const lease = Duration.decode(options.lease ?? "1 minute")
+  // A claim's record lives at least as long as its lease: one that expired
+  // first would let a duplicate claim the key, and the pruning delete the
+  // claim, while the first dispatch still runs.
+  const claimRetention = Duration.max(retention, lease)
   return Middleware.make("idempotency", (self, dispatch) => {
     const { command, definition } = dispatch
     const key = command.idempotencyKey
@@ -390,7 +403,14 @@ export const middleware = (
         })
         const store = yield* IdempotencyStore
         const fingerprint = yield* Effect.orDie(Command.fingerprint(definition, command))
-        const claim = yield* store.claim({ scope, key, fingerprint, commandType: command._tag, lease, retention })
+        const claim = yield* store.claim({
+          scope,
+          key,
+          fingerprint,
+          commandType: command._tag,
+          lease,
+          retention: claimRetention
+        })
         if (claim._tag !== "Claimed") {
           if (claim.fingerprint !== fingerprint) {
             yield* countFor(mismatchesTotal, command._tag)

@@ -55,6 +55,7 @@ import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { StoreUnavailable } from "../CommandError.js"
 import * as Idempotency from "../Idempotency.js"
+import { storedMillis } from "../internal/limit.js"
 
 /**
  * @since 0.1.0
@@ -145,7 +146,8 @@ const classify = (error: unknown, timeoutMillis: number): Effect.Effect<never, S
     ? Effect.die(error)
     : Effect.fail(new StoreUnavailable({ store: "redis", reason: reasonOf(error, timeoutMillis) }))
 
-const millis = (duration: Duration.Duration) => Math.max(1, Math.round(Duration.toMillis(duration)))
+// PEXPIRE 0 deletes the key at once.
+const millis = (duration: Duration.Duration) => Math.max(1, storedMillis(duration))
 
 const parseResult = (json: string | undefined): Effect.Effect<Idempotency.StoredResult> =>
   Effect.try(() => JSON.parse(json ?? "") as Idempotency.StoredResult).pipe(Effect.orDie)

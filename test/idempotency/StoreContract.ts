@@ -59,6 +59,7 @@ export const makeBus = (
     readonly handle?: Handle
     readonly hold?: (claimed: number) => Effect.Effect<void>
     readonly lease?: Duration.DurationInput
+    readonly retention?: Duration.DurationInput
   } = {}
 ) => {
   const counter = { runs: 0, claimed: 0 }
@@ -72,7 +73,10 @@ export const makeBus = (
       })
   }).pipe(
     CommandBus.withMiddleware(
-      Idempotency.middleware(options.lease === undefined ? {} : { lease: options.lease }),
+      Idempotency.middleware({
+        ...(options.lease === undefined ? {} : { lease: options.lease }),
+        ...(options.retention === undefined ? {} : { retention: options.retention })
+      }),
       Middleware.make(
         "hold",
         (self) => hold === undefined ? self : Effect.zipRight(Effect.suspend(() => hold(++counter.claimed)), self)
@@ -326,6 +330,27 @@ export const contract = (
         expect(yield* store.complete({ scope, key: "k", token: claim.token, retention, result })).toBe(false)
       }))
 
+    it.effect("store: a retention or lease of infinity is kept (as 100 years), not refused", () =>
+      Effect.gen(function*() {
+        const store = yield* Idempotency.IdempotencyStore
+        const scope = randomUUID()
+        const claim = yield* store.claim(
+          request(scope, "k", { lease: Duration.infinity, retention: Duration.infinity })
+        )
+        assert(claim._tag === "Claimed")
+        expect((yield* store.claim(request(scope, "k")))._tag).toBe("InFlight")
+        const result = { _tag: "Success", value: 1 } as const
+        const completed = { scope, key: "k", token: claim.token, retention: Duration.infinity, result }
+        expect(yield* store.complete(completed)).toBe(true)
+        yield* elapse(Duration.sum(margin, Duration.millis(live ? 100 : 0)))
+        expect(yield* store.prune).toBeGreaterThanOrEqual(0)
+        expect(yield* store.claim(request(scope, "k"))).toEqual({
+          _tag: "Completed",
+          fingerprint: "fingerprint-k",
+          result
+        })
+      }))
+
     // -------------------------------------------------------------------------
     // through the bus
     // -------------------------------------------------------------------------
@@ -441,6 +466,31 @@ export const contract = (
         const retried = yield* Idempotency.observeReplay(bus.dispatch(chargeOf(scope, "k")))
         expect(Exit.isSuccess(retried.exit)).toBe(true)
         expect(retried.replayed).toBe(true)
+        expect(counter.runs).toBe(1)
+      }))
+
+    it.effect("bus: a retention shorter than a dispatch's run does not free its claim: a duplicate finds it in flight, and pruning keeps it", () =>
+      Effect.gen(function*() {
+        const started = yield* Deferred.make<void>()
+        const gate = yield* Deferred.make<void>()
+        const { bus, counter } = makeBus({
+          lease,
+          retention: "1 millis",
+          hold: (claimed) =>
+            claimed === 1 ? Effect.zipRight(Deferred.succeed(started, undefined), Deferred.await(gate)) : Effect.void
+        })
+        const scope = randomUUID()
+        const first = yield* Effect.fork(bus.dispatch(chargeOf(scope, "k")))
+        yield* Deferred.await(started)
+        // Past the retention, within the lease.
+        yield* elapse(Duration.sum(margin, Duration.millis(live ? 100 : 0)))
+        yield* (yield* Idempotency.IdempotencyStore).prune
+        assertError(
+          yield* Effect.flip(bus.dispatch(chargeOf(scope, "k"))),
+          new Idempotency.IdempotencyKeyInFlight({ idempotencyKey: "k" })
+        )
+        yield* Deferred.succeed(gate, undefined)
+        expect((yield* Fiber.join(first)).charged).toBe(10)
         expect(counter.runs).toBe(1)
       }))
 
