@@ -31,7 +31,7 @@ import type * as CommandBus from "./CommandBus.js"
 import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
 import { failureOf, stored, survived } from "./internal/cause.js"
 import * as JsonValue from "./internal/json.js"
-import { pageSize } from "./internal/limit.js"
+import { minStoredEpochMillis, pageSize, storedMillis } from "./internal/limit.js"
 import * as Tracing from "./Tracing.js"
 
 /**
@@ -121,6 +121,14 @@ export interface Store {
    * again until its lease has passed, to this runner or another.
    */
   readonly claim: (limit: number, lease: Duration.Duration) => Effect.Effect<ReadonlyArray<Due>, StoreUnavailable>
+  /**
+   * Holds `due` for `lease` from now (by the store's clock), if its lease has
+   * not passed: the command as leased anew, which `complete`, `retryAfter`
+   * and `fail` then take; undefined when the lease had passed (another claim
+   * may hold the command). A runner renews each command as it starts it, so
+   * the last of a batch has the whole lease to run in, as the first has.
+   */
+  readonly renew: (due: Due, lease: Duration.Duration) => Effect.Effect<Due | undefined, StoreUnavailable>
   /**
    * Ran: gone. This and `retryAfter` and `fail` act only on the lease `due` came
    * with: once another claim took the command over (its lease had passed),
@@ -227,7 +235,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               const claimed = due.map(({ command }) => {
                 const counted = new ScheduledCommand({ ...command, attempts: command.attempts + 1 })
                 const token = String(++leases)
-                next.set(command.id, { command: counted, leasedUntil: now + Duration.toMillis(lease), lease: token })
+                next.set(command.id, { command: counted, leasedUntil: now + storedMillis(lease), lease: token })
                 return {
                   id: counted.id,
                   commandType: counted.commandType,
@@ -239,6 +247,20 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               })
               return [claimed, next]
             })),
+        renew: (due, lease) =>
+          Effect.flatMap(
+            Clock.currentTimeMillis,
+            (now) =>
+              Ref.modify(entries, (map): [Due | undefined, Map<string, MemoryEntry>] => {
+                const entry = map.get(due.id)
+                if (entry === undefined || !holds(entry, due) || entry.leasedUntil <= now) return [undefined, map]
+                const token = String(++leases)
+                return [
+                  { ...due, lease: token },
+                  new Map(map).set(due.id, { ...entry, leasedUntil: now + storedMillis(lease), lease: token })
+                ]
+              })
+          ),
         complete: (due) =>
           Ref.update(entries, (map) => {
             if (!holds(map.get(due.id), due)) return map
@@ -330,9 +352,13 @@ export const schedule = (
         `CommandScheduler.schedule: ${command._tag} ${JsonValue.refusal(found, "the command")}`
       )
     }
+    // Within what every store keeps: from the year 1 (earlier is due at once
+    // anyway), and at most 100 years ahead.
     const due: DueTime = "at" in when
-      ? { at: DateTime.toUtc(DateTime.unsafeMake(when.at)) }
-      : { after: Duration.decode(when.after) }
+      ? {
+        at: DateTime.unsafeMake(Math.max(DateTime.toEpochMillis(DateTime.unsafeMake(when.at)), minStoredEpochMillis))
+      }
+      : { after: Duration.millis(storedMillis(Duration.decode(when.after))) }
     const id = randomUUID()
     const store = yield* ScheduledCommands
     yield* store.add({ id, commandType: command._tag, command: encoded, due })
@@ -374,10 +400,12 @@ export interface RunOptions {
   /** Commands of a batch dispatched at once. Default 1: in due order. */
   readonly concurrency?: number
   /**
-   * How long a runner holds the commands it claims, a batch at a time; after
-   * that another may run them. A command whose lease passed before its turn
-   * in the batch is left to the next claim. Longer than any command takes
-   * (the bus's timeout). Default 1 minute.
+   * How long a runner holds a command: it claims a batch for this long, and
+   * renews each command's lease for as long again as it starts it; after
+   * that another runner may run it. A command whose lease passed before its
+   * turn in the batch is left to the next claim. Keep it longer than any
+   * command takes (the bus's timeout). Default 1 minute; past 100 years
+   * counts as 100 years.
    */
   readonly lease?: Duration.DurationInput
   /**
@@ -419,7 +447,7 @@ export const run = <C extends Command.Any, H, E, R>(
 ): Effect.Effect<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>> => {
   const batchSize = options.batchSize ?? 20
   const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
-  const lease = Duration.decode(options.lease ?? "1 minute")
+  const lease = Duration.millis(storedMillis(Duration.decode(options.lease ?? "1 minute")))
   const maxAttempts = options.maxAttempts ?? 10
   const backoff = options.backoff ?? defaultBackoff
   return Effect.flatMap(ScheduledCommands, (store) => {
@@ -442,7 +470,7 @@ export const run = <C extends Command.Any, H, E, R>(
           return yield* Effect.logWarning("scheduled.failed", exit.cause)
         }
         // After the wait by the store's clock, which it claims by too.
-        const wait = Duration.decode(backoff(due.attempts))
+        const wait = Duration.millis(storedMillis(Duration.decode(backoff(due.attempts))))
         yield* store.retryAfter(due, wait, reason)
         yield* Metric.increment(counted(due.commandType, "retrying"))
         yield* Effect.logWarning("scheduled.retrying", exit.cause).pipe(
@@ -454,40 +482,35 @@ export const run = <C extends Command.Any, H, E, R>(
         }),
         Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType, attempts: due.attempts })
       )
-    // A batch runs one after another: a command whose lease passed while the
-    // ones before it ran may have been claimed by another runner, and is left
-    // to the next claim rather than run twice.
+    // Each command's lease is renewed as it starts, so it has the whole lease
+    // to run in, however long the ones before it in its batch took. One whose
+    // lease passed while they ran may have been claimed by another runner,
+    // and is left to that claim rather than run twice.
     const stepFailed = survived("scheduler.store-unavailable", "scheduler.store-failed")
-    const runLeased = (due: Due, leasedUntil: number) =>
+    const runLeased = (due: Due) =>
       Effect.flatMap(
-        Clock.currentTimeMillis,
-        (now) =>
-          now < leasedUntil
-            // One command's failure to be recorded (logged) does not stop the batch.
-            ? Effect.catchAllCause(runOne(due), stepFailed)
+        store.renew(due, lease),
+        (renewed) =>
+          renewed !== undefined
+            ? runOne(renewed)
             : Effect.logDebug("scheduled.lease-passed").pipe(
               Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType })
             )
+      ).pipe(
+        // One command's failure to be recorded (logged) does not stop the batch.
+        Effect.catchAllCause(stepFailed)
       )
     return Effect.forever(
-      // Read before the claim, the lease's end is never later than the store's.
-      Effect.flatMap(Clock.currentTimeMillis, (claimedAt) =>
-        Effect.map(store.claim(batchSize, lease), (batch) => ({
-          batch,
-          leasedUntil: claimedAt + Duration.toMillis(lease)
-        }))).pipe(
-          Effect.flatMap(({ batch, leasedUntil }) =>
-            Effect.as(
-              Effect.forEach(batch, (due) => runLeased(due, leasedUntil), {
-                discard: true,
-                concurrency: options.concurrency ?? 1
-              }),
-              batch.length
-            )
-          ),
-          Effect.catchAllCause((cause) => Effect.as(stepFailed(cause), 0)),
-          Effect.flatMap((ran) => ran < batchSize ? Effect.sleep(pollInterval) : Effect.void)
-        )
+      store.claim(batchSize, lease).pipe(
+        Effect.flatMap((batch) =>
+          Effect.as(
+            Effect.forEach(batch, runLeased, { discard: true, concurrency: options.concurrency ?? 1 }),
+            batch.length
+          )
+        ),
+        Effect.catchAllCause((cause) => Effect.as(stepFailed(cause), 0)),
+        Effect.flatMap((ran) => ran < batchSize ? Effect.sleep(pollInterval) : Effect.void)
+      )
     )
   })
 }

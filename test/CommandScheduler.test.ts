@@ -131,6 +131,66 @@ describe("CommandScheduler", () => {
       )
     }).pipe(Effect.provide(Stores)))
 
+  it.scoped("the last command of a batch has the whole lease to run in: no other runner runs it meanwhile", () =>
+    Effect.gen(function*() {
+      const log: Array<string> = []
+      // Each run takes 4 s; the lease, 10 s, is longer than any one of them.
+      const bus = CommandBus.make([Remind, Charge], {
+        Remind: (command) =>
+          Effect.sync(() => log.push(`start ${command.orderId}`)).pipe(
+            Effect.zipRight(Effect.sleep("4 seconds")),
+            Effect.zipRight(Effect.sync(() => log.push(`end ${command.orderId}`))),
+            Effect.as(Handler.result(undefined))
+          ),
+        Charge: () => Effect.succeed(Handler.result(undefined))
+      })
+      const ids: Array<string> = []
+      for (const orderId of ["a", "b", "c"]) {
+        ids.push(yield* CommandScheduler.schedule(new Remind({ orderId }), { at: new Date(0) }))
+      }
+      const options = { lease: "10 seconds", pollInterval: "1 second" } as const
+      yield* CommandScheduler.start(bus, options)
+      yield* settle
+      yield* TestClock.adjust("500 millis")
+      yield* CommandScheduler.start(bus, options)
+      // "c" starts at 8 s, two seconds before its batch's lease ends; at
+      // 10.5 s, while it runs, it can be neither claimed nor cancelled.
+      for (let i = 0; i < 20; i++) {
+        yield* TestClock.adjust("500 millis")
+        yield* settle
+      }
+      assert.isFalse(yield* CommandScheduler.cancel(ids[2]!))
+      for (let i = 0; i < 20; i++) {
+        yield* TestClock.adjust("500 millis")
+        yield* settle
+      }
+      assert.deepStrictEqual(log, ["start a", "end a", "start b", "end b", "start c", "end c"])
+      assert.deepStrictEqual(yield* list(), [])
+    }).pipe(Effect.provide(Stores)))
+
+  it.effect("a lease is renewed only while it holds, and only the renewed lease is then the runner's", () =>
+    Effect.gen(function*() {
+      const store = yield* CommandScheduler.ScheduledCommands
+      yield* CommandScheduler.schedule(new Remind({ orderId: "o-1" }), { at: new Date(0) })
+      const [claimed] = yield* store.claim(10, Duration.seconds(30))
+      yield* TestClock.adjust("20 seconds")
+      const renewed = yield* store.renew(claimed!, Duration.seconds(30))
+      assert.strictEqual(renewed?.attempts, 1)
+      // 40 s after the claim: past the first lease, within the renewed one.
+      yield* TestClock.adjust("20 seconds")
+      assert.deepStrictEqual(yield* store.claim(10, Duration.seconds(30)), [])
+      assert.isUndefined(yield* store.renew(claimed!, Duration.seconds(30)))
+      yield* store.complete(claimed!)
+      assert.strictEqual((yield* list()).length, 1)
+      yield* store.complete(renewed!)
+      assert.deepStrictEqual(yield* list(), [])
+      // A lease that passed is not renewed.
+      yield* CommandScheduler.schedule(new Remind({ orderId: "o-2" }), { at: new Date(0) })
+      const [late] = yield* store.claim(10, Duration.seconds(30))
+      yield* TestClock.adjust("30 seconds")
+      assert.isUndefined(yield* store.renew(late!, Duration.seconds(30)))
+    }).pipe(Effect.provide(Stores)))
+
   it.scoped("keeps the command's own idempotency key, runs at a given time, in a span of its own", () =>
     Effect.gen(function*() {
       const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()

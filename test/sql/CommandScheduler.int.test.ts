@@ -301,5 +301,71 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
           [late, "pending", "again"]
         ])
       }))
+
+    it.scoped("the last command of a batch has the whole lease to run in: another runner does not run it meanwhile", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const log: Array<string> = []
+        // Each run takes 800 ms; the lease, 2 s, is longer than any one of them.
+        const slow = CommandBus.make([Remind], {
+          Remind: (command) =>
+            Effect.sync(() => log.push(`start ${command.n}`)).pipe(
+              Effect.zipRight(Effect.sleep("800 millis")),
+              Effect.zipRight(Effect.sync(() => log.push(`end ${command.n}`))),
+              Effect.as(Handler.result(undefined))
+            )
+        })
+        for (const n of [1, 2, 3]) yield* CommandScheduler.schedule(new Remind({ n }), { at: new Date(0) })
+        const options: CommandScheduler.RunOptions = { lease: "2 seconds", pollInterval: "50 millis" }
+        yield* CommandScheduler.start(slow, options)
+        yield* Effect.sleep("100 millis")
+        yield* CommandScheduler.start(slow, options)
+        // 3 starts at about 1.6 s, as its batch's lease (2 s) nears its end.
+        yield* Effect.flatMap(
+          pending,
+          (left) => left.length === 0 ? Effect.void : Effect.fail(new Error(`${left.length} still pending`))
+        ).pipe(Effect.retry({ schedule: Schedule.spaced("50 millis"), times: 200 }))
+        yield* Effect.sleep("1 second")
+        expect(log).toEqual(["start 1", "end 1", "start 2", "end 2", "start 3", "end 3"])
+      }))
+
+    it.effect("a lease is renewed only while it holds; times and delays past what PostgreSQL keeps are kept as in memory", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const store = yield* CommandScheduler.ScheduledCommands
+        yield* CommandScheduler.schedule(new Remind({ n: 1 }), { at: new Date(0) })
+        const [claimed] = yield* store.claim(10, Duration.millis(300))
+        const renewed = yield* store.renew(claimed!, Duration.seconds(30))
+        expect(renewed?.attempts).toBe(1)
+        yield* Effect.sleep("500 millis")
+        // Past the first lease, within the renewed one: still this runner's.
+        expect(yield* store.claim(10, Duration.seconds(30))).toEqual([])
+        expect(yield* store.renew(claimed!, Duration.seconds(30))).toBeUndefined()
+        yield* store.complete(claimed!)
+        expect((yield* store.list()).length).toBe(1)
+        yield* store.complete(renewed!)
+        expect(yield* store.list()).toEqual([])
+        // A lease that passed is not renewed.
+        yield* CommandScheduler.schedule(new Remind({ n: 2 }), { at: new Date(0) })
+        const [late] = yield* store.claim(10, Duration.millis(100))
+        yield* Effect.sleep("300 millis")
+        expect(yield* store.renew(late!, Duration.seconds(30))).toBeUndefined()
+        yield* TestDatabase.truncateAll
+
+        // The year 10000 (ISO `+010000-…`), the year -1 (kept as the year 1:
+        // due either way), and a delay of infinity (kept as 100 years).
+        yield* CommandScheduler.schedule(new Remind({ n: 3 }), { at: new Date("+010000-01-01T00:00:00.123Z") })
+        yield* CommandScheduler.schedule(new Remind({ n: 4 }), { at: new Date("-000001-06-01T00:00:00Z") })
+        yield* CommandScheduler.schedule(new Remind({ n: 5 }), { after: Duration.infinity })
+        const listed = yield* store.list()
+        expect(listed.map((scheduled) => (scheduled.command as { n: number }).n)).toEqual([4, 5, 3])
+        expect(listed.map((scheduled) => scheduled.dueAt.epochMillis).filter((_, i) => i !== 1)).toEqual([
+          new Date("0001-01-01T00:00:00Z").getTime(),
+          new Date("+010000-01-01T00:00:00.123Z").getTime()
+        ])
+        const hundredYears = 36_500 * 24 * 3600 * 1000
+        expect(Math.abs(listed[1]!.dueAt.epochMillis - (Date.now() + hundredYears))).toBeLessThan(60_000)
+        expect((yield* store.claim(10, Duration.infinity)).map((due) => (due.command as { n: number }).n)).toEqual([4])
+      }))
   }
 )
