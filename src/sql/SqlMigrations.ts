@@ -138,6 +138,12 @@ export const migrations = {
   // an idempotency key of its own.
   "6_scheduled_commands_retries": statements(
     `ALTER TABLE scheduled_commands ADD COLUMN retries integer NOT NULL DEFAULT 0 CHECK (retries >= 0)`
+  ),
+  // When the database took an event, by its own clock: the outbox's lag is
+  // measured against now(), and occurred_at is the application's clock,
+  // which may be off. Rows from before have the time of this migration.
+  "7_outbox_recorded_at": statements(
+    `ALTER TABLE outbox ADD COLUMN recorded_at timestamptz NOT NULL DEFAULT now()`
   )
 }
 

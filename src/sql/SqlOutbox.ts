@@ -129,7 +129,9 @@ export const make: Effect.Effect<Outbox.Service, never, SqlClient.SqlClient> = E
 export const layer: Layer.Layer<Outbox.Outbox, never, SqlClient.SqlClient> = Layer.effect(Outbox.Outbox, make)
 
 /**
- * Outbox figures for metrics: how many events wait and how old the oldest is.
+ * Outbox figures for metrics: how many events wait and how old the oldest is,
+ * by the database's clock (since the database took it, not its
+ * `occurredAt`, which is the application's clock).
  *
  * @since 0.1.0
  * @category queries
@@ -142,7 +144,7 @@ export const lag: Effect.Effect<
   orUnavailable(
     sql<{ readonly unpublished: string | number; readonly oldest_age: string | number | null }>`
       SELECT count(*) AS unpublished,
-             extract(epoch FROM now() - min(occurred_at)) AS oldest_age
+             extract(epoch FROM now() - min(recorded_at)) AS oldest_age
       FROM outbox WHERE position IS NULL`.withoutTransform
   ).pipe(
     Effect.map((rows) => {

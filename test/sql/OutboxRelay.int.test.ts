@@ -165,6 +165,32 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`outbox rel
       expect(rows.every((row) => row.published_at instanceof Date)).toBe(true)
     }))
 
+  it.scoped("measures the outbox's lag by the database's clock, not the application's", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      const sql = yield* SqlClient.SqlClient
+      const outbox = yield* Outbox.Outbox
+      // An application whose clock runs a minute ahead of the database's, then one an hour behind.
+      const ahead = new DomainEvent.Envelope({
+        ...envelope(randomUUID(), 1),
+        occurredAt: DateTime.unsafeMake(Date.now() + 60_000)
+      })
+      yield* sql.withTransaction(outbox.append([ahead]))
+      const first = yield* SqlOutbox.lag
+      expect(first.unpublished).toBe(1)
+      expect(first.oldestAgeSeconds).toBeGreaterThanOrEqual(0)
+      expect(first.oldestAgeSeconds).toBeLessThan(60)
+      yield* TestDatabase.truncateAll
+      const behind = new DomainEvent.Envelope({
+        ...envelope(randomUUID(), 1),
+        occurredAt: DateTime.unsafeMake(Date.now() - 3_600_000)
+      })
+      yield* sql.withTransaction(outbox.append([behind]))
+      const second = yield* SqlOutbox.lag
+      expect(second.oldestAgeSeconds).toBeGreaterThanOrEqual(0)
+      expect(second.oldestAgeSeconds).toBeLessThan(60)
+    }))
+
   it.scoped("keeps events committed while no relay runs, and publishes them when one starts", () =>
     Effect.gen(function*() {
       yield* TestDatabase.truncateAll

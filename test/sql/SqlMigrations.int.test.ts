@@ -90,7 +90,8 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
         { migration_id: 3, name: "reaction_checkpoints" },
         { migration_id: 4, name: "reaction_dead_letters" },
         { migration_id: 5, name: "scheduled_commands" },
-        { migration_id: 6, name: "scheduled_commands_retries" }
+        { migration_id: 6, name: "scheduled_commands_retries" },
+        { migration_id: 7, name: "outbox_recorded_at" }
       ])
       expect(yield* applied("orders_migrations")).toEqual([
         { migration_id: 1, name: "orders" },
@@ -128,7 +129,9 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
             { concurrency: "unbounded" }
           )
           expect(outcomes.map((outcome) => outcome._tag)).toEqual(["Right", "Right", "Right"])
-          expect(yield* Effect.provide(applied("command_bus_migrations"), instances[0]!)).toHaveLength(6)
+          expect(yield* Effect.provide(applied("command_bus_migrations"), instances[0]!)).toHaveLength(
+            Object.keys(SqlMigrations.migrations).length
+          )
           expect(yield* Effect.provide(applied("orders_migrations"), instances[0]!)).toHaveLength(2)
         }
       })
