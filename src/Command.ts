@@ -35,7 +35,10 @@ export const isStorableText = (value: string): boolean => !value.includes("\u000
 export const Text = Schema.String.pipe(
   Schema.filter(isStorableText, {
     message: () => "must be well-formed Unicode without NUL characters",
-    identifier: "Text"
+    identifier: "Text",
+    // JSON Schema can say no NUL; not "no lone surrogate", which the description says.
+    jsonSchema: { pattern: "^[^\\u0000]*$" },
+    description: "Text without NUL characters or unpaired surrogates (\\uD800 to \\uDFFF alone)"
   })
 )
 

@@ -180,12 +180,13 @@ export const EventsPage = Schema.Struct({
 }).annotations({ identifier: "EventsPage" })
 
 // Decimal digits only: `NumberFromString` alone reads "0x10", "1e2" and " 5" as numbers.
+// Documented as the integer it is, with its range, as query parameters are.
 const IntFromString = (min: number, max: number) =>
   Schema.String.pipe(
     Schema.pattern(/^\d{1,20}$/, { message: () => "Expected a whole number in decimal digits" }),
     Schema.compose(Schema.NumberFromString),
     Schema.int(),
-    Schema.between(min, max)
+    Schema.between(min, max, { jsonSchema: { type: "integer", minimum: min, maximum: max } })
   )
 
 /**
@@ -451,6 +452,30 @@ const replayable: Readonly<Record<string, ReadonlySet<string>>> = {
   "products.setStock": new Set(replayableStatuses)
 }
 
+// What Node's parser and the edge refuse before any route is found, on any
+// path: declared on every operation, so a client generated from the
+// document knows these answers too.
+const refusedBeforeRouting: Readonly<Record<string, string>> = {
+  "408": "The request did not arrive in time",
+  "417": "An Expect other than 100-continue",
+  "431": "Headers over 16 KB, or more than 100 header lines"
+}
+
+const malformedRequests = (spec: Record<string, any>): Record<string, any> => {
+  for (const operations of Object.values(spec.paths ?? {}) as Array<Record<string, any>>) {
+    for (const operation of Object.values(operations)) {
+      if (operation?.responses === undefined) continue
+      for (const [status, description] of Object.entries(refusedBeforeRouting)) {
+        operation.responses[status] ??= {
+          description,
+          content: { [Problem.contentType]: { schema: { $ref: "#/components/schemas/MalformedRequest" } } }
+        }
+      }
+    }
+  }
+  return spec
+}
+
 const responseHeaders = (spec: Record<string, any>): Record<string, any> => {
   for (const operations of Object.values(spec.paths ?? {}) as Array<Record<string, any>>) {
     for (const operation of Object.values(operations)) {
@@ -507,7 +532,7 @@ export class Api extends ApiBase
   .addError(Problem.schema(MethodNotAllowed))
   .addError(Problem.schema(InternalError))
   .addError(Problem.schema(ServiceUnavailable))
-  .annotate(OpenApi.Transform, (spec) => responseHeaders(problemContentTypes(spec)))
+  .annotate(OpenApi.Transform, (spec) => responseHeaders(malformedRequests(problemContentTypes(spec))))
   .annotate(OpenApi.Title, "Orders service (effect-command-bus reference)")
   .annotate(OpenApi.Version, "0.1.0")
   .annotate(

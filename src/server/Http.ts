@@ -704,6 +704,10 @@ const edgeOf =
             correlationId
           )
           if (traceparent !== undefined) decorated = HttpServerResponse.setHeader(decorated, "traceparent", traceparent)
+          // Rather than read a body no route takes (up to any length) to keep the connection.
+          if (route === Observability.unmatchedRoute && hasBody(request)) {
+            decorated = HttpServerResponse.setHeader(decorated, "connection", "close")
+          }
           if (response.status === 401) {
             decorated = HttpServerResponse.setHeader(
               decorated,
@@ -735,7 +739,7 @@ const edgeOf =
           return Problem.response({
             ...encodeMalformed(new MalformedRequest({ reason: "TOO_MANY_HEADERS" })),
             status: 431
-          })
+          }, { connection: "close" })
         }
         if (Observability.hasPathParameters(request.url)) {
           const path = request.url.split("?")[0]!
@@ -743,7 +747,12 @@ const edgeOf =
         }
         let checked = request
         // The path as the router decodes it: `/%61pi/v1/orders` is an API route too.
-        if (HttpMethod.hasBody(request.method) && Observability.routedPath(request.url).startsWith("/api/")) {
+        // No route for the method and path: the router answers 404 or 405,
+        // whatever the body, which is left unread (the connection closes).
+        if (
+          HttpMethod.hasBody(request.method) && route !== Observability.unmatchedRoute &&
+          Observability.routedPath(request.url).startsWith("/api/")
+        ) {
           const body = yield* checkBody(request, options.bodyLimit)
           if (Either.isLeft(body)) return body.left
           checked = body.right

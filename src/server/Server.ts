@@ -125,11 +125,12 @@ export const HttpServerLive = Layer.unwrapEffect(
 )
 
 // Node's own answers to what its parser refuses, kept: the status (400
-// otherwise), the connection closed after it.
+// otherwise), the connection closed after it. Not Node's 413 for chunk
+// extensions over its limit: that is a malformed request, not a body over
+// BODY_LIMIT (whose 413 says the limit).
 const clientErrorStatus: Readonly<Record<string, number>> = {
   HPE_HEADER_OVERFLOW: 431,
-  ERR_HTTP_REQUEST_TIMEOUT: 408,
-  HPE_CHUNK_EXTENSIONS_OVERFLOW: 413
+  ERR_HTTP_REQUEST_TIMEOUT: 408
 }
 
 /**

@@ -310,7 +310,7 @@ describe(`OpenAPI document and typed client (${kind})`, () => {
         expect(hidden.error).toMatchObject({ status: 404, code: "OrderNotFound", title: "Order not found" })
 
         const page = yield* Effect.promise(() =>
-          client(admin).GET("/api/v1/events", { params: { query: { after: "0", limit: "10" } } })
+          client(admin).GET("/api/v1/events", { params: { query: { after: 0, limit: 10 } } })
         )
         expect(page.response.status).toBe(200)
         const next: number = page.data!.next

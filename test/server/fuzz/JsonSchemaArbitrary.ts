@@ -130,8 +130,19 @@ const knownPatterns: Record<
   }
 }
 
+/**
+ * `Text`'s pattern: no NUL. Not a format: such a string is generated as any
+ * text is, and NUL (with lone surrogates, which no pattern can say) is one
+ * of the invalid inputs of every text.
+ */
+export const textPattern = "^[^\\u0000]*$"
+
 const patternOf = (schema: JsonSchema): string | undefined =>
-  typeof schema.pattern === "string" ? schema.pattern : schema.format === "uuid" ? uuidPattern : undefined
+  typeof schema.pattern === "string" && schema.pattern !== textPattern
+    ? schema.pattern
+    : schema.format === "uuid"
+    ? uuidPattern
+    : undefined
 
 const known = (pattern: string) => {
   const entry = knownPatterns[pattern]

@@ -179,12 +179,14 @@ export interface components {
             postal_code: components["schemas"]["Text"];
             country: components["schemas"]["CountryCode"];
         };
+        /** @description Text without NUL characters or unpaired surrogates (\uD800 to \uDFFF alone) */
         Text: string;
         /**
          * @description ISO 3166-1 alpha-2 country code
          * @enum {string}
          */
         CountryCode: "AD" | "AE" | "AF" | "AG" | "AI" | "AL" | "AM" | "AO" | "AQ" | "AR" | "AS" | "AT" | "AU" | "AW" | "AX" | "AZ" | "BA" | "BB" | "BD" | "BE" | "BF" | "BG" | "BH" | "BI" | "BJ" | "BL" | "BM" | "BN" | "BO" | "BQ" | "BR" | "BS" | "BT" | "BV" | "BW" | "BY" | "BZ" | "CA" | "CC" | "CD" | "CF" | "CG" | "CH" | "CI" | "CK" | "CL" | "CM" | "CN" | "CO" | "CR" | "CU" | "CV" | "CW" | "CX" | "CY" | "CZ" | "DE" | "DJ" | "DK" | "DM" | "DO" | "DZ" | "EC" | "EE" | "EG" | "EH" | "ER" | "ES" | "ET" | "FI" | "FJ" | "FK" | "FM" | "FO" | "FR" | "GA" | "GB" | "GD" | "GE" | "GF" | "GG" | "GH" | "GI" | "GL" | "GM" | "GN" | "GP" | "GQ" | "GR" | "GS" | "GT" | "GU" | "GW" | "GY" | "HK" | "HM" | "HN" | "HR" | "HT" | "HU" | "ID" | "IE" | "IL" | "IM" | "IN" | "IO" | "IQ" | "IR" | "IS" | "IT" | "JE" | "JM" | "JO" | "JP" | "KE" | "KG" | "KH" | "KI" | "KM" | "KN" | "KP" | "KR" | "KW" | "KY" | "KZ" | "LA" | "LB" | "LC" | "LI" | "LK" | "LR" | "LS" | "LT" | "LU" | "LV" | "LY" | "MA" | "MC" | "MD" | "ME" | "MF" | "MG" | "MH" | "MK" | "ML" | "MM" | "MN" | "MO" | "MP" | "MQ" | "MR" | "MS" | "MT" | "MU" | "MV" | "MW" | "MX" | "MY" | "MZ" | "NA" | "NC" | "NE" | "NF" | "NG" | "NI" | "NL" | "NO" | "NP" | "NR" | "NU" | "NZ" | "OM" | "PA" | "PE" | "PF" | "PG" | "PH" | "PK" | "PL" | "PM" | "PN" | "PR" | "PS" | "PT" | "PW" | "PY" | "QA" | "RE" | "RO" | "RS" | "RU" | "RW" | "SA" | "SB" | "SC" | "SD" | "SE" | "SG" | "SH" | "SI" | "SJ" | "SK" | "SL" | "SM" | "SN" | "SO" | "SR" | "SS" | "ST" | "SV" | "SX" | "SY" | "SZ" | "TC" | "TD" | "TF" | "TG" | "TH" | "TJ" | "TK" | "TL" | "TM" | "TN" | "TO" | "TR" | "TT" | "TV" | "TW" | "TZ" | "UA" | "UG" | "UM" | "US" | "UY" | "UZ" | "VA" | "VC" | "VE" | "VG" | "VI" | "VN" | "VU" | "WF" | "WS" | "YE" | "YT" | "ZA" | "ZM" | "ZW";
+        /** @description Text without NUL characters or unpaired surrogates (\uD800 to \uDFFF alone) */
         IdempotencyKey: string;
         /** @description Invalid request */
         HttpApiDecodeError: {
@@ -599,6 +601,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
+            /** @description The request did not arrive in time */
+            408: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Idempotency key in flight */
             409: {
                 headers: {
@@ -634,6 +647,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["UnsupportedMediaType"];
                 };
             };
+            /** @description An Expect other than 100-continue */
+            417: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Idempotency key reused */
             422: {
                 headers: {
@@ -643,6 +667,17 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["IdempotencyKeyMismatch"];
+                };
+            };
+            /** @description Headers over 16 KB, or more than 100 header lines */
+            431: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
                 };
             };
             /** @description Internal server error */
@@ -768,6 +803,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
+            /** @description The request did not arrive in time */
+            408: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Idempotency key in flight */
             409: {
                 headers: {
@@ -816,6 +862,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["UnsupportedMediaType"];
                 };
             };
+            /** @description An Expect other than 100-continue */
+            417: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Idempotency key reused */
             422: {
                 headers: {
@@ -825,6 +882,17 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["IdempotencyKeyMismatch"];
+                };
+            };
+            /** @description Headers over 16 KB, or more than 100 header lines */
+            431: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
                 };
             };
             /** @description Internal server error */
@@ -950,6 +1018,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
+            /** @description The request did not arrive in time */
+            408: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Idempotency key in flight */
             409: {
                 headers: {
@@ -983,6 +1062,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["UnsupportedMediaType"];
                 };
             };
+            /** @description An Expect other than 100-continue */
+            417: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Idempotency key reused */
             422: {
                 headers: {
@@ -992,6 +1082,17 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["IdempotencyKeyMismatch"];
+                };
+            };
+            /** @description Headers over 16 KB, or more than 100 header lines */
+            431: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
                 };
             };
             /** @description Internal server error */
@@ -1101,6 +1202,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
+            /** @description The request did not arrive in time */
+            408: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Idempotency key in flight */
             409: {
                 headers: {
@@ -1134,6 +1246,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["UnsupportedMediaType"];
                 };
             };
+            /** @description An Expect other than 100-continue */
+            417: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Idempotency key reused */
             422: {
                 headers: {
@@ -1143,6 +1266,17 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["IdempotencyKeyMismatch"];
+                };
+            };
+            /** @description Headers over 16 KB, or more than 100 header lines */
+            431: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
                 };
             };
             /** @description Internal server error */
@@ -1262,6 +1396,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
+            /** @description The request did not arrive in time */
+            408: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Idempotency key in flight */
             409: {
                 headers: {
@@ -1297,6 +1442,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["UnsupportedMediaType"];
                 };
             };
+            /** @description An Expect other than 100-continue */
+            417: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Idempotency key reused */
             422: {
                 headers: {
@@ -1306,6 +1462,17 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["IdempotencyKeyMismatch"];
+                };
+            };
+            /** @description Headers over 16 KB, or more than 100 header lines */
+            431: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
                 };
             };
             /** @description Internal server error */
@@ -1337,10 +1504,8 @@ export interface operations {
     "events.listEvents": {
         parameters: {
             query?: {
-                /** @description a number between 0 and 9007199254740991 */
-                after?: string;
-                /** @description a number between 1 and 1000 */
-                limit?: string;
+                after?: number;
+                limit?: number;
             };
             header?: never;
             path?: never;
@@ -1418,6 +1583,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
+            /** @description The request did not arrive in time */
+            408: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Payload too large */
             413: {
                 headers: {
@@ -1438,6 +1614,28 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["UnsupportedMediaType"];
+                };
+            };
+            /** @description An Expect other than 100-continue */
+            417: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
+            /** @description Headers over 16 KB, or more than 100 header lines */
+            431: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
                 };
             };
             /** @description Internal server error */
@@ -1521,6 +1719,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
+            /** @description The request did not arrive in time */
+            408: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Payload too large */
             413: {
                 headers: {
@@ -1541,6 +1750,28 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["UnsupportedMediaType"];
+                };
+            };
+            /** @description An Expect other than 100-continue */
+            417: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
+            /** @description Headers over 16 KB, or more than 100 header lines */
+            431: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
                 };
             };
             /** @description Internal server error */
@@ -1624,6 +1855,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
+            /** @description The request did not arrive in time */
+            408: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Payload too large */
             413: {
                 headers: {
@@ -1644,6 +1886,28 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["UnsupportedMediaType"];
+                };
+            };
+            /** @description An Expect other than 100-continue */
+            417: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
+            /** @description Headers over 16 KB, or more than 100 header lines */
+            431: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
                 };
             };
             /** @description Internal server error */
@@ -1751,6 +2015,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["MethodNotAllowed"];
                 };
             };
+            /** @description The request did not arrive in time */
+            408: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
             /** @description Payload too large */
             413: {
                 headers: {
@@ -1771,6 +2046,28 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["UnsupportedMediaType"];
+                };
+            };
+            /** @description An Expect other than 100-continue */
+            417: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
+                };
+            };
+            /** @description Headers over 16 KB, or more than 100 header lines */
+            431: {
+                headers: {
+                    /** @description The request's X-Correlation-ID when it was a UUID, else a new one; the command's correlation id */
+                    "X-Correlation-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["MalformedRequest"];
                 };
             };
             /** @description Internal server error */
