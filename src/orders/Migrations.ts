@@ -10,11 +10,14 @@ import * as Effect from "effect/Effect"
 import { SqlMigrations } from "../sql/index.js"
 
 /**
+ * Each migration's statements; a released one never changes (see
+ * `SqlMigrations.sources`).
+ *
  * @since 0.1.0
  * @category migrations
  */
-export const migrations = {
-  "1_orders": SqlMigrations.statements(
+export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
+  "1_orders": [
     `CREATE TABLE orders (
       id uuid PRIMARY KEY,
       customer_id uuid NOT NULL,
@@ -28,15 +31,21 @@ export const migrations = {
       cancel_reason text
     )`,
     `CREATE INDEX orders_user ON orders (user_id)`
-  ),
-  "2_inventory": SqlMigrations.statements(
+  ],
+  "2_inventory": [
     `CREATE TABLE inventory (
       product_id text PRIMARY KEY,
       available integer NOT NULL CHECK (available >= 0),
       updated_at timestamptz NOT NULL DEFAULT now()
     )`
-  )
+  ]
 }
+
+/**
+ * @since 0.1.0
+ * @category migrations
+ */
+export const migrations = SqlMigrations.fromSources(sources)
 
 /**
  * Runs the library's migrations, then the order service's.

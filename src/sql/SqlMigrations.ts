@@ -38,14 +38,18 @@ export const statements = (
   )
 
 /**
+ * Each migration's statements. A released migration never changes: a
+ * database that ran it keeps what it made, so a change goes in a new one
+ * (a test holds each migration's text to what was released).
+ *
  * @since 0.1.0
  * @category migrations
  */
-export const migrations = {
+export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
   // The event log. "id" is the insert order; "position" is given by the relay
   // when it publishes, in the order events became visible, so a reader that
   // follows positions never skips an event whose transaction committed late.
-  "1_outbox": statements(
+  "1_outbox": [
     `CREATE TABLE outbox (
       id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
       position bigint UNIQUE,
@@ -72,11 +76,11 @@ export const migrations = {
     $$`,
     `CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
       FOR EACH STATEMENT EXECUTE FUNCTION command_bus_outbox_notify()`
-  ),
+  ],
   // One row per (user scope, key). "token" identifies the claim that owns an
   // in-flight row, so a dispatch whose lease passed cannot complete or
   // release a newer claim.
-  "2_idempotency_keys": statements(
+  "2_idempotency_keys": [
     `CREATE TABLE idempotency_keys (
       scope text NOT NULL,
       key text NOT NULL,
@@ -92,17 +96,17 @@ export const migrations = {
       CHECK ((state = 'completed') = (result IS NOT NULL))
     )`,
     `CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at)`
-  ),
+  ],
   // How far each `Reaction.follow` has read the event log, by name.
-  "3_reaction_checkpoints": statements(
+  "3_reaction_checkpoints": [
     `CREATE TABLE reaction_checkpoints (
       name text PRIMARY KEY,
       position bigint NOT NULL CHECK (position >= 0),
       updated_at timestamptz NOT NULL
     )`
-  ),
+  ],
   // Events a reaction of a follower failed on, to look at and run again.
-  "4_reaction_dead_letters": statements(
+  "4_reaction_dead_letters": [
     `CREATE TABLE reaction_dead_letters (
       follower text NOT NULL,
       reaction text NOT NULL,
@@ -118,9 +122,9 @@ export const migrations = {
       PRIMARY KEY (follower, reaction, event_id)
     )`,
     `CREATE INDEX reaction_dead_letters_position ON reaction_dead_letters (follower, position)`
-  ),
+  ],
   // Commands to dispatch later (CommandScheduler); a run removes its row.
-  "5_scheduled_commands": statements(
+  "5_scheduled_commands": [
     `CREATE TABLE scheduled_commands (
       id uuid PRIMARY KEY,
       command_type text NOT NULL,
@@ -133,19 +137,59 @@ export const migrations = {
       created_at timestamptz NOT NULL DEFAULT now()
     )`,
     `CREATE INDEX scheduled_commands_due ON scheduled_commands (due_at) WHERE state = 'pending'`
-  ),
+  ],
   // How many times an operator retried a command: a retried one runs with
   // an idempotency key of its own.
-  "6_scheduled_commands_retries": statements(
+  "6_scheduled_commands_retries": [
     `ALTER TABLE scheduled_commands ADD COLUMN retries integer NOT NULL DEFAULT 0 CHECK (retries >= 0)`
-  ),
+  ],
   // When the database took an event, by its own clock: the outbox's lag is
   // measured against now(), and occurred_at is the application's clock,
   // which may be off. Rows from before have the time of this migration.
-  "7_outbox_recorded_at": statements(
+  "7_outbox_recorded_at": [
     `ALTER TABLE outbox ADD COLUMN recorded_at timestamptz NOT NULL DEFAULT now()`
-  )
+  ],
+  // The columns migration 4 gained after it was released (aggregate
+  // sequencing): a database that ran it before has none, and every dead
+  // letter failed to be recorded there.
+  "8_reaction_dead_letters_aggregate": [
+    `ALTER TABLE reaction_dead_letters ADD COLUMN IF NOT EXISTS aggregate_type text`,
+    `ALTER TABLE reaction_dead_letters ADD COLUMN IF NOT EXISTS aggregate_id text`,
+    `UPDATE reaction_dead_letters
+      SET aggregate_type = event->>'aggregateType', aggregate_id = event->>'aggregateId'
+      WHERE aggregate_type IS NULL OR aggregate_id IS NULL`,
+    `ALTER TABLE reaction_dead_letters
+      ALTER COLUMN aggregate_type SET NOT NULL, ALTER COLUMN aggregate_id SET NOT NULL`
+  ],
+  // The notification as migration 1 came to send it after it was released:
+  // a database that ran the first one notified with an empty payload, which
+  // listeners drop, so its relays only polled.
+  "9_outbox_notify_schema": [
+    `CREATE OR REPLACE FUNCTION command_bus_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        PERFORM pg_notify('${outboxChannel}', current_schema());
+        RETURN NULL;
+      END
+    $$`
+  ]
 }
+
+/**
+ * Migrations for `PgMigrator.fromRecord`, from their statements.
+ *
+ * @since 0.1.0
+ * @category migrations
+ */
+export const fromSources = (
+  sources: Readonly<Record<string, ReadonlyArray<string>>>
+): Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>> =>
+  Object.fromEntries(Object.entries(sources).map(([id, source]) => [id, statements(...source)]))
+
+/**
+ * @since 0.1.0
+ * @category migrations
+ */
+export const migrations = fromSources(sources)
 
 /**
  * Creates a migrations table as `@effect/sql`'s migrator would, under an

@@ -84,15 +84,14 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
       expect(yield* Migrations.run).toEqual([])
 
       expect(yield* schemaSnapshot).toEqual(before)
-      expect(yield* applied("command_bus_migrations")).toEqual([
+      expect((yield* applied("command_bus_migrations")).slice(0, 4)).toEqual([
         { migration_id: 1, name: "outbox" },
         { migration_id: 2, name: "idempotency_keys" },
         { migration_id: 3, name: "reaction_checkpoints" },
-        { migration_id: 4, name: "reaction_dead_letters" },
-        { migration_id: 5, name: "scheduled_commands" },
-        { migration_id: 6, name: "scheduled_commands_retries" },
-        { migration_id: 7, name: "outbox_recorded_at" }
+        { migration_id: 4, name: "reaction_dead_letters" }
       ])
+      expect((yield* applied("command_bus_migrations")).map(({ migration_id, name }) => `${migration_id}_${name}`))
+        .toEqual(Object.keys(SqlMigrations.sources))
       expect(yield* applied("orders_migrations")).toEqual([
         { migration_id: 1, name: "orders" },
         { migration_id: 2, name: "inventory" }

@@ -1,0 +1,180 @@
+/**
+ * A database migrated by an earlier release, started with this one: it ends
+ * with the schema a fresh database gets, and works. The earlier releases'
+ * migrations are copied here as they shipped: migration 1 before its
+ * notification named the schema (68c1321), and migration 4 before it had the
+ * aggregate columns (97a33b6 to fda0b29).
+ */
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as PgMigrator from "@effect/sql-pg/PgMigrator"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { expect, it } from "@effect/vitest"
+import * as DateTime from "effect/DateTime"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
+import { randomUUID } from "node:crypto"
+import { DomainEvent } from "../../src/index.js"
+import * as Migrations from "../../src/orders/Migrations.js"
+import * as Database from "../../src/server/Database.js"
+import { SqlMigrations, SqlReactionDeadLetters } from "../../src/sql/index.js"
+import * as PgliteClient from "../../src/sql/PgliteClient.js"
+import * as TestDatabase from "../support/Database.js"
+
+const { outboxChannel, sources } = SqlMigrations
+
+const firstOutbox = [
+  ...sources["1_outbox"]!.slice(0, 3),
+  `CREATE FUNCTION command_bus_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        PERFORM pg_notify('${outboxChannel}', '');
+        RETURN NULL;
+      END
+    $$`,
+  sources["1_outbox"]![4]!
+]
+
+const firstDeadLetters = [
+  `CREATE TABLE reaction_dead_letters (
+      follower text NOT NULL,
+      reaction text NOT NULL,
+      event_id uuid NOT NULL,
+      position bigint NOT NULL,
+      event jsonb NOT NULL,
+      reason text NOT NULL,
+      attempts integer NOT NULL CHECK (attempts > 0),
+      first_failed_at timestamptz NOT NULL,
+      last_failed_at timestamptz NOT NULL,
+      PRIMARY KEY (follower, reaction, event_id)
+    )`,
+  `CREATE INDEX reaction_dead_letters_position ON reaction_dead_letters (follower, position)`
+]
+
+const releases = {
+  "68c1321 (migrations 1 and 2)": { "1_outbox": firstOutbox, "2_idempotency_keys": sources["2_idempotency_keys"]! },
+  "97a33b6 (migrations 1 to 4)": {
+    "1_outbox": sources["1_outbox"]!,
+    "2_idempotency_keys": sources["2_idempotency_keys"]!,
+    "3_reaction_checkpoints": sources["3_reaction_checkpoints"]!,
+    "4_reaction_dead_letters": firstDeadLetters
+  }
+}
+
+/** A database of its own, not migrated: a fresh schema on the server (dropped after), or a fresh embedded one. */
+const unmigrated = Layer.unwrapScoped(Effect.gen(function*() {
+  const url = TestDatabase.serverUrl
+  if (url === undefined) {
+    return PgliteClient.layer({ dataDir: yield* TestDatabase.tempDir("ecb-upgrade") })
+  }
+  const schema = TestDatabase.freshSchema()
+  const pool = (inSchema: Option.Option<string>) =>
+    Database.serverLayer({
+      url: Redacted.make(url),
+      schema: inSchema,
+      poolSize: 2,
+      connectTimeout: Duration.seconds(5),
+      statementTimeout: Duration.seconds(30)
+    })
+  const admin = (statement: string) =>
+    Effect.provide(Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(statement)), pool(Option.none()))
+  yield* Effect.acquireRelease(
+    admin(`CREATE SCHEMA "${schema}"`),
+    () => Effect.ignore(admin(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`))
+  )
+  return pool(Option.some(schema))
+}))
+
+/**
+ * The schema, as text, its columns by name (a column added later comes last
+ * in the table), without the schema's own name (each database has its own).
+ */
+const schemaOf = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const [{ name }] = yield* sql<{ readonly name: string }>`SELECT current_schema() AS name`.withoutTransform
+  const described = {
+    columns: yield* sql`
+      SELECT table_name, column_name, data_type, is_nullable, column_default
+      FROM information_schema.columns WHERE table_schema = current_schema()
+      ORDER BY table_name, column_name`.withoutTransform,
+    indexes: yield* sql`
+      SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()
+      ORDER BY tablename, indexname`.withoutTransform,
+    constraints: yield* sql`
+      SELECT conrelid::regclass::text AS table_name, conname, pg_get_constraintdef(oid) AS definition
+      FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
+      ORDER BY table_name, conname`.withoutTransform,
+    triggers: yield* sql`
+      SELECT event_object_table, trigger_name, action_timing, event_manipulation, action_statement
+      FROM information_schema.triggers WHERE trigger_schema = current_schema()
+      ORDER BY event_object_table, trigger_name`.withoutTransform,
+    functions: yield* sql`
+      SELECT proname, pg_get_functiondef(oid) AS definition FROM pg_proc
+      WHERE pronamespace = current_schema()::regnamespace ORDER BY proname`.withoutTransform
+  }
+  return JSON.parse(JSON.stringify(described).replaceAll(`${name}.`, "")) as unknown
+})
+
+const fresh = Effect.scoped(Effect.provide(Effect.zipRight(Migrations.run, schemaOf), unmigrated))
+
+const deadLetter = (aggregateId: string) => ({
+  follower: "payments",
+  reaction: "pay",
+  position: 1,
+  reason: "boom",
+  event: new DomainEvent.Envelope({
+    eventId: randomUUID(),
+    type: "OrderCreated",
+    aggregateType: "Order",
+    aggregateId,
+    aggregateVersion: 1,
+    payload: {},
+    correlationId: randomUUID(),
+    causationId: randomUUID(),
+    occurredAt: DateTime.unsafeNow()
+  })
+})
+
+for (const [release, migrations] of Object.entries(releases)) {
+  it.scoped(
+    `a database migrated by ${release} ends with a fresh one's schema, and works (${TestDatabase.kind})`,
+    () =>
+      Effect.gen(function*() {
+        const expected = yield* fresh
+        yield* Effect.gen(function*() {
+          yield* PgMigrator.run({
+            loader: PgMigrator.fromRecord(SqlMigrations.fromSources(migrations)),
+            table: "command_bus_migrations"
+          }).pipe(Effect.provide(NodeContext.layer))
+          const sql = yield* SqlClient.SqlClient
+          // A dead letter recorded by that release, when it had the table.
+          const earlier = randomUUID()
+          if ("4_reaction_dead_letters" in migrations) {
+            const { event, ...row } = deadLetter(earlier)
+            const encoded = yield* Schema.encode(DomainEvent.Envelope)(event)
+            yield* sql`
+            INSERT INTO reaction_dead_letters
+              (follower, reaction, event_id, position, event, reason, attempts, first_failed_at, last_failed_at)
+            VALUES (${row.follower}, ${row.reaction}, ${event.eventId}, 1,
+              ${JSON.stringify(encoded)}::jsonb,
+              ${row.reason}, 1, now(), now())`
+          }
+          yield* Migrations.run
+          expect(yield* schemaOf).toEqual(expected)
+
+          const store = yield* SqlReactionDeadLetters.make
+          yield* store.add({ ...deadLetter(randomUUID()), position: 2 })
+          const sequences = yield* store.sequences("payments")
+          expect(sequences.length).toBeGreaterThan(0)
+          if ("4_reaction_dead_letters" in migrations) {
+            const [row] = yield* sql<{ readonly aggregate_id: string }>`
+            SELECT aggregate_id FROM reaction_dead_letters WHERE position = 1`.withoutTransform
+            expect(row?.aggregate_id).toBe(earlier)
+          }
+        }).pipe(Effect.provide(unmigrated))
+      }),
+    { timeout: 120_000 }
+  )
+}
