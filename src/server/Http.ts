@@ -495,6 +495,19 @@ const repeated = (request: HttpServerRequest.HttpServerRequest, name: string): b
  * as a problem. Database outages are 503 with `Retry-After`; anything else
  * is 500, logged with its cause and never shown to the client.
  */
+/** 405 with `Allow` when some route takes the path with another method, else 404. */
+const notRouted = (request: HttpServerRequest.HttpServerRequest, routes: Observability.RouteTable) => {
+  const path = request.url.split("?")[0]!
+  const allowed = routes.methodsOf(request.url)
+  // A path whose template takes this method, yet the router found no
+  // route (a parameter it could not decode), is not found.
+  if (allowed.length > 0 && !allowed.includes(request.method)) {
+    const error = new MethodNotAllowed({ method: request.method, path, allowed })
+    return Problem.responseFor(MethodNotAllowed, error, { allow: allowed.join(", ") })
+  }
+  return Problem.responseFor(RouteNotFound, new RouteNotFound({ method: request.method, path }))
+}
+
 const unmapped = (
   cause: Cause.Cause<unknown>,
   request: HttpServerRequest.HttpServerRequest,
@@ -504,15 +517,7 @@ const unmapped = (
   if (Cause.isInterruptedOnly(cause)) return Effect.failCause(cause as Cause.Cause<never>)
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure) && (failure.value as { _tag?: unknown })._tag === "RouteNotFound") {
-    const path = request.url.split("?")[0]!
-    const allowed = routes.methodsOf(request.url)
-    // A path whose template takes this method, yet the router found no
-    // route (a parameter it could not decode), is not found.
-    if (allowed.length > 0 && !allowed.includes(request.method)) {
-      const error = new MethodNotAllowed({ method: request.method, path, allowed })
-      return Effect.succeed(Problem.responseFor(MethodNotAllowed, error, { allow: allowed.join(", ") }))
-    }
-    return Effect.succeed(Problem.responseFor(RouteNotFound, new RouteNotFound({ method: request.method, path })))
+    return Effect.succeed(notRouted(request, routes))
   }
   const defect = Option.orElse(Cause.dieOption(cause), () => failure)
   if (Option.isSome(defect) && SqlFailure.isUnavailable(defect.value)) {
@@ -747,12 +752,12 @@ const edgeOf =
         }
         let checked = request
         // The path as the router decodes it: `/%61pi/v1/orders` is an API route too.
-        // No route for the method and path: the router answers 404 or 405,
-        // whatever the body, which is left unread (the connection closes).
-        if (
-          HttpMethod.hasBody(request.method) && route !== Observability.unmatchedRoute &&
-          Observability.routedPath(request.url).startsWith("/api/")
-        ) {
+        if (HttpMethod.hasBody(request.method) && Observability.routedPath(request.url).startsWith("/api/")) {
+          // No route takes the method and path: 404 or 405 from here, whatever
+          // the body, which is left unread (the connection closes). Not the
+          // router's answer: where it would find a route after all (an empty
+          // parameter), the body would reach the API unchecked.
+          if (route === Observability.unmatchedRoute) return notRouted(request, options.routes)
           const body = yield* checkBody(request, options.bodyLimit)
           if (Either.isLeft(body)) return body.left
           checked = body.right
