@@ -20,6 +20,7 @@ import { BatchSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import { constTrue, type LazyArg } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -129,6 +130,10 @@ const validTraceparent = /^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-
  * @category tracing
  */
 export const dropInvalidTraceparent = (headers: Record<string, string | Array<string> | undefined>): void => {
+  // The platform's tracer falls back to B3 headers, whose ids it takes as
+  // they come (uppercase too, then echoed in `traceparent`): the parent is
+  // W3C's `traceparent` only.
+  for (const name of b3Headers) delete headers[name]
   const traceparent = headers["traceparent"]
   if (traceparent === undefined || (typeof traceparent === "string" && validTraceparent.test(traceparent.trim()))) {
     return
@@ -136,6 +141,62 @@ export const dropInvalidTraceparent = (headers: Record<string, string | Array<st
   delete headers["traceparent"]
   delete headers["tracestate"]
 }
+
+const b3Headers = ["b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"]
+
+// The request headers a server span carries. Not the rest: a header of any
+// name may hold a credential (Proxy-Authorization, a gateway's token), which
+// the platform redacts only by name, and each name a client invents would be
+// an attribute key of its own.
+const tracedRequestHeaders = new Set([
+  "accept",
+  "content-length",
+  "content-type",
+  "host",
+  "traceparent",
+  "user-agent",
+  "x-correlation-id"
+])
+const requestHeaderPrefix = "http.request.header."
+
+/**
+ * The HTTP server span as the platform's tracer makes it, kept to the
+ * headers above, and ended as an error for a 5xx answer (which the
+ * platform ends as a success: the answer was written), as OpenTelemetry's
+ * HTTP conventions ask.
+ */
+const serverSpan = (span: Tracer.Span): Tracer.Span => {
+  let status = 0
+  const attribute = (key: string, value: unknown) => {
+    if (key.startsWith(requestHeaderPrefix) && !tracedRequestHeaders.has(key.slice(requestHeaderPrefix.length))) {
+      return
+    }
+    if (key === "http.response.status_code") status = Number(value)
+    span.attribute(key, value)
+  }
+  const end = (endTime: bigint, exit: Exit.Exit<unknown, unknown>) =>
+    span.end(endTime, status >= 500 && Exit.isSuccess(exit) ? Exit.fail(`HTTP ${status}`) : exit)
+  return new Proxy(span, {
+    get: (target, property) =>
+      property === "attribute" ? attribute : property === "end" ? end : Reflect.get(target, property, target)
+  })
+}
+
+/**
+ * `tracer`, with its HTTP server spans kept to a few request headers and
+ * ended as errors for 5xx answers. `layerTracing` uses it.
+ *
+ * @since 0.1.0
+ * @category tracing
+ */
+export const withServerSpans = (tracer: Tracer.Tracer): Tracer.Tracer =>
+  Tracer.make({
+    span: (name, parent, context, links, startTime, kind, options) => {
+      const span = tracer.span(name, parent, context, links, startTime, kind, options)
+      return kind === "server" ? serverSpan(span) : span
+    },
+    context: tracer.context
+  })
 
 /**
  * The request target in origin form (`/api/v1/orders?…`): an absolute-form
@@ -242,12 +303,11 @@ export const layerTracing = (options: {
   readonly serviceName: string
 }): Layer.Layer<never> =>
   Layer.merge(
-    Layer.map(
-      NodeSdk.layer(() => ({
+    Layer.unwrapEffect(Effect.map(Effect.tracer, (tracer) => Layer.setTracer(withServerSpans(tracer)))).pipe(
+      Layer.provide(NodeSdk.layer(() => ({
         spanProcessor: options.spanProcessor(),
         resource: { serviceName: options.serviceName }
-      })),
-      () => Context.empty()
+      })))
     ),
     Layer.locallyScoped(HttpMiddleware.currentTracerDisabledWhen, untraced)
   )

@@ -150,6 +150,41 @@ describe(`tracing (${kind})`, () => {
         }
       }))
 
+    it.effect("B3 headers are no parent; a server span carries a few request headers, no credential of any name", () =>
+      Effect.gen(function*() {
+        const { exporter, service } = yield* Traced
+        const alice = yield* Effect.promise(() => service.token("alice"))
+        const b3Trace = "0AF7651916CD43DD8448EB211C80319C"
+        const b3Span = "B7AD6B7169203331"
+        const invented = Array.from({ length: 20 }, (_, i) => `x-invented-${i}`)
+        for (
+          const b3 of [
+            { b3: `${b3Trace}-${b3Span}-1` },
+            { "x-b3-traceid": b3Trace, "x-b3-spanid": b3Span, "x-b3-sampled": "1" }
+          ]
+        ) {
+          const reply = yield* request(`${service.baseUrl}/api/v1/products/sku-trace/stock`, {
+            token: alice,
+            headers: {
+              ...b3,
+              "proxy-authorization": `Bearer ${alice}`,
+              "x-auth-token": alice,
+              ...Object.fromEntries(invented.map((name) => [name, "v"]))
+            }
+          })
+          const out = traceparentPattern.exec(reply.headers.get("traceparent") ?? "")
+          expect(out, reply.headers.get("traceparent") ?? "").not.toBeNull()
+          expect(out![1]).not.toBe(b3Trace.toLowerCase())
+          const server = (yield* traceOf(() => exporter.getFinishedSpans(), out![1]!)).find((span) => span.kind === 1)!
+          expect(parentId(server)).toBeUndefined()
+          const headers = Object.keys(server.attributes).filter((key) => key.startsWith("http.request.header."))
+          const allowed = ["accept", "content-length", "content-type", "host", "traceparent", "user-agent"]
+          expect(headers.filter((key) => !allowed.includes(key.slice("http.request.header.".length)))).toEqual([])
+          expect(headers).toContain("http.request.header.host")
+          expect(Object.values(server.attributes).some((value) => String(value).includes(alice))).toBe(false)
+        }
+      }))
+
     it.effect("without a traceparent a request starts a trace of its own; a refused command's outcome is its error", () =>
       Effect.gen(function*() {
         const { exporter, service } = yield* Traced
