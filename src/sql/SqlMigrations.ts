@@ -145,9 +145,12 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   // When the database took an event, by its own clock: the outbox's lag is
   // measured against now(), and occurred_at is the application's clock,
-  // which may be off. Rows from before have the time of this migration.
+  // which may be off. Unpublished rows from before keep their occurred_at,
+  // so the lag does not start again at the upgrade; published ones (the
+  // lag never reads them) have the time of this migration.
   "7_outbox_recorded_at": [
-    `ALTER TABLE outbox ADD COLUMN recorded_at timestamptz NOT NULL DEFAULT now()`
+    `ALTER TABLE outbox ADD COLUMN recorded_at timestamptz NOT NULL DEFAULT now()`,
+    `UPDATE outbox SET recorded_at = occurred_at WHERE position IS NULL`
   ],
   // The columns migration 4 gained after it was released (aggregate
   // sequencing): a database that ran it before has none, and every dead
