@@ -759,7 +759,10 @@ const edgeOf =
           // parameter), the body would reach the API unchecked.
           if (route === Observability.unmatchedRoute) return notRouted(request, options.routes)
           const body = yield* checkBody(request, options.bodyLimit)
-          if (Either.isLeft(body)) return body.left
+          // Refused before its body was read: closed, rather than read to any length to keep the connection.
+          if (Either.isLeft(body)) {
+            return hasBody(request) ? HttpServerResponse.setHeader(body.left, "connection", "close") : body.left
+          }
           checked = body.right
         }
         // One change of the context, not one per service.

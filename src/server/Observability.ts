@@ -218,7 +218,8 @@ export const originForm = (url: string): string => {
 /**
  * The path the router matches: origin form, no query, percent-escapes
  * decoded as the router decodes them (`decodeURI`: `/%61pi` is `/api`, an
- * escaped `/` stays one), and no trailing slash, which it ignores. A `;`
+ * escaped `/` stays one; "" when an escape is malformed, a path no route
+ * has), and no trailing slash, which it ignores. A `;`
  * stays in: the router would cut the path there, and the edge answers 404
  * instead (`hasPathParameters`).
  *
@@ -233,7 +234,9 @@ export const routedPath = (target: string): string => {
     try {
       path = decodeURI(path)
     } catch {
-      // Malformed: the router finds no route for it either.
+      // Malformed: the router finds no route for it, and neither does a
+      // route table (the raw path would fit a template's parameter).
+      return ""
     }
   }
   return path.length > 1 && path.endsWith("/") ? path.slice(0, -1) : path

@@ -55,6 +55,32 @@ const exchange = (port: number, first: string, second: string) =>
 
 describe(`the HTTP contract at its edges (${kind})`, () => {
   it.layer(layer(), layerOptions)((it) => {
+    it.effect("a body refused before it is read closes the connection: it is not read to any length", () =>
+      Effect.gen(function*() {
+        const alice = yield* token("alice")
+        const cases = [
+          { contentType: "text/plain", headers: {} },
+          { contentType: "application/json", headers: { "content-encoding": "gzip" } }
+        ]
+        for (const { contentType, headers } of cases) {
+          const reply = yield* request("POST", "/api/v1/orders", { token: alice, body: "{}", contentType, headers })
+          expect([reply.status, reply.headers.get("connection")]).toEqual([415, "close"])
+        }
+        const repeated = parseRawReply(
+          yield* rawRequest(
+            `POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
+              `Content-Type: application/json\r\nIdempotency-Key: a\r\nIdempotency-Key: b\r\n` +
+              `Content-Length: 1000000000\r\n\r\n{`,
+            { halfClose: false }
+          )
+        )
+        expect([repeated.status, repeated.body.code, repeated.headers.get("connection")]).toEqual([
+          400,
+          "RepeatedHeader",
+          "close"
+        ])
+      }))
+
     it.effect("431, 417 and a malformed chunk are answers the document declares, with bodies it allows", () =>
       Effect.gen(function*() {
         const { conforms } = yield* served
@@ -167,6 +193,15 @@ describe(`the HTTP contract at its edges (${kind})`, () => {
         for (const body of ["{", "[".repeat(2_000_000)]) {
           const emptyId = yield* request("PUT", "/api/v1/products//stock", { token: admin, body })
           expect([emptyId.status, emptyId.headers.get("connection")]).toEqual([404, "close"])
+        }
+        // A malformed escape where a parameter goes: no route either, before any check of the body.
+        for (const contentType of ["text/plain", "application/json"]) {
+          const malformed = yield* request("POST", "/api/v1/orders/%zz/cancel", {
+            token: alice,
+            body: "{",
+            contentType
+          })
+          expect([malformed.status, malformed.headers.get("connection")]).toEqual([404, "close"])
         }
         // The body no route reads is not read to keep the connection.
         for (const reply of [unknownText, unknownLarge, brokenJson]) {
