@@ -139,11 +139,22 @@ export const run = (options: Options = {}) =>
     )
     let listener = yield* listen
     yield* Effect.addFinalizer(() => Fiber.interruptFork(listener))
+    // Whether any event waits, read untraced: a poll of an idle outbox, once
+    // a second, is not a trace of its own. Unsure (an error): drain, which says.
+    const sql = yield* SqlClient.SqlClient
+    const waiting = SqlStatement.rows(sql<{ readonly waiting: boolean }>`
+      SELECT EXISTS (SELECT 1 FROM outbox WHERE position IS NULL) AS waiting`).pipe(
+      Effect.map((rows) => rows[0]?.waiting !== false),
+      Effect.catchAllCause(() => Effect.succeed(true)),
+      Effect.withTracerEnabled(false)
+    )
     let notified = true
     for (;;) {
-      const published = yield* drain(batchSize).pipe(
-        Effect.catchAllCause((cause) => Effect.as(Effect.logWarning("outbox.relay-failed", cause), 0))
-      )
+      const published = (notified || (yield* waiting))
+        ? yield* drain(batchSize).pipe(
+          Effect.catchAllCause((cause) => Effect.as(Effect.logWarning("outbox.relay-failed", cause), 0))
+        )
+        : 0
       if (!notified && published > 0) {
         yield* Effect.logDebug("outbox.listen-renewed")
         // The old listen's UNLISTEN must land before the new LISTEN, on the

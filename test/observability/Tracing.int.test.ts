@@ -150,6 +150,38 @@ describe(`tracing (${kind})`, () => {
         }
       }))
 
+    it.effect("an idle outbox's polls make no traces; the batch that publishes an order's event does", () =>
+      Effect.gen(function*() {
+        const { exporter, service } = yield* Traced
+        const relayed = () =>
+          exporter.getFinishedSpans().filter((span) =>
+            span.name === "OutboxRelay.relayBatch" ||
+            String(span.attributes["db.query.text"] ?? "").includes("FROM outbox WHERE position IS NULL")
+          )
+        // Whatever earlier tests left is published by now; then two polls and more of an idle outbox.
+        yield* Effect.sleep("1 second")
+        exporter.reset()
+        yield* Effect.sleep("2500 millis")
+        expect(relayed().map((span) => span.name)).toEqual([])
+
+        const admin = yield* Effect.promise(() => service.token("root", { admin: true }))
+        const alice = yield* Effect.promise(() => service.token("alice"))
+        yield* request(`${service.baseUrl}/api/v1/products/sku-relayed/stock`, {
+          method: "PUT",
+          token: admin,
+          json: { available: 1 }
+        })
+        const created = yield* request(`${service.baseUrl}/api/v1/orders`, {
+          method: "POST",
+          token: alice,
+          json: orderBody("sku-relayed", 1)
+        })
+        expect(created.status).toBe(201)
+        yield* Effect.suspend(() =>
+          relayed().some((span) => span.name === "OutboxRelay.relayBatch") ? Effect.void : Effect.fail("not yet")
+        ).pipe(Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("5 seconds"))), Effect.orDie)
+      }))
+
     it.effect("B3 headers are no parent; a server span carries a few request headers, no credential of any name", () =>
       Effect.gen(function*() {
         const { exporter, service } = yield* Traced
