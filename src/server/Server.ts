@@ -21,6 +21,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import * as Redacted from "effect/Redacted"
+import * as Runtime from "effect/Runtime"
 import * as Schema from "effect/Schema"
 import { createServer, type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } from "node:http"
 import type { Duplex } from "node:stream"
@@ -82,6 +83,42 @@ const settleEndOnClose = (_request: IncomingMessage, response: ServerResponse): 
 }
 
 /**
+ * A request answered before the application (by Node's parser, or while
+ * the service starts or stops), for its log line and its count.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Answered {
+  /** `UNKNOWN` when Node could not parse the request line. */
+  readonly method: string
+  readonly path: string | undefined
+  readonly status: number
+  readonly correlationId: string
+}
+
+/**
+ * Reports an answer given outside the application as the edge reports one:
+ * the `http.request` log line and `http_server_requests_total`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const reportAnswered = Effect.map(Effect.runtime<never>(), (runtime) => {
+  const log = Runtime.runFork(runtime)
+  return ({ correlationId, method, path, status }: Answered): void => {
+    Metrics.recordRequest(method, Observability.unmatchedRoute, status, 0)
+    log(
+      Effect.logInfo("http.request").pipe(
+        Effect.annotateLogs({ method, path: path?.split("?")[0] ?? "", status, durationMs: 0, correlationId })
+      )
+    )
+  }
+})
+
+const ignoreAnswered = (_: Answered): void => {}
+
+/**
  * A Node HTTP server that, on shutdown, stops accepting at once, lets
  * in-flight requests finish, and closes connections still open after the
  * shutdown timeout.
@@ -90,12 +127,12 @@ const settleEndOnClose = (_request: IncomingMessage, response: ServerResponse): 
  * @category layers
  */
 export const HttpServerLive = Layer.unwrapEffect(
-  Effect.map(Config.server, (config) => {
+  Effect.map(Effect.zip(Config.server, reportAnswered), ([config, report]) => {
     const server = createServer()
     server.prependListener("request", dropInvalidTraceparent)
     server.prependListener("request", settleEndOnClose)
-    answerWhileNotServing(server)
-    answerClientErrors(server)
+    answerWhileNotServing(server, report)
+    answerClientErrors(server, report)
     // Keep-alive connections must not outlive a load balancer's idle timeout.
     server.keepAliveTimeout = 65_000
     server.headersTimeout = 66_000
@@ -141,7 +178,7 @@ const clientErrorStatus: Readonly<Record<string, number>> = {
  * @since 0.1.0
  * @category constructors
  */
-export const answerClientErrors = (server: Server): void => {
+export const answerClientErrors = (server: Server, report: (answered: Answered) => void = ignoreAnswered): void => {
   const encode = Schema.encodeSync(Problem.schema(MalformedRequest))
   const encodeNotAllowed = Schema.encodeSync(Problem.schema(MethodNotAllowed))
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Duplex) => {
@@ -152,20 +189,24 @@ export const answerClientErrors = (server: Server): void => {
     }
     const reason = error.code ?? "HPE_UNKNOWN"
     const status = clientErrorStatus[reason] ?? 400
-    socket.end(rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, undefined))
+    const correlationId = correlationIdOf(undefined)
+    socket.end(rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, correlationId))
+    report({ method: "UNKNOWN", path: undefined, status, correlationId })
   })
   // An `Expect` other than `100-continue`: Node's own answer is a bare 417.
   server.on("checkExpectation", (request: IncomingMessage, response: ServerResponse) => {
     const status = 417
     const document = { ...encode(new MalformedRequest({ reason: "UNSUPPORTED_EXPECTATION" })), status }
     const body = JSON.stringify(document)
+    const correlationId = correlationIdOf(request)
     response.writeHead(status, {
       "content-type": Problem.contentType,
       "content-length": Buffer.byteLength(body),
-      "x-correlation-id": correlationIdOf(request),
+      "x-correlation-id": correlationId,
       connection: "close"
     })
     response.end(body)
+    report({ method: request.method ?? "UNKNOWN", path: request.url, status, correlationId })
   })
   // CONNECT (a proxy's tunnel) is no method of this API; Node would close
   // the connection unanswered.
@@ -173,7 +214,9 @@ export const answerClientErrors = (server: Server): void => {
     const document = encodeNotAllowed(
       new MethodNotAllowed({ method: "CONNECT", path: request.url ?? "", allowed: [] })
     )
-    socket.end(rawProblem(405, document, request, { allow: "" }))
+    const correlationId = correlationIdOf(request)
+    socket.end(rawProblem(405, document, correlationId, { allow: "" }))
+    report({ method: "CONNECT", path: request.url, status: 405, correlationId })
   })
 }
 
@@ -187,13 +230,13 @@ const correlationIdOf = (request: IncomingMessage | undefined): string => {
 const rawProblem = (
   status: number,
   document: unknown,
-  request: IncomingMessage | undefined,
+  correlationId: string,
   headers: Readonly<Record<string, string>> = {}
 ): string => {
   const body = JSON.stringify(document)
   const extra = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join("")
   return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: ${Problem.contentType}\r\n` +
-    `content-length: ${Buffer.byteLength(body)}\r\nx-correlation-id: ${correlationIdOf(request)}\r\n${extra}` +
+    `content-length: ${Buffer.byteLength(body)}\r\nx-correlation-id: ${correlationId}\r\n${extra}` +
     `connection: close\r\n\r\n${body}`
 }
 
@@ -211,17 +254,23 @@ const rawProblem = (
  * @since 0.1.0
  * @category constructors
  */
-export const answerWhileNotServing = (server: Server): void => {
+export const answerWhileNotServing = (
+  server: Server,
+  report: (answered: Answered) => void = ignoreAnswered
+): void => {
   const encode = Schema.encodeSync(Problem.schema(ServiceUnavailable))
   let phase: ServiceUnavailable["phase"] = "starting"
   const fallback = (request: IncomingMessage, response: ServerResponse) => {
     // The body is not read: the connection closes after this response.
     request.resume()
-    const header = request.headers["x-correlation-id"]
-    response.setHeader("x-correlation-id", Http.correlationIdOf(typeof header === "string" ? header : undefined))
+    const correlationId = correlationIdOf(request)
+    response.setHeader("x-correlation-id", correlationId)
+    const answered = (status: number) =>
+      report({ method: request.method ?? "UNKNOWN", path: request.url, status, correlationId })
     if (request.method === "GET" && request.url?.split("?")[0] === "/health/live") {
       response.writeHead(200, { "content-type": "application/json", connection: "close" })
       response.end(JSON.stringify({ status: "ok" }))
+      answered(200)
       return
     }
     const body = JSON.stringify(encode(new ServiceUnavailable({ phase })))
@@ -232,6 +281,7 @@ export const answerWhileNotServing = (server: Server): void => {
       connection: "close"
     })
     response.end(body)
+    answered(503)
   }
   // The application's listener, not this fallback or what runs before every request.
   const isApplication = (listener: unknown) =>

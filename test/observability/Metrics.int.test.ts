@@ -226,6 +226,37 @@ describe(`metrics (${kind})`, () => {
         expect(text).not.toContain("sku-m3")
       }))
 
+    it.effect("requests Node's parser refuses, or Node answers itself, are counted too, as unmatched", () =>
+      Effect.gen(function*() {
+        const service = yield* TestService
+        const port = Number(new URL(service.baseUrl).port)
+        const send = (text: string) =>
+          Effect.async<void>((resume) => {
+            const socket = Net.connect(port, "127.0.0.1", () => socket.write(text))
+            const timer = setTimeout(() => socket.destroy(), 5000)
+            socket.on("data", () => {})
+            socket.on("error", () => {})
+            socket.on("close", () => {
+              clearTimeout(timer)
+              resume(Effect.void)
+            })
+          })
+        const before = yield* scrape
+        yield* send("POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+        yield* send(`GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`)
+        yield* send("PUT /api/v1/products/p/stock HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Length: 2\r\n\r\n")
+        yield* send("CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n")
+        const after = yield* scrape
+        const delta = (labels: Record<string, string>) =>
+          valueOf(after, "http_server_requests_total", labels) - valueOf(before, "http_server_requests_total", labels)
+        expect([
+          delta({ method: "UNKNOWN", route: "unmatched", status: "400" }),
+          delta({ method: "UNKNOWN", route: "unmatched", status: "431" }),
+          delta({ method: "PUT", route: "unmatched", status: "417" }),
+          delta({ method: "CONNECT", route: "unmatched", status: "405" })
+        ]).toEqual([1, 1, 1, 1])
+      }))
+
     it.effect("the outbox lag gauges are read at the scrape; pool gauges on a server, none on the embedded database", () =>
       Effect.gen(function*() {
         const parsed = yield* scrape

@@ -8,7 +8,9 @@ import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as HashMap from "effect/HashMap"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
 import * as Scope from "effect/Scope"
 import * as Server from "../../src/server/Server.js"
 import { type Reply, requestUrl, uuidPattern } from "./Http.js"
@@ -35,9 +37,23 @@ describe("HTTP server while the API does not serve", () => {
     "answers 503 ServiceUnavailable before the API attaches and after it detaches",
     () =>
       Effect.gen(function*() {
+        // The service's log lines: one per answer, as the edge writes one per request.
+        const logged: Array<{ readonly message: unknown; readonly status: unknown; readonly correlationId: unknown }> =
+          []
+        const capture = Logger.replace(
+          Logger.defaultLogger,
+          Logger.make(({ annotations, message }) =>
+            logged.push({
+              message: Array.isArray(message) ? message[0] : message,
+              status: HashMap.unsafeGet(annotations, "status"),
+              correlationId: HashMap.unsafeGet(annotations, "correlationId")
+            })
+          )
+        )
         const context = yield* Layer.build(
           Server.HttpServerLive.pipe(
-            Layer.provide(Layer.setConfigProvider(ConfigProvider.fromJson({ PORT: "0", HOST: "127.0.0.1" })))
+            Layer.provide(Layer.setConfigProvider(ConfigProvider.fromJson({ PORT: "0", HOST: "127.0.0.1" }))),
+            Layer.provide(capture)
           )
         )
         const server = yield* Effect.provide(HttpServer.HttpServer, context)
@@ -57,6 +73,11 @@ describe("HTTP server while the API does not serve", () => {
         const live = yield* requestUrl("GET", `${base}/health/live`)
         expect(live.status).toBe(200)
         expect(JSON.parse(live.text)).toEqual({ status: "ok" })
+        expect(logged).toEqual([
+          { message: "http.request", status: 503, correlationId },
+          { message: "http.request", status: 503, correlationId: generated.headers.get("x-correlation-id") },
+          { message: "http.request", status: 200, correlationId: live.headers.get("x-correlation-id") }
+        ])
 
         // The application attached: it alone answers.
         const serving = yield* Scope.make()
