@@ -748,26 +748,30 @@ export const follow = <const Rs extends ReadonlyArray<Any>>(
   never,
   EventPublisher | Outbox | Checkpoints | DeadLetters | Scope.Scope | Requirements<Rs[number]>
 > =>
-  Effect.flatMap(
-    EventPublisher,
-    (publisher) =>
-      Effect.flatMap(publisher.subscribe, (published) =>
-        Effect.flatMap(Queue.sliding<void>(1), (wake) =>
-          // The subscription is only a wake-up: drained as events come, so a
-          // follower busy catching up does not hold every one published
-          // meanwhile in memory.
-          Effect.zipRight(
-            Effect.forkScoped(
-              Effect.forever(
-                Effect.zipRight(
-                  Effect.zipRight(Queue.take(published), Queue.takeAll(published)),
-                  Queue.offer(wake, void 0)
+  // Refused here, where the caller sees it, rather than by the first read of
+  // the log inside the follower's fiber.
+  options.batchSize !== undefined && (!Number.isSafeInteger(options.batchSize) || options.batchSize < 1)
+    ? Effect.dieMessage(`Reaction.follow: batchSize must be a positive integer, got ${String(options.batchSize)}`)
+    : Effect.flatMap(
+      EventPublisher,
+      (publisher) =>
+        Effect.flatMap(publisher.subscribe, (published) =>
+          Effect.flatMap(Queue.sliding<void>(1), (wake) =>
+            // The subscription is only a wake-up: drained as events come, so a
+            // follower busy catching up does not hold every one published
+            // meanwhile in memory.
+            Effect.zipRight(
+              Effect.forkScoped(
+                Effect.forever(
+                  Effect.zipRight(
+                    Effect.zipRight(Queue.take(published), Queue.takeAll(published)),
+                    Queue.offer(wake, void 0)
+                  )
                 )
-              )
-            ),
-            Effect.forkScoped(followLoop(name, wake, reactions, options))
-          )))
-  )
+              ),
+              Effect.forkScoped(followLoop(name, wake, reactions, options))
+            )))
+    )
 
 // After a wake-up that found nothing new, the log is read again this soon:
 // the relay publishes a batch before its commit makes it readable.

@@ -321,6 +321,18 @@ describe("Reaction", () => {
       assert.strictEqual(undecodable[0]!.annotations.eventId, bad.eventId)
     }).pipe(Effect.provide(InMemory.layer)))
 
+  it.scoped("follow: a batchSize that is no positive integer is refused when it starts, naming the option", () =>
+    Effect.gen(function*() {
+      for (const batchSize of [0, -1, 1.5, Number.NaN]) {
+        const exit = yield* Effect.exit(Reaction.follow("orders", [], { batchSize }))
+        assert.isTrue(Exit.isFailure(exit))
+        assert.include(
+          String(Exit.isFailure(exit) && exit.cause),
+          "Reaction.follow: batchSize must be a positive integer"
+        )
+      }
+    }).pipe(Effect.provide(InMemory.layer)))
+
   it.scoped("follow: catches up on the log from its checkpoint, then follows; a restart does not run events again", () =>
     Effect.gen(function*() {
       const bus = makeBus(yield* Queue.unbounded<TakePayment>())
