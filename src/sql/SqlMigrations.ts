@@ -145,12 +145,12 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   // When the database took an event, by its own clock: the outbox's lag is
   // measured against now(), and occurred_at is the application's clock,
-  // which may be off. Unpublished rows from before keep their occurred_at,
-  // so the lag does not start again at the upgrade; published ones (the
-  // lag never reads them) have the time of this migration.
+  // which may be off. Rows from before have none (the lag reads their
+  // occurred_at, no later than now()): no row is rewritten, so the
+  // migration takes no time however many events wait.
   "7_outbox_recorded_at": [
-    `ALTER TABLE outbox ADD COLUMN recorded_at timestamptz NOT NULL DEFAULT now()`,
-    `UPDATE outbox SET recorded_at = occurred_at WHERE position IS NULL`
+    `ALTER TABLE outbox ADD COLUMN recorded_at timestamptz`,
+    `ALTER TABLE outbox ALTER COLUMN recorded_at SET DEFAULT now()`
   ],
   // The columns migration 4 gained after it was released (aggregate
   // sequencing): a database that ran it before has none, and every dead

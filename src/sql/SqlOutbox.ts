@@ -144,7 +144,7 @@ export const lag: Effect.Effect<
   orUnavailable(
     sql<{ readonly unpublished: string | number; readonly oldest_age: string | number | null }>`
       SELECT count(*) AS unpublished,
-             extract(epoch FROM now() - min(recorded_at)) AS oldest_age
+             extract(epoch FROM now() - min(coalesce(recorded_at, least(occurred_at, now())))) AS oldest_age
       FROM outbox WHERE position IS NULL`.withoutTransform
   ).pipe(
     Effect.map((rows) => {

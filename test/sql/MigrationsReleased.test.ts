@@ -18,7 +18,7 @@ const released = {
     "4_reaction_dead_letters": "29d697e4da61ac7b",
     "5_scheduled_commands": "90a13181c0046299",
     "6_scheduled_commands_retries": "7cfc966d0e904d12",
-    "7_outbox_recorded_at": "a72751730c5fedf1",
+    "7_outbox_recorded_at": "f6051ab622c37d97",
     "8_reaction_dead_letters_aggregate": "f09a4c4bb9b149c1",
     "9_outbox_notify_schema": "78de680a56159d2f"
   },

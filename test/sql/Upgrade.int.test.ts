@@ -166,16 +166,23 @@ for (const [release, migrations] of Object.entries(releases)) {
               ${JSON.stringify(encoded)}::jsonb,
               ${row.reason}, 1, now(), now())`
           }
-          // An event still unpublished, an hour old.
-          yield* sql`
-            INSERT INTO outbox (event_id, aggregate_type, aggregate_id, aggregate_version, event_type, payload,
-              correlation_id, causation_id, occurred_at)
-            VALUES (${randomUUID()}, 'Order', ${randomUUID()}, 1, 'OrderCreated', '{}'::jsonb, ${randomUUID()},
-              ${randomUUID()}, now() - interval '1 hour')`
+          // Events still unpublished: one an hour old, one stamped by an application clock 5 minutes ahead.
+          for (const occurred of [sql`now() - interval '1 hour'`, sql`now() + interval '5 minutes'`]) {
+            yield* sql`
+              INSERT INTO outbox (event_id, aggregate_type, aggregate_id, aggregate_version, event_type, payload,
+                correlation_id, causation_id, occurred_at)
+              VALUES (${randomUUID()}, 'Order', ${randomUUID()}, 1, 'OrderCreated', '{}'::jsonb, ${randomUUID()},
+                ${randomUUID()}, ${occurred})`
+          }
           yield* Migrations.run
           expect(yield* schemaOf).toEqual(expected)
-          // Its age goes on: not counted again from the upgrade.
+          // The oldest one's age goes on: not counted again from the upgrade.
           expect((yield* SqlOutbox.lag).oldestAgeSeconds).toBeGreaterThan(3500)
+          // The one from the future is no negative age.
+          yield* sql`DELETE FROM outbox WHERE occurred_at < now() - interval '30 minutes'`
+          const ahead = (yield* SqlOutbox.lag).oldestAgeSeconds
+          expect(ahead).toBeGreaterThanOrEqual(0)
+          expect(ahead).toBeLessThan(60)
 
           const store = yield* SqlReactionDeadLetters.make
           yield* store.add({ ...deadLetter(randomUUID()), position: 2 })
