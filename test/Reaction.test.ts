@@ -331,7 +331,7 @@ describe("Reaction", () => {
           "Reaction.follow: batchSize must be a positive integer"
         )
       }
-    }).pipe(Effect.provide(InMemory.layer)))
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 
   it.scoped("follow: catches up on the log from its checkpoint, then follows; a restart does not run events again", () =>
     Effect.gen(function*() {

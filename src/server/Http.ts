@@ -433,22 +433,27 @@ const withBody = (request: HttpServerRequest.HttpServerRequest, text: string, js
  */
 const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) =>
   Effect.gen(function*() {
+    // Refused before its body is read: the connection closes, rather than
+    // Node read the body, of any length, to keep it.
+    const unread = hasBody(request) ? { connection: "close" } : undefined
     // Two keys would reach the API as one, "a, b": neither the client meant.
     if (request.headers["idempotency-key"]?.includes(",") && repeated(request, "idempotency-key")) {
-      return Either.left(Problem.responseFor(RepeatedHeader, new RepeatedHeader({ header: "Idempotency-Key" })))
+      return Either.left(
+        Problem.responseFor(RepeatedHeader, new RepeatedHeader({ header: "Idempotency-Key" }), unread)
+      )
     }
     // No body and no content type: nothing to check; the router answers
     // (an unknown route is a 404).
     if (!hasBody(request) && request.headers["content-type"] === undefined) return Either.right(request)
     const contentType = request.headers["content-type"] ?? ""
     if (!isJson(contentType)) {
-      return Either.left(Problem.responseFor(UnsupportedMediaType, new UnsupportedMediaType({ contentType })))
+      return Either.left(Problem.responseFor(UnsupportedMediaType, new UnsupportedMediaType({ contentType }), unread))
     }
     // A compressed body would reach the JSON parser as bytes.
     const contentEncoding = request.headers["content-encoding"]?.trim().toLowerCase()
     if (contentEncoding !== undefined && contentEncoding !== "" && contentEncoding !== "identity") {
       return Either.left(
-        Problem.responseFor(UnsupportedMediaType, new UnsupportedMediaType({ contentType, contentEncoding }))
+        Problem.responseFor(UnsupportedMediaType, new UnsupportedMediaType({ contentType, contentEncoding }), unread)
       )
     }
     // Built only when needed: an error and its problem response cost more
@@ -759,10 +764,7 @@ const edgeOf =
           // parameter), the body would reach the API unchecked.
           if (route === Observability.unmatchedRoute) return notRouted(request, options.routes)
           const body = yield* checkBody(request, options.bodyLimit)
-          // Refused before its body was read: closed, rather than read to any length to keep the connection.
-          if (Either.isLeft(body)) {
-            return hasBody(request) ? HttpServerResponse.setHeader(body.left, "connection", "close") : body.left
-          }
+          if (Either.isLeft(body)) return body.left
           checked = body.right
         }
         // One change of the context, not one per service.

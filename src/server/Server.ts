@@ -187,11 +187,19 @@ export const answerClientErrors = (server: Server, report: (answered: Answered) 
       socket.destroy()
       return
     }
+    // A request the application already has (a body cut off, or too slow to
+    // arrive): the edge logs and counts it; an answer it already began
+    // cannot be followed by another.
+    const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } | null })._httpMessage
+    if (inFlight?.headersSent === true) {
+      socket.destroy()
+      return
+    }
     const reason = error.code ?? "HPE_UNKNOWN"
     const status = clientErrorStatus[reason] ?? 400
     const correlationId = correlationIdOf(undefined)
     socket.end(rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, correlationId))
-    report({ method: "UNKNOWN", path: undefined, status, correlationId })
+    if (inFlight === undefined || inFlight === null) report({ method: "UNKNOWN", path: undefined, status, correlationId })
   })
   // An `Expect` other than `100-continue`: Node's own answer is a bare 417.
   server.on("checkExpectation", (request: IncomingMessage, response: ServerResponse) => {

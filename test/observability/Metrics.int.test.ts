@@ -230,9 +230,12 @@ describe(`metrics (${kind})`, () => {
       Effect.gen(function*() {
         const service = yield* TestService
         const port = Number(new URL(service.baseUrl).port)
-        const send = (text: string) =>
+        const send = (text: string, options: { readonly hangUpAfter?: number } = {}) =>
           Effect.async<void>((resume) => {
-            const socket = Net.connect(port, "127.0.0.1", () => socket.write(text))
+            const socket = Net.connect(port, "127.0.0.1", () => {
+              socket.write(text)
+              if (options.hangUpAfter !== undefined) setTimeout(() => socket.end(), options.hangUpAfter)
+            })
             const timer = setTimeout(() => socket.destroy(), 5000)
             socket.on("data", () => {})
             socket.on("error", () => {})
@@ -255,6 +258,23 @@ describe(`metrics (${kind})`, () => {
           delta({ method: "PUT", route: "unmatched", status: "417" }),
           delta({ method: "CONNECT", route: "unmatched", status: "405" })
         ]).toEqual([1, 1, 1, 1])
+
+        // A client that hangs up mid-body: its request is the edge's to count (499), once, not also
+        // a parser refusal.
+        const { alice } = yield* tokens
+        const hungUpBefore = yield* scrape
+        yield* send(
+          `POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
+            `Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"customer`,
+          { hangUpAfter: 300 }
+        )
+        yield* Effect.sleep("300 millis")
+        const hungUpAfter = yield* scrape
+        const total = (parsed: Parsed) =>
+          [...parsed.series].filter(([key]) => key.startsWith("http_server_requests_total{"))
+            .filter(([key]) => !key.includes("route=\"/metrics\""))
+            .reduce((sum, [, value]) => sum + value, 0)
+        expect(total(hungUpAfter) - total(hungUpBefore)).toBe(1)
       }))
 
     it.effect("the outbox lag gauges are read at the scrape; pool gauges on a server, none on the embedded database", () =>

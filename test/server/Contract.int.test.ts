@@ -79,6 +79,10 @@ describe(`the HTTP contract at its edges (${kind})`, () => {
           "RepeatedHeader",
           "close"
         ])
+        // A body read whole and then refused leaves the connection open.
+        const broken = yield* request("POST", "/api/v1/orders", { token: alice, body: "{" })
+        expect([broken.status, broken.body.code]).toEqual([400, "MalformedJson"])
+        expect(broken.headers.get("connection")).not.toBe("close")
       }))
 
     it.effect("431, 417 and a malformed chunk are answers the document declares, with bodies it allows", () =>
