@@ -199,7 +199,9 @@ export const answerClientErrors = (server: Server, report: (answered: Answered) 
     const status = clientErrorStatus[reason] ?? 400
     const correlationId = correlationIdOf(undefined)
     socket.end(rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, correlationId))
-    if (inFlight === undefined || inFlight === null) report({ method: "UNKNOWN", path: undefined, status, correlationId })
+    if (inFlight === undefined || inFlight === null) {
+      report({ method: "UNKNOWN", path: undefined, status, correlationId })
+    }
   })
   // An `Expect` other than `100-continue`: Node's own answer is a bare 417.
   server.on("checkExpectation", (request: IncomingMessage, response: ServerResponse) => {
