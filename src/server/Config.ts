@@ -297,6 +297,7 @@ export const server = Config.all({
   idempotencyLease: positiveDuration("IDEMPOTENCY_LEASE", "1 minute"),
   commandTimeout: positiveDuration("COMMAND_TIMEOUT", "10 seconds"),
   shutdownTimeout: timer("SHUTDOWN_TIMEOUT", "10 seconds"),
+  requestTimeout: timer("REQUEST_TIMEOUT", "30 seconds"),
   logLevel: Config.string("LOG_LEVEL").pipe(
     Config.withDefault("info"),
     Config.mapOrFail((raw) => {

@@ -214,3 +214,24 @@ describe(`the HTTP contract at its edges (${kind})`, () => {
       }))
   })
 })
+
+describe(`a request too slow to arrive (${kind})`, () => {
+  it.layer(layer({ REQUEST_TIMEOUT: "1 second" }), layerOptions)((it) => {
+    it.effect("gets 408 once REQUEST_TIMEOUT has passed, a problem the document declares, and is closed", () =>
+      Effect.gen(function*() {
+        const { conforms } = yield* served
+        const alice = yield* token("alice")
+        // Headers and part of the body, then nothing: the reply comes from the server's timeout
+        // (rawRequest gives up after its own bound, with no reply, if none comes).
+        const reply = parseRawReply(
+          yield* rawRequest(
+            `POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
+              `Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"customer`,
+            { halfClose: false }
+          )
+        )
+        expect([reply.status, reply.body.code]).toEqual([408, "MalformedRequest"])
+        expect(conforms("orders.createOrder", reply)).toEqual([])
+      }))
+  })
+})
