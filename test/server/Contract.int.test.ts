@@ -9,7 +9,17 @@ import * as Effect from "effect/Effect"
 import * as Net from "node:net"
 import { kind } from "../support/Database.js"
 import { dereference, type Document, operationsOf, responseChecker } from "./fuzz/OpenApiOperations.js"
-import { expectJson, layer, layerOptions, parseRawReply, rawRequest, request, TestService, token } from "./Http.js"
+import {
+  expectJson,
+  layer,
+  layerOptions,
+  orderBody,
+  parseRawReply,
+  rawRequest,
+  request,
+  TestService,
+  token
+} from "./Http.js"
 
 const served = Effect.gen(function*() {
   const reply = yield* request("GET", "/openapi.json")
@@ -55,6 +65,26 @@ const exchange = (port: number, first: string, second: string) =>
 
 describe(`the HTTP contract at its edges (${kind})`, () => {
   it.layer(layer(), layerOptions)((it) => {
+    it.effect("a body with more values than any order holds is refused before it is parsed; a largest order is not", () =>
+      Effect.gen(function*() {
+        const alice = yield* token("alice")
+        // 330,000 empty objects in under 1 MB: 19 MB of heap once parsed.
+        const wide = `{"customer_id":[${new Array(330_000).fill("{}").join(",")}]}`
+        const refused = yield* request("POST", "/api/v1/orders", { token: alice, body: wide })
+        expect([refused.status, refused.body.code]).toEqual([400, "MalformedJson"])
+        expect(refused.body.reason).toBe("the body holds more than 4096 values")
+        // Commas and brackets inside strings are no values.
+        const commas = yield* request("POST", "/api/v1/orders", {
+          token: alice,
+          json: orderBody([{ product_id: ",".repeat(90), quantity: 1 }])
+        })
+        expect(commas.status).toBe(409)
+        // 100 lines, the most an order has: decoded, and refused by the domain (no stock), not as malformed.
+        const lines = Array.from({ length: 100 }, (_, i) => ({ product_id: `sku-largest-${i}`, quantity: 1000 }))
+        const largest = yield* request("POST", "/api/v1/orders", { token: alice, json: orderBody(lines) })
+        expect([largest.status, largest.body.code]).toEqual([409, "InsufficientInventory"])
+      }))
+
     it.effect("a body refused before it is read closes the connection: it is not read to any length", () =>
       Effect.gen(function*() {
         const alice = yield* token("alice")
