@@ -380,18 +380,25 @@ export const encodePayload = (
  */
 export const fingerprint = (definition: AnyClass, command: Any): Effect.Effect<string, ParseResult.ParseError> => {
   const keys = payloadKeys(definition)
-  if (keys === null) return Effect.map(encodePayload(definition, command), digest)
+  if (keys === null) return Effect.flatMap(encodePayload(definition, command), digested(command))
   // A payload whose schema has no transformation encodes to itself, and a
   // constructed command already passed its checks: its fields are the
   // encoded payload, with no second pass through the schema (most of what a
   // fingerprint cost).
-  return Effect.succeed(digest(PlainSchema.pick(command, keys, { _tag: command._tag })))
+  return Effect.suspend(() => digested(command)(PlainSchema.pick(command, keys, { _tag: command._tag })))
 }
 
 const payloadKeys = PlainSchema.plainKeys((key) => key === "_tag" || metadataKeys.has(key))
 
-const digest = (payload: Record<string, unknown>): string =>
-  createHash("sha256").update(canonicalJson(payload)).digest("hex")
+// A payload JSON.stringify cannot write (nested thousands deep: it
+// recurses) is a defect that says so, not an exception out of the call.
+const digested = (command: Any) => (payload: Record<string, unknown>): Effect.Effect<string> => {
+  try {
+    return Effect.succeed(createHash("sha256").update(canonicalJson(payload)).digest("hex"))
+  } catch (error) {
+    return Effect.dieMessage(`Command.fingerprint: the payload of ${command._tag} cannot be hashed (${String(error)})`)
+  }
+}
 
 /**
  * JSON with object keys sorted, so equal values give equal strings.

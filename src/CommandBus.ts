@@ -364,19 +364,38 @@ const afterHandler = (
   return Effect.as(effect, result.value)
 }
 
+const maxIssues = 100
+const maxIssueMessage = 1000
+
 /**
- * The issues of a parse error, as `ValidationIssue`s.
+ * The issues of a parse error, as `ValidationIssue`s: at most 100 (then one
+ * saying how many more), each message at most 1000 characters (a message
+ * quotes the value it refuses, which may be of any size). Input nested too
+ * deep for Effect's formatter, which recurses, is one issue saying so.
  *
  * @since 0.1.0
  * @category utils
  */
-export const issuesOf = (error: ParseResult.ParseError): Array<ValidationIssue> =>
-  ParseResult.ArrayFormatter.formatErrorSync(error).map((issue) =>
+export const issuesOf = (error: ParseResult.ParseError): Array<ValidationIssue> => {
+  let formatted: ReadonlyArray<ParseResult.ArrayFormatterIssue>
+  try {
+    formatted = ParseResult.ArrayFormatter.formatErrorSync(error)
+  } catch {
+    return [new ValidationIssue({ path: [], message: "the input is invalid, and nested too deep to say where" })]
+  }
+  const issues = formatted.slice(0, maxIssues).map((issue) =>
     new ValidationIssue({
       path: issue.path.map((segment) => typeof segment === "number" ? segment : String(segment)),
-      message: issue.message
+      message: issue.message.length <= maxIssueMessage
+        ? issue.message
+        : `${issue.message.slice(0, maxIssueMessage)}… (${issue.message.length - maxIssueMessage} more characters)`
     })
   )
+  return formatted.length <= maxIssues ? issues : [
+    ...issues,
+    new ValidationIssue({ path: [], message: `and ${formatted.length - maxIssues} more issues` })
+  ]
+}
 
 /**
  * @since 0.1.0

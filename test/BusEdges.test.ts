@@ -27,6 +27,12 @@ class Note extends Command.Class<Note>()("Note", {
   failure: Schema.Never
 }) {}
 
+class Lines extends Command.Class<Lines>()("Lines", {
+  payload: { lines: Schema.Array(Schema.Number) },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
 const ok = () => Effect.succeed(Handler.result(undefined))
 
 describe("bus edges", () => {
@@ -107,6 +113,43 @@ describe("bus edges", () => {
         }
       }
     }).pipe(Effect.provide(InMemory.layer)))
+
+  // Untyped input of any size or depth: an InvalidCommand of bounded size, never a defect.
+  it.effect("dispatchUnknown: input nested too deep to format, or with many or huge issues, is a bounded InvalidCommand", () =>
+    Effect.gen(function*() {
+      const bus = CommandBus.make([Ping, Lines], { Ping: ok, Lines: ok })
+      let deep: unknown = []
+      for (let i = 0; i < 20_000; i++) deep = [deep]
+      const nested = yield* Effect.flip(bus.dispatchUnknown({ _tag: "Ping", n: deep }))
+      assert.instanceOf(nested, CommandError.InvalidCommand)
+      assert.deepStrictEqual(nested.issues.map((issue) => issue.message), [
+        "the input is invalid, and nested too deep to say where"
+      ])
+
+      const many = yield* Effect.flip(
+        bus.dispatchUnknown({ _tag: "Lines", lines: Array.from({ length: 5000 }, () => "not a number") })
+      )
+      assert.instanceOf(many, CommandError.InvalidCommand)
+      assert.strictEqual(many.issues.length, 101)
+      assert.strictEqual(many.issues[100]!.message, "and 4900 more issues")
+
+      const huge = yield* Effect.flip(bus.dispatchUnknown({ _tag: "Ping", n: "x".repeat(100_000) }))
+      assert.instanceOf(huge, CommandError.InvalidCommand)
+      assert.isBelow(huge.issues[0]!.message.length, 1100)
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  it.effect("fingerprint of a payload nested too deep to hash is a defect that says so, not a throw", () =>
+    Effect.gen(function*() {
+      let deep: unknown = 0
+      for (let i = 0; i < 20_000; i++) deep = [deep]
+      const note = new Note({ meta: deep })
+      let effect: Effect.Effect<string, unknown> | undefined
+      assert.doesNotThrow(() => {
+        effect = Command.fingerprint(Note, note)
+      })
+      const exit = yield* Effect.exit(effect!)
+      assert.isTrue(Exit.isFailure(exit) && String(exit.cause).includes("the payload of Note cannot be hashed"))
+    }))
 
   // 5. A bus without middleware throws synchronously when a handler returns no effect.
   it.effect("dispatch without middleware does not throw when a handler returns undefined", () =>
