@@ -31,7 +31,7 @@ import type * as CommandBus from "./CommandBus.js"
 import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
 import { failureOf, stored, survived } from "./internal/cause.js"
 import * as JsonValue from "./internal/json.js"
-import { minStoredEpochMillis, pageSize, storedMillis } from "./internal/limit.js"
+import { minStoredEpochMillis, pageSize, storedDuration, storedMillis } from "./internal/limit.js"
 import * as Tracing from "./Tracing.js"
 
 /**
@@ -358,7 +358,7 @@ export const schedule = (
       ? {
         at: DateTime.unsafeMake(Math.max(DateTime.toEpochMillis(DateTime.unsafeMake(when.at)), minStoredEpochMillis))
       }
-      : { after: Duration.millis(storedMillis(Duration.decode(when.after))) }
+      : { after: storedDuration(when.after) }
     const id = randomUUID()
     const store = yield* ScheduledCommands
     yield* store.add({ id, commandType: command._tag, command: encoded, due })
@@ -447,7 +447,7 @@ export const run = <C extends Command.Any, H, E, R>(
 ): Effect.Effect<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>> => {
   const batchSize = options.batchSize ?? 20
   const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
-  const lease = Duration.millis(storedMillis(Duration.decode(options.lease ?? "1 minute")))
+  const lease = storedDuration(options.lease ?? "1 minute")
   const maxAttempts = options.maxAttempts ?? 10
   const backoff = options.backoff ?? defaultBackoff
   return Effect.flatMap(ScheduledCommands, (store) => {
@@ -470,7 +470,7 @@ export const run = <C extends Command.Any, H, E, R>(
           return yield* Effect.logWarning("scheduled.failed", exit.cause)
         }
         // After the wait by the store's clock, which it claims by too.
-        const wait = Duration.millis(storedMillis(Duration.decode(backoff(due.attempts))))
+        const wait = storedDuration(backoff(due.attempts))
         yield* store.retryAfter(due, wait, reason)
         yield* Metric.increment(counted(due.commandType, "retrying"))
         yield* Effect.logWarning("scheduled.retrying", exit.cause).pipe(

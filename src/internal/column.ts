@@ -1,5 +1,18 @@
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
+import type * as Duration from "effect/Duration"
+import { storedMillis } from "./limit.js"
+
 /**
  * A `json`/`jsonb` column as the driver hands it over: `pg` parses it, a
  * client that does not hands over the text.
  */
 export const json = (value: unknown): unknown => typeof value === "string" ? JSON.parse(value) : value
+
+/**
+ * The time `duration` from the database's `now()`, the clock the stores'
+ * leases and expiries are compared with, for a statement of `sql`: whole
+ * milliseconds, at most 100 years (see `storedMillis`).
+ */
+export const fromNow = (sql: SqlClient.SqlClient, duration: Duration.Duration): Statement.Fragment =>
+  sql`now() + make_interval(secs => ${storedMillis(duration) / 1000})`

@@ -38,6 +38,14 @@ export const storedMillis = (duration: Duration.Duration): number =>
   Math.max(0, Math.min(Math.round(Duration.toMillis(duration)), maxStoredMillis))
 
 /**
+ * A duration as the stores keep it (`storedMillis`), as a `Duration`.
+ *
+ * @internal
+ */
+export const storedDuration = (duration: Duration.DurationInput): Duration.Duration =>
+  Duration.millis(storedMillis(Duration.decode(duration)))
+
+/**
  * The earliest time the stores keep, the first of January of the year 1:
  * PostgreSQL's timestamps start in 4713 BC, JavaScript's earlier. Anything
  * before it is due at once either way.

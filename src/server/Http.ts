@@ -505,11 +505,6 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
 const repeated = (request: HttpServerRequest.HttpServerRequest, name: string): boolean =>
   (NodeHttpServerRequest.toIncomingMessage(request).headersDistinct[name]?.length ?? 0) > 1
 
-/**
- * A failure no endpoint mapped (a defect, or a route that does not exist)
- * as a problem. Database outages are 503 with `Retry-After`; anything else
- * is 500, logged with its cause and never shown to the client.
- */
 /** 405 with `Allow` when some route takes the path with another method, else 404. */
 const notRouted = (request: HttpServerRequest.HttpServerRequest, routes: Observability.RouteTable) => {
   const path = request.url.split("?")[0]!
@@ -523,6 +518,11 @@ const notRouted = (request: HttpServerRequest.HttpServerRequest, routes: Observa
   return Problem.responseFor(RouteNotFound, new RouteNotFound({ method: request.method, path }))
 }
 
+/**
+ * A failure no endpoint mapped (a defect, or a route that does not exist)
+ * as a problem. Database outages are 503 with `Retry-After`; anything else
+ * is 500, logged with its cause and never shown to the client.
+ */
 const unmapped = (
   cause: Cause.Cause<unknown>,
   request: HttpServerRequest.HttpServerRequest,

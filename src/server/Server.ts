@@ -90,7 +90,7 @@ const settleEndOnClose = (_request: IncomingMessage, response: ServerResponse): 
  * @category models
  */
 export interface Answered {
-  /** `UNKNOWN` when Node could not parse the request line. */
+  /** `UNKNOWN` for what Node's parser refused. */
   readonly method: string
   readonly path: string | undefined
   readonly status: number

@@ -13,7 +13,7 @@ import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
 import { randomUUID } from "node:crypto"
 import * as Idempotency from "../Idempotency.js"
-import { storedMillis } from "../internal/limit.js"
+import * as Column from "../internal/column.js"
 import { orUnavailable } from "./SqlOutbox.js"
 import * as SqlStatement from "./SqlStatement.js"
 
@@ -56,8 +56,8 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
             INSERT INTO idempotency_keys
               (scope, key, command_type, fingerprint, state, token, lease_expires_at, expires_at)
             VALUES (${request.scope}, ${request.key}, ${request.commandType}, ${request.fingerprint},
-              'in_flight', ${token}, now() + make_interval(secs => ${storedMillis(request.lease) / 1000}),
-              now() + make_interval(secs => ${storedMillis(request.retention) / 1000}))
+              'in_flight', ${token}, ${Column.fromNow(sql, request.lease)},
+              ${Column.fromNow(sql, request.retention)})
             ON CONFLICT (scope, key) DO UPDATE SET
               command_type = EXCLUDED.command_type, fingerprint = EXCLUDED.fingerprint,
               state = 'in_flight', token = EXCLUDED.token, result = NULL,
@@ -85,7 +85,7 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
           SqlStatement.rows(sql<{ readonly ok: boolean }>`
             UPDATE idempotency_keys
             SET state = 'completed', result = ${JSON.stringify(request.result)}::jsonb, lease_expires_at = NULL,
-                expires_at = now() + make_interval(secs => ${storedMillis(request.retention) / 1000})
+                expires_at = ${Column.fromNow(sql, request.retention)}
             WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
               AND state = 'in_flight'
             RETURNING true AS ok`)

@@ -37,6 +37,17 @@ export const statements = (
     (sql) => Effect.forEach(statements, (statement) => sql.unsafe(statement), { discard: true })
   )
 
+// Wakes relays at commit (pg_notify is transactional), once per statement.
+// The payload names the schema (listeners drop empty payloads). Migration 1
+// creates it; 9 replaces it where 1 had run before the payload changed.
+const outboxNotify = (create: "CREATE" | "CREATE OR REPLACE") =>
+  `${create} FUNCTION command_bus_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        PERFORM pg_notify('${outboxChannel}', current_schema());
+        RETURN NULL;
+      END
+    $$`
+
 /**
  * Each migration's statements. A released migration never changes: a
  * database that ran it keeps what it made, so a change goes in a new one
@@ -66,14 +77,7 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
     )`,
     `CREATE INDEX outbox_unpublished ON outbox (id) WHERE position IS NULL`,
     `CREATE INDEX outbox_aggregate ON outbox (aggregate_type, aggregate_id, aggregate_version)`,
-    // Wakes relays at commit (pg_notify is transactional), once per statement.
-    // The payload names the schema (listeners drop empty payloads).
-    `CREATE FUNCTION command_bus_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN
-        PERFORM pg_notify('${outboxChannel}', current_schema());
-        RETURN NULL;
-      END
-    $$`,
+    outboxNotify("CREATE"),
     `CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
       FOR EACH STATEMENT EXECUTE FUNCTION command_bus_outbox_notify()`
   ],
@@ -168,12 +172,7 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
   // a database that ran the first one notified with an empty payload, which
   // listeners drop, so its relays only polled.
   "9_outbox_notify_schema": [
-    `CREATE OR REPLACE FUNCTION command_bus_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN
-        PERFORM pg_notify('${outboxChannel}', current_schema());
-        RETURN NULL;
-      END
-    $$`
+    outboxNotify("CREATE OR REPLACE")
   ]
 }
 

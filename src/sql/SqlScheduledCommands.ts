@@ -8,13 +8,12 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as DateTime from "effect/DateTime"
-import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as CommandScheduler from "../CommandScheduler.js"
 import * as Column from "../internal/column.js"
-import { pageSize, storedMillis } from "../internal/limit.js"
+import { pageSize } from "../internal/limit.js"
 import * as SqlFailure from "./SqlFailure.js"
 
 // An id that is no UUID names no scheduled command (the column's type would refuse it).
@@ -57,7 +56,6 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
       due.lease === undefined
         ? sql`id = ${due.id} AND attempts = ${due.attempts}`
         : sql`id = ${due.id} AND attempts = ${due.attempts} AND lease_expires_at = ${due.lease}::timestamptz`
-    // A delay is counted from the database's now(), the clock claims compare with.
     // A time goes as whole seconds and milliseconds since the epoch, exact
     // in integers: PostgreSQL does not read the ISO form of a year past 9999
     // (`+010000-…`), and a fraction of seconds that far out loses a digit.
@@ -66,9 +64,8 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
       const seconds = Math.floor(millis / 1000)
       return sql`(to_timestamp(${seconds}::bigint) + ${millis - seconds * 1000}::integer * interval '1 millisecond')`
     }
-    const dueAt = (due: CommandScheduler.DueTime) =>
-      "at" in due ? at(due.at) : sql`now() + make_interval(secs => ${storedMillis(due.after) / 1000})`
-    const leaseFor = (lease: Duration.Duration) => sql`now() + make_interval(secs => ${storedMillis(lease) / 1000})`
+    // A delay is counted from the database's now(), the clock claims compare with.
+    const dueAt = (due: CommandScheduler.DueTime) => "at" in due ? at(due.at) : Column.fromNow(sql, due.after)
     return {
       add: (entry) =>
         sql`
@@ -88,7 +85,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           Pick<Row, "id" | "command_type" | "command" | "attempts" | "retries" | "due_at"> & { readonly lease: string }
         >`
         UPDATE scheduled_commands AS s
-        SET lease_expires_at = ${leaseFor(lease)},
+        SET lease_expires_at = ${Column.fromNow(sql, lease)},
           attempts = s.attempts + 1
         FROM (
           SELECT id FROM scheduled_commands
@@ -118,7 +115,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           ),
       renew: (due, lease) =>
         sql<{ readonly lease: string }>`
-        UPDATE scheduled_commands SET lease_expires_at = ${leaseFor(lease)}
+        UPDATE scheduled_commands SET lease_expires_at = ${Column.fromNow(sql, lease)}
         WHERE ${held(due)} AND lease_expires_at > now()
         RETURNING lease_expires_at::text AS lease`.withoutTransform.pipe(
           Effect.map((rows) => rows.length === 0 ? undefined : { ...due, lease: rows[0]!.lease }),
