@@ -17,30 +17,7 @@ import * as Database from "../../src/server/Database.js"
 import { SqlMigrations } from "../../src/sql/index.js"
 import * as TestDatabase from "../support/Database.js"
 
-/** Everything the migrations create in the current schema, as text. */
-const schemaSnapshot = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  return {
-    columns: yield* sql`
-      SELECT table_name, column_name, data_type, is_nullable, column_default
-      FROM information_schema.columns WHERE table_schema = current_schema()
-      ORDER BY table_name, ordinal_position`.withoutTransform,
-    indexes: yield* sql`
-      SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()
-      ORDER BY tablename, indexname`.withoutTransform,
-    constraints: yield* sql`
-      SELECT conrelid::regclass::text AS table_name, conname, pg_get_constraintdef(oid) AS definition
-      FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
-      ORDER BY table_name, conname`.withoutTransform,
-    triggers: yield* sql`
-      SELECT event_object_table, trigger_name, action_timing, event_manipulation, action_statement
-      FROM information_schema.triggers WHERE trigger_schema = current_schema()
-      ORDER BY event_object_table, trigger_name`.withoutTransform,
-    functions: yield* sql`
-      SELECT proname, pg_get_functiondef(oid) AS definition FROM pg_proc
-      WHERE pronamespace = current_schema()::regnamespace ORDER BY proname`.withoutTransform
-  }
-})
+const schemaSnapshot = TestDatabase.schemaSnapshot()
 
 const applied = (table: "command_bus_migrations" | "orders_migrations") =>
   Effect.flatMap(

@@ -92,33 +92,11 @@ const unmigrated = Layer.unwrapScoped(Effect.gen(function*() {
   return pool(Option.some(schema))
 }))
 
-/**
- * The schema, as text, its columns by name (a column added later comes last
- * in the table), without the schema's own name (each database has its own).
- */
+/** The schema, without its own name (each database here has its own). */
 const schemaOf = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const [{ name }] = yield* sql<{ readonly name: string }>`SELECT current_schema() AS name`.withoutTransform
-  const described = {
-    columns: yield* sql`
-      SELECT table_name, column_name, data_type, is_nullable, column_default
-      FROM information_schema.columns WHERE table_schema = current_schema()
-      ORDER BY table_name, column_name`.withoutTransform,
-    indexes: yield* sql`
-      SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()
-      ORDER BY tablename, indexname`.withoutTransform,
-    constraints: yield* sql`
-      SELECT conrelid::regclass::text AS table_name, conname, pg_get_constraintdef(oid) AS definition
-      FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
-      ORDER BY table_name, conname`.withoutTransform,
-    triggers: yield* sql`
-      SELECT event_object_table, trigger_name, action_timing, event_manipulation, action_statement
-      FROM information_schema.triggers WHERE trigger_schema = current_schema()
-      ORDER BY event_object_table, trigger_name`.withoutTransform,
-    functions: yield* sql`
-      SELECT proname, pg_get_functiondef(oid) AS definition FROM pg_proc
-      WHERE pronamespace = current_schema()::regnamespace ORDER BY proname`.withoutTransform
-  }
+  const described = yield* TestDatabase.schemaSnapshot("name")
   return JSON.parse(JSON.stringify(described).replaceAll(`${name}.`, "")) as unknown
 })
 

@@ -114,3 +114,34 @@ export const dropServiceSchema = (env: Record<string, string | undefined>) =>
   env.DATABASE_SCHEMA === undefined ? Effect.void : dropSchema(env.DATABASE_SCHEMA)
 
 export { PgClient }
+
+/**
+ * Everything the migrations make in the current schema, as text: columns
+ * (in table order, or by name when a column added later, which comes last
+ * in its table, should compare equal to one created in place), indexes,
+ * constraints, triggers and functions.
+ */
+export const schemaSnapshot = (columnsBy: "position" | "name" = "position") =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    return {
+      columns: yield* sql`
+        SELECT table_name, column_name, data_type, is_nullable, column_default
+        FROM information_schema.columns WHERE table_schema = current_schema()
+        ORDER BY table_name, ${columnsBy === "name" ? sql`column_name` : sql`ordinal_position`}`.withoutTransform,
+      indexes: yield* sql`
+        SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()
+        ORDER BY tablename, indexname`.withoutTransform,
+      constraints: yield* sql`
+        SELECT conrelid::regclass::text AS table_name, conname, pg_get_constraintdef(oid) AS definition
+        FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
+        ORDER BY table_name, conname`.withoutTransform,
+      triggers: yield* sql`
+        SELECT event_object_table, trigger_name, action_timing, event_manipulation, action_statement
+        FROM information_schema.triggers WHERE trigger_schema = current_schema()
+        ORDER BY event_object_table, trigger_name`.withoutTransform,
+      functions: yield* sql`
+        SELECT proname, pg_get_functiondef(oid) AS definition FROM pg_proc
+        WHERE pronamespace = current_schema()::regnamespace ORDER BY proname`.withoutTransform
+    }
+  })
