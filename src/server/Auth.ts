@@ -27,6 +27,7 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { Command, type CurrentUser } from "../index.js"
 import * as Config from "./Config.js"
+import * as DataDir from "./DataDir.js"
 import { Unauthorized } from "./HttpErrors.js"
 import * as Problem from "./Problem.js"
 
@@ -201,21 +202,23 @@ const devSecretLength = 64
  * Reads the development secret, creating it on first use (mode 0600). The
  * file appears whole or not at all (written aside, then linked into place),
  * so processes that start together on a fresh data directory (the service
- * and `npm run token`, or two instances) all read the one secret. A file
- * that is empty or cut short is refused, naming it, rather than used as a
- * key every token would fail against.
+ * and `npm run token`, or two instances) all read the one secret. The data
+ * directory is its owner's alone (`DataDir.ensure`). A file that is empty
+ * or cut short is refused, naming it, rather than used as a key every token
+ * would fail against; so is one this user did not write for itself (a link,
+ * another user's file, one others may read or write), whose content someone
+ * else may know and sign admin tokens with.
  *
  * @since 0.1.0
  * @category utils
  */
 export const devSecret = (dataDir: string): Effect.Effect<Uint8Array, ConfigError.ConfigError> =>
-  Effect.suspend(() => {
-    const file = devSecretPath(dataDir)
+  Effect.flatMap(DataDir.ensure(dataDir), (dir) => {
+    const file = devSecretPath(dir)
     const failed = (message: string) =>
       Effect.fail(ConfigError.InvalidData(["DATA_DIR"], `the development JWT secret ${file} ${message}`))
     try {
       if (!Fs.existsSync(file)) {
-        Fs.mkdirSync(Path.dirname(file), { recursive: true })
         const aside = `${file}.${process.pid}.${randomBytes(6).toString("hex")}`
         Fs.writeFileSync(aside, randomBytes(48).toString("base64url"), { mode: 0o600, flag: "wx" })
         let linkError: unknown = undefined
@@ -231,13 +234,33 @@ export const devSecret = (dataDir: string): Effect.Effect<Uint8Array, ConfigErro
           return failed(`cannot be created: ${messageOf(linkError)}`)
         }
       }
-      const secret = Fs.readFileSync(file, "utf8").trim()
+      const fd = Fs.openSync(file, Fs.constants.O_RDONLY | (Fs.constants.O_NOFOLLOW ?? 0))
+      let secret: string
+      try {
+        const stat = Fs.fstatSync(fd)
+        const uid = process.getuid?.()
+        if (!stat.isFile()) return failed("is not a regular file; delete it to make a new one")
+        if (uid !== undefined && stat.uid !== uid) {
+          return failed(`belongs to another user (uid ${stat.uid}); delete it to make a new one`)
+        }
+        if (process.platform !== "win32" && (stat.mode & 0o077) !== 0) {
+          return failed(
+            `can be read or written by other users (mode ${(stat.mode & 0o777).toString(8)}), who may know it; ` +
+              "delete it to make a new one"
+          )
+        }
+        secret = Fs.readFileSync(fd, "utf8").trim()
+      } finally {
+        Fs.closeSync(fd)
+      }
       if (secret.length < devSecretLength) {
         return failed(`is empty or cut short (${secret.length} characters); delete it to make a new one`)
       }
       return Effect.succeed(new TextEncoder().encode(secret))
     } catch (error) {
-      return failed(`cannot be read or created: ${messageOf(error)}`)
+      return Predicate.hasProperty(error, "code") && error.code === "ELOOP"
+        ? failed("is a symbolic link; delete it to make a new one")
+        : failed(`cannot be read or created: ${messageOf(error)}`)
     }
   })
 

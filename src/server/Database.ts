@@ -15,7 +15,6 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import { mkdirSync } from "node:fs"
 import * as Net from "node:net"
 import * as Path from "node:path"
 import Pg from "pg"
@@ -24,6 +23,7 @@ import * as PgliteClient from "../sql/PgliteClient.js"
 import * as PgPreparedClient from "../sql/PgPreparedClient.js"
 import * as SqlUnitOfWork from "../sql/SqlUnitOfWork.js"
 import * as Config from "./Config.js"
+import * as DataDir from "./DataDir.js"
 
 /**
  * Where a connection string points, without its password, for logs.
@@ -241,11 +241,7 @@ export const layer: Layer.Layer<
       )
       return serverLayer({ ...config, url: config.url.value })
     }
-    const dataDir = Path.resolve(config.dataDir)
-    yield* Effect.try({
-      try: () => mkdirSync(dataDir, { recursive: true }),
-      catch: (cause) => new SqlError({ cause, message: `Cannot create DATA_DIR ${dataDir}` })
-    })
+    const dataDir = yield* DataDir.ensure(config.dataDir)
     yield* Effect.logInfo("database.embedded").pipe(
       Effect.annotateLogs({ dataDir, note: "embedded PostgreSQL (PGlite); set DATABASE_URL for a server" })
     )

@@ -594,34 +594,74 @@ const createLock = (
  * symbolic link to an open directory is refused too. Returns that path (PGlite
  * cannot open a link) and the release function, which removes the lock file
  * only while it is this process's.
+ *
+ * The directory is its owner's alone, as PostgreSQL requires of its data
+ * directory: PGlite writes its files readable and writable by anyone (0666,
+ * whatever the umask), rows included. New directories are created 0700; one
+ * that other users can reach is made 0700, with a warning; one that belongs
+ * to another user is refused.
  */
 const claimDataDir = (
   path: string
 ): Effect.Effect<{ readonly dir: string; readonly release: () => void }, SqlError> =>
   Effect.try({
     try: () => {
-      Fs.mkdirSync(path, { recursive: true })
+      Fs.mkdirSync(path, { recursive: true, mode: 0o700 })
       return Fs.realpathSync(path)
     },
     catch: (cause) => dirError(path, "could not be created", cause)
-  }).pipe(Effect.flatMap((dir) => {
-    if (openDirs.has(dir)) return Effect.fail(dirError(dir, "is already open in this process"))
-    openDirs.add(dir)
-    const lockPath = Path.join(dir, LOCK_FILE)
-    const release = () => {
-      openDirs.delete(dir)
-      if (readOwner(lockPath) !== process.pid) return
-      try {
-        Fs.unlinkSync(lockPath)
-      } catch {
-        // already gone
+  }).pipe(
+    Effect.tap(keepPrivate),
+    Effect.flatMap((dir) => {
+      if (openDirs.has(dir)) return Effect.fail(dirError(dir, "is already open in this process"))
+      openDirs.add(dir)
+      const lockPath = Path.join(dir, LOCK_FILE)
+      const release = () => {
+        openDirs.delete(dir)
+        if (readOwner(lockPath) !== process.pid) return
+        try {
+          Fs.unlinkSync(lockPath)
+        } catch {
+          // already gone
+        }
       }
+      return createLock(dir, lockPath, () => takeOverLockFile(dir, lockPath)).pipe(
+        Effect.as({ dir, release }),
+        Effect.tapError(() => Effect.sync(() => openDirs.delete(dir)))
+      )
+    })
+  )
+
+// The data directory for its owner alone; see `claimDataDir`. Windows has no
+// such permission bits.
+const keepPrivate = (dir: string): Effect.Effect<void, SqlError> =>
+  Effect.suspend(() => {
+    if (process.platform === "win32") return Effect.void
+    let stat: Fs.Stats
+    try {
+      stat = Fs.statSync(dir)
+    } catch (cause) {
+      return Effect.fail(dirError(dir, "cannot be read", cause))
     }
-    return createLock(dir, lockPath, () => takeOverLockFile(dir, lockPath)).pipe(
-      Effect.as({ dir, release }),
-      Effect.tapError(() => Effect.sync(() => openDirs.delete(dir)))
+    const uid = process.getuid?.()
+    if (uid !== undefined && stat.uid !== uid) {
+      return Effect.fail(dirError(dir, `belongs to another user (uid ${stat.uid}), not this process's (uid ${uid})`))
+    }
+    if ((stat.mode & 0o077) === 0) return Effect.void
+    try {
+      Fs.chmodSync(dir, 0o700)
+    } catch (cause) {
+      return Effect.fail(dirError(dir, "can be reached by other users and cannot be made private", cause))
+    }
+    return Effect.logWarning("pglite.data-dir-restricted").pipe(
+      Effect.annotateLogs({
+        dataDir: dir,
+        mode: (stat.mode & 0o777).toString(8),
+        now: "700",
+        reason: "the database's files are readable by anyone: only its owner may reach the directory"
+      })
     )
-  }))
+  })
 
 // ---------------------------------------------------------------------------
 // Client

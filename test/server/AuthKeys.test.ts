@@ -69,11 +69,65 @@ describe("the development secret", () => {
     Effect.gen(function*() {
       for (const content of ["", "   \n", "short"]) {
         const dir = freshDir()
-        Fs.writeFileSync(Auth.devSecretPath(dir), content)
+        Fs.writeFileSync(Auth.devSecretPath(dir), content, { mode: 0o600 })
         const error = yield* Effect.flip(Auth.devSecret(dir))
         expect(reasonOf(error)).toContain(Auth.devSecretPath(dir))
+        expect(reasonOf(error)).toContain("cut short")
         expect(reasonOf(error)).toContain("delete it")
       }
+    }))
+})
+
+describe("the development secret someone else may know", () => {
+  const forge = (secret: string) =>
+    Effect.promise(() => Auth.sign({ secret: new TextEncoder().encode(secret), sub: "mallory", roles: ["admin"] }))
+
+  it.effect("a file others can read or write is refused, not taken as the key", () =>
+    Effect.gen(function*() {
+      for (const mode of [0o666, 0o644, 0o640, 0o602]) {
+        const dir = freshDir()
+        const known = "k".repeat(64)
+        Fs.writeFileSync(Auth.devSecretPath(dir), known)
+        Fs.chmodSync(Auth.devSecretPath(dir), mode)
+        const error = yield* Effect.flip(Auth.devSecret(dir))
+        expect(reasonOf(error), mode.toString(8)).toContain(`mode ${mode.toString(8)}`)
+        expect(reasonOf(error)).toContain("delete it")
+      }
+      // The same content, private, is the key: what was refused is the mode.
+      const dir = freshDir()
+      const known = "k".repeat(64)
+      Fs.writeFileSync(Auth.devSecretPath(dir), known, { mode: 0o600 })
+      const secret = yield* Auth.devSecret(dir)
+      const verifier = Auth.makeVerifier({ key: { _tag: "Secret", secret, development: true } })
+      expect((yield* verifier.verify(yield* forge(known))).userId).toBe("mallory")
+    }))
+
+  it.effect("a link is refused, whatever it points to", () =>
+    Effect.gen(function*() {
+      const dir = freshDir()
+      const target = Path.join(dir, "public.txt")
+      Fs.writeFileSync(target, "a public text of more than sixty-four characters, such as a licence", { mode: 0o600 })
+      Fs.symlinkSync(target, Auth.devSecretPath(dir))
+      const error = yield* Effect.flip(Auth.devSecret(dir))
+      expect(reasonOf(error)).toContain("symbolic link")
+      // Dangling: no secret is created through it.
+      const dangling = freshDir()
+      Fs.symlinkSync(Path.join(dangling, "elsewhere"), Auth.devSecretPath(dangling))
+      expect(reasonOf(yield* Effect.flip(Auth.devSecret(dangling)))).toContain("symbolic link")
+      expect(Fs.existsSync(Path.join(dangling, "elsewhere"))).toBe(false)
+    }))
+
+  it.effect("a new data directory is its owner's alone, whatever the umask", () =>
+    Effect.gen(function*() {
+      const fresh = Path.join(freshDir(), "a", "data")
+      const umask = process.umask(0o000)
+      try {
+        yield* Auth.devSecret(fresh)
+      } finally {
+        process.umask(umask)
+      }
+      expect(Fs.statSync(fresh).mode & 0o777).toBe(0o700)
+      expect(Fs.statSync(Auth.devSecretPath(fresh)).mode & 0o777).toBe(0o600)
     }))
 })
 

@@ -9,6 +9,8 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as HashMap from "effect/HashMap"
+import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
@@ -449,6 +451,65 @@ describe("PgliteClient persistence", () => {
         expect(rows).toEqual([{ one: 1 }])
       }),
     120_000
+  )
+
+  it.live("keeps its data directory its owner's alone: new ones 0700, open ones made 0700 with a warning", () =>
+    Effect.gen(function*() {
+      // PGlite writes its files 0666 whatever the umask: the directory is what keeps other users out.
+      const shared = Path.join(tmpRoot, "private-parent")
+      Fs.mkdirSync(shared, { mode: 0o755 })
+      Fs.chmodSync(shared, 0o755)
+      const fresh = Path.join(shared, "a", "pg")
+      const umask = process.umask(0o000)
+      try {
+        yield* Effect.scoped(Effect.gen(function*() {
+          const pg = yield* PgliteClient.make({ dataDir: fresh }).pipe(Effect.provide(Reactivity.layer))
+          yield* pg`CREATE TABLE secrets (address text)`
+          yield* pg`INSERT INTO secrets VALUES ('1 Private Lane')`
+        }))
+      } finally {
+        process.umask(umask)
+      }
+      for (const dir of [fresh, Path.dirname(fresh)]) expect(Fs.statSync(dir).mode & 0o777, dir).toBe(0o700)
+      // The directory it was given as a parent is not its to change.
+      expect(Fs.statSync(shared).mode & 0o777).toBe(0o755)
+
+      // One left open to others (an earlier version's): made private before
+      // anything else, even when the open then fails (here: in use).
+      const open = Path.join(tmpRoot, "private-open")
+      Fs.mkdirSync(open)
+      Fs.chmodSync(open, 0o755)
+      Fs.writeFileSync(Path.join(open, ".pglite-client.lock"), String(process.ppid))
+      const warnings: Array<unknown> = []
+      const error = yield* Effect.scoped(PgliteClient.make({ dataDir: open })).pipe(
+        Effect.provide(Reactivity.layer),
+        Effect.provide(Logger.replace(
+          Logger.defaultLogger,
+          Logger.make(({ annotations, logLevel, message }) => {
+            if (logLevel._tag === "Warning") warnings.push({ message, mode: HashMap.get(annotations, "mode") })
+          })
+        )),
+        Effect.flip
+      )
+      expect(error.message).toContain("in use")
+      expect(Fs.statSync(open).mode & 0o777).toBe(0o700)
+      expect(warnings).toEqual([{ message: ["pglite.data-dir-restricted"], mode: Option.some("755") }])
+    }))
+
+  it.live.skipIf(process.getuid?.() !== 0)(
+    "refuses a data directory of another user (run as root)",
+    () =>
+      Effect.gen(function*() {
+        const theirs = Path.join(tmpRoot, "theirs")
+        Fs.mkdirSync(theirs, { mode: 0o700 })
+        Fs.chownSync(theirs, 65534, 65534)
+        const error = yield* Effect.scoped(PgliteClient.make({ dataDir: theirs })).pipe(
+          Effect.provide(Reactivity.layer),
+          Effect.flip
+        )
+        expect(error.message).toContain("belongs to another user (uid 65534)")
+        expect(Fs.readdirSync(theirs)).toEqual([])
+      })
   )
 
   it.live("keeps data across close and reopen of the same dataDir", () =>
