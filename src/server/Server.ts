@@ -135,6 +135,7 @@ export const HttpServerLive = Layer.unwrapEffect(
     server.prependListener("request", settleEndOnClose)
     answerWhileNotServing(server, report)
     answerClientErrors(server, report)
+    ignoreUpgrades(server)
     // Keep-alive connections must not outlive a load balancer's idle timeout.
     server.keepAliveTimeout = 65_000
     // A request (headers and body) that takes longer gets 408. Its headers
@@ -165,6 +166,24 @@ export const HttpServerLive = Layer.unwrapEffect(
     )
   })
 )
+
+/**
+ * Keeps the server without an `upgrade` listener, the one the platform adds
+ * for WebSockets (no route here upgrades). With it, Node hands every request
+ * that carries `Connection: Upgrade` (curl --http2 sends `Upgrade: h2c` on
+ * plain HTTP) to that listener with its body unread, past the `request`
+ * hooks: a POST arrived empty (400), and B3 headers parented its span.
+ * Without one, Node serves such a request as any other.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const ignoreUpgrades = (server: Server): void => {
+  server.on("newListener", (event: string | symbol, listener: (...args: Array<any>) => void) => {
+    // Added after this call returns: removed once it has been.
+    if (event === "upgrade") queueMicrotask(() => server.off("upgrade", listener))
+  })
+}
 
 // Node's own answers to what its parser refuses, kept: the status (400
 // otherwise), the connection closed after it. Not Node's 413 for chunk

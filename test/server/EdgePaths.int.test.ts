@@ -41,6 +41,35 @@ const send = (text: string) => Effect.map(rawRequest(text, { halfClose: false })
 
 describe(`the edge and the paths the router routes (${kind})`, () => {
   it.layer(layer(), layerOptions)((it) => {
+    it.effect("a request carrying Upgrade (curl --http2 on plain HTTP) is served as without it, body and all", () =>
+      Effect.gen(function*() {
+        const { admin } = yield* users
+        const put = (extra: ReadonlyArray<string>) =>
+          send(
+            [
+              "PUT /api/v1/products/edge-upgrade/stock HTTP/1.1",
+              "Host: localhost",
+              `Authorization: Bearer ${admin}`,
+              "Content-Type: application/json",
+              `Content-Length: ${JSON.stringify({ available: 5 }).length}`,
+              ...extra,
+              "",
+              JSON.stringify({ available: 5 })
+            ].join("\r\n")
+          )
+        for (
+          const extra of [
+            ["Connection: Upgrade, HTTP2-Settings, close", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA"],
+            ["Connection: Upgrade, close", "Upgrade: websocket"]
+          ]
+        ) {
+          const reply = yield* put(extra)
+          expect(reply.status, extra.join(", ")).toBe(200)
+          expect(JSON.parse(reply.text)).toEqual({ product_id: "edge-upgrade", available: 5 })
+        }
+        expect(yield* stockOf("edge-upgrade", admin)).toBe(5)
+      }))
+
     it.effect("a percent-encoded /api/ prefix gets every body check the plain one does, and changes nothing", () =>
       Effect.gen(function*() {
         const { admin, alice } = yield* users
