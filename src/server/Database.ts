@@ -115,10 +115,13 @@ export const serverLayer = (options: {
               idleTimeoutMillis: 30_000,
               statement_timeout: Duration.toMillis(options.statementTimeout),
               application_name: "effect-command-bus",
-              ...Option.match(options.schema, {
-                onNone: () => ({}),
+              // Without a schema, public: PostgreSQL's default ("$user", public)
+              // would put the tables in a schema named after the login role
+              // when one exists, with another instance's data.
+              options: Option.match(options.schema, {
+                onNone: () => "-c search_path=public",
                 // Quoted: a lowercase name that is also a keyword ("order") is still a name.
-                onSome: (schema) => ({ options: `-c search_path="${schema}"` })
+                onSome: (schema) => `-c search_path="${schema}"`
               })
             })
             // Errors of idle clients (the server went away) surface on the next

@@ -6,11 +6,15 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as Database from "../../src/server/Database.js"
 import * as TestDatabase from "../support/Database.js"
 
@@ -46,6 +50,48 @@ describe.skipIf(TestDatabase.serverUrl === undefined)("DATABASE_SCHEMA (postgres
         }
       }
     }), 120_000)
+
+  it.scoped(
+    "without DATABASE_SCHEMA the tables are in public, not in a schema named after the login role",
+    () =>
+      Effect.gen(function*() {
+        // PostgreSQL's default search_path is "$user", public: a schema named
+        // after the role would take the tables, and another instance's data.
+        const role = `ecb_probe_${Math.random().toString(36).slice(2, 10)}`
+        const admin = yield* Effect.map(
+          Layer.build(Database.serverLayer({
+            url: Redacted.make(TestDatabase.serverUrl!),
+            schema: Option.none(),
+            poolSize: 1,
+            connectTimeout: Duration.seconds(10),
+            statementTimeout: Duration.seconds(10),
+            preparedStatements: 0
+          })),
+          Context.get(SqlClient.SqlClient)
+        )
+        yield* admin.unsafe(`CREATE ROLE ${role} LOGIN`)
+        yield* Effect.addFinalizer(() =>
+          Effect.orDie(admin.unsafe(`DROP SCHEMA IF EXISTS ${role} CASCADE; DROP ROLE IF EXISTS ${role}`))
+        )
+        yield* admin.unsafe(`CREATE SCHEMA ${role} AUTHORIZATION ${role}`)
+        const url = new URL(TestDatabase.serverUrl!)
+        url.username = role
+        url.password = ""
+        const rows = yield* Layer.build(Database.layer).pipe(
+          Effect.flatMap((context) =>
+            Effect.flatMap(
+              SqlClient.SqlClient,
+              (sql) => sql<{ readonly schema: string }>`SELECT current_schema() AS schema`
+            ).pipe(Effect.provide(context))
+          ),
+          Effect.scoped,
+          Effect.withConfigProvider(ConfigProvider.fromJson({ DATABASE_URL: url.toString(), DB_POOL_SIZE: 1 })),
+          Logger.withMinimumLogLevel(LogLevel.Warning)
+        )
+        expect(rows).toEqual([{ schema: "public" }])
+      }),
+    60_000
+  )
 
   it.scoped("a schema named after an SQL keyword (order) is created and used", () =>
     Effect.gen(function*() {
