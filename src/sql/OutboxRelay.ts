@@ -127,12 +127,22 @@ export const run = (options: Options = {}) =>
     const coalesce = Duration.decode(options.coalesce ?? "10 millis")
     const busyCoalesce = Duration.decode(options.busyCoalesce ?? "100 millis")
     const pg = yield* PgClient.PgClient
+    const sql = yield* SqlClient.SqlClient
     const wake = yield* Queue.sliding<void>(1)
+    // Every schema's outbox notifies on one channel, with its schema's name:
+    // instances of other schemas on the database are not this relay's work.
+    // Unknown (the database is not there yet): every notification wakes it.
+    const schema = yield* SqlStatement.rows(sql<{ readonly schema: string }>`SELECT current_schema() AS schema`).pipe(
+      Effect.map((rows) => rows[0]?.schema),
+      Effect.orElseSucceed(() => undefined)
+    )
     // Not awaited when stopped: ending a listen sends UNLISTEN, and on a
     // server that stopped answering that waits as long as the socket lasts.
     // The relay's stop, and the service's shutdown, do not wait for it.
     const listen = pg.listen(outboxChannel).pipe(
-      Stream.runForEach(() => Queue.offer(wake, undefined)),
+      Stream.runForEach((payload) =>
+        schema === undefined || payload === schema ? Queue.offer(wake, undefined) : Effect.void
+      ),
       Effect.tapErrorCause((cause) => Effect.logDebug("outbox.listen-failed", cause)),
       Effect.retry(Schedule.spaced(pollInterval)),
       Effect.forkDaemon
@@ -141,7 +151,6 @@ export const run = (options: Options = {}) =>
     yield* Effect.addFinalizer(() => Fiber.interruptFork(listener))
     // Whether any event waits, read untraced: a poll of an idle outbox, once
     // a second, is not a trace of its own. Unsure (an error): drain, which says.
-    const sql = yield* SqlClient.SqlClient
     const waiting = SqlStatement.rows(sql<{ readonly waiting: boolean }>`
       SELECT EXISTS (SELECT 1 FROM outbox WHERE position IS NULL) AS waiting`).pipe(
       Effect.map((rows) => rows[0]?.waiting !== false),

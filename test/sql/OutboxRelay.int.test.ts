@@ -273,11 +273,21 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`outbox rel
       // the first drain at start publishes what is there
       expect(ids(yield* nextPublished(subscription, 1))).toEqual(ids(first))
 
-      // the relay now waits; a notification with a payload wakes it, which
-      // shows it is listening
-      const second = yield* commit(1)
+      // the relay now waits; a notification naming its schema wakes it,
+      // which shows it is listening; one naming another schema (another
+      // instance's outbox on the same database) does not
+      // (committed with triggers off: no notification of its own)
+      const second = [envelope(randomUUID(), 1)]
+      yield* sql.withTransaction(
+        Effect.zipRight(
+          sql`SET LOCAL session_replication_role = replica`,
+          Effect.flatMap(Outbox.Outbox, (outbox) => outbox.append(second))
+        )
+      )
       // (`pg_notify`: sql-pg's own `notify` sends `NOTIFY channel, $1`, which PostgreSQL refuses)
-      const wokenByHand = yield* sql`SELECT pg_notify(${SqlMigrations.outboxChannel}, 'wake')`.pipe(
+      yield* sql`SELECT pg_notify(${SqlMigrations.outboxChannel}, 'another_schema')`
+      expect(yield* publishedLater(subscription)).toBe(0)
+      const wokenByHand = yield* sql`SELECT pg_notify(${SqlMigrations.outboxChannel}, current_schema())`.pipe(
         Effect.zipRight(Queue.take(subscription).pipe(Effect.timeout("500 millis"))),
         Effect.retry(Schedule.recurs(10))
       )
