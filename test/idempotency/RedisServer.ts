@@ -123,6 +123,12 @@ export const start = async (): Promise<RedisServer> => {
   if (!hooked) {
     hooked = true
     process.on("exit", () => running.forEach((stop) => stop()))
+    // Vitest ends a worker with SIGTERM; without a listener the signal ends
+    // the process without "exit", and the server outlived it (a file whose
+    // tests were all filtered out never reached its afterAll). With one, the
+    // listener must end the process itself.
+    process.on("SIGINT", () => process.exit(130))
+    process.on("SIGTERM", () => process.exit(143))
   }
   running.add(killSync)
   try {
