@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Net from "node:net"
 import { kind } from "../support/Database.js"
 import {
   address,
@@ -14,9 +15,11 @@ import {
   layer,
   layerOptions,
   orderBody,
+  parseRawReply,
   request,
   setStock,
   stockOf,
+  TestService,
   users
 } from "./Http.js"
 
@@ -64,6 +67,64 @@ describe(`settings over HTTP (${kind})`, () => {
           expect(yield* stockOf("limit-1", alice)).toBe(9)
         }),
       30_000
+    )
+
+    it.effect(
+      "a body far past BODY_LIMIT is not read to its end: chunked, it is cut off; declared, answered unread",
+      () =>
+        Effect.gen(function*() {
+          const service = yield* TestService
+          const { alice } = yield* users
+          const head = (framing: string) =>
+            `POST /api/v1/orders HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${alice}\r\n` +
+            `Content-Type: application/json\r\n${framing}\r\n\r\n`
+          // Chunked: 4 MB offered, 2048 times the limit; the server must end
+          // the upload long before (it drops the connection past 16 times it).
+          const chunked = yield* Effect.promise(() =>
+            new Promise<{ readonly sent: number; readonly cut: boolean }>((resolve) => {
+              const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1")
+              let closed = false
+              socket.on("error", () => closed = true)
+              socket.on("close", () => closed = true)
+              socket.on("connect", async () => {
+                socket.write(head("Transfer-Encoding: chunked"))
+                const chunk = `400\r\n${"x".repeat(1024)}\r\n`
+                let sent = 0
+                for (let i = 0; i < 4096 && !closed; i++) {
+                  sent += 1024
+                  if (!socket.write(chunk)) {
+                    await new Promise((drained) => {
+                      socket.once("drain", drained)
+                      socket.once("close", drained)
+                    })
+                  }
+                }
+                const cut = closed
+                socket.destroy()
+                resolve({ sent, cut })
+              })
+            })
+          )
+          expect(chunked.cut, `sent ${chunked.sent} bytes and the server still read`).toBe(true)
+          // Declared over the limit: the answer comes with no byte of the body sent.
+          const declared = yield* Effect.promise(() =>
+            new Promise<string>((resolve) => {
+              const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1", () => {
+                socket.write(head(`Content-Length: ${1024 * 1024}`))
+              })
+              let answer = ""
+              const timer = setTimeout(() => socket.destroy(), 15_000)
+              socket.on("data", (data: Buffer) => answer += data.toString("latin1"))
+              socket.on("error", () => {})
+              socket.on("close", () => {
+                clearTimeout(timer)
+                resolve(answer)
+              })
+            })
+          )
+          expectProblem(parseRawReply(declared), 413, "PayloadTooLarge")
+        }),
+      60_000
     )
   })
 })
