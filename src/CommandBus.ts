@@ -36,13 +36,16 @@ export const TypeId: unique symbol = Symbol.for("effect-command-bus/CommandBus")
 export type TypeId = typeof TypeId
 
 /**
- * One handler per command of the union `C`, keyed by tag.
+ * One handler per command of the union `C`, keyed by tag, requiring at most
+ * the services `R`. A record annotated with this type keeps `R` as its
+ * handlers' requirement, which the bus's `dispatch` then requires (and the
+ * test kit's layer must provide): name them, `HandlersFor<C, Stock>`.
  *
  * @since 0.1.0
  * @category models
  */
-export type HandlersFor<C extends Command.Any> = {
-  readonly [K in C["_tag"]]: Handler.Handler<Extract<C, { readonly _tag: K }>, any>
+export type HandlersFor<C extends Command.Any, R = never> = {
+  readonly [K in C["_tag"]]: Handler.Handler<Extract<C, { readonly _tag: K }>, R>
 }
 
 /**
@@ -123,7 +126,7 @@ const Proto = {
  */
 export const make = <
   const Cs extends ReadonlyArray<Command.AnyClass>,
-  H extends HandlersFor<InstanceType<Cs[number]>>
+  H extends HandlersFor<InstanceType<Cs[number]>, any>
 >(
   commands: Cs & UniqueTags<Cs>,
   handlers: H & { readonly [K in Exclude<keyof H, InstanceType<Cs[number]>["_tag"]>]: never }
@@ -142,18 +145,33 @@ export const make = <
 /**
  * The tag of the first command class in `Cs` whose tag another, earlier
  * class has. The same class twice is one command; a class whose tag is just
- * `string` (typed `Command.AnyClass`) is not judged.
+ * `string` (typed `Command.AnyClass`) is not judged. For a list typed as an
+ * array rather than a tuple, a tag of more than one class in its element
+ * type (classes that differ in nothing but their names are one type there,
+ * and their dispatch dies instead).
  *
  * @since 0.1.0
  * @category models
  */
-export type SharedTag<Cs extends ReadonlyArray<Command.AnyClass>, Tags = never, Classes = never> = Cs extends
+export type SharedTag<Cs extends ReadonlyArray<Command.AnyClass>, Tags = never, Classes = never> = number extends
+  Cs["length"] ? SharedTagOfUnion<Cs[number]>
+  : SharedTagOfTuple<Cs, Tags, Classes>
+
+type SharedTagOfUnion<U extends Command.AnyClass> = {
+  readonly [T in InstanceType<U>["_tag"]]: IsUnion<Extract<U, { readonly _tag: T }>> extends true ? T : never
+}[InstanceType<U>["_tag"]]
+
+type IsUnion<X> = [X] extends [UnionToIntersection<X>] ? false : true
+
+type UnionToIntersection<U> = (U extends unknown ? (k: U) => void : never) extends (k: infer I) => void ? I : never
+
+type SharedTagOfTuple<Cs extends ReadonlyArray<Command.AnyClass>, Tags, Classes> = Cs extends
   readonly [infer Head extends Command.AnyClass, ...infer Rest extends ReadonlyArray<Command.AnyClass>]
   ? [SameAsOneOf<Head, Classes>] extends [never] ?
-    (string extends InstanceType<Head>["_tag"] ? SharedTag<Rest, Tags, Classes>
+    (string extends InstanceType<Head>["_tag"] ? SharedTagOfTuple<Rest, Tags, Classes>
       : InstanceType<Head>["_tag"] extends Tags ? InstanceType<Head>["_tag"]
-      : SharedTag<Rest, Tags | InstanceType<Head>["_tag"], Classes | Head>)
-  : SharedTag<Rest, Tags, Classes>
+      : SharedTagOfTuple<Rest, Tags | InstanceType<Head>["_tag"], Classes | Head>)
+  : SharedTagOfTuple<Rest, Tags, Classes>
   : never
 
 // `true` when `A` is one of the union `Classes`: the same type, not merely
@@ -163,8 +181,12 @@ type SameAsOneOf<A, Classes> = Classes extends unknown ? Same<A, Classes> extend
 type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
 
 // Two classes with one tag would share a handler, and the bus would check,
-// authorize and decode both as the last: refused where it is written.
-type UniqueTags<Cs extends ReadonlyArray<Command.AnyClass>> = [SharedTag<Cs>] extends [never] ? unknown
+// authorize and decode both as the last: refused where it is written. So is
+// a class typed only `Command.AnyClass`: its tag is any string, so the bus's
+// type could not ask for its handler, and its dispatch would die.
+type UniqueTags<Cs extends ReadonlyArray<Command.AnyClass>> = string extends InstanceType<Cs[number]>["_tag"]
+  ? { readonly "command classes typed only Command.AnyClass: give the bus each class's own type": never }
+  : [SharedTag<Cs>] extends [never] ? unknown
   : { readonly "two command classes share a tag": SharedTag<Cs> }
 
 /**
@@ -207,11 +229,17 @@ const build = (
   for (const [tag, definition] of definitions) {
     if (!shared.has(tag)) routes.set(tag, { definition, handler: handlers[tag]! })
   }
-  // Unreachable from typed code: `dispatch` only accepts the bus's commands.
+  // Unreachable from typed code, but for a subclass: `dispatch` only
+  // accepts the bus's commands, and a subclass of one is one of them to the
+  // compiler. Its instance would run under its parent's role, rules and
+  // schema, never its own: it dies, saying so.
   const noRoute = (command: Command.Any) =>
     Effect.dieMessage(
       shared.has(command._tag)
         ? `Two command classes share the tag ${command._tag}: a bus takes one class per tag`
+        : routes.has(command._tag)
+        ? `${nameOf(command)} is not the class this bus has for the tag ${command._tag} ` +
+          `(${routes.get(command._tag)!.definition.name}): a subclass of a command needs a tag of its own`
         : `No handler for ${command._tag}`
     )
   // Two functions, not one with a branch: each keeps type feedback of its
@@ -223,7 +251,7 @@ const build = (
     // handler that is done already costs the bus no fiber step at all.
     (command: Command.Any): Effect.Effect<any, any, any> => {
       const route = routes.get(command._tag)
-      if (route === undefined) return noRoute(command)
+      if (route === undefined || command.constructor !== route.definition) return noRoute(command)
       let effect: Effect.Effect<Handler.Result<unknown>, unknown, unknown>
       try {
         effect = route.handler(command)
@@ -241,7 +269,7 @@ const build = (
     // handler must not see (or run) the hooks of the one around it.
     (command: Command.Any): Effect.Effect<any, any, any> => {
       const route = routes.get(command._tag)
-      if (route === undefined) return noRoute(command)
+      if (route === undefined || command.constructor !== route.definition) return noRoute(command)
       return Effect.suspend(() => {
         const current: Middleware.Dispatch = {
           command,
@@ -307,6 +335,11 @@ const build = (
   bus.dispatch = dispatch
   bus.dispatchUnknown = dispatchUnknown
   return bus
+}
+
+const nameOf = (command: Command.Any): string => {
+  const name: unknown = (command as { readonly constructor?: { readonly name?: unknown } }).constructor?.name
+  return typeof name === "string" && name.length > 0 ? name : "The command"
 }
 
 // "Success" or "Failure" for an exit, as `Exit.Success` and `Exit.Failure`

@@ -142,6 +142,25 @@ describe("CommandBus types", () => {
     })
     expectTypeOf<CommandBus.SharedTag<[typeof RenewLoan, typeof RenewLoan]>>().toEqualTypeOf<never>()
     expectTypeOf<CommandBus.SharedTag<readonly [Command.AnyClass, Command.AnyClass]>>().toEqualTypeOf<never>()
+    // A list kept in an array (not a tuple) is judged by its element type.
+    const loanCommands = [RenewLoan, WriteOffLoan]
+    expectTypeOf<CommandBus.SharedTag<typeof loanCommands>>().toEqualTypeOf<"Loan">()
+    // @ts-expect-error two classes share the tag "Loan"
+    CommandBus.make(loanCommands, { Loan: () => Effect.succeed(Handler.result(undefined)) })
+    const distinct: Array<typeof RenewLoan | typeof RestockProduct> = [RenewLoan, RestockProduct]
+    CommandBus.make(distinct, {
+      Loan: () => Effect.succeed(Handler.result(undefined)),
+      RestockProduct: (command) =>
+        Effect.succeed(Handler.result({ productId: command.productId, available: command.available }))
+    })
+  })
+
+  it("a list of classes typed only Command.AnyClass makes no bus: it could not ask for their handlers", () => {
+    const untyped: ReadonlyArray<Command.AnyClass> = [RestockProduct]
+    // @ts-expect-error the classes' tags are any string
+    CommandBus.make(untyped, {})
+    // @ts-expect-error one of them untyped is enough
+    CommandBus.make([RestockProduct, RestockProduct as Command.AnyClass], { RestockProduct: restockProduct })
   })
 
   it("a payload cannot take a metadata field's name", () => {
@@ -159,5 +178,20 @@ describe("CommandBus types", () => {
     type E = Effect.Effect.Error<ReturnType<typeof bus.dispatch<CancelOrder>>>
     expectTypeOf<CommandError.ConcurrencyConflict>().toMatchTypeOf<E>()
     expectTypeOf<Idempotency.IdempotencyKeyMismatch>().toMatchTypeOf<E>()
+  })
+
+  it("a handler record annotated with HandlersFor keeps its requirements, which dispatch requires", () => {
+    const handlers: CommandBus.HandlersFor<CreateOrder | CancelOrder | RestockProduct, Inventory | OrderRepository> = {
+      CreateOrder: createOrder,
+      CancelOrder: cancelOrder,
+      RestockProduct: restockProduct
+    }
+    const bus = CommandBus.make(OrderCommands, handlers)
+    type R = Effect.Effect.Context<ReturnType<typeof bus.dispatch<CreateOrder>>>
+    expectTypeOf<R>().not.toBeAny()
+    expectTypeOf<R>().toEqualTypeOf<Inventory | OrderRepository | Outbox.Outbox>()
+    // Without the services named, a handler that requires one does not fit.
+    // @ts-expect-error createOrder requires Inventory and OrderRepository
+    const _unnamed: CommandBus.HandlersFor<CreateOrder> = { CreateOrder: createOrder }
   })
 })

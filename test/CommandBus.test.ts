@@ -4,6 +4,8 @@ import * as Chunk from "effect/Chunk"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
@@ -11,6 +13,7 @@ import {
   Command,
   CommandBus,
   CommandError,
+  CurrentUser,
   DomainEvent,
   EventPublisher,
   Handler,
@@ -420,4 +423,29 @@ describe("CommandBus", () => {
       assert.strictEqual(yield* twice.dispatch(new RenewLoan({ loanId: "l-3" })), "done")
       assert.deepStrictEqual(ran, ["l-3"])
     }).pipe(Effect.provide(InMemory.layer)))
+
+  it.effect("a subclass of a command dies on its parent's bus, with or without middleware: it would run under the parent's role and rules", () =>
+    Effect.gen(function*() {
+      class Restock extends Command.Class<Restock>()("Restock", {
+        payload: { sku: Schema.String },
+        success: Schema.String,
+        failure: Schema.Never
+      }) {}
+      class AdminRestock extends Restock {
+        static override readonly requiredRole = "admin"
+      }
+      const ran: Array<string> = []
+      const bare = CommandBus.make([Restock], {
+        Restock: (command) => Effect.sync(() => ran.push(command.sku)).pipe(Effect.as(Handler.result("done")))
+      })
+      for (const bus of [bare, bare.pipe(CommandBus.withMiddleware(Middleware.authorization))]) {
+        const exit = yield* Effect.exit(bus.dispatch(new AdminRestock({ sku: "s-1" })))
+        assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
+        const message = Exit.isFailure(exit) ? String(Cause.squash(exit.cause)) : ""
+        assert.include(message, "AdminRestock is not the class this bus has for the tag Restock (Restock)")
+        // The parent's own instances run.
+        assert.strictEqual(yield* bus.dispatch(new Restock({ sku: "s-2" })), "done")
+      }
+      assert.deepStrictEqual(ran, ["s-2", "s-2"])
+    }).pipe(Effect.provide(Layer.merge(InMemory.layer, Layer.succeed(CurrentUser.CurrentUser, Option.none())))))
 })
