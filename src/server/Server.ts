@@ -317,9 +317,25 @@ export const answerWhileNotServing = (
     response.end(body)
     answered(503)
   }
+  // Once the service stops serving, the answers still to come say
+  // `Connection: close` and end their connections. Said `keep-alive`, a
+  // client (a load balancer above all) sent its next request on the
+  // connection, which shutdown then closed unanswered: a reset, for a request
+  // that never ran. One whose head is out already keeps what it said; the
+  // shutdown deadline closes its connection.
+  const answering = new Set<ServerResponse>()
+  const track = (_request: IncomingMessage, response: ServerResponse) => {
+    if (phase === "stopping") {
+      response.shouldKeepAlive = false
+      return
+    }
+    answering.add(response)
+    response.once("close", () => answering.delete(response))
+  }
   // The application's listener, not this fallback or what runs before every request.
   const isApplication = (listener: unknown) =>
-    listener !== fallback && listener !== dropInvalidTraceparent && listener !== settleEndOnClose
+    listener !== fallback && listener !== track && listener !== dropInvalidTraceparent &&
+    listener !== settleEndOnClose
   server.on("newListener", (event, listener) => {
     if (event === "request" && isApplication(listener)) server.off("request", fallback)
   })
@@ -328,9 +344,12 @@ export const answerWhileNotServing = (
       event === "request" && isApplication(listener) && server.listeners("request").filter(isApplication).length === 0
     ) {
       phase = "stopping"
+      for (const response of answering) if (!response.headersSent) response.shouldKeepAlive = false
+      answering.clear()
       server.on("request", fallback)
     }
   })
+  server.prependListener("request", track)
   server.on("request", fallback)
 }
 
