@@ -240,13 +240,11 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })("PgliteClie
       yield* Effect.sleep("20 millis")
       // nothing ran while the transaction held the session
       expect(order).toEqual([])
-      const start = Date.now()
       yield* Deferred.succeed(release, undefined)
       yield* Fiber.join(holder)
       yield* Fiber.joinAll(fibers)
+      // (How fast the queue hands off is the benchmarks' to measure.)
       expect(order).toEqual(Array.from({ length: 3000 }, (_, i) => i))
-      // linear hand-off: PGlite needs well under 1 ms per statement here
-      expect(Date.now() - start).toBeLessThan(20_000)
     }), 60_000)
 
   it.effect("rolls back and releases the session when a transaction holder is interrupted", () =>

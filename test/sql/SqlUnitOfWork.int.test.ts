@@ -123,7 +123,8 @@ const slowAfterInsert = Layer.effect(
   OrderRepository.OrderRepository,
   Effect.map(OrderRepository.makeSql, (orders): OrderRepository.Service => ({
     ...orders,
-    insert: (order) => orders.insert(order).pipe(Effect.zipRight(Effect.sleep("10 seconds")))
+    // Never done: a dispatch that ends at all was ended by its deadline.
+    insert: (order) => orders.insert(order).pipe(Effect.zipRight(Effect.never))
   }))
 )
 
@@ -222,16 +223,14 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`unit of wo
       yield* restock("p-1", 10)
       const bus = OrderBus.make({ timeout: "300 millis" })
       const command = keyedOrder("k-timeout")
-      const [elapsed, exit] = yield* bus.dispatch(command).pipe(
+      const exit = yield* bus.dispatch(command).pipe(
         CurrentUser.as(alice),
         Effect.provide(slowAfterInsert),
-        Effect.exit,
-        Effect.timed
+        Effect.exit
       )
       expect(failureOf(exit)).toEqual(
         new CommandError.CommandTimeout({ commandType: "CreateOrder", timeoutMillis: 300 })
       )
-      expect(Duration.toMillis(elapsed)).toBeLessThan(5_000)
 
       // nothing it wrote is visible, and its idempotency claim was released
       expect(yield* stock("p-1")).toBe(10)
