@@ -48,6 +48,19 @@ const lockStock = (productId: string) =>
       }),
       () => Effect.promise(() => client.query("ROLLBACK")).pipe(Effect.timeout("5 seconds"), Effect.ignore)
     )
+    // Resolves once a session (a request's) waits for the lock held here.
+    const blocked = Effect.promise(async () => {
+      for (let i = 0; i < 200; i++) {
+        const { rows } = await client.query(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))",
+          [(await client.query("SELECT pg_backend_pid() AS pid")).rows[0].pid]
+        )
+        if (rows[0].n > 0) return
+        await new Promise((resolve) => setTimeout(resolve, 25))
+      }
+      throw new Error("no session waited for the lock within 5 s")
+    })
+    return { blocked }
   })
 
 const createdFor = (productId: string) => (events: ReadonlyArray<FeedEvent>) =>
@@ -309,10 +322,10 @@ describe(`Idempotency-Key over HTTP (${kind})`, () => {
             headers: { "idempotency-key": "flight-key" }
           })
           const first = yield* Effect.scoped(Effect.gen(function*() {
-            yield* lockStock("idem-flight")
+            const { blocked } = yield* lockStock("idem-flight")
             const first = yield* Effect.fork(send)
             // The first request claims the key, then waits for the lock.
-            yield* Effect.sleep("500 millis")
+            yield* blocked
             const duplicate = yield* send
             expectProblem(duplicate, 409, "IdempotencyKeyInFlight")
             expect(duplicate.body.idempotencyKey).toBe("flight-key")

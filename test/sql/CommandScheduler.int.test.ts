@@ -334,10 +334,11 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         yield* TestDatabase.truncateAll
         const store = yield* CommandScheduler.ScheduledCommands
         yield* CommandScheduler.schedule(new Remind({ n: 1 }), { at: new Date(0) })
-        const [claimed] = yield* store.claim(10, Duration.millis(300))
+        // A first lease long enough to renew within on a loaded machine.
+        const [claimed] = yield* store.claim(10, Duration.millis(1500))
         const renewed = yield* store.renew(claimed!, Duration.seconds(30))
         expect(renewed?.attempts).toBe(1)
-        yield* Effect.sleep("500 millis")
+        yield* Effect.sleep("2 seconds")
         // Past the first lease, within the renewed one: still this runner's.
         expect(yield* store.claim(10, Duration.seconds(30))).toEqual([])
         expect(yield* store.renew(claimed!, Duration.seconds(30))).toBeUndefined()
