@@ -469,7 +469,9 @@ export const defaultRetrySchedule: Schedule.Schedule<unknown, unknown> = Schedul
   Schedule.jittered,
   // Whole milliseconds: a fractional delay leaves `TestClock` at an instant
   // its `currentTimeNanos` cannot convert, which breaks tests of the stack.
-  Schedule.modifyDelay((delay) => Duration.millis(Math.round(Duration.toMillis(delay)))),
+  // (The callback's first argument is the schedule's output, the delay
+  // before jitter: rounding that dropped the jitter.)
+  Schedule.modifyDelay((_, delay) => Duration.millis(Math.round(Duration.toMillis(delay)))),
   Schedule.intersect(Schedule.recurs(4))
 )
 

@@ -489,6 +489,33 @@ describe("Middleware", () => {
   })
 
   // ---------------------------------------------------------------------------
+  describe("the default retry schedule", () => {
+    // When each attempt starts, under the TestClock, with the random numbers fixed.
+    const attemptTimes = (random: number) =>
+      Effect.gen(function*() {
+        const times: Array<number> = []
+        const bus = makeBus({
+          deposit: (command) =>
+            Effect.flatMap(Clock.currentTimeMillis, (now) => {
+              times.push(now)
+              return times.length <= 4 ? Effect.fail(conflict) : Effect.succeed(deposited(command))
+            })
+        }).bus.pipe(CommandBus.withMiddleware(Middleware.retry()))
+        const start = yield* Clock.currentTimeMillis
+        const dispatch = bus.dispatch(new Deposit({ accountId, amount: 1 })).pipe(Effect.withRandomFixed([random]))
+        assert.deepStrictEqual(yield* afterAdjusting(dispatch, "1 second"), Exit.succeed({ balance: 1 }))
+        return times.map((time) => time - start)
+      })
+
+    it.effect("waits exponentially from 10 ms, each delay jittered by up to a fifth either way", () =>
+      Effect.gen(function*() {
+        // The least and the most jitter: 0.8 and 1.2 times 10, 20, 40 and 80 ms.
+        assert.deepStrictEqual(yield* attemptTimes(0), [0, 8, 24, 56, 120])
+        assert.deepStrictEqual(yield* attemptTimes(0.9999), [0, 12, 36, 84, 180])
+      }).pipe(Effect.provide(InMemory.layer)))
+  })
+
+  // ---------------------------------------------------------------------------
   describe("retry", () => {
     const failing = (times: number, error: AccountClosed | CommandError.ConcurrencyConflict = conflict) => {
       const attempts: Array<number> = []
