@@ -91,6 +91,7 @@ export const serverLayer = (options: {
   readonly schema: Option.Option<string>
   readonly poolSize: number
   readonly connectTimeout: Duration.Duration
+  /** `Duration.infinity`: none, and no answer timeout either (migrations). */
   readonly statementTimeout: Duration.Duration
   /** Statement texts sent as named prepared statements (default 256; 0: none). */
   readonly preparedStatements?: number | undefined
@@ -107,13 +108,17 @@ export const serverLayer = (options: {
               // request for as long as the kernel keeps the socket.
               Client: PgPreparedClient.make({
                 capacity: options.preparedStatements,
-                answerTimeout: Duration.toMillis(options.statementTimeout) + answerMargin
+                answerTimeout: Duration.isFinite(options.statementTimeout)
+                  ? Duration.toMillis(options.statementTimeout) + answerMargin
+                  : undefined
               }),
               connectionString: Redacted.value(options.url),
               max: options.poolSize,
               connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
               idleTimeoutMillis: 30_000,
-              statement_timeout: Duration.toMillis(options.statementTimeout),
+              ...(Duration.isFinite(options.statementTimeout)
+                ? { statement_timeout: Duration.toMillis(options.statementTimeout) }
+                : {}),
               application_name: "effect-command-bus",
               // Without a schema, public: PostgreSQL's default ("$user", public)
               // would put the tables in a schema named after the login role
@@ -277,7 +282,12 @@ export const migrate = Effect.gen(function*() {
 })
 
 /**
- * The database with every migration applied.
+ * The database with every migration applied. On a server they run on a
+ * connection of their own, closed after them, with no statement timeout:
+ * `DB_STATEMENT_TIMEOUT` bounds requests, not migrations. Under it, an
+ * instance starting while another migrated for longer (a large table) gave
+ * up waiting for the migrations' lock and exited, and a migration that took
+ * longer was cut off.
  *
  * @since 0.1.0
  * @category layers
@@ -285,4 +295,21 @@ export const migrate = Effect.gen(function*() {
 export const layerMigrated: Layer.Layer<
   PgClient.PgClient | SqlClient.SqlClient | DatabasePool,
   unknown
-> = Layer.effectDiscard(migrate).pipe(Layer.provideMerge(layer))
+> = Layer.effectDiscard(
+  Effect.flatMap(Config.database, (config) =>
+    Option.match(config.url, {
+      onNone: () => migrate,
+      onSome: (url) =>
+        Effect.provide(
+          migrate,
+          serverLayer({
+            url,
+            schema: config.schema,
+            poolSize: 1,
+            connectTimeout: config.connectTimeout,
+            statementTimeout: Duration.infinity,
+            preparedStatements: 0
+          })
+        )
+    }))
+).pipe(Layer.provideMerge(layer))

@@ -10,15 +10,17 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import Pg from "pg"
 import * as Database from "../../src/server/Database.js"
 import * as TestDatabase from "../support/Database.js"
 
-const instance = (schema: string) =>
+const instance = (schema: string, settings: Record<string, string> = {}) =>
   Layer.build(Database.layerMigrated).pipe(
     Effect.flatMap((context) =>
       Effect.flatMap(
@@ -30,7 +32,8 @@ const instance = (schema: string) =>
     Effect.withConfigProvider(ConfigProvider.fromJson({
       DATABASE_URL: TestDatabase.serverUrl!,
       DATABASE_SCHEMA: schema,
-      DB_POOL_SIZE: 2
+      DB_POOL_SIZE: 2,
+      ...settings
     })),
     Logger.withMinimumLogLevel(LogLevel.Warning)
   )
@@ -89,6 +92,33 @@ describe.skipIf(TestDatabase.serverUrl === undefined)("DATABASE_SCHEMA (postgres
           Logger.withMinimumLogLevel(LogLevel.Warning)
         )
         expect(rows).toEqual([{ schema: "public" }])
+      }),
+    60_000
+  )
+
+  it.scopedLive(
+    "an instance starting while another holds the migrations' lock past DB_STATEMENT_TIMEOUT waits for it",
+    () =>
+      Effect.gen(function*() {
+        const schema = TestDatabase.freshSchema()
+        yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema({ DATABASE_SCHEMA: schema }))
+        expect(yield* instance(schema)).toEqual([{ schema }])
+        // Another instance migrating: it holds the migrations table's lock,
+        // here for three times the starting one's statement timeout.
+        const holder = new Pg.Client(TestDatabase.serverUrl)
+        yield* Effect.acquireRelease(Effect.promise(() => holder.connect()), () => Effect.promise(() => holder.end()))
+        yield* Effect.promise(async () => {
+          await holder.query(`SET search_path = "${schema}"`)
+          await holder.query("BEGIN")
+          await holder.query("LOCK TABLE command_bus_migrations IN ACCESS EXCLUSIVE MODE")
+        })
+        const released = yield* Effect.promise(() => holder.query("COMMIT")).pipe(
+          Effect.delay("3 seconds"),
+          Effect.fork
+        )
+        const started = yield* Effect.exit(instance(schema, { DB_STATEMENT_TIMEOUT: "1 second" }))
+        yield* Fiber.join(released)
+        expect(Exit.isSuccess(started), Exit.isFailure(started) ? String(started.cause) : "").toBe(true)
       }),
     60_000
   )
