@@ -2,6 +2,11 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as HashSet from "effect/HashSet"
 import * as Option from "effect/Option"
+import * as Predicate from "effect/Predicate"
+
+/** An error's message, for a sentence that names what failed: any thrown value's. */
+export const messageOf = (error: unknown): string =>
+  Predicate.hasProperty(error, "message") && typeof error.message === "string" ? error.message : String(error)
 
 /** The failure of a cause, if it has one. */
 export const failureOf = (cause: Cause.Cause<unknown>): unknown => Option.getOrUndefined(Cause.failureOption(cause))

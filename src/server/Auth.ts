@@ -26,6 +26,8 @@ import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { Command, type CurrentUser } from "../index.js"
+import { messageOf } from "../internal/cause.js"
+import { notPrivate } from "../internal/ownership.js"
 import * as Config from "./Config.js"
 import * as DataDir from "./DataDir.js"
 import { Unauthorized } from "./HttpErrors.js"
@@ -191,9 +193,6 @@ export const makeVerifier = (options: VerifierOptions): Verifier => {
  */
 export const devSecretPath = (dataDir: string): string => Path.join(Path.resolve(dataDir), "jwt-dev-secret")
 
-const messageOf = (error: unknown): string =>
-  Predicate.hasProperty(error, "message") && typeof error.message === "string" ? error.message : String(error)
-
 // What `randomBytes(48)` gives in base64url; a shorter file is not one this
 // module wrote in full.
 const devSecretLength = 64
@@ -238,14 +237,14 @@ export const devSecret = (dataDir: string): Effect.Effect<Uint8Array, ConfigErro
       let secret: string
       try {
         const stat = Fs.fstatSync(fd)
-        const uid = process.getuid?.()
         if (!stat.isFile()) return failed("is not a regular file; delete it to make a new one")
-        if (uid !== undefined && stat.uid !== uid) {
-          return failed(`belongs to another user (uid ${stat.uid}); delete it to make a new one`)
+        const refused = notPrivate(stat)
+        if (refused?._tag === "AnotherUser") {
+          return failed(`belongs to another user (uid ${refused.uid}); delete it to make a new one`)
         }
-        if (process.platform !== "win32" && (stat.mode & 0o077) !== 0) {
+        if (refused?._tag === "Open") {
           return failed(
-            `can be read or written by other users (mode ${(stat.mode & 0o777).toString(8)}), who may know it; ` +
+            `can be read or written by other users (mode ${refused.mode}), who may know it; ` +
               "delete it to make a new one"
           )
         }

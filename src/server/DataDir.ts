@@ -9,11 +9,10 @@ import * as ConfigError from "effect/ConfigError"
 import * as Effect from "effect/Effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
+import { messageOf } from "../internal/cause.js"
 
 const invalid = (path: string, message: string) =>
   Effect.fail(ConfigError.InvalidData(["DATA_DIR"], `${path} ${message}`))
-
-const messageOf = (error: unknown) => error instanceof Error ? error.message : String(error)
 
 /**
  * Creates `dir` and its missing parents, each for its owner alone (0700),

@@ -302,14 +302,7 @@ export const layerMigrated: Layer.Layer<
       onSome: (url) =>
         Effect.provide(
           migrate,
-          serverLayer({
-            url,
-            schema: config.schema,
-            poolSize: 1,
-            connectTimeout: config.connectTimeout,
-            statementTimeout: Duration.infinity,
-            preparedStatements: 0
-          })
+          serverLayer({ ...config, url, poolSize: 1, statementTimeout: Duration.infinity, preparedStatements: 0 })
         )
     }))
 ).pipe(Layer.provideMerge(layer))

@@ -349,6 +349,7 @@ const maxJsonDepth = 64
 // and a few dozen of them at once exhausted it; its 400 formatted the value
 // twice, at 600 ms of CPU.
 const maxJsonValues = 4096
+const tooManyValues = `the body holds more than ${maxJsonValues} values`
 
 // What JSON text's shape refuses before it is parsed: arrays and objects
 // nested deeper than `maxJsonDepth`, or more than `maxJsonValues` values
@@ -366,9 +367,9 @@ const shapeRefusal = (text: string): string | undefined => {
     } else if (c === 34) inString = true
     else if (c === 91 || c === 123) {
       if (++depth > maxJsonDepth) return `the body nests arrays and objects deeper than ${maxJsonDepth} levels`
-      if (++values > maxJsonValues) return `the body holds more than ${maxJsonValues} values`
+      if (++values > maxJsonValues) return tooManyValues
     } else if (c === 93 || c === 125) depth--
-    else if (c === 44 && ++values > maxJsonValues) return `the body holds more than ${maxJsonValues} values`
+    else if (c === 44 && ++values > maxJsonValues) return tooManyValues
   }
   return undefined
 }

@@ -65,6 +65,7 @@ import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import Pg from "pg"
+import { notPrivate } from "../internal/ownership.js"
 import { isStale, mayBeOutdatedTypes, prepareValue } from "../internal/preparedStatement.js"
 import * as SqlFailure from "./SqlFailure.js"
 
@@ -632,22 +633,22 @@ const claimDataDir = (
     })
   )
 
-// The data directory for its owner alone; see `claimDataDir`. Windows has no
-// such permission bits.
+// The data directory for its owner alone; see `claimDataDir`.
 const keepPrivate = (dir: string): Effect.Effect<void, SqlError> =>
   Effect.suspend(() => {
-    if (process.platform === "win32") return Effect.void
     let stat: Fs.Stats
     try {
       stat = Fs.statSync(dir)
     } catch (cause) {
       return Effect.fail(dirError(dir, "cannot be read", cause))
     }
-    const uid = process.getuid?.()
-    if (uid !== undefined && stat.uid !== uid) {
-      return Effect.fail(dirError(dir, `belongs to another user (uid ${stat.uid}), not this process's (uid ${uid})`))
+    const refused = notPrivate(stat)
+    if (refused === undefined) return Effect.void
+    if (refused._tag === "AnotherUser") {
+      return Effect.fail(
+        dirError(dir, `belongs to another user (uid ${refused.uid}), not this process's (uid ${process.getuid?.()})`)
+      )
     }
-    if ((stat.mode & 0o077) === 0) return Effect.void
     try {
       Fs.chmodSync(dir, 0o700)
     } catch (cause) {
@@ -656,7 +657,7 @@ const keepPrivate = (dir: string): Effect.Effect<void, SqlError> =>
     return Effect.logWarning("pglite.data-dir-restricted").pipe(
       Effect.annotateLogs({
         dataDir: dir,
-        mode: (stat.mode & 0o777).toString(8),
+        mode: refused.mode,
         now: "700",
         reason: "the database's files are readable by anyone: only its owner may reach the directory"
       })

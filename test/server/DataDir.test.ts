@@ -4,27 +4,19 @@
  * umask), order data included, so the directory that holds them (`pg` in
  * it) must keep other users out.
  */
-import { afterAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Fs from "node:fs"
-import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Config from "../../src/server/Config.js"
 import * as Database from "../../src/server/Database.js"
 import * as DataDir from "../../src/server/DataDir.js"
+import * as TestDatabase from "../support/Database.js"
 
-const dirs: Array<string> = []
-afterAll(() => {
-  for (const dir of dirs) Fs.rmSync(dir, { recursive: true, force: true })
-})
-
-const freshDir = () => {
-  const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "ecb-data-dir-"))
-  dirs.push(dir)
-  return dir
-}
+// A directory of the test's own, removed with its scope.
+const freshDir = TestDatabase.tempDir("ecb-data-dir")
 
 const withUmask = <A, E>(umask: number, effect: Effect.Effect<A, E>) =>
   Effect.acquireUseRelease(
@@ -34,9 +26,9 @@ const withUmask = <A, E>(umask: number, effect: Effect.Effect<A, E>) =>
   )
 
 describe("DATA_DIR", () => {
-  it.effect("is created for its owner alone, missing parents too, whatever the umask", () =>
+  it.scoped("is created for its owner alone, missing parents too, whatever the umask", () =>
     Effect.gen(function*() {
-      const dir = Path.join(freshDir(), "a", "b", "data")
+      const dir = Path.join(yield* freshDir, "a", "b", "data")
       const created = yield* withUmask(0o002, DataDir.ensure(dir))
       expect(created).toBe(Path.resolve(dir))
       for (const path of [dir, Path.dirname(dir)]) expect(Fs.statSync(path).mode & 0o777, path).toBe(0o700)
@@ -44,21 +36,21 @@ describe("DATA_DIR", () => {
       expect(yield* DataDir.ensure(dir)).toBe(created)
     }))
 
-  it.effect("one that exists is taken as it is: it may be shared, or a home directory", () =>
+  it.scoped("one that exists is taken as it is: it may be shared, or a home directory", () =>
     Effect.gen(function*() {
-      const dir = freshDir()
+      const dir = yield* freshDir
       Fs.chmodSync(dir, 0o755)
       expect(yield* DataDir.ensure(dir)).toBe(dir)
       expect(Fs.statSync(dir).mode & 0o777).toBe(0o755)
     }))
 
-  it.live("the embedded database's own directory in it is made its owner's alone, before it opens", () =>
+  it.scopedLive("the embedded database's own directory in it is made its owner's alone, before it opens", () =>
     Effect.gen(function*() {
       // An earlier version left DATA_DIR/pg open to others (0755), with the
       // database's files in it readable by anyone. The service opens it
       // private, with a warning; the failure here (another process holds
       // the database) comes after.
-      const dir = freshDir()
+      const dir = yield* freshDir
       Fs.chmodSync(dir, 0o755)
       const pg = Path.join(dir, "pg")
       Fs.mkdirSync(pg, { mode: 0o755 })
@@ -75,9 +67,9 @@ describe("DATA_DIR", () => {
       expect(Fs.statSync(dir).mode & 0o777).toBe(0o755)
     }))
 
-  it.effect("a file in its place is refused", () =>
+  it.scoped("a file in its place is refused", () =>
     Effect.gen(function*() {
-      const file = Path.join(freshDir(), "data")
+      const file = Path.join(yield* freshDir, "data")
       Fs.writeFileSync(file, "")
       const error = yield* Effect.flip(DataDir.ensure(file))
       expect(Config.describeError(error)).toContain(file)

@@ -20,8 +20,12 @@ import Pg from "pg"
 import * as Database from "../../src/server/Database.js"
 import * as TestDatabase from "../support/Database.js"
 
-const instance = (schema: string, settings: Record<string, string> = {}) =>
-  Layer.build(Database.layerMigrated).pipe(
+/** The schema a connection of `database`, built from `settings`, works in; the layer closed after. */
+const currentSchemaOf = (
+  database: Layer.Layer<SqlClient.SqlClient, unknown>,
+  settings: Readonly<Record<string, unknown>>
+) =>
+  Layer.build(database).pipe(
     Effect.flatMap((context) =>
       Effect.flatMap(
         SqlClient.SqlClient,
@@ -29,14 +33,17 @@ const instance = (schema: string, settings: Record<string, string> = {}) =>
       ).pipe(Effect.provide(context))
     ),
     Effect.scoped,
-    Effect.withConfigProvider(ConfigProvider.fromJson({
-      DATABASE_URL: TestDatabase.serverUrl!,
-      DATABASE_SCHEMA: schema,
-      DB_POOL_SIZE: 2,
-      ...settings
-    })),
+    Effect.withConfigProvider(ConfigProvider.fromJson(settings)),
     Logger.withMinimumLogLevel(LogLevel.Warning)
   )
+
+const instance = (schema: string, settings: Readonly<Record<string, string>> = {}) =>
+  currentSchemaOf(Database.layerMigrated, {
+    DATABASE_URL: TestDatabase.serverUrl!,
+    DATABASE_SCHEMA: schema,
+    DB_POOL_SIZE: 2,
+    ...settings
+  })
 
 describe.skipIf(TestDatabase.serverUrl === undefined)("DATABASE_SCHEMA (postgres)", () => {
   it.scoped("three instances starting together on a new schema all come up, migrated", () =>
@@ -80,17 +87,7 @@ describe.skipIf(TestDatabase.serverUrl === undefined)("DATABASE_SCHEMA (postgres
         const url = new URL(TestDatabase.serverUrl!)
         url.username = role
         url.password = ""
-        const rows = yield* Layer.build(Database.layer).pipe(
-          Effect.flatMap((context) =>
-            Effect.flatMap(
-              SqlClient.SqlClient,
-              (sql) => sql<{ readonly schema: string }>`SELECT current_schema() AS schema`
-            ).pipe(Effect.provide(context))
-          ),
-          Effect.scoped,
-          Effect.withConfigProvider(ConfigProvider.fromJson({ DATABASE_URL: url.toString(), DB_POOL_SIZE: 1 })),
-          Logger.withMinimumLogLevel(LogLevel.Warning)
-        )
+        const rows = yield* currentSchemaOf(Database.layer, { DATABASE_URL: url.toString(), DB_POOL_SIZE: 1 })
         expect(rows).toEqual([{ schema: "public" }])
       }),
     60_000
