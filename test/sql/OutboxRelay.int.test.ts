@@ -339,7 +339,8 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`outbox rel
           yield* Layer.build(OutboxRelay.layer({ pollInterval: "200 millis" }))
           const listenStatements = sql<{ readonly query: string }>`
             SELECT query FROM pg_stat_activity
-            WHERE application_name = ${name} AND state = 'idle' AND query ILIKE '%LISTEN %'`.withoutTransform
+            WHERE application_name = ${name} AND state = 'idle'
+              AND (ltrim(query) ILIKE 'LISTEN %' OR ltrim(query) ILIKE 'UNLISTEN %')`.withoutTransform
           for (let round = 0; round < 3; round++) {
             // Committed without its notification: the next poll finds it, and the relay listens anew.
             yield* sql.withTransaction(
