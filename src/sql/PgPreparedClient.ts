@@ -27,6 +27,9 @@
  *   leaves the statement as it is.
  * - `pg`'s pipeline mode, config objects that are class instances or carry
  *   a callback of their own, and submittables (cursors) go unnamed.
+ * - `deferBegin()` opens a transaction with the connection's next statement:
+ *   `BEGIN` goes out in the same write as that statement, one round trip
+ *   less per transaction (see `deferBegin`).
  * - Not for a pooler in transaction mode (PgBouncer before 1.21, or without
  *   `max_prepared_statements`), where the next statement may reach another
  *   server connection.
@@ -78,12 +81,53 @@ const isBare = (config: QueryConfig): boolean => {
   return true
 }
 
-const namedQuery = (config: QueryConfig, callback: Callback): Pg.Submittable => {
+type NamedQuery = Pg.Query & { name?: string | undefined }
+
+const namedQuery = (config: QueryConfig, callback: Callback): NamedQuery => {
   // `pg`'s declarations type neither a `Query`'s name nor this constructor's callback.
-  const query = new Pg.Query(config.text, config.values as Array<unknown>, callback as any) as Pg.Query & {
-    name?: string | undefined
-  }
+  const query = new Pg.Query(config.text, config.values as Array<unknown>, callback as any) as NamedQuery
   query.name = config.name
+  return query
+}
+
+/** What of `pg`'s `Query` a statement sent after `BEGIN` overrides. */
+interface QueryInternals {
+  prepare(connection: unknown): void
+  handleCommandComplete(message: unknown, connection: unknown): void
+}
+
+interface WireConnection {
+  parse(message: { readonly text: string }): void
+  bind(message: object): void
+  execute(message: object): void
+}
+
+/**
+ * `query` with `BEGIN` before it in the same extended-protocol exchange:
+ * `BEGIN` is parsed, bound and executed unnamed, then the statement (already
+ * parsed on the connection, so no second ParseComplete reaches `pg`) is bound
+ * and executed, and one Sync ends both. PostgreSQL runs them in order; an
+ * error in the statement leaves the transaction open and aborted, as when
+ * the two go one after the other. `BEGIN`'s CommandComplete is not the
+ * statement's result: `begun` is told of it instead.
+ */
+const afterBegin = (query: NamedQuery, begun: () => void): NamedQuery => {
+  const own = query as unknown as QueryInternals
+  const prepare = own.prepare
+  const handleCommandComplete = own.handleCommandComplete
+  let begunYet = false
+  own.prepare = function(this: QueryInternals, connection: unknown) {
+    const wire = connection as WireConnection
+    wire.parse({ text: "BEGIN" })
+    wire.bind({})
+    wire.execute({})
+    prepare.call(this, connection)
+  }
+  own.handleCommandComplete = function(this: QueryInternals, message: unknown, connection: unknown) {
+    if (begunYet) return handleCommandComplete.call(this, message, connection)
+    begunYet = true
+    begun()
+  }
   return query
 }
 
@@ -130,6 +174,33 @@ export const make = (options: Options = {}): typeof Pg.Client => {
     private renames = 0
     /** Statements left on the server by a rename, deallocated when the connection is next idle. */
     private abandoned: Array<string> = []
+    /** Set by `deferBegin`: the next statement opens the transaction. */
+    private beginPending = false
+
+    /**
+     * Opens a transaction with this connection's next statement instead of
+     * now: `BEGIN` goes out in the same write and the same extended-protocol
+     * exchange as that statement when it is a named statement the connection
+     * has parsed already (what a warm pool's transactions send), and just
+     * before it otherwise. A transaction that sends no statement sends no
+     * `BEGIN` (see `cancelDeferredBegin`). Should `BEGIN` itself fail, the
+     * connection is closed: nothing sent after it may run outside the
+     * transaction it was meant to open.
+     */
+    deferBegin(): void {
+      this.beginPending = true
+    }
+
+    /**
+     * Whether a `deferBegin` is still waiting for its statement (none was
+     * sent, so the server knows of no transaction); either way none is
+     * waiting after this call.
+     */
+    cancelDeferredBegin(): boolean {
+      const pending = this.beginPending
+      this.beginPending = false
+      return pending
+    }
 
     override query(config: any, values?: any, callback?: any): any {
       if (answerTimeout === undefined || typeof config?.submit === "function") {
@@ -167,11 +238,7 @@ export const make = (options: Options = {}): typeof Pg.Client => {
      * statements with this error, and a pool drops it when it comes back.
      */
     private close(after: number) {
-      const stream = (this as unknown as {
-        readonly connection?: {
-          readonly stream?: { destroy(e: Error): void; resetAndDestroy?: unknown; resetAndClosing?: boolean }
-        }
-      }).connection?.stream
+      const stream = this.stream()
       if (stream === undefined) return
       const error = Object.assign(
         new Error(`PostgreSQL did not answer within ${after} ms; the connection was closed`),
@@ -190,16 +257,39 @@ export const make = (options: Options = {}): typeof Pg.Client => {
       // Any statement on an idle connection (a BEGIN too: in a transaction
       // nothing is ever idle) first deallocates one left behind.
       if (this.abandoned.length > 0 && this.idle() && this.state().readyForQuery === true) this.deallocateOne()
+      const begins = this.cancelDeferredBegin()
       const named = this.named(config, values)
+      const withBegin = begins && named !== undefined && isBare(named) &&
+        named.name! in this.state().connection.parsedStatements
+      if (begins && !withBegin) this.beginNow()
       if (named === undefined) return super.query(config, values, callback)
       const done: Callback | undefined = typeof values === "function" ? values : callback
       if (done === undefined) {
         return new Promise((resolve, reject) =>
-          this.send(named, (error, result) => error === null ? resolve(result) : reject(error))
+          this.send(named, (error, result) => error === null ? resolve(result) : reject(error), withBegin)
         )
       }
-      this.send(named, done)
+      this.send(named, done, withBegin)
       return undefined
+    }
+
+    /** `BEGIN` on its own, queued before what follows; failed, it closes the connection. */
+    private beginNow() {
+      super.query("BEGIN", (error: Error | null) => {
+        if (error !== null) this.closeAfterFailedBegin(error)
+      })
+    }
+
+    private closeAfterFailedBegin(error: Error) {
+      this.stream()?.destroy(error)
+    }
+
+    private stream() {
+      return (this as unknown as {
+        readonly connection?: {
+          readonly stream?: { destroy(e: Error): void; resetAndDestroy?: unknown; resetAndClosing?: boolean }
+        }
+      }).connection?.stream
     }
 
     /**
@@ -278,8 +368,10 @@ export const make = (options: Options = {}): typeof Pg.Client => {
       delete submittedNamedStatements[name]
     }
 
-    private send(config: QueryConfig, done: Callback) {
+    private send(config: QueryConfig, done: Callback, withBegin = false) {
+      let begun = !withBegin
       const callback = (error: Error | null, result: unknown) => {
+        if (error !== null && !begun) this.closeAfterFailedBegin(error)
         // Without a SQLSTATE (a read timeout, a row no type parser takes)
         // the statement itself is fine.
         if (error === null || sqlState(error) === undefined) return done(error, result)
@@ -289,14 +381,17 @@ export const make = (options: Options = {}): typeof Pg.Client => {
           // started in. Idle, with nothing queued behind it, means it ran on
           // its own and its failure changed nothing: it runs again, first.
           const retry = { ...config, name: this.rename(config, sqlState(error) !== "26000") }
-          if (!this.idle()) return done(error, result)
+          // After a BEGIN of its own, the statement failed in a transaction
+          // (which the status, still the one before BEGIN, does not tell).
+          if (withBegin || !this.idle()) return done(error, result)
           super.query(retry as Pg.QueryConfig, done as any)
           return
         }
         if (mayBeOutdatedTypes(error)) this.rename(config, true)
         done(error, result)
       }
-      if (isBare(config)) super.query(namedQuery(config, callback))
+      if (withBegin) super.query(afterBegin(namedQuery(config, callback), () => begun = true))
+      else if (isBare(config)) super.query(namedQuery(config, callback))
       else super.query(config as Pg.QueryConfig, callback)
     }
 

@@ -301,6 +301,113 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       }))
     ))
 
+  describe("deferBegin", () => {
+    interface Deferring {
+      deferBegin(): void
+      cancelDeferredBegin(): boolean
+    }
+    const deferring = (client: Pg.PoolClient) => client as Pg.PoolClient & Deferring
+    /** Counts the exchanges the server ends (one ReadyForQuery each) from now on. */
+    const exchanges = (client: Pg.PoolClient) => {
+      let count = 0
+      ;(client as unknown as { readonly connection: Pg.Connection }).connection.on("readyForQuery", () => count++)
+      return () => count
+    }
+    const status = (client: Pg.PoolClient) =>
+      (client as unknown as { getTransactionStatus(): string }).getTransactionStatus()
+    const notes = async (client: Pg.PoolClient) =>
+      (await client.query<{ note: string }>("SELECT note FROM deferred ORDER BY note")).rows.map((row) => row.note)
+    const withTable = (f: (client: Pg.PoolClient & Deferring) => Promise<void>) =>
+      withPooledClient(async (client) => {
+        await client.query("CREATE TABLE IF NOT EXISTS deferred (note text PRIMARY KEY)")
+        await client.query("TRUNCATE deferred")
+        await f(deferring(client))
+      })
+    const insert = (client: Pg.PoolClient, note: string) => client.query("INSERT INTO deferred VALUES ($1)", [note])
+
+    it("sends BEGIN with a statement the connection has parsed: one exchange, in the transaction", () =>
+      withTable(async (client) => {
+        await insert(client, "warm")
+        const counted = exchanges(client)
+        client.deferBegin()
+        await insert(client, "rolled back")
+        expect(counted()).toBe(1)
+        expect(status(client)).toBe("T")
+        await client.query("ROLLBACK")
+        expect(await notes(client)).toEqual(["warm"])
+      }))
+
+    it("sends BEGIN on its own before a statement not parsed yet, or one without parameters", () =>
+      withTable(async (client) => {
+        for (
+          const first of [() => insert(client, "cold"), () => client.query("INSERT INTO deferred VALUES ('plain')")]
+        ) {
+          const counted = exchanges(client)
+          client.deferBegin()
+          await first()
+          expect(counted()).toBe(2)
+          expect(status(client)).toBe("T")
+          await client.query("ROLLBACK")
+        }
+        expect(await notes(client)).toEqual([])
+      }))
+
+    it("a first statement that fails leaves the transaction aborted, as after a BEGIN of its own", () =>
+      withTable(async (client) => {
+        await insert(client, "taken")
+        client.deferBegin()
+        expect(sqlState(await insert(client, "taken").catch((error) => error))).toBe("23505")
+        // (The status is read from the answer after the error: the next statement tells.)
+        expect(sqlState(await insert(client, "after").catch((error) => error))).toBe("25P02")
+        await client.query("ROLLBACK")
+        await insert(client, "after")
+        expect(await notes(client)).toEqual(["after", "taken"])
+      }))
+
+    // The statement is retried on an idle connection; after BEGIN it ran in
+    // the transaction, and a retry would run it again outside it, committed.
+    it("a stale first statement fails once and is not run again outside the transaction", () =>
+      withTable(async (client) => {
+        await insert(client, "warm")
+        await client.query("DEALLOCATE ALL")
+        client.deferBegin()
+        expect(sqlState(await insert(client, "lost").catch((error) => error))).toBe("26000")
+        expect(sqlState(await client.query("SELECT 1").catch((error) => error))).toBe("25P02")
+        await client.query("ROLLBACK")
+        expect(await notes(client)).toEqual(["warm"])
+        await insert(client, "prepared again")
+        expect(await notes(client)).toEqual(["prepared again", "warm"])
+      }))
+
+    it("a transaction that sent nothing is called off: nothing sent, the next statement outside any", () =>
+      withTable(async (client) => {
+        await insert(client, "warm")
+        const counted = exchanges(client)
+        client.deferBegin()
+        expect(client.cancelDeferredBegin()).toBe(true)
+        expect(client.cancelDeferredBegin()).toBe(false)
+        expect(counted()).toBe(0)
+        await insert(client, "committed")
+        expect(status(client)).toBe("I")
+        expect(await notes(client)).toEqual(["committed", "warm"])
+      }))
+
+    it("a BEGIN that fails closes the connection", () =>
+      withTable(async (client) => {
+        await insert(client, "warm")
+        const emitted: Array<unknown> = []
+        client.on("error", (error) => emitted.push(error))
+        // A transaction some statement aborted: BEGIN there fails (25P02).
+        await client.query("BEGIN")
+        await client.query("SELECT 1/0").catch(() => undefined)
+        client.deferBegin()
+        expect(sqlState(await insert(client, "never").catch((error) => error))).toBe("25P02")
+        const after = await client.query("SELECT 1").then(() => "answered", (error) => error)
+        expect(after).toBeInstanceOf(Error)
+        expect(emitted.map(sqlState)).toEqual(["25P02"])
+      }))
+  })
+
   describe("answerTimeout", () => {
     /** A client of its own with `answerTimeout`, ended after (or already closed by the timeout). */
     const withAnswerTimeout = async <A>(answerTimeout: number, f: (client: Pg.Client) => Promise<A>): Promise<A> => {

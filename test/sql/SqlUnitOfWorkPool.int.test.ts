@@ -15,6 +15,7 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import Pg from "pg"
 import { CommandError, UnitOfWork } from "../../src/index.js"
 import * as Database from "../../src/server/Database.js"
 import { SqlUnitOfWork } from "../../src/sql/index.js"
@@ -56,6 +57,21 @@ const everyConnectionBack = Effect.gen(function*() {
   expect(pool.idleCount).toBe(pool.totalCount)
   expect(pool.waitingCount).toBe(0)
 })
+
+/** The texts `pg` was given to send while `self` ran (BEGIN sent with a statement is not one of its own). */
+const sentDuring = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+  Effect.suspend(() => {
+    const sent: Array<string> = []
+    const query = Pg.Client.prototype.query
+    Pg.Client.prototype.query = function(this: Pg.Client, ...args: Array<any>) {
+      sent.push(typeof args[0] === "string" ? args[0] : args[0]?.text)
+      return (query as any).apply(this, args)
+    } as typeof query
+    return self.pipe(
+      Effect.as(sent),
+      Effect.ensuring(Effect.sync(() => Pg.Client.prototype.query = query))
+    )
+  })
 
 const transactional = <A, E, R>(self: Effect.Effect<A, E, R>) =>
   Effect.flatMap(UnitOfWork.UnitOfWork, (unitOfWork) => unitOfWork.transactional(self))
@@ -181,6 +197,25 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
         assert.isDefined(transaction)
         expect(transaction!.status._tag).toBe("Ended")
       })
+  )
+
+  it.effect.skipIf(TestDatabase.serverUrl === undefined)(
+    "sends BEGIN with the first statement, and nothing for a transaction that sends none",
+    () =>
+      Effect.gen(function*() {
+        yield* freshTable
+        const twice = transactional(Effect.zipRight(insert("a"), insert("b")))
+        yield* twice // the pool's one connection has parsed the statement
+        const [first, second, last, ...more] = yield* sentDuring(twice)
+        expect([first, second === first, last, more]).toEqual([expect.stringMatching(/^INSERT/), true, "COMMIT", []])
+        expect(yield* sentDuring(transactional(Effect.void))).toEqual([])
+        expect(yield* sentDuring(Effect.exit(transactional(Effect.fail("refused"))))).toEqual([])
+        // Rolled back after its first statement: ROLLBACK ends what that statement began.
+        const failed = yield* sentDuring(Effect.exit(transactional(Effect.zipRight(insert("c"), Effect.fail("no")))))
+        expect(failed.slice(1)).toEqual(["ROLLBACK"])
+        expect(yield* rows).toBe(4)
+        yield* everyConnectionBack
+      }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(1)))))
   )
 
   it.effect.skipIf(TestDatabase.serverUrl === undefined)(
