@@ -148,7 +148,8 @@ interface Held {
 }
 
 /**
- * A connection taken from the pool with its transaction begun. A client that
+ * A connection taken from the pool with its transaction begun (or, on a
+ * `PgPreparedClient`, to begin with its first statement). A client that
  * emits an error while held (the server went away) is destroyed when it is
  * released, as `@effect/sql-pg` does with its own.
  */
