@@ -145,6 +145,34 @@ interface ClientState {
 }
 
 /**
+ * A client of the class `make` returns.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PreparedClient extends Pg.Client {
+  /**
+   * Opens a transaction with this connection's next statement instead of
+   * now: `BEGIN` goes out in the same write and the same extended-protocol
+   * exchange as that statement when it is a named statement the connection
+   * has parsed already (what a warm pool's transactions send), and just
+   * before it otherwise. A transaction that sends no statement sends no
+   * `BEGIN` (see `cancelDeferredBegin`). Should `BEGIN` itself fail, the
+   * connection is closed: nothing sent after it may run outside the
+   * transaction it was meant to open. In `pg`'s pipeline mode, which sends a
+   * statement before `BEGIN`'s answer is in, it defers nothing and answers
+   * `false`: send `BEGIN` and wait for it there.
+   */
+  deferBegin(): boolean
+  /**
+   * Whether a `deferBegin` is still waiting for its statement (none was
+   * sent, so the server knows of no transaction); either way none is
+   * waiting after this call.
+   */
+  cancelDeferredBegin(): boolean
+}
+
+/**
  * A `pg.Client` subclass whose statements with parameters are named, one
  * name per text, shared by every client of the class (so by a pool's
  * connections).
@@ -152,7 +180,9 @@ interface ClientState {
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: Options = {}): typeof Pg.Client => {
+export const make = (
+  options: Options = {}
+): (new(config?: string | Pg.ClientConfig) => PreparedClient) & typeof Pg.Client => {
   const capacity = options.capacity ?? 256
   // Node fires a timer of more than 2^31 - 1 ms at once: a longer delay is no bound.
   const answerTimeout = options.answerTimeout !== undefined && options.answerTimeout <= maxTimerMillis
@@ -168,7 +198,7 @@ export const make = (options: Options = {}): typeof Pg.Client => {
     return name
   }
 
-  return class PreparedClient extends Pg.Client {
+  return class Prepared extends Pg.Client implements PreparedClient {
     /** This connection's name for a text whose statement it had to prepare again. */
     private renamed: Map<string, string> | undefined
     private renames = 0
@@ -177,25 +207,12 @@ export const make = (options: Options = {}): typeof Pg.Client => {
     /** Set by `deferBegin`: the next statement opens the transaction. */
     private beginPending = false
 
-    /**
-     * Opens a transaction with this connection's next statement instead of
-     * now: `BEGIN` goes out in the same write and the same extended-protocol
-     * exchange as that statement when it is a named statement the connection
-     * has parsed already (what a warm pool's transactions send), and just
-     * before it otherwise. A transaction that sends no statement sends no
-     * `BEGIN` (see `cancelDeferredBegin`). Should `BEGIN` itself fail, the
-     * connection is closed: nothing sent after it may run outside the
-     * transaction it was meant to open.
-     */
-    deferBegin(): void {
+    deferBegin(): boolean {
+      if (this.state().pipeline) return false
       this.beginPending = true
+      return true
     }
 
-    /**
-     * Whether a `deferBegin` is still waiting for its statement (none was
-     * sent, so the server knows of no transaction); either way none is
-     * waiting after this call.
-     */
     cancelDeferredBegin(): boolean {
       const pending = this.beginPending
       this.beginPending = false

@@ -20,6 +20,7 @@ import type Pg from "pg"
 import * as Span from "../internal/span.js"
 import { connectionClassOf } from "../internal/sqlConnection.js"
 import * as UnitOfWork from "../UnitOfWork.js"
+import type * as PgPreparedClient from "./PgPreparedClient.js"
 import * as SqlFailure from "./SqlFailure.js"
 
 /**
@@ -129,12 +130,9 @@ export const layer: Layer.Layer<UnitOfWork.UnitOfWork, never, SqlClient.SqlClien
 // transactions on a pg pool's connections
 // -----------------------------------------------------------------------------
 
-/** A `PgPreparedClient`'s: `BEGIN` sent with the next statement. */
-interface DefersBegin {
-  deferBegin(): void
-  cancelDeferredBegin(): boolean
-}
+type DefersBegin = Pick<PgPreparedClient.PreparedClient, "deferBegin" | "cancelDeferredBegin">
 
+/** A `PgPreparedClient`'s, which can send `BEGIN` with the next statement. */
 const defersBegin = (client: Pg.PoolClient): client is Pg.PoolClient & DefersBegin =>
   typeof (client as Partial<DefersBegin>).deferBegin === "function" &&
   typeof (client as Partial<DefersBegin>).cancelDeferredBegin === "function"
@@ -170,10 +168,7 @@ const begin = (pool: Pg.Pool) =>
         broken: undefined
       }
       client.on("error", held.onError)
-      if (defersBegin(client)) {
-        client.deferBegin()
-        return resume(Effect.succeed(held))
-      }
+      if (defersBegin(client) && client.deferBegin()) return resume(Effect.succeed(held))
       client.query("BEGIN", (error: Error | null) => {
         if (error === null) return resume(Effect.succeed(held))
         client.off("error", held.onError)

@@ -302,11 +302,8 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
     ))
 
   describe("deferBegin", () => {
-    interface Deferring {
-      deferBegin(): void
-      cancelDeferredBegin(): boolean
-    }
-    const deferring = (client: Pg.PoolClient) => client as Pg.PoolClient & Deferring
+    // A pool's clients are typed `PoolClient`; these are the pool's `Client` class's.
+    const deferring = (client: Pg.PoolClient) => client as Pg.PoolClient & PgPreparedClient.PreparedClient
     /** Counts the exchanges the server ends (one ReadyForQuery each) from now on. */
     const exchanges = (client: Pg.PoolClient) => {
       let count = 0
@@ -317,7 +314,7 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       (client as unknown as { getTransactionStatus(): string }).getTransactionStatus()
     const notes = async (client: Pg.PoolClient) =>
       (await client.query<{ note: string }>("SELECT note FROM deferred ORDER BY note")).rows.map((row) => row.note)
-    const withTable = (f: (client: Pg.PoolClient & Deferring) => Promise<void>) =>
+    const withTable = (f: (client: Pg.PoolClient & PgPreparedClient.PreparedClient) => Promise<void>) =>
       withPooledClient(async (client) => {
         await client.query("CREATE TABLE IF NOT EXISTS deferred (note text PRIMARY KEY)")
         await client.query("TRUNCATE deferred")
@@ -329,7 +326,7 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       withTable(async (client) => {
         await insert(client, "warm")
         const counted = exchanges(client)
-        client.deferBegin()
+        expect(client.deferBegin()).toBe(true)
         await insert(client, "rolled back")
         expect(counted()).toBe(1)
         expect(status(client)).toBe("T")
@@ -343,7 +340,7 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
           const first of [() => insert(client, "cold"), () => client.query("INSERT INTO deferred VALUES ('plain')")]
         ) {
           const counted = exchanges(client)
-          client.deferBegin()
+          expect(client.deferBegin()).toBe(true)
           await first()
           expect(counted()).toBe(2)
           expect(status(client)).toBe("T")
@@ -355,7 +352,7 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
     it("a first statement that fails leaves the transaction aborted, as after a BEGIN of its own", () =>
       withTable(async (client) => {
         await insert(client, "taken")
-        client.deferBegin()
+        expect(client.deferBegin()).toBe(true)
         expect(sqlState(await insert(client, "taken").catch((error) => error))).toBe("23505")
         // (The status is read from the answer after the error: the next statement tells.)
         expect(sqlState(await insert(client, "after").catch((error) => error))).toBe("25P02")
@@ -370,7 +367,7 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       withTable(async (client) => {
         await insert(client, "warm")
         await client.query("DEALLOCATE ALL")
-        client.deferBegin()
+        expect(client.deferBegin()).toBe(true)
         expect(sqlState(await insert(client, "lost").catch((error) => error))).toBe("26000")
         expect(sqlState(await client.query("SELECT 1").catch((error) => error))).toBe("25P02")
         await client.query("ROLLBACK")
@@ -383,7 +380,7 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       withTable(async (client) => {
         await insert(client, "warm")
         const counted = exchanges(client)
-        client.deferBegin()
+        expect(client.deferBegin()).toBe(true)
         expect(client.cancelDeferredBegin()).toBe(true)
         expect(client.cancelDeferredBegin()).toBe(false)
         expect(counted()).toBe(0)
@@ -391,6 +388,22 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
         expect(status(client)).toBe("I")
         expect(await notes(client)).toEqual(["committed", "warm"])
       }))
+
+    // Pipeline mode sends a statement before BEGIN's answer is in: were
+    // BEGIN to fail, the statement would run outside any transaction.
+    it("defers nothing in pg's pipeline mode", async () => {
+      const Client = PgPreparedClient.make()
+      const client = new Client({ connectionString: url, pipeline: true } as Pg.ClientConfig)
+      await client.connect()
+      try {
+        expect(client.deferBegin()).toBe(false)
+        expect(client.cancelDeferredBegin()).toBe(false)
+        await client.query("SELECT $1::int AS v", [1])
+        expect(client.getTransactionStatus()).toBe("I")
+      } finally {
+        await client.end()
+      }
+    })
 
     it("a BEGIN that fails closes the connection", () =>
       withTable(async (client) => {
@@ -400,7 +413,7 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
         // A transaction some statement aborted: BEGIN there fails (25P02).
         await client.query("BEGIN")
         await client.query("SELECT 1/0").catch(() => undefined)
-        client.deferBegin()
+        expect(client.deferBegin()).toBe(true)
         expect(sqlState(await insert(client, "never").catch((error) => error))).toBe("25P02")
         const after = await client.query("SELECT 1").then(() => "answered", (error) => error)
         expect(after).toBeInstanceOf(Error)
