@@ -19,6 +19,7 @@ import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./Command
 import * as DomainEvent from "./DomainEvent.js"
 import type * as Handler from "./Handler.js"
 import * as Idempotency from "./Idempotency.js"
+import { clipped } from "./internal/limit.js"
 import type * as Middleware from "./Middleware.js"
 import * as MiddlewareModule from "./Middleware.js"
 import { Outbox } from "./Outbox.js"
@@ -314,7 +315,8 @@ const build = (
       return unreadable("", error)
     }
     const definition = tag === undefined ? undefined : definitions.get(tag)
-    if (definition === undefined) return Effect.fail(new UnknownCommand({ commandType: tag ?? "" }))
+    // The tag is the input's, of any size: quoted as long as a tag may sensibly be.
+    if (definition === undefined) return Effect.fail(new UnknownCommand({ commandType: clipped(tag ?? "", 255) }))
     let decoded: Effect.Effect<Command.Any, ParseResult.ParseError>
     try {
       decoded = decoderFor(definition)(input)
@@ -399,12 +401,18 @@ const afterHandler = (
 
 const maxIssues = 100
 const maxIssueMessage = 1000
+// A path's segments come from the schema, except the keys of the input it
+// refuses (an excess property), which may be of any size or number.
+const maxPathSegments = 32
+const maxPathSegment = 100
 
 /**
- * The issues of a parse error, as `ValidationIssue`s: at most 100 (then one
- * saying how many more), each message at most 1000 characters (a message
- * quotes the value it refuses, which may be of any size). Input nested too
- * deep for Effect's formatter, which recurses, is one issue saying so.
+ * The issues of a parse error, as `ValidationIssue`s: at most 100 (the last
+ * one saying how many more when there were more), each message at most 1000
+ * characters (a message quotes the value it refuses, which may be of any
+ * size), each path at most 32 segments of at most 100 characters. Input
+ * nested too deep for Effect's formatter, which recurses, is one issue
+ * saying so.
  *
  * @since 0.1.0
  * @category utils
@@ -416,17 +424,18 @@ export const issuesOf = (error: ParseResult.ParseError): Array<ValidationIssue> 
   } catch {
     return [new ValidationIssue({ path: [], message: "the input is invalid, and nested too deep to say where" })]
   }
-  const issues = formatted.slice(0, maxIssues).map((issue) =>
+  const shown = formatted.length <= maxIssues ? formatted.length : maxIssues - 1
+  const issues = formatted.slice(0, shown).map((issue) =>
     new ValidationIssue({
-      path: issue.path.map((segment) => typeof segment === "number" ? segment : String(segment)),
-      message: issue.message.length <= maxIssueMessage
-        ? issue.message
-        : `${issue.message.slice(0, maxIssueMessage)}… (${issue.message.length - maxIssueMessage} more characters)`
+      path: issue.path.slice(0, maxPathSegments).map((segment) =>
+        typeof segment === "number" ? segment : clipped(String(segment), maxPathSegment)
+      ),
+      message: clipped(issue.message, maxIssueMessage)
     })
   )
-  return formatted.length <= maxIssues ? issues : [
+  return shown === formatted.length ? issues : [
     ...issues,
-    new ValidationIssue({ path: [], message: `and ${formatted.length - maxIssues} more issues` })
+    new ValidationIssue({ path: [], message: `and ${formatted.length - shown} more issues` })
   ]
 }
 

@@ -130,12 +130,39 @@ describe("bus edges", () => {
         bus.dispatchUnknown({ _tag: "Lines", lines: Array.from({ length: 5000 }, () => "not a number") })
       )
       assert.instanceOf(many, CommandError.InvalidCommand)
-      assert.strictEqual(many.issues.length, 101)
-      assert.strictEqual(many.issues[100]!.message, "and 4900 more issues")
+      assert.strictEqual(many.issues.length, 100)
+      assert.strictEqual(many.issues[99]!.message, "and 4901 more issues")
+      // Exactly 100: all of them, none saying "more".
+      const hundred = yield* Effect.flip(
+        bus.dispatchUnknown({ _tag: "Lines", lines: Array.from({ length: 100 }, () => "not a number") })
+      )
+      assert.instanceOf(hundred, CommandError.InvalidCommand)
+      assert.deepStrictEqual(hundred.issues.map((issue) => issue.path[1]), Array.from({ length: 100 }, (_, i) => i))
 
       const huge = yield* Effect.flip(bus.dispatchUnknown({ _tag: "Ping", n: "x".repeat(100_000) }))
       assert.instanceOf(huge, CommandError.InvalidCommand)
-      assert.isBelow(huge.issues[0]!.message.length, 1100)
+      assert.isAtMost(huge.issues[0]!.message.length, 1000)
+      assert.isAtLeast(huge.issues[0]!.message.length, 990)
+      assert.match(huge.issues[0]!.message, /… \(\d+ more characters\)$/)
+
+      // Keys of the input are quoted in a path: an excess one of any size is cut too.
+      const keys = yield* Effect.flip(
+        bus.dispatchUnknown({ _tag: "Ping", n: 1, ["k".repeat(1_000_000)]: 1, ["j".repeat(100_000)]: 2 })
+      )
+      assert.instanceOf(keys, CommandError.InvalidCommand)
+      assert.strictEqual(keys.issues.length, 2)
+      for (const issue of keys.issues) {
+        assert.isAtMost(issue.path.length, 32)
+        for (const segment of issue.path) assert.isAtMost(String(segment).length, 100)
+        assert.isAtMost(issue.message.length, 1000)
+      }
+      assert.isBelow(JSON.stringify(keys).length, 5_000)
+
+      // So is a tag no command has.
+      const unknown = yield* Effect.flip(bus.dispatchUnknown({ _tag: "t".repeat(5_000_000) }))
+      assert.instanceOf(unknown, CommandError.UnknownCommand)
+      assert.isAtMost(unknown.commandType.length, 255)
+      assert.match(unknown.commandType, /^t+… \(\d+ more characters\)$/)
     }).pipe(Effect.provide(InMemory.layer)))
 
   it.effect("fingerprint of a payload nested too deep to hash is a defect that says so, not a throw", () =>
