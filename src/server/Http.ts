@@ -30,6 +30,7 @@ import type * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import { randomUUID } from "node:crypto"
 import type * as Http from "node:http"
+import * as NodeHttp from "node:http"
 import { Command, CommandError, CurrentUser, Idempotency, Middleware, Outbox } from "../index.js"
 import { CancelOrder, CreateOrder, RestockProduct } from "../orders/Commands.js"
 import { Inventory } from "../orders/Inventory.js"
@@ -329,6 +330,39 @@ const challengeFor = (authorization: string | ReadonlyArray<string> | undefined)
  */
 export const correlationIdOf = (header: string | undefined): string =>
   header !== undefined && uuid.test(header) ? header.toLowerCase() : randomUUID()
+
+/**
+ * What the edge and the server's answer to a parser error (`Server`'s
+ * `answerClientErrors`) share of one request: its correlation id, and the
+ * status of an answer that error handler gave while the application had the
+ * request (its body cut off by a bad chunk, or too slow to arrive). Made by
+ * whichever of the two sees the request first.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface EdgeState {
+  readonly correlationId: string
+  answered: number | undefined
+}
+
+const edgeStates = new WeakMap<object, EdgeState>()
+
+/**
+ * The `EdgeState` of Node's `request`, made on first use.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const edgeStateOf = (request: Http.IncomingMessage): EdgeState => {
+  let state = edgeStates.get(request)
+  if (state === undefined) {
+    const header = request.headers["x-correlation-id"]
+    state = { correlationId: correlationIdOf(typeof header === "string" ? header : undefined), answered: undefined }
+    edgeStates.set(request, state)
+  }
+  return state
+}
 
 // `application/json` only: the API reads the bodies of no other media type
 // as JSON (`application/merge-patch+json` would mean another operation).
@@ -710,13 +744,17 @@ const edgeOf =
       const tracing = fiber.getFiberRef(FiberRef.currentTracerEnabled)
       const traceparent = tracing ? Observability.traceparentOf(fiber.currentContext) : undefined
       const untraced = tracing && traceparent === undefined
-      const correlationId = correlationIdOf(request.headers["x-correlation-id"])
+      // Node's request, when served by Node: shared with its parser errors' answer.
+      const edge = received.source instanceof NodeHttp.IncomingMessage ? edgeStateOf(received.source) : undefined
+      const correlationId = edge?.correlationId ?? correlationIdOf(request.headers["x-correlation-id"])
       return Effect.gen(function*() {
         // Runs on the final response, whatever produced it (handler, encoded
         // error, refusal), just before it is written.
         yield* HttpApp.appendPreResponseHandler((_request, response) => {
           const elapsedMs = performance.now() - start
-          Metrics.recordRequest(request.method, route, response.status, elapsedMs / 1000)
+          // Answered already by the parser's error handler: that answer is the request's.
+          const status = edge?.answered ?? response.status
+          Metrics.recordRequest(request.method, route, status, elapsedMs / 1000)
           // An empty 503 is the platform's answer for a request interrupted
           // by the server: a shutdown that stopped waiting for it.
           let decorated = HttpServerResponse.setHeader(
@@ -748,7 +786,7 @@ const edgeOf =
               Effect.annotateLogs({
                 method: request.method,
                 path: request.url.split("?")[0],
-                status: response.status,
+                status,
                 durationMs: Math.round(elapsedMs),
                 correlationId
               })

@@ -214,15 +214,20 @@ export const answerClientErrors = (server: Server, report: (answered: Answered) 
     // A request the application already has (a body cut off, or too slow to
     // arrive): the edge logs and counts it; an answer it already began
     // cannot be followed by another.
-    const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } | null })._httpMessage
+    const inFlight = (socket as { _httpMessage?: { headersSent?: boolean; req?: IncomingMessage } | null })
+      ._httpMessage
     if (inFlight?.headersSent === true) {
       socket.destroy()
       return
     }
     const reason = error.code ?? "HPE_UNKNOWN"
     const status = clientErrorStatus[reason] ?? 400
-    const correlationId = correlationIdOf(undefined)
+    // The request's own id, as the edge gives it; and the edge told of this
+    // answer, which it logs and counts rather than its own (client gone, 499).
+    const edge = inFlight?.req === undefined ? undefined : Http.edgeStateOf(inFlight.req)
+    const correlationId = edge?.correlationId ?? correlationIdOf(undefined)
     socket.end(rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, correlationId))
+    if (edge !== undefined) edge.answered = status
     if (inFlight === undefined || inFlight === null) {
       report({ method: "UNKNOWN", path: undefined, status, correlationId })
     }

@@ -187,6 +187,48 @@ describe(`metrics (${kind})`, () => {
         )
       }))
 
+    // Node's parser refuses the body of a request the application already
+    // has: its answer, not the application's "client went away" (499), is
+    // what the request gets, counts and carries.
+    it.effect("a body the parser refuses mid-request: 400 with the request's correlation id, counted as 400", () =>
+      Effect.gen(function*() {
+        const service = yield* TestService
+        const { alice } = yield* tokens
+        const before = yield* scrape
+        const send = (pieces: ReadonlyArray<string>) =>
+          Effect.async<string>((resume) => {
+            let answer = ""
+            const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1", () => {
+              socket.write(pieces[0]!)
+              // The rest once the application has the request (or at once).
+              if (pieces.length > 1) setTimeout(() => socket.write(pieces[1]!), 300)
+            })
+            socket.on("data", (chunk: Buffer) => (answer += chunk.toString("latin1")))
+            socket.on("error", () => {})
+            socket.on("close", () => resume(Effect.succeed(answer)))
+            return Effect.sync(() => socket.destroy())
+          }).pipe(Effect.timeout("10 seconds"))
+        const head = (correlationId: string) =>
+          `POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
+          `Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nX-Correlation-ID: ${correlationId}\r\n\r\n` +
+          `5\r\n{"cus\r\n`
+        const badChunk = "zz\r\n"
+        for (const split of [true, false]) {
+          const correlationId = randomUUID()
+          const answer = yield* send(split ? [head(correlationId), badChunk] : [head(correlationId) + badChunk])
+          const [statusLine, ...lines] = answer.split("\r\n\r\n")[0]!.split("\r\n")
+          expect(statusLine).toMatch(/^HTTP\/1\.1 400 /)
+          expect(lines.map((line) => line.toLowerCase())).toContain(`x-correlation-id: ${correlationId}`)
+        }
+        // Counted once the application has let go of them.
+        yield* Effect.sleep("300 millis")
+        const after = yield* scrape
+        const delta = (status: string) =>
+          valueOf(after, "http_server_requests_total", { method: "POST", route: "/api/v1/orders", status }) -
+          valueOf(before, "http_server_requests_total", { method: "POST", route: "/api/v1/orders", status })
+        expect([delta("400"), delta("499")]).toEqual([2, 0])
+      }))
+
     it.effect("an idempotent replay moves the replay counter; the key with another body, the mismatch counter", () =>
       Effect.gen(function*() {
         yield* stock("sku-m2", 10)

@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import { randomUUID } from "node:crypto"
 import * as Net from "node:net"
 import { kind } from "../support/Database.js"
 import { dereference, type Document, operationsOf, responseChecker } from "./fuzz/OpenApiOperations.js"
@@ -253,14 +254,18 @@ describe(`a request too slow to arrive (${kind})`, () => {
         const alice = yield* token("alice")
         // Headers and part of the body, then nothing: the reply comes from the server's timeout
         // (rawRequest gives up after its own bound, with no reply, if none comes).
+        const correlationId = randomUUID()
         const reply = parseRawReply(
           yield* rawRequest(
             `POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
+              `X-Correlation-ID: ${correlationId}\r\n` +
               `Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"customer`,
             { halfClose: false }
           )
         )
         expect([reply.status, reply.body.code]).toEqual([408, "MalformedRequest"])
+        // The request's own id: the application had the request when the answer went out.
+        expect(reply.headers.get("x-correlation-id")).toBe(correlationId)
         expect(conforms("orders.createOrder", reply)).toEqual([])
       }))
   })
