@@ -169,8 +169,8 @@ export const database = Config.all({
   schema: Config.option(
     Config.string("DATABASE_SCHEMA").pipe(
       Config.validate({
-        message: "DATABASE_SCHEMA must be a lowercase SQL identifier",
-        validation: (name) => /^[a-z_][a-z0-9_]{0,62}$/.test(name)
+        message: "DATABASE_SCHEMA must be a lowercase SQL identifier, not beginning with pg_ (PostgreSQL's own)",
+        validation: (name) => /^[a-z_][a-z0-9_]{0,62}$/.test(name) && !name.startsWith("pg_")
       })
     )
   ),

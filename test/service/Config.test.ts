@@ -220,6 +220,19 @@ describe("settings checked before start", () => {
       }
     }))
 
+  // PostgreSQL keeps the pg_ prefix to itself ("unacceptable schema name"):
+  // refused here, the setting named, rather than at the first connection.
+  it.effect("a DATABASE_SCHEMA PostgreSQL reserves (pg_...) is refused, naming it; other identifiers are not", () =>
+    Effect.gen(function*() {
+      for (const schema of ["pg_orders", "pg_catalog", "pg_", "Orders", "1st"]) {
+        const error = yield* Effect.flip(read({ DATABASE_SCHEMA: schema }))
+        expect(String(error)).toContain("DATABASE_SCHEMA")
+      }
+      for (const schema of ["orders", "public", "_pg_orders", "orders_pg_1"]) {
+        expect((yield* read({ DATABASE_SCHEMA: schema })).schema).toEqual(Option.some(schema))
+      }
+    }))
+
   it.effect("METRICS_PORT equal to PORT is refused, naming METRICS_PORT; 0 or another port is not", () =>
     Effect.gen(function*() {
       const check = (env: Record<string, string>) =>
