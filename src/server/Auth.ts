@@ -282,15 +282,22 @@ const verifiesWith = (key: unknown, algorithms: ReadonlyArray<string>): Effect.E
   return Effect.promise(async () => {
     for (const alg of candidates) {
       const imported = await Jose.importJWK(key as Jose.JWK, alg).then((key) => key, () => undefined)
-      // jose verifies RSA signatures with moduli of 2048 bits or more only.
-      const modulus = Predicate.hasProperty(imported, "algorithm") &&
-          Predicate.hasProperty(imported.algorithm, "modulusLength")
-        ? imported.algorithm.modulusLength
-        : undefined
-      if (imported !== undefined && (typeof modulus !== "number" || modulus >= 2048)) return true
+      if (imported !== undefined && !tooShortForJose(imported)) return true
     }
     return false
   })
+}
+
+// jose verifies RSA signatures with moduli of 2048 bits or more only.
+const minRsaBits = 2048
+
+/** The modulus of an imported RSA key shorter than jose verifies with, if it is one. */
+const tooShortForJose = (imported: unknown): number | undefined => {
+  const modulus = Predicate.hasProperty(imported, "algorithm") &&
+      Predicate.hasProperty(imported.algorithm, "modulusLength")
+    ? imported.algorithm.modulusLength
+    : undefined
+  return typeof modulus === "number" && modulus < minRsaBits ? modulus : undefined
 }
 
 /**
@@ -342,6 +349,14 @@ export const keyFromConfig = Effect.gen(function*() {
       try: () => Jose.importSPKI(Fs.readFileSync(file, "utf8"), alg),
       catch: (cause) => ConfigError.InvalidData(["JWT_PUBLIC_KEY_FILE"], `cannot import ${file}: ${messageOf(cause)}`)
     })
+    // Imported, it would start a service that refuses every token.
+    const short = tooShortForJose(key)
+    if (short !== undefined) {
+      return yield* Effect.fail(ConfigError.InvalidData(
+        ["JWT_PUBLIC_KEY_FILE"],
+        `${file} is an RSA key of ${short} bits; ${alg} needs ${minRsaBits} bits or more`
+      ))
+    }
     return { _tag: "PublicKey", key, algorithm: alg } satisfies KeyConfig as KeyConfig
   }
   if (Option.isSome(jwt.secret)) {

@@ -187,6 +187,34 @@ describe("JWT_JWKS_FILE", () => {
     }))
 })
 
+describe("JWT_PUBLIC_KEY_FILE", () => {
+  const withKeyFile = (bits: number) => {
+    const dir = freshDir()
+    const file = Path.join(dir, "public.pem")
+    const { publicKey } = generateKeyPairSync("rsa", { modulusLength: bits })
+    Fs.writeFileSync(file, publicKey.export({ format: "pem", type: "spki" }))
+    return Auth.keyFromConfig.pipe(
+      Effect.either,
+      Effect.withConfigProvider(ConfigProvider.fromJson({ DATA_DIR: dir, JWT_PUBLIC_KEY_FILE: file }))
+    )
+  }
+
+  // jose verifies RSA signatures with keys of 2048 bits or more only: a
+  // shorter one would start a service that refuses every token.
+  it.effect("an RSA key under 2048 bits is refused at start, naming the setting; 2048 is the key", () =>
+    Effect.gen(function*() {
+      const weak = yield* withKeyFile(1024)
+      expect(Either.isLeft(weak)).toBe(true)
+      if (Either.isLeft(weak)) {
+        const text = reasonOf(weak.left as ConfigError.ConfigError)
+        expect(text).toContain("JWT_PUBLIC_KEY_FILE: ")
+        expect(text).toContain("2048")
+      }
+      const strong = yield* withKeyFile(2048)
+      expect(Either.isRight(strong) && strong.right._tag).toBe("PublicKey")
+    }))
+})
+
 describe("the subject as a user id", () => {
   it("follows the command metadata's rule: 1 to 255 code points of storable text", () => {
     expect(Auth.isUserId("😀".repeat(200))).toBe(true)
