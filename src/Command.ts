@@ -10,6 +10,7 @@ import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import { createHash, randomUUID } from "node:crypto"
 import * as PlainSchema from "./internal/schema.js"
+import { codePoints } from "./internal/text.js"
 
 // A lone surrogate: a high one not followed by a low one, or a low one not
 // preceded by a high one.
@@ -41,12 +42,6 @@ export const Text = Schema.String.pipe(
     description: "Text without NUL characters or unpaired surrogates (\\uD800 to \\uDFFF alone)"
   })
 )
-
-const codePoints = (value: string): number => {
-  let count = 0
-  for (const _ of value) count++
-  return count
-}
 
 /**
  * Storable text of `min` to `max` characters, counted as Unicode code points

@@ -19,7 +19,7 @@ import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./Command
 import * as DomainEvent from "./DomainEvent.js"
 import type * as Handler from "./Handler.js"
 import * as Idempotency from "./Idempotency.js"
-import { clipped } from "./internal/limit.js"
+import { clipped } from "./internal/text.js"
 import type * as Middleware from "./Middleware.js"
 import * as MiddlewareModule from "./Middleware.js"
 import { Outbox } from "./Outbox.js"
@@ -298,14 +298,24 @@ const build = (
   }
 
   // Input that cannot even be read (a getter or proxy trap that throws) is
-  // invalid, as a failure: nothing here throws.
-  const unreadable = (commandType: string, error: unknown) =>
-    Effect.fail(
+  // invalid, as a failure: nothing here throws, not even what it threw
+  // (a value with no string form).
+  const unreadable = (commandType: string, error: unknown) => {
+    let reason: string
+    try {
+      reason = String(error)
+    } catch {
+      reason = "a value with no string form was thrown"
+    }
+    return Effect.fail(
       new InvalidCommand({
         commandType,
-        issues: [new ValidationIssue({ path: [], message: `the input cannot be read: ${String(error)}` })]
+        issues: [
+          new ValidationIssue({ path: [], message: clipped(`the input cannot be read: ${reason}`, maxIssueMessage) })
+        ]
       })
     )
+  }
 
   const dispatchUnknown = (input: unknown): Effect.Effect<any, any, any> => {
     let tag: string | undefined

@@ -158,6 +158,50 @@ describe("bus edges", () => {
       }
       assert.isBelow(JSON.stringify(keys).length, 5_000)
 
+      // Counted in characters (code points), as every length here is, and never cut inside a surrogate pair.
+      const lone = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+      const emoji = yield* Effect.flip(
+        bus.dispatchUnknown({ _tag: "Ping", n: "😀".repeat(5000), ["😀".repeat(150)]: 1, ["😀".repeat(60)]: 2 })
+      )
+      assert.instanceOf(emoji, CommandError.InvalidCommand)
+      for (const issue of emoji.issues) {
+        assert.isFalse(lone.test(issue.message), issue.message)
+        assert.isAtMost([...issue.message].length, 1000)
+        for (const segment of issue.path) {
+          assert.isFalse(lone.test(String(segment)))
+          assert.isAtMost([...String(segment)].length, 100)
+        }
+      }
+      const cut = /… \((\d+) more characters\)$/
+      const segment = String(emoji.issues.find((issue) => cut.test(String(issue.path[0])))!.path[0])
+      const kept = [...segment.replace(cut, "")].length
+      assert.strictEqual(kept + Number(cut.exec(segment)![1]), 150)
+      // 60 of them are 120 UTF-16 units, and 60 characters: quoted whole.
+      assert.isTrue(emoji.issues.some((issue) => issue.path[0] === "😀".repeat(60)))
+      // A tag of 200 characters is quoted whole.
+      const wide = yield* Effect.flip(bus.dispatchUnknown({ _tag: "😀".repeat(200) }))
+      assert.instanceOf(wide, CommandError.UnknownCommand)
+      assert.strictEqual(wide.commandType, "😀".repeat(200))
+
+      // What a getter of the input throws is quoted within the bound, even a value with no string form.
+      const thrown = yield* Effect.flip(bus.dispatchUnknown({
+        get _tag(): string {
+          throw new Error("x".repeat(1_000_000))
+        }
+      }))
+      assert.instanceOf(thrown, CommandError.InvalidCommand)
+      assert.isAtMost(thrown.issues[0]!.message.length, 1000)
+      let opaque: Effect.Effect<unknown, unknown, unknown> | undefined
+      assert.doesNotThrow(() => {
+        opaque = bus.dispatchUnknown({
+          get _tag(): string {
+            throw Object.create(null)
+          }
+        })
+      })
+      const refused = yield* Effect.flip(opaque! as Effect.Effect<unknown, unknown, never>)
+      assert.instanceOf(refused, CommandError.InvalidCommand)
+
       // So is a tag no command has.
       const unknown = yield* Effect.flip(bus.dispatchUnknown({ _tag: "t".repeat(5_000_000) }))
       assert.instanceOf(unknown, CommandError.UnknownCommand)

@@ -53,16 +53,3 @@ export const storedDuration = (duration: Duration.DurationInput): Duration.Durat
  * @internal
  */
 export const minStoredEpochMillis = new Date("0001-01-01T00:00:00Z").getTime()
-
-/**
- * `text` in at most `max` characters: cut, when longer, with what was cut
- * said at its end (`… (N more characters)`, counted in the `max`).
- *
- * @internal
- */
-export const clipped = (text: string, max: number): string => {
-  if (text.length <= max) return text
-  // The suffix's own length depends on the count it states; a 20-digit count is enough for any string.
-  const kept = Math.max(0, max - `… ( more characters)`.length - String(text.length).length)
-  return `${text.slice(0, kept)}… (${text.length - kept} more characters)`
-}
