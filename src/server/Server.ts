@@ -222,15 +222,17 @@ export const answerClientErrors = (server: Server, report: (answered: Answered) 
     }
     const reason = error.code ?? "HPE_UNKNOWN"
     const status = clientErrorStatus[reason] ?? 400
-    // The request's own id, as the edge gives it; and the edge told of this
-    // answer, which it logs and counts rather than its own (client gone, 499).
-    const edge = inFlight?.req === undefined ? undefined : Http.edgeStateOf(inFlight.req)
+    // The refused bytes are the body of the request the application has
+    // when that request is still arriving: the answer carries its id, and the
+    // edge logs and counts it with this status rather than its own (client
+    // gone, 499). Otherwise they are a request of their own, pipelined behind
+    // a complete one (`_httpMessage` is the oldest unanswered request's).
+    const request = inFlight?.req
+    const edge = request === undefined || request.complete ? undefined : Http.edgeStateOf(request)
     const correlationId = edge?.correlationId ?? correlationIdOf(undefined)
     socket.end(rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, correlationId))
     if (edge !== undefined) edge.answered = status
-    if (inFlight === undefined || inFlight === null) {
-      report({ method: "UNKNOWN", path: undefined, status, correlationId })
-    }
+    else report({ method: "UNKNOWN", path: undefined, status, correlationId })
   })
   // An `Expect` other than `100-continue`: Node's own answer is a bare 417.
   server.on("checkExpectation", (request: IncomingMessage, response: ServerResponse) => {

@@ -229,6 +229,39 @@ describe(`metrics (${kind})`, () => {
         expect([delta("400"), delta("499")]).toEqual([2, 0])
       }))
 
+    // HTTP/1.1 pipelining: bytes the parser refuses behind a complete request
+    // are a request of their own, not that one's body.
+    it.effect("a request the parser refuses behind a complete one is its own 400, not the complete one's", () =>
+      Effect.gen(function*() {
+        const service = yield* TestService
+        const { alice } = yield* tokens
+        yield* stock("sku-m9", 10)
+        const before = yield* scrape
+        const correlationId = randomUUID()
+        const body = JSON.stringify(orderBody("sku-m9", 1))
+        const answer = yield* Effect.async<string>((resume) => {
+          let received = ""
+          const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1", () =>
+            socket.write(
+              `POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
+                `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+                `X-Correlation-ID: ${correlationId}\r\n\r\n${body}GARBAGE\r\n\r\n`
+            ))
+          socket.on("data", (chunk: Buffer) => (received += chunk.toString("latin1")))
+          socket.on("error", () => {})
+          socket.on("close", () => resume(Effect.succeed(received)))
+          return Effect.sync(() => socket.destroy())
+        }).pipe(Effect.timeout("10 seconds"))
+        expect(answer).toMatch(/HTTP\/1\.1 400 /)
+        expect(answer.toLowerCase()).not.toContain(`x-correlation-id: ${correlationId}`)
+        yield* Effect.sleep("300 millis")
+        const after = yield* scrape
+        const delta = (labels: Record<string, string>) =>
+          valueOf(after, "http_server_requests_total", labels) - valueOf(before, "http_server_requests_total", labels)
+        expect(delta({ method: "POST", route: "/api/v1/orders", status: "400" })).toBe(0)
+        expect(delta({ method: "UNKNOWN", route: "unmatched", status: "400" })).toBe(1)
+      }))
+
     it.effect("an idempotent replay moves the replay counter; the key with another body, the mismatch counter", () =>
       Effect.gen(function*() {
         yield* stock("sku-m2", 10)
