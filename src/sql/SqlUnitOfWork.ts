@@ -145,6 +145,12 @@ interface Held {
   broken: Error | undefined
 }
 
+/** Hands `held` back to the pool: destroyed when it broke while held or `failed`. */
+const handBack = (held: Held, failed?: Error) => {
+  held.client.off("error", held.onError)
+  held.release(held.broken ?? failed)
+}
+
 /**
  * A connection taken from the pool with its transaction begun (or, on a
  * `PgPreparedClient`, to begin with its first statement). A client that
@@ -171,8 +177,7 @@ const begin = (pool: Pg.Pool) =>
       if (defersBegin(client) && client.deferBegin()) return resume(Effect.succeed(held))
       client.query("BEGIN", (error: Error | null) => {
         if (error === null) return resume(Effect.succeed(held))
-        client.off("error", held.onError)
-        release(error)
+        handBack(held, error)
         resume(Effect.fail(new SqlError({ cause: error, message: "Failed to begin transaction" })))
       })
     })
@@ -189,13 +194,11 @@ const end = (held: Held, commit: boolean) =>
   Effect.async<void, SqlError>((resume) => {
     // No statement went out, so no BEGIN: there is nothing to end.
     if (defersBegin(held.client) && held.client.cancelDeferredBegin()) {
-      held.client.off("error", held.onError)
-      held.release(held.broken)
+      handBack(held)
       return resume(Effect.void)
     }
     held.client.query(commit ? "COMMIT" : "ROLLBACK", (error: Error | null, result?: { command?: string }) => {
-      held.client.off("error", held.onError)
-      held.release(held.broken ?? error ?? undefined)
+      handBack(held, error ?? undefined)
       if (error !== null) {
         return resume(
           Effect.fail(new SqlError({ cause: error, message: `Failed to ${commit ? "commit" : "roll back"}` }))
