@@ -156,7 +156,10 @@ export interface Store {
   /**
    * Records the outcome of the claim identified by `token`. Returns `false`
    * when the claim was lost (its lease passed and another dispatch claimed
-   * the key), so the caller can roll back instead of running twice.
+   * the key), so the caller can roll back instead of running twice. A store
+   * that joins the transaction may send the record with its commit instead
+   * (the SQL store does) and answer `true` at once: a lost claim then fails
+   * the commit, with `IdempotencyKeyInFlight`, and nothing commits.
    */
   readonly complete: (request: CompleteRequest) => Effect.Effect<boolean, StoreUnavailable>
   /** Drops an in-flight claim, if `token` still holds it. */

@@ -30,6 +30,9 @@
  * - `deferBegin()` opens a transaction with the connection's next statement:
  *   `BEGIN` goes out in the same write as that statement, one round trip
  *   less per transaction (see `deferBegin`).
+ * - `deferUntilCommit()` holds back a write whose answer nobody reads, and
+ *   `commitDeferred()` sends the held writes and `COMMIT` in one exchange:
+ *   a round trip less per held write (see `deferUntilCommit`).
  * - Not for a pooler in transaction mode (PgBouncer before 1.21, or without
  *   `max_prepared_statements`), where the next statement may reach another
  *   server connection.
@@ -131,6 +134,130 @@ const afterBegin = (query: NamedQuery, begun: () => void): NamedQuery => {
   return query
 }
 
+/**
+ * How a `commitDeferred` ended, when PostgreSQL answered it: `Committed`,
+ * `RolledBack` (the transaction was aborted before, by a statement whose
+ * error its caller went past: PostgreSQL answers `COMMIT` with `ROLLBACK`),
+ * or `Failed`: the held write `index` (in the order they were held) failed
+ * with `error`, and the transaction is still open, aborted, for the caller
+ * to roll back. An error of `COMMIT` itself, or of the connection, is the
+ * callback's error instead.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type CommitOutcome =
+  | { readonly _tag: "Committed" }
+  | { readonly _tag: "RolledBack" }
+  | { readonly _tag: "Failed"; readonly index: number; readonly error: Error }
+
+type CommitCallback = (error: Error | null, outcome?: CommitOutcome) => void
+
+interface ExchangeConnection extends WireConnection {
+  parse(message: { readonly text: string; readonly name?: string | undefined }): void
+  sync(): void
+  on(event: "parseComplete", listener: () => void): void
+  off(event: "parseComplete", listener: () => void): void
+  readonly parsedStatements: Record<string, string>
+  readonly stream: { cork?: () => void; uncork?: () => void }
+}
+
+/**
+ * Held writes and `COMMIT` as one extended-protocol exchange, for `pg` to
+ * submit like a cursor: each write (a named statement) parsed when the
+ * connection has not parsed it yet, bound and executed, then `COMMIT`
+ * parsed, bound and executed, and one Sync. PostgreSQL runs them in order
+ * and skips the rest after an error, `COMMIT` included, so a write that
+ * fails leaves the transaction open and aborted: nothing of it commits. Rows
+ * a write returns are not read.
+ */
+class CommitExchange {
+  /** Set by `pg` when it bounds the exchange with a read timeout; answered once. */
+  callback: CommitCallback | undefined
+  private completed = 0
+  private command: string | undefined
+  private connection: ExchangeConnection | undefined
+  /** The writes this exchange parses, in order, and how many of their Parses succeeded. */
+  private readonly parses: Array<QueryConfig> = []
+  private parseCompletes = 0
+  private readonly onParseComplete = () => {
+    this.parseCompletes++
+  }
+
+  constructor(private readonly writes: ReadonlyArray<QueryConfig>, callback: CommitCallback) {
+    this.callback = callback
+  }
+
+  submit(connection: ExchangeConnection): null {
+    this.connection = connection
+    // `pg` keeps a connection's parsed statements from the ParseComplete of
+    // a query with a name, which this exchange is not: counted here instead.
+    connection.on("parseComplete", this.onParseComplete)
+    connection.stream.cork?.()
+    try {
+      for (const write of this.writes) {
+        const name = write.name!
+        if (!(name in connection.parsedStatements) && !this.parses.some((parsed) => parsed.name === name)) {
+          connection.parse({ text: write.text, name })
+          this.parses.push(write)
+        }
+        connection.bind({ statement: name, values: write.values, valueMapper: prepareValue })
+        connection.execute({})
+      }
+      connection.parse({ text: "COMMIT" })
+      connection.bind({})
+      connection.execute({})
+      connection.sync()
+    } finally {
+      connection.stream.uncork?.()
+    }
+    return null
+  }
+
+  handleCommandComplete(message: { readonly text?: string; readonly command?: string }): void {
+    if (this.completed < this.writes.length) this.completed++
+    // The tag: `text` from `pg`'s JavaScript parser, `command` from its native one.
+    else this.command = message.text ?? message.command
+  }
+
+  // The writes' rows (no Describe was sent, so no RowDescription comes).
+  handleRowDescription(): void {}
+  handleDataRow(): void {}
+  handlePortalSuspended(): void {}
+  handleEmptyQuery(): void {}
+  handleCopyData(): void {}
+  handleCopyInResponse(connection: { sendCopyFail(message: string): void }): void {
+    connection.sendCopyFail("No source stream defined")
+  }
+
+  handleError(error: Error): void {
+    // The writes before the failed one completed: its index is their count.
+    // Past them all, it is COMMIT's error (or the connection's).
+    const failedWrite = this.completed < this.writes.length && sqlState(error) !== undefined
+    this.answer(failedWrite ? null : error, failedWrite ? { _tag: "Failed", index: this.completed, error } : undefined)
+  }
+
+  handleReadyForQuery(): void {
+    this.answer(null, this.command === "COMMIT" ? { _tag: "Committed" } : { _tag: "RolledBack" })
+  }
+
+  private answer(error: Error | null, outcome?: CommitOutcome): void {
+    const connection = this.connection
+    if (connection !== undefined) {
+      this.connection = undefined
+      connection.off("parseComplete", this.onParseComplete)
+      // The Parses answered are the first ones sent (PostgreSQL skips the
+      // rest after an error): those statements exist on the connection now.
+      for (const parsed of this.parses.slice(0, this.parseCompletes)) {
+        connection.parsedStatements[parsed.name!] = parsed.text
+      }
+    }
+    const callback = this.callback
+    this.callback = undefined
+    callback?.(error, outcome)
+  }
+}
+
 /** What `pg.Client` keeps to itself and this class reads. */
 interface ClientState {
   readonly _txStatus?: unknown
@@ -170,6 +297,30 @@ export interface PreparedClient extends Pg.Client {
    * waiting after this call.
    */
   cancelDeferredBegin(): boolean
+  /**
+   * Holds back `text` with `values`, a write of the open transaction whose
+   * answer nobody reads, to go out with its `COMMIT` (`commitDeferred`): one
+   * round trip less. It answers `false`, and holds nothing, unless the
+   * connection is in a transaction whose `BEGIN` went out (none deferred),
+   * with nothing running or queued, and the statement gets a name (it has
+   * parameters, and the names are not all taken); then run the statement as
+   * usual. A
+   * statement sent before the commit sends the held writes first, in order,
+   * so none runs out of its place.
+   *
+   * A held write that fails fails the commit: `commitDeferred` answers
+   * `Failed` with its index. So a write whose outcome must decide the commit
+   * (a row count to check) has to raise an error in SQL instead.
+   */
+  deferUntilCommit(text: string, values: ReadonlyArray<unknown>): boolean
+  /**
+   * Sends the held writes and `COMMIT` in one exchange (see `CommitOutcome`).
+   * Answers `false`, and sends nothing, when no write is held and none failed
+   * since the transaction began: then send `COMMIT` as usual.
+   */
+  commitDeferred(callback: (error: Error | null, outcome?: CommitOutcome) => void): boolean
+  /** Drops the held writes (the transaction rolls back instead). */
+  dropDeferred(): void
 }
 
 /**
@@ -206,9 +357,17 @@ export const make = (
     private abandoned: Array<string> = []
     /** Set by `deferBegin`: the next statement opens the transaction. */
     private beginPending = false
+    /** Writes held for the commit (`deferUntilCommit`). */
+    private deferred: Array<QueryConfig> = []
+    /** How many writes were held in this transaction, sent ahead or not. */
+    private deferredCount = 0
+    /** The first held write that failed when another statement sent it ahead. */
+    private deferredFailure: { readonly index: number; readonly error: Error } | undefined
 
     deferBegin(): boolean {
       if (this.state().pipeline) return false
+      // A new transaction: nothing is held for it yet.
+      this.dropDeferred()
       this.beginPending = true
       return true
     }
@@ -217,6 +376,70 @@ export const make = (
       const pending = this.beginPending
       this.beginPending = false
       return pending
+    }
+
+    deferUntilCommit(text: string, values: ReadonlyArray<unknown>): boolean {
+      const state = this.state()
+      // In a transaction that began ("T": not idle, not aborted), with
+      // nothing in flight that the write would have to wait for.
+      if (
+        this.beginPending || state.pipeline || state._txStatus !== "T" || (state._activeQuery ?? null) !== null ||
+        (state._queryQueue?.length ?? 0) > 0
+      ) return false
+      const named = this.named(text, values)
+      if (named === undefined || !isBare(named)) return false
+      this.deferred.push(named)
+      this.deferredCount++
+      return true
+    }
+
+    commitDeferred(callback: (error: Error | null, outcome?: CommitOutcome) => void): boolean {
+      if (this.deferred.length === 0 && this.deferredFailure === undefined) {
+        this.deferredCount = 0
+        return false
+      }
+      const writes = this.deferred
+      const failedAhead = this.deferredFailure
+      const offset = this.deferredCount - writes.length
+      this.deferred = []
+      this.deferredFailure = undefined
+      this.deferredCount = 0
+      const timer = answerTimeout === undefined ? undefined : setTimeout(() => this.close(answerTimeout), answerTimeout)
+      super.query(
+        new CommitExchange(writes, (error, outcome) => {
+          clearTimeout(timer)
+          if (outcome?._tag === "Failed") this.renameIfStale(writes[outcome.index]!, outcome.error)
+          // A write sent ahead failed first: it aborted the transaction, and
+          // what came after it failed or rolled back for that reason.
+          if (error === null && failedAhead !== undefined) return callback(null, { _tag: "Failed", ...failedAhead })
+          if (outcome?._tag === "Failed") return callback(null, { ...outcome, index: offset + outcome.index })
+          callback(error, outcome)
+        }) as unknown as Pg.QueryConfig
+      )
+      return true
+    }
+
+    dropDeferred(): void {
+      this.deferred = []
+      this.deferredFailure = undefined
+      this.deferredCount = 0
+    }
+
+    /**
+     * Sends the held writes ahead of another statement, in order, each on
+     * its own; the first that fails is kept for the commit to report.
+     */
+    private sendDeferredAhead() {
+      const writes = this.deferred
+      const offset = this.deferredCount - writes.length
+      this.deferred = []
+      writes.forEach((write, i) =>
+        super.query(namedQuery(write, (error) => {
+          if (error === null || this.deferredFailure !== undefined) return
+          this.renameIfStale(write, error)
+          this.deferredFailure = { index: offset + i, error }
+        }))
+      )
     }
 
     override query(config: any, values?: any, callback?: any): any {
@@ -274,6 +497,7 @@ export const make = (
       // Any statement on an idle connection (a BEGIN too: in a transaction
       // nothing is ever idle) first deallocates one left behind.
       if (this.abandoned.length > 0 && this.idle() && this.state().readyForQuery === true) this.deallocateOne()
+      if (this.deferred.length > 0) this.sendDeferredAhead()
       const begins = this.cancelDeferredBegin()
       const named = this.named(config, values)
       const withBegin = begins && named !== undefined && isBare(named) &&
@@ -410,6 +634,12 @@ export const make = (
       if (withBegin) super.query(afterBegin(namedQuery(config, callback), () => begun = true))
       else if (isBare(config)) super.query(namedQuery(config, callback))
       else super.query(config as Pg.QueryConfig, callback)
+    }
+
+    /** After `error` of `config`, a name that a fresh Parse gets next time, when the old one cannot serve. */
+    private renameIfStale(config: QueryConfig, error: Error) {
+      if (isStale(error)) this.rename(config, sqlState(error) !== "26000")
+      else if (mayBeOutdatedTypes(error)) this.rename(config, true)
     }
 
     /**

@@ -12,8 +12,11 @@ import type * as SqlError from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
 import { randomUUID } from "node:crypto"
+import type { StoreUnavailable } from "../CommandError.js"
 import * as Idempotency from "../Idempotency.js"
 import * as Column from "../internal/column.js"
+import * as SqlFailure from "./SqlFailure.js"
+import * as SqlMigrations from "./SqlMigrations.js"
 import { orUnavailable } from "./SqlOutbox.js"
 import * as SqlStatement from "./SqlStatement.js"
 
@@ -80,16 +83,31 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
                     : Effect.dieMessage("idempotency claim found neither a claim nor a record")))
           return orUnavailable(attempt(3))
         }),
+      // A claim that is no longer held raises an error in SQL, rather than
+      // update no row, so the write can go out with the transaction's COMMIT
+      // (`runAtCommit`) and still stop it: the commit then fails with
+      // `IdempotencyKeyInFlight`. Run at once, the error is `false`.
       complete: (request) =>
-        orUnavailable(
-          SqlStatement.rows(sql<{ readonly ok: boolean }>`
-            UPDATE idempotency_keys
-            SET state = 'completed', result = ${JSON.stringify(request.result)}::jsonb, lease_expires_at = NULL,
-                expires_at = ${Column.fromNow(sql, request.retention)}
-            WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
-              AND state = 'in_flight'
-            RETURNING true AS ok`)
-        ).pipe(Effect.map((rows) => rows.length === 1)),
+        SqlStatement.runAtCommit(
+          sql`WITH completed AS (
+              UPDATE idempotency_keys
+              SET state = 'completed', result = ${JSON.stringify(request.result)}::jsonb, lease_expires_at = NULL,
+                  expires_at = ${Column.fromNow(sql, request.retention)}
+              WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
+                AND state = 'in_flight'
+              RETURNING 1
+            )
+            SELECT CASE WHEN count(*) = 1 THEN true
+              ELSE ${sql.literal(SqlMigrations.claimLostFunction)}(${request.key}) END AS ok
+            FROM completed`,
+          (error): Effect.Effect<never, Idempotency.IdempotencyKeyInFlight | StoreUnavailable> =>
+            SqlFailure.sqlState(error) === SqlMigrations.claimLostState
+              ? Effect.fail(new Idempotency.IdempotencyKeyInFlight({ idempotencyKey: request.key }))
+              : orUnavailable(Effect.fail(error))
+        ).pipe(
+          Effect.as(true),
+          Effect.catchTag("IdempotencyKeyInFlight", () => Effect.succeed(false))
+        ),
       release: (request) =>
         orUnavailable(
           SqlStatement.run(sql`DELETE FROM idempotency_keys

@@ -37,6 +37,23 @@ export const statements = (
     (sql) => Effect.forEach(statements, (statement) => sql.unsafe(statement), { discard: true })
   )
 
+/**
+ * The function that raises `claimLostState`: the idempotency record's write
+ * calls it when no claim of its token is there to complete.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const claimLostFunction = "command_bus_idempotency_claim_lost"
+
+/**
+ * The SQLSTATE of an idempotency claim that is no longer held.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const claimLostState = "CB001"
+
 // Wakes relays at commit (pg_notify is transactional), once per statement.
 // The payload names the schema (listeners drop empty payloads). Migration 1
 // creates it; 9 replaces it where 1 had run before the payload changed.
@@ -173,6 +190,16 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
   // listeners drop, so its relays only polled.
   "9_outbox_notify_schema": [
     outboxNotify("CREATE OR REPLACE")
+  ],
+  // Raised by the idempotency record's write when its claim is no longer
+  // held, so that the write can go out with COMMIT and still stop it.
+  "10_idempotency_claim_lost": [
+    `CREATE FUNCTION ${claimLostFunction}(key text) RETURNS boolean LANGUAGE plpgsql AS $$
+      BEGIN
+        RAISE EXCEPTION 'the idempotency claim on key % is no longer held', key
+          USING ERRCODE = '${claimLostState}';
+      END
+    $$`
   ]
 }
 

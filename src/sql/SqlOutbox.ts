@@ -83,29 +83,29 @@ export const make: Effect.Effect<Outbox.Service, never, SqlClient.SqlClient> = E
   SqlClient.SqlClient,
   (sql): Outbox.Service => ({
     // One statement for all of a command's events.
+    // Held for the commit where the transaction can send it with COMMIT.
     append: (events) =>
-      events.length === 0 ? Effect.void : orUnavailable(
-        SqlStatement.run(
-          sql`INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, aggregate_version, payload,
+      events.length === 0 ? Effect.void : SqlStatement.runAtCommit(
+        sql`INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, aggregate_version, payload,
               correlation_id, causation_id, occurred_at)
             SELECT event_id, event_type, aggregate_type, aggregate_id, aggregate_version, payload,
               correlation_id, causation_id, occurred_at
             FROM jsonb_to_recordset(${
-            JSON.stringify(events.map((event) => ({
-              event_id: event.eventId,
-              event_type: event.type,
-              aggregate_type: event.aggregateType,
-              aggregate_id: event.aggregateId,
-              aggregate_version: event.aggregateVersion,
-              payload: event.payload,
-              correlation_id: event.correlationId,
-              causation_id: event.causationId,
-              occurred_at: DateTime.formatIso(event.occurredAt)
-            })))
-          }::jsonb) AS x(event_id uuid, event_type text, aggregate_type text, aggregate_id text,
+          JSON.stringify(events.map((event) => ({
+            event_id: event.eventId,
+            event_type: event.type,
+            aggregate_type: event.aggregateType,
+            aggregate_id: event.aggregateId,
+            aggregate_version: event.aggregateVersion,
+            payload: event.payload,
+            correlation_id: event.correlationId,
+            causation_id: event.causationId,
+            occurred_at: DateTime.formatIso(event.occurredAt)
+          })))
+        }::jsonb) AS x(event_id uuid, event_type text, aggregate_type text, aggregate_id text,
               aggregate_version integer, payload jsonb, correlation_id text, causation_id text,
-              occurred_at timestamptz)`
-        )
+              occurred_at timestamptz)`,
+        (error) => orUnavailable(Effect.fail(error))
       ),
     read: ({ after, limit }) => {
       const invalid = Outbox.invalidReadOptions({ after, limit })

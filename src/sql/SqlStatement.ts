@@ -20,6 +20,7 @@ import * as Statement from "@effect/sql/Statement"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
+import type * as Tracer from "effect/Tracer"
 import * as Span from "../internal/span.js"
 import { autocommitConnection } from "../internal/sqlConnection.js"
 
@@ -51,6 +52,66 @@ export const run = (statement: Statement.Statement<unknown>): Effect.Effect<void
     (connection, sql, params) => Effect.asVoid(connection.executeRaw(sql, params)),
     Effect.asVoid(statement.raw)
   )
+
+/**
+ * Where a transaction's writes can wait for its commit: provided, for the
+ * transaction on `connection` alone, by a unit of work that sends them with
+ * its `COMMIT` (`SqlUnitOfWork` on a pool of `PgPreparedClient`s). `hold`
+ * answers whether it took the statement; the `span` it makes of a statement
+ * it took ends with the commit's outcome, and `onFailure` makes the dispatch's failure of the statement's
+ * error.
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export class CommitWrites extends Context.Tag("effect-command-bus/sql/SqlStatement/CommitWrites")<CommitWrites, {
+  readonly connection: object
+  readonly hold: (
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    onFailure: (error: SqlError) => Effect.Effect<never, unknown>,
+    span: () => Tracer.Span | undefined
+  ) => boolean
+}>() {}
+
+/**
+ * Runs `statement`, a write whose answer nobody reads, at once or with the
+ * transaction's `COMMIT`, in the same exchange (`CommitWrites`): one round
+ * trip less. Held, it succeeds at once, and an error of it fails the
+ * commit, with what `onFailure` makes of it; it then runs after any
+ * statement the transaction sends later. Run at once (no such unit of work,
+ * inside a savepoint, a connection that cannot hold it), its error is
+ * `onFailure`'s too. So a write whose outcome must decide the commit (a row
+ * count) raises an error in SQL.
+ *
+ * @since 0.1.0
+ * @category execution
+ */
+export const runAtCommit = <E>(
+  statement: Statement.Statement<unknown>,
+  onFailure: (error: SqlError) => Effect.Effect<never, E>
+): Effect.Effect<void, E> =>
+  Effect.withFiberRuntime<void, E>((fiber) => {
+    const writes = Context.getOption(fiber.currentContext, CommitWrites)
+    const transaction = Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)
+    if (
+      writes._tag === "Some" && transaction._tag === "Some" && transaction.value[1] === 0 &&
+      transaction.value[0] === writes.value.connection &&
+      fiber.getFiberRef(Statement.currentTransformer)._tag === "None"
+    ) {
+      const [sql, params] = statement.compile(true)
+      // The span, made once the statement is held, ends with the commit.
+      const span = () =>
+        fiber.getFiberRef(FiberRef.currentTracerEnabled)
+          ? Span.start(fiber, "sql.execute", {
+            kind: "client",
+            attributes: attributesOf(statement, "executeRaw", sql)
+          })
+          : undefined
+      if (writes.value.hold(sql, params, onFailure, span)) return Effect.void
+    }
+    return Effect.catchAll(run(statement), onFailure)
+  })
 
 const onConnection = <A>(
   statement: Statement.Statement<unknown>,

@@ -22,6 +22,7 @@ import { connectionClassOf } from "../internal/sqlConnection.js"
 import * as UnitOfWork from "../UnitOfWork.js"
 import type * as PgPreparedClient from "./PgPreparedClient.js"
 import * as SqlFailure from "./SqlFailure.js"
+import { CommitWrites } from "./SqlStatement.js"
 
 /**
  * The `pg` pool an `@effect/sql-pg` client was made from
@@ -32,7 +33,9 @@ import * as SqlFailure from "./SqlFailure.js"
  * finalizers and statement effects. On a pool of `PgPreparedClient`s,
  * `BEGIN` goes out with the transaction's first statement, in the same
  * write, and a transaction that sends no statement sends neither `BEGIN`
- * nor its end. Same statements, same span
+ * nor its end; the writes its stores hold for the commit
+ * (`SqlStatement.runAtCommit`: the outbox's events, the idempotency record)
+ * go out with `COMMIT`, in the same exchange. Same statements, same span
  * (`sql.transaction`), same rollback on failure and interruption. Used only
  * by a unit of work on that same client.
  *
@@ -137,6 +140,20 @@ const defersBegin = (client: Pg.PoolClient): client is Pg.PoolClient & DefersBeg
   typeof (client as Partial<DefersBegin>).deferBegin === "function" &&
   typeof (client as Partial<DefersBegin>).cancelDeferredBegin === "function"
 
+type HoldsWrites = Pick<PgPreparedClient.PreparedClient, "deferUntilCommit" | "commitDeferred" | "dropDeferred">
+
+/** A `PgPreparedClient`'s, which can hold writes for the commit. */
+const holdsWrites = (client: Pg.PoolClient): client is Pg.PoolClient & HoldsWrites =>
+  typeof (client as Partial<HoldsWrites>).deferUntilCommit === "function" &&
+  typeof (client as Partial<HoldsWrites>).commitDeferred === "function" &&
+  typeof (client as Partial<HoldsWrites>).dropDeferred === "function"
+
+/** A write held for the commit, as its store registered it. */
+interface HeldWrite {
+  readonly onFailure: (error: SqlError) => Effect.Effect<never, unknown>
+  readonly span: Tracer.Span | undefined
+}
+
 interface Held {
   readonly client: Pg.PoolClient
   readonly release: (error?: Error | boolean) => void
@@ -192,6 +209,7 @@ const begin = (pool: Pg.Pool) =>
  */
 const end = (held: Held, commit: boolean) =>
   Effect.async<void, SqlError>((resume) => {
+    if (!commit && holdsWrites(held.client)) held.client.dropDeferred()
     // No statement went out, so no BEGIN: there is nothing to end.
     if (defersBegin(held.client) && held.client.cancelDeferredBegin()) {
       handBack(held)
@@ -210,6 +228,60 @@ const end = (held: Held, commit: boolean) =>
       if (commit && result?.command === "ROLLBACK") return resume(Effect.fail(SqlFailure.abortedCommit()))
       resume(Effect.void)
     })
+  })
+
+/**
+ * Commits `held`'s transaction, with the writes it holds in the same
+ * exchange (none held: `end`). A held write that failed rolls the
+ * transaction back and fails as its store said; a COMMIT that failed or
+ * rolled back is a defect, as `end`'s failures are here. `fiber` ends the
+ * writes' spans.
+ */
+const commitWith = (
+  held: Held & { readonly client: HoldsWrites },
+  writes: ReadonlyArray<HeldWrite>,
+  fiber: AnyFiber
+): Effect.Effect<void, unknown> =>
+  Effect.async<void, unknown>((resume) => {
+    // Each write's span ends as the commit does, or as it failed itself.
+    const endSpans = (outcome: Exit.Exit<void, unknown>, failedIndex?: number, failure?: Error) => {
+      for (const [i, write] of writes.entries()) {
+        if (write.span === undefined) continue
+        Span.end(fiber, write.span, i === failedIndex && failure !== undefined ? Exit.die(failure) : outcome)
+      }
+    }
+    const sent = held.client.commitDeferred((error, outcome) => {
+      if (error !== null || outcome === undefined) {
+        handBack(held, error ?? undefined)
+        const failure = Exit.die(
+          new SqlError({ cause: error ?? new Error("No answer to COMMIT"), message: "Failed to commit" })
+        )
+        endSpans(failure)
+        return resume(failure)
+      }
+      if (outcome._tag === "Committed") {
+        handBack(held)
+        endSpans(Exit.void)
+        return resume(Effect.void)
+      }
+      if (outcome._tag === "RolledBack") {
+        handBack(held)
+        const failure = Exit.die(SqlFailure.abortedCommit())
+        endSpans(failure)
+        return resume(failure)
+      }
+      // The transaction is open and aborted: rolled back before the failure
+      // is told, so the connection goes back idle.
+      endSpans(Exit.die(SqlFailure.abortedCommit()), outcome.index, outcome.error)
+      held.client.query("ROLLBACK", (rollbackError: Error | null) => {
+        handBack(held, rollbackError ?? undefined)
+        const write = writes[outcome.index]
+        const sqlError = new SqlError({ cause: outcome.error, message: "Failed to execute statement" })
+        resume(write === undefined ? Effect.die(sqlError) : write.onFailure(sqlError))
+      })
+    })
+    // None held any more (sent ahead of a later statement), none failed.
+    if (!sent) resume(Effect.onExit(Effect.orDie(end(held, true)), (exit) => Effect.sync(() => endSpans(exit))))
   })
 
 /**
@@ -236,14 +308,31 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
         ends.begin(connection)
         let inner = Context.add(context, SqlClient.TransactionConnection, [connection, 0] as const)
         if (span !== undefined) inner = Context.add(inner, Tracer.ParentSpan, span)
+        const writes: Array<HeldWrite> = []
+        const { client } = held
+        if (holdsWrites(client)) {
+          inner = Context.add(inner, CommitWrites, {
+            connection,
+            hold: (sql, params, onFailure, makeSpan) => {
+              if (!client.deferUntilCommit(sql, params)) return false
+              writes.push({ onFailure, span: makeSpan() })
+              return true
+            }
+          })
+        }
         return Effect.flatMap(Effect.exit(Effect.locally(restore(self), FiberRef.currentContext, inner)), (exit) => {
           const committing = Exit.isSuccess(exit)
           if (span !== undefined) {
             const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
             span.event(`db.transaction.${committing ? "commit" : "rollback"}`, clock.unsafeCurrentTimeNanos())
           }
+          const ended = committing && writes.length > 0 && holdsWrites(held.client)
+            // A held write's failure is one of `self`'s errors: its store
+            // (run by `self`) said what it fails with.
+            ? commitWith(held as Held & { readonly client: HoldsWrites }, writes, fiber) as Effect.Effect<void, E>
+            : Effect.orDie(end(held, committing))
           return Effect.onExit(
-            Effect.zipRight(Effect.orDie(end(held, committing)), exit),
+            Effect.zipRight(ended, exit),
             (final) => ends.run(connection, Exit.isSuccess(final))
           )
         })

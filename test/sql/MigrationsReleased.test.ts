@@ -20,7 +20,8 @@ const released = {
     "6_scheduled_commands_retries": "7cfc966d0e904d12",
     "7_outbox_recorded_at": "f6051ab622c37d97",
     "8_reaction_dead_letters_aggregate": "f09a4c4bb9b149c1",
-    "9_outbox_notify_schema": "78de680a56159d2f"
+    "9_outbox_notify_schema": "78de680a56159d2f",
+    "10_idempotency_claim_lost": "1a58623ff8c06286"
   },
   orders: {
     "1_orders": "f5002859436b4fc3",

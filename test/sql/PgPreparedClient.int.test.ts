@@ -4,7 +4,7 @@
  * cap; a statement that went stale is prepared again.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { afterAll, assert, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
@@ -301,27 +301,27 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
       }))
     ))
 
-  describe("deferBegin", () => {
-    // A pool's clients are typed `PoolClient`; these are the pool's `Client` class's.
-    const deferring = (client: Pg.PoolClient) => client as Pg.PoolClient & PgPreparedClient.PreparedClient
-    /** Counts the exchanges the server ends (one ReadyForQuery each) from now on. */
-    const exchanges = (client: Pg.PoolClient) => {
-      let count = 0
-      ;(client as unknown as { readonly connection: Pg.Connection }).connection.on("readyForQuery", () => count++)
-      return () => count
-    }
-    const status = (client: Pg.PoolClient) =>
-      (client as unknown as { getTransactionStatus(): string }).getTransactionStatus()
-    const notes = async (client: Pg.PoolClient) =>
-      (await client.query<{ note: string }>("SELECT note FROM deferred ORDER BY note")).rows.map((row) => row.note)
-    const withTable = (f: (client: Pg.PoolClient & PgPreparedClient.PreparedClient) => Promise<void>) =>
-      withPooledClient(async (client) => {
-        await client.query("CREATE TABLE IF NOT EXISTS deferred (note text PRIMARY KEY)")
-        await client.query("TRUNCATE deferred")
-        await f(deferring(client))
-      })
-    const insert = (client: Pg.PoolClient, note: string) => client.query("INSERT INTO deferred VALUES ($1)", [note])
+  // A pool's clients are typed `PoolClient`; these are the pool's `Client` class's.
+  const deferring = (client: Pg.PoolClient) => client as Pg.PoolClient & PgPreparedClient.PreparedClient
+  /** Counts the exchanges the server ends (one ReadyForQuery each) from now on. */
+  const exchanges = (client: Pg.PoolClient) => {
+    let count = 0
+    ;(client as unknown as { readonly connection: Pg.Connection }).connection.on("readyForQuery", () => count++)
+    return () => count
+  }
+  const status = (client: Pg.PoolClient) =>
+    (client as unknown as { getTransactionStatus(): string }).getTransactionStatus()
+  const notes = async (client: Pg.PoolClient) =>
+    (await client.query<{ note: string }>("SELECT note FROM deferred ORDER BY note")).rows.map((row) => row.note)
+  const withTable = (f: (client: Pg.PoolClient & PgPreparedClient.PreparedClient) => Promise<void>) =>
+    withPooledClient(async (client) => {
+      await client.query("CREATE TABLE IF NOT EXISTS deferred (note text PRIMARY KEY)")
+      await client.query("TRUNCATE deferred")
+      await f(deferring(client))
+    })
+  const insert = (client: Pg.PoolClient, note: string) => client.query("INSERT INTO deferred VALUES ($1)", [note])
 
+  describe("deferBegin", () => {
     it("sends BEGIN with a statement the connection has parsed: one exchange, in the transaction", () =>
       withTable(async (client) => {
         await insert(client, "warm")
@@ -418,6 +418,121 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
         const after = await client.query("SELECT 1").then(() => "answered", (error) => error)
         expect(after).toBeInstanceOf(Error)
         expect(emitted.map(sqlState)).toEqual(["25P02"])
+      }))
+  })
+
+  describe("deferUntilCommit", () => {
+    type Outcome = { readonly error: Error | null; readonly outcome?: PgPreparedClient.CommitOutcome | undefined }
+    const commit = (client: PgPreparedClient.PreparedClient): Promise<Outcome | false> =>
+      new Promise((resolve) => {
+        if (!client.commitDeferred((error, outcome) => resolve({ error, outcome }))) resolve(false)
+      })
+    const hold = (client: PgPreparedClient.PreparedClient, note: string) =>
+      client.deferUntilCommit("INSERT INTO deferred VALUES ($1)", [note])
+
+    it("holds a write only in a transaction that began, with nothing in flight", () =>
+      withTable(async (client) => {
+        await insert(client, "warm")
+        const counted = exchanges(client)
+        // Idle, and with BEGIN still to go out: nothing to hold it for.
+        expect(hold(client, "idle")).toBe(false)
+        expect(client.deferBegin()).toBe(true)
+        expect(hold(client, "before BEGIN")).toBe(false)
+        await insert(client, "begun")
+        expect(hold(client, "held")).toBe(true)
+        expect(counted()).toBe(1)
+        await client.query("ROLLBACK")
+        // An aborted transaction: a write there fails at once, as any statement.
+        await client.query("BEGIN")
+        await client.query("SELECT 1/0").catch(() => undefined)
+        expect(hold(client, "aborted")).toBe(false)
+        await client.query("ROLLBACK")
+        expect(await notes(client)).toEqual(["warm"])
+      }))
+
+    it("sends the held writes and COMMIT in one exchange, parsing what the connection has not, transaction after transaction", () =>
+      withTable(async (client) => {
+        for (const round of [1, 2, 3]) {
+          await client.query("BEGIN")
+          await insert(client, `${round} a`)
+          const counted = exchanges(client)
+          expect(hold(client, `${round} b`)).toBe(true)
+          expect(client.deferUntilCommit("UPDATE deferred SET note = note || $1 WHERE note = $2", [" c", `${round} a`]))
+            .toBe(true)
+          expect(await commit(client)).toEqual({ error: null, outcome: { _tag: "Committed" } })
+          expect(counted()).toBe(1)
+          expect(status(client)).toBe("I")
+        }
+        expect(await notes(client)).toEqual(["1 a c", "1 b", "2 a c", "2 b", "3 a c", "3 b"])
+        // Nothing held: nothing sent.
+        await client.query("BEGIN")
+        expect(await commit(client)).toBe(false)
+        await client.query("COMMIT")
+      }))
+
+    it("a held write that fails stops the commit: its index, and the transaction left open and aborted", () =>
+      withTable(async (client) => {
+        await insert(client, "taken")
+        for (const fresh of [true, false]) {
+          await client.query("BEGIN")
+          await insert(client, "lost")
+          expect(hold(client, `${fresh} first`)).toBe(true)
+          // Never parsed on this connection the first time round.
+          expect(
+            client.deferUntilCommit(
+              fresh ? "INSERT INTO deferred VALUES ($1) -- fresh" : "INSERT INTO deferred VALUES ($1)",
+              ["taken"]
+            )
+          ).toBe(true)
+          expect(hold(client, "after")).toBe(true)
+          const answer = await commit(client)
+          assert(answer !== false && answer.outcome?._tag === "Failed")
+          expect([answer.error, answer.outcome.index, sqlState(answer.outcome.error)]).toEqual([null, 1, "23505"])
+          expect(status(client)).toBe("E")
+          await client.query("ROLLBACK")
+        }
+        expect(await notes(client)).toEqual(["taken"])
+        // Each statement parsed in a failed exchange is known to the connection as it is to the server.
+        await insert(client, "again")
+        await client.query("INSERT INTO deferred VALUES ($1) -- fresh", ["again fresh"])
+        expect(await notes(client)).toEqual(["again", "again fresh", "taken"])
+      }))
+
+    it("a statement sent after held writes sends them first; one that failed is the commit's answer", () =>
+      withTable(async (client) => {
+        await insert(client, "taken")
+        await client.query("BEGIN")
+        await insert(client, "a")
+        expect(hold(client, "b")).toBe(true)
+        expect(await notes(client)).toEqual(["a", "b", "taken"])
+        expect(hold(client, "taken")).toBe(true)
+        expect(sqlState(await client.query("SELECT 1").catch((error) => error))).toBe("25P02")
+        const answer = await commit(client)
+        assert(answer !== false && answer.outcome?._tag === "Failed")
+        expect([answer.outcome.index, sqlState(answer.outcome.error)]).toEqual([1, "23505"])
+        await client.query("ROLLBACK")
+        expect(await notes(client)).toEqual(["taken"])
+      }))
+
+    it("drops what it holds when the transaction rolls back, and when the next one begins", () =>
+      withTable(async (client) => {
+        await client.query("BEGIN")
+        await insert(client, "a")
+        expect(hold(client, "dropped")).toBe(true)
+        client.dropDeferred()
+        expect(await commit(client)).toBe(false)
+        await client.query("ROLLBACK")
+        await client.query("BEGIN")
+        await insert(client, "b")
+        // Sent ahead of a ROLLBACK that is not the unit of work's, where it fails.
+        expect(hold(client, "b")).toBe(true)
+        await client.query("ROLLBACK")
+        // A new transaction starts with nothing held and no failure of the last one's.
+        expect(client.deferBegin()).toBe(true)
+        await insert(client, "c")
+        expect(await commit(client)).toBe(false)
+        await client.query("COMMIT")
+        expect(await notes(client)).toEqual(["c"])
       }))
   })
 

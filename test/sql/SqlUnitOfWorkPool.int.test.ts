@@ -5,8 +5,10 @@
  * destroyed, nesting as savepoints, and the same span. Needs a server.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
 import { assert, expect, layer } from "@effect/vitest"
 import * as Cause from "effect/Cause"
+import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -18,7 +20,7 @@ import * as Redacted from "effect/Redacted"
 import Pg from "pg"
 import { CommandError, UnitOfWork } from "../../src/index.js"
 import * as Database from "../../src/server/Database.js"
-import { SqlUnitOfWork } from "../../src/sql/index.js"
+import { SqlFailure, SqlStatement, SqlUnitOfWork } from "../../src/sql/index.js"
 import * as TestDatabase from "../support/Database.js"
 import { parentId, recordingTracer } from "../support/Tracing.js"
 
@@ -49,6 +51,25 @@ const freshTable = Effect.flatMap(
 const insert = (note: string) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) => sql`INSERT INTO ${sql(table)} (note) VALUES (${note})`)
 
+const notes = Effect.flatMap(
+  SqlClient.SqlClient,
+  (sql) =>
+    Effect.map(
+      sql<{ readonly note: string }>`SELECT note FROM ${sql(table)} ORDER BY note`,
+      (found) => found.map((row) => row.note)
+    )
+)
+
+class HeldFailed extends Data.TaggedError("HeldFailed")<{ readonly code: unknown }> {}
+
+/** A write held for the commit where the unit of work can hold it; its error is `HeldFailed`. */
+const held = (note: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    SqlStatement.runAtCommit(
+      sql`INSERT INTO ${sql(table)} (note) VALUES (${note})`,
+      (error) => Effect.fail(new HeldFailed({ code: SqlFailure.sqlState(error) }))
+    ))
+
 /** The pool's connections are all idle again, none waited for. */
 const everyConnectionBack = Effect.gen(function*() {
   const { pool } = yield* SqlUnitOfWork.PgPool
@@ -64,7 +85,12 @@ const sentDuring = <A, E, R>(self: Effect.Effect<A, E, R>) =>
     const sent: Array<string> = []
     const query = Pg.Client.prototype.query
     Pg.Client.prototype.query = function(this: Pg.Client, ...args: Array<any>) {
-      sent.push(typeof args[0] === "string" ? args[0] : args[0]?.text)
+      // A commit with held writes has no text: named by its class.
+      sent.push(
+        typeof args[0] === "string" ? args[0] : args[0]?.constructor?.name === "CommitExchange"
+          ? "CommitExchange"
+          : args[0]?.text
+      )
       return (query as any).apply(this, args)
     } as typeof query
     return self.pipe(
@@ -214,6 +240,135 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
         const failed = yield* sentDuring(Effect.exit(transactional(Effect.zipRight(insert("c"), Effect.fail("no")))))
         expect(failed.slice(1)).toEqual(["ROLLBACK"])
         expect(yield* rows).toBe(4)
+        yield* everyConnectionBack
+      }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(1)))))
+  )
+
+  it.effect.skipIf(TestDatabase.serverUrl === undefined)(
+    "sends the writes held for the commit with COMMIT, in one exchange, and commits them",
+    () =>
+      Effect.gen(function*() {
+        yield* freshTable
+        const { spans, tracer } = yield* recordingTracer
+        // Never parsed on the connection: the exchange parses the held write.
+        const sent = yield* sentDuring(
+          transactional(Effect.zipRight(insert("a"), Effect.zipRight(held("b"), held("c")))).pipe(
+            Effect.withTracer(tracer)
+          )
+        )
+        // BEGIN went alone (the INSERT was not parsed yet), then the exchange.
+        expect(sent).toEqual(["BEGIN", expect.stringMatching(/^INSERT/), "CommitExchange"])
+        expect(yield* notes).toEqual(["a", "b", "c"])
+        // Each statement's span, the held ones ended with the commit, under the transaction's.
+        const transaction = spans.find((span) => span.name === "sql.transaction")!
+        const statements = spans.filter((span) => span.name === "sql.execute")
+        expect(statements.map((span) => [span.status._tag, parentId(span)])).toEqual(
+          Array.from({ length: 3 }, () => ["Ended", transaction.spanId])
+        )
+        // Parsed by the exchange: the next one binds it.
+        const again = yield* sentDuring(transactional(Effect.zipRight(insert("d"), held("e"))))
+        expect(again).toEqual([expect.stringMatching(/^INSERT/), "CommitExchange"])
+        // None held: COMMIT as before.
+        expect(yield* sentDuring(transactional(insert("f")))).toEqual([expect.stringMatching(/^INSERT/), "COMMIT"])
+        // Nothing sent before it, so no BEGIN yet: a held write runs at once.
+        expect(yield* sentDuring(transactional(held("g")))).toEqual([expect.stringMatching(/^INSERT/), "COMMIT"])
+        expect(yield* notes).toEqual(["a", "b", "c", "d", "e", "f", "g"])
+        yield* everyConnectionBack
+      }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(1)))))
+  )
+
+  it.effect.skipIf(TestDatabase.serverUrl === undefined)(
+    "a held write that fails rolls its whole transaction back, and fails as its store says",
+    () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* freshTable
+        yield* sql.unsafe(`ALTER TABLE ${table} ADD CHECK (note <> 'refused')`)
+        yield* transactional(Effect.zipRight(insert("a"), held("b")))
+        const refused = transactional(Effect.zipRight(insert("c"), Effect.zipRight(held("d"), held("refused"))))
+        const sent = yield* sentDuring(
+          Effect.exit(refused).pipe(
+            Effect.tap((exit) => Effect.sync(() => expect(exit).toEqual(Exit.fail(new HeldFailed({ code: "23514" })))))
+          )
+        )
+        // The exchange left the transaction open and aborted: rolled back.
+        expect(sent).toEqual([expect.stringMatching(/^INSERT/), "CommitExchange", "ROLLBACK"])
+        expect(yield* notes).toEqual(["a", "b"])
+        yield* everyConnectionBack
+        // The connection goes on.
+        yield* transactional(Effect.zipRight(insert("e"), held("f")))
+        expect(yield* notes).toEqual(["a", "b", "e", "f"])
+        // A held write that a later statement sent ahead fails the commit as its own.
+        const ahead = yield* Effect.exit(transactional(Effect.gen(function*() {
+          yield* insert("g")
+          yield* held("refused")
+          // Sent after the held write: the transaction it finds is aborted.
+          const after = yield* Effect.exit(notes)
+          assert.isTrue(Exit.isFailure(after))
+        })))
+        expect(ahead).toEqual(Exit.fail(new HeldFailed({ code: "23514" })))
+        expect(yield* notes).toEqual(["a", "b", "e", "f"])
+        yield* everyConnectionBack
+      }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(1)))))
+  )
+
+  it.effect.skipIf(TestDatabase.serverUrl === undefined)(
+    "a statement after held writes sends them first: it sees them, in order",
+    () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* freshTable
+        yield* transactional(Effect.zipRight(insert("warm"), held("warm held")))
+        const seen = yield* transactional(Effect.gen(function*() {
+          yield* insert("a")
+          yield* held("b")
+          yield* held("c")
+          // An id per row, in the order the rows went in.
+          return yield* sql<{ readonly note: string }>`SELECT note FROM ${sql(table)} ORDER BY ctid`
+        }))
+        expect(seen.map((row) => row.note)).toEqual(["warm", "warm held", "a", "b", "c"])
+        expect(yield* notes).toEqual(["a", "b", "c", "warm", "warm held"])
+        yield* everyConnectionBack
+      }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(1)))))
+  )
+
+  it.effect.skipIf(TestDatabase.serverUrl === undefined)(
+    "inside a savepoint a write is not held: it goes with the savepoint",
+    () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* freshTable
+        yield* sql.unsafe(`ALTER TABLE ${table} ADD CHECK (note <> 'refused')`)
+        yield* transactional(Effect.zipRight(insert("warm"), held("warm held")))
+        yield* transactional(Effect.gen(function*() {
+          yield* insert("outer")
+          const inner = yield* Effect.exit(transactional(Effect.zipRight(held("inner"), Effect.fail("inner refused"))))
+          assert.deepStrictEqual(inner, Exit.fail("inner refused"))
+          // Its failure is the savepoint's, which the outer transaction goes past.
+          const refused = yield* Effect.exit(transactional(held("refused")))
+          expect(refused).toEqual(Exit.fail(new HeldFailed({ code: "23514" })))
+          yield* held("outer held")
+        }))
+        expect(yield* notes).toEqual(["outer", "outer held", "warm", "warm held"])
+        yield* everyConnectionBack
+      }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(1)))))
+  )
+
+  it.effect.skipIf(TestDatabase.serverUrl === undefined)(
+    "a COMMIT that fails after its held writes fails the transaction, and commits none of it",
+    () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* freshTable
+        // Checked at COMMIT, so the exchange's COMMIT is what fails.
+        yield* sql.unsafe(`ALTER TABLE ${table} ADD UNIQUE (note) DEFERRABLE INITIALLY DEFERRED`)
+        yield* transactional(Effect.zipRight(insert("warm"), held("warm held")))
+        const exit = yield* Effect.exit(transactional(Effect.zipRight(insert("twice"), held("twice"))))
+        assert.isTrue(Exit.isFailure(exit))
+        const defect = Exit.isFailure(exit) ? Cause.dieOption(exit.cause) : Option.none()
+        assert.isTrue(Option.isSome(defect) && defect.value instanceof SqlError)
+        expect(SqlFailure.sqlState(Option.getOrThrow(defect))).toBe("23505")
+        expect(yield* notes).toEqual(["warm", "warm held"])
         yield* everyConnectionBack
       }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(1)))))
   )
