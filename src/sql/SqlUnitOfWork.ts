@@ -230,6 +230,20 @@ const end = (held: Held, commit: boolean) =>
     })
   })
 
+/** Ends the held writes' spans with `outcome`, the one at `failedIndex` with its own `failure`. */
+const endHeldSpans = (
+  fiber: AnyFiber,
+  writes: ReadonlyArray<HeldWrite>,
+  outcome: Exit.Exit<unknown, unknown>,
+  failedIndex?: number,
+  failure?: Error
+) => {
+  for (const [i, write] of writes.entries()) {
+    if (write.span === undefined) continue
+    Span.end(fiber, write.span, i === failedIndex && failure !== undefined ? Exit.die(failure) : outcome)
+  }
+}
+
 /**
  * Commits `held`'s transaction, with the writes it holds in the same
  * exchange (none held: `end`). A held write that failed rolls the
@@ -244,12 +258,8 @@ const commitWith = (
 ): Effect.Effect<void, unknown> =>
   Effect.async<void, unknown>((resume) => {
     // Each write's span ends as the commit does, or as it failed itself.
-    const endSpans = (outcome: Exit.Exit<void, unknown>, failedIndex?: number, failure?: Error) => {
-      for (const [i, write] of writes.entries()) {
-        if (write.span === undefined) continue
-        Span.end(fiber, write.span, i === failedIndex && failure !== undefined ? Exit.die(failure) : outcome)
-      }
-    }
+    const endSpans = (outcome: Exit.Exit<unknown, unknown>, failedIndex?: number, failure?: Error) =>
+      endHeldSpans(fiber, writes, outcome, failedIndex, failure)
     const sent = held.client.commitDeferred((error, outcome) => {
       if (error !== null || outcome === undefined) {
         handBack(held, error ?? undefined)
@@ -326,11 +336,14 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
             const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
             span.event(`db.transaction.${committing ? "commit" : "rollback"}`, clock.unsafeCurrentTimeNanos())
           }
-          const ended = committing && writes.length > 0 && holdsWrites(held.client)
+          const ended = writes.length === 0 || !holdsWrites(held.client)
+            ? Effect.orDie(end(held, committing))
+            : committing
             // A held write's failure is one of `self`'s errors: its store
             // (run by `self`) said what it fails with.
             ? commitWith(held as Held & { readonly client: HoldsWrites }, writes, fiber) as Effect.Effect<void, E>
-            : Effect.orDie(end(held, committing))
+            // Rolled back: the held writes were never sent, and their spans end with the transaction's failure.
+            : Effect.ensuring(Effect.orDie(end(held, false)), Effect.sync(() => endHeldSpans(fiber, writes, exit)))
           return Effect.onExit(
             Effect.zipRight(ended, exit),
             (final) => ends.run(connection, Exit.isSuccess(final))

@@ -313,6 +313,24 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
   )
 
   it.effect.skipIf(TestDatabase.serverUrl === undefined)(
+    "a transaction that fails after holding writes sends none of them, and ends their spans",
+    () =>
+      Effect.gen(function*() {
+        yield* freshTable
+        const { spans, tracer } = yield* recordingTracer
+        const sent = yield* sentDuring(
+          Effect.exit(transactional(Effect.zipRight(insert("a"), Effect.zipRight(held("b"), Effect.fail("refused")))))
+            .pipe(Effect.withTracer(tracer))
+        )
+        expect(sent).toEqual(["BEGIN", expect.stringMatching(/^INSERT/), "ROLLBACK"])
+        expect(yield* notes).toEqual([])
+        const statements = spans.filter((span) => span.name === "sql.execute")
+        expect(statements.map((span) => span.status._tag)).toEqual(["Ended", "Ended"])
+        yield* everyConnectionBack
+      }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(1)))))
+  )
+
+  it.effect.skipIf(TestDatabase.serverUrl === undefined)(
     "a statement after held writes sends them first: it sees them, in order",
     () =>
       Effect.gen(function*() {
