@@ -232,8 +232,11 @@ class CommitExchange {
 
   handleError(error: Error): void {
     // The writes before the failed one completed: its index is their count.
-    // Past them all, it is COMMIT's error (or the connection's).
-    const failedWrite = this.completed < this.writes.length && sqlState(error) !== undefined
+    // Past them all, it is COMMIT's error. An error that is not the server's
+    // answer (a socket reset, a closed connection, each with a `code` of its
+    // own) says nothing of how far the server got: it may have committed,
+    // so it is never taken for a write's failure.
+    const failedWrite = this.completed < this.writes.length && error instanceof Pg.DatabaseError
     this.answer(failedWrite ? null : error, failedWrite ? { _tag: "Failed", index: this.completed, error } : undefined)
   }
 
@@ -404,7 +407,11 @@ export const make = (
       this.deferred = []
       this.deferredFailure = undefined
       this.deferredCount = 0
-      const timer = answerTimeout === undefined ? undefined : setTimeout(() => this.close(answerTimeout), answerTimeout)
+      // `answerTimeout` bounds each statement: the exchange holds the writes and COMMIT.
+      const bound = answerTimeout === undefined
+        ? undefined
+        : Math.min(answerTimeout * (writes.length + 1), maxTimerMillis)
+      const timer = bound === undefined ? undefined : setTimeout(() => this.close(bound), bound)
       super.query(
         new CommitExchange(writes, (error, outcome) => {
           clearTimeout(timer)

@@ -83,31 +83,41 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
                     : Effect.dieMessage("idempotency claim found neither a claim nor a record")))
           return orUnavailable(attempt(3))
         }),
-      // A claim that is no longer held raises an error in SQL, rather than
-      // update no row, so the write can go out with the transaction's COMMIT
-      // (`runAtCommit`) and still stop it: the commit then fails with
-      // `IdempotencyKeyInFlight`. Run at once, the error is `false`.
-      complete: (request) =>
-        SqlStatement.runAtCommit(
-          sql`WITH completed AS (
-              UPDATE idempotency_keys
-              SET state = 'completed', result = ${JSON.stringify(request.result)}::jsonb, lease_expires_at = NULL,
-                  expires_at = ${Column.fromNow(sql, request.retention)}
-              WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
-                AND state = 'in_flight'
-              RETURNING 1
-            )
-            SELECT CASE WHEN count(*) = 1 THEN true
-              ELSE ${sql.literal(SqlMigrations.claimLostFunction)}(${request.key}) END AS ok
-            FROM completed`,
-          (error): Effect.Effect<never, Idempotency.IdempotencyKeyInFlight | StoreUnavailable> =>
-            SqlFailure.sqlState(error) === SqlMigrations.claimLostState
-              ? Effect.fail(new Idempotency.IdempotencyKeyInFlight({ idempotencyKey: request.key }))
-              : orUnavailable(Effect.fail(error))
-        ).pipe(
-          Effect.as(true),
-          Effect.catchTag("IdempotencyKeyInFlight", () => Effect.succeed(false))
-        ),
+      // Held for the transaction's COMMIT where it can go with it: then a
+      // claim that is no longer held raises an error in SQL (no row count
+      // can stop a COMMIT sent in the same exchange), and the commit fails
+      // with `IdempotencyKeyInFlight`. Run at once, it updates no row, which
+      // leaves the caller's transaction usable.
+      complete: (request) => {
+        const result = JSON.stringify(request.result)
+        const expiresAt = Column.fromNow(sql, request.retention)
+        const held = sql`WITH completed AS (
+            UPDATE idempotency_keys
+            SET state = 'completed', result = ${result}::jsonb, lease_expires_at = NULL, expires_at = ${expiresAt}
+            WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
+              AND state = 'in_flight'
+            RETURNING 1
+          )
+          SELECT CASE WHEN count(*) = 1 THEN true
+            ELSE ${sql.literal(SqlMigrations.claimLostFunction)}(${request.key}) END AS ok
+          FROM completed`
+        const now = SqlStatement.rows(sql<{ readonly ok: boolean }>`
+            UPDATE idempotency_keys
+            SET state = 'completed', result = ${result}::jsonb, lease_expires_at = NULL, expires_at = ${expiresAt}
+            WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
+              AND state = 'in_flight'
+            RETURNING true AS ok`)
+        return Effect.flatMap(
+          SqlStatement.holdForCommit(
+            held,
+            (error): Effect.Effect<never, Idempotency.IdempotencyKeyInFlight | StoreUnavailable> =>
+              SqlFailure.sqlState(error) === SqlMigrations.claimLostState
+                ? Effect.fail(new Idempotency.IdempotencyKeyInFlight({ idempotencyKey: request.key }))
+                : orUnavailable(Effect.fail(error))
+          ),
+          (wasHeld) => wasHeld ? Effect.succeed(true) : orUnavailable(Effect.map(now, (rows) => rows.length === 1))
+        )
+      },
       release: (request) =>
         orUnavailable(
           SqlStatement.run(sql`DELETE FROM idempotency_keys

@@ -75,14 +75,42 @@ export class CommitWrites extends Context.Tag("effect-command-bus/sql/SqlStateme
 }>() {}
 
 /**
- * Runs `statement`, a write whose answer nobody reads, at once or with the
- * transaction's `COMMIT`, in the same exchange (`CommitWrites`): one round
- * trip less. Held, it succeeds at once, and an error of it fails the
- * commit, with what `onFailure` makes of it; it then runs after any
- * statement the transaction sends later. Run at once (no such unit of work,
- * inside a savepoint, a connection that cannot hold it), its error is
- * `onFailure`'s too. So a write whose outcome must decide the commit (a row
- * count) raises an error in SQL.
+ * Holds `statement`, a write whose answer nobody reads, for the
+ * transaction's `COMMIT`, to go out in the same exchange (`CommitWrites`):
+ * one round trip less. Answers whether it held it; when it did not (no such
+ * unit of work, inside a savepoint, a connection that cannot hold it), the
+ * caller runs its write at once. A held write runs after any statement the
+ * transaction sends later, and its error fails the commit, with what
+ * `onFailure` makes of it: so a write whose outcome must decide the commit
+ * (a row count) raises an error in SQL.
+ *
+ * @since 0.1.0
+ * @category execution
+ */
+export const holdForCommit = <E>(
+  statement: Statement.Statement<unknown>,
+  onFailure: (error: SqlError) => Effect.Effect<never, E>
+): Effect.Effect<boolean> =>
+  Effect.withFiberRuntime<boolean>((fiber) => {
+    const writes = Context.getOption(fiber.currentContext, CommitWrites)
+    const transaction = Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)
+    if (
+      writes._tag === "None" || transaction._tag === "None" || transaction.value[1] !== 0 ||
+      transaction.value[0] !== writes.value.connection ||
+      fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
+    ) return Effect.succeed(false)
+    const [sql, params] = statement.compile(true)
+    // The span, made once the statement is held, ends with the commit.
+    const span = () =>
+      fiber.getFiberRef(FiberRef.currentTracerEnabled)
+        ? Span.start(fiber, "sql.execute", { kind: "client", attributes: attributesOf(statement, "executeRaw", sql) })
+        : undefined
+    return Effect.succeed(writes.value.hold(sql, params, onFailure, span))
+  })
+
+/**
+ * `holdForCommit`, or `run` at once when it is not held; an error at once is
+ * `onFailure`'s too.
  *
  * @since 0.1.0
  * @category execution
@@ -91,27 +119,10 @@ export const runAtCommit = <E>(
   statement: Statement.Statement<unknown>,
   onFailure: (error: SqlError) => Effect.Effect<never, E>
 ): Effect.Effect<void, E> =>
-  Effect.withFiberRuntime<void, E>((fiber) => {
-    const writes = Context.getOption(fiber.currentContext, CommitWrites)
-    const transaction = Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)
-    if (
-      writes._tag === "Some" && transaction._tag === "Some" && transaction.value[1] === 0 &&
-      transaction.value[0] === writes.value.connection &&
-      fiber.getFiberRef(Statement.currentTransformer)._tag === "None"
-    ) {
-      const [sql, params] = statement.compile(true)
-      // The span, made once the statement is held, ends with the commit.
-      const span = () =>
-        fiber.getFiberRef(FiberRef.currentTracerEnabled)
-          ? Span.start(fiber, "sql.execute", {
-            kind: "client",
-            attributes: attributesOf(statement, "executeRaw", sql)
-          })
-          : undefined
-      if (writes.value.hold(sql, params, onFailure, span)) return Effect.void
-    }
-    return Effect.catchAll(run(statement), onFailure)
-  })
+  Effect.flatMap(
+    holdForCommit(statement, onFailure),
+    (held) => held ? Effect.void : Effect.catchAll(run(statement), onFailure)
+  )
 
 const onConnection = <A>(
   statement: Statement.Statement<unknown>,

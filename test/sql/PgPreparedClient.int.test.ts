@@ -514,6 +514,27 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
         expect(await notes(client)).toEqual(["taken"])
       }))
 
+    // The server has every message up to COMMIT by then, and may commit: a
+    // lost connection is the commit's unknown outcome, never a write's failure.
+    it("a connection lost during the exchange is its error, not a failed write", () =>
+      withTable(async (client) => {
+        client.on("error", () => {})
+        await client.query("BEGIN")
+        await insert(client, "a")
+        expect(client.deferUntilCommit("INSERT INTO deferred SELECT $1 FROM pg_sleep(0.3)", ["slow"])).toBe(true)
+        const answered = commit(client)
+        setTimeout(() => {
+          const stream =
+            (client as unknown as { readonly connection: { readonly stream: { destroy(e: Error): void } } })
+              .connection.stream
+          stream.destroy(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" }))
+        }, 100)
+        const answer = await answered
+        assert(answer !== false)
+        expect(answer.outcome).toBeUndefined()
+        expect((answer.error as { readonly code?: string } | null)?.code).toBe("ECONNRESET")
+      }))
+
     it("drops what it holds when the transaction rolls back, and when the next one begins", () =>
       withTable(async (client) => {
         await client.query("BEGIN")

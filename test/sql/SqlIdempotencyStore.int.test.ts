@@ -16,7 +16,7 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
-import { CurrentUser, EventPublisher, Idempotency } from "../../src/index.js"
+import { CurrentUser, EventPublisher, Idempotency, UnitOfWork } from "../../src/index.js"
 import { CreateOrder } from "../../src/orders/Commands.js"
 import * as Inventory from "../../src/orders/Inventory.js"
 import type { OrderLine } from "../../src/orders/Order.js"
@@ -313,6 +313,45 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`idempotenc
       expect(yield* stock("p-1")).toBe(6)
       expect(yield* count("outbox")).toBe(1)
       expect((yield* keyRows).map((row) => row.state)).toEqual(["completed"])
+    }))
+
+  it.effect("a record whose claim was taken over: false at once, its transaction usable; or the commit stopped", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* TestDatabase.truncateAll
+      const store = yield* SqlIdempotencyStore.make
+      const request = {
+        scope: "alice",
+        key: "k-taken-over",
+        fingerprint: "f",
+        commandType: "CreateOrder",
+        lease: Duration.millis(1),
+        retention: Duration.hours(1)
+      }
+      const first = yield* store.claim(request)
+      assert(first._tag === "Claimed")
+      yield* Effect.sleep("20 millis")
+      expect((yield* store.claim(request))._tag).toBe("Claimed")
+      const complete = store.complete({ ...request, token: first.token, result: { _tag: "Success", value: 1 } })
+      // Outside a transaction: at once.
+      expect(yield* complete).toBe(false)
+      const unitOfWork = yield* UnitOfWork.UnitOfWork
+      const inTransaction = yield* Effect.exit(unitOfWork.transactional(Effect.gen(function*() {
+        yield* sql`INSERT INTO inventory (product_id, available) VALUES ('p-taken-over', 1)`
+        return yield* complete
+      })))
+      if (TestDatabase.serverUrl !== undefined) {
+        // Held for the commit (the service's pool): the lost claim stops it.
+        expect(inTransaction).toEqual(
+          Exit.fail(new Idempotency.IdempotencyKeyInFlight({ idempotencyKey: request.key }))
+        )
+        expect(yield* stock("p-taken-over")).toBe(0)
+      } else {
+        // Run at once: no row, and the transaction goes on to commit.
+        expect(inTransaction).toEqual(Exit.succeed(false))
+        expect(yield* stock("p-taken-over")).toBe(1)
+      }
+      expect((yield* keyRows).map((row) => row.state)).toEqual(["in_flight"])
     }))
 
   it.effect("prunes expired records, in flight or completed, and keeps live ones", () =>
