@@ -299,8 +299,9 @@ export const run = async (): Promise<Report> => {
   notes.push(
     "Each order: 2 lines (one product from each half of 1000, stocked far above demand), a fresh idempotency key; " +
       "the bus sends the same 7 statements the bare client does (claim; BEGIN; reserve; insert order; insert " +
-      "outbox; complete; COMMIT), BEGIN in the same exchange as reserve, insert outbox and complete in the one of " +
-      "COMMIT (4 round trips; the bare client, `pg` as it is, sends each statement on its own: 7). The outbox relay is off, as the bare client publishes nothing: it runs after " +
+      "outbox; complete; COMMIT), BEGIN in the same exchange as reserve, insert order, insert outbox and complete " +
+      "in the one of COMMIT (3 round trips; the bare client, `pg` as it is, sends each statement on its own: 7). " +
+      "The outbox relay is off, as the bare client publishes nothing: it runs after " +
       "commit, in the background (the HTTP bench runs the service with it on).",
     `Each run: ${warmupMs} ms warm-up, ${durationMs} ms measured, tables emptied first; at 16 in flight, ` +
       `${roundsAt16} rounds alternating which of the two runs first, and the median round of each reported. ` +

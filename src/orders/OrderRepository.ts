@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
@@ -20,7 +21,10 @@ import { aggregateType, Order, OrderAlreadyExists, type OrderLine, type Shipping
  */
 export interface Service {
   readonly findById: (id: string) => Effect.Effect<Option.Option<Order>>
-  /** Stores a new order; an existing id fails with `OrderAlreadyExists`. */
+  /**
+   * Stores a new order; an existing id fails with `OrderAlreadyExists`, at
+   * once or, for an insert held for its transaction's commit, at the commit.
+   */
   readonly insert: (order: Order) => Effect.Effect<void, OrderAlreadyExists>
   /** Replaces the order read at `expectedVersion`. */
   readonly update: (order: Order, expectedVersion: number) => Effect.Effect<void, CommandError.ConcurrencyConflict>
@@ -100,6 +104,12 @@ const fromRow = (row: OrderRow): Order =>
     ...(row.cancel_reason === null ? {} : { cancelReason: row.cancel_reason })
   }, { disableValidation: true })
 
+// A unique violation of the orders' primary key: the id is taken.
+const isDuplicateId = (error: SqlError): boolean => {
+  const cause = error.cause as { readonly code?: unknown; readonly constraint?: unknown } | null | undefined
+  return cause?.code === "23505" && cause.constraint === "orders_pkey"
+}
+
 /**
  * On PostgreSQL, one statement per operation. Database errors are defects
  * here (a handler's error channel holds its domain errors only); the unit of
@@ -121,23 +131,32 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
         Effect.orDie,
         Tracing.withSpan("OrderRepository.findById")
       ),
-    insert: (order) =>
-      SqlStatement.rows(
-        sql`INSERT INTO orders (id, customer_id, user_id, status, version, items, shipping_address, created_at,
+    // In the service's transaction the insert goes out with its COMMIT
+    // (`SqlStatement.holdForCommit`): an existing id then fails the commit,
+    // with `OrderAlreadyExists` as at once, and the transaction rolls back.
+    insert: (order) => {
+      const columns = sql`(id, customer_id, user_id, status, version, items, shipping_address, created_at,
             updated_at, cancel_reason)
           VALUES (${order.id}, ${order.customerId}, ${order.userId}, ${order.status}, ${order.version},
             ${JSON.stringify(order.items)}::jsonb, ${JSON.stringify(order.shippingAddress)}::jsonb,
             ${DateTime.formatIso(order.createdAt)}, ${DateTime.formatIso(order.updatedAt)},
-            ${order.cancelReason ?? null})
-          ON CONFLICT (id) DO NOTHING
-          RETURNING 1 AS inserted`
+            ${order.cancelReason ?? null})`
+      const alreadyExists = new OrderAlreadyExists({ orderId: order.id })
+      const now = SqlStatement.rows(
+        sql`INSERT INTO orders ${columns} ON CONFLICT (id) DO NOTHING RETURNING 1 AS inserted`
+      )
+        .pipe(
+          Effect.orDie,
+          Effect.flatMap((rows) => rows.length === 1 ? Effect.void : Effect.fail(alreadyExists))
+        )
+      return SqlStatement.holdForCommit(
+        sql`INSERT INTO orders ${columns}`,
+        (error) => isDuplicateId(error) ? Effect.fail(alreadyExists) : Effect.die(error)
       ).pipe(
-        Effect.orDie,
-        Effect.flatMap((rows) =>
-          rows.length === 1 ? Effect.void : Effect.fail(new OrderAlreadyExists({ orderId: order.id }))
-        ),
+        Effect.flatMap((held) => held ? Effect.void : now),
         Tracing.withSpan("OrderRepository.insert")
-      ),
+      )
+    },
     update: (order, expectedVersion) =>
       SqlStatement.rows(sql`UPDATE orders SET status = ${order.status}, version = ${order.version},
             items = ${JSON.stringify(order.items)}::jsonb,

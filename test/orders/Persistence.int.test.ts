@@ -232,6 +232,27 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect(yield* memory.available("p-max")).toBe(Inventory.maxAvailable)
       }).pipe(Effect.provide(Persistence.layerSql(false))))
 
+    // On the server the order's insert goes out with the transaction's
+    // COMMIT, so the taken id is found at the commit, not at the insert.
+    it.effect("a redelivered CreateOrder fails with OrderAlreadyExists, and none of its writes commit", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const bus = OrderBus.make()
+        const stock = Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-again"))
+        yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-again", 10))
+        const command = createOrder("p-again", 3)
+        yield* bus.dispatch(command).pipe(CurrentUser.as(alice))
+        // Another key, so the idempotency store does not answer for it: the handler runs again.
+        const redelivered = new CreateOrder({ ...command, idempotencyKey: "k-again" })
+        const exit = yield* Effect.exit(bus.dispatch(redelivered).pipe(CurrentUser.as(alice)))
+        expect(failureOf(exit)).toEqual(new Order.OrderAlreadyExists({ orderId: command.commandId }))
+        expect([yield* stock, yield* count("orders"), yield* count("outbox")]).toEqual([7, 1, 1])
+        // The failure is the command's own outcome: recorded, and replayed.
+        const replayed = yield* Effect.exit(bus.dispatch(redelivered).pipe(CurrentUser.as(alice)))
+        expect(failureOf(replayed)).toEqual(new Order.OrderAlreadyExists({ orderId: command.commandId }))
+        expect(yield* stock).toBe(7)
+      }).pipe(Effect.provide(Persistence.layerSql(false))))
+
     // Server only (PGlite runs one transaction at a time): reservations lock
     // inventory rows in product order, so orders and cancellations sharing
     // products never deadlock (40P01).
