@@ -21,6 +21,8 @@ import * as Tracer from "effect/Tracer"
 export interface Options {
   readonly kind: Tracer.SpanKind
   readonly attributes?: Readonly<Record<string, unknown>> | undefined
+  /** The parent, instead of the context's span. */
+  readonly parent?: Tracer.AnySpan | undefined
 }
 
 const noStackTrace = { captureStackTrace: false } as const
@@ -42,7 +44,9 @@ export const start = (
   const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
   const span = fiber.currentTracer.span(
     name,
-    propagated(Context.getOption(fiber.currentContext, Tracer.ParentSpan)),
+    options.parent !== undefined
+      ? Option.some(options.parent)
+      : propagated(Context.getOption(fiber.currentContext, Tracer.ParentSpan)),
     Context.empty(),
     Chunk.toReadonlyArray(fiber.getFiberRef(FiberRef.currentTracerSpanLinks)),
     fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : BigInt(0),

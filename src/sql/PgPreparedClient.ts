@@ -324,6 +324,12 @@ export interface PreparedClient extends Pg.Client {
   commitDeferred(callback: (error: Error | null, outcome?: CommitOutcome) => void): boolean
   /** Drops the held writes (the transaction rolls back instead). */
   dropDeferred(): void
+  /**
+   * The first held write that failed when a later statement sent it ahead
+   * (its index, in the order they were held), and forgets it: the root of the
+   * transaction's failure, whatever the statements after it failed with.
+   */
+  takeDeferredFailure(): { readonly index: number; readonly error: Error } | undefined
 }
 
 /**
@@ -430,6 +436,12 @@ export const make = (
       this.deferred = []
       this.deferredFailure = undefined
       this.deferredCount = 0
+    }
+
+    takeDeferredFailure(): { readonly index: number; readonly error: Error } | undefined {
+      const failure = this.deferredFailure
+      this.deferredFailure = undefined
+      return failure
     }
 
     /**

@@ -20,7 +20,6 @@ import * as Statement from "@effect/sql/Statement"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
-import type * as Tracer from "effect/Tracer"
 import * as Span from "../internal/span.js"
 import { autocommitConnection } from "../internal/sqlConnection.js"
 
@@ -57,8 +56,8 @@ export const run = (statement: Statement.Statement<unknown>): Effect.Effect<void
  * Where a transaction's writes can wait for its commit: provided, for the
  * transaction on `connection` alone, by a unit of work that sends them with
  * its `COMMIT` (`SqlUnitOfWork` on a pool of `PgPreparedClient`s). `hold`
- * answers whether it took the statement; the `span` it makes of a statement
- * it took ends with the commit's outcome, and `onFailure` makes the dispatch's failure of the statement's
+ * answers whether it took the statement; it makes the `sql.execute` span of a
+ * statement it took (with `attributes`), which ends with the commit, and `onFailure` makes the dispatch's failure of the statement's
  * error.
  *
  * @since 0.1.0
@@ -70,7 +69,7 @@ export class CommitWrites extends Context.Tag("effect-command-bus/sql/SqlStateme
     sql: string,
     params: ReadonlyArray<unknown>,
     onFailure: (error: SqlError) => Effect.Effect<never, unknown>,
-    span: () => Tracer.Span | undefined
+    attributes: () => Readonly<Record<string, unknown>>
   ) => boolean
 }>() {}
 
@@ -100,12 +99,7 @@ export const holdForCommit = <E>(
       fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
     ) return Effect.succeed(false)
     const [sql, params] = statement.compile(true)
-    // The span, made once the statement is held, ends with the commit.
-    const span = () =>
-      fiber.getFiberRef(FiberRef.currentTracerEnabled)
-        ? Span.start(fiber, "sql.execute", { kind: "client", attributes: attributesOf(statement, "executeRaw", sql) })
-        : undefined
-    return Effect.succeed(writes.value.hold(sql, params, onFailure, span))
+    return Effect.succeed(writes.value.hold(sql, params, onFailure, () => attributesOf(statement, "executeRaw", sql)))
   })
 
 /**

@@ -140,13 +140,17 @@ const defersBegin = (client: Pg.PoolClient): client is Pg.PoolClient & DefersBeg
   typeof (client as Partial<DefersBegin>).deferBegin === "function" &&
   typeof (client as Partial<DefersBegin>).cancelDeferredBegin === "function"
 
-type HoldsWrites = Pick<PgPreparedClient.PreparedClient, "deferUntilCommit" | "commitDeferred" | "dropDeferred">
+type HoldsWrites = Pick<
+  PgPreparedClient.PreparedClient,
+  "deferUntilCommit" | "commitDeferred" | "dropDeferred" | "takeDeferredFailure"
+>
 
 /** A `PgPreparedClient`'s, which can hold writes for the commit. */
 const holdsWrites = (client: Pg.PoolClient): client is Pg.PoolClient & HoldsWrites =>
   typeof (client as Partial<HoldsWrites>).deferUntilCommit === "function" &&
   typeof (client as Partial<HoldsWrites>).commitDeferred === "function" &&
-  typeof (client as Partial<HoldsWrites>).dropDeferred === "function"
+  typeof (client as Partial<HoldsWrites>).dropDeferred === "function" &&
+  typeof (client as Partial<HoldsWrites>).takeDeferredFailure === "function"
 
 /** A write held for the commit, as its store registered it. */
 interface HeldWrite {
@@ -230,6 +234,12 @@ const end = (held: Held, commit: boolean) =>
     })
   })
 
+// The outcomes of held writes beside one that failed at commit: those held
+// before it ran and were rolled back, those after it never ran.
+const rolledBackAfter = () =>
+  new SqlError({ cause: new Error("Rolled back"), message: "Rolled back: a write held after it failed" })
+const skipped = () => new SqlError({ cause: new Error("Not run"), message: "Not run: a write held before it failed" })
+
 /** Ends the held writes' spans with `outcome`, the one at `failedIndex` with its own `failure`. */
 const endHeldSpans = (
   fiber: AnyFiber,
@@ -243,6 +253,33 @@ const endHeldSpans = (
     Span.end(fiber, write.span, i === failedIndex && failure !== undefined ? Exit.die(failure) : outcome)
   }
 }
+
+/**
+ * Rolls back a transaction that held writes. One that a later statement sent
+ * ahead and that failed aborted the transaction, so what came after it
+ * failed for that reason (25P02): the transaction fails as that write's store
+ * says, as at commit. Otherwise the held writes were never sent, and their
+ * spans end with the transaction's failure.
+ */
+const rollBackHolding = (
+  held: Held & { readonly client: HoldsWrites },
+  writes: ReadonlyArray<HeldWrite>,
+  fiber: AnyFiber,
+  exit: Exit.Exit<unknown, unknown>
+): Effect.Effect<void, unknown> =>
+  Effect.suspend(() => {
+    const failed = held.client.takeDeferredFailure()
+    const rolledBack = Effect.ensuring(
+      Effect.orDie(end(held, false)),
+      Effect.sync(() => endHeldSpans(fiber, writes, exit, failed?.index, failed?.error))
+    )
+    const write = failed === undefined ? undefined : writes[failed.index]
+    if (failed === undefined || write === undefined) return rolledBack
+    return Effect.zipRight(
+      rolledBack,
+      write.onFailure(new SqlError({ cause: failed.error, message: "Failed to execute statement" }))
+    )
+  })
 
 /**
  * Commits `held`'s transaction, with the writes it holds in the same
@@ -282,7 +319,15 @@ const commitWith = (
       }
       // The transaction is open and aborted: rolled back before the failure
       // is told, so the connection goes back idle.
-      endSpans(Exit.die(SqlFailure.abortedCommit()), outcome.index, outcome.error)
+      // Before it, writes that ran and are rolled back; after it, writes that never ran.
+      for (const [i, write] of writes.entries()) {
+        if (write.span === undefined) continue
+        Span.end(
+          fiber,
+          write.span,
+          Exit.die(i === outcome.index ? outcome.error : i < outcome.index ? rolledBackAfter() : skipped())
+        )
+      }
       held.client.query("ROLLBACK", (rollbackError: Error | null) => {
         handBack(held, rollbackError ?? undefined)
         const write = writes[outcome.index]
@@ -323,9 +368,18 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
         if (holdsWrites(client)) {
           inner = Context.add(inner, CommitWrites, {
             connection,
-            hold: (sql, params, onFailure, makeSpan) => {
+            hold: (sql, params, onFailure, attributes) => {
               if (!client.deferUntilCommit(sql, params)) return false
-              writes.push({ onFailure, span: makeSpan() })
+              // A child of the transaction's span, which ends after the
+              // commit, as this one does (not of the caller's, which ends now).
+              writes.push({
+                onFailure,
+                span: span === undefined ? undefined : Span.start(fiber, "sql.execute", {
+                  kind: "client",
+                  attributes: attributes(),
+                  parent: span
+                })
+              })
               return true
             }
           })
@@ -342,8 +396,10 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
             // A held write's failure is one of `self`'s errors: its store
             // (run by `self`) said what it fails with.
             ? commitWith(held as Held & { readonly client: HoldsWrites }, writes, fiber) as Effect.Effect<void, E>
-            // Rolled back: the held writes were never sent, and their spans end with the transaction's failure.
-            : Effect.ensuring(Effect.orDie(end(held, false)), Effect.sync(() => endHeldSpans(fiber, writes, exit)))
+            : rollBackHolding(held as Held & { readonly client: HoldsWrites }, writes, fiber, exit) as Effect.Effect<
+              void,
+              E
+            >
           return Effect.onExit(
             Effect.zipRight(ended, exit),
             (final) => ends.run(connection, Exit.isSuccess(final))

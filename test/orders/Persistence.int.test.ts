@@ -9,6 +9,7 @@ import { assert, expect, layer } from "@effect/vitest"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
+import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -251,6 +252,33 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         const replayed = yield* Effect.exit(bus.dispatch(redelivered).pipe(CurrentUser.as(alice)))
         expect(failureOf(replayed)).toEqual(new Order.OrderAlreadyExists({ orderId: command.commandId }))
         expect(yield* stock).toBe(7)
+      }).pipe(Effect.provide(Persistence.layerSql(false))))
+
+    // Held on the server, the insert is sent ahead of the read, and fails there.
+    it.effect("an insert of a taken id, read back in the same transaction: OrderAlreadyExists", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const bus = OrderBus.make()
+        yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-read-back", 10))
+        const command = createOrder("p-read-back", 1)
+        yield* bus.dispatch(command).pipe(CurrentUser.as(alice))
+        const orders = yield* OrderRepository.OrderRepository
+        const { order } = Order.create({
+          id: command.commandId,
+          customerId,
+          userId: "alice",
+          items: command.items,
+          shippingAddress,
+          now: yield* DateTime.now
+        })
+        const unitOfWork = yield* UnitOfWork.UnitOfWork
+        const exit = yield* Effect.exit(unitOfWork.transactional(Effect.gen(function*() {
+          yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.reserve(order.items))
+          yield* orders.insert(order)
+          return yield* orders.findById(order.id)
+        })))
+        expect(failureOf(exit)).toEqual(new Order.OrderAlreadyExists({ orderId: command.commandId }))
+        expect(yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-read-back"))).toBe(9)
       }).pipe(Effect.provide(Persistence.layerSql(false))))
 
     // Server only (PGlite runs one transaction at a time): reservations lock

@@ -251,10 +251,12 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
         yield* freshTable
         const { spans, tracer } = yield* recordingTracer
         // Never parsed on the connection: the exchange parses the held write.
+        // A caller's span ends when the write is held: the write's span is the transaction's child.
         const sent = yield* sentDuring(
-          transactional(Effect.zipRight(insert("a"), Effect.zipRight(held("b"), held("c")))).pipe(
-            Effect.withTracer(tracer)
+          transactional(
+            Effect.zipRight(insert("a"), Effect.zipRight(held("b").pipe(Effect.withSpan("caller")), held("c")))
           )
+            .pipe(Effect.withTracer(tracer))
         )
         // BEGIN went alone (the INSERT was not parsed yet), then the exchange.
         expect(sent).toEqual(["BEGIN", expect.stringMatching(/^INSERT/), "CommitExchange"])
@@ -307,6 +309,13 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
           assert.isTrue(Exit.isFailure(after))
         })))
         expect(ahead).toEqual(Exit.fail(new HeldFailed({ code: "23514" })))
+        // The same when the later statement's own error (25P02) is what the transaction fails with.
+        const through = yield* Effect.exit(transactional(Effect.gen(function*() {
+          yield* insert("h")
+          yield* held("refused")
+          yield* notes
+        })))
+        expect(through).toEqual(Exit.fail(new HeldFailed({ code: "23514" })))
         expect(yield* notes).toEqual(["a", "b", "e", "f"])
         yield* everyConnectionBack
       }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(1)))))
