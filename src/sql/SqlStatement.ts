@@ -56,9 +56,9 @@ export const run = (statement: Statement.Statement<unknown>): Effect.Effect<void
  * Where a transaction's writes can wait for its commit: provided, for the
  * transaction on `connection` alone, by a unit of work that sends them with
  * its `COMMIT` (`SqlUnitOfWork` on a pool of `PgPreparedClient`s). `hold`
- * answers whether it took the statement; it makes the `sql.execute` span of a
- * statement it took (with `attributes`), which ends with the commit, and `onFailure` makes the dispatch's failure of the statement's
- * error.
+ * answers whether it took the statement. For one it took, it makes the
+ * `sql.execute` span (with `attributes`), which ends with the commit, and
+ * `onFailure` makes the dispatch's failure of the statement's error.
  *
  * @since 0.1.0
  * @category tags
