@@ -21,8 +21,6 @@ import * as Tracer from "effect/Tracer"
 export interface Options {
   readonly kind: Tracer.SpanKind
   readonly attributes?: Readonly<Record<string, unknown>> | undefined
-  /** The parent, instead of the context's span. */
-  readonly parent?: Tracer.AnySpan | undefined
 }
 
 const noStackTrace = { captureStackTrace: false } as const
@@ -44,9 +42,7 @@ export const start = (
   const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
   const span = fiber.currentTracer.span(
     name,
-    options.parent !== undefined
-      ? Option.some(options.parent)
-      : propagated(Context.getOption(fiber.currentContext, Tracer.ParentSpan)),
+    propagated(Context.getOption(fiber.currentContext, Tracer.ParentSpan)),
     Context.empty(),
     Chunk.toReadonlyArray(fiber.getFiberRef(FiberRef.currentTracerSpanLinks)),
     fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : BigInt(0),

@@ -20,6 +20,7 @@ import * as Statement from "@effect/sql/Statement"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
+import type * as Tracer from "effect/Tracer"
 import * as Span from "../internal/span.js"
 import { autocommitConnection } from "../internal/sqlConnection.js"
 
@@ -56,9 +57,9 @@ export const run = (statement: Statement.Statement<unknown>): Effect.Effect<void
  * Where a transaction's writes can wait for its commit: provided, for the
  * transaction on `connection` alone, by a unit of work that sends them with
  * its `COMMIT` (`SqlUnitOfWork` on a pool of `PgPreparedClient`s). `hold`
- * answers whether it took the statement. For one it took, it makes the
- * `sql.execute` span (with `attributes`), which ends with the commit, and
- * `onFailure` makes the dispatch's failure of the statement's error.
+ * answers whether it took the statement. For one it took, it makes its
+ * `sql.execute` span (`span`), which ends with the commit, and `onFailure`
+ * makes the dispatch's failure of the statement's error.
  *
  * @since 0.1.0
  * @category tags
@@ -69,7 +70,7 @@ export class CommitWrites extends Context.Tag("effect-command-bus/sql/SqlStateme
     sql: string,
     params: ReadonlyArray<unknown>,
     onFailure: (error: SqlError) => Effect.Effect<never, unknown>,
-    attributes: () => Readonly<Record<string, unknown>>
+    span: () => Tracer.Span | undefined
   ) => boolean
 }>() {}
 
@@ -99,7 +100,13 @@ export const holdForCommit = <E>(
       fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
     ) return Effect.succeed(false)
     const [sql, params] = statement.compile(true)
-    return Effect.succeed(writes.value.hold(sql, params, onFailure, () => attributesOf(statement, "executeRaw", sql)))
+    // The caller's child, as a statement sent at once is: it ends with the
+    // commit, after the caller's own span (which holding it does not wait for).
+    const span = () =>
+      fiber.getFiberRef(FiberRef.currentTracerEnabled)
+        ? Span.start(fiber, "sql.execute", { kind: "client", attributes: attributesOf(statement, "executeRaw", sql) })
+        : undefined
+    return Effect.succeed(writes.value.hold(sql, params, onFailure, span))
   })
 
 /**

@@ -368,18 +368,9 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
         if (holdsWrites(client)) {
           inner = Context.add(inner, CommitWrites, {
             connection,
-            hold: (sql, params, onFailure, attributes) => {
+            hold: (sql, params, onFailure, makeSpan) => {
               if (!client.deferUntilCommit(sql, params)) return false
-              // A child of the transaction's span, which ends after the
-              // commit, as this one does (not of the caller's, which ends now).
-              writes.push({
-                onFailure,
-                span: span === undefined ? undefined : Span.start(fiber, "sql.execute", {
-                  kind: "client",
-                  attributes: attributes(),
-                  parent: span
-                })
-              })
+              writes.push({ onFailure, span: makeSpan() })
               return true
             }
           })

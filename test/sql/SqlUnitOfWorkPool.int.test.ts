@@ -251,7 +251,7 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
         yield* freshTable
         const { spans, tracer } = yield* recordingTracer
         // Never parsed on the connection: the exchange parses the held write.
-        // A caller's span ends when the write is held: the write's span is the transaction's child.
+        // The write's span is its caller's child, as a statement sent at once is, and ends with the commit.
         const sent = yield* sentDuring(
           transactional(
             Effect.zipRight(insert("a"), Effect.zipRight(held("b").pipe(Effect.withSpan("caller")), held("c")))
@@ -263,10 +263,13 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
         expect(yield* notes).toEqual(["a", "b", "c"])
         // Each statement's span, the held ones ended with the commit, under the transaction's.
         const transaction = spans.find((span) => span.name === "sql.transaction")!
+        const caller = spans.find((span) => span.name === "caller")!
         const statements = spans.filter((span) => span.name === "sql.execute")
-        expect(statements.map((span) => [span.status._tag, parentId(span)])).toEqual(
-          Array.from({ length: 3 }, () => ["Ended", transaction.spanId])
-        )
+        expect(statements.map((span) => [span.status._tag, parentId(span)])).toEqual([
+          ["Ended", transaction.spanId],
+          ["Ended", caller.spanId],
+          ["Ended", transaction.spanId]
+        ])
         // Parsed by the exchange: the next one binds it.
         const again = yield* sentDuring(transactional(Effect.zipRight(insert("d"), held("e"))))
         expect(again).toEqual([expect.stringMatching(/^INSERT/), "CommitExchange"])
