@@ -12,7 +12,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { CommandError, Tracing } from "../index.js"
-import { SqlStatement } from "../sql/index.js"
+import { SqlFailure, SqlStatement } from "../sql/index.js"
 import { aggregateType, Order, OrderAlreadyExists, type OrderLine, type ShippingAddress } from "./Order.js"
 
 /**
@@ -105,10 +105,9 @@ const fromRow = (row: OrderRow): Order =>
   }, { disableValidation: true })
 
 // A unique violation of the orders' primary key: the id is taken.
-const isDuplicateId = (error: SqlError): boolean => {
-  const cause = error.cause as { readonly code?: unknown; readonly constraint?: unknown } | null | undefined
-  return cause?.code === "23505" && cause.constraint === "orders_pkey"
-}
+const isDuplicateId = (error: SqlError): boolean =>
+  SqlFailure.sqlState(error) === "23505" &&
+  (error.cause as { readonly constraint?: unknown } | null | undefined)?.constraint === "orders_pkey"
 
 /**
  * On PostgreSQL, one statement per operation. Database errors are defects

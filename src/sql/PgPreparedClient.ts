@@ -307,9 +307,8 @@ export interface PreparedClient extends Pg.Client {
    * connection is in a transaction whose `BEGIN` went out (none deferred),
    * with nothing running or queued, and the statement gets a name (it has
    * parameters, and the names are not all taken); then run the statement as
-   * usual. A
-   * statement sent before the commit sends the held writes first, in order,
-   * so none runs out of its place.
+   * usual. A statement sent before the commit sends the held writes first,
+   * in order, so none runs out of its place.
    *
    * A held write that fails fails the commit: `commitDeferred` answers
    * `Failed` with its index. So a write whose outcome must decide the commit
@@ -635,19 +634,17 @@ export const make = (
         // Without a SQLSTATE (a read timeout, a row no type parser takes)
         // the statement itself is fine.
         if (error === null || sqlState(error) === undefined) return done(error, result)
-        if (isStale(error)) {
-          // `pg` reports an error as it arrives, before the server says what
-          // state it left: the status is still the one this statement
-          // started in. Idle, with nothing queued behind it, means it ran on
-          // its own and its failure changed nothing: it runs again, first.
-          const retry = { ...config, name: this.rename(config, sqlState(error) !== "26000") }
-          // After a BEGIN of its own, the statement failed in a transaction
-          // (which the status, still the one before BEGIN, does not tell).
-          if (withBegin || !this.idle()) return done(error, result)
-          super.query(retry as Pg.QueryConfig, done as any)
+        const renamed = this.renameIfStale(config, error)
+        // A stale statement: `pg` reports an error as it arrives, before the
+        // server says what state it left, so the status is still the one
+        // this statement started in. Idle, with nothing queued behind it,
+        // means it ran on its own and its failure changed nothing: it runs
+        // again, first. After a BEGIN of its own, it failed in a transaction
+        // (which the status, still the one before BEGIN, does not tell).
+        if (renamed !== undefined && isStale(error) && !withBegin && this.idle()) {
+          super.query({ ...config, name: renamed } as Pg.QueryConfig, done as any)
           return
         }
-        if (mayBeOutdatedTypes(error)) this.rename(config, true)
         done(error, result)
       }
       if (withBegin) super.query(afterBegin(namedQuery(config, callback), () => begun = true))
@@ -655,10 +652,15 @@ export const make = (
       else super.query(config as Pg.QueryConfig, callback)
     }
 
-    /** After `error` of `config`, a name that a fresh Parse gets next time, when the old one cannot serve. */
-    private renameIfStale(config: QueryConfig, error: Error) {
-      if (isStale(error)) this.rename(config, sqlState(error) !== "26000")
-      else if (mayBeOutdatedTypes(error)) this.rename(config, true)
+    /**
+     * After `error` of `config`, a fresh name (which a fresh Parse gets),
+     * when the old one cannot serve: the statement went stale, or its
+     * parameter types may be outdated. Undefined otherwise.
+     */
+    private renameIfStale(config: QueryConfig, error: Error): string | undefined {
+      if (isStale(error)) return this.rename(config, sqlState(error) !== "26000")
+      if (mayBeOutdatedTypes(error)) return this.rename(config, true)
+      return undefined
     }
 
     /**

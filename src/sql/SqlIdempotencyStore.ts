@@ -89,24 +89,16 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
       // with `IdempotencyKeyInFlight`. Run at once, it updates no row, which
       // leaves the caller's transaction usable.
       complete: (request) => {
-        const result = JSON.stringify(request.result)
-        const expiresAt = Column.fromNow(sql, request.retention)
-        const held = sql`WITH completed AS (
-            UPDATE idempotency_keys
-            SET state = 'completed', result = ${result}::jsonb, lease_expires_at = NULL, expires_at = ${expiresAt}
+        const update = sql`UPDATE idempotency_keys
+            SET state = 'completed', result = ${JSON.stringify(request.result)}::jsonb, lease_expires_at = NULL,
+              expires_at = ${Column.fromNow(sql, request.retention)}
             WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
-              AND state = 'in_flight'
-            RETURNING 1
-          )
+              AND state = 'in_flight'`
+        const held = sql`WITH completed AS (${update} RETURNING 1)
           SELECT CASE WHEN count(*) = 1 THEN true
             ELSE ${sql.literal(SqlMigrations.claimLostFunction)}(${request.key}) END AS ok
           FROM completed`
-        const now = SqlStatement.rows(sql<{ readonly ok: boolean }>`
-            UPDATE idempotency_keys
-            SET state = 'completed', result = ${result}::jsonb, lease_expires_at = NULL, expires_at = ${expiresAt}
-            WHERE scope = ${request.scope} AND key = ${request.key} AND token = ${request.token}
-              AND state = 'in_flight'
-            RETURNING true AS ok`)
+        const now = SqlStatement.rows(sql<{ readonly ok: boolean }>`${update} RETURNING true AS ok`)
         return Effect.flatMap(
           SqlStatement.holdForCommit(
             held,

@@ -152,6 +152,9 @@ const holdsWrites = (client: Pg.PoolClient): client is Pg.PoolClient & HoldsWrit
   typeof (client as Partial<HoldsWrites>).dropDeferred === "function" &&
   typeof (client as Partial<HoldsWrites>).takeDeferredFailure === "function"
 
+/** A connection held for a transaction, on a client that can hold writes for its commit. */
+type Holding = Held & { readonly client: Pg.PoolClient & HoldsWrites }
+
 /** A write held for the commit, as its store registered it. */
 interface HeldWrite {
   readonly onFailure: (error: SqlError) => Effect.Effect<never, unknown>
@@ -240,18 +243,26 @@ const rolledBackAfter = () =>
   new SqlError({ cause: new Error("Rolled back"), message: "Rolled back: a write held after it failed" })
 const skipped = () => new SqlError({ cause: new Error("Not run"), message: "Not run: a write held before it failed" })
 
-/** Ends the held writes' spans with `outcome`, the one at `failedIndex` with its own `failure`. */
+/** Ends each held write's span with `outcome(i)`. */
 const endHeldSpans = (
   fiber: AnyFiber,
   writes: ReadonlyArray<HeldWrite>,
-  outcome: Exit.Exit<unknown, unknown>,
-  failedIndex?: number,
-  failure?: Error
+  outcome: (i: number) => Exit.Exit<unknown, unknown>
 ) => {
   for (const [i, write] of writes.entries()) {
-    if (write.span === undefined) continue
-    Span.end(fiber, write.span, i === failedIndex && failure !== undefined ? Exit.die(failure) : outcome)
+    if (write.span !== undefined) Span.end(fiber, write.span, outcome(i))
   }
+}
+
+/** The dispatch's failure of held write `index`, failed with `error`: what its store said. */
+const heldWriteFailed = (
+  writes: ReadonlyArray<HeldWrite>,
+  index: number,
+  error: Error
+): Effect.Effect<never, unknown> => {
+  const sqlError = new SqlError({ cause: error, message: "Failed to execute statement" })
+  const write = writes[index]
+  return write === undefined ? Effect.die(sqlError) : write.onFailure(sqlError)
 }
 
 /**
@@ -262,7 +273,7 @@ const endHeldSpans = (
  * spans end with the transaction's failure.
  */
 const rollBackHolding = (
-  held: Held & { readonly client: HoldsWrites },
+  held: Holding,
   writes: ReadonlyArray<HeldWrite>,
   fiber: AnyFiber,
   exit: Exit.Exit<unknown, unknown>
@@ -271,14 +282,11 @@ const rollBackHolding = (
     const failed = held.client.takeDeferredFailure()
     const rolledBack = Effect.ensuring(
       Effect.orDie(end(held, false)),
-      Effect.sync(() => endHeldSpans(fiber, writes, exit, failed?.index, failed?.error))
+      Effect.sync(() => endHeldSpans(fiber, writes, (i) => i === failed?.index ? Exit.die(failed.error) : exit))
     )
-    const write = failed === undefined ? undefined : writes[failed.index]
-    if (failed === undefined || write === undefined) return rolledBack
-    return Effect.zipRight(
-      rolledBack,
-      write.onFailure(new SqlError({ cause: failed.error, message: "Failed to execute statement" }))
-    )
+    return failed === undefined
+      ? rolledBack
+      : Effect.zipRight(rolledBack, heldWriteFailed(writes, failed.index, failed.error))
   })
 
 /**
@@ -289,54 +297,44 @@ const rollBackHolding = (
  * writes' spans.
  */
 const commitWith = (
-  held: Held & { readonly client: HoldsWrites },
+  held: Holding,
   writes: ReadonlyArray<HeldWrite>,
   fiber: AnyFiber
 ): Effect.Effect<void, unknown> =>
   Effect.async<void, unknown>((resume) => {
-    // Each write's span ends as the commit does, or as it failed itself.
-    const endSpans = (outcome: Exit.Exit<unknown, unknown>, failedIndex?: number, failure?: Error) =>
-      endHeldSpans(fiber, writes, outcome, failedIndex, failure)
+    // Ends the writes' spans as the commit ended, then the commit.
+    const ended = (outcome: Exit.Exit<void, unknown>) => {
+      endHeldSpans(fiber, writes, () => outcome)
+      resume(outcome)
+    }
     const sent = held.client.commitDeferred((error, outcome) => {
       if (error !== null || outcome === undefined) {
         handBack(held, error ?? undefined)
-        const failure = Exit.die(
-          new SqlError({ cause: error ?? new Error("No answer to COMMIT"), message: "Failed to commit" })
-        )
-        endSpans(failure)
-        return resume(failure)
+        const cause = error ?? new Error("No answer to COMMIT")
+        return ended(Exit.die(new SqlError({ cause, message: "Failed to commit" })))
       }
-      if (outcome._tag === "Committed") {
+      if (outcome._tag !== "Failed") {
         handBack(held)
-        endSpans(Exit.void)
-        return resume(Effect.void)
-      }
-      if (outcome._tag === "RolledBack") {
-        handBack(held)
-        const failure = Exit.die(SqlFailure.abortedCommit())
-        endSpans(failure)
-        return resume(failure)
+        return ended(outcome._tag === "Committed" ? Exit.void : Exit.die(SqlFailure.abortedCommit()))
       }
       // The transaction is open and aborted: rolled back before the failure
-      // is told, so the connection goes back idle.
-      // Before it, writes that ran and are rolled back; after it, writes that never ran.
-      for (const [i, write] of writes.entries()) {
-        if (write.span === undefined) continue
-        Span.end(
-          fiber,
-          write.span,
-          Exit.die(i === outcome.index ? outcome.error : i < outcome.index ? rolledBackAfter() : skipped())
-        )
-      }
+      // is told, so the connection goes back idle. Before the failed write,
+      // writes that ran and are rolled back; after it, writes that never ran.
+      endHeldSpans(fiber, writes, (i) =>
+        Exit.die(i === outcome.index ? outcome.error : i < outcome.index ? rolledBackAfter() : skipped()))
       held.client.query("ROLLBACK", (rollbackError: Error | null) => {
         handBack(held, rollbackError ?? undefined)
-        const write = writes[outcome.index]
-        const sqlError = new SqlError({ cause: outcome.error, message: "Failed to execute statement" })
-        resume(write === undefined ? Effect.die(sqlError) : write.onFailure(sqlError))
+        resume(heldWriteFailed(writes, outcome.index, outcome.error))
       })
     })
     // None held any more (sent ahead of a later statement), none failed.
-    if (!sent) resume(Effect.onExit(Effect.orDie(end(held, true)), (exit) => Effect.sync(() => endSpans(exit))))
+    if (!sent) {
+      const endSpans = (exit: Exit.Exit<void>) =>
+        Effect.sync(() =>
+          endHeldSpans(fiber, writes, () => exit)
+        )
+      resume(Effect.onExit(Effect.orDie(end(held, true)), endSpans))
+    }
   })
 
 /**
@@ -364,12 +362,12 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
         let inner = Context.add(context, SqlClient.TransactionConnection, [connection, 0] as const)
         if (span !== undefined) inner = Context.add(inner, Tracer.ParentSpan, span)
         const writes: Array<HeldWrite> = []
-        const { client } = held
-        if (holdsWrites(client)) {
+        const holding = holdsWrites(held.client) ? held as Holding : undefined
+        if (holding !== undefined) {
           inner = Context.add(inner, CommitWrites, {
             connection,
             hold: (sql, params, onFailure, makeSpan) => {
-              if (!client.deferUntilCommit(sql, params)) return false
+              if (!holding.client.deferUntilCommit(sql, params)) return false
               writes.push({ onFailure, span: makeSpan() })
               return true
             }
@@ -381,16 +379,14 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
             const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
             span.event(`db.transaction.${committing ? "commit" : "rollback"}`, clock.unsafeCurrentTimeNanos())
           }
-          const ended = writes.length === 0 || !holdsWrites(held.client)
-            ? Effect.orDie(end(held, committing))
+          // A held write's failure is one of `self`'s errors: its store (run
+          // by `self`) said what it fails with.
+          const heldEnd = holding === undefined || writes.length === 0
+            ? undefined
             : committing
-            // A held write's failure is one of `self`'s errors: its store
-            // (run by `self`) said what it fails with.
-            ? commitWith(held as Held & { readonly client: HoldsWrites }, writes, fiber) as Effect.Effect<void, E>
-            : rollBackHolding(held as Held & { readonly client: HoldsWrites }, writes, fiber, exit) as Effect.Effect<
-              void,
-              E
-            >
+            ? commitWith(holding, writes, fiber)
+            : rollBackHolding(holding, writes, fiber, exit)
+          const ended = heldEnd === undefined ? Effect.orDie(end(held, committing)) : heldEnd as Effect.Effect<void, E>
           return Effect.onExit(
             Effect.zipRight(ended, exit),
             (final) => ends.run(connection, Exit.isSuccess(final))
