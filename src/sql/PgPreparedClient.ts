@@ -389,10 +389,12 @@ export const make = (
     deferUntilCommit(text: string, values: ReadonlyArray<unknown>): boolean {
       const state = this.state()
       // In a transaction that began ("T": not idle, not aborted), with
-      // nothing in flight that the write would have to wait for.
+      // nothing in flight that the write would have to wait for. The status
+      // is the last ReadyForQuery's: `pg` reports an error before the one
+      // that follows it, so until then a status of "T" may be stale.
       if (
-        this.beginPending || state.pipeline || state._txStatus !== "T" || (state._activeQuery ?? null) !== null ||
-        (state._queryQueue?.length ?? 0) > 0
+        this.beginPending || state.pipeline || state.readyForQuery !== true || state._txStatus !== "T" ||
+        (state._activeQuery ?? null) !== null || (state._queryQueue?.length ?? 0) > 0
       ) return false
       const named = this.named(text, values)
       if (named === undefined || !isBare(named)) return false

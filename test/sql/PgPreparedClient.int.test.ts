@@ -488,6 +488,8 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
           const answer = await commit(client)
           assert(answer !== false && answer.outcome?._tag === "Failed")
           expect([answer.error, answer.outcome.index, sqlState(answer.outcome.error)]).toEqual([null, 1, "23505"])
+          // The callback comes with the error, before the status does: the next statement tells.
+          expect(sqlState(await client.query("SELECT 1").catch((error) => error))).toBe("25P02")
           expect(status(client)).toBe("E")
           await client.query("ROLLBACK")
         }
