@@ -140,17 +140,18 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
             ${JSON.stringify(order.items)}::jsonb, ${JSON.stringify(order.shippingAddress)}::jsonb,
             ${DateTime.formatIso(order.createdAt)}, ${DateTime.formatIso(order.updatedAt)},
             ${order.cancelReason ?? null})`
-      const alreadyExists = new OrderAlreadyExists({ orderId: order.id })
+      // Built only on failure: a tagged error's constructor captures a stack.
+      const alreadyExists = Effect.failSync(() => new OrderAlreadyExists({ orderId: order.id }))
       const now = SqlStatement.rows(
         sql`INSERT INTO orders ${columns} ON CONFLICT (id) DO NOTHING RETURNING 1 AS inserted`
       )
         .pipe(
           Effect.orDie,
-          Effect.flatMap((rows) => rows.length === 1 ? Effect.void : Effect.fail(alreadyExists))
+          Effect.flatMap((rows) => rows.length === 1 ? Effect.void : alreadyExists)
         )
       return SqlStatement.holdForCommit(
         sql`INSERT INTO orders ${columns}`,
-        (error) => isDuplicateId(error) ? Effect.fail(alreadyExists) : Effect.die(error)
+        (error) => isDuplicateId(error) ? alreadyExists : Effect.die(error)
       ).pipe(
         Effect.flatMap((held) => held ? Effect.void : now),
         Tracing.withSpan("OrderRepository.insert")
