@@ -142,10 +142,10 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
             ${order.cancelReason ?? null})`
       // Built only on failure: a tagged error's constructor captures a stack.
       const alreadyExists = Effect.failSync(() => new OrderAlreadyExists({ orderId: order.id }))
-      const now = SqlStatement.rows(
-        sql`INSERT INTO orders ${columns} ON CONFLICT (id) DO NOTHING RETURNING 1 AS inserted`
-      )
-        .pipe(
+      const now = () =>
+        SqlStatement.rows(
+          sql`INSERT INTO orders ${columns} ON CONFLICT (id) DO NOTHING RETURNING 1 AS inserted`
+        ).pipe(
           Effect.orDie,
           Effect.flatMap((rows) => rows.length === 1 ? Effect.void : alreadyExists)
         )
@@ -153,7 +153,7 @@ export const makeSql: Effect.Effect<Service, never, SqlClient.SqlClient> = Effec
         sql`INSERT INTO orders ${columns}`,
         (error) => isDuplicateId(error) ? alreadyExists : Effect.die(error)
       ).pipe(
-        Effect.flatMap((held) => held ? Effect.void : now),
+        Effect.flatMap((held) => held ? Effect.void : now()),
         Tracing.withSpan("OrderRepository.insert")
       )
     },

@@ -98,7 +98,7 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
           SELECT CASE WHEN count(*) = 1 THEN true
             ELSE ${sql.literal(SqlMigrations.claimLostFunction)}(${request.key}) END AS ok
           FROM completed`
-        const now = SqlStatement.rows(sql<{ readonly ok: boolean }>`${update} RETURNING true AS ok`)
+        const now = () => SqlStatement.rows(sql<{ readonly ok: boolean }>`${update} RETURNING true AS ok`)
         return Effect.flatMap(
           SqlStatement.holdForCommit(
             held,
@@ -107,7 +107,7 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
                 ? Effect.fail(new Idempotency.IdempotencyKeyInFlight({ idempotencyKey: request.key }))
                 : orUnavailable(Effect.fail(error))
           ),
-          (wasHeld) => wasHeld ? Effect.succeed(true) : orUnavailable(Effect.map(now, (rows) => rows.length === 1))
+          (wasHeld) => wasHeld ? Effect.succeed(true) : orUnavailable(Effect.map(now(), (rows) => rows.length === 1))
         )
       },
       release: (request) =>
