@@ -221,8 +221,13 @@ describe.skipIf(skipReason !== undefined)(title("faults: database outage"), () =
   // stream the relay listens on never fails when PostgreSQL goes away; the
   // relay notices a missed notification (a poll that finds events) and
   // listens anew, so events are again published on their commit's notification.
+  // Checked by the relay's LISTEN session, one before and one after: no
+  // timing (`OutboxRelay.int.test.ts` shows a listening relay wakes on a
+  // commit's notification, with a poll of a minute). The publication
+  // latencies are reported, not asserted: tens of ms when listening, up to
+  // the 1 s poll when not, but a loaded machine blurs the two.
   it.scoped(
-    "the relay listens again after the outage: an event is published on its commit's notification, not the 1 s poll",
+    "the relay listens again after the outage: its LISTEN session is back, one as before",
     () =>
       Effect.gen(function*() {
         const started = Date.now()
@@ -256,16 +261,23 @@ describe.skipIf(skipReason !== undefined)(title("faults: database outage"), () =
             }
             return latencies.sort((a, b) => a - b)
           })
-        const median = (values: ReadonlyArray<number>) => values[Math.floor(values.length / 2)]!
+        // The relay's LISTEN sessions, read until there is one (it may be
+        // connecting) or 10 s have passed: the last count.
         const listeners = (db: Pg.Client) =>
-          Effect.promise(() =>
-            db.query(`SELECT count(*) AS n FROM pg_stat_activity
+          Effect.promise(async () => {
+            const deadline = Date.now() + 10_000
+            for (;;) {
+              const result = await db.query(`SELECT count(*) AS n FROM pg_stat_activity
                       WHERE application_name = 'effect-command-bus' AND query ILIKE 'LISTEN%'`)
-          ).pipe(Effect.map((result) => Number(result.rows[0].n)))
+              const n = Number(result.rows[0].n)
+              if (n === 1 || Date.now() > deadline) return n
+              await sleep(100)
+            }
+          })
 
         const before = yield* Effect.scoped(Effect.flatMap(connect(cluster.url), (db) => publishLatencies(db, 5)))
         const listenersBefore = yield* Effect.scoped(Effect.flatMap(connect(cluster.url), listeners))
-        expect(median(before), `publication latencies before the outage (ms): ${before}`).toBeLessThan(300)
+        expect(listenersBefore, `LISTEN sessions before the outage`).toBe(1)
 
         yield* Effect.promise(() => cluster.stop("fast"))
         yield* Effect.promise(() => sleep(1_500))
@@ -293,7 +305,7 @@ describe.skipIf(skipReason !== undefined)(title("faults: database outage"), () =
           listenersAfter,
           durationMs: Date.now() - started
         })
-        expect(median(after), `publication latencies after the outage (ms): ${after}`).toBeLessThan(300)
+        expect(listenersAfter, `LISTEN sessions after the outage (latencies ${after} ms)`).toBe(1)
       }),
     90_000
   )
