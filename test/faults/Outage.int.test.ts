@@ -11,6 +11,7 @@ import {
   awaitPublished,
   badUnavailable,
   connect,
+  count,
   createRequest,
   expectConsistent,
   isRetryable,
@@ -267,9 +268,11 @@ describe.skipIf(skipReason !== undefined)(title("faults: database outage"), () =
           Effect.promise(async () => {
             const deadline = Date.now() + 10_000
             for (;;) {
-              const result = await db.query(`SELECT count(*) AS n FROM pg_stat_activity
-                      WHERE application_name = 'effect-command-bus' AND query ILIKE 'LISTEN%'`)
-              const n = Number(result.rows[0].n)
+              const n = await count(
+                db,
+                `SELECT count(*) AS n FROM pg_stat_activity
+                 WHERE application_name = 'effect-command-bus' AND query ILIKE 'LISTEN%'`
+              )
               if (n === 1 || Date.now() > deadline) return n
               await sleep(100)
             }

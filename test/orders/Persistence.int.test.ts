@@ -41,6 +41,12 @@ const createOrder = (productId: string, quantity: number) =>
 const failureOf = <A, E>(exit: Exit.Exit<A, E>): E | undefined =>
   Exit.isFailure(exit) ? Option.getOrUndefined(Cause.failureOption(exit.cause)) : undefined
 
+const stockOf = (productId: string) =>
+  Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available(productId))
+
+const setStock = (productId: string, available: number) =>
+  Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable(productId, available))
+
 const count = (table: "orders" | "outbox") =>
   Effect.flatMap(
     SqlClient.SqlClient,
@@ -58,7 +64,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         const orderId = "0A1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D"
         const scenario = Effect.gen(function*() {
           const bus = OrderBus.make()
-          yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-case", 5))
+          yield* setStock("p-case", 5)
           const created = yield* bus.dispatch(
             new CreateOrder({
               commandId: orderId,
@@ -81,7 +87,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
             found: [found.id, found.customerId],
             cancelled,
             again: again._tag,
-            stock: yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-case"))
+            stock: yield* stockOf("p-case")
           }
         }).pipe(CurrentUser.as(alice))
         const onSql = yield* scenario.pipe(Effect.provide(Persistence.layerSql(false)))
@@ -112,8 +118,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         })
         const items = [{ productId: "p-spec", quantity: 2 }]
         const command = createOrder("p-spec", 2)
-        const stock = (available: number) =>
-          Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-spec", available))
+        const stock = (available: number) => setStock("p-spec", available)
         yield* spec.given(stock(3)).when(command)
           .thenSucceeds(
             { orderId: command.commandId, status: "created", version: 1 },
@@ -134,7 +139,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
         const published = yield* Effect.flatMap(EventPublisher.EventPublisher, (publisher) => publisher.subscribe)
-        yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-1", 10))
+        yield* setStock("p-1", 10)
         const bus = OrderBus.make()
         const commands = Array.from({ length: 50 }, () => createOrder("p-1", 1))
 
@@ -147,7 +152,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect(committed).toHaveLength(10)
         const refused = exits.filter((exit) => failureOf(exit) instanceof Inventory.InsufficientInventory)
         expect(refused).toHaveLength(40)
-        expect(yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-1"))).toBe(0)
+        expect(yield* stockOf("p-1")).toBe(0)
         expect(yield* count("orders")).toBe(10)
         const sql = yield* SqlClient.SqlClient
         const rows = yield* sql<{ readonly event_type: string; readonly aggregate_id: string }>`
@@ -171,7 +176,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         yield* TestDatabase.truncateAll
         const scenario = Effect.gen(function*() {
           const bus = OrderBus.make()
-          yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-read", 5))
+          yield* setStock("p-read", 5)
           for (let i = 0; i < 3; i++) yield* bus.dispatch(createOrder("p-read", 1)).pipe(CurrentUser.as(alice))
           const outbox = yield* Outbox.Outbox
           // On SQL the relay gives committed events their positions.
@@ -214,16 +219,13 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
         const bus = OrderBus.make()
-        const stock = Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-max"))
-        yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-max", 1000))
+        const stock = stockOf("p-max")
+        yield* setStock("p-max", 1000)
         const { orderId } = yield* bus.dispatch(createOrder("p-max", 1000)).pipe(CurrentUser.as(alice))
         // Restocked to the most it can hold while the order holds 1000: giving
         // those back would overflow the column (an error, and an order that
         // could not be cancelled), so it saturates.
-        yield* Effect.flatMap(
-          Inventory.Inventory,
-          (inventory) => inventory.setAvailable("p-max", Inventory.maxAvailable)
-        )
+        yield* setStock("p-max", Inventory.maxAvailable)
         const cancel = new CancelOrder({ orderId, reason: "too many", userId: "alice" })
         yield* bus.dispatch(cancel).pipe(CurrentUser.as(alice))
         expect(yield* stock).toBe(Inventory.maxAvailable)
@@ -239,8 +241,8 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
         const bus = OrderBus.make()
-        const stock = Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-again"))
-        yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-again", 10))
+        const stock = stockOf("p-again")
+        yield* setStock("p-again", 10)
         const command = createOrder("p-again", 3)
         yield* bus.dispatch(command).pipe(CurrentUser.as(alice))
         // Another key, so the idempotency store does not answer for it: the handler runs again.
@@ -259,7 +261,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
         const bus = OrderBus.make()
-        yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-read-back", 10))
+        yield* setStock("p-read-back", 10)
         const command = createOrder("p-read-back", 1)
         yield* bus.dispatch(command).pipe(CurrentUser.as(alice))
         const orders = yield* OrderRepository.OrderRepository
@@ -278,7 +280,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
           return yield* orders.findById(order.id)
         })))
         expect(failureOf(exit)).toEqual(new Order.OrderAlreadyExists({ orderId: command.commandId }))
-        expect(yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-read-back"))).toBe(9)
+        expect(yield* stockOf("p-read-back")).toBe(9)
       }).pipe(Effect.provide(Persistence.layerSql(false))))
 
     // Server only (PGlite runs one transaction at a time): reservations lock
@@ -396,7 +398,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
 
         const bus = OrderBus.make()
         const placed = yield* session(Effect.gen(function*() {
-          yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.setAvailable("p-1", 6))
+          yield* setStock("p-1", 6)
           const results = yield* Effect.forEach(
             [1, 2, 3],
             (quantity) => bus.dispatch(createOrder("p-1", quantity)).pipe(CurrentUser.as(alice))
@@ -413,7 +415,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
           return {
             orders: found.map((order) => [order.id, order.status, order.version, order.items]),
             total: yield* count("orders"),
-            stock: yield* Effect.flatMap(Inventory.Inventory, (inventory) => inventory.available("p-1")),
+            stock: yield* stockOf("p-1"),
             events: yield* count("outbox")
           }
         }))
