@@ -102,6 +102,17 @@ export type Any = CommandBus<any, any, any, any>
  */
 export type Commands<B> = B extends CommandBus<infer C, infer _H, infer _E, infer _R> ? C : never
 
+/**
+ * What dispatching `Cmd` on the bus `B` may fail with: the command's own
+ * failures, its middleware's, and `StoreUnavailable`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type DispatchError<B, Cmd extends Command.Any> = B extends CommandBus<infer _C, infer _H, infer E, infer _R>
+  ? Command.Failure<Cmd> | E | StoreUnavailable
+  : never
+
 const Proto = {
   [TypeId]: TypeId,
   pipe() {

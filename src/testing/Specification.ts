@@ -108,14 +108,14 @@ export interface Specification<B extends CommandBus.Any, R> {
  * @category models
  */
 export interface When<B extends CommandBus.Any> {
-  readonly when: <C extends CommandBus.Commands<B>>(command: C) => Then<C>
+  readonly when: <C extends CommandBus.Commands<B>>(command: C) => Then<C, CommandBus.DispatchError<B, C>>
 }
 
 /**
  * @since 0.1.0
  * @category models
  */
-export interface Then<C extends Command.Any> {
+export interface Then<C extends Command.Any, E = unknown> {
   /** The command succeeds and appends exactly these events, in order. */
   readonly then: (...events: ReadonlyArray<DomainEvent.Any>) => Effect.Effect<void, SpecificationFailed>
   /** The command succeeds with this value (and, optionally, these events). */
@@ -123,8 +123,12 @@ export interface Then<C extends Command.Any> {
     value: Command.Success<C>,
     ...events: ReadonlyArray<DomainEvent.Any>
   ) => Effect.Effect<void, SpecificationFailed>
-  /** The command fails with this error and appends no event. */
-  readonly thenFails: (error: unknown) => Effect.Effect<void, SpecificationFailed>
+  /**
+   * The command fails with this error and appends no event. The error is
+   * one the bus's `dispatch` of this command may fail with: the command's
+   * own, its middleware's or `StoreUnavailable`.
+   */
+  readonly thenFails: (error: E) => Effect.Effect<void, SpecificationFailed>
 }
 
 /**
