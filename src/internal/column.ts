@@ -10,9 +10,12 @@ import { storedMillis } from "./limit.js"
 export const json = (value: unknown): unknown => typeof value === "string" ? JSON.parse(value) : value
 
 /**
- * The time `duration` from the database's `now()`, the clock the stores'
- * leases and expiries are compared with, for a statement of `sql`: whole
- * milliseconds, at most 100 years (see `storedMillis`).
+ * The time `duration` from the database's clock at this statement, the
+ * clock the stores' leases and expiries are compared with, for a statement
+ * of `sql`: whole milliseconds, at most 100 years (see `storedMillis`).
+ * `statement_timestamp()`, not `now()`: inside a transaction `now()` is the
+ * transaction's start, and a lease taken late in a long one (a nested
+ * dispatch's claim) would begin in the past, or already be over.
  */
 export const fromNow = (sql: SqlClient.SqlClient, duration: Duration.Duration): Statement.Fragment =>
-  sql`now() + make_interval(secs => ${storedMillis(duration) / 1000})`
+  sql`statement_timestamp() + make_interval(secs => ${storedMillis(duration) / 1000})`

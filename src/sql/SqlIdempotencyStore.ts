@@ -65,8 +65,8 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
               command_type = EXCLUDED.command_type, fingerprint = EXCLUDED.fingerprint,
               state = 'in_flight', token = EXCLUDED.token, result = NULL,
               lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at
-            WHERE idempotency_keys.expires_at <= now()
-               OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.lease_expires_at <= now())
+            WHERE idempotency_keys.expires_at <= statement_timestamp()
+               OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.lease_expires_at <= statement_timestamp())
             RETURNING true AS claimed`)
           // The record read after a refused insert may be gone (released or
           // pruned in between): then the key is free, and the insert is tried
@@ -118,7 +118,7 @@ export const make: Effect.Effect<Idempotency.Store, never, SqlClient.SqlClient> 
         ),
       prune: orUnavailable(
         sql<{ readonly pruned: string | number }>`
-          WITH pruned AS (DELETE FROM idempotency_keys WHERE expires_at <= now() RETURNING 1)
+          WITH pruned AS (DELETE FROM idempotency_keys WHERE expires_at <= statement_timestamp() RETURNING 1)
           SELECT count(*) AS pruned FROM pruned`.withoutTransform
       ).pipe(Effect.map((rows) => Number(rows[0]?.pruned ?? 0)))
     }

@@ -64,7 +64,8 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
       const seconds = Math.floor(millis / 1000)
       return sql`(to_timestamp(${seconds}::bigint) + ${millis - seconds * 1000}::integer * interval '1 millisecond')`
     }
-    // A delay is counted from the database's now(), the clock claims compare with.
+    // A delay is counted from the database's clock at the statement
+    // (`statement_timestamp()`), the clock claims compare with.
     const dueAt = (due: CommandScheduler.DueTime) => "at" in due ? at(due.at) : Column.fromNow(sql, due.after)
     return {
       add: (entry) =>
@@ -75,7 +76,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
       cancel: (id) =>
         !isUuid(id) ? Effect.succeed(false) : sql`
         DELETE FROM scheduled_commands
-        WHERE id = ${id} AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+        WHERE id = ${id} AND (lease_expires_at IS NULL OR lease_expires_at <= statement_timestamp())
         RETURNING id`.withoutTransform.pipe(
           Effect.map((rows) => rows.length > 0),
           SqlFailure.classify
@@ -89,8 +90,8 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           attempts = s.attempts + 1
         FROM (
           SELECT id FROM scheduled_commands
-          WHERE state = 'pending' AND due_at <= now()
-            AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+          WHERE state = 'pending' AND due_at <= statement_timestamp()
+            AND (lease_expires_at IS NULL OR lease_expires_at <= statement_timestamp())
           ORDER BY due_at LIMIT ${limit}
           FOR UPDATE SKIP LOCKED
         ) AS due
@@ -116,7 +117,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
       renew: (due, lease) =>
         sql<{ readonly lease: string }>`
         UPDATE scheduled_commands SET lease_expires_at = ${Column.fromNow(sql, lease)}
-        WHERE ${held(due)} AND lease_expires_at > now()
+        WHERE ${held(due)} AND lease_expires_at > statement_timestamp()
         RETURNING lease_expires_at::text AS lease`.withoutTransform.pipe(
           Effect.map((rows) => rows.length === 0 ? undefined : { ...due, lease: rows[0]!.lease }),
           SqlFailure.classify
@@ -136,7 +137,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
       retry: (id) =>
         !isUuid(id) ? Effect.succeed(false) : sql`
         UPDATE scheduled_commands
-        SET state = 'pending', due_at = now(), attempts = 0, retries = retries + 1, lease_expires_at = NULL
+        SET state = 'pending', due_at = statement_timestamp(), attempts = 0, retries = retries + 1, lease_expires_at = NULL
         WHERE id = ${id} AND state = 'failed' RETURNING id`.withoutTransform.pipe(
           Effect.map((rows) => rows.length > 0),
           SqlFailure.classify

@@ -354,6 +354,36 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`idempotenc
       expect((yield* keyRows).map((row) => row.state)).toEqual(["in_flight"])
     }))
 
+  it.effect("a claim made late in a long transaction (a nested dispatch's) holds its whole lease from the claim, not from the transaction's start", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* TestDatabase.truncateAll
+      const store = yield* SqlIdempotencyStore.make
+      const request = {
+        scope: "alice",
+        key: "k-nested-late",
+        fingerprint: "f",
+        commandType: "CreateOrder",
+        lease: Duration.seconds(2),
+        retention: Duration.hours(1)
+      }
+      const unitOfWork = yield* UnitOfWork.UnitOfWork
+      const claimed = yield* unitOfWork.transactional(Effect.gen(function*() {
+        yield* sql`INSERT INTO inventory (product_id, available) VALUES ('p-nested-late', 1)`
+        // The transaction has run for longer than the lease when the claim comes.
+        yield* sql`SELECT pg_sleep(2.5)`
+        const claim = yield* store.claim(request)
+        const [row] = yield* sql<{ readonly left: number }>`
+          SELECT extract(epoch FROM lease_expires_at - clock_timestamp())::float8 AS left
+          FROM idempotency_keys WHERE key = ${request.key}`.withoutTransform
+        return { claim, left: row!.left }
+      }))
+      assert(claimed.claim._tag === "Claimed")
+      expect(claimed.left).toBeGreaterThan(1)
+      // Committed: a duplicate right after finds the key in flight, not free to take over.
+      expect((yield* store.claim(request))._tag).toBe("InFlight")
+    }))
+
   it.effect("prunes expired records, in flight or completed, and keeps live ones", () =>
     Effect.gen(function*() {
       yield* TestDatabase.truncateAll
