@@ -33,7 +33,9 @@ import { createServer } from "node:http"
 import { SqlOutbox } from "../sql/index.js"
 import * as Config from "./Config.js"
 import { DatabasePool } from "./Database.js"
+import { MethodNotAllowed, RouteNotFound } from "./HttpErrors.js"
 import * as Observability from "./Observability.js"
+import * as Problem from "./Problem.js"
 
 /**
  * The media type of the Prometheus text exposition format.
@@ -223,15 +225,21 @@ export class Listener extends Context.Tag("server/Metrics/Listener")<Listener, {
   readonly address: Option.Option<HttpServer.Address>
 }>() {}
 
-/** `GET /metrics`, and nothing else. */
+/** `GET /metrics`, and nothing else; refusals are the API's problems. */
 const listenerApp = (scrape: Effect.Effect<string>) =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     // As the API's router reads a target: absolute form and a trailing slash too.
-    if (Observability.routedPath(request.url) !== "/metrics") {
-      return Effect.succeed(HttpServerResponse.empty({ status: 404 }))
+    const path = Observability.routedPath(request.url)
+    if (path !== "/metrics") {
+      return Effect.succeed(Problem.responseFor(RouteNotFound, new RouteNotFound({ method: request.method, path })))
     }
     if (request.method !== "GET" && request.method !== "HEAD") {
-      return Effect.succeed(HttpServerResponse.empty({ status: 405, headers: { allow: "GET, HEAD" } }))
+      const allowed = ["GET", "HEAD"]
+      return Effect.succeed(
+        Problem.responseFor(MethodNotAllowed, new MethodNotAllowed({ method: request.method, path, allowed }), {
+          allow: allowed.join(", ")
+        })
+      )
     }
     return Effect.map(scrape, (text) => HttpServerResponse.text(text, { contentType }))
   })

@@ -388,7 +388,11 @@ describe(`metrics (${kind})`, () => {
         ]))
         const viaApi = yield* scrape
         expect([...parsed.types.keys()].sort()).toEqual([...viaApi.types.keys()].sort())
-        expect((yield* request(`${metricsUrl}/api/v1/orders`)).status).toBe(404)
+        // Refusals are problems, as the API's are.
+        const missing = yield* request(`${metricsUrl}/api/v1/orders`)
+        expect(missing.status).toBe(404)
+        expect(missing.headers.get("content-type")).toBe("application/problem+json")
+        expect(missing.body).toMatchObject({ status: 404, code: "RouteNotFound", path: "/api/v1/orders" })
         // Targets as the API's router reads them: a trailing slash, and the absolute form
         // (written without half-closing: Node would abort a request whose client half-closed).
         expect((yield* request(`${metricsUrl}/metrics/`)).status).toBe(200)
@@ -406,7 +410,10 @@ describe(`metrics (${kind})`, () => {
           return Effect.sync(() => socket.destroy())
         }).pipe(Effect.timeout("10 seconds"))
         expect(absolute.split("\r\n")[0]).toBe("HTTP/1.1 200 OK")
-        expect((yield* request(`${metricsUrl}/metrics`, { method: "POST" })).status).toBe(405)
+        const posted = yield* request(`${metricsUrl}/metrics`, { method: "POST" })
+        expect(posted.status).toBe(405)
+        expect(posted.headers.get("allow")).toBe("GET, HEAD")
+        expect(posted.body).toMatchObject({ status: 405, code: "MethodNotAllowed", allowed: ["GET", "HEAD"] })
         // Its requests are not the API's: they are not counted.
         const later = yield* scrape
         expect(valueOf(later, "http_server_requests_total", { method: "GET", route: "unmatched", status: "404" }))
