@@ -31,7 +31,7 @@ import type * as CommandBus from "./CommandBus.js"
 import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
 import { failureOf, stored, survived } from "./internal/cause.js"
 import * as JsonValue from "./internal/json.js"
-import { minStoredEpochMillis, pageSize, storedDuration, storedMillis } from "./internal/limit.js"
+import { minStoredEpochMillis, pageSize, positiveCounts, storedDuration, storedMillis } from "./internal/limit.js"
 import * as Tracing from "./Tracing.js"
 
 /**
@@ -444,6 +444,21 @@ const defaultBackoff = (attempts: number): Duration.Duration =>
 export const run = <C extends Command.Any, H, E, R>(
   bus: CommandBus.CommandBus<C, H, E, R>,
   options: RunOptions = {}
+): Effect.Effect<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>> =>
+  checkedCounts("CommandScheduler.run", options, () => runChecked(bus, options))
+
+// A batch of 0 would claim nothing and never wait; a concurrency or attempt
+// count below 1 means nothing either.
+const checkedCounts = <A, E, R>(where: string, options: RunOptions, self: () => Effect.Effect<A, E, R>) =>
+  positiveCounts(where, {
+    batchSize: options.batchSize,
+    concurrency: options.concurrency,
+    maxAttempts: options.maxAttempts
+  }, self)
+
+const runChecked = <C extends Command.Any, H, E, R>(
+  bus: CommandBus.CommandBus<C, H, E, R>,
+  options: RunOptions
 ): Effect.Effect<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>> => {
   const batchSize = options.batchSize ?? 20
   const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
@@ -528,7 +543,7 @@ export const start = <C extends Command.Any, H, E, R>(
   Fiber.RuntimeFiber<never>,
   never,
   ScheduledCommands | CommandBus.Requirements<H, keyof H, R> | Scope.Scope
-> => Effect.forkScoped(run(bus, options))
+> => checkedCounts("CommandScheduler.start", options, () => Effect.forkScoped(runChecked(bus, options)))
 
 /**
  * A runner for as long as the layer lives.

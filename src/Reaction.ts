@@ -35,7 +35,7 @@ import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
 import * as Idempotency from "./Idempotency.js"
 import { failureOf, interruptedItself, stored, survived, unlessInterrupted } from "./internal/cause.js"
-import { pageSize } from "./internal/limit.js"
+import { pageSize, positiveCounts } from "./internal/limit.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
 
@@ -184,7 +184,8 @@ export interface MakeOptions {
   /**
    * Rewrites a stored payload before it is decoded: events written by an
    * earlier version of the event's schema (a field renamed, say) decode
-   * with the current one. Given the payload as stored, without its tag.
+   * with the current one. Given the payload as stored, its `_tag` (the
+   * event's type) included.
    * Additions with defaults need none: `Schema.optionalWith(..., { default })`.
    */
   readonly upcast?: (payload: unknown, envelope: DomainEvent.Envelope) => unknown
@@ -334,11 +335,34 @@ export const start = <const Rs extends ReadonlyArray<Any>>(
   reactions: Rs,
   options: RunOptions = {}
 ): Effect.Effect<Fiber.RuntimeFiber<never>, never, EventPublisher | Scope.Scope | Requirements<Rs[number]>> =>
-  Effect.flatMap(
-    EventPublisher,
-    (publisher) =>
-      Effect.flatMap(publisher.subscribe, (subscription) => Effect.forkScoped(loop(subscription, reactions, options)))
-  )
+  checked("Reaction.start", reactions, {}, () =>
+    Effect.flatMap(
+      EventPublisher,
+      (publisher) =>
+        Effect.flatMap(publisher.subscribe, (subscription) => Effect.forkScoped(loop(subscription, reactions, options)))
+    ))
+
+// A reaction's name keys its idempotency keys (`dispatch`), its dead letters
+// and its metrics: two reactions of one name in a list would share them, and
+// the second's command would meet the first's key. Refused, as a bad count
+// option is, before anything runs.
+const checked = <A, E, R>(
+  where: string,
+  reactions: ReadonlyArray<Any>,
+  counts: Readonly<Record<string, number | undefined>>,
+  self: () => Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> => {
+  const names = new Set<string>()
+  for (const reaction of reactions) {
+    if (names.has(reaction.name)) {
+      return Effect.dieMessage(
+        `${where}: two reactions are named "${reaction.name}"; give each its own name (the \`name\` option)`
+      )
+    }
+    names.add(reaction.name)
+  }
+  return positiveCounts(where, counts, self)
+}
 
 /**
  * `start`, then waits on its fiber: runs until interrupted.
@@ -750,9 +774,8 @@ export const follow = <const Rs extends ReadonlyArray<Any>>(
 > =>
   // Refused here, where the caller sees it, rather than by the first read of
   // the log inside the follower's fiber.
-  options.batchSize !== undefined && (!Number.isSafeInteger(options.batchSize) || options.batchSize < 1)
-    ? Effect.dieMessage(`Reaction.follow: batchSize must be a positive integer, got ${String(options.batchSize)}`)
-    : Effect.flatMap(
+  checked("Reaction.follow", reactions, { batchSize: options.batchSize }, () =>
+    Effect.flatMap(
       EventPublisher,
       (publisher) =>
         Effect.flatMap(publisher.subscribe, (published) =>
@@ -771,7 +794,7 @@ export const follow = <const Rs extends ReadonlyArray<Any>>(
               ),
               Effect.forkScoped(followLoop(name, wake, reactions, options))
             )))
-    )
+    ))
 
 // After a wake-up that found nothing new, the log is read again this soon:
 // the relay publishes a batch before its commit makes it readable.
@@ -912,11 +935,14 @@ export interface Redriven {
 /**
  * Runs a follower's dead letters again (at most `limit`, default 100, lowest
  * position first), each through the reaction it names, with the usual
- * retries. With `sequencing: "aggregate"` (as the follower's), a letter that
- * stays holds back the later letters of its reaction and aggregate; held
- * letters do not count against `limit`, and the redrive reads on past them,
- * so one aggregate stuck behind a letter that keeps failing does not keep
- * the letters of others from being run. The follower may be running
+ * retries. A letter naming a reaction not given is left as it is (counted
+ * `unmatched`), so a redrive of some of a follower's reactions runs theirs
+ * alone. With `sequencing: "aggregate"` (as the follower's), a letter that
+ * stays holds back the later letters of its reaction and aggregate. Held and
+ * unmatched letters do not count against `limit`, and the redrive reads on
+ * past them, so one aggregate stuck behind a letter that keeps failing, or
+ * another reaction's letters, do not keep the letters of others from being
+ * run. The follower may be running
  * meanwhile. Like any delivery, a redrive may run an event a reaction has
  * seen: reactions are idempotent.
  *
@@ -928,6 +954,13 @@ export const redrive = <const Rs extends ReadonlyArray<Any>>(
   reactions: Rs,
   options: RunOptions & { readonly limit?: number; readonly sequencing?: "none" | "aggregate" } = {}
 ): Effect.Effect<Redriven, StoreUnavailable, DeadLetters | Requirements<Rs[number]>> =>
+  checked("Reaction.redrive", reactions, {}, () => redriveChecked(name, reactions, options))
+
+const redriveChecked = <E, R>(
+  name: string,
+  reactions: ReadonlyArray<Reaction<E, R>>,
+  options: RunOptions & { readonly limit?: number; readonly sequencing?: "none" | "aggregate" }
+): Effect.Effect<Redriven, StoreUnavailable, DeadLetters | R> =>
   Effect.gen(function*() {
     const deadLetters = yield* DeadLetters
     const byName = new Map(reactions.map((reaction) => [reaction.name, reaction]))
@@ -943,10 +976,10 @@ export const redrive = <const Rs extends ReadonlyArray<Any>>(
     // left the store starts with those that stayed.
     const seen = new Set<string>()
     let want = limit
-    while (resolved + failed + unmatched < limit) {
+    while (resolved + failed < limit) {
       const letters = yield* deadLetters.list(name, { limit: want })
       for (const letter of letters) {
-        if (resolved + failed + unmatched >= limit) break
+        if (resolved + failed >= limit) break
         const key = `${letter.reaction}\u0000${letter.event.eventId}`
         if (seen.has(key)) continue
         seen.add(key)
@@ -974,8 +1007,9 @@ export const redrive = <const Rs extends ReadonlyArray<Any>>(
           failed++
         }
       }
-      // Every letter read, or only held ones left in reach: read further.
-      if (letters.length < want || !sequenced) break
+      // Every letter read: done. Else read on past the letters not run
+      // (held, or naming a reaction not given), which do not count.
+      if (letters.length < want) break
       want += limit
     }
     return { resolved, failed, unmatched, held }

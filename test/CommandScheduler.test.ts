@@ -2,6 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
 import * as Schema from "effect/Schema"
@@ -67,6 +68,29 @@ const list = (state?: "pending" | "failed") =>
 const Stores = Layer.merge(InMemory.layer, CommandScheduler.layerMemory)
 
 describe("CommandScheduler", () => {
+  it.scoped("refuses a batchSize, concurrency or maxAttempts that is no positive integer, where it is started", () =>
+    Effect.gen(function*() {
+      const bus = makeBus(yield* Queue.unbounded<Command.Any & { readonly at: number }>(), { remaining: 0 })
+      for (const option of ["batchSize", "concurrency", "maxAttempts"] as const) {
+        for (const value of [0, -1, 1.5, Number.NaN]) {
+          for (
+            const [where, attempt] of [
+              ["CommandScheduler.start", CommandScheduler.start(bus, { [option]: value })],
+              ["CommandScheduler.run", CommandScheduler.run(bus, { [option]: value })],
+              ["CommandScheduler.start", Layer.launch(CommandScheduler.layer(bus, { [option]: value }))]
+            ] as const
+          ) {
+            const exit = yield* Effect.exit(attempt as Effect.Effect<unknown>)
+            assert.isTrue(Exit.isFailure(exit))
+            assert.include(
+              String(Exit.isFailure(exit) && exit.cause),
+              `${where}: ${option} must be a positive integer, got ${value}`
+            )
+          }
+        }
+      }
+    }).pipe(Effect.provide(Stores)))
+
   it.scoped("dispatches a command when it is due, not before, with its metadata and a key of its own", () =>
     Effect.gen(function*() {
       const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()

@@ -333,6 +333,62 @@ describe("Reaction", () => {
       }
     }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 
+  it.scoped("start, follow and redrive refuse two reactions of one name, which would share keys and dead letters", () =>
+    Effect.gen(function*() {
+      const payments = yield* Queue.unbounded<TakePayment>()
+      const bus = makeBus(payments)
+      // Both unnamed: both `on OrderPlaced`.
+      const pay = Reaction.dispatch(OrderPlaced, bus, (event, followUp) => new TakePayment({ ...event, ...followUp }))
+      const log = Reaction.make(OrderPlaced, () => Effect.void)
+      for (
+        const [where, attempt] of [
+          ["Reaction.start", Reaction.start([pay, log])],
+          ["Reaction.follow", Reaction.follow("orders", [pay, log])],
+          ["Reaction.redrive", Reaction.redrive("orders", [pay, log])]
+        ] as const
+      ) {
+        const exit = yield* Effect.exit(attempt as Effect.Effect<unknown, unknown>)
+        assert.isTrue(Exit.isFailure(exit))
+        assert.include(String(Exit.isFailure(exit) && exit.cause), `${where}: two reactions are named "on OrderPlaced"`)
+      }
+      // Named apart, they run side by side.
+      yield* Reaction.start([pay, Reaction.make(OrderPlaced, () => Effect.void, { name: "log" })])
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+
+  it.effect("redrive: letters of reactions not given do not count against the limit; the redrive reads past them", () =>
+    Effect.gen(function*() {
+      const deadLetters = yield* Reaction.DeadLetters
+      for (let n = 1; n <= 12; n++) {
+        yield* deadLetters.add({
+          follower: "payments",
+          reaction: n <= 8 ? "ship" : "pay",
+          position: n,
+          event: envelopeOf("OrderPlaced", { orderId: `o-${n}`, amount: 1 }),
+          reason: "down"
+        })
+      }
+      const paid: Array<string> = []
+      const pay = Reaction.make(OrderPlaced, (event) => Effect.sync(() => void paid.push(event.orderId)), {
+        name: "pay"
+      })
+      assert.deepStrictEqual(yield* Reaction.redrive("payments", [pay], { limit: 3 }), {
+        resolved: 3,
+        failed: 0,
+        unmatched: 8,
+        held: 0
+      })
+      assert.deepStrictEqual(paid, ["o-9", "o-10", "o-11"])
+      assert.deepStrictEqual(yield* Reaction.redrive("payments", [pay], { limit: 3 }), {
+        resolved: 1,
+        failed: 0,
+        unmatched: 8,
+        held: 0
+      })
+      assert.deepStrictEqual((yield* deadLetters.list("payments")).map((letter) => letter.reaction), [
+        ...new Array<string>(8).fill("ship")
+      ])
+    }).pipe(Effect.provide(Reaction.layerDeadLettersMemory)))
+
   it.scoped("follow: catches up on the log from its checkpoint, then follows; a restart does not run events again", () =>
     Effect.gen(function*() {
       const bus = makeBus(yield* Queue.unbounded<TakePayment>())

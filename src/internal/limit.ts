@@ -1,4 +1,5 @@
 import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
 
 /**
  * A list's page size as the stores take it: a whole number from 0 up, the
@@ -53,3 +54,24 @@ export const storedDuration = (duration: Duration.DurationInput): Duration.Durat
  * @internal
  */
 export const minStoredEpochMillis = new Date("0001-01-01T00:00:00Z").getTime()
+
+/**
+ * Refuses, as a defect naming `where` and the option, a count option that
+ * is not a positive whole number: a batch of 0 would loop without waiting,
+ * a negative one fail in SQL at every turn. Checked where the caller sees
+ * it, before any fiber starts.
+ *
+ * @internal
+ */
+export const positiveCounts = <A, E, R>(
+  where: string,
+  counts: Readonly<Record<string, number | undefined>>,
+  self: () => Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> => {
+  for (const [option, value] of Object.entries(counts)) {
+    if (value !== undefined && (!Number.isSafeInteger(value) || value < 1)) {
+      return Effect.dieMessage(`${where}: ${option} must be a positive integer, got ${String(value)}`)
+    }
+  }
+  return self()
+}

@@ -27,6 +27,7 @@ import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import { EventPublisher } from "../EventPublisher.js"
+import { positiveCounts } from "../internal/limit.js"
 import { outboxChannel } from "./SqlMigrations.js"
 import * as SqlOutbox from "./SqlOutbox.js"
 import * as SqlStatement from "./SqlStatement.js"
@@ -69,6 +70,9 @@ const publishedTotal = Metric.counter("command_bus_outbox_published_total", {
  * @category relay
  */
 export const relayBatch = (batchSize = 256) =>
+  positiveCounts("OutboxRelay.relayBatch", { batchSize }, () => relayChecked(batchSize))
+
+const relayChecked = (batchSize: number) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const publisher = yield* EventPublisher
@@ -103,10 +107,11 @@ export const relayBatch = (batchSize = 256) =>
  * @category relay
  */
 export const drain = (batchSize = 256): Effect.Effect<number, SqlError, SqlClient.SqlClient | EventPublisher> =>
-  Effect.iterate({ last: batchSize, total: 0 }, {
-    while: ({ last }) => last === batchSize,
-    body: ({ total }) => Effect.map(relayBatch(batchSize), (last) => ({ last, total: total + last }))
-  }).pipe(Effect.map(({ total }) => total))
+  positiveCounts("OutboxRelay.drain", { batchSize }, () =>
+    Effect.iterate({ last: batchSize, total: 0 }, {
+      while: ({ last }) => last === batchSize,
+      body: ({ total }) => Effect.map(relayChecked(batchSize), (last) => ({ last, total: total + last }))
+    }).pipe(Effect.map(({ total }) => total)))
 
 /**
  * The relay loop: drain, then wait for a notification or the poll interval.
@@ -122,6 +127,7 @@ export const drain = (batchSize = 256): Effect.Effect<number, SqlError, SqlClien
  */
 export const run = (options: Options = {}) =>
   Effect.gen(function*() {
+    yield* positiveCounts("OutboxRelay.run", { batchSize: options.batchSize }, () => Effect.void)
     const batchSize = options.batchSize ?? 256
     const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
     const coalesce = Duration.decode(options.coalesce ?? "10 millis")
@@ -190,4 +196,8 @@ export const run = (options: Options = {}) =>
 export const layer = (
   options: Options = {}
 ): Layer.Layer<never, never, SqlClient.SqlClient | PgClient.PgClient | EventPublisher> =>
-  Layer.scopedDiscard(Effect.forkScoped(Effect.scoped(run(options))))
+  Layer.scopedDiscard(
+    // Refused as the layer is built, not inside the relay's fiber.
+    positiveCounts("OutboxRelay.layer", { batchSize: options.batchSize }, () =>
+      Effect.forkScoped(Effect.scoped(run(options))))
+  )

@@ -9,6 +9,7 @@ import * as Chunk from "effect/Chunk"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
@@ -91,6 +92,23 @@ const Shared = Layer.mergeAll(SqlOutbox.layer, EventPublisher.layerMemory).pipe(
 )
 
 layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`outbox relay (${TestDatabase.kind})`, (it) => {
+  it.scoped("refuses a batchSize that is no positive integer (0 would loop without end), naming it", () =>
+    Effect.gen(function*() {
+      const refused = <E, R>(where: string, batchSize: number, attempt: Effect.Effect<unknown, E, R>) =>
+        Effect.map(
+          Effect.exit(Effect.timeout(attempt, "10 seconds")),
+          (exit) =>
+            expect(String(Exit.isFailure(exit) && exit.cause)).toContain(
+              `${where}: batchSize must be a positive integer, got ${batchSize}`
+            )
+        )
+      for (const batchSize of [0, -1, 1.5]) {
+        yield* refused("OutboxRelay.drain", batchSize, OutboxRelay.drain(batchSize))
+        yield* refused("OutboxRelay.relayBatch", batchSize, OutboxRelay.relayBatch(batchSize))
+        yield* refused("OutboxRelay.layer", batchSize, Layer.build(OutboxRelay.layer({ batchSize })))
+      }
+    }))
+
   it.scoped("publishes in commit order and numbers the events 1..n without gaps", () =>
     Effect.gen(function*() {
       yield* TestDatabase.truncateAll
