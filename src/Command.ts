@@ -7,6 +7,7 @@
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as ParseResult from "effect/ParseResult"
+import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import { createHash, randomUUID } from "node:crypto"
 import * as PlainSchema from "./internal/schema.js"
@@ -396,16 +397,28 @@ const digested = (command: Any) => (payload: Record<string, unknown>): Effect.Ef
 }
 
 /**
- * JSON with object keys sorted, so equal values give equal strings.
+ * JSON with object keys sorted, so equal values give equal strings. Values
+ * JSON has no form for are written so that unequal ones stay apart: a `Map`
+ * as its entries and a `Set` as its values (each sorted, so their order does
+ * not count), a `Redacted` as the value it hides, a bigint, `NaN` and
+ * ±Infinity as themselves, `undefined` in an array apart from `null`.
  *
  * @since 0.1.0
  * @category encoding
  */
 export const canonicalJson = (value: unknown): string => JSON.stringify(value, sortKeys)
 
-// Also writes what JSON has no form for, so that it neither throws (a
-// bigint) nor reads as another value (NaN, ±Infinity would be `null`).
-const sortKeys = (_key: string, value: unknown): unknown => {
+const sortedBy = <A>(values: Iterable<A>, key: (value: A) => string): Array<A> =>
+  Array.from(values, (value) => [key(value), value] as const)
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([, value]) => value)
+
+// Called with the holder as `this`: its own value, before `toJSON` (a
+// `Redacted`'s writes "<redacted>" whatever it hides).
+function sortKeys(this: unknown, key: string, value: unknown): unknown {
+  const own = (this as Record<string, unknown>)[key]
+  if (Redacted.isRedacted(own)) return { "\u0000redacted": Redacted.value(own) }
+  if (own === undefined && Array.isArray(this)) return { "\u0000undefined": true }
   switch (typeof value) {
     case "number":
       return Number.isFinite(value) ? value : { "\u0000number": String(value) }
@@ -413,6 +426,10 @@ const sortKeys = (_key: string, value: unknown): unknown => {
       return { "\u0000bigint": value.toString() }
     case "object": {
       if (value === null || Array.isArray(value)) return value
+      if (value instanceof Map) {
+        return { "\u0000map": sortedBy(value.entries(), ([entryKey]) => canonicalJson(entryKey)) }
+      }
+      if (value instanceof Set) return { "\u0000set": sortedBy(value.values(), canonicalJson) }
       // No prototype: an own `__proto__` key is a key like any other here,
       // where `{}` would take it as its prototype and leave it out.
       const sorted: Record<string, unknown> = Object.create(null)

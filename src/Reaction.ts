@@ -28,6 +28,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
+import { createHash } from "node:crypto"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
 import type { StoreUnavailable } from "./CommandError.js"
@@ -213,6 +214,8 @@ const waitingOut = <A, E, R>(
     Schedule.whileInput(schedule, (error: E) => error instanceof Idempotency.IdempotencyKeyInFlight)
   )
 
+const isIdempotencyKey = Schema.is(Command.IdempotencyKey)
+
 // A payload is the event's encoded fields; its tag is the envelope's type.
 const payloadOf = (envelope: DomainEvent.Envelope, payload: unknown): unknown =>
   typeof payload === "object" && payload !== null ? { ...payload, _tag: envelope.type } : payload
@@ -220,7 +223,8 @@ const payloadOf = (envelope: DomainEvent.Envelope, payload: unknown): unknown =>
 /**
  * The metadata a follow-up command of an event carries: the event's
  * correlation id, the event's id as causation id, and an idempotency key
- * derived from the event's id and the reaction's name.
+ * derived from the event's id and the reaction's name (the name's SHA-256
+ * when it is too long to leave room for the id in a key's 255 characters).
  *
  * @since 0.1.0
  * @category models
@@ -258,6 +262,11 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   options: DispatchOptions = {}
 ): Reaction<Command.Failure<Cmd> | BE | StoreUnavailable, CommandBus.Requirements<H, Cmd["_tag"], BR>> => {
   const name = options.name ?? `on ${event._tag}`
+  // A key is 1 to 255 characters of storable text: a name that leaves no
+  // room for the event's id (or holds text a key may not) keys by its digest.
+  const keyPrefix = isIdempotencyKey(`${name}:${"0".repeat(36)}`)
+    ? name
+    : `sha256-${createHash("sha256").update(name).digest("hex")}`
   const definitions = [...bus.definitions.values()]
   const waitOut = Schedule.spaced(Duration.seconds(1)).pipe(Schedule.upTo(options.inFlightWait ?? "2 minutes"))
   // Whether a failure is an outcome depends on the command that failed: a
@@ -268,7 +277,7 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   return make(event, (decoded, envelope) => {
     const command = toCommand(decoded, {
       ...Command.causedBy(envelope),
-      idempotencyKey: `${name}:${envelope.eventId}`
+      idempotencyKey: `${keyPrefix}:${envelope.eventId}`
     }, envelope)
     if (command === undefined) return Effect.void
     const definition = bus.definitions.get(command._tag)

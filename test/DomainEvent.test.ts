@@ -80,6 +80,13 @@ describe("DomainEvent", () => {
         const exit = yield* Effect.exit(DomainEvent.stamp(command, [DomainEvent.draft(aggregate, clocked)]))
         const defect = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.dieOption(exit.cause)) : undefined
         assert.include((defect as Error | undefined)?.message, "Clocked: encoded, $.at is a Date")
+        // JSON writes an array's undefined as null, which its schema may refuse (or read as another value).
+        class Seated extends DomainEvent.Class<Seated>()("Seated", {
+          seats: Schema.Array(Schema.UndefinedOr(Schema.String))
+        }) {}
+        const seated = yield* Effect.exit(DomainEvent.encode(new Seated({ seats: ["a", undefined] })))
+        const seatedDefect = Exit.isFailure(seated) ? Option.getOrUndefined(Cause.dieOption(seated.cause)) : undefined
+        assert.include((seatedDefect as Error | undefined)?.message, "Seated: encoded, $.seats[1] is undefined")
         class Measured extends DomainEvent.Class<Measured>()("Measured", { reading: Schema.Number }) {}
         for (const reading of [Number.NaN, Infinity]) {
           const exit = yield* Effect.exit(DomainEvent.encode(new Measured({ reading })))

@@ -11,6 +11,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
+import { createHash } from "node:crypto"
 import {
   Command,
   CommandBus,
@@ -155,6 +156,25 @@ describe("Reaction", () => {
       assert.strictEqual(payment!.causationId, placed.eventId)
       assert.strictEqual(payment!.idempotencyKey, `pay:${placed.eventId}`)
       assert.strictEqual(payment!.amount, 40)
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  it.scoped("dispatch: a name too long for a key keys by its digest, and still runs the command once per event", () =>
+    Effect.gen(function*() {
+      const payments = yield* Queue.unbounded<TakePayment>()
+      const bus = makeBus(payments)
+      const name = `billing/${"x".repeat(240)}`
+      const done = yield* Queue.unbounded<string>()
+      yield* Reaction.start([
+        Reaction.dispatch(OrderPlaced, bus, (event, followUp) => new TakePayment({ ...event, ...followUp }), { name }),
+        Reaction.make(OrderPlaced, (event) => Queue.offer(done, event.orderId), { name: "done" })
+      ])
+      const placed = envelopeOf("OrderPlaced", { orderId: "o-long", amount: 40 })
+      yield* publish(placed, placed)
+      assert.deepStrictEqual([yield* Queue.take(done), yield* Queue.take(done)], ["o-long", "o-long"])
+      const paid = yield* Queue.takeAll(payments)
+      assert.strictEqual(paid.length, 1, "the handler ran once")
+      const digest = createHash("sha256").update(name).digest("hex")
+      assert.strictEqual([...paid][0]!.idempotencyKey, `sha256-${digest}:${placed.eventId}`)
     }).pipe(Effect.provide(InMemory.layer)))
 
   it.scoped("dispatch: a failure the command declares is its outcome: not retried, kept as a dead letter at once", () =>

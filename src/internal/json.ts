@@ -13,7 +13,8 @@ export const incompatibility = (value: unknown, path: string = "$"): string | un
       return isStorableText(value) ? undefined : `${path} is ${unstorable}`
     case "boolean":
     case "undefined":
-      // An undefined property is left out, as an absent optional field is.
+      // An undefined property is left out, as an absent optional field is
+      // (an array's undefined element is refused above).
       return undefined
     case "number":
       return Number.isFinite(value) ? undefined : `${path} is ${value}`
@@ -21,6 +22,8 @@ export const incompatibility = (value: unknown, path: string = "$"): string | un
       if (value === null) return undefined
       if (Array.isArray(value)) {
         for (let i = 0; i < value.length; i++) {
+          // Written as `null`, which reads back as another value.
+          if (value[i] === undefined) return `${path}[${i}] is undefined`
           const found = incompatibility(value[i], `${path}[${i}]`)
           if (found !== undefined) return found
         }
