@@ -72,13 +72,27 @@ export const ShippingAddressBody = Schema.Struct({
 }).annotations({ identifier: "ShippingAddress", ...strict })
 
 /**
+ * A UUID as a client may write it, in either case, decoded to lowercase: an
+ * id is one id, and a request that names it in capitals has the same
+ * idempotency fingerprint as one that does not.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Uuid = Schema.transform(Schema.UUID, Schema.UUID, {
+  strict: true,
+  decode: (id) => id.toLowerCase(),
+  encode: (id) => id
+})
+
+/**
  * `POST /api/v1/orders` body; decodes to `CreateOrder`'s payload.
  *
  * @since 0.1.0
  * @category schemas
  */
 export const CreateOrderBody = Schema.Struct({
-  customerId: snake("customer_id", Schema.UUID),
+  customerId: snake("customer_id", Uuid),
   items: Schema.Array(OrderLineBody).pipe(Schema.minItems(limits.minLines), Schema.maxItems(limits.maxLines)),
   shippingAddress: snake("shipping_address", ShippingAddressBody)
 }).annotations({ identifier: "CreateOrderRequest", ...strict })
@@ -246,7 +260,7 @@ export const CancelHeaders = Schema.Struct({
   "if-match": Schema.optionalWith(VersionTag, { exact: true })
 })
 
-const OrderIdPath = Schema.Struct({ orderId: Schema.UUID })
+const OrderIdPath = Schema.Struct({ orderId: Uuid })
 const ProductIdPath = Schema.Struct({ productId: ProductId })
 
 // -----------------------------------------------------------------------------

@@ -132,9 +132,14 @@ export const schema = <E extends { readonly _tag: string; readonly message: stri
 // megabyte must not come back as three.
 const maxText = 1024
 
+const isHighSurrogate = (code: number): boolean => code >= 0xd800 && code <= 0xdbff
+
 const clipped = (value: unknown): any => {
   if (typeof value === "string") {
-    return value.length <= maxText ? value : `${value.slice(0, maxText)}… (${value.length - maxText} more characters)`
+    if (value.length <= maxText) return value
+    // Not between the halves of a surrogate pair: a lone half is no text.
+    const end = isHighSurrogate(value.charCodeAt(maxText - 1)) ? maxText - 1 : maxText
+    return `${value.slice(0, end)}… (${value.length - end} more characters)`
   }
   if (Array.isArray(value)) return value.map(clipped)
   if (value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) {

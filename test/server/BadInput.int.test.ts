@@ -384,6 +384,21 @@ const cases: ReadonlyArray<Case> = [
       expect(reply.body.detail).toContain("more characters)")
     }
   },
+  {
+    // Clipped between characters: never half a surrogate pair, which no strict JSON reader takes.
+    name: "emoji where a number goes, clipped at a pair's first half",
+    method: "PUT",
+    path: stock,
+    as: "admin",
+    body: json({ available: `a${"\u{1F600}".repeat(600)}` }),
+    ...invalid,
+    check: (reply) => {
+      const lone = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
+      expect(reply.body.detail).toContain("more characters)")
+      expect(lone.test(reply.body.detail)).toBe(false)
+      expect(reply.body.issues.some((issue: { message: string }) => lone.test(issue.message))).toBe(false)
+    }
+  },
   { name: "a 10 MB body", body: "x".repeat(10 * 1024 * 1024), ...tooLarge },
   { name: "valid JSON one byte over 1 MiB", body: json({ pad: "x".repeat(1024 * 1024 - 9) }), ...tooLarge },
   {

@@ -288,6 +288,26 @@ describe(`Idempotency-Key over HTTP (${kind})`, () => {
         expect(yield* stockOf("idem-cancel", alice)).toBe(1)
       }))
 
+    it.effect("an id written in capitals is the same id: the same cancel under the key replays, not 422", () =>
+      Effect.gen(function*() {
+        const { admin, alice } = yield* users
+        yield* setStock("idem-case", 1, admin)
+        const orderId = yield* placeOrder(alice, [{ product_id: "idem-case", quantity: 1 }])
+        const send = (id: string) =>
+          request("POST", `/api/v1/orders/${id}/cancel`, {
+            token: alice,
+            json: { reason: "changed my mind" },
+            headers: { "idempotency-key": "cancel-case" }
+          })
+        const first = yield* send(orderId.toUpperCase())
+        expectJson(first, 200)
+        expect(first.body.order_id).toBe(orderId)
+        const again = yield* send(orderId)
+        expectJson(again, 200)
+        expect(again.headers.get("idempotent-replayed")).toBe("true")
+        expect(again.body).toEqual(first.body)
+      }))
+
     it.effect("a key of 255 characters is accepted; keys are compared exactly", () =>
       Effect.gen(function*() {
         const { admin, alice } = yield* users
