@@ -211,28 +211,48 @@ export const answerClientErrors = (server: Server, report: (answered: Answered) 
       socket.destroy()
       return
     }
-    // A request the application already has (a body cut off, or too slow to
-    // arrive): the edge logs and counts it; an answer it already began
-    // cannot be followed by another.
-    const inFlight = (socket as { _httpMessage?: { headersSent?: boolean; req?: IncomingMessage } | null })
-      ._httpMessage
+    // The parser reports its error again on every chunk that follows: the
+    // first report is answered, once.
+    if (refusing.has(socket)) return
+    const inFlight = (socket as { _httpMessage?: ServerResponse | null })._httpMessage ?? undefined
+    const request = inFlight?.req
+    const reason = error.code ?? "HPE_UNKNOWN"
+    const status = clientErrorStatus[reason] ?? 400
+    if (request === undefined || request.complete) {
+      // Bytes that are a request of their own, alone or pipelined behind
+      // complete ones (`_httpMessage` is the oldest unanswered request's).
+      // Answers go out in the order of their requests (RFC 9112, 9.3.2): the
+      // refusal waits for the answers before it, which run on, rather than
+      // taking the place of the first one (whose client would read its order
+      // refused while it commits).
+      refusing.add(socket)
+      const correlationId = correlationIdOf(undefined)
+      const answer = rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, correlationId)
+      const answerWhenIdle = (): void => {
+        const pending = (socket as { _httpMessage?: ServerResponse | null })._httpMessage
+        if (pending === undefined || pending === null) {
+          if (socket.writable) socket.end(answer)
+          report({ method: "UNKNOWN", path: undefined, status, correlationId })
+        } else {
+          // After Node's own `finish` listener, which hands the socket to the
+          // next answer in line. One closed unfinished has lost its socket.
+          pending.once("finish", answerWhenIdle)
+        }
+      }
+      return answerWhenIdle()
+    }
+    // The body of a request the application has (cut off, or too slow to
+    // arrive): the answer carries its id, and the edge logs and counts it
+    // with this status rather than its own (client gone, 499). An answer it
+    // already began cannot be followed by another.
     if (inFlight?.headersSent === true) {
       socket.destroy()
       return
     }
-    const reason = error.code ?? "HPE_UNKNOWN"
-    const status = clientErrorStatus[reason] ?? 400
-    // The refused bytes are the body of the request the application has
-    // when that request is still arriving: the answer carries its id, and the
-    // edge logs and counts it with this status rather than its own (client
-    // gone, 499). Otherwise they are a request of their own, pipelined behind
-    // a complete one (`_httpMessage` is the oldest unanswered request's).
-    const request = inFlight?.req
-    const edge = request === undefined || request.complete ? undefined : Http.edgeStateOf(request)
-    const correlationId = edge?.correlationId ?? correlationIdOf(undefined)
-    socket.end(rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, correlationId))
-    if (edge !== undefined) edge.answered = status
-    else report({ method: "UNKNOWN", path: undefined, status, correlationId })
+    refusing.add(socket)
+    const edge = Http.edgeStateOf(request)
+    socket.end(rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, edge.correlationId))
+    edge.answered = status
   })
   // An `Expect` other than `100-continue`: Node's own answer is a bare 417.
   server.on("checkExpectation", (request: IncomingMessage, response: ServerResponse) => {
@@ -268,6 +288,10 @@ const correlationIdOf = (request: IncomingMessage | undefined): string => {
 
 // A whole problem response, written to a socket the server has not parsed a
 // request on (or will not answer through a response), then closed.
+// Sockets whose parser refused a request pipelined behind complete ones,
+// waiting for their answers before the refusal.
+const refusing = new WeakSet<Duplex>()
+
 const rawProblem = (
   status: number,
   document: unknown,

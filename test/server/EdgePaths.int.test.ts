@@ -123,5 +123,25 @@ describe(`the edge and the paths the router routes (${kind})`, () => {
         const connect = yield* send("CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n")
         expectProblem(connect, 405, "MethodNotAllowed")
       }))
+
+    it.effect("bytes no parser takes, pipelined behind an order, are refused after the order's answer, not in its place", () =>
+      Effect.gen(function*() {
+        const { admin, alice } = yield* users
+        for (const garbage of ["BOGUS\r\n\r\n", "GET / HTTP/1.1\r\nBad Header\r\n\r\n"]) {
+          yield* setStock(product, 10, admin)
+          const order = post("/api/v1/orders", [
+            `Authorization: Bearer ${alice}`,
+            "Content-Type: application/json"
+          ], body).replace("Connection: close\r\n", "")
+          // One write: the parser has the whole order, then the garbage, while the order runs.
+          const answer = yield* rawRequest(order + garbage, { halfClose: false })
+          const statusLines = answer.match(/HTTP\/1\.1 \d{3}/g) ?? []
+          expect(statusLines).toEqual(["HTTP/1.1 201", "HTTP/1.1 400"])
+          const refusal = parseRawReply(answer.slice(answer.lastIndexOf("HTTP/1.1 400")))
+          expectProblem(refusal, 400, "MalformedRequest")
+          expect(refusal.headers.get("connection")).toBe("close")
+          expect(yield* stockOf(product, alice)).toBe(9)
+        }
+      }))
   })
 })
