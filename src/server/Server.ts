@@ -130,7 +130,9 @@ export const HttpServerLive = Layer.unwrapEffect(
   Effect.map(Effect.zip(Config.server, reportAnswered), ([config, report]) => {
     // Timeouts are checked this often: Node's default, 30 s, let a request
     // run up to 30 s past REQUEST_TIMEOUT.
-    const server = createServer({ connectionsCheckingInterval: 1_000 })
+    // A request without `Host` is the edge's to refuse, as a problem: Node's
+    // own answer is a bare 400 that nothing logs or counts.
+    const server = createServer({ connectionsCheckingInterval: 1_000, requireHostHeader: false })
     server.prependListener("request", dropInvalidTraceparent)
     server.prependListener("request", settleEndOnClose)
     answerWhileNotServing(server, report)

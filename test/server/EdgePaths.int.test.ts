@@ -124,6 +124,19 @@ describe(`the edge and the paths the router routes (${kind})`, () => {
         expectProblem(connect, 405, "MethodNotAllowed")
       }))
 
+    it.effect("an HTTP/1.1 request without Host, or with two, is a MalformedRequest problem; HTTP/1.0 needs none", () =>
+      Effect.gen(function*() {
+        const missing = yield* send("GET /health/live HTTP/1.1\r\nConnection: close\r\n\r\n")
+        expectProblem(missing, 400, "MalformedRequest")
+        expect(missing.body.reason).toBe("MISSING_HOST")
+        expect(missing.headers.get("x-correlation-id")).toMatch(/^[0-9a-f-]{36}$/)
+        const twice = yield* send("GET /health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n")
+        expectProblem(twice, 400, "MalformedRequest")
+        expect(twice.body.reason).toBe("REPEATED_HOST")
+        expect((yield* send("GET /health/live HTTP/1.0\r\n\r\n")).status).toBe(200)
+        expect((yield* send("GET /health/live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")).status).toBe(200)
+      }))
+
     it.effect("bytes no parser takes, pipelined behind an order, are refused after the order's answer, not in its place", () =>
       Effect.gen(function*() {
         const { admin, alice } = yield* users
