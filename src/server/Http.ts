@@ -423,9 +423,11 @@ const decode = (chunks: ReadonlyArray<Buffer>): BodyRead => {
 }
 
 /**
- * Reads a body of at most `limit` bytes. A larger one is drained (up to a
- * bound) rather than cut off, so the client still receives the 413: cutting
- * the stream would reset the connection before the answer is written.
+ * Reads a body of at most `limit` bytes. A larger one is `TooLarge` as soon
+ * as it passes the limit, so the 413 goes out while the client still sends
+ * (a client that reads as it uploads stops there); the rest is drained, up
+ * to a bound, rather than cut off: cutting the stream would reset the
+ * connection, and the reset can take the answer with it.
  */
 const readBody = (incoming: Http.IncomingMessage, limit: number) =>
   Effect.async<BodyRead>((resume) => {
@@ -439,8 +441,11 @@ const readBody = (incoming: Http.IncomingMessage, limit: number) =>
     }
     const onData = (chunk: Buffer) => {
       size += chunk.length
-      if (size <= limit) chunks.push(chunk)
-      else if (size > limit * 16) incoming.destroy()
+      if (size <= limit) return chunks.push(chunk)
+      if (!done) {
+        chunks.length = 0
+        finish({ _tag: "TooLarge" })
+      } else if (size > limit * 16) incoming.destroy()
     }
     const onEnd = () => finish(size > limit ? { _tag: "TooLarge" } : decode(chunks))
     const onClose = () => finish({ _tag: "Aborted" })
