@@ -96,6 +96,16 @@ const slowInsert = (inserted: Deferred.Deferred<void>) =>
     }))
   )
 
+/** A claim of `key` for alice, held for `lease`, kept an hour. */
+const claimRequest = (key: string, lease: Duration.Duration) => ({
+  scope: "alice",
+  key,
+  fingerprint: "f",
+  commandType: "CreateOrder",
+  lease,
+  retention: Duration.hours(1)
+})
+
 /** The SQL store of a process that dies before it can release its claims. */
 const neverReleasing = Layer.effect(
   Idempotency.IdempotencyStore,
@@ -320,14 +330,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`idempotenc
       const sql = yield* SqlClient.SqlClient
       yield* TestDatabase.truncateAll
       const store = yield* SqlIdempotencyStore.make
-      const request = {
-        scope: "alice",
-        key: "k-taken-over",
-        fingerprint: "f",
-        commandType: "CreateOrder",
-        lease: Duration.millis(1),
-        retention: Duration.hours(1)
-      }
+      const request = claimRequest("k-taken-over", Duration.millis(1))
       const first = yield* store.claim(request)
       assert(first._tag === "Claimed")
       yield* Effect.sleep("20 millis")
@@ -359,14 +362,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`idempotenc
       const sql = yield* SqlClient.SqlClient
       yield* TestDatabase.truncateAll
       const store = yield* SqlIdempotencyStore.make
-      const request = {
-        scope: "alice",
-        key: "k-nested-late",
-        fingerprint: "f",
-        commandType: "CreateOrder",
-        lease: Duration.seconds(2),
-        retention: Duration.hours(1)
-      }
+      const request = claimRequest("k-nested-late", Duration.seconds(2))
       const unitOfWork = yield* UnitOfWork.UnitOfWork
       const claimed = yield* unitOfWork.transactional(Effect.gen(function*() {
         yield* sql`INSERT INTO inventory (product_id, available) VALUES ('p-nested-late', 1)`
