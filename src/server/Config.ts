@@ -12,6 +12,7 @@ import * as Either from "effect/Either"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import Pg from "pg"
 
 /**
  * The environment as the service reads it: a variable set to nothing (or
@@ -159,12 +160,22 @@ export const database = Config.all({
   url: setRedacted("DATABASE_URL").pipe(
     // `pg` parses it with `new URL` only when it first connects, where a bad
     // one (a port over 65535) is a stack trace that never names the setting.
-    Config.mapOrFail((url) =>
-      Option.isNone(url) || /^postgres(ql)?:\/\//i.test(Redacted.value(url.value)) &&
-          URL.canParse(Redacted.value(url.value))
-        ? Either.right(url)
-        : Either.left(ConfigError.InvalidData(["DATABASE_URL"], "must be a postgres:// or postgresql:// URL"))
-    )
+    Config.mapOrFail((url): Either.Either<Option.Option<Redacted.Redacted>, ConfigError.ConfigError> => {
+      if (Option.isNone(url)) return Either.right(url)
+      const text = Redacted.value(url.value)
+      if (!/^postgres(ql)?:\/\//i.test(text) || !URL.canParse(text)) {
+        return Either.left(ConfigError.InvalidData(["DATABASE_URL"], "must be a postgres:// or postgresql:// URL"))
+      }
+      // What `pg` reads of it when it first connects, files included (an
+      // `sslrootcert` that is not there): refused here, naming the setting.
+      try {
+        new Pg.Client({ connectionString: text })
+        return Either.right(url)
+      } catch (error) {
+        const reason = (error instanceof Error ? error.message : String(error)).replaceAll(text, "(the URL)")
+        return Either.left(ConfigError.InvalidData(["DATABASE_URL"], `cannot be used: ${reason}`))
+      }
+    })
   ),
   schema: Config.option(
     Config.string("DATABASE_SCHEMA").pipe(
@@ -309,6 +320,8 @@ export const server = Config.all({
   ),
   production: Config.string("NODE_ENV").pipe(
     Config.withDefault("development"),
-    Config.map((env) => env === "production")
+    // As written in a `.env` or unit file: "production " or "Production" is
+    // still production, whose key check must not be missed.
+    Config.map((env) => env.trim().toLowerCase() === "production")
   )
 })

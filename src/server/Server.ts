@@ -513,7 +513,11 @@ export const LoggerLive = Layer.unwrapEffect(
  * @since 0.1.0
  * @category utils
  */
-export const reportFailure = (cause: Cause.Cause<unknown>): Effect.Effect<void> => {
+export const reportFailure = (cause: Cause.Cause<unknown>): Effect.Effect<void> =>
+  // Whatever LOG_LEVEL says (`none` too): a process that stops says why.
+  Logger.withMinimumLogLevel(failureLine(cause), LogLevel.Error)
+
+const failureLine = (cause: Cause.Cause<unknown>): Effect.Effect<void> => {
   if (Cause.isInterruptedOnly(cause)) return Effect.void
   const error = Option.getOrUndefined(Option.orElse(Cause.failureOption(cause), () => Cause.dieOption(cause)))
   // A setting the operator must change, or a port already taken: the reason

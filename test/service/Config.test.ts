@@ -3,12 +3,15 @@
  * name, and an empty value (`export JWT_SECRET=`) taken as unset.
  */
 import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
+import * as ConfigError from "effect/ConfigError"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as HashMap from "effect/HashMap"
 import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Config from "../../src/server/Config.js"
@@ -177,6 +180,31 @@ describe("retentions and leases", () => {
     }))
 })
 
+describe("NODE_ENV", () => {
+  it.effect("is production however it is cased or padded, as a .env file may write it", () =>
+    Effect.gen(function*() {
+      for (const env of ["production", "production ", " Production", "PRODUCTION"]) {
+        expect((yield* Config.server.pipe(withEnv({ NODE_ENV: env }))).production).toBe(true)
+      }
+      for (const env of ["development", "test", "productive"]) {
+        expect((yield* Config.server.pipe(withEnv({ NODE_ENV: env }))).production).toBe(false)
+      }
+    }))
+})
+
+describe("the start-up failure", () => {
+  it.effect("is logged whatever the minimum log level, none included", () =>
+    Effect.gen(function*() {
+      const lines: Array<unknown> = []
+      const capture = Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => lines.push(message)))
+      yield* Server.reportFailure(Cause.fail(ConfigError.InvalidData(["PORT"], "must be a port"))).pipe(
+        Logger.withMinimumLogLevel(LogLevel.None),
+        Effect.provide(capture)
+      )
+      expect(lines).toEqual([["config.invalid"]])
+    }))
+})
+
 describe("empty settings", () => {
   it.effect("HOST= and DATA_DIR= are their defaults, not every interface and the working directory", () =>
     Effect.gen(function*() {
@@ -218,6 +246,15 @@ describe("settings checked before start", () => {
       for (const url of ["postgres://u:p@127.0.0.1:5432/db", "postgresql://localhost/db?sslmode=require"]) {
         expect(Option.map((yield* read({ DATABASE_URL: url })).url, Redacted.value)).toEqual(Option.some(url))
       }
+    }))
+
+  it.effect("a DATABASE_URL naming a certificate file that is not there is refused, naming both", () =>
+    Effect.gen(function*() {
+      const url = "postgres://u:secret@127.0.0.1:5432/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"
+      const error = String(yield* Effect.flip(read({ DATABASE_URL: url })))
+      expect(error).toContain("DATABASE_URL")
+      expect(error).toContain("/nonexistent/ca.pem")
+      expect(error).not.toContain("secret")
     }))
 
   // PostgreSQL keeps the pg_ prefix to itself ("unacceptable schema name"):
