@@ -24,6 +24,7 @@ import * as Redacted from "effect/Redacted"
 import * as Runtime from "effect/Runtime"
 import * as Schema from "effect/Schema"
 import { createServer, type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } from "node:http"
+import type { Socket } from "node:net"
 import type { Duplex } from "node:stream"
 import * as OrderBus from "../orders/OrderBus.js"
 import * as Persistence from "../orders/Persistence.js"
@@ -148,18 +149,28 @@ export const HttpServerLive = Layer.unwrapEffect(
     // Counted by the edge (Http.maxHeaders), which refuses too many with 431:
     // Node drops the lines past its count and serves the rest.
     server.maxHeadersCount = 0
+    // Node's `closeIdleConnections` leaves a connection that has sent no
+    // request yet (a pool's or a browser's preconnect): kept here to close.
+    const sockets = new Set<Socket>()
+    server.on("connection", (socket: Socket) => {
+      sockets.add(socket)
+      socket.once("close", () => sockets.delete(socket))
+    })
     return Layer.merge(
       Layer.scoped(
         HttpServer.HttpServer,
         Effect.tap(
           NodeHttpServer.make(() => server, { port: config.port, host: config.host }),
-          // Runs before the server's own close, which waits for in-flight
-          // requests: idle connections go now, busy ones at the deadline.
+          // Runs before the server's own close, which waits for every
+          // connection to end, and after the service drained its requests
+          // (up to SHUTDOWN_TIMEOUT): idle connections and those that never
+          // sent a request go now, any still busy after a short grace.
           () =>
             Effect.addFinalizer(() =>
               Effect.sync(() => {
-                setTimeout(() => server.closeAllConnections(), Duration.toMillis(config.shutdownTimeout)).unref()
+                setTimeout(() => server.closeAllConnections(), Duration.toMillis(shutdownGrace)).unref()
                 server.closeIdleConnections()
+                for (const socket of sockets) if (socket.bytesRead === 0) socket.destroy()
               })
             )
         )

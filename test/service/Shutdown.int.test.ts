@@ -83,6 +83,29 @@ const stopped = (service: Process.ServiceProcess) => {
 }
 
 describe(`graceful shutdown (${TestDatabase.kind})`, () => {
+  // Node's closeIdleConnections leaves a connection that never sent a
+  // request: the server's close waited for SHUTDOWN_TIMEOUT's timer on it.
+  it.scoped("does not wait on a connection that has sent no request (a preconnect)", () =>
+    Effect.gen(function*() {
+      const dataDir = yield* TestDatabase.tempDir("ecb-preconnect")
+      // Far longer than the stop below waits: only an exit that does not wait for it passes.
+      const env = TestDatabase.serviceEnv(dataDir, { SHUTDOWN_TIMEOUT: "10 minutes" })
+      yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
+      const service = yield* Process.spawnScoped(env)
+      const { closed } = yield* Effect.acquireRelease(
+        Effect.promise(async () => {
+          const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1")
+          socket.on("error", () => {})
+          const closed = new Promise((resolve) => socket.once("close", resolve))
+          await new Promise((resolve) => socket.once("connect", resolve))
+          return { socket, closed }
+        }),
+        ({ socket }) => Effect.sync(() => socket.destroy())
+      )
+      expect(yield* Process.stop(service, "SIGTERM", 60_000)).toBe(0)
+      yield* Effect.promise(() => closed)
+    }), { timeout: 120_000 })
+
   it.scoped("finishes a request whose body arrives after SIGTERM", () =>
     Effect.gen(function*() {
       const dataDir = yield* TestDatabase.tempDir("ecb-inflight")
