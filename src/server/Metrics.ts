@@ -16,7 +16,7 @@ import * as Metrics from "@effect/opentelemetry/Metrics"
 import * as Resource from "@effect/opentelemetry/Resource"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import type * as HttpServer from "@effect/platform/HttpServer"
-import type * as HttpServerError from "@effect/platform/HttpServerError"
+import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as SqlClient from "@effect/sql/SqlClient"
@@ -265,7 +265,12 @@ export const layerListener: Layer.Layer<
     if (Option.isNone(metricsPort)) return { address: Option.none() }
     const { host } = yield* Config.server
     const { scrape } = yield* Scraper
-    const server = yield* NodeHttpServer.make(() => createServer(), { port: metricsPort.value, host })
+    const server = yield* NodeHttpServer.make(() => createServer(), { port: metricsPort.value, host }).pipe(
+      // Its failure names the setting: the API's port is not the one taken.
+      Effect.mapError((error) =>
+        new HttpServerError.ServeError({ cause: new Error("METRICS_PORT", { cause: error.cause }) })
+      )
+    )
     yield* server.serve(listenerApp(scrape)).pipe(Effect.withTracerEnabled(false))
     const address = server.address
     yield* Effect.logInfo("metrics.listening").pipe(

@@ -118,30 +118,40 @@ describe(`service lifecycle (${TestDatabase.kind})`, () => {
       expect(logs).not.toMatch(/\\n\s+at /)
     }), { timeout: 120_000 })
 
-  it.scoped("stops with exit code 1 and one line when its port is taken, no stack trace", () =>
-    Effect.gen(function*() {
-      const dataDir = yield* TestDatabase.tempDir("ecb-port-taken")
-      const taken = yield* Effect.acquireRelease(
-        Effect.async<Server>((resume) => {
-          // Answers nothing: the readiness probe must not mistake it for the service.
-          const server = createServer((socket) => socket.destroy())
-          server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
-        }),
-        (server) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)))
-      )
-      const port = (taken.address() as AddressInfo).port
-      const env = { ...TestDatabase.serviceEnv(dataDir), HOST: "127.0.0.1", PORT: String(port) }
-      yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
-      const failure = String(
-        yield* Effect.flip(Process.spawnService(env, { timeoutMs: 90_000 }).pipe(Effect.sandbox))
-      )
-      expect(failure).toContain("exited (1)")
-      const line = failure.split("\n").find((text) => text.includes("server.listen_failed"))
-      expect(line).toBeDefined()
-      expect(JSON.parse(line!).annotations.reason).toContain(`EADDRINUSE`)
-      expect(JSON.parse(line!).annotations.reason).toContain(`127.0.0.1:${port}`)
-      // The service's own lines (JSON): no stack trace in any of them.
-      const logs = failure.split("\n").filter((text) => text.startsWith("{")).join("\n")
-      expect(logs).not.toMatch(/\\n\s+at /)
-    }), { timeout: 150_000 })
+  it.scoped(
+    "stops with exit code 1 and one line naming the port taken (PORT or METRICS_PORT), no stack trace",
+    () =>
+      Effect.gen(function*() {
+        const dataDir = yield* TestDatabase.tempDir("ecb-port-taken")
+        const taken = yield* Effect.acquireRelease(
+          Effect.async<Server>((resume) => {
+            // Answers nothing: the readiness probe must not mistake it for the service.
+            const server = createServer((socket) => socket.destroy())
+            server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+          }),
+          (server) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)))
+        )
+        const port = (taken.address() as AddressInfo).port
+        // The API's port, then the metrics listener's: the line names which.
+        for (const [setting, named] of [["PORT", undefined], ["METRICS_PORT", "METRICS_PORT: "]] as const) {
+          const env = { ...TestDatabase.serviceEnv(dataDir), HOST: "127.0.0.1", [setting]: String(port) }
+          yield* Effect.addFinalizer(() => TestDatabase.dropServiceSchema(env))
+          const failure = String(
+            yield* Effect.flip(Process.spawnService(env, { timeoutMs: 90_000 }).pipe(Effect.sandbox))
+          )
+          expect(failure).toContain("exited (1)")
+          const line = failure.split("\n").find((text) => text.includes("server.listen_failed"))
+          expect(line).toBeDefined()
+          const reason: string = JSON.parse(line!).annotations.reason
+          expect(reason).toContain(`EADDRINUSE`)
+          expect(reason).toContain(`127.0.0.1:${port}`)
+          if (named === undefined) expect(reason).not.toContain("METRICS_PORT")
+          else expect(reason.startsWith(named)).toBe(true)
+          // The service's own lines (JSON): no stack trace in any of them.
+          const logs = failure.split("\n").filter((text) => text.startsWith("{")).join("\n")
+          expect(logs).not.toMatch(/\\n\s+at /)
+        }
+      }),
+    { timeout: 240_000 }
+  )
 })
