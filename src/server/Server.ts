@@ -170,7 +170,11 @@ export const HttpServerLive = Layer.unwrapEffect(
               Effect.sync(() => {
                 setTimeout(() => server.closeAllConnections(), Duration.toMillis(shutdownGrace)).unref()
                 server.closeIdleConnections()
-                for (const socket of sockets) if (socket.bytesRead === 0) socket.destroy()
+                // After the sockets have been read again: a request already
+                // on its way is read and answered (503 `stopping`), not reset.
+                setTimeout(() => {
+                  for (const socket of sockets) if (socket.bytesRead === 0) socket.destroy()
+                }, 100)
               })
             )
         )
@@ -225,47 +229,48 @@ export const answerClientErrors = (server: Server, report: (answered: Answered) 
       return
     }
     // The parser reports its error again on every chunk that follows: the
-    // first report is answered, once.
-    if (refusing.has(socket)) return
-    const inFlight = (socket as { _httpMessage?: ServerResponse | null })._httpMessage ?? undefined
-    const request = inFlight?.req
-    const reason = error.code ?? "HPE_UNKNOWN"
-    const status = clientErrorStatus[reason] ?? 400
-    if (request === undefined || request.complete) {
-      // Bytes that are a request of their own, alone or pipelined behind
-      // complete ones (`_httpMessage` is the oldest unanswered request's).
-      // Answers go out in the order of their requests (RFC 9112, 9.3.2): the
-      // refusal waits for the answers before it, which run on, rather than
-      // taking the place of the first one (whose client would read its order
-      // refused while it commits).
-      refusing.add(socket)
-      const correlationId = correlationIdOf(undefined)
-      const answer = rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, correlationId)
-      const answerWhenIdle = (): void => {
-        const pending = (socket as { _httpMessage?: ServerResponse | null })._httpMessage
-        if (pending === undefined || pending === null) {
-          if (socket.writable) socket.end(answer)
-          report({ method: "UNKNOWN", path: undefined, status, correlationId })
-        } else {
-          // After Node's own `finish` listener, which hands the socket to the
-          // next answer in line. One closed unfinished has lost its socket.
-          pending.once("finish", answerWhenIdle)
-        }
-      }
-      return answerWhenIdle()
-    }
-    // The body of a request the application has (cut off, or too slow to
-    // arrive): the answer carries its id, and the edge logs and counts it
-    // with this status rather than its own (client gone, 499). An answer it
-    // already began cannot be followed by another.
-    if (inFlight?.headersSent === true) {
-      socket.destroy()
+    // first report is answered, once. A timeout reported meanwhile means the
+    // answers before the refusal are stuck: nothing more will come.
+    if (refusing.has(socket)) {
+      if (error.code === "ERR_HTTP_REQUEST_TIMEOUT") socket.destroy()
       return
     }
     refusing.add(socket)
-    const edge = Http.edgeStateOf(request)
-    socket.end(rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, edge.correlationId))
-    edge.answered = status
+    const reason = error.code ?? "HPE_UNKNOWN"
+    const status = clientErrorStatus[reason] ?? 400
+    // Whose bytes were refused: the request the parser is reading, when its
+    // head has arrived and its body has not (cut off, too slow, a broken
+    // chunk); the answer carries its id, and the edge logs and counts it with
+    // this status rather than its own (client gone, 499). Otherwise they are
+    // a request of their own, with no head yet.
+    const parsing = (socket as { parser?: { incoming?: IncomingMessage | null } | null }).parser?.incoming
+    const owner = parsing !== undefined && parsing !== null && !parsing.complete ? parsing : undefined
+    const edge = owner === undefined ? undefined : Http.edgeStateOf(owner)
+    const correlationId = edge?.correlationId ?? correlationIdOf(undefined)
+    const answer = rawProblem(status, { ...encode(new MalformedRequest({ reason })), status }, correlationId)
+    // Answers go out in the order of their requests (RFC 9112, 9.3.2): the
+    // refusal waits for the answers of the requests before it, pipelined on
+    // the same connection, which run on, rather than take the place of the
+    // first one (whose client would read its order refused while it commits).
+    const answerInTurn = (): void => {
+      const pending = (socket as { _httpMessage?: ServerResponse | null })._httpMessage ?? undefined
+      if (pending !== undefined && pending.req !== owner) {
+        // After Node's own `finish` listener, which hands the socket to the
+        // next answer in line. One closed unfinished has lost its socket.
+        pending.once("finish", answerInTurn)
+        return
+      }
+      // An answer the owner already began cannot be followed by another; a
+      // socket closed after the answers before (`Connection: close`) takes none.
+      if (pending?.headersSent === true || !socket.writable) {
+        socket.destroy()
+        return
+      }
+      socket.end(answer)
+      if (edge !== undefined) edge.answered = status
+      else report({ method: "UNKNOWN", path: undefined, status, correlationId })
+    }
+    answerInTurn()
   })
   // An `Expect` other than `100-continue`: Node's own answer is a bare 417.
   server.on("checkExpectation", (request: IncomingMessage, response: ServerResponse) => {

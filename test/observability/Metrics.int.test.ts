@@ -266,6 +266,31 @@ describe(`metrics (${kind})`, () => {
         expect(delta({ method: "UNKNOWN", route: "unmatched", status: "400" })).toBe(1)
       }))
 
+    it.effect("a refusal behind a request whose answer closes the connection is never sent, and not counted", () =>
+      Effect.gen(function*() {
+        const service = yield* TestService
+        const { alice } = yield* tokens
+        const before = yield* scrape
+        const answer = yield* Effect.async<string>((resume) => {
+          let received = ""
+          const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1", () =>
+            socket.write(
+              `GET /api/v1/orders/${randomUUID()} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
+                "Connection: close\r\n\r\nBOGUS\r\n\r\n"
+            ))
+          socket.on("data", (chunk: Buffer) => (received += chunk.toString("latin1")))
+          socket.on("error", () => {})
+          socket.on("close", () => resume(Effect.succeed(received)))
+          return Effect.sync(() => socket.destroy())
+        }).pipe(Effect.timeout("10 seconds"))
+        expect(answer.match(/HTTP\/1\.1 \d{3}/g)).toEqual(["HTTP/1.1 404"])
+        yield* Effect.sleep("300 millis")
+        const after = yield* scrape
+        const delta = (labels: Record<string, string>) =>
+          valueOf(after, "http_server_requests_total", labels) - valueOf(before, "http_server_requests_total", labels)
+        expect(delta({ method: "UNKNOWN", route: "unmatched", status: "400" })).toBe(0)
+      }))
+
     it.effect("an idempotent replay moves the replay counter; the key with another body, the mismatch counter", () =>
       Effect.gen(function*() {
         yield* stock("sku-m2", 10)

@@ -16,6 +16,7 @@ import {
   rawRequest,
   setStock,
   stockOf,
+  unknownOrderId,
   users
 } from "./Http.js"
 
@@ -155,6 +156,25 @@ describe(`the edge and the paths the router routes (${kind})`, () => {
           expect(refusal.headers.get("connection")).toBe("close")
           expect(yield* stockOf(product, alice)).toBe(9)
         }
+      }))
+
+    it.effect("a broken chunk of a request pipelined behind one still running is that request's 400, in its turn", () =>
+      Effect.gen(function*() {
+        const { alice } = yield* users
+        // The first does real work (a token, a read), so its answer is pending
+        // when the parser reaches the second's broken chunk, in the same read.
+        const first = `GET /api/v1/orders/${unknownOrderId} HTTP/1.1\r\nHost: localhost\r\n` +
+          `Authorization: Bearer ${alice}\r\n\r\n`
+        const second = "POST /api/v1/orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n" +
+          "X-Correlation-ID: 0c5e8b9a-4f0e-4d7b-9a51-2f3c1d6e7a80\r\nTransfer-Encoding: chunked\r\n\r\n" +
+          "5\r\n{\"a\":\r\nZZ\r\n\r\n"
+        // Without half-closing: the server's close ends the read (bounded by rawRequest's 10 s).
+        const answer = yield* rawRequest(first + second, { halfClose: false })
+        expect(answer.match(/HTTP\/1\.1 \d{3}/g)).toEqual(["HTTP/1.1 404", "HTTP/1.1 400"])
+        const refusal = parseRawReply(answer.slice(answer.lastIndexOf("HTTP/1.1 400")))
+        expectProblem(refusal, 400, "MalformedRequest")
+        // The second request's own id: the refusal is its answer.
+        expect(refusal.headers.get("x-correlation-id")).toBe("0c5e8b9a-4f0e-4d7b-9a51-2f3c1d6e7a80")
       }))
   })
 })
