@@ -406,7 +406,30 @@ const digested = (command: Any) => (payload: Record<string, unknown>): Effect.Ef
  * @since 0.1.0
  * @category encoding
  */
-export const canonicalJson = (value: unknown): string => JSON.stringify(value, sortKeys)
+export const canonicalJson = (value: unknown): string => {
+  if (sortKeysOf !== undefined) return JSON.stringify(value, sortKeys)
+  sortKeysOf = new WeakMap()
+  try {
+    return JSON.stringify(value, sortKeys)
+  } finally {
+    sortKeysOf = undefined
+  }
+}
+
+// The canonical form of each Map key and Set value sorted during one call,
+// written once: sorted by it and written again, each level of nesting would
+// double the work.
+let sortKeysOf: WeakMap<object, string> | undefined
+
+const sortKeyOf = (value: unknown): string => {
+  if (typeof value !== "object" || value === null || sortKeysOf === undefined) return canonicalJson(value)
+  let key = sortKeysOf.get(value)
+  if (key === undefined) {
+    key = canonicalJson(value)
+    sortKeysOf.set(value, key)
+  }
+  return key
+}
 
 const sortedBy = <A>(values: Iterable<A>, key: (value: A) => string): Array<A> =>
   Array.from(values, (value) => [key(value), value] as const)
@@ -427,9 +450,9 @@ function sortKeys(this: unknown, key: string, value: unknown): unknown {
     case "object": {
       if (value === null || Array.isArray(value)) return value
       if (value instanceof Map) {
-        return { "\u0000map": sortedBy(value.entries(), ([entryKey]) => canonicalJson(entryKey)) }
+        return { "\u0000map": sortedBy(value.entries(), ([entryKey]) => sortKeyOf(entryKey)) }
       }
-      if (value instanceof Set) return { "\u0000set": sortedBy(value.values(), canonicalJson) }
+      if (value instanceof Set) return { "\u0000set": sortedBy(value.values(), sortKeyOf) }
       // No prototype: an own `__proto__` key is a key like any other here,
       // where `{}` would take it as its prototype and leave it out.
       const sorted: Record<string, unknown> = Object.create(null)

@@ -349,6 +349,15 @@ describe("Command", () => {
       assert.notStrictEqual(Command.canonicalJson(new Set([1])), Command.canonicalJson(new Set([2])))
       assert.notStrictEqual(Command.canonicalJson(Redacted.make("a")), Command.canonicalJson(Redacted.make("b")))
       assert.notStrictEqual(Command.canonicalJson([undefined]), Command.canonicalJson([null]))
+      // Nested 40 deep, built in two orders: each level is written once (sorting
+      // by a value's form and writing it again would double the work per level).
+      let forward: unknown = 0
+      let backward: unknown = 0
+      for (let depth = 1; depth <= 40; depth++) {
+        forward = depth % 2 === 0 ? new Set([forward, depth]) : new Map([[forward, depth], [depth, "level"]])
+        backward = depth % 2 === 0 ? new Set([depth, backward]) : new Map([[depth, "level"], [backward, depth]])
+      }
+      assert.strictEqual(Command.canonicalJson(forward), Command.canonicalJson(backward))
     })
   })
 })
