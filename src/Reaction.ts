@@ -609,6 +609,27 @@ export interface Failure {
 }
 
 /**
+ * Where a page of dead letters ends: the next page starts after this
+ * position and reaction.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LetterCursor {
+  readonly position: number
+  readonly reaction: string
+}
+
+/**
+ * Whether a letter comes after `cursor` in the order `list` reads them.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const isAfter = (letter: LetterCursor, cursor: LetterCursor): boolean =>
+  letter.position > cursor.position || (letter.position === cursor.position && letter.reaction > cursor.reaction)
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -618,10 +639,13 @@ export interface DeadLetterStore {
    * counts one more attempt and replaces the reason.
    */
   readonly add: (failure: Failure) => Effect.Effect<void, StoreUnavailable>
-  /** A follower's dead letters, lowest position first (default limit 100). */
+  /**
+   * A follower's dead letters, lowest position first (then by reaction;
+   * default limit 100), or the ones after `after` in that order.
+   */
   readonly list: (
     follower: string,
-    options?: { readonly limit?: number }
+    options?: { readonly limit?: number; readonly after?: LetterCursor }
   ) => Effect.Effect<ReadonlyArray<DeadLetter>, StoreUnavailable>
   /** Drops one; nothing when it is not there. */
   readonly remove: (follower: string, reaction: string, eventId: string) => Effect.Effect<void, StoreUnavailable>
@@ -685,7 +709,9 @@ export const layerDeadLettersMemory: Layer.Layer<DeadLetters> = Layer.effect(
       list: (follower, options) =>
         Effect.map(Ref.get(letters), (map) =>
           [...map.values()]
-            .filter((letter) => letter.follower === follower)
+            .filter((letter) =>
+              letter.follower === follower && (options?.after === undefined || isAfter(letter, options.after))
+            )
             .sort((a, b) => a.position - b.position || (a.reaction < b.reaction ? -1 : 1))
             .slice(0, pageSize(options?.limit))),
       remove: (follower, reaction, eventId) =>
@@ -981,17 +1007,23 @@ const redriveChecked = <E, R>(
     let unmatched = 0
     let held = 0
     const limit = pageSize(options.limit)
-    // Letters looked at already: a page read again after the resolved ones
-    // left the store starts with those that stayed.
-    const seen = new Set<string>()
-    let want = limit
+    // Read in pages from the last letter looked at, each letter once, however
+    // many are held or unmatched before the ones that run.
+    const page = Math.max(limit, 100)
+    let after: LetterCursor | undefined = undefined
     while (resolved + failed < limit) {
-      const letters = yield* deadLetters.list(name, { limit: want })
+      const letters: ReadonlyArray<DeadLetter> = yield* deadLetters.list(
+        name,
+        after === undefined ? { limit: page } : { limit: page, after }
+      )
+      let advanced = false
       for (const letter of letters) {
         if (resolved + failed >= limit) break
-        const key = `${letter.reaction}\u0000${letter.event.eventId}`
-        if (seen.has(key)) continue
-        seen.add(key)
+        // A store that does not page (a custom one ignoring `after`) gives
+        // the letters looked at again: they are skipped, and the loop ends.
+        if (after !== undefined && !isAfter(letter, after)) continue
+        advanced = true
+        after = { position: letter.position, reaction: letter.reaction }
         const sequence = sequenceKey(letter.reaction, letter.event)
         if (sequenced && blocked.has(sequence)) {
           held++
@@ -1018,8 +1050,7 @@ const redriveChecked = <E, R>(
       }
       // Every letter read: done. Else read on past the letters not run
       // (held, or naming a reaction not given), which do not count.
-      if (letters.length < want) break
-      want += limit
+      if (letters.length < page || !advanced) break
     }
     return { resolved, failed, unmatched, held }
   }).pipe(Effect.annotateLogs({ follower: name, redrive: true }))

@@ -354,8 +354,12 @@ describe("Command", () => {
       let forward: unknown = 0
       let backward: unknown = 0
       for (let depth = 1; depth <= 40; depth++) {
-        forward = depth % 2 === 0 ? new Set([forward, depth]) : new Map([[forward, depth], [depth, "level"]])
-        backward = depth % 2 === 0 ? new Set([depth, backward]) : new Map([[depth, "level"], [backward, depth]])
+        forward = depth % 2 === 0
+          ? new Set([forward, depth])
+          : new Map<unknown, unknown>([[forward, depth], [depth, "level"]])
+        backward = depth % 2 === 0
+          ? new Set([depth, backward])
+          : new Map<unknown, unknown>([[depth, "level"], [backward, depth]])
       }
       assert.strictEqual(Command.canonicalJson(forward), Command.canonicalJson(backward))
     })

@@ -409,6 +409,41 @@ describe("Reaction", () => {
       ])
     }).pipe(Effect.provide(Reaction.layerDeadLettersMemory)))
 
+  it.effect("redrive reads each letter once, in pages from the last one looked at, past any number not run", () =>
+    Effect.gen(function*() {
+      const memory = yield* Reaction.DeadLetters
+      let rows = 0
+      const counting: Reaction.DeadLetterStore = {
+        ...memory,
+        list: (follower, options) => Effect.tap(memory.list(follower, options), (page) => void (rows += page.length))
+      }
+      for (let n = 1; n <= 1000; n++) {
+        yield* memory.add({
+          follower: "f",
+          reaction: n === 1000 ? "mine" : "other",
+          position: n,
+          event: envelopeOf("OrderPlaced", { orderId: `o-${n}`, amount: 1 }),
+          reason: "down"
+        })
+      }
+      const mine = Reaction.make(OrderPlaced, () => Effect.void, { name: "mine" })
+      const redriven = yield* Reaction.redrive("f", [mine], { limit: 1 }).pipe(
+        Effect.provideService(Reaction.DeadLetters, counting)
+      )
+      assert.deepStrictEqual(redriven, { resolved: 1, failed: 0, unmatched: 999, held: 0 })
+      assert.isAtMost(rows, 1000)
+      // A store that does not page (one ignoring `after`) ends the redrive rather than loop.
+      const notPaging: Reaction.DeadLetterStore = {
+        ...memory,
+        list: (follower, options) =>
+          memory.list(follower, { ...(options?.limit === undefined ? {} : { limit: options.limit }) })
+      }
+      const once = yield* Reaction.redrive("f", [mine], { limit: 1 }).pipe(
+        Effect.provideService(Reaction.DeadLetters, notPaging)
+      )
+      assert.deepStrictEqual(once, { resolved: 0, failed: 0, unmatched: 100, held: 0 })
+    }).pipe(Effect.provide(Reaction.layerDeadLettersMemory)))
+
   it.scoped("follow: catches up on the log from its checkpoint, then follows; a restart does not run events again", () =>
     Effect.gen(function*() {
       const bus = makeBus(yield* Queue.unbounded<TakePayment>())

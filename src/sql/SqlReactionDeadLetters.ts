@@ -64,11 +64,18 @@ export const make: Effect.Effect<Reaction.DeadLetterStore, never, SqlClient.SqlC
         ON CONFLICT (follower, reaction, event_id) DO UPDATE
           SET attempts = reaction_dead_letters.attempts + 1, reason = EXCLUDED.reason,
             last_failed_at = EXCLUDED.last_failed_at`.pipe(Effect.asVoid, SqlFailure.classify)),
+    // Reactions in byte order ("C"), as the in-memory store and `isAfter`
+    // compare them, whatever the database's collation.
     list: (follower, options) =>
       sql<Row>`
         SELECT follower, reaction, position, event, reason, attempts, first_failed_at, last_failed_at
-        FROM reaction_dead_letters WHERE follower = ${follower}
-        ORDER BY position, reaction LIMIT ${pageSize(options?.limit)}`.withoutTransform.pipe(
+        FROM reaction_dead_letters WHERE follower = ${follower}${
+        options?.after === undefined
+          ? sql``
+          : sql` AND (position > ${options.after.position}
+              OR (position = ${options.after.position} AND reaction COLLATE "C" > ${options.after.reaction}))`
+      }
+        ORDER BY position, reaction COLLATE "C" LIMIT ${pageSize(options?.limit)}`.withoutTransform.pipe(
         SqlFailure.classify,
         Effect.flatMap((rows) =>
           Effect.forEach(rows, (row) => Effect.map(decodeEnvelope(row), (event) => toDeadLetter(row, event)))

@@ -188,6 +188,18 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       expect(letters[2]!.event).toEqual(second)
       expect(DateTime.greaterThanOrEqualTo(letters[1]!.lastFailedAt, letters[1]!.firstFailedAt)).toBe(true)
       expect(yield* deadLetters.list("f", { limit: 1 })).toHaveLength(1)
+      // Pages after a cursor: by position, then reaction (byte order, "Q" before "q").
+      yield* deadLetters.add({ follower: "f", reaction: "Q", position: 7, event: first, reason: "upper" })
+      const after = (position: number, reaction: string) =>
+        Effect.map(
+          deadLetters.list("f", { after: { position, reaction } }),
+          (page) => page.map((letter) => [letter.position, letter.reaction])
+        )
+      expect(yield* after(7, "Q")).toEqual([[7, "q"], [7, "r"], [9_000_000_001, "r"]])
+      expect(yield* after(7, "q")).toEqual([[7, "r"], [9_000_000_001, "r"]])
+      expect(yield* after(7, "r")).toEqual([[9_000_000_001, "r"]])
+      expect(yield* after(9_000_000_001, "r")).toEqual([])
+      yield* deadLetters.remove("f", "Q", first.eventId)
       const sequences = yield* deadLetters.sequences("f")
       expect([...sequences].sort((a, b) => a.reaction.localeCompare(b.reaction))).toEqual([
         { reaction: "q", aggregateType: "Counter", aggregateId: "c-1", position: 7 },
