@@ -541,23 +541,6 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
     }
   })
 
-// An HTTP/1.1 request names its host once (RFC 9112, 3.2); Node, told not
-// to answer a missing one itself with a bare 400, keeps the first of two.
-const hostRefusal = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
-  const incoming = request.source as Partial<Http.IncomingMessage> | undefined
-  const raw = incoming?.rawHeaders
-  // Not from Node's parser (a web request): its URL has the host.
-  if (raw === undefined) return undefined
-  let hosts = 0
-  for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === "host") hosts++
-  }
-  if (hosts > 1) return "REPEATED_HOST"
-  return hosts === 0 && (incoming!.httpVersionMajor! > 1 || incoming!.httpVersionMinor! >= 1)
-    ? "MISSING_HOST"
-    : undefined
-}
-
 // Whether the header came on more than one line (Node joins such lines).
 const repeated = (request: HttpServerRequest.HttpServerRequest, name: string): boolean =>
   (NodeHttpServerRequest.toIncomingMessage(request).headersDistinct[name]?.length ?? 0) > 1
@@ -822,7 +805,7 @@ const edgeOf =
             status: 431
           }, { connection: "close" })
         }
-        const host = hostRefusal(request)
+        const host = Observability.hostRefusal(request)
         if (host !== undefined) {
           return Problem.response({
             ...encodeMalformed(new MalformedRequest({ reason: host })),

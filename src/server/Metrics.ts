@@ -33,7 +33,7 @@ import { createServer } from "node:http"
 import { SqlOutbox } from "../sql/index.js"
 import * as Config from "./Config.js"
 import { DatabasePool } from "./Database.js"
-import { MethodNotAllowed, RouteNotFound } from "./HttpErrors.js"
+import { MalformedRequest, MethodNotAllowed, RouteNotFound } from "./HttpErrors.js"
 import * as Observability from "./Observability.js"
 import * as Problem from "./Problem.js"
 
@@ -229,6 +229,12 @@ export class Listener extends Context.Tag("server/Metrics/Listener")<Listener, {
 const listenerApp = (scrape: Effect.Effect<string>) =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     // As the API's router reads a target: absolute form and a trailing slash too.
+    const host = Observability.hostRefusal(request)
+    if (host !== undefined) {
+      return Effect.succeed(
+        Problem.responseFor(MalformedRequest, new MalformedRequest({ reason: host }), { connection: "close" })
+      )
+    }
     const path = Observability.routedPath(request.url)
     if (path !== "/metrics") {
       return Effect.succeed(Problem.responseFor(RouteNotFound, new RouteNotFound({ method: request.method, path })))
@@ -265,7 +271,10 @@ export const layerListener: Layer.Layer<
     if (Option.isNone(metricsPort)) return { address: Option.none() }
     const { host } = yield* Config.server
     const { scrape } = yield* Scraper
-    const server = yield* NodeHttpServer.make(() => createServer(), { port: metricsPort.value, host }).pipe(
+    const server = yield* NodeHttpServer.make(() => createServer({ requireHostHeader: false }), {
+      port: metricsPort.value,
+      host
+    }).pipe(
       // Its failure names the setting: the API's port is not the one taken.
       Effect.mapError((error) =>
         new HttpServerError.ServeError({ cause: new Error("METRICS_PORT", { cause: error.cause }) })

@@ -25,6 +25,7 @@ import { constTrue, type LazyArg } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
+import type { IncomingMessage } from "node:http"
 import * as Config from "./Config.js"
 
 // -----------------------------------------------------------------------------
@@ -375,5 +376,28 @@ export const traceparentOf = (context: Context.Context<never>): string | undefin
   const span = Context.getOption(context, Tracer.ParentSpan)
   return Option.isSome(span) && span.value._tag === "Span"
     ? HttpTraceContext.toHeaders(span.value).traceparent
+    : undefined
+}
+
+/**
+ * Why a request's `Host` is refused, if it is: an HTTP/1.1 request names its
+ * host once (RFC 9112, 3.2). Node, told not to answer a missing one itself
+ * with a bare 400 (`requireHostHeader: false`), keeps the first of two.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const hostRefusal = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
+  const incoming = request.source as Partial<IncomingMessage> | undefined
+  const raw = incoming?.rawHeaders
+  // Not from Node's parser (a web request): its URL has the host.
+  if (raw === undefined) return undefined
+  let hosts = 0
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === "host") hosts++
+  }
+  if (hosts > 1) return "REPEATED_HOST"
+  return hosts === 0 && (incoming!.httpVersionMajor! > 1 || incoming!.httpVersionMinor! >= 1)
+    ? "MISSING_HOST"
     : undefined
 }

@@ -439,6 +439,23 @@ describe(`metrics (${kind})`, () => {
           return Effect.sync(() => socket.destroy())
         }).pipe(Effect.timeout("10 seconds"))
         expect(absolute.split("\r\n")[0]).toBe("HTTP/1.1 200 OK")
+        // Without Host: a problem, as the API's port answers it, not Node's bare 400.
+        const hostless = yield* Effect.async<string>((resume) => {
+          const { hostname, port } = new URL(metricsUrl)
+          let answer = ""
+          const socket = Net.connect(
+            Number(port),
+            hostname,
+            () => socket.write("GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+          )
+          socket.on("data", (chunk: Buffer) => (answer += chunk.toString("latin1")))
+          socket.on("error", () => {})
+          socket.on("close", () => resume(Effect.succeed(answer)))
+          return Effect.sync(() => socket.destroy())
+        }).pipe(Effect.timeout("10 seconds"))
+        expect(hostless.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request")
+        expect(hostless.toLowerCase()).toContain("content-type: application/problem+json")
+        expect(hostless).toContain("\"reason\":\"MISSING_HOST\"")
         const posted = yield* request(`${metricsUrl}/metrics`, { method: "POST" })
         expect(posted.status).toBe(405)
         expect(posted.headers.get("allow")).toBe("GET, HEAD")
