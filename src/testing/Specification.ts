@@ -177,7 +177,7 @@ const scenario = <B extends CommandBus.Any, R, LE, C extends Command.Any>(
       const actual = outcome.events.map((event) => ({ type: event.type, payload: event.payload }))
       if (Command.canonicalJson(actual) !== Command.canonicalJson(expectedEncoded)) {
         return yield* fail(
-          `expected events ${Command.canonicalJson(expectedEncoded)}\n     but got ${Command.canonicalJson(actual)}`
+          `expected events ${shown(expectedEncoded)}\n     but got ${shown(actual)}`
         )
       }
       for (const event of outcome.events) {
@@ -202,7 +202,7 @@ const scenario = <B extends CommandBus.Any, R, LE, C extends Command.Any>(
           Effect.flatMap(expectSuccess(outcome), (actual) =>
             Command.canonicalJson(actual) === Command.canonicalJson(value)
               ? expectEvents(outcome, events)
-              : fail(`expected ${Command.canonicalJson(value)}\n     but got ${Command.canonicalJson(actual)}`))
+              : fail(`expected ${shown(value)}\n     but got ${shown(actual)}`))
       ),
     thenFails: (expected) =>
       Effect.flatMap(run, (outcome) => {
@@ -264,4 +264,24 @@ const applyStep = <B extends CommandBus.Any, R, LE>(options: Options<B, R, LE>, 
 const fail = (message: string) => Effect.fail(new SpecificationFailed({ message }))
 
 const describe = (value: unknown): string =>
-  Predicate.hasProperty(value, "_tag") ? `${String(value._tag)} ${Command.canonicalJson(value)}` : String(value)
+  Predicate.hasProperty(value, "_tag") ? `${String(value._tag)} ${shown(value)}` : String(value)
+
+// A value as a failure message shows it. Compared by `canonicalJson`, which
+// writes what a `Redacted` hides; shown with it hidden (its own `toJSON`),
+// as logs show it.
+const shown = (value: unknown): string => {
+  try {
+    return JSON.stringify(value, (_key, inner: unknown) =>
+      inner instanceof Map
+        ? { Map: [...inner] }
+        : inner instanceof Set
+        ? { Set: [...inner] }
+        : typeof inner === "bigint"
+        ? `${inner}n`
+        : typeof inner === "number" && !Number.isFinite(inner)
+        ? String(inner)
+        : inner) ?? String(value)
+  } catch {
+    return String(value)
+  }
+}

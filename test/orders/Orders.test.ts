@@ -6,9 +6,11 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
-import { Command, CommandError, CurrentUser, type DomainEvent, Outbox } from "../../src/index.js"
+import { Command, CommandBus, CommandError, CurrentUser, type DomainEvent, Handler, Outbox } from "../../src/index.js"
 import { CancelOrder, CreateOrder, RestockProduct } from "../../src/orders/Commands.js"
 import * as Inventory from "../../src/orders/Inventory.js"
 import * as Order from "../../src/orders/Order.js"
@@ -441,6 +443,40 @@ describe("Orders", () => {
           ).pipe(CurrentUser.as(alice))
         )
         assert.include(otherValue.message, "\"version\":3")
+      }))
+
+    it.effect("compares Maps and Redacted values by what they hold, and shows a Redacted one hidden", () =>
+      Effect.gen(function*() {
+        class Tally extends Command.Class<Tally>()("Tally", {
+          payload: { words: Schema.Array(Schema.String) },
+          success: Schema.Struct({
+            counts: Schema.ReadonlyMapFromSelf({ key: Schema.String, value: Schema.Number }),
+            token: Schema.RedactedFromSelf(Schema.String)
+          }),
+          failure: Schema.Never
+        }) {}
+        const bus = CommandBus.make([Tally], {
+          Tally: (command) =>
+            Effect.succeed(Handler.result({
+              counts: new Map(command.words.map((word) => [word, 1] as const)),
+              token: Redacted.make("s3cret-value")
+            }))
+        })
+        const spec = Specification.make({ bus, layer: InMemory.layer })
+        const tally = new Tally({ words: ["a", "b"] })
+        yield* spec.when(tally).thenSucceeds({
+          counts: new Map([["b", 1], ["a", 1]]),
+          token: Redacted.make("s3cret-value")
+        })
+        const otherMap = yield* Effect.flip(
+          spec.when(tally).thenSucceeds({ counts: new Map([["zzz", 42]]), token: Redacted.make("s3cret-value") })
+        )
+        assert.include(otherMap.message, "zzz")
+        assert.notInclude(otherMap.message, "s3cret-value")
+        const otherToken = yield* Effect.flip(
+          spec.when(tally).thenSucceeds({ counts: new Map([["a", 1], ["b", 1]]), token: Redacted.make("other") })
+        )
+        assert.include(otherToken.message, "<redacted>")
       }))
 
     it.effect("fails when expecting events of a command that fails", () =>
