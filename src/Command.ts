@@ -407,22 +407,23 @@ const digested = (command: Any) => (payload: Record<string, unknown>): Effect.Ef
  * @category encoding
  */
 export const canonicalJson = (value: unknown): string => {
-  if (sortKeysOf !== undefined) return JSON.stringify(value, sortKeys)
-  sortKeysOf = new WeakMap()
+  calls++
   try {
     return JSON.stringify(value, sortKeys)
   } finally {
-    sortKeysOf = undefined
+    if (--calls === 0) sortKeysOf = undefined
   }
 }
 
-// The canonical form of each Map key and Set value sorted during one call,
-// written once: sorted by it and written again, each level of nesting would
-// double the work.
+// The canonical form of each Map key and Set value sorted during one call
+// (made when the first is), written once: sorted by it and written again,
+// each level of nesting would double the work.
+let calls = 0
 let sortKeysOf: WeakMap<object, string> | undefined
 
 const sortKeyOf = (value: unknown): string => {
-  if (typeof value !== "object" || value === null || sortKeysOf === undefined) return canonicalJson(value)
+  if (typeof value !== "object" || value === null) return canonicalJson(value)
+  sortKeysOf ??= new WeakMap()
   let key = sortKeysOf.get(value)
   if (key === undefined) {
     key = canonicalJson(value)
