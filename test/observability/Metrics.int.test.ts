@@ -126,6 +126,22 @@ const createOrder = (productId: string, options: { readonly key?: string; readon
     })
   })
 
+/**
+ * Writes `text` in one write to the server at `baseUrl`, without half-closing
+ * (Node would abort a request whose client half-closed), and returns all it
+ * answers until it closes the connection (at most 10 seconds).
+ */
+const rawExchange = (baseUrl: string, text: string) =>
+  Effect.async<string>((resume) => {
+    const { hostname, port } = new URL(baseUrl)
+    let answer = ""
+    const socket = Net.connect(Number(port), hostname, () => socket.write(text))
+    socket.on("data", (chunk: Buffer) => (answer += chunk.toString("latin1")))
+    socket.on("error", () => {})
+    socket.on("close", () => resume(Effect.succeed(answer)))
+    return Effect.sync(() => socket.destroy())
+  }).pipe(Effect.timeout("10 seconds"))
+
 describe(`metrics (${kind})`, () => {
   layer(ServiceLive, { timeout: Duration.minutes(2), excludeTestServices: true })((it) => {
     it.effect("GET /metrics: 401 without a token, 403 for a user, Prometheus text for an admin", () =>
@@ -239,19 +255,12 @@ describe(`metrics (${kind})`, () => {
         const before = yield* scrape
         const correlationId = randomUUID()
         const body = JSON.stringify(orderBody("sku-m9", 1))
-        const answer = yield* Effect.async<string>((resume) => {
-          let received = ""
-          const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1", () =>
-            socket.write(
-              `POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
-                `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
-                `X-Correlation-ID: ${correlationId}\r\n\r\n${body}GARBAGE\r\n\r\n`
-            ))
-          socket.on("data", (chunk: Buffer) => (received += chunk.toString("latin1")))
-          socket.on("error", () => {})
-          socket.on("close", () => resume(Effect.succeed(received)))
-          return Effect.sync(() => socket.destroy())
-        }).pipe(Effect.timeout("10 seconds"))
+        const answer = yield* rawExchange(
+          service.baseUrl,
+          `POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
+            `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+            `X-Correlation-ID: ${correlationId}\r\n\r\n${body}GARBAGE\r\n\r\n`
+        )
         // The order's own answer first, then the refusal, which is not the order's.
         expect(answer.match(/HTTP\/1\.1 \d{3}/g)).toEqual(["HTTP/1.1 201", "HTTP/1.1 400"])
         const [created, refused] = answer.toLowerCase().split("http/1.1 400")
@@ -271,18 +280,11 @@ describe(`metrics (${kind})`, () => {
         const service = yield* TestService
         const { alice } = yield* tokens
         const before = yield* scrape
-        const answer = yield* Effect.async<string>((resume) => {
-          let received = ""
-          const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1", () =>
-            socket.write(
-              `GET /api/v1/orders/${randomUUID()} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
-                "Connection: close\r\n\r\nBOGUS\r\n\r\n"
-            ))
-          socket.on("data", (chunk: Buffer) => (received += chunk.toString("latin1")))
-          socket.on("error", () => {})
-          socket.on("close", () => resume(Effect.succeed(received)))
-          return Effect.sync(() => socket.destroy())
-        }).pipe(Effect.timeout("10 seconds"))
+        const answer = yield* rawExchange(
+          service.baseUrl,
+          `GET /api/v1/orders/${randomUUID()} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice}\r\n` +
+            "Connection: close\r\n\r\nBOGUS\r\n\r\n"
+        )
         expect(answer.match(/HTTP\/1\.1 \d{3}/g)).toEqual(["HTTP/1.1 404"])
         yield* Effect.sleep("300 millis")
         const after = yield* scrape
@@ -425,34 +427,13 @@ describe(`metrics (${kind})`, () => {
         // Targets as the API's router reads them: a trailing slash, and the absolute form
         // (written without half-closing: Node would abort a request whose client half-closed).
         expect((yield* request(`${metricsUrl}/metrics/`)).status).toBe(200)
-        const absolute = yield* Effect.async<string>((resume) => {
-          const { hostname, port } = new URL(metricsUrl)
-          let answer = ""
-          const socket = Net.connect(
-            Number(port),
-            hostname,
-            () => socket.write(`GET ${metricsUrl}/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
-          )
-          socket.on("data", (chunk: Buffer) => (answer += chunk.toString("latin1")))
-          socket.on("error", () => {})
-          socket.on("close", () => resume(Effect.succeed(answer)))
-          return Effect.sync(() => socket.destroy())
-        }).pipe(Effect.timeout("10 seconds"))
+        const absolute = yield* rawExchange(
+          metricsUrl,
+          `GET ${metricsUrl}/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`
+        )
         expect(absolute.split("\r\n")[0]).toBe("HTTP/1.1 200 OK")
         // Without Host: a problem, as the API's port answers it, not Node's bare 400.
-        const hostless = yield* Effect.async<string>((resume) => {
-          const { hostname, port } = new URL(metricsUrl)
-          let answer = ""
-          const socket = Net.connect(
-            Number(port),
-            hostname,
-            () => socket.write("GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
-          )
-          socket.on("data", (chunk: Buffer) => (answer += chunk.toString("latin1")))
-          socket.on("error", () => {})
-          socket.on("close", () => resume(Effect.succeed(answer)))
-          return Effect.sync(() => socket.destroy())
-        }).pipe(Effect.timeout("10 seconds"))
+        const hostless = yield* rawExchange(metricsUrl, "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
         expect(hostless.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request")
         expect(hostless.toLowerCase()).toContain("content-type: application/problem+json")
         expect(hostless).toContain("\"reason\":\"MISSING_HOST\"")
