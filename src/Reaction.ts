@@ -620,14 +620,17 @@ export interface LetterCursor {
   readonly reaction: string
 }
 
+// The order `list` reads letters in: by position, then reaction (code units).
+const letterOrder = (a: LetterCursor, b: LetterCursor): number =>
+  a.position - b.position || (a.reaction < b.reaction ? -1 : a.reaction > b.reaction ? 1 : 0)
+
 /**
  * Whether a letter comes after `cursor` in the order `list` reads them.
  *
  * @since 0.1.0
  * @category utils
  */
-export const isAfter = (letter: LetterCursor, cursor: LetterCursor): boolean =>
-  letter.position > cursor.position || (letter.position === cursor.position && letter.reaction > cursor.reaction)
+export const isAfter = (letter: LetterCursor, cursor: LetterCursor): boolean => letterOrder(letter, cursor) > 0
 
 /**
  * @since 0.1.0
@@ -712,7 +715,7 @@ export const layerDeadLettersMemory: Layer.Layer<DeadLetters> = Layer.effect(
             .filter((letter) =>
               letter.follower === follower && (options?.after === undefined || isAfter(letter, options.after))
             )
-            .sort((a, b) => a.position - b.position || (a.reaction < b.reaction ? -1 : 1))
+            .sort(letterOrder)
             .slice(0, pageSize(options?.limit))),
       remove: (follower, reaction, eventId) =>
         Ref.update(letters, (map) => {
@@ -977,9 +980,8 @@ export interface Redriven {
  * unmatched letters do not count against `limit`, and the redrive reads on
  * past them, so one aggregate stuck behind a letter that keeps failing, or
  * another reaction's letters, do not keep the letters of others from being
- * run. The follower may be running
- * meanwhile. Like any delivery, a redrive may run an event a reaction has
- * seen: reactions are idempotent.
+ * run. The follower may be running meanwhile. Like any delivery, a redrive
+ * may run an event a reaction has seen: reactions are idempotent.
  *
  * @since 0.1.0
  * @category running

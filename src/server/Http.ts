@@ -807,10 +807,7 @@ const edgeOf =
         }
         const host = Observability.hostRefusal(request)
         if (host !== undefined) {
-          return Problem.response({
-            ...encodeMalformed(new MalformedRequest({ reason: host })),
-            status: 400
-          }, { connection: "close" })
+          return Problem.responseFor(MalformedRequest, new MalformedRequest({ reason: host }), { connection: "close" })
         }
         if (Observability.hasPathParameters(request.url)) {
           const path = request.url.split("?")[0]!

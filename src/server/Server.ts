@@ -304,12 +304,11 @@ const correlationIdOf = (request: IncomingMessage | undefined): string => {
   return Http.correlationIdOf(typeof header === "string" ? header : undefined)
 }
 
-// A whole problem response, written to a socket the server has not parsed a
-// request on (or will not answer through a response), then closed.
-// Sockets whose parser refused a request pipelined behind complete ones,
-// waiting for their answers before the refusal.
+// Sockets whose parser refused bytes, answered once (in their turn).
 const refusing = new WeakSet<Duplex>()
 
+// A whole problem response, written to a socket the server has not parsed a
+// request on (or will not answer through a response), then closed.
 const rawProblem = (
   status: number,
   document: unknown,
