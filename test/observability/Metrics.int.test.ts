@@ -126,6 +126,10 @@ const createOrder = (productId: string, options: { readonly key?: string; readon
     })
   })
 
+/** How far `http_server_requests_total` of the given labels moved from `before` to `after`. */
+const requestsDelta = (before: Parsed, after: Parsed) => (labels: Record<string, string>) =>
+  valueOf(after, "http_server_requests_total", labels) - valueOf(before, "http_server_requests_total", labels)
+
 /**
  * Writes `text` in one write to the server at `baseUrl`, without half-closing
  * (Node would abort a request whose client half-closed), and returns all it
@@ -268,8 +272,7 @@ describe(`metrics (${kind})`, () => {
         expect(refused).not.toContain(`x-correlation-id: ${correlationId}`)
         yield* Effect.sleep("300 millis")
         const after = yield* scrape
-        const delta = (labels: Record<string, string>) =>
-          valueOf(after, "http_server_requests_total", labels) - valueOf(before, "http_server_requests_total", labels)
+        const delta = requestsDelta(before, after)
         expect(delta({ method: "POST", route: "/api/v1/orders", status: "201" })).toBe(1)
         expect(delta({ method: "POST", route: "/api/v1/orders", status: "400" })).toBe(0)
         expect(delta({ method: "UNKNOWN", route: "unmatched", status: "400" })).toBe(1)
@@ -288,8 +291,7 @@ describe(`metrics (${kind})`, () => {
         expect(answer.match(/HTTP\/1\.1 \d{3}/g)).toEqual(["HTTP/1.1 404"])
         yield* Effect.sleep("300 millis")
         const after = yield* scrape
-        const delta = (labels: Record<string, string>) =>
-          valueOf(after, "http_server_requests_total", labels) - valueOf(before, "http_server_requests_total", labels)
+        const delta = requestsDelta(before, after)
         expect(delta({ method: "UNKNOWN", route: "unmatched", status: "400" })).toBe(0)
       }))
 
@@ -323,8 +325,7 @@ describe(`metrics (${kind})`, () => {
         const admin = yield* Effect.promise(() => service.token("metrics-admin", { admin: true }))
         const text = (yield* request(`${service.baseUrl}/metrics`, { token: admin })).text
         const after = parse(text)
-        const delta = (labels: Record<string, string>) =>
-          valueOf(after, "http_server_requests_total", labels) - valueOf(before, "http_server_requests_total", labels)
+        const delta = requestsDelta(before, after)
         expect(delta({ method: "GET", route: "/api/v1/orders/:orderId", status: "404" })).toBe(1)
         expect(delta({ method: "GET", route: "unmatched", status: "404" })).toBe(1)
         expect(delta({ method: "GET", route: "/api/v1/products/:productId/stock", status: "200" })).toBe(1)
@@ -356,8 +357,7 @@ describe(`metrics (${kind})`, () => {
         yield* send("PUT /api/v1/products/p/stock HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Length: 2\r\n\r\n")
         yield* send("CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n")
         const after = yield* scrape
-        const delta = (labels: Record<string, string>) =>
-          valueOf(after, "http_server_requests_total", labels) - valueOf(before, "http_server_requests_total", labels)
+        const delta = requestsDelta(before, after)
         expect([
           delta({ method: "UNKNOWN", route: "unmatched", status: "400" }),
           delta({ method: "UNKNOWN", route: "unmatched", status: "431" }),
