@@ -15,6 +15,7 @@ import * as HttpApiSecurity from "@effect/platform/HttpApiSecurity"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -97,6 +98,12 @@ export interface VerifierOptions {
   readonly key: KeyConfig
   readonly issuer?: string | undefined
   readonly audience?: string | undefined
+  /**
+   * The oldest token taken, in seconds since its `iat` (which it must then
+   * carry), whatever its `exp` says: a cap on a token's lifetime that its
+   * issuer cannot lift.
+   */
+  readonly maxTokenAge?: number | undefined
   /** Verified tokens remembered (until their expiry, at most a minute). */
   readonly cacheSize?: number
 }
@@ -139,7 +146,8 @@ export const makeVerifier = (options: VerifierOptions): Verifier => {
     // A token that never expires is a credential that cannot be taken back.
     requiredClaims: ["exp"],
     ...(options.issuer === undefined ? {} : { issuer: options.issuer }),
-    ...(options.audience === undefined ? {} : { audience: options.audience })
+    ...(options.audience === undefined ? {} : { audience: options.audience }),
+    ...(options.maxTokenAge === undefined ? {} : { maxTokenAge: options.maxTokenAge })
   }
   const cacheSize = options.cacheSize ?? 10_000
   const cache = new Map<string, { readonly principal: CurrentUser.Principal; readonly until: number }>()
@@ -163,7 +171,9 @@ export const makeVerifier = (options: VerifierOptions): Verifier => {
           catch: (error) =>
             new Unauthorized({
               reason: error instanceof Jose.errors.JWTExpired
-                ? "The token has expired"
+                ? error.claim === "iat" ? "The token is older than its maximum age" : "The token has expired"
+                : error instanceof Jose.errors.JWTClaimValidationFailed
+                ? `Invalid token (${error.code}: ${error.claim})`
                 : error instanceof Jose.errors.JOSEError
                 ? `Invalid token (${error.code})`
                 : "Invalid token"
@@ -175,7 +185,10 @@ export const makeVerifier = (options: VerifierOptions): Verifier => {
               onSome: (principal) => {
                 if (cache.size >= cacheSize) cache.delete(cache.keys().next().value!)
                 const expiry = typeof payload.exp === "number" ? payload.exp * 1000 : Number.POSITIVE_INFINITY
-                cache.set(token, { principal, until: Math.min(expiry, Date.now() + 60_000) })
+                const aged = options.maxTokenAge !== undefined && typeof payload.iat === "number"
+                  ? (payload.iat + options.maxTokenAge) * 1000
+                  : Number.POSITIVE_INFINITY
+                cache.set(token, { principal, until: Math.min(expiry, aged, Date.now() + 60_000) })
                 return Effect.succeed(principal)
               }
             })
@@ -404,7 +417,8 @@ export const layerVerifier: Layer.Layer<TokenVerifier, unknown> = Layer.effect(
     return makeVerifier({
       key,
       issuer: Option.getOrUndefined(jwt.issuer),
-      audience: Option.getOrUndefined(jwt.audience)
+      audience: Option.getOrUndefined(jwt.audience),
+      maxTokenAge: Option.getOrUndefined(Option.map(jwt.maxAge, (age) => Duration.toSeconds(age)))
     })
   })
 )

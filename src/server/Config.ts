@@ -71,12 +71,13 @@ const port = (name: string) => integer(name, 0, 65535, "must be 0 to 65535 (0: a
 // A deadline or a retention: zero would refuse every command, or keep
 // nothing. A retention or lease is added to the database's clock, whose
 // timestamps end in the year 294276: past that, every keyed command failed.
+const positiveMessage = "must be longer than zero and at most 36500 days (100 years)"
+const isPositive = (delay: Duration.Duration) =>
+  Duration.toMillis(delay) > 0 && Duration.toMillis(delay) <= 36_500 * 24 * 3600 * 1000
+
 const positiveDuration = (name: string, fallback: Duration.DurationInput) =>
   Config.duration(name).pipe(
-    Config.validate({
-      message: "must be longer than zero and at most 36500 days (100 years)",
-      validation: (delay) => Duration.toMillis(delay) > 0 && Duration.toMillis(delay) <= 36_500 * 24 * 3600 * 1000
-    }),
+    Config.validate({ message: positiveMessage, validation: isPositive }),
     Config.withDefault(Duration.decode(fallback))
   )
 
@@ -151,6 +152,18 @@ const setRedacted = (name: string) =>
   Config.option(Config.redacted(name)).pipe(Config.map(Option.filter((value) => Redacted.value(value).trim() !== "")))
 
 const stringOr = (name: string, fallback: string) => setString(name).pipe(Config.map(Option.getOrElse(() => fallback)))
+
+// A positive duration as above, or none when unset or empty.
+const setPositiveDuration = (name: string) =>
+  setString(name).pipe(
+    Config.mapOrFail((text): Either.Either<Option.Option<Duration.Duration>, ConfigError.ConfigError> => {
+      if (Option.isNone(text)) return Either.right(Option.none())
+      const delay = Duration.decodeUnknown(text.value.trim())
+      return Option.isSome(delay) && isPositive(delay.value)
+        ? Either.right(delay)
+        : Either.left(ConfigError.InvalidData([name], positiveMessage))
+    })
+  )
 
 /**
  * @since 0.1.0
@@ -236,7 +249,9 @@ export const jwt = Config.all({
   publicKeyFile: setString("JWT_PUBLIC_KEY_FILE"),
   jwksFile: setString("JWT_JWKS_FILE"),
   issuer: setString("JWT_ISSUER"),
-  audience: setString("JWT_AUDIENCE")
+  audience: setString("JWT_AUDIENCE"),
+  // Unset, a token lives until its `exp`, however far off the issuer put it.
+  maxAge: setPositiveDuration("JWT_MAX_AGE")
 })
 
 /**

@@ -335,6 +335,28 @@ describe(`security (${TestDatabase.kind})`, () => {
     }
   )
 
+  it.layer(layer({ JWT_MAX_AGE: "10 minutes" }), layerOptions)("JWT_MAX_AGE", (it) => {
+    it.effect("a token issued within it is accepted; an older one, one without iat or from the future is 401", () =>
+      Effect.gen(function*() {
+        const sign = Tokens.hmac(yield* serviceSecret)
+        const now = Math.floor(Date.now() / 1000)
+        const withClaims = (extra: Record<string, unknown>) =>
+          Tokens.jwt({ alg: "HS256", typ: "JWT" }, Tokens.claimsFor("age-user", extra), sign)
+        expectJson(yield* asUser(withClaims({ iat: now - 9 * 60, exp: now + 100 * 365 * 86400 })), 200)
+        const refused: ReadonlyArray<readonly [string, Record<string, unknown>]> = [
+          // Its exp a century off does not lift the cap.
+          ["issued 11 minutes ago", { iat: now - 11 * 60, exp: now + 100 * 365 * 86400 }],
+          ["no iat", { iat: undefined }],
+          ["issued an hour from now", { iat: now + 3600 }]
+        ]
+        for (const [name, extra] of refused) {
+          const reply = yield* asUser(withClaims(extra))
+          expectUnauthorized(reply, name)
+          expect(reply.body.detail, name).toMatch(/older than its maximum age|: iat\)/)
+        }
+      }))
+  })
+
   // ---------------------------------------------------------------------------
   // the default service: HS256 with JWT_SECRET
   // ---------------------------------------------------------------------------

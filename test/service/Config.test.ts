@@ -233,6 +233,17 @@ describe("empty settings", () => {
       expect(Option.map(set.secret, Redacted.value)).toEqual(Option.some("s".repeat(32)))
       expect(set.issuer).toEqual(Option.some("issuer"))
     }))
+
+  it.effect("JWT_MAX_AGE is unset when empty, a duration when set, and refused when not a positive one", () =>
+    Effect.gen(function*() {
+      expect(Option.isNone((yield* Config.jwt.pipe(withEnv({ JWT_MAX_AGE: " " }))).maxAge)).toBe(true)
+      const set = yield* Config.jwt.pipe(withEnv({ JWT_MAX_AGE: "15 minutes" }))
+      expect(Option.map(set.maxAge, Duration.toSeconds)).toEqual(Option.some(900))
+      for (const bad of ["0 seconds", "soon", "200000000 days"]) {
+        const error = yield* Effect.flip(Config.jwt.pipe(withEnv({ JWT_MAX_AGE: bad })))
+        expect(Config.describeError(error), bad).toContain("JWT_MAX_AGE")
+      }
+    }))
 })
 
 describe("settings checked before start", () => {
