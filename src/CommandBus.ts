@@ -290,7 +290,8 @@ const build = (
           attempts: 0,
           replayed: false,
           beforeCommit: [],
-          committing: false
+          committing: false,
+          overdue: undefined
         }
         let effect = execute(route.handler, current)
         for (let i = middleware.length - 1; i >= 0; i--) effect = middleware[i]!.apply(effect, current)

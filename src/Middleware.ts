@@ -63,8 +63,15 @@ export interface Dispatch {
    * a dispatch past it end as its commit does rather than report a timeout
    * for work that committed; the idempotency middleware records the success
    * of one interrupted past it (a client that hung up), which committed.
+   * A commit that fails ends it: the dispatch may go on (a retry).
    */
   committing: boolean
+  /**
+   * A deadline that passed while the commit was in flight, and so waits on
+   * its outcome: the `transaction` middleware calls it when the commit
+   * fails, so that a dispatch that goes on (a retry) is cut then.
+   */
+  overdue?: (() => void) | undefined
 }
 
 /**
@@ -638,11 +645,13 @@ const withDeadline = <A, E, R>(
   const left = elapsed <= 0 ? limit : Duration.millis(Math.max(0, Duration.toMillis(limit) - elapsed))
   const stop = Fiber.interruptAs(child, parent.id())
   // Past the deadline the child is interrupted and awaited, unless its
-  // commit is in flight: then it ends as its commit does. One that finished
-  // all the same (its caller made it uninterruptible) ends with its outcome.
+  // commit is in flight: then it ends as its commit does, or, should the
+  // commit fail and the dispatch go on, is interrupted then. One that
+  // finished all the same (its caller made it uninterruptible) ends with its
+  // outcome.
   const deadlinePassed = (): Effect.Effect<Exit.Exit<A, E>, CommandTimeout> =>
     Effect.flatMap(
-      dispatch.committing ? Fiber.await(child) : stop,
+      dispatch.committing ? untilCommitted(child, dispatch, stop) : stop,
       (exit) =>
         Exit.isSuccess(exit) && !(Exit.isFailure(exit.value) && Cause.isInterrupted(exit.value.cause))
           ? Effect.succeed(exit.value)
@@ -667,7 +676,11 @@ const withDeadline = <A, E, R>(
       // The deadline, when it comes or when the edge's cutoff brings it
       // forward. Past its point of no return, the observer reports how it ends.
       const passNow = (): boolean => {
-        if (settled || dispatch.committing) return false
+        if (settled) return false
+        if (dispatch.committing) {
+          dispatch.overdue = passNow
+          return false
+        }
         settled = true
         clearTimeout(timer)
         unregister?.()
@@ -704,6 +717,36 @@ const withDeadline = <A, E, R>(
     () => stop
   )
 }
+
+// The child's exit once its commit ends: its own when it ends, or, when
+// the commit fails first (the `transaction` middleware calls `overdue`),
+// what `stop` gives.
+const untilCommitted = <A, E>(
+  child: Fiber.RuntimeFiber<Exit.Exit<A, E>>,
+  dispatch: Dispatch,
+  stop: Effect.Effect<Exit.Exit<Exit.Exit<A, E>>>
+): Effect.Effect<Exit.Exit<Exit.Exit<A, E>>> =>
+  Effect.async((resume) => {
+    let done = false
+    const observer = (exit: Exit.Exit<Exit.Exit<A, E>>) => {
+      if (done) return
+      done = true
+      dispatch.overdue = undefined
+      resume(Effect.succeed(exit))
+    }
+    dispatch.overdue = () => {
+      if (done) return
+      done = true
+      child.removeObserver(observer)
+      resume(stop)
+    }
+    child.addObserver(observer)
+    return Effect.sync(() => {
+      done = true
+      child.removeObserver(observer)
+      dispatch.overdue = undefined
+    })
+  })
 
 // A clock whose time moves by itself. `TestClock` (and any clock moved by
 // hand) has `adjust`; its sleeps must go through it.
@@ -754,8 +797,19 @@ export const transaction: Middleware<StoreUnavailable, UnitOfWork> = make(
   "transaction",
   (self, dispatch) =>
     Effect.flatMap(UnitOfWork, (unitOfWork) =>
-      unitOfWork.transactional(Effect.map(self, (value) => {
-        dispatch.committing = true
-        return value
-      })))
+      Effect.tapErrorCause(
+        unitOfWork.transactional(Effect.map(self, (value) => {
+          dispatch.committing = true
+          return value
+        })),
+        // The commit failed: nothing committed, and the dispatch may go on.
+        () => {
+          if (!dispatch.committing) return Effect.void
+          dispatch.committing = false
+          const overdue = dispatch.overdue
+          dispatch.overdue = undefined
+          overdue?.()
+          return Effect.void
+        }
+      ))
 )

@@ -6,13 +6,16 @@
 import { assert, describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
-import { Command, CommandBus, CommandError, Handler } from "../src/index.js"
+import { Command, CommandBus, CommandError, Handler, Idempotency, UnitOfWork } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
 
 class Bump extends Command.Class<Bump>()("Bump", {
@@ -94,5 +97,81 @@ describe("defaultMiddleware", () => {
       expect(yield* Fiber.join(first)).toEqual({ paid: 1 })
       assert.strictEqual((failureOf(other) as { _tag?: string } | undefined)?._tag, "IdempotencyKeyMismatch")
       assert.strictEqual((failureOf(same) as { _tag?: string } | undefined)?._tag, "IdempotencyKeyInFlight")
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  // A held versioned write that meets its unique key at COMMIT, or a
+  // serialization failure: the work succeeded, its commit did not, nothing
+  // committed, and the retry goes on.
+  const failingCommits = (options: { readonly times: number; readonly takes: Duration.DurationInput }) => {
+    const state = { commits: 0, failed: 0 }
+    const layer = Layer.succeed(UnitOfWork.UnitOfWork, {
+      transactional: <A, E, R>(self: Effect.Effect<A, E, R>) =>
+        Effect.flatMap(self, (value) =>
+          Effect.uninterruptible(Effect.zipRight(
+            Effect.sleep(options.takes),
+            Effect.suspend(() => {
+              if (state.failed < options.times) {
+                state.failed++
+                return Effect.fail(
+                  new CommandError.ConcurrencyConflict({ aggregateType: "X", aggregateId: "x", expectedVersion: 1 })
+                )
+              }
+              state.commits++
+              return Effect.succeed(value)
+            })
+          ))) as unknown as Effect.Effect<A, E, R> // the conflict is the handler's own, as a held write's is
+    })
+    return { state, layer }
+  }
+
+  const retryEverySecond = { schedule: Schedule.spaced("1 second").pipe(Schedule.intersect(Schedule.recurs(3))) }
+
+  it.effect("a deadline that passes during a commit that then fails cuts the retry that follows", () =>
+    Effect.gen(function*() {
+      const { layer, state } = failingCommits({ times: 1, takes: "400 millis" })
+      const bus = CommandBus.make([Bump], {
+        Bump: () => Effect.as(Effect.sleep("300 millis"), Handler.result({ ok: true }))
+      }).pipe(CommandBus.withMiddleware(
+        ...CommandBus.defaultMiddleware({ timeout: "500 millis", retry: retryEverySecond })
+      ))
+      const fiber = yield* Effect.fork(Effect.provide(bus.dispatch(new Bump({ id: "x" })), layer))
+      for (let i = 0; i < 50; i++) yield* TestClock.adjust("100 millis")
+      const exit = yield* Fiber.await(fiber)
+      assert.strictEqual((failureOf(exit) as { _tag?: string } | undefined)?._tag, "CommandTimeout")
+      assert.strictEqual(state.commits, 0)
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  it.live("on the live clock too, and a deadline during the backoff after it is not lost", () =>
+    Effect.gen(function*() {
+      for (const takes of ["150 millis", "0 millis"] as const) {
+        const { layer, state } = failingCommits({ times: 1, takes })
+        const bus = CommandBus.make([Bump], {
+          Bump: () => Effect.as(Effect.sleep("100 millis"), Handler.result({ ok: true }))
+        }).pipe(CommandBus.withMiddleware(
+          ...CommandBus.defaultMiddleware({ timeout: "200 millis", retry: retryEverySecond })
+        ))
+        const exit = yield* Effect.exit(Effect.provide(bus.dispatch(new Bump({ id: "x" })), layer))
+        assert.strictEqual((failureOf(exit) as { _tag?: string } | undefined)?._tag, "CommandTimeout", takes)
+        assert.strictEqual(state.commits, 0, takes)
+      }
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  it.live("a client that hangs up while a failed commit waits for its retry: nothing recorded, the retry runs", () =>
+    Effect.gen(function*() {
+      const { layer, state } = failingCommits({ times: 1, takes: "0 millis" })
+      let runs = 0
+      const bus = CommandBus.make([Bump], {
+        Bump: () => Effect.sync(() => Handler.result({ ok: ++runs > 0 }))
+      }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware({ retry: retryEverySecond })))
+      const dispatch = Effect.provide(bus.dispatch(new Bump({ id: "x", userId: "u", idempotencyKey: "k" })), layer)
+      const fiber = yield* Effect.fork(dispatch)
+      yield* Effect.sleep("200 millis")
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(runs, 1)
+      const again = yield* Idempotency.observeReplay(dispatch)
+      assert.isFalse(again.replayed)
+      assert.isTrue(Exit.isSuccess(again.exit))
+      assert.strictEqual(runs, 2)
+      assert.strictEqual(state.commits, 1)
     }).pipe(Effect.provide(InMemory.layer)))
 })
