@@ -49,7 +49,14 @@ export interface Service {
  */
 export const makeEnds = () => {
   const registered = new WeakMap<object, Array<(committed: boolean) => Effect.Effect<void>>>()
+  const ended = new WeakSet<object>()
   return {
+    /**
+     * Whether the transaction `of` began here and has ended: a fiber forked
+     * inside it that outlives it still has it in its context, and must not
+     * join it.
+     */
+    hasEnded: (of: object): boolean => ended.has(of),
     begin: (of: object): void => {
       registered.set(of, [])
     },
@@ -63,6 +70,7 @@ export const makeEnds = () => {
     run: (of: object, committed: boolean): Effect.Effect<void> => {
       const ends = registered.get(of)
       registered.delete(of)
+      ended.add(of)
       if (ends === undefined || ends.length === 0) return Effect.void
       return Effect.forEach(
         ends,
@@ -105,31 +113,37 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
     // another ends when the outermost does.
     const ends = makeEnds()
     const outermost = new WeakMap<Array<DomainEvent.Envelope>, Array<DomainEvent.Envelope>>()
-    return {
-      // Once `self` succeeded, the append (its commit) is not interrupted,
-      // as a database's commit is not; before, an interruption ends the
-      // dispatch with nothing published.
-      transactional: (self) =>
-        Effect.flatMap(FiberRef.get(currentPending), (outer) => {
-          const events: Array<DomainEvent.Envelope> = []
-          if (outer !== undefined) {
-            outermost.set(events, outermost.get(outer) ?? outer)
-            return Effect.map(Effect.locally(self, currentPending, events), (value) => {
-              outer.push(...events)
-              return value
-            })
+    // Once `self` succeeded, the append (its commit) is not interrupted,
+    // as a database's commit is not; before, an interruption ends the
+    // dispatch with nothing published.
+    const transactional: Service["transactional"] = (self) =>
+      Effect.flatMap(FiberRef.get(currentPending), (outer) => {
+        const events: Array<DomainEvent.Envelope> = []
+        if (outer !== undefined) {
+          // A fiber forked in a transaction that outlived it: its events
+          // are its own transaction's, appended outside the ended one.
+          if (ends.hasEnded(outermost.get(outer) ?? outer)) {
+            return Effect.locally(transactional(self), currentPending, undefined)
           }
-          ends.begin(events)
-          return Effect.uninterruptibleMask((restore) =>
-            Effect.onExit(
-              Effect.flatMap(
-                Effect.locally(restore(self), currentPending, events),
-                (value) => events.length === 0 ? Effect.succeed(value) : Effect.as(outbox.append(events), value)
-              ),
-              (exit) => ends.run(events, exit._tag === "Success")
-            )
+          outermost.set(events, outermost.get(outer) ?? outer)
+          return Effect.map(Effect.locally(self, currentPending, events), (value) => {
+            outer.push(...events)
+            return value
+          })
+        }
+        ends.begin(events)
+        return Effect.uninterruptibleMask((restore) =>
+          Effect.onExit(
+            Effect.flatMap(
+              Effect.locally(restore(self), currentPending, events),
+              (value) => events.length === 0 ? Effect.succeed(value) : Effect.as(outbox.append(events), value)
+            ),
+            (exit) => ends.run(events, exit._tag === "Success")
           )
-        }),
+        )
+      })
+    return {
+      transactional,
       afterEnd: (end) =>
         Effect.map(
           FiberRef.get(currentPending),

@@ -5,12 +5,14 @@
  * a handler that breaks its type, and lengths counted in code points.
  */
 import { assert, describe, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import { Command, CommandBus, CommandError, Handler, Middleware } from "../src/index.js"
+import { Command, CommandBus, CommandError, DomainEvent, Handler, Middleware, Outbox } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
 import { read } from "./support/Metrics.js"
 
@@ -34,6 +36,14 @@ class Lines extends Command.Class<Lines>()("Lines", {
 }) {}
 
 const ok = () => Effect.succeed(Handler.result(undefined))
+
+class Noted extends DomainEvent.Class<Noted>()("Noted", { note: Schema.String }) {}
+
+class Jot extends Command.Class<Jot>()("Jot", {
+  payload: { note: Schema.String },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
 
 describe("bus edges", () => {
   // 1. Middleware.timeout on the live clock: a deadline >= 2^31 ms (Infinity, "30 days")
@@ -240,4 +250,35 @@ describe("bus edges", () => {
   it("TextOfLength(2, 10) refuses one code point written as a surrogate pair", () => {
     assert.isFalse(Schema.is(Command.TextOfLength(2, 10))("\u{1F600}"))
   })
+
+  // It inherited the ended transaction's pending events, and appended its
+  // own there, where nothing would ever publish them.
+  it.effect("a dispatch from a fiber forked in a handler, after that dispatch ended, publishes its events", () =>
+    Effect.gen(function*() {
+      const ended = yield* Deferred.make<void>()
+      let forked: Fiber.RuntimeFiber<unknown> | undefined
+      // Annotated: the handler dispatches on the bus it belongs to.
+      const bus: { readonly dispatch: (jot: Jot) => Effect.Effect<void, unknown, any> } = CommandBus.make([Jot], {
+        Jot: (command) =>
+          Effect.gen(function*() {
+            if (command.note === "outer") {
+              forked = yield* Effect.forkDaemon(
+                Effect.zipRight(Deferred.await(ended), Effect.orDie(bus.dispatch(new Jot({ note: "forked" }))))
+              )
+            }
+            return Handler.result(undefined, [
+              DomainEvent.draft(
+                { aggregateType: "Note", aggregateId: command.note, aggregateVersion: 1 },
+                new Noted({ note: command.note })
+              )
+            ])
+          })
+      }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware()))
+      yield* bus.dispatch(new Jot({ note: "outer" }))
+      yield* Deferred.succeed(ended, undefined)
+      assert.isTrue(Exit.isSuccess(yield* Fiber.await(forked!)))
+      const outbox = yield* Outbox.Outbox
+      const events = yield* outbox.read({ after: 0, limit: 10 })
+      assert.deepStrictEqual(events.map((entry) => entry.event.aggregateId), ["outer", "forked"])
+    }).pipe(Effect.provide(InMemory.layer)))
 })

@@ -77,10 +77,22 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
       : undefined) ?? withTransaction(sql, ends)
   return {
     transactional: <A, E, R>(self: Effect.Effect<A, E, R>) =>
-      SqlFailure.classify(Effect.withFiberRuntime<A, E | SqlError, R>((fiber) =>
+      SqlFailure.classify(Effect.withFiberRuntime<A, E | SqlError, R>((fiber) => {
+        const connection = connectionOf(fiber)
+        if (connection === undefined) return outermost(self, fiber)
+        // A fiber forked in a transaction of this unit of work that outlived
+        // it: its connection went back to the pool (where it may be in
+        // another's transaction), so this is a transaction of its own.
+        if (ends.hasEnded(connection)) {
+          return Effect.mapInputContext(
+            outermost(self, fiber),
+            (context: Context.Context<R>) =>
+              Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<R>
+          )
+        }
         // Inside a transaction: a savepoint of it, as `@effect/sql` makes.
-        connectionOf(fiber) === undefined ? outermost(self, fiber) : sql.withTransaction(self)
-      )),
+        return sql.withTransaction(self)
+      })),
     afterEnd: (end) =>
       Effect.withFiberRuntime((fiber) => {
         const connection = connectionOf(fiber)

@@ -8,16 +8,27 @@ import { SqlError } from "@effect/sql/SqlError"
 import { assert, expect, layer } from "@effect/vitest"
 import * as Cause from "effect/Cause"
 import * as DateTime from "effect/DateTime"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
-import { Command, CommandBus, CommandError, CurrentUser, Handler, Idempotency, Middleware } from "../../src/index.js"
+import {
+  Command,
+  CommandBus,
+  CommandError,
+  CurrentUser,
+  Handler,
+  Idempotency,
+  Middleware,
+  UnitOfWork
+} from "../../src/index.js"
 import { CreateOrder } from "../../src/orders/Commands.js"
 import * as Inventory from "../../src/orders/Inventory.js"
 import * as Order from "../../src/orders/Order.js"
@@ -366,4 +377,25 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`unit of wo
         assert.instanceOf(failureOf(exit), CommandError.StoreUnavailable)
       })
   )
+
+  // Its connection went back to the pool, where it may be in another's
+  // transaction: joining it would write there, or fail (25P01, or PGlite's
+  // "used after its transaction ended").
+  it.effect("a transaction begun by a fiber forked in one that has ended is one of its own", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      const unitOfWork = yield* UnitOfWork.UnitOfWork
+      const ended = yield* Deferred.make<void>()
+      const forked = yield* unitOfWork.transactional(Effect.gen(function*() {
+        yield* restock("p-1", 1)
+        return yield* Effect.forkDaemon(
+          Effect.zipRight(Deferred.await(ended), unitOfWork.transactional(restock("p-2", 5)))
+        )
+      }))
+      yield* Deferred.succeed(ended, undefined)
+      const exit = yield* Fiber.await(forked)
+      assert.isTrue(Exit.isSuccess(exit), String(exit))
+      expect(yield* stock("p-1")).toBe(1)
+      expect(yield* stock("p-2")).toBe(5)
+    }))
 })
