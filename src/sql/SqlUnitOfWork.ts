@@ -191,32 +191,65 @@ const handBack = (held: Held, failed?: Error) => {
  * A connection taken from the pool with its transaction begun (or, on a
  * `PgPreparedClient`, to begin with its first statement). A client that
  * emits an error while held (the server went away) is destroyed when it is
- * released, as `@effect/sql-pg` does with its own.
+ * released, as `@effect/sql-pg` does with its own. Called where interruption
+ * is masked: `restore` makes the wait for a connection interruptible, so that
+ * a deadline or a hang-up is not held up by a full pool; a connection handed
+ * out after the wait was given up goes straight back.
  */
-const begin = (pool: Pg.Pool) =>
-  Effect.async<Held, SqlError>((resume) => {
-    pool.connect((error, client, release) => {
-      if (error !== undefined || client === undefined) {
-        const cause = error ?? new Error("No client returned")
-        resume(Effect.fail(new SqlError({ cause, message: "Failed to acquire connection for transaction" })))
-        return
-      }
-      const held: Held = {
-        client,
-        release,
-        onError: (cause) => {
-          held.broken = cause
-        },
-        broken: undefined
-      }
-      client.on("error", held.onError)
-      if (defersBegin(client) && client.deferBegin()) return resume(Effect.succeed(held))
-      client.query("BEGIN", (error: Error | null) => {
+const begin = (
+  pool: Pg.Pool,
+  restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+): Effect.Effect<Held, SqlError> =>
+  Effect.flatMap(acquire(pool, restore), (held) =>
+    Effect.async<Held, SqlError>((resume) => {
+      held.client.on("error", held.onError)
+      if (defersBegin(held.client) && held.client.deferBegin()) return resume(Effect.succeed(held))
+      held.client.query("BEGIN", (error: Error | null) => {
         if (error === null) return resume(Effect.succeed(held))
         handBack(held, error)
         resume(Effect.fail(new SqlError({ cause: error, message: "Failed to begin transaction" })))
       })
-    })
+    }))
+
+const acquire = (
+  pool: Pg.Pool,
+  restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+): Effect.Effect<Held, SqlError> =>
+  Effect.suspend(() => {
+    let given: Held | undefined
+    let abandoned = false
+    return Effect.onExit(
+      restore(Effect.async<Held, SqlError>((resume) => {
+        pool.connect((error, client, release) => {
+          if (abandoned) {
+            if (client !== undefined) release()
+            return
+          }
+          if (error !== undefined || client === undefined) {
+            const cause = error ?? new Error("No client returned")
+            return resume(Effect.fail(new SqlError({ cause, message: "Failed to acquire connection for transaction" })))
+          }
+          const held: Held = {
+            client,
+            release,
+            onError: (cause) => {
+              held.broken = cause
+            },
+            broken: undefined
+          }
+          given = held
+          resume(Effect.succeed(held))
+        })
+        return Effect.sync(() => {
+          abandoned = true
+        })
+      })),
+      // Handed out, but the wait was interrupted before it was taken.
+      (exit) =>
+        Effect.sync(() => {
+          if (Exit.isFailure(exit) && given !== undefined) given.release()
+        })
+    )
   })
 
 /**
@@ -368,7 +401,7 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
         ? Span.start(fiber, "sql.transaction", { kind: "client" })
         : undefined
       if (span !== undefined) { for (const [key, value] of attributes) span.attribute(key, value) }
-      const transaction = Effect.flatMap(begin(pool), (held) => {
+      const transaction = Effect.flatMap(begin(pool, restore), (held) => {
         const connection = connectionFor(held.client)
         ends.begin(connection)
         let inner = Context.add(context, SqlClient.TransactionConnection, [connection, 0] as const)

@@ -133,6 +133,28 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
       })
   )
 
+  // A deadline, a hang-up or a shutdown cut must not wait for the pool: the
+  // wait for a connection was uninterruptible, up to the pool's connect
+  // timeout (a minute here, so that only the fix ends the wait early).
+  it.effect.skipIf(TestDatabase.serverUrl === undefined)(
+    "a transaction waiting for a connection of a full pool is interrupted at once; the one handed out later goes back",
+    () =>
+      Effect.gen(function*() {
+        const { pool } = yield* SqlUnitOfWork.PgPool
+        yield* freshTable
+        const taken = yield* Effect.promise(() => Promise.all([pool.connect(), pool.connect(), pool.connect()]))
+        const waiting = yield* Effect.fork(transactional(insert("late")))
+        yield* Effect.sleep("100 millis")
+        expect(pool.waitingCount).toBe(1)
+        // Bounded, so that a wait that is not cut fails the test rather than hangs it.
+        const interrupted = yield* Effect.timeoutOption(Fiber.interrupt(waiting), "10 seconds")
+        for (const client of taken) client.release()
+        assert.isTrue(Option.isSome(interrupted), "the interruption waited for a connection")
+        expect(yield* rows).toBe(0)
+        yield* everyConnectionBack
+      }).pipe(Effect.provide(SqlUnitOfWork.layer.pipe(Layer.provideMerge(serverLayer(3, Duration.minutes(1))))))
+  )
+
   it.effect.skipIf(TestDatabase.serverUrl === undefined)(
     "nests as a savepoint: an inner failure undoes only the inner writes",
     () =>
