@@ -422,7 +422,9 @@ let calls = 0
 let sortKeysOf: WeakMap<object, string> | undefined
 
 const sortKeyOf = (value: unknown): string => {
-  if (typeof value !== "object" || value === null) return canonicalJson(value)
+  // `undefined` (and what JSON has no form for) writes nothing on its own;
+  // in an array, it writes itself.
+  if (typeof value !== "object" || value === null) return canonicalJson(value) ?? canonicalJson([value])
   sortKeysOf ??= new WeakMap()
   let key = sortKeysOf.get(value)
   if (key === undefined) {
@@ -432,9 +434,16 @@ const sortKeyOf = (value: unknown): string => {
   return key
 }
 
-const sortedBy = <A>(values: Iterable<A>, key: (value: A) => string): Array<A> =>
+// Equal keys are ordered by `then`: two Map keys alike (distinct objects of
+// one form) by their values, so that insertion order never counts.
+const sortedBy = <A>(values: Iterable<A>, key: (value: A) => string, then?: (value: A) => string): Array<A> =>
   Array.from(values, (value) => [key(value), value] as const)
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .sort(([a, x], [b, y]) => {
+      if (a !== b) return a < b ? -1 : 1
+      if (then === undefined) return 0
+      const [c, d] = [then(x), then(y)]
+      return c < d ? -1 : c > d ? 1 : 0
+    })
     .map(([, value]) => value)
 
 // Called with the holder as `this`: its own value, before `toJSON` (a
@@ -451,7 +460,9 @@ function sortKeys(this: unknown, key: string, value: unknown): unknown {
     case "object": {
       if (value === null || Array.isArray(value)) return value
       if (value instanceof Map) {
-        return { "\u0000map": sortedBy(value.entries(), ([entryKey]) => sortKeyOf(entryKey)) }
+        return {
+          "\u0000map": sortedBy(value.entries(), ([entryKey]) => sortKeyOf(entryKey), ([, entry]) => sortKeyOf(entry))
+        }
       }
       if (value instanceof Set) return { "\u0000set": sortedBy(value.values(), sortKeyOf) }
       // No prototype: an own `__proto__` key is a key like any other here,

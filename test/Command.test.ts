@@ -363,5 +363,27 @@ describe("Command", () => {
       }
       assert.strictEqual(Command.canonicalJson(forward), Command.canonicalJson(backward))
     })
+
+    // `undefined` as a key sorted as equal to every other, and two keys alike
+    // (distinct objects of one form) kept the order they were inserted in.
+    it("the order of a Map's entries or a Set's values never counts, whatever they hold", () => {
+      const c = Command.canonicalJson
+      assert.strictEqual(
+        c(new Map<unknown, number>([["b", 1], [undefined, 2], ["a", 3]])),
+        c(new Map<unknown, number>([[undefined, 2], ["b", 1], ["a", 3]]))
+      )
+      assert.strictEqual(c(new Set<unknown>(["b", undefined, "a"])), c(new Set<unknown>([undefined, "b", "a"])))
+      assert.strictEqual(
+        c(new Map<unknown, string>([[{ id: 1 }, "x"], [{ id: 1 }, "y"]])),
+        c(new Map<unknown, string>([[{ id: 1 }, "y"], [{ id: 1 }, "x"]]))
+      )
+      fc.assert(
+        fc.property(fc.array(fc.tuple(fc.anything(), fc.jsonValue()), { maxLength: 6 }), (entries) => {
+          const map = new Map(entries)
+          const set = new Set(entries.map(([key]) => key))
+          return c(map) === c(new Map([...map].reverse())) && c(set) === c(new Set([...set].reverse()))
+        })
+      )
+    })
   })
 })
