@@ -37,6 +37,7 @@ import { EventPublisher } from "./EventPublisher.js"
 import * as Idempotency from "./Idempotency.js"
 import { failureOf, interruptedItself, stored, survived, unlessInterrupted } from "./internal/cause.js"
 import { pageSize, positiveCounts } from "./internal/limit.js"
+import { compareCodePoints } from "./internal/text.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
 
@@ -620,9 +621,10 @@ export interface LetterCursor {
   readonly reaction: string
 }
 
-// The order `list` reads letters in: by position, then reaction (code units).
+// The order `list` reads letters in: by position, then reaction (code
+// points, as PostgreSQL's `COLLATE "C"` orders them).
 const letterOrder = (a: LetterCursor, b: LetterCursor): number =>
-  a.position - b.position || (a.reaction < b.reaction ? -1 : a.reaction > b.reaction ? 1 : 0)
+  a.position - b.position || compareCodePoints(a.reaction, b.reaction)
 
 /**
  * Whether a letter comes after `cursor` in the order `list` reads them.

@@ -28,3 +28,21 @@ export const clipped = (text: string, max: number): string => {
   for (let n = 0; n < kept; n++) end += text.codePointAt(end)! > 0xffff ? 2 : 1
   return `${text.slice(0, end)}… (${total - kept} more characters)`
 }
+
+/**
+ * Orders strings by code point, which is UTF-8's byte order and so
+ * PostgreSQL's `COLLATE "C"` in a UTF-8 database. JavaScript's `<` compares
+ * UTF-16 units, which puts U+E000–U+FFFF after every character above U+FFFF.
+ *
+ * @internal
+ */
+export const compareCodePoints = (a: string, b: string): number => {
+  if (a === b) return 0
+  const length = Math.min(a.length, b.length)
+  let i = 0
+  while (i < length && a.charCodeAt(i) === b.charCodeAt(i)) i++
+  if (i === length) return a.length - b.length
+  // Where they first differ, both are units of the same position: a high
+  // surrogate reads as its whole character; a low one follows equal highs.
+  return a.codePointAt(i)! - b.codePointAt(i)!
+}

@@ -64,7 +64,7 @@ export const make: Effect.Effect<Reaction.DeadLetterStore, never, SqlClient.SqlC
         ON CONFLICT (follower, reaction, event_id) DO UPDATE
           SET attempts = reaction_dead_letters.attempts + 1, reason = EXCLUDED.reason,
             last_failed_at = EXCLUDED.last_failed_at`.pipe(Effect.asVoid, SqlFailure.classify)),
-    // Reactions in byte order ("C"), as the in-memory store and `isAfter`
+    // Reactions in byte order ("C": code points, in a UTF-8 database), as the in-memory store and `isAfter`
     // compare them, whatever the database's collation.
     list: (follower, options) =>
       sql<Row>`

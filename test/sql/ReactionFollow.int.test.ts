@@ -293,4 +293,19 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       yield* commit(5, 5)
       expect(yield* nextSeen(seen, 1)).toEqual([5])
     }))
+
+  // The database orders reactions by code point ("C"); a redrive that read
+  // on after its cursor by UTF-16 units skipped one of these, as before it.
+  it.effect("redrives the letters of reactions whose names only a code-point order sorts alike", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      const deadLetters = yield* Reaction.DeadLetters
+      const names = ["notify \uFF03", "notify \u{1F4E7}"]
+      for (const reaction of names) {
+        yield* deadLetters.add({ follower: "f", reaction, position: 7, event: envelope(1), reason: "boom" })
+      }
+      const reactions = names.map((name) => Reaction.make(Counted, () => Effect.void, { name }))
+      expect(yield* Reaction.redrive("f", reactions)).toEqual({ resolved: 2, failed: 0, unmatched: 0, held: 0 })
+      expect(yield* deadLetters.list("f")).toEqual([])
+    }))
 })
