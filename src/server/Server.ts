@@ -229,12 +229,11 @@ export const answerClientErrors = (server: Server, report: (answered: Answered) 
       return
     }
     // The parser reports its error again on every chunk that follows: the
-    // first report is answered, once. A timeout reported meanwhile means the
-    // answers before the refusal are stuck: nothing more will come.
-    if (refusing.has(socket)) {
-      if (error.code === "ERR_HTTP_REQUEST_TIMEOUT") socket.destroy()
-      return
-    }
+    // first report is answered, once. Node's request timeout reported
+    // meanwhile is of the refused bytes, whose message never completes, not
+    // of the answers before the refusal: those run on (bounded by their
+    // commands' deadlines and shutdown), and the refusal follows them.
+    if (refusing.has(socket)) return
     refusing.add(socket)
     const reason = error.code ?? "HPE_UNKNOWN"
     const status = clientErrorStatus[reason] ?? 400
