@@ -181,7 +181,11 @@ const threw = (envelope: DomainEvent.Envelope, what: string, error: unknown) =>
  * @category models
  */
 export interface MakeOptions {
-  /** Default: `on <event type>`. Names the reaction in logs, metrics, dead letters and idempotency keys. */
+  /**
+   * Default: `on <event type>`. Names the reaction in logs, metrics, dead
+   * letters and idempotency keys: two reactions of one app that share an
+   * idempotency store need names of their own, in one list or not.
+   */
   readonly name?: string
   /**
    * Rewrites a stored payload before it is decoded: events written by an
