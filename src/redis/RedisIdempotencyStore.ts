@@ -55,19 +55,46 @@ import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { StoreUnavailable } from "../CommandError.js"
 import * as Idempotency from "../Idempotency.js"
-import { storedMillis } from "../internal/limit.js"
+import { maxTimerMillis, storedMillis } from "../internal/limit.js"
 
 /**
  * @since 0.1.0
  * @category models
  */
 export interface Options {
-  /** `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. */
+  /**
+   * `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS; of
+   * query parameters, only `family` (4 or 6). Others would override the
+   * store's own client options (`maxRetriesPerRequest` resending a command
+   * that may have run). A `url` that `urlProblem` refuses is a defect.
+   */
   readonly url: string | Redacted.Redacted
   /** Prefix of every key this store writes. Default `idempotency:`. */
   readonly keyPrefix?: string
   /** Bound of each call to Redis, and of connecting. Default 2 seconds. */
   readonly timeout?: Duration.DurationInput
+}
+
+/**
+ * What is wrong with a Redis URL, in words, or `undefined` when nothing is.
+ * A database number that the server does not have is found only when the
+ * store connects (logged `redis.select-failed`; every call then fails).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const urlProblem = (url: string): string | undefined => {
+  if (!URL.canParse(url)) return "must be a redis:// or rediss:// URL (with a port of 0 to 65535)"
+  const parsed = new URL(url)
+  if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") return "must be a redis:// or rediss:// URL"
+  if (parsed.hostname === "") return "must name a host"
+  if (parsed.port === "0") return "must name a port of 1 to 65535"
+  if (!/^(\/(\d{1,9})?)?$/.test(parsed.pathname)) return "must end in a database number (/0, /1, ...) or nothing"
+  for (const [name, value] of parsed.searchParams) {
+    if (name !== "family") return `takes no query parameter but family (not ${name})`
+    if (value !== "4" && value !== "6") return "family must be 4 or 6"
+  }
+  return undefined
 }
 
 const claimScript = `
@@ -162,10 +189,16 @@ const parseResult = (json: string | undefined): Effect.Effect<Idempotency.Stored
  */
 export const make = (options: Options): Effect.Effect<Idempotency.Store, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const timeout = Duration.decode(options.timeout ?? "2 seconds")
-    const timeoutMillis = millis(timeout)
+    // Node's timers (the client's too) fire a delay over 2^31 - 1 ms at once.
+    const timeoutMillis = Math.min(millis(Duration.decode(options.timeout ?? "2 seconds")), maxTimerMillis)
+    const timeout = Duration.millis(timeoutMillis)
     const prefix = options.keyPrefix ?? "idempotency:"
     const url = typeof options.url === "string" ? options.url : Redacted.value(options.url)
+    const problem = urlProblem(url)
+    if (problem !== undefined) return yield* Effect.dieMessage(`RedisIdempotencyStore: the url ${problem}`)
+    // The database the URL names could not be selected (the server has fewer):
+    // the client would go on in database 0, among others' keys.
+    let selectFailed: string | undefined
     const runtime = yield* Effect.runtime<never>()
     const log = (effect: Effect.Effect<void>) => Runtime.runFork(runtime)(effect)
     let closing = false
@@ -212,7 +245,12 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
           enableOfflineQueue: false,
           maxRetriesPerRequest: 0,
           autoResendUnfulfilledCommands: false,
-          retryStrategy: (attempt) => Math.min(attempt * 100, 2000)
+          retryStrategy: (attempt) => Math.min(attempt * 100, 2000),
+          // A failover behind a stable address (a managed Redis, a proxy)
+          // leaves this connection on the demoted node, which refuses every
+          // write: connect again, to whatever the address now leads to.
+          // (1: without sending the failed command again.)
+          reconnectOnError: (error) => /^(READONLY|MASTERDOWN)\b/.test(error.message) ? 1 : false
         }) as RedisWithScripts
         redis.defineCommand("idempotencyClaim", { numberOfKeys: 1, lua: claimScript })
         redis.defineCommand("idempotencyComplete", { numberOfKeys: 1, lua: completeScript })
@@ -222,7 +260,16 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
         // loss and a recovery are logged once each, not every attempt.
         let connected = false
         let lost = false
-        redis.on("error", () => {})
+        redis.on("error", (error: unknown) => {
+          if (
+            isReplyError(error) && Predicate.hasProperty(error, "command") &&
+            Predicate.hasProperty(error.command, "name") && error.command.name === "select" &&
+            selectFailed === undefined
+          ) {
+            selectFailed = `cannot select the database of REDIS_URL (${error.message.split("\n")[0]})`
+            log(Effect.logError("redis.select-failed").pipe(Effect.annotateLogs({ error: selectFailed })))
+          }
+        })
         redis.on("ready", () => {
           if (lost) log(Effect.logInfo("redis.reconnected"))
           connected = true
@@ -259,7 +306,13 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
     )
 
     const send = <A>(operation: string, run: () => Promise<A>): Effect.Effect<A, StoreUnavailable> =>
-      Effect.tryPromise({ try: run, catch: (error) => error }).pipe(
+      Effect.tryPromise({
+        try: () =>
+          selectFailed === undefined
+            ? run()
+            : Promise.reject(new StoreUnavailable({ store: "redis", reason: selectFailed })),
+        catch: (error) => error
+      }).pipe(
         Effect.timeoutFail({
           duration: timeout,
           onTimeout: () => new StoreUnavailable({ store: "redis", reason: `no reply within ${timeoutMillis} ms` })

@@ -13,6 +13,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import Pg from "pg"
+import * as RedisIdempotencyStore from "../redis/RedisIdempotencyStore.js"
 
 /**
  * The environment as the service reads it: a variable set to nothing (or
@@ -234,9 +235,10 @@ export const idempotencyStore: Config.Config<IdempotencyStoreConfig> = Config.al
     if (Option.isNone(url)) {
       return Either.left(ConfigError.MissingData(["REDIS_URL"], "REDIS_URL is required with IDEMPOTENCY_STORE=redis"))
     }
-    return /^rediss?:\/\/\S+$/.test(Redacted.value(url.value).trim())
+    const problem = RedisIdempotencyStore.urlProblem(Redacted.value(url.value).trim())
+    return problem === undefined
       ? Either.right({ _tag: "Redis", url: url.value, timeout })
-      : Either.left(ConfigError.InvalidData(["REDIS_URL"], "must be a redis:// or rediss:// URL"))
+      : Either.left(ConfigError.InvalidData(["REDIS_URL"], problem))
   })
 )
 

@@ -166,6 +166,26 @@ describe("timer settings", () => {
     }))
 })
 
+describe("REDIS_URL", () => {
+  // A path ioredis reads as a database sent `SELECT NaN` and crashed the
+  // service; a query parameter overrode the store's own client options.
+  it.effect("is refused at start, naming it, when it is more than a host, a port and a database number", () =>
+    Effect.gen(function*() {
+      for (
+        const url of ["redis://127.0.0.1:6379/abc", "redis://127.0.0.1:99999", "redis://h:6379?maxRetriesPerRequest=5"]
+      ) {
+        const error = yield* Effect.flip(Config.idempotencyStore.pipe(
+          withEnv({ IDEMPOTENCY_STORE: "redis", REDIS_URL: url })
+        ))
+        expect(Config.describeError(error), url).toContain("REDIS_URL")
+      }
+      const fine = yield* Config.idempotencyStore.pipe(
+        withEnv({ IDEMPOTENCY_STORE: "redis", REDIS_URL: "rediss://user:pw@cache.internal:6380/2?family=6" })
+      )
+      expect(fine._tag).toBe("Redis")
+    }))
+})
+
 describe("retentions and leases", () => {
   // Added to the database's clock: past its last timestamp every keyed command failed with a 500.
   it.effect("refuse more than 100 years, naming the setting", () =>
