@@ -514,6 +514,13 @@ const checkBody = (request: HttpServerRequest.HttpServerRequest, limit: number) 
         Problem.responseFor(PayloadTooLarge, new PayloadTooLarge({ limitBytes: limit }), { connection: "close" })
       )
     if (Number(request.headers["content-length"] ?? "0") > limit) return tooLarge()
+    // A client that waits for `100 Continue` before its body gets it now
+    // that the body will be read, and not when it is refused unread (Node
+    // would have sent it on arrival; the server hands such requests on).
+    if (request.headers.expect?.trim().toLowerCase() === "100-continue") {
+      const response = NodeHttpServerRequest.toServerResponse(request)
+      if (!response.headersSent && !response.writableEnded) response.writeContinue()
+    }
     // The edge runs where the platform made the request uninterruptible (the
     // router makes only its handlers interruptible again): a shutdown that
     // stops waiting for a body still arriving must be able to end the wait.

@@ -138,6 +138,11 @@ export const HttpServerLive = Layer.unwrapEffect(
     server.prependListener("request", settleEndOnClose)
     answerWhileNotServing(server, report)
     answerClientErrors(server, report)
+    // `Expect: 100-continue` is answered by the edge when it reads the body,
+    // so that a body it refuses unread (413 over BODY_LIMIT, 415) is not sent.
+    server.on("checkContinue", (request: IncomingMessage, response: ServerResponse) => {
+      server.emit("request", request, response)
+    })
     ignoreUpgrades(server)
     // Keep-alive connections must not outlive a load balancer's idle timeout.
     server.keepAliveTimeout = 65_000

@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Net from "node:net"
 import { kind } from "../support/Database.js"
 import {
   expectProblem,
@@ -16,6 +17,7 @@ import {
   rawRequest,
   setStock,
   stockOf,
+  TestService,
   unknownOrderId,
   users
 } from "./Http.js"
@@ -39,6 +41,30 @@ const post = (target: string, headers: ReadonlyArray<string>, text: string) => {
 // The whole request is written, then the answer read (no half-close, which
 // Node would take as the client leaving).
 const send = (text: string) => Effect.map(rawRequest(text, { halfClose: false }), parseRawReply)
+
+// A client of `Expect: 100-continue`: the head, then the body only once the
+// server says `100 Continue`; everything the server sent, when it closes.
+const sendExpectingContinue = (head: string, body: string) =>
+  Effect.flatMap(TestService, (service) =>
+    Effect.async<string>((resume) => {
+      let answer = ""
+      let sent = false
+      const socket = Net.connect(Number(new URL(service.baseUrl).port), "127.0.0.1", () => socket.write(head))
+      const timer = setTimeout(() => socket.destroy(), 10_000)
+      socket.on("data", (chunk: Buffer) => {
+        answer += chunk.toString("latin1")
+        if (!sent && answer.startsWith("HTTP/1.1 100 Continue\r\n\r\n")) {
+          sent = true
+          socket.write(body)
+        }
+      })
+      socket.on("error", () => {})
+      socket.on("close", () => {
+        clearTimeout(timer)
+        resume(Effect.succeed(answer))
+      })
+      return Effect.sync(() => socket.destroy())
+    }))
 
 describe(`the edge and the paths the router routes (${kind})`, () => {
   it.layer(layer(), layerOptions)((it) => {
@@ -136,6 +162,24 @@ describe(`the edge and the paths the router routes (${kind})`, () => {
         expect(twice.body.reason).toBe("REPEATED_HOST")
         expect((yield* send("GET /health/live HTTP/1.0\r\n\r\n")).status).toBe(200)
         expect((yield* send("GET /health/live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")).status).toBe(200)
+      }))
+
+    // Node answered `100 Continue` on arrival: a client sent a body the
+    // service then refused unread (over BODY_LIMIT, the default 1 MiB).
+    it.effect("Expect: 100-continue gets 100 only for a body the service reads; one over the limit gets its 413 unsent", () =>
+      Effect.gen(function*() {
+        const { admin, alice } = yield* users
+        yield* setStock(product, 10, admin)
+        const head = (length: number) =>
+          `POST /api/v1/orders HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${alice}\r\n` +
+          `Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: ${length}\r\n` +
+          "Connection: close\r\n\r\n"
+        const refused = yield* sendExpectingContinue(head(2 * 1024 * 1024), "")
+        expect(refused.match(/HTTP\/1\.1 \d{3}/g)).toEqual(["HTTP/1.1 413"])
+        expectProblem(parseRawReply(refused), 413, "PayloadTooLarge")
+        const created = yield* sendExpectingContinue(head(Buffer.byteLength(body)), body)
+        expect(created.match(/HTTP\/1\.1 \d{3}/g)).toEqual(["HTTP/1.1 100", "HTTP/1.1 201"])
+        expect(yield* stockOf(product, alice)).toBe(9)
       }))
 
     it.effect("bytes no parser takes, pipelined behind an order, are refused after the order's answer, not in its place", () =>
