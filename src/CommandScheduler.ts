@@ -192,12 +192,14 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
         leasedAs?: Due
       ) =>
         Ref.modify(entries, (map) => {
-          const entry = map.get(id)
+          // Ids are UUIDs, in whatever case a caller writes them, as in SQL.
+          const key = id.toLowerCase()
+          const entry = map.get(key)
           const next = entry === undefined || (leasedAs !== undefined && !holds(entry, leasedAs))
             ? undefined
             : f(entry.command)
           if (next === undefined) return [false, map]
-          return [true, new Map(map).set(id, { command: next, leasedUntil: 0 })]
+          return [true, new Map(map).set(key, { command: next, leasedUntil: 0 })]
         })
       return {
         add: ({ due, ...entry }) =>
@@ -216,10 +218,11 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
         cancel: (id) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
             Ref.modify(entries, (map) => {
-              const entry = map.get(id)
+              const key = id.toLowerCase()
+              const entry = map.get(key)
               if (entry === undefined || entry.leasedUntil > now) return [false, map]
               const next = new Map(map)
-              next.delete(id)
+              next.delete(key)
               return [true, next]
             })),
         claim: (limit, lease) =>
@@ -405,7 +408,7 @@ export interface RunOptions {
    * that another runner may run it. A command whose lease passed before its
    * turn in the batch is left to the next claim. Keep it longer than any
    * command takes (the bus's timeout). Default 1 minute; past 100 years
-   * counts as 100 years.
+   * counts as 100 years; under 1 second is refused.
    */
   readonly lease?: Duration.DurationInput
   /**
@@ -448,13 +451,18 @@ export const run = <C extends Command.Any, H, E, R>(
   checkedCounts("CommandScheduler.run", options, () => runChecked(bus, options))
 
 // A batch of 0 would claim nothing and never wait; a concurrency or attempt
-// count below 1 means nothing either.
+// count below 1 means nothing either. A lease shorter than a claim and its
+// renewal take passes before its command's turn: nothing would ever run.
 const checkedCounts = <A, E, R>(where: string, options: RunOptions, self: () => Effect.Effect<A, E, R>) =>
-  positiveCounts(where, {
-    batchSize: options.batchSize,
-    concurrency: options.concurrency,
-    maxAttempts: options.maxAttempts
-  }, self)
+  options.lease !== undefined && !(Duration.toMillis(Duration.decode(options.lease)) >= minimumLeaseMillis)
+    ? Effect.dieMessage(`${where}: lease must be at least 1 second, got ${Duration.format(options.lease)}`)
+    : positiveCounts(where, {
+      batchSize: options.batchSize,
+      concurrency: options.concurrency,
+      maxAttempts: options.maxAttempts
+    }, self)
+
+const minimumLeaseMillis = 1000
 
 const runChecked = <C extends Command.Any, H, E, R>(
   bus: CommandBus.CommandBus<C, H, E, R>,
@@ -507,24 +515,28 @@ const runChecked = <C extends Command.Any, H, E, R>(
         store.renew(due, lease),
         (renewed) =>
           renewed !== undefined
-            ? runOne(renewed)
+            ? Effect.as(runOne(renewed), true)
             : Effect.logDebug("scheduled.lease-passed").pipe(
-              Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType })
+              Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType }),
+              Effect.as(false)
             )
       ).pipe(
         // One command's failure to be recorded (logged) does not stop the batch.
-        Effect.catchAllCause(stepFailed)
+        Effect.catchAllCause((cause) => Effect.as(stepFailed(cause), true))
       )
+    // Claims again at once after a full batch, unless none of it ran (every
+    // lease passed before its turn): then it waits, rather than claim and
+    // skip the same commands without pause.
     return Effect.forever(
       store.claim(batchSize, lease).pipe(
         Effect.flatMap((batch) =>
-          Effect.as(
-            Effect.forEach(batch, runLeased, { discard: true, concurrency: options.concurrency ?? 1 }),
-            batch.length
+          Effect.map(
+            Effect.forEach(batch, runLeased, { concurrency: options.concurrency ?? 1 }),
+            (ran) => batch.length === batchSize && ran.includes(true)
           )
         ),
-        Effect.catchAllCause((cause) => Effect.as(stepFailed(cause), 0)),
-        Effect.flatMap((ran) => ran < batchSize ? Effect.sleep(pollInterval) : Effect.void)
+        Effect.catchAllCause((cause) => Effect.as(stepFailed(cause), false)),
+        Effect.flatMap((more) => more ? Effect.void : Effect.sleep(pollInterval))
       )
     )
   })

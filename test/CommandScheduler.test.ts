@@ -91,6 +91,48 @@ describe("CommandScheduler", () => {
       }
     }).pipe(Effect.provide(Stores)))
 
+  // A lease of 0 passed before every command's turn: nothing ever ran, and
+  // the runner claimed again without pause (on PGlite, the process froze).
+  it.scoped("refuses a lease under 1 second, where it is started", () =>
+    Effect.gen(function*() {
+      const bus = makeBus(yield* Queue.unbounded<Command.Any & { readonly at: number }>(), { remaining: 0 })
+      for (const lease of [0, -5, "500 millis"] as const) {
+        for (
+          const [where, attempt] of [
+            ["CommandScheduler.start", CommandScheduler.start(bus, { lease })],
+            ["CommandScheduler.run", CommandScheduler.run(bus, { lease })],
+            ["CommandScheduler.start", Layer.launch(CommandScheduler.layer(bus, { lease }))]
+          ] as const
+        ) {
+          const exit = yield* Effect.exit(attempt as Effect.Effect<unknown>)
+          assert.include(String(Exit.isFailure(exit) && exit.cause), `${where}: lease must be at least 1 second`)
+        }
+      }
+    }).pipe(Effect.provide(Stores)))
+
+  it.scoped("waits after a full batch none of which ran (every lease passed before its turn)", () =>
+    Effect.gen(function*() {
+      const bus = makeBus(yield* Queue.unbounded<Command.Any & { readonly at: number }>(), { remaining: 0 })
+      let claims = 0
+      const passing = Layer.effect(
+        CommandScheduler.ScheduledCommands,
+        Effect.map(CommandScheduler.ScheduledCommands, (store): CommandScheduler.Store => ({
+          ...store,
+          claim: (limit, lease) => Effect.tap(store.claim(limit, lease), () => Effect.sync(() => claims++)),
+          renew: () => Effect.succeed(undefined)
+        }))
+      ).pipe(Layer.provideMerge(CommandScheduler.layerMemory))
+      yield* Effect.gen(function*() {
+        yield* CommandScheduler.schedule(new Remind({ orderId: "a" }), { at: new Date(0) })
+        yield* CommandScheduler.start(bus, { batchSize: 1, pollInterval: "1 second", lease: "1 second" })
+        for (let i = 0; i < 5; i++) {
+          yield* TestClock.adjust("1 second")
+          yield* settle
+        }
+      }).pipe(Effect.provide(passing))
+      assert.isAtMost(claims, 7)
+    }).pipe(Effect.provide(InMemory.layer)))
+
   it.scoped("dispatches a command when it is due, not before, with its metadata and a key of its own", () =>
     Effect.gen(function*() {
       const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()

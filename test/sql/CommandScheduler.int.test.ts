@@ -135,6 +135,24 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect(inMemory).toEqual([false, false, 0, 1])
       }))
 
+    it.effect("an id in upper case finds its command to cancel or retry, as in memory", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const onStore = Effect.gen(function*() {
+          const store = yield* CommandScheduler.ScheduledCommands
+          const id = yield* CommandScheduler.schedule(new Remind({ n: 1 }), { after: "1 hour" })
+          const other = yield* CommandScheduler.schedule(new Remind({ n: 2 }), { after: "1 hour" })
+          return [
+            yield* store.retry(other.toUpperCase()), // not failed: nothing to retry
+            yield* CommandScheduler.cancel(id.toUpperCase()),
+            (yield* store.list()).length
+          ]
+        })
+        const inMemory = yield* Effect.provide(onStore, CommandScheduler.layerMemory)
+        expect(yield* onStore).toEqual([false, true, 1])
+        expect(inMemory).toEqual([false, true, 1])
+      }))
+
     it.effect("a command whose encoded form is not JSON is refused when scheduled, in every store", () =>
       Effect.gen(function*() {
         class RemindAt extends Command.Class<RemindAt>()("RemindAt", {
