@@ -464,6 +464,8 @@ const onCurrentFiber = (f: (fiber: Fiber.RuntimeFiber<unknown, unknown>) => void
 export interface RetryOptions {
   /** Defaults to exponential backoff from 10 ms with jitter, at most 4 retries. */
   readonly schedule?: Schedule.Schedule<unknown, unknown>
+  /** Schedules by command tag, overriding `schedule`, as `timeoutPerCommand` does the deadline. */
+  readonly perCommand?: Readonly<Record<string, Schedule.Schedule<unknown, unknown>>>
 }
 
 /**
@@ -491,10 +493,12 @@ export const defaultRetrySchedule: Schedule.Schedule<unknown, unknown> = Schedul
  * @category middleware
  */
 export const retry = (options: RetryOptions = {}): Middleware => {
-  const schedule = options.schedule ?? defaultRetrySchedule
+  const fallback = options.schedule ?? defaultRetrySchedule
+  const byTag = new Map(Object.entries(options.perCommand ?? {}))
   return make("retry", (self, dispatch) => {
     const retryable = dispatch.definition.retryable
     if (retryable.length === 0) return self
+    const schedule = byTag.get(dispatch.command._tag) ?? fallback
     return Effect.suspend(() => {
       // Before-commit hooks that an attempt registers are that attempt's: a
       // retry starts from those registered before the first.

@@ -606,6 +606,19 @@ describe("Middleware", () => {
         yield* Effect.exit(retried.dispatch(new CloseAccount({ accountId })))
         assert.strictEqual(runs.close, 1)
       }).pipe(Effect.provide(InMemory.layer)))
+
+    it.effect("follows a command's own schedule where perCommand names its tag", () =>
+      Effect.gen(function*() {
+        const { bus, runs } = makeBus({ deposit: () => Effect.fail(conflict) })
+        const withSchedules = (perCommand: Record<string, Schedule.Schedule<unknown, unknown>>) =>
+          bus.pipe(CommandBus.withMiddleware(Middleware.retry({ schedule: Schedule.recurs(3), perCommand })))
+        yield* Effect.exit(
+          withSchedules({ Deposit: Schedule.recurs(1) }).dispatch(new Deposit({ accountId, amount: 1 }))
+        )
+        assert.strictEqual(runs.deposit, 2)
+        yield* Effect.exit(withSchedules({ Other: Schedule.recurs(1) }).dispatch(new Deposit({ accountId, amount: 1 })))
+        assert.strictEqual(runs.deposit, 2 + 4)
+      }).pipe(Effect.provide(InMemory.layer)))
   })
 
   // ---------------------------------------------------------------------------
