@@ -315,6 +315,26 @@ export interface RunOptions {
    * Default: exponential from 100 ms, 5 retries.
    */
   readonly retry?: Schedule.Schedule<unknown, unknown>
+  /**
+   * Told of each reaction that still fails after its retries (or cannot
+   * decode its event, or is parked behind a dead letter), after it is logged
+   * and before it becomes a dead letter under `follow`: to alert, or to
+   * count, as NestJS's `UnhandledExceptionBus` is subscribed to. Its own
+   * failure is logged (`reaction.on-failure-failed`) and stops nothing.
+   */
+  readonly onFailure?: (failure: ReactionFailure) => Effect.Effect<void>
+}
+
+/**
+ * A reaction that failed, as `RunOptions.onFailure` is told of it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ReactionFailure {
+  readonly reaction: string
+  readonly event: DomainEvent.Envelope
+  readonly cause: Cause.Cause<unknown>
 }
 
 /**
@@ -406,10 +426,23 @@ const reactor = <E, R>(reactions: ReadonlyArray<Reaction<E, R>>, options: RunOpt
     list.push(reaction)
     byType.set(reaction.eventType, list)
   }
+  const told = options.onFailure
+  const tell = (reaction: string, event: DomainEvent.Envelope, cause: Cause.Cause<unknown>) =>
+    told === undefined ? Effect.void : Effect.catchAllCause(
+      Effect.suspend(() => told({ reaction, event, cause })),
+      (failed) => unlessInterrupted(failed, Effect.logWarning("reaction.on-failure-failed", failed))
+    )
   const react = <X>(reaction: Reaction<E, R>, envelope: DomainEvent.Envelope, onFailure: OnFailure<X>) =>
     Effect.catchAllCause(
       measured(reaction, envelope, options),
-      (cause) => unlessInterrupted(cause, Effect.zipRight(logFailure(cause), onFailure(reaction.name, envelope, cause)))
+      (cause) =>
+        unlessInterrupted(
+          cause,
+          Effect.zipRight(
+            Effect.zipRight(logFailure(cause), tell(reaction.name, envelope, cause)),
+            onFailure(reaction.name, envelope, cause)
+          )
+        )
     ).pipe(
       annotated(reaction.name, envelope)
     )

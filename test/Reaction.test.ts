@@ -1,4 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -6,6 +7,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
+import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
@@ -315,6 +317,34 @@ describe("Reaction", () => {
       })
       assert.isNull(runner.unsafePoll(), "still running")
       yield* Fiber.interrupt(runner)
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  it.scoped("onFailure is told of each reaction that failed after its retries; its own failure stops nothing", () =>
+    Effect.gen(function*() {
+      const told: Array<string> = []
+      const done = yield* Queue.unbounded<string>()
+      const reaction = Reaction.make(OrderPlaced, (event) =>
+        event.orderId === "broken"
+          ? Effect.fail(new CardDeclined({ orderId: event.orderId }))
+          : Queue.offer(done, event.orderId), { name: "charge" })
+      const { logger } = capturedLogs()
+      yield* Reaction.start([reaction], {
+        retry: Schedule.recurs(1),
+        onFailure: ({ cause, event, reaction }) =>
+          Effect.suspend(() => {
+            told.push(
+              `${reaction} ${event.eventId} ${
+                (Option.getOrUndefined(Cause.failureOption(cause)) as { _tag?: string } | undefined)?._tag
+              }`
+            )
+            return told.length === 1 ? Effect.dieMessage("the alert failed too") : Effect.void
+          })
+      }).pipe(Effect.provide(logger))
+      const first = envelopeOf("OrderPlaced", { orderId: "broken", amount: 1 })
+      const second = envelopeOf("OrderPlaced", { orderId: "broken", amount: 2 })
+      yield* publish(first, second, envelopeOf("OrderPlaced", { orderId: "fine", amount: 3 }))
+      assert.strictEqual(yield* Queue.take(done), "fine")
+      assert.deepStrictEqual(told, [`charge ${first.eventId} CardDeclined`, `charge ${second.eventId} CardDeclined`])
     }).pipe(Effect.provide(InMemory.layer)))
 
   it.scoped("a payload its schema does not decode is logged as undecodable, not retried, and skipped", () =>
