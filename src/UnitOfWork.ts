@@ -95,6 +95,8 @@ export class UnitOfWork extends Context.Tag("effect-command-bus/UnitOfWork")<Uni
  */
 export const layerNone: Layer.Layer<UnitOfWork> = Layer.succeed(UnitOfWork, { transactional: (self) => self })
 
+const endedFirst = "the transaction this one is part of ended first (a fiber forked in it outlived it)"
+
 /**
  * The unit of work of the in-memory outbox (`Outbox.layerMemory`): the
  * events a dispatch appends are held until it succeeds, then appended and
@@ -125,10 +127,15 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
           if (ends.hasEnded(outermost.get(outer) ?? outer)) {
             return Effect.locally(transactional(self), currentPending, undefined)
           }
-          outermost.set(events, outermost.get(outer) ?? outer)
-          return Effect.map(Effect.locally(self, currentPending, events), (value) => {
+          const root = outermost.get(outer) ?? outer
+          outermost.set(events, root)
+          // One begun while the outer was open, by a fiber forked in it, may
+          // end after it: its events have no transaction left to join, as
+          // its statements would have no connection on a database.
+          return Effect.flatMap(Effect.locally(self, currentPending, events), (value) => {
+            if (ends.hasEnded(root)) return Effect.dieMessage(endedFirst)
             outer.push(...events)
-            return value
+            return Effect.succeed(value)
           })
         }
         ends.begin(events)

@@ -5,6 +5,7 @@
  * a handler that breaks its type, and lengths counted in code points.
  */
 import { assert, describe, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -280,5 +281,39 @@ describe("bus edges", () => {
       const outbox = yield* Outbox.Outbox
       const events = yield* outbox.read({ after: 0, limit: 10 })
       assert.deepStrictEqual(events.map((entry) => entry.event.aggregateId), ["outer", "forked"])
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  // Begun while the outer was open, it ended after: its events were pushed
+  // into the ended transaction's and never published, while it succeeded.
+  it.effect("a dispatch a forked fiber began in a handler's transaction, ending after it, fails as on a database", () =>
+    Effect.gen(function*() {
+      const started = yield* Deferred.make<void>()
+      const ended = yield* Deferred.make<void>()
+      let forked: Fiber.RuntimeFiber<unknown, unknown> | undefined
+      const bus: { readonly dispatch: (jot: Jot) => Effect.Effect<void, unknown, any> } = CommandBus.make([Jot], {
+        Jot: (command) =>
+          Effect.gen(function*() {
+            if (command.note === "outer") {
+              forked = yield* Effect.forkDaemon(bus.dispatch(new Jot({ note: "forked" })))
+              yield* Deferred.await(started)
+            } else {
+              yield* Deferred.succeed(started, undefined)
+              yield* Deferred.await(ended)
+            }
+            return Handler.result(undefined, [
+              DomainEvent.draft(
+                { aggregateType: "Note", aggregateId: command.note, aggregateVersion: 1 },
+                new Noted({ note: command.note })
+              )
+            ])
+          })
+      }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware()))
+      yield* bus.dispatch(new Jot({ note: "outer" }))
+      yield* Deferred.succeed(ended, undefined)
+      const exit = yield* Fiber.await(forked!)
+      assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause), String(exit))
+      const outbox = yield* Outbox.Outbox
+      const events = yield* outbox.read({ after: 0, limit: 10 })
+      assert.deepStrictEqual(events.map((entry) => entry.event.aggregateId), ["outer"])
     }).pipe(Effect.provide(InMemory.layer)))
 })

@@ -145,6 +145,29 @@ export const layer: Layer.Layer<UnitOfWork.UnitOfWork, never, SqlClient.SqlClien
 // transactions on a pg pool's connections
 // -----------------------------------------------------------------------------
 
+// What a transaction's connection runs its statements on once the
+// transaction's work is done: the pool's client may by then serve another
+// transaction, which a fiber forked in this one and still running (a
+// savepoint it began while this was open, a statement) would write into.
+// Refused, as PGlite refuses a connection used after its transaction.
+const ended = {
+  query: (...args: ReadonlyArray<unknown>) => {
+    const error = new Error(
+      "connection used after its transaction ended (a fiber forked in the transaction outlived it)"
+    )
+    // As `pg` answers: to the callback, or, without one, by the promise.
+    const callback = args[args.length - 1]
+    if (typeof callback !== "function") return Promise.reject(error)
+    callback(error)
+    return undefined
+  }
+}
+
+/** Points the connection (`@effect/sql-pg`'s, holding its client as `pg`) at `ended`. */
+const retire = (connection: object) => {
+  if ("pg" in connection) (connection as { pg: unknown }).pg = ended
+}
+
 type DefersBegin = Pick<PgPreparedClient.PreparedClient, "deferBegin" | "cancelDeferredBegin">
 
 /** A `PgPreparedClient`'s, which can send `BEGIN` with the next statement. */
@@ -408,17 +431,22 @@ const onPool = (sql: SqlClient.SqlClient, pool: Pg.Pool, ends: Ends) => {
         if (span !== undefined) inner = Context.add(inner, Tracer.ParentSpan, span)
         const writes: Array<HeldWrite> = []
         const holding = holdsWrites(held.client) ? held as Holding : undefined
+        // Until the work is done: a fiber forked in it that outlives it must
+        // not write into whatever transaction the connection serves next.
+        let open = true
         if (holding !== undefined) {
           inner = Context.add(inner, CommitWrites, {
             connection,
             hold: (sql, params, onFailure, makeSpan) => {
-              if (!holding.client.deferUntilCommit(sql, params)) return false
+              if (!open || !holding.client.deferUntilCommit(sql, params)) return false
               writes.push({ onFailure, span: makeSpan() })
               return true
             }
           })
         }
         return Effect.flatMap(Effect.exit(Effect.locally(restore(self), FiberRef.currentContext, inner)), (exit) => {
+          open = false
+          retire(connection)
           const committing = Exit.isSuccess(exit)
           if (span !== undefined) {
             const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)

@@ -398,4 +398,41 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`unit of wo
       expect(yield* stock("p-1")).toBe(1)
       expect(yield* stock("p-2")).toBe(5)
     }))
+
+  // Begun while the outer was open, it wrote after the outer had ended: on a
+  // pool, into the transaction the connection served next (another
+  // request's, which committed it as its own).
+  it.effect("a savepoint a forked fiber began in a transaction fails once that transaction's work is done", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      const unitOfWork = yield* UnitOfWork.UnitOfWork
+      const started = yield* Deferred.make<void>()
+      const ended = yield* Deferred.make<void>()
+      const forked = yield* unitOfWork.transactional(Effect.gen(function*() {
+        yield* restock("p-1", 1)
+        const fiber = yield* Effect.forkDaemon(unitOfWork.transactional(Effect.gen(function*() {
+          yield* Deferred.succeed(started, undefined)
+          yield* Deferred.await(ended)
+          yield* restock("p-2", 5)
+        })))
+        yield* Deferred.await(started)
+        return fiber
+      }))
+      const otherIn = yield* Deferred.make<void>()
+      const forkedDone = yield* Deferred.make<void>()
+      const other = yield* Effect.fork(unitOfWork.transactional(Effect.gen(function*() {
+        yield* restock("p-3", 7)
+        yield* Deferred.succeed(otherIn, undefined)
+        yield* Deferred.await(forkedDone)
+      })))
+      yield* Deferred.await(otherIn)
+      yield* Deferred.succeed(ended, undefined)
+      const exit = yield* Fiber.await(forked)
+      yield* Deferred.succeed(forkedDone, undefined)
+      yield* Fiber.join(other)
+      assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause), String(exit))
+      expect(yield* stock("p-1")).toBe(1)
+      expect(yield* stock("p-2")).toBe(0)
+      expect(yield* stock("p-3")).toBe(7)
+    }))
 })
