@@ -63,7 +63,8 @@ export interface Dispatch {
    * a dispatch past it end as its commit does rather than report a timeout
    * for work that committed; the idempotency middleware records the success
    * of one interrupted past it (a client that hung up), which committed.
-   * A commit that fails ends it: the dispatch may go on (a retry).
+   * A commit that fails ends it (the unit of work's `afterEnd` tells, even
+   * when an interruption hid the failure): the dispatch may go on (a retry).
    */
   committing: boolean
   /**
@@ -800,20 +801,29 @@ const notInherited = RuntimeFlags.make(RuntimeFlags.WindDown, RuntimeFlags.Inter
 export const transaction: Middleware<StoreUnavailable, UnitOfWork> = make(
   "transaction",
   (self, dispatch) =>
-    Effect.flatMap(UnitOfWork, (unitOfWork) =>
-      Effect.tapErrorCause(
-        unitOfWork.transactional(Effect.map(self, (value) => {
+    Effect.flatMap(UnitOfWork, (unitOfWork) => {
+      // The commit failed: nothing committed, and the dispatch may go on.
+      const uncommitted = () => {
+        if (!dispatch.committing) return Effect.void
+        dispatch.committing = false
+        const overdue = dispatch.overdue
+        dispatch.overdue = undefined
+        overdue?.()
+        return Effect.void
+      }
+      // The unit of work tells how its transaction ended even when the
+      // dispatch was interrupted meanwhile (a client that hung up during the
+      // commit), whose failure the runtime then drops from the error channel.
+      const afterEnd = unitOfWork.afterEnd
+      const work = afterEnd === undefined
+        ? self
+        : Effect.tap(self, () => afterEnd((committed) => committed ? Effect.void : Effect.suspend(uncommitted)))
+      return Effect.tapErrorCause(
+        unitOfWork.transactional(Effect.map(work, (value) => {
           dispatch.committing = true
           return value
         })),
-        // The commit failed: nothing committed, and the dispatch may go on.
-        () => {
-          if (!dispatch.committing) return Effect.void
-          dispatch.committing = false
-          const overdue = dispatch.overdue
-          dispatch.overdue = undefined
-          overdue?.()
-          return Effect.void
-        }
-      ))
+        uncommitted
+      )
+    })
 )

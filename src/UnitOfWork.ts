@@ -22,8 +22,10 @@ export interface Service {
   /**
    * Runs `self` in a transaction. Once `self` has succeeded, the commit is
    * not interrupted (an interruption is seen after its outcome), as
-   * `@effect/sql`'s `withTransaction` does: a dispatch that ends interrupted
-   * past that point, and with no other failure, committed.
+   * `@effect/sql`'s `withTransaction` does. A commit that fails while the
+   * caller is being interrupted ends interrupted all the same (the runtime
+   * drops the failure): `afterEnd` is how the caller learns it did not
+   * commit.
    */
   readonly transactional: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StoreUnavailable, R>
   /**

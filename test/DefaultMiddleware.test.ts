@@ -102,24 +102,39 @@ describe("defaultMiddleware", () => {
   // A held versioned write that meets its unique key at COMMIT, or a
   // serialization failure: the work succeeded, its commit did not, nothing
   // committed, and the retry goes on.
+  // One transaction at a time, telling `afterEnd` how it ended, as the real ones do.
   const failingCommits = (options: { readonly times: number; readonly takes: Duration.DurationInput }) => {
     const state = { commits: 0, failed: 0 }
+    const ends = UnitOfWork.makeEnds()
+    let current: object | undefined
     const layer = Layer.succeed(UnitOfWork.UnitOfWork, {
       transactional: <A, E, R>(self: Effect.Effect<A, E, R>) =>
-        Effect.flatMap(self, (value) =>
-          Effect.uninterruptible(Effect.zipRight(
-            Effect.sleep(options.takes),
-            Effect.suspend(() => {
-              if (state.failed < options.times) {
-                state.failed++
-                return Effect.fail(
-                  new CommandError.ConcurrencyConflict({ aggregateType: "X", aggregateId: "x", expectedVersion: 1 })
-                )
-              }
-              state.commits++
-              return Effect.succeed(value)
-            })
-          ))) as unknown as Effect.Effect<A, E, R> // the conflict is the handler's own, as a held write's is
+        Effect.suspend(() => {
+          const transaction = {}
+          current = transaction
+          ends.begin(transaction)
+          return Effect.onExit(
+            Effect.flatMap(self, (value) =>
+              Effect.uninterruptible(Effect.zipRight(
+                Effect.sleep(options.takes),
+                Effect.suspend(() => {
+                  if (state.failed < options.times) {
+                    state.failed++
+                    return Effect.fail(
+                      new CommandError.ConcurrencyConflict({ aggregateType: "X", aggregateId: "x", expectedVersion: 1 })
+                    )
+                  }
+                  state.commits++
+                  return Effect.succeed(value)
+                })
+              ))),
+            (exit) => {
+              current = undefined
+              return ends.run(transaction, Exit.isSuccess(exit))
+            }
+          )
+        }) as unknown as Effect.Effect<A, E, R>, // the conflict is the handler's own, as a held write's is
+      afterEnd: (end) => Effect.sync(() => current !== undefined && ends.add(current, end))
     })
     return { state, layer }
   }
@@ -172,6 +187,27 @@ describe("defaultMiddleware", () => {
       assert.isFalse(again.replayed)
       assert.isTrue(Exit.isSuccess(again.exit))
       assert.strictEqual(runs, 2)
+      assert.strictEqual(state.commits, 1)
+    }).pipe(Effect.provide(InMemory.layer)))
+
+  // The interruption reached the dispatch during the commit, and the runtime
+  // then dropped the commit's failure from the error channel: the dispatch
+  // passed for committed, and its success was recorded.
+  it.live("a client that hangs up during a commit that then fails: nothing recorded, the retry runs", () =>
+    Effect.gen(function*() {
+      const { layer, state } = failingCommits({ times: 1, takes: "200 millis" })
+      let runs = 0
+      const bus = CommandBus.make([Bump], {
+        Bump: () => Effect.sync(() => Handler.result({ ok: ++runs > 0 }))
+      }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware()))
+      const dispatch = Effect.provide(bus.dispatch(new Bump({ id: "x", userId: "u", idempotencyKey: "k" })), layer)
+      const fiber = yield* Effect.fork(dispatch)
+      yield* Effect.sleep("50 millis")
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(state.commits, 0)
+      const again = yield* Idempotency.observeReplay(dispatch)
+      assert.isFalse(again.replayed)
+      assert.isTrue(Exit.isSuccess(again.exit))
       assert.strictEqual(state.commits, 1)
     }).pipe(Effect.provide(InMemory.layer)))
 })
