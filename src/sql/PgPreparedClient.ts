@@ -470,7 +470,14 @@ export const make = (
       const params = typeof values === "function" ? undefined : values
       // A config with a callback of its own is answered there, as by `pg`.
       if (positional === undefined && typeof config?.callback === "function") {
-        const { callback: own, ...rest } = config
+        // Without the callback, and, for a class instance, with its getters
+        // (`text`, `values`), which a spread would leave behind.
+        const prototype = Object.getPrototypeOf(config)
+        const plain = prototype === Object.prototype || prototype === null
+        const { callback: own, ...spread } = config
+        const rest = plain
+          ? spread
+          : Object.create(config, { callback: { value: undefined, writable: true, enumerable: true } })
         this.query(rest, params, own)
         return undefined
       }
@@ -486,7 +493,10 @@ export const make = (
       }
       // Counted from the call: a statement queued behind one whose answer
       // never comes (a ROLLBACK after an interrupted statement) is bounded too.
-      const timer = setTimeout(() => this.close(answerTimeout), answerTimeout)
+      // The held writes it sends ahead each have a statement's time, as they
+      // do when they go with COMMIT.
+      const bound = Math.min(answerTimeout * (this.deferred.length + 1), maxTimerMillis)
+      const timer = setTimeout(() => this.close(bound), bound)
       return this.queryNow(config, params, (error: Error | null, result: unknown) => {
         clearTimeout(timer)
         done(error, result)

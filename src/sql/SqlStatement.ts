@@ -79,8 +79,9 @@ export class CommitWrites extends Context.Tag("effect-command-bus/sql/SqlStateme
  * transaction's `COMMIT`, to go out in the same exchange (`CommitWrites`):
  * one round trip less. Answers whether it held it; when it did not (no such
  * unit of work, inside a savepoint, a connection that cannot hold it), the
- * caller runs its write at once. A held write runs after any statement the
- * transaction sends later, and its error fails the commit, with what
+ * caller runs its write at once. A held write goes out with the `COMMIT`, or
+ * ahead of the next statement the transaction sends (so a later read sees
+ * it), and its error fails the commit, with what
  * `onFailure` makes of it: so a write whose outcome must decide the commit
  * (a row count) raises an error in SQL.
  *

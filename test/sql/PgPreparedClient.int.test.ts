@@ -608,6 +608,40 @@ describe.skipIf(url === undefined)("PgPreparedClient", () => {
           client.query({ text: "SELECT nope", callback: (error: Error | null) => resolve(error) } as Pg.QueryConfig)
         )
         expect(sqlState(failed)).toBe("42703")
+        // A class instance's getters are its config too (a spread left them behind).
+        class Statement {
+          get text() {
+            return "SELECT $1::int AS v"
+          }
+          readonly values = [5]
+          constructor(readonly callback: (error: Error | null, result?: Pg.QueryResult) => void) {}
+        }
+        const fromInstance = await new Promise((resolve) =>
+          client.query(
+            new Statement((error, result) => resolve(error ?? result!.rows)) as unknown as Pg.QueryConfig
+          )
+        )
+        expect(fromInstance).toEqual([{ v: 5 }])
       }))
+
+    // Sent ahead of a read, three held writes and the read shared one
+    // statement's time: the healthy connection was closed.
+    it(
+      "gives each held write sent ahead of a statement a statement's time",
+      () =>
+        withAnswerTimeout(1_500, async (client) => {
+          const prepared = client as unknown as PgPreparedClient.PreparedClient & Pg.Client
+          await client.query("CREATE TEMP TABLE slow (note text)")
+          await client.query("SET statement_timeout = 1000")
+          await client.query("BEGIN")
+          await client.query("SELECT $1::int", [1])
+          for (const note of ["d", "e", "f"]) {
+            expect(prepared.deferUntilCommit("INSERT INTO slow SELECT $1 FROM pg_sleep(0.7)", [note])).toBe(true)
+          }
+          expect((await client.query("SELECT count(*)::int AS n FROM slow")).rows).toEqual([{ n: 3 }])
+          await client.query("ROLLBACK")
+        }),
+      20_000
+    )
   })
 })
