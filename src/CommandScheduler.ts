@@ -205,9 +205,11 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
         add: ({ due, ...entry }) =>
           Effect.flatMap(DateTime.now, (now) =>
             Ref.update(entries, (map) =>
-              new Map(map).set(entry.id, {
+              // Kept in lower case, as PostgreSQL's uuid column gives it back.
+              new Map(map).set(entry.id.toLowerCase(), {
                 command: new ScheduledCommand({
                   ...entry,
+                  id: entry.id.toLowerCase(),
                   dueAt: "at" in due ? due.at : DateTime.addDuration(now, due.after),
                   state: "pending",
                   attempts: 0,

@@ -84,9 +84,12 @@ export interface Options {
  * @category utils
  */
 export const urlProblem = (url: string): string | undefined => {
+  // As written, lower case and first: the client turns TLS on only for a
+  // URL that begins `rediss://` (`REDISS://`, or one after a space, went
+  // without), where the URL parser would take either.
+  if (!/^rediss?:\/\//.test(url)) return "must be a redis:// or rediss:// URL"
   if (!URL.canParse(url)) return "must be a redis:// or rediss:// URL (with a port of 0 to 65535)"
   const parsed = new URL(url)
-  if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") return "must be a redis:// or rediss:// URL"
   if (parsed.hostname === "") return "must name a host"
   if (parsed.port === "0") return "must name a port of 1 to 65535"
   if (!/^(\/(\d{1,9})?)?$/.test(parsed.pathname)) return "must end in a database number (/0, /1, ...) or nothing"

@@ -235,9 +235,10 @@ export const idempotencyStore: Config.Config<IdempotencyStoreConfig> = Config.al
     if (Option.isNone(url)) {
       return Either.left(ConfigError.MissingData(["REDIS_URL"], "REDIS_URL is required with IDEMPOTENCY_STORE=redis"))
     }
-    const problem = RedisIdempotencyStore.urlProblem(Redacted.value(url.value).trim())
+    const trimmed = Redacted.value(url.value).trim()
+    const problem = RedisIdempotencyStore.urlProblem(trimmed)
     return problem === undefined
-      ? Either.right({ _tag: "Redis", url: url.value, timeout })
+      ? Either.right({ _tag: "Redis", url: Redacted.make(trimmed), timeout })
       : Either.left(ConfigError.InvalidData(["REDIS_URL"], problem))
   })
 )

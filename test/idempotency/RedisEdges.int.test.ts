@@ -129,7 +129,10 @@ describe.skipIf(!RedisServer.available())("the Redis store's deployment edges", 
         "redis://127.0.0.1:6379?maxRetriesPerRequest=5",
         "redis://127.0.0.1:6379?family=5",
         "http://127.0.0.1:6379",
-        "redis://:6379"
+        "redis://:6379",
+        // TLS or not is read from the URL as written: these would go without.
+        "REDISS://127.0.0.1:6379",
+        " rediss://127.0.0.1:6379"
       ]
     ) expect(RedisIdempotencyStore.urlProblem(url), url).toBeDefined()
     for (

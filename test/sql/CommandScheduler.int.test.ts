@@ -7,6 +7,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { expect, layer } from "@effect/vitest"
 import * as Clock from "effect/Clock"
+import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -151,6 +152,24 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         const inMemory = yield* Effect.provide(onStore, CommandScheduler.layerMemory)
         expect(yield* onStore).toEqual([false, true, 1])
         expect(inMemory).toEqual([false, true, 1])
+        // Added in upper case (through the store), it is found, failed and listed in lower case.
+        const added = Effect.gen(function*() {
+          const store = yield* CommandScheduler.ScheduledCommands
+          const id = "6F1C3C0E-4A59-4A57-9D3E-5D1C7D3F2B10"
+          yield* store.add({
+            id,
+            commandType: "Remind",
+            command: { _tag: "Remind", n: 3 },
+            due: { at: DateTime.unsafeMake(0) }
+          })
+          const [due] = yield* store.claim(10, Duration.minutes(1))
+          yield* store.fail(due!, "boom")
+          return (yield* store.list({ state: "failed" })).map((command) => command.id)
+        })
+        yield* TestDatabase.truncateAll
+        const failedInSql = yield* added
+        expect(failedInSql).toEqual(["6f1c3c0e-4a59-4a57-9d3e-5d1c7d3f2b10"])
+        expect(yield* Effect.provide(added, CommandScheduler.layerMemory)).toEqual(failedInSql)
       }))
 
     it.effect("a command whose encoded form is not JSON is refused when scheduled, in every store", () =>
