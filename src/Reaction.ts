@@ -15,6 +15,7 @@
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
@@ -28,7 +29,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
-import { createHash } from "node:crypto"
+import { createHash, randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
 import type { StoreUnavailable } from "./CommandError.js"
@@ -36,7 +37,7 @@ import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
 import * as Idempotency from "./Idempotency.js"
 import { failureOf, interruptedItself, stored, survived, unlessInterrupted } from "./internal/cause.js"
-import { pageSize, positiveCounts } from "./internal/limit.js"
+import { pageSize, positiveCounts, storedMillis } from "./internal/limit.js"
 import { compareCodePoints } from "./internal/text.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
@@ -560,6 +561,18 @@ export interface CheckpointStore {
   readonly save: (name: string, position: number) => Effect.Effect<void, StoreUnavailable>
   /** Sets the position, backwards too: `replay`. */
   readonly reset: (name: string, position: number) => Effect.Effect<void, StoreUnavailable>
+  /**
+   * Takes the name for `owner`, or keeps it, until `lease` from now (by the
+   * store's clock): true when it is `owner`'s, being free, lapsed or its
+   * own already. `follow` claims before each batch, so that one follower of
+   * a name runs at a time, in one process or many. Optional: without it,
+   * every follower of a name runs.
+   */
+  readonly claim?:
+    | ((name: string, owner: string, lease: Duration.Duration) => Effect.Effect<boolean, StoreUnavailable>)
+    | undefined
+  /** Gives the name up, when `owner` holds it: another follower takes it at once. */
+  readonly release?: ((name: string, owner: string) => Effect.Effect<void, StoreUnavailable>) | undefined
 }
 
 /**
@@ -580,10 +593,22 @@ export class Checkpoints extends Context.Tag("effect-command-bus/Reaction/Checkp
  */
 export const layerCheckpointsMemory: Layer.Layer<Checkpoints> = Layer.sync(Checkpoints, () => {
   const positions = new Map<string, number>()
+  const owners = new Map<string, { readonly owner: string; readonly until: number }>()
   return {
     load: (name) => Effect.sync(() => positions.get(name) ?? 0),
     save: (name, position) => Effect.sync(() => void positions.set(name, Math.max(positions.get(name) ?? 0, position))),
-    reset: (name, position) => Effect.sync(() => void positions.set(name, position))
+    reset: (name, position) => Effect.sync(() => void positions.set(name, position)),
+    claim: (name, owner, lease) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        const held = owners.get(name)
+        if (held !== undefined && held.owner !== owner && held.until > now) return false
+        owners.set(name, { owner, until: now + storedMillis(lease) })
+        return true
+      }),
+    release: (name, owner) =>
+      Effect.sync(() => {
+        if (owners.get(name)?.owner === owner) owners.delete(name)
+      })
   }
 })
 
@@ -816,6 +841,15 @@ export interface FollowOptions extends RunOptions {
    * its own.
    */
   readonly sequencing?: "none" | "aggregate"
+  /**
+   * How long a follower holds its name, renewed before each batch, where the
+   * store claims names (`CheckpointStore.claim`; the memory and SQL stores
+   * do): meanwhile other followers of the name, in this process or another,
+   * wait, and one of them takes over when it stops (at once) or its lease
+   * lapses (a crash). Keep it above what a batch takes to run. Default 30
+   * seconds; at least 1 second.
+   */
+  readonly lease?: Duration.DurationInput
 }
 
 /**
@@ -824,8 +858,10 @@ export interface FollowOptions extends RunOptions {
  * unlike `start`, it catches up on the events committed while it was not
  * running, and a restart goes on where the last run stopped. An event whose
  * reactions ran but whose checkpoint was not saved (a crash in between) runs
- * again: make reactions idempotent (`dispatch` is). Run one `follow` per name
- * at a time. It wakes when the publisher delivers an event, and reads the log
+ * again: make reactions idempotent (`dispatch` is). One follower of a name
+ * runs at a time, in one process or many, where the checkpoint store claims
+ * names (the memory and SQL ones do; see `FollowOptions.lease`): the others
+ * wait, and one takes over where it stopped. It wakes when the publisher delivers an event, and reads the log
  * every `pollInterval` regardless. Returns the fiber it runs in, in the scope.
  *
  * A reaction that still fails after its retries (or cannot decode its event)
@@ -851,27 +887,39 @@ export const follow = <const Rs extends ReadonlyArray<Any>>(
 > =>
   // Refused here, where the caller sees it, rather than by the first read of
   // the log inside the follower's fiber.
-  checked("Reaction.follow", reactions, { batchSize: options.batchSize }, () =>
-    Effect.flatMap(
-      EventPublisher,
-      (publisher) =>
-        Effect.flatMap(publisher.subscribe, (published) =>
-          Effect.flatMap(Queue.sliding<void>(1), (wake) =>
-            // The subscription is only a wake-up: drained as events come, so a
-            // follower busy catching up does not hold every one published
-            // meanwhile in memory.
-            Effect.zipRight(
-              Effect.forkScoped(
-                Effect.forever(
-                  Effect.zipRight(
-                    Effect.zipRight(Queue.take(published), Queue.takeAll(published)),
-                    Queue.offer(wake, void 0)
+  options.lease !== undefined && !(Duration.toMillis(Duration.decode(options.lease)) >= 1000)
+    ? Effect.dieMessage(`Reaction.follow: lease must be at least 1 second, got ${Duration.format(options.lease)}`)
+    : checked("Reaction.follow", reactions, { batchSize: options.batchSize }, () =>
+      Effect.flatMap(
+        Effect.zip(EventPublisher, Checkpoints),
+        ([publisher, checkpoints]) =>
+          Effect.flatMap(publisher.subscribe, (published) =>
+            Effect.flatMap(Queue.sliding<void>(1), (wake) =>
+              // The subscription is only a wake-up: drained as events come, so a
+              // follower busy catching up does not hold every one published
+              // meanwhile in memory.
+              Effect.zipRight(
+                Effect.forkScoped(
+                  Effect.forever(
+                    Effect.zipRight(
+                      Effect.zipRight(Queue.take(published), Queue.takeAll(published)),
+                      Queue.offer(wake, void 0)
+                    )
                   )
+                ),
+                Effect.flatMap(
+                  // Stopped, it gives its name up for another follower to take at once.
+                  Effect.sync(() => randomUUID()),
+                  (owner) =>
+                    Effect.zipRight(
+                      checkpoints.release === undefined ?
+                        Effect.void :
+                        Effect.addFinalizer(() => Effect.ignore(checkpoints.release!(name, owner))),
+                      Effect.forkScoped(followLoop(name, owner, wake, reactions, options))
+                    )
                 )
-              ),
-              Effect.forkScoped(followLoop(name, wake, reactions, options))
-            )))
-    ))
+              )))
+      ))
 
 // After a wake-up that found nothing new, the log is read again this soon:
 // the relay publishes a batch before its commit makes it readable.
@@ -879,6 +927,7 @@ const settleMillis = [5, 10, 20, 40, 80, 160, 320]
 
 const followLoop = <E, R>(
   name: string,
+  owner: string,
   wake: Queue.Dequeue<void>,
   reactions: ReadonlyArray<Reaction<E, R>>,
   options: FollowOptions
@@ -902,50 +951,72 @@ const followLoop = <E, R>(
     Effect.raceFirst(Effect.as(Queue.take(wake), true), Effect.as(Effect.sleep(duration), false))
   const idle = waitFor(pollInterval)
   const pollMillis = Duration.toMillis(pollInterval)
+  const lease = Duration.decode(options.lease ?? "30 seconds")
+  // Whether this follower held the name at its last claim.
+  let holding: boolean | undefined
+  const claimed = (checkpoints: CheckpointStore): Effect.Effect<boolean, StoreUnavailable> =>
+    checkpoints.claim === undefined ? Effect.succeed(true) : Effect.flatMap(
+      checkpoints.claim(name, owner, lease),
+      (held) => {
+        const before = holding
+        holding = held
+        // Not told: no change, or a follower that holds the name from the start.
+        if (held === before || (held && before === undefined)) return Effect.succeed(held)
+        return Effect.as(
+          held
+            ? Effect.logInfo("reaction.follower-active")
+            : before === undefined
+            ? Effect.logInfo("reaction.follower-standby")
+            : Effect.logWarning("reaction.follower-lost"),
+          held
+        )
+      }
+    )
   const step = Effect.flatMap(
     Effect.all([Checkpoints, Outbox, DeadLetters]),
     ([checkpoints, outbox, deadLetters]) =>
-      Effect.flatMap(
-        Effect.zipRight(
-          sequenced ? Effect.map(deadLetters.sequences(name), (found) => reset(parked, found)) : Effect.void,
-          checkpoints.load(name)
-        ),
-        (after) =>
-          Effect.flatMap(outbox.read({ after, limit: batchSize }), (batch) =>
-            Effect.as(
-              Effect.forEach(
-                batch,
-                (stored) =>
-                  Effect.zipRight(
-                    Effect.suspend(() => {
-                      at.position = stored.position
-                      return react(stored.event, (reaction, event, cause) =>
-                        Effect.tap(
-                          deadLetters.add({
-                            follower: name,
-                            reaction,
-                            position: stored.position,
-                            event,
-                            reason: reasonOf(cause)
-                          }),
-                          () => {
-                            if (sequenced) {
-                              const key = sequenceKey(reaction, event)
-                              parked.set(key, Math.min(parked.get(key) ?? stored.position, stored.position))
+      Effect.flatMap(claimed(checkpoints), (held) =>
+        !held ? Effect.succeed(0) : Effect.flatMap(
+          Effect.zipRight(
+            sequenced ? Effect.map(deadLetters.sequences(name), (found) => reset(parked, found)) : Effect.void,
+            checkpoints.load(name)
+          ),
+          (after) =>
+            Effect.flatMap(outbox.read({ after, limit: batchSize }), (batch) =>
+              Effect.as(
+                Effect.forEach(
+                  batch,
+                  (stored) =>
+                    Effect.zipRight(
+                      Effect.suspend(() => {
+                        at.position = stored.position
+                        return react(stored.event, (reaction, event, cause) =>
+                          Effect.tap(
+                            deadLetters.add({
+                              follower: name,
+                              reaction,
+                              position: stored.position,
+                              event,
+                              reason: reasonOf(cause)
+                            }),
+                            () => {
+                              if (sequenced) {
+                                const key = sequenceKey(reaction, event)
+                                parked.set(key, Math.min(parked.get(key) ?? stored.position, stored.position))
+                              }
+                              return Metric.increment(
+                                Metric.tagged(Metric.tagged(deadLettersTotal, "follower", name), "reaction", reaction)
+                              )
                             }
-                            return Metric.increment(
-                              Metric.tagged(Metric.tagged(deadLettersTotal, "follower", name), "reaction", reaction)
-                            )
-                          }
-                        ))
-                    }),
-                    checkpoints.save(name, stored.position)
-                  ),
-                { discard: true }
-              ),
-              batch.length
-            ))
-      )
+                          ))
+                      }),
+                      checkpoints.save(name, stored.position)
+                    ),
+                  { discard: true }
+                ),
+                batch.length
+              ))
+        ))
   )
   // Events read, or -1 for a step that failed (logged).
   const read = Effect.catchAllCause(

@@ -383,6 +383,27 @@ describe("Reaction", () => {
       }
     }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 
+  it.scoped("follow: a lease under 1 second is refused when it starts", () =>
+    Effect.gen(function*() {
+      for (const lease of [0, "999 millis"] as const) {
+        const exit = yield* Effect.exit(Reaction.follow("orders", [], { lease }))
+        assert.include(String(Exit.isFailure(exit) && exit.cause), "Reaction.follow: lease must be at least 1 second")
+      }
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+
+  it.effect("the memory checkpoints lease a name as the SQL ones do: by owner, until it lapses or is released", () =>
+    Effect.gen(function*() {
+      const checkpoints = yield* Reaction.Checkpoints
+      const claim = (owner: string) => checkpoints.claim!("n", owner, Duration.seconds(10))
+      assert.deepStrictEqual([yield* claim("a"), yield* claim("a"), yield* claim("b")], [true, true, false])
+      yield* TestClock.adjust("10 seconds")
+      assert.deepStrictEqual([yield* claim("b"), yield* claim("a")], [true, false])
+      yield* checkpoints.release!("n", "a")
+      assert.isFalse(yield* claim("a"))
+      yield* checkpoints.release!("n", "b")
+      assert.isTrue(yield* claim("a"))
+    }).pipe(Effect.provide(Reaction.layerCheckpointsMemory)))
+
   it.scoped("start, follow and redrive refuse two reactions of one name, which would share keys and dead letters", () =>
     Effect.gen(function*() {
       const payments = yield* Queue.unbounded<TakePayment>()

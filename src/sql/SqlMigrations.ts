@@ -200,6 +200,10 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
           USING ERRCODE = '${claimLostState}';
       END
     $$`
+  ],
+  // Which follower of a name runs (`Reaction.follow`), and until when.
+  "11_reaction_checkpoints_owner": [
+    `ALTER TABLE reaction_checkpoints ADD COLUMN owner text, ADD COLUMN lease_expires_at timestamptz`
   ]
 }
 

@@ -7,6 +7,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Column from "../internal/column.js"
 import * as Reaction from "../Reaction.js"
 import * as SqlFailure from "./SqlFailure.js"
 
@@ -38,7 +39,24 @@ export const make: Effect.Effect<Reaction.CheckpointStore, never, SqlClient.SqlC
         ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()`.pipe(
         Effect.asVoid,
         SqlFailure.classify
-      )
+      ),
+    // Free, lapsed or its own: the row's lock makes one claimant win.
+    claim: (name, owner, lease) =>
+      sql<{ readonly owner: string }>`
+        INSERT INTO reaction_checkpoints (name, position, updated_at, owner, lease_expires_at)
+        VALUES (${name}, 0, now(), ${owner}, ${Column.fromNow(sql, lease)})
+        ON CONFLICT (name) DO UPDATE
+          SET owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at
+          WHERE reaction_checkpoints.owner IS NULL OR reaction_checkpoints.owner = EXCLUDED.owner
+            OR reaction_checkpoints.lease_expires_at <= statement_timestamp()
+        RETURNING owner`.withoutTransform.pipe(
+        Effect.map((rows) => rows.length === 1),
+        SqlFailure.classify
+      ),
+    release: (name, owner) =>
+      sql`
+        UPDATE reaction_checkpoints SET owner = NULL, lease_expires_at = NULL
+        WHERE name = ${name} AND owner = ${owner}`.pipe(Effect.asVoid, SqlFailure.classify)
   })
 )
 

@@ -8,6 +8,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { expect, layer } from "@effect/vitest"
 import * as DateTime from "effect/DateTime"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
@@ -307,5 +308,55 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       const reactions = names.map((name) => Reaction.make(Counted, () => Effect.void, { name }))
       expect(yield* Reaction.redrive("f", reactions)).toEqual({ resolved: 2, failed: 0, unmatched: 0, held: 0 })
       expect(yield* deadLetters.list("f")).toEqual([])
+    }))
+
+  // Two instances of an app each following one name ran every event twice,
+  // and moved one checkpoint in turn.
+  it.scoped("one follower of a name runs at a time; another takes over when it stops, where it stopped", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      yield* Layer.build(OutboxRelay.layer({ pollInterval: "50 millis" }))
+      const seenByA = yield* Queue.unbounded<number>()
+      const seenByB = yield* Queue.unbounded<number>()
+      const options = { pollInterval: "100 millis", lease: "10 seconds" } as const
+      const a = yield* Scope.make()
+      yield* Reaction.follow("shared", counting(seenByA), options).pipe(Scope.extend(a))
+      const checkpoints = yield* Reaction.Checkpoints
+      // A holds the name before B starts (a probe that finds it free holds it for 1 ms).
+      yield* Effect.flatMap(
+        Effect.suspend(() => checkpoints.claim!("shared", randomUUID(), Duration.millis(1))),
+        (free) => free ? Effect.fail(new Error("the name is still free")) : Effect.void
+      ).pipe(Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 250 }))
+      yield* Reaction.follow("shared", counting(seenByB), options)
+      yield* commit(1, 4)
+      expect(yield* nextSeen(seenByA, 4)).toEqual([1, 2, 3, 4])
+      yield* Effect.sleep("500 millis")
+      expect(yield* Queue.size(seenByB)).toBe(0)
+      // A stops: B takes the name at once (not after the lease), and goes on from 4.
+      yield* Scope.close(a, Exit.void)
+      yield* commit(5, 6)
+      expect(yield* nextSeen(seenByB, 2)).toEqual([5, 6])
+      expect(yield* Queue.size(seenByA)).toBe(0)
+    }))
+
+  it.effect("a name's lease: taken when free, kept by its owner, refused to another until it lapses or is released", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      const checkpoints = yield* Reaction.Checkpoints
+      const claim = (owner: string, lease = Duration.seconds(30)) => checkpoints.claim!("n", owner, lease)
+      expect(yield* claim("a")).toBe(true)
+      expect(yield* claim("a")).toBe(true)
+      expect(yield* claim("b")).toBe(false)
+      yield* checkpoints.release!("n", "b")
+      expect(yield* claim("b")).toBe(false)
+      yield* checkpoints.release!("n", "a")
+      expect(yield* claim("b", Duration.millis(200))).toBe(true)
+      expect(yield* claim("a")).toBe(false)
+      yield* Effect.sleep("300 millis")
+      expect(yield* claim("a")).toBe(true)
+      // The position is the checkpoint's own, whoever holds the name.
+      yield* checkpoints.save("n", 7)
+      expect(yield* claim("c", Duration.seconds(1))).toBe(false)
+      expect(yield* checkpoints.load("n")).toBe(7)
     }))
 })
