@@ -46,6 +46,19 @@ class Jot extends Command.Class<Jot>()("Jot", {
   failure: Schema.Never
 }) {}
 
+/** A jot's result: its note, as an event. */
+const jotted = (note: string) =>
+  Handler.result(undefined, [
+    DomainEvent.draft({ aggregateType: "Note", aggregateId: note, aggregateVersion: 1 }, new Noted({ note }))
+  ])
+
+/** The notes the outbox holds, in order. */
+const publishedNotes = Effect.flatMap(
+  Outbox.Outbox,
+  (outbox) =>
+    Effect.map(outbox.read({ after: 0, limit: 10 }), (events) => events.map((entry) => entry.event.aggregateId))
+)
+
 describe("bus edges", () => {
   // 1. Middleware.timeout on the live clock: a deadline >= 2^31 ms (Infinity, "30 days")
   // goes to setTimeout, which clamps it to 1 ms.
@@ -267,20 +280,13 @@ describe("bus edges", () => {
                 Effect.zipRight(Deferred.await(ended), Effect.orDie(bus.dispatch(new Jot({ note: "forked" }))))
               )
             }
-            return Handler.result(undefined, [
-              DomainEvent.draft(
-                { aggregateType: "Note", aggregateId: command.note, aggregateVersion: 1 },
-                new Noted({ note: command.note })
-              )
-            ])
+            return jotted(command.note)
           })
       }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware()))
       yield* bus.dispatch(new Jot({ note: "outer" }))
       yield* Deferred.succeed(ended, undefined)
       assert.isTrue(Exit.isSuccess(yield* Fiber.await(forked!)))
-      const outbox = yield* Outbox.Outbox
-      const events = yield* outbox.read({ after: 0, limit: 10 })
-      assert.deepStrictEqual(events.map((entry) => entry.event.aggregateId), ["outer", "forked"])
+      assert.deepStrictEqual(yield* publishedNotes, ["outer", "forked"])
     }).pipe(Effect.provide(InMemory.layer)))
 
   // Begun while the outer was open, it ended after: its events were pushed
@@ -300,20 +306,13 @@ describe("bus edges", () => {
               yield* Deferred.succeed(started, undefined)
               yield* Deferred.await(ended)
             }
-            return Handler.result(undefined, [
-              DomainEvent.draft(
-                { aggregateType: "Note", aggregateId: command.note, aggregateVersion: 1 },
-                new Noted({ note: command.note })
-              )
-            ])
+            return jotted(command.note)
           })
       }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware()))
       yield* bus.dispatch(new Jot({ note: "outer" }))
       yield* Deferred.succeed(ended, undefined)
       const exit = yield* Fiber.await(forked!)
       assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause), String(exit))
-      const outbox = yield* Outbox.Outbox
-      const events = yield* outbox.read({ after: 0, limit: 10 })
-      assert.deepStrictEqual(events.map((entry) => entry.event.aggregateId), ["outer"])
+      assert.deepStrictEqual(yield* publishedNotes, ["outer"])
     }).pipe(Effect.provide(InMemory.layer)))
 })
