@@ -842,12 +842,11 @@ export interface FollowOptions extends RunOptions {
    */
   readonly sequencing?: "none" | "aggregate"
   /**
-   * How long a follower holds its name, renewed before each batch, where the
+   * How long a follower holds its name, renewed every third of it, where the
    * store claims names (`CheckpointStore.claim`; the memory and SQL stores
    * do): meanwhile other followers of the name, in this process or another,
    * wait, and one of them takes over when it stops (at once) or its lease
-   * lapses (a crash). Keep it above what a batch takes to run. Default 30
-   * seconds; at least 1 second.
+   * lapses (a crash). Default 30 seconds; at least 1 second.
    */
   readonly lease?: Duration.DurationInput
 }
@@ -908,18 +907,24 @@ export const follow = <const Rs extends ReadonlyArray<Any>>(
                   )
                 ),
                 Effect.flatMap(
-                  // Stopped, it gives its name up for another follower to take at once.
                   Effect.sync(() => randomUUID()),
                   (owner) =>
-                    Effect.zipRight(
-                      checkpoints.release === undefined ?
-                        Effect.void :
-                        Effect.addFinalizer(() => Effect.ignore(checkpoints.release!(name, owner))),
-                      Effect.forkScoped(followLoop(name, owner, wake, reactions, options))
+                    Effect.forkScoped(
+                      // Stopped (its fiber interrupted, or its scope closed), it
+                      // gives its name up for another follower to take at once.
+                      checkpoints.release === undefined
+                        ? followLoop(name, owner, wake, reactions, options)
+                        : Effect.ensuring(
+                          followLoop(name, owner, wake, reactions, options),
+                          Effect.ignore(checkpoints.release(name, owner))
+                        )
                     )
                 )
               )))
       ))
+
+// What a step of a follower that does not hold its name reads.
+const standby = -2
 
 // After a wake-up that found nothing new, the log is read again this soon:
 // the relay publishes a batch before its commit makes it readable.
@@ -972,11 +977,27 @@ const followLoop = <E, R>(
         )
       }
     )
+  // While a batch runs, its lease is renewed a third of the way through
+  // each lease, so that a batch may take longer than one (a reaction that
+  // retries, a dispatch that waits on a key): done once the name is lost,
+  // which ends the batch, rather than run it beside the follower that took
+  // the name over.
+  const renewEvery = Duration.millis(Duration.toMillis(lease) / 3)
+  const untilLost = (checkpoints: CheckpointStore) =>
+    Effect.repeat(
+      Effect.zipRight(
+        Effect.sleep(renewEvery),
+        Effect.catchAllCause(claimed(checkpoints), (cause) =>
+          // Not reached: told, and tried again at the next turn.
+          Effect.as(survived("reaction.store-unavailable", "reaction.store-failed")(cause), true))
+      ),
+      { while: (held) => held }
+    )
   const step = Effect.flatMap(
     Effect.all([Checkpoints, Outbox, DeadLetters]),
     ([checkpoints, outbox, deadLetters]) =>
       Effect.flatMap(claimed(checkpoints), (held) =>
-        !held ? Effect.succeed(0) : Effect.flatMap(
+        !held ? Effect.succeed(standby) : Effect.flatMap(
           Effect.zipRight(
             sequenced ? Effect.map(deadLetters.sequences(name), (found) => reset(parked, found)) : Effect.void,
             checkpoints.load(name)
@@ -1015,16 +1036,25 @@ const followLoop = <E, R>(
                   { discard: true }
                 ),
                 batch.length
+              ).pipe((run) =>
+                checkpoints.claim === undefined || batch.length === 0
+                  ? run
+                  : Effect.raceFirst(run, Effect.as(untilLost(checkpoints), standby))
               ))
         ))
   )
-  // Events read, or -1 for a step that failed (logged).
+  // Events read, -1 for a step that failed (logged), or `standby`.
   const read = Effect.catchAllCause(
     step,
     (cause) => Effect.as(survived("reaction.store-unavailable", "reaction.store-failed")(cause), -1)
   )
   const loop = (woken: boolean, settled: number): Effect.Effect<never, never, Outbox | Checkpoints | DeadLetters | R> =>
     Effect.flatMap(read, (count) => {
+      // Another follower holds the name: asked again a poll later, whatever
+      // is published meanwhile (it is that follower's to run).
+      if (count === standby) {
+        return Effect.flatMap(Effect.zipRight(Effect.sleep(pollInterval), Queue.takeAll(wake)), () => loop(false, 0))
+      }
       if (count >= batchSize) return loop(false, 0)
       const wait = settleMillis[settled]
       if (woken && count === 0 && wait !== undefined && wait < pollMillis) {
