@@ -438,13 +438,10 @@ const sortKeyOf = (value: unknown): string => {
 // one form) by their values, so that insertion order never counts.
 const sortedBy = <A>(values: Iterable<A>, key: (value: A) => string, then?: (value: A) => string): Array<A> =>
   Array.from(values, (value) => [key(value), value] as const)
-    .sort(([a, x], [b, y]) => {
-      if (a !== b) return a < b ? -1 : 1
-      if (then === undefined) return 0
-      const [c, d] = [then(x), then(y)]
-      return c < d ? -1 : c > d ? 1 : 0
-    })
+    .sort(([a, x], [b, y]) => order(a, b) || (then === undefined ? 0 : order(then(x), then(y))))
     .map(([, value]) => value)
+
+const order = (a: string, b: string): number => a < b ? -1 : a > b ? 1 : 0
 
 // Called with the holder as `this`: its own value, before `toJSON` (a
 // `Redacted`'s writes "<redacted>" whatever it hides).

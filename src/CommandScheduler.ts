@@ -31,7 +31,14 @@ import type * as CommandBus from "./CommandBus.js"
 import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
 import { failureOf, stored, survived } from "./internal/cause.js"
 import * as JsonValue from "./internal/json.js"
-import { minStoredEpochMillis, pageSize, positiveCounts, storedDuration, storedMillis } from "./internal/limit.js"
+import {
+  leaseOfASecond,
+  minStoredEpochMillis,
+  pageSize,
+  positiveCounts,
+  storedDuration,
+  storedMillis
+} from "./internal/limit.js"
 import * as Tracing from "./Tracing.js"
 
 /**
@@ -204,19 +211,21 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
       return {
         add: ({ due, ...entry }) =>
           Effect.flatMap(DateTime.now, (now) =>
-            Ref.update(entries, (map) =>
+            Ref.update(entries, (map) => {
               // Kept in lower case, as PostgreSQL's uuid column gives it back.
-              new Map(map).set(entry.id.toLowerCase(), {
+              const id = entry.id.toLowerCase()
+              return new Map(map).set(id, {
                 command: new ScheduledCommand({
                   ...entry,
-                  id: entry.id.toLowerCase(),
+                  id,
                   dueAt: "at" in due ? due.at : DateTime.addDuration(now, due.after),
                   state: "pending",
                   attempts: 0,
                   retries: 0
                 }),
                 leasedUntil: 0
-              }))),
+              })
+            })),
         cancel: (id) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
             Ref.modify(entries, (map) => {
@@ -453,18 +462,15 @@ export const run = <C extends Command.Any, H, E, R>(
   checkedCounts("CommandScheduler.run", options, () => runChecked(bus, options))
 
 // A batch of 0 would claim nothing and never wait; a concurrency or attempt
-// count below 1 means nothing either. A lease shorter than a claim and its
-// renewal take passes before its command's turn: nothing would ever run.
+// count below 1 means nothing either; nor does a lease that lapses before
+// its command's turn.
 const checkedCounts = <A, E, R>(where: string, options: RunOptions, self: () => Effect.Effect<A, E, R>) =>
-  options.lease !== undefined && !(Duration.toMillis(Duration.decode(options.lease)) >= minimumLeaseMillis)
-    ? Effect.dieMessage(`${where}: lease must be at least 1 second, got ${Duration.format(options.lease)}`)
-    : positiveCounts(where, {
+  leaseOfASecond(where, options.lease, () =>
+    positiveCounts(where, {
       batchSize: options.batchSize,
       concurrency: options.concurrency,
       maxAttempts: options.maxAttempts
-    }, self)
-
-const minimumLeaseMillis = 1000
+    }, self))
 
 const runChecked = <C extends Command.Any, H, E, R>(
   bus: CommandBus.CommandBus<C, H, E, R>,

@@ -37,7 +37,7 @@ import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
 import * as Idempotency from "./Idempotency.js"
 import { failureOf, interruptedItself, stored, survived, unlessInterrupted } from "./internal/cause.js"
-import { pageSize, positiveCounts, storedMillis } from "./internal/limit.js"
+import { leaseOfASecond, pageSize, positiveCounts, storedMillis } from "./internal/limit.js"
 import { compareCodePoints } from "./internal/text.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
@@ -886,9 +886,8 @@ export const follow = <const Rs extends ReadonlyArray<Any>>(
 > =>
   // Refused here, where the caller sees it, rather than by the first read of
   // the log inside the follower's fiber.
-  options.lease !== undefined && !(Duration.toMillis(Duration.decode(options.lease)) >= 1000)
-    ? Effect.dieMessage(`Reaction.follow: lease must be at least 1 second, got ${Duration.format(options.lease)}`)
-    : checked("Reaction.follow", reactions, { batchSize: options.batchSize }, () =>
+  leaseOfASecond("Reaction.follow", options.lease, () =>
+    checked("Reaction.follow", reactions, { batchSize: options.batchSize }, () =>
       Effect.flatMap(
         Effect.zip(EventPublisher, Checkpoints),
         ([publisher, checkpoints]) =>
@@ -907,7 +906,9 @@ export const follow = <const Rs extends ReadonlyArray<Any>>(
                   )
                 ),
                 Effect.flatMap(
-                  Effect.sync(() => randomUUID()),
+                  Effect.sync(() =>
+                    randomUUID()
+                  ),
                   (owner) =>
                     Effect.forkScoped(
                       // Stopped (its fiber interrupted, or its scope closed), it
@@ -921,7 +922,7 @@ export const follow = <const Rs extends ReadonlyArray<Any>>(
                     )
                 )
               )))
-      ))
+      )))
 
 // What a step of a follower that does not hold its name reads.
 const standby = -2
@@ -983,13 +984,14 @@ const followLoop = <E, R>(
   // which ends the batch, rather than run it beside the follower that took
   // the name over.
   const renewEvery = Duration.millis(Duration.toMillis(lease) / 3)
+  // A store that cannot be reached, or fails, is logged, and the step or the
+  // renewal tried again at its next turn.
+  const survive = survived("reaction.store-unavailable", "reaction.store-failed")
   const untilLost = (checkpoints: CheckpointStore) =>
     Effect.repeat(
       Effect.zipRight(
         Effect.sleep(renewEvery),
-        Effect.catchAllCause(claimed(checkpoints), (cause) =>
-          // Not reached: told, and tried again at the next turn.
-          Effect.as(survived("reaction.store-unavailable", "reaction.store-failed")(cause), true))
+        Effect.catchAllCause(claimed(checkpoints), (cause) => Effect.as(survive(cause), true))
       ),
       { while: (held) => held }
     )
@@ -1046,7 +1048,7 @@ const followLoop = <E, R>(
   // Events read, -1 for a step that failed (logged), or `standby`.
   const read = Effect.catchAllCause(
     step,
-    (cause) => Effect.as(survived("reaction.store-unavailable", "reaction.store-failed")(cause), -1)
+    (cause) => Effect.as(survive(cause), -1)
   )
   const loop = (woken: boolean, settled: number): Effect.Effect<never, never, Outbox | Checkpoints | DeadLetters | R> =>
     Effect.flatMap(read, (count) => {

@@ -124,12 +124,10 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
       Effect.flatMap(FiberRef.get(currentPending), (outer) => {
         const events: Array<DomainEvent.Envelope> = []
         if (outer !== undefined) {
+          const root = outermost.get(outer) ?? outer
           // A fiber forked in a transaction that outlived it: its events
           // are its own transaction's, appended outside the ended one.
-          if (ends.hasEnded(outermost.get(outer) ?? outer)) {
-            return Effect.locally(transactional(self), currentPending, undefined)
-          }
-          const root = outermost.get(outer) ?? outer
+          if (ends.hasEnded(root)) return Effect.locally(transactional(self), currentPending, undefined)
           outermost.set(events, root)
           // One begun while the outer was open, by a fiber forked in it, may
           // end after it: its events have no transaction left to join, as

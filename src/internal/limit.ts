@@ -75,3 +75,19 @@ export const positiveCounts = <A, E, R>(
   }
   return self()
 }
+
+/**
+ * Refuses, as `positiveCounts` does, a lease under 1 second: one shorter
+ * than a claim and its renewal take lapses before its holder can act on it,
+ * so nothing would ever run.
+ *
+ * @internal
+ */
+export const leaseOfASecond = <A, E, R>(
+  where: string,
+  lease: Duration.DurationInput | undefined,
+  self: () => Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> =>
+  lease !== undefined && !(Duration.toMillis(Duration.decode(lease)) >= 1000)
+    ? Effect.dieMessage(`${where}: lease must be at least 1 second, got ${Duration.format(lease)}`)
+    : self()
