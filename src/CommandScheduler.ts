@@ -4,7 +4,9 @@
  * the time it is due; `run` dispatches the due ones through a bus. With the
  * SQL store (`effect-command-bus/sql`), scheduling from inside a handler
  * writes in the dispatch's transaction: the command is scheduled if and only
- * if the one that scheduled it commits.
+ * if the one that scheduled it commits. A key (`schedule`'s options) names a
+ * command, so that scheduling again under it replaces it (or keeps it), and
+ * `cancelKey` drops it, with no id to keep.
  *
  * Delivery is at least once: a runner that stops between a dispatch and its
  * record runs it again once the lease has passed. A scheduled command without
@@ -25,6 +27,7 @@ import * as Metric from "effect/Metric"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
+import * as Struct from "effect/Struct"
 import { randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
@@ -60,8 +63,35 @@ export class ScheduledCommand extends Schema.Class<ScheduledCommand>("ScheduledC
   /** Times an operator ran it again with `retry`. */
   retries: Schema.Int,
   /** The last failure, as `Cause.pretty` renders it (at most 4000 characters). */
-  lastError: Schema.optionalWith(Schema.String, { exact: true })
+  lastError: Schema.optionalWith(Schema.String, { exact: true }),
+  /**
+   * The key it was scheduled under (`schedule`'s `key`), if any: a command
+   * scheduled without one, or before keys existed, has none.
+   */
+  key: Schema.optionalWith(Schema.String, { exact: true })
 }) {}
+
+/**
+ * A scheduling key: 1 to 255 characters (code points), storable text, as an
+ * idempotency key. Validate one built from outside input with it before
+ * `schedule`, which refuses a bad key as a defect.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Key = Command.TextOfLength(1, 255).pipe(Schema.annotations({ identifier: "ScheduleKey" }))
+
+const isKey = Schema.is(Key)
+
+/**
+ * What `schedule` does when a command is already pending under its key:
+ * `replace` it (the new command, at the new time: a debounce), or `keep` it
+ * (and answer its id).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type OnConflict = "replace" | "keep"
 
 /**
  * When a stored command is due: at a time, or after a delay from now by the
@@ -156,6 +186,32 @@ export interface Store {
     readonly state?: "pending" | "failed"
     readonly limit?: number
   }) => Effect.Effect<ReadonlyArray<ScheduledCommand>, StoreUnavailable>
+  /**
+   * Keeps a command under `key`, of which at most one is pending at a time
+   * (failed ones do not count), and answers the id of the one pending under
+   * it after. With one pending already: `replace` puts this one in its place
+   * (the new id, command and due time, its attempts and failure cleared);
+   * `keep` leaves it and answers its id. A pending command a runner holds
+   * (its lease has not passed) is running: `keep` answers it; `replace`
+   * leaves it to run to its outcome, retries included, under no key, and
+   * keeps this one under the key. Optional, as it came after the others:
+   * `schedule` with a key dies on a store without it.
+   */
+  readonly addKeyed?:
+    | ((entry: {
+      readonly id: string
+      readonly key: string
+      readonly commandType: string
+      readonly command: unknown
+      readonly due: DueTime
+      readonly onConflict: OnConflict
+    }) => Effect.Effect<string, StoreUnavailable>)
+    | undefined
+  /**
+   * Drops the command pending under `key` unless a runner holds it; false
+   * when there is none, or a runner is running it. Optional as `addKeyed` is.
+   */
+  readonly cancelKey?: ((key: string) => Effect.Effect<boolean, StoreUnavailable>) | undefined
 }
 
 /**
@@ -193,9 +249,15 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
       let leases = 0
       const holds = (entry: MemoryEntry | undefined, due: Due) =>
         entry !== undefined && entry.command.attempts === due.attempts && entry.lease === due.lease
+      const pendingUnder = (map: Map<string, MemoryEntry>, key: string) => {
+        for (const entry of map.values()) {
+          if (entry.command.state === "pending" && entry.command.key === key) return entry
+        }
+        return undefined
+      }
       const update = (
         id: string,
-        f: (command: ScheduledCommand) => ScheduledCommand | undefined,
+        f: (command: ScheduledCommand, map: Map<string, MemoryEntry>) => ScheduledCommand | undefined,
         leasedAs?: Due
       ) =>
         Ref.modify(entries, (map) => {
@@ -204,7 +266,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
           const entry = map.get(key)
           const next = entry === undefined || (leasedAs !== undefined && !holds(entry, leasedAs))
             ? undefined
-            : f(entry.command)
+            : f(entry.command, map)
           if (next === undefined) return [false, map]
           return [true, new Map(map).set(key, { command: next, leasedUntil: 0 })]
         })
@@ -303,10 +365,13 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
           ),
         retry: (id) =>
           Effect.flatMap(DateTime.now, (now) =>
-            update(id, (command) =>
+            update(id, (command, map) =>
               command.state === "failed"
                 ? new ScheduledCommand({
-                  ...command,
+                  // Its key is another's now, if one was scheduled under it since.
+                  ...(command.key !== undefined && pendingUnder(map, command.key) !== undefined
+                    ? Struct.omit(command, "key")
+                    : command),
                   state: "pending",
                   dueAt: now,
                   attempts: 0,
@@ -319,7 +384,48 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               .map(({ command }) => command)
               .filter((command) => options?.state === undefined || command.state === options.state)
               .sort((a, b) => a.dueAt.epochMillis - b.dueAt.epochMillis)
-              .slice(0, pageSize(options?.limit)))
+              .slice(0, pageSize(options?.limit))),
+        addKeyed: ({ due, key, onConflict, ...entry }) =>
+          Effect.flatMap(Clock.currentTimeMillis, (now) =>
+            Ref.modify(entries, (map) => {
+              const id = entry.id.toLowerCase()
+              const added: MemoryEntry = {
+                command: new ScheduledCommand({
+                  ...entry,
+                  id,
+                  key,
+                  dueAt: "at" in due ? due.at : DateTime.unsafeMake(now + storedMillis(due.after)),
+                  state: "pending",
+                  attempts: 0,
+                  retries: 0
+                }),
+                leasedUntil: 0
+              }
+              const pending = pendingUnder(map, key)
+              if (pending === undefined) return [id, new Map(map).set(id, added)]
+              if (onConflict === "keep") return [pending.command.id, map]
+              const next = new Map(map)
+              // A running one runs on to its outcome, under no key: taken
+              // back, it would be lost (its failure and retries unrecorded).
+              if (pending.leasedUntil > now) {
+                next.set(pending.command.id, {
+                  ...pending,
+                  command: new ScheduledCommand(Struct.omit(pending.command, "key"))
+                })
+              } else {
+                next.delete(pending.command.id)
+              }
+              return [id, next.set(id, added)]
+            })),
+        cancelKey: (key) =>
+          Effect.flatMap(Clock.currentTimeMillis, (now) =>
+            Ref.modify(entries, (map) => {
+              const pending = pendingUnder(map, key)
+              if (pending === undefined || pending.leasedUntil > now) return [false, map]
+              const next = new Map(map)
+              next.delete(pending.command.id)
+              return [true, next]
+            }))
       }
     }
   )
@@ -334,6 +440,30 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
 export type When = { readonly at: DateTime.DateTime | Date } | { readonly after: Duration.DurationInput }
 
 /**
+ * `schedule`'s options: a key that names the command, so that it can be
+ * replaced or cancelled by the key rather than by an id kept somewhere.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ScheduleOptions {
+  /**
+   * At most one command is pending under a key (`payment-reminder:<orderId>`);
+   * failed ones do not count. 1 to 255 characters (`Key`).
+   */
+  readonly key: string
+  /**
+   * With one pending under the key already: `replace` it with this one (the
+   * new command and due time, under a new id: a debounce), or `keep` it and
+   * answer its id. Default `replace`. A pending command a runner is running
+   * counts as pending: `keep` answers it; `replace` does not take it back
+   * from its runner (it runs to its outcome, retries included, under no
+   * key) and schedules this one under the key.
+   */
+  readonly onConflict?: OnConflict | undefined
+}
+
+/**
  * Stores `command` to be dispatched when it is due, and returns its id (for
  * `cancel`). Inside a dispatch on the SQL stores, this is part of the
  * dispatch's transaction; a handler, whose error channel holds its domain
@@ -343,18 +473,32 @@ export type When = { readonly at: DateTime.DateTime | Date } | { readonly after:
  * (spread `Command.causedBy(...)` into it to chain it to the command that
  * schedules it).
  *
+ * With a `key` (`ScheduleOptions`), the id returned is that of the command
+ * pending under the key afterwards: this one's, or, with `keep`, the one
+ * that was there. A key that is not 1 to 255 characters of storable text is
+ * refused as a defect, as a command that is not JSON is: keys are made by
+ * the program (validate one built from input with `Key`). So is a key on a
+ * store without `addKeyed`.
+ *
  * @since 0.1.0
  * @category scheduling
  */
 export const schedule = (
   command: Command.Any,
-  when: When
+  when: When,
+  options?: ScheduleOptions
 ): Effect.Effect<string, StoreUnavailable, ScheduledCommands> =>
   Effect.gen(function*() {
     const definition = (command as object).constructor as Command.AnyClass
     if (!Schema.isSchema(definition)) {
       return yield* Effect.dieMessage(
         `CommandScheduler.schedule: ${command._tag} is not an instance of a command class`
+      )
+    }
+    if (options !== undefined && !isKey(options.key)) {
+      return yield* Effect.dieMessage(
+        `CommandScheduler.schedule: a key must be 1 to 255 characters of text without NUL characters ` +
+          `or unpaired surrogates, got ${describeKey(options.key)}`
       )
     }
     const encoded = yield* Effect.orDie(Schema.encodeUnknown(definition)(command))
@@ -375,9 +519,42 @@ export const schedule = (
       : { after: storedDuration(when.after) }
     const id = randomUUID()
     const store = yield* ScheduledCommands
-    yield* store.add({ id, commandType: command._tag, command: encoded, due })
-    return id
+    const entry = { id, commandType: command._tag, command: encoded, due }
+    if (options === undefined) {
+      yield* store.add(entry)
+      return id
+    }
+    if (store.addKeyed === undefined) return yield* withoutKeys("CommandScheduler.schedule")
+    return yield* store.addKeyed({ ...entry, key: options.key, onConflict: options.onConflict ?? "replace" })
   })
+
+// A store written before keys has neither member: a key there would be
+// ignored, and an at-most-one the caller counts on silently broken.
+const withoutKeys = (where: string) =>
+  Effect.dieMessage(`${where}: the ScheduledCommands store keeps no keys (it has no addKeyed and cancelKey)`)
+
+// Its length, not its text: a key may carry what the caller keeps private.
+const describeKey = (key: unknown): string =>
+  typeof key === "string" ? `${[...key].length} characters` : `a ${typeof key}`
+
+/**
+ * Drops the command pending under `key` (`ScheduleOptions.key`); false when
+ * there is none, or a runner is running it now, as `cancel`. A failed
+ * command is not pending: `cancel` it by its id. Dies on a store without
+ * `cancelKey`.
+ *
+ * @since 0.1.0
+ * @category scheduling
+ */
+export const cancelKey = (key: string): Effect.Effect<boolean, StoreUnavailable, ScheduledCommands> =>
+  Effect.flatMap(ScheduledCommands, (store) =>
+    store.cancelKey === undefined
+      ? withoutKeys("CommandScheduler.cancelKey")
+      // No command is kept under a key `schedule` refuses, as none under an
+      // id that is no UUID.
+      : isKey(key)
+      ? store.cancelKey(key)
+      : Effect.succeed(false))
 
 /**
  * Drops a scheduled command that has not run (or failed for good); false

@@ -1,4 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -425,4 +426,177 @@ describe("CommandScheduler", () => {
       yield* store.complete(third!)
       assert.deepStrictEqual(yield* list(), [])
     }).pipe(Effect.provide(Stores)))
+})
+
+describe("CommandScheduler keys", () => {
+  const orderIdOf = (scheduled: CommandScheduler.ScheduledCommand) =>
+    (scheduled.command as { readonly orderId: string }).orderId
+
+  it.scoped("one command pending under a key: replace puts the new one in its place (a debounce), keep leaves it", () =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const key = "payment-reminder:o-1"
+      const first = yield* CommandScheduler.schedule(new Remind({ orderId: "first" }), { after: "10 minutes" }, { key })
+      const second = yield* CommandScheduler.schedule(new Remind({ orderId: "second" }), { after: "20 minutes" }, {
+        key,
+        onConflict: "replace"
+      })
+      assert.notStrictEqual(second, first)
+      const kept = yield* CommandScheduler.schedule(new Remind({ orderId: "third" }), { after: "1 minute" }, {
+        key,
+        onConflict: "keep"
+      })
+      assert.strictEqual(kept, second)
+      // Another key, and no key, are apart.
+      yield* CommandScheduler.schedule(new Remind({ orderId: "other" }), { after: "30 minutes" }, { key: "other" })
+      yield* CommandScheduler.schedule(new Remind({ orderId: "plain" }), { after: "40 minutes" })
+      assert.deepStrictEqual(
+        (yield* list()).map((scheduled) => [scheduled.id === second, orderIdOf(scheduled), scheduled.key]),
+        [[true, "second", key], [false, "other", "other"], [false, "plain", undefined]]
+      )
+      assert.isFalse(yield* CommandScheduler.cancel(first), "replaced: gone")
+
+      yield* CommandScheduler.start(makeBus(ran, { remaining: 0 }), { pollInterval: "1 minute" })
+      yield* TestClock.adjust("15 minutes")
+      assert.strictEqual(yield* Queue.size(ran), 0, "not at the first one's time")
+      yield* TestClock.adjust("5 minutes")
+      const got = yield* Queue.take(ran)
+      assert.deepStrictEqual([(got as unknown as Remind).orderId, got.at, got.idempotencyKey], [
+        "second",
+        20 * 60 * 1000,
+        `scheduled:${second}`
+      ])
+      yield* settle
+      // Run and gone: the key is free again.
+      const next = yield* CommandScheduler.schedule(new Remind({ orderId: "next" }), { after: "1 hour" }, {
+        key,
+        onConflict: "keep"
+      })
+      assert.notStrictEqual(next, second)
+    }).pipe(Effect.provide(Stores)))
+
+  it.scoped("a failed command does not hold its key; retried while another holds it, it runs under none", () =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const key = "charge:o-1"
+      const declined = yield* CommandScheduler.schedule(new Charge({ orderId: "o-1", amount: 5000 }), { after: 0 }, {
+        key
+      })
+      yield* CommandScheduler.start(makeBus(ran, { remaining: 0 }), { pollInterval: "10 seconds" })
+      yield* Queue.take(ran)
+      yield* settle
+      const [failed] = yield* list("failed")
+      assert.deepStrictEqual([failed!.id, failed!.key], [declined, key])
+      assert.isFalse(yield* CommandScheduler.cancelKey(key), "a failed one is not pending")
+      // With its key free, a retried one keeps it (and fails again).
+      assert.isTrue(yield* CommandScheduler.retry(declined))
+      assert.deepStrictEqual((yield* list()).map((scheduled) => [scheduled.id, scheduled.key]), [[declined, key]])
+      yield* TestClock.adjust("10 seconds")
+      yield* Queue.take(ran)
+      yield* settle
+      assert.deepStrictEqual((yield* list("failed")).map((scheduled) => [scheduled.id, scheduled.key]), [[
+        declined,
+        key
+      ]])
+
+      const again = yield* CommandScheduler.schedule(new Charge({ orderId: "o-1", amount: 10 }), { after: "1 hour" }, {
+        key,
+        onConflict: "keep"
+      })
+      assert.notStrictEqual(again, declined)
+      assert.isTrue(yield* CommandScheduler.retry(declined))
+      assert.deepStrictEqual(
+        (yield* list("pending")).map((scheduled) => [scheduled.id, scheduled.key]),
+        [[declined, undefined], [again, key]]
+      )
+    }).pipe(Effect.provide(Stores)))
+
+  it.scoped("a command a runner is running under a key: not cancelled, kept by keep, and replace neither loses nor reruns it", () =>
+    Effect.gen(function*() {
+      const runs: Array<string> = []
+      const conflicts = { remaining: 1 }
+      // "slow" takes 10 s, then fails once with a failure that may pass.
+      const bus = CommandBus.make([Remind, Charge], {
+        Remind: (command) => Effect.sync(() => runs.push(command.orderId)).pipe(Effect.as(Handler.result(undefined))),
+        Charge: (command) =>
+          Effect.sync(() => runs.push(command.orderId)).pipe(
+            Effect.zipRight(Effect.sleep("10 seconds")),
+            Effect.zipRight(
+              conflicts.remaining-- > 0 ? Effect.fail(conflict) : Effect.succeed(Handler.result(undefined))
+            )
+          )
+      })
+      const key = "payment:o-1"
+      const slow = yield* CommandScheduler.schedule(new Charge({ orderId: "slow", amount: 1 }), { after: 0 }, { key })
+      yield* CommandScheduler.start(bus, { pollInterval: "1 second" })
+      yield* settle
+      assert.deepStrictEqual(runs, ["slow"])
+      assert.isFalse(yield* CommandScheduler.cancelKey(key), "running: too late")
+      assert.strictEqual(
+        yield* CommandScheduler.schedule(new Remind({ orderId: "kept?" }), { after: 0 }, { key, onConflict: "keep" }),
+        slow
+      )
+      const next = yield* CommandScheduler.schedule(new Remind({ orderId: "next" }), { after: "1 minute" }, { key })
+      assert.deepStrictEqual(
+        (yield* list()).map((scheduled) => [scheduled.id, scheduled.key]),
+        [[slow, undefined], [next, key]]
+      )
+      // "slow" fails (a conflict), runs again after its backoff, and completes.
+      for (let i = 0; i < 30; i++) {
+        yield* TestClock.adjust("1 second")
+        yield* settle
+      }
+      assert.deepStrictEqual(runs, ["slow", "slow"])
+      assert.deepStrictEqual((yield* list()).map((scheduled) => scheduled.id), [next])
+      yield* TestClock.adjust("40 seconds")
+      yield* settle
+      assert.deepStrictEqual(runs, ["slow", "slow", "next"])
+      assert.deepStrictEqual(yield* list(), [])
+    }).pipe(Effect.provide(Stores)))
+
+  it.effect("a key that is not 1 to 255 characters of text is refused as a defect; cancelKey finds nothing under it", () =>
+    Effect.gen(function*() {
+      const longest = "\u{1F600}".repeat(255) // 255 characters, 510 UTF-16 units
+      assert.isString(yield* CommandScheduler.schedule(new Remind({ orderId: "o" }), { after: 0 }, { key: longest }))
+      assert.isTrue(yield* CommandScheduler.cancelKey(longest))
+      for (const [key, length] of [["", 0], ["k".repeat(256), 256], ["a\u0000b", 3], ["a\uD800b", 3]] as const) {
+        const exit = yield* Effect.exit(CommandScheduler.schedule(new Remind({ orderId: "o" }), { after: 0 }, { key }))
+        assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
+        assert.include(
+          String(Exit.isFailure(exit) && exit.cause),
+          `CommandScheduler.schedule: a key must be 1 to 255 characters of text without NUL characters or unpaired surrogates, got ${length} characters`
+        )
+        assert.isFalse(yield* CommandScheduler.cancelKey(key))
+      }
+      assert.deepStrictEqual(yield* list(), [])
+    }).pipe(Effect.provide(Stores)))
+
+  it.effect("a store without addKeyed and cancelKey keeps commands without a key, and dies on one", () =>
+    Effect.gen(function*() {
+      const withoutKeys = Layer.effect(
+        CommandScheduler.ScheduledCommands,
+        Effect.map(CommandScheduler.ScheduledCommands, ({ addKeyed: _, cancelKey: __, ...store }) => store)
+      ).pipe(Layer.provide(CommandScheduler.layerMemory))
+      yield* Effect.gen(function*() {
+        assert.isString(yield* CommandScheduler.schedule(new Remind({ orderId: "o" }), { after: 0 }))
+        for (
+          const [where, attempt] of [
+            [
+              "CommandScheduler.schedule",
+              CommandScheduler.schedule(new Remind({ orderId: "o" }), { after: 0 }, { key: "k" })
+            ],
+            ["CommandScheduler.cancelKey", CommandScheduler.cancelKey("k")]
+          ] as const
+        ) {
+          const exit = yield* Effect.exit(
+            attempt as Effect.Effect<unknown, unknown, CommandScheduler.ScheduledCommands>
+          )
+          assert.include(
+            String(Exit.isFailure(exit) && exit.cause),
+            `${where}: the ScheduledCommands store keeps no keys (it has no addKeyed and cancelKey)`
+          )
+        }
+        assert.strictEqual((yield* list()).length, 1)
+      }).pipe(Effect.provide(withoutKeys))
+    }))
 })

@@ -204,6 +204,15 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
   // Which follower of a name runs (`Reaction.follow`), and until when.
   "11_reaction_checkpoints_owner": [
     `ALTER TABLE reaction_checkpoints ADD COLUMN owner text, ADD COLUMN lease_expires_at timestamptz`
+  ],
+  // A scheduled command's key (`CommandScheduler.schedule`'s `key`): at most
+  // one pending under each, which the index holds between transactions and
+  // `INSERT ... ON CONFLICT` names. Rows from before have none; the column
+  // has no default, so no row is rewritten.
+  "12_scheduled_commands_key": [
+    `ALTER TABLE scheduled_commands ADD COLUMN key text CHECK (char_length(key) BETWEEN 1 AND 255)`,
+    `CREATE UNIQUE INDEX scheduled_commands_key ON scheduled_commands (key)
+      WHERE state = 'pending' AND key IS NOT NULL`
   ]
 }
 

@@ -7,6 +7,7 @@
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -19,6 +20,13 @@ import * as SqlFailure from "./SqlFailure.js"
 // An id that is no UUID names no scheduled command (the column's type would refuse it).
 const isUuid = Schema.is(Schema.UUID)
 
+// Nor does a key `schedule` refuses (PostgreSQL's text refuses a NUL).
+const isKey = Schema.is(CommandScheduler.Key)
+
+// A retry that took a key another transaction was taking: that one had it
+// first (the retry's check could not see it before it committed).
+const isUniqueViolation = (error: SqlError) => SqlFailure.sqlState(error) === "23505"
+
 interface Row {
   readonly id: string
   readonly command_type: string
@@ -28,6 +36,7 @@ interface Row {
   readonly attempts: number
   readonly retries: number
   readonly last_error: string | null
+  readonly key: string | null
 }
 
 const toScheduled = (row: Row): CommandScheduler.ScheduledCommand =>
@@ -39,7 +48,8 @@ const toScheduled = (row: Row): CommandScheduler.ScheduledCommand =>
     state: row.state,
     attempts: row.attempts,
     retries: row.retries,
-    ...(row.last_error === null ? {} : { lastError: row.last_error })
+    ...(row.last_error === null ? {} : { lastError: row.last_error }),
+    ...(row.key === null ? {} : { key: row.key })
   }, { disableValidation: true })
 
 /**
@@ -67,7 +77,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
     // A delay is counted from the database's clock at the statement
     // (`statement_timestamp()`), the clock claims compare with.
     const dueAt = (due: CommandScheduler.DueTime) => "at" in due ? at(due.at) : Column.fromNow(sql, due.after)
-    return {
+    const store: CommandScheduler.Store = {
       add: (entry) =>
         sql`
         INSERT INTO scheduled_commands (id, command_type, command, due_at, state, attempts)
@@ -134,23 +144,91 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         sql`
         UPDATE scheduled_commands SET state = 'failed', last_error = ${error}, lease_expires_at = NULL
         WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
+      // A failed command keeps its key; pending again, it gives it up if
+      // another has been scheduled under it since.
       retry: (id) =>
-        !isUuid(id) ? Effect.succeed(false) : sql`
-        UPDATE scheduled_commands
-        SET state = 'pending', due_at = statement_timestamp(), attempts = 0, retries = retries + 1, lease_expires_at = NULL
-        WHERE id = ${id} AND state = 'failed' RETURNING id`.withoutTransform.pipe(
+        !isUuid(id) ? Effect.succeed(false) : sql.withTransaction(
+          sql`
+        UPDATE scheduled_commands AS s
+        SET state = 'pending', due_at = statement_timestamp(), attempts = 0, retries = retries + 1, lease_expires_at = NULL,
+          key = CASE WHEN EXISTS (
+            SELECT 1 FROM scheduled_commands AS o WHERE o.key = s.key AND o.state = 'pending'
+          ) THEN NULL ELSE s.key END
+        WHERE id = ${id} AND state = 'failed' RETURNING id`.withoutTransform
+        ).pipe(
+          // A savepoint of the caller's transaction, if any: the violation
+          // aborts only it, and the statement, run again, sees the other.
+          Effect.retry({ while: isUniqueViolation }),
           Effect.map((rows) => rows.length > 0),
           SqlFailure.classify
         ),
       list: (options) =>
         sql<Row>`
-        SELECT id, command_type, command, due_at, state, attempts, retries, last_error FROM scheduled_commands
+        SELECT id, command_type, command, due_at, state, attempts, retries, last_error, key FROM scheduled_commands
         WHERE ${options?.state === undefined ? sql`true` : sql`state = ${options.state}`}
         ORDER BY due_at, id LIMIT ${pageSize(options?.limit)}`.withoutTransform.pipe(
           Effect.map((rows) => rows.map(toScheduled)),
           SqlFailure.classify
+        ),
+      addKeyed: (entry) => SqlFailure.classify(addKeyed(entry)),
+      cancelKey: (key) =>
+        !isKey(key) ? Effect.succeed(false) : sql`
+        DELETE FROM scheduled_commands
+        WHERE key = ${key} AND state = 'pending'
+          AND (lease_expires_at IS NULL OR lease_expires_at <= statement_timestamp())
+        RETURNING id`.withoutTransform.pipe(
+          Effect.map((rows) => rows.length > 0),
+          SqlFailure.classify
         )
     }
+
+    // The unique index on pending keys decides between transactions that
+    // schedule under one key at once: the later one waits for the earlier
+    // to commit, then replaces or keeps its command, as it would one
+    // committed before. What the statements cannot do alone, they repeat:
+    // each repetition follows a change another transaction committed.
+    type Keyed = Parameters<NonNullable<CommandScheduler.Store["addKeyed"]>>[0]
+    const addKeyed = (entry: Keyed): Effect.Effect<string, SqlError> =>
+      entry.onConflict === "keep"
+        ? Effect.flatMap(
+          sql<{ readonly id: string }>`
+          INSERT INTO scheduled_commands (id, key, command_type, command, due_at, state, attempts)
+          VALUES (${entry.id}, ${entry.key}, ${entry.commandType}, ${JSON.stringify(entry.command)}::jsonb,
+            ${dueAt(entry.due)}, 'pending', 0)
+          ON CONFLICT (key) WHERE state = 'pending' AND key IS NOT NULL DO NOTHING
+          RETURNING id`.withoutTransform,
+          (added) =>
+            added.length > 0 ? Effect.succeed(added[0]!.id) : Effect.flatMap(
+              sql<{ readonly id: string }>`
+              SELECT id FROM scheduled_commands WHERE key = ${entry.key} AND state = 'pending'`.withoutTransform,
+              // Gone meanwhile (run, failed or cancelled): the key is free.
+              (kept) => kept.length > 0 ? Effect.succeed(kept[0]!.id) : addKeyed(entry)
+            )
+        )
+        : Effect.flatMap(
+          // Replaced where it is (under the new id, so that its run has an
+          // idempotency key of its own), unless a runner holds it.
+          sql<{ readonly id: string }>`
+          INSERT INTO scheduled_commands AS s (id, key, command_type, command, due_at, state, attempts)
+          VALUES (${entry.id}, ${entry.key}, ${entry.commandType}, ${JSON.stringify(entry.command)}::jsonb,
+            ${dueAt(entry.due)}, 'pending', 0)
+          ON CONFLICT (key) WHERE state = 'pending' AND key IS NOT NULL DO UPDATE
+          SET id = excluded.id, command_type = excluded.command_type, command = excluded.command,
+            due_at = excluded.due_at, attempts = 0, retries = 0, last_error = NULL, lease_expires_at = NULL,
+            created_at = excluded.created_at
+          WHERE s.lease_expires_at IS NULL OR s.lease_expires_at <= statement_timestamp()
+          RETURNING id`.withoutTransform,
+          (added) =>
+            added.length > 0 ? Effect.succeed(added[0]!.id) : Effect.zipRight(
+              // Running: it runs on to its outcome under no key (its runner
+              // finds it by id and lease), and the key is this one's.
+              sql`
+              UPDATE scheduled_commands SET key = NULL
+              WHERE key = ${entry.key} AND state = 'pending' AND lease_expires_at > statement_timestamp()`,
+              Effect.suspend(() => addKeyed(entry))
+            )
+        )
+    return store
   }
 )
 

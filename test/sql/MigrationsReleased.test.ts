@@ -22,7 +22,8 @@ const released = {
     "8_reaction_dead_letters_aggregate": "f09a4c4bb9b149c1",
     "9_outbox_notify_schema": "78de680a56159d2f",
     "10_idempotency_claim_lost": "1a58623ff8c06286",
-    "11_reaction_checkpoints_owner": "553e0e5af2e60ca6"
+    "11_reaction_checkpoints_owner": "553e0e5af2e60ca6",
+    "12_scheduled_commands_key": "ee67a0ca304987aa"
   },
   orders: {
     "1_orders": "f5002859436b4fc3",
