@@ -30,3 +30,23 @@ describe("README: scheduling a command", () => {
     >()
   })
 })
+
+describe("README: scheduling under a key", () => {
+  it("compiles inside a handler, and so does cancelKey", () => {
+    const handler = (command: CreateOrder, order: Order.Order) =>
+      Effect.gen(function*() {
+        // As in the README:
+        yield* CommandScheduler.schedule(
+          new CancelOrder({ orderId: order.id, reason: "unpaid", userId: order.userId, ...Command.causedBy(command) }),
+          { after: "30 minutes" },
+          { key: `unpaid:${order.id}` } // onConflict: "replace" is the default; "keep" keeps the first
+        ).pipe(Effect.orDie)
+        yield* CommandScheduler.cancelKey(`unpaid:${order.id}`).pipe(Effect.orDie)
+        return Handler.result(undefined)
+      })
+    expectTypeOf(handler).returns.toEqualTypeOf<
+      Effect.Effect<Handler.Result<undefined>, never, CommandScheduler.ScheduledCommands>
+    >()
+    expectTypeOf(CommandScheduler.schedule).parameter(2).toEqualTypeOf<CommandScheduler.ScheduleOptions | undefined>()
+  })
+})
