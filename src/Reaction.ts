@@ -32,7 +32,7 @@ import type * as Scope from "effect/Scope"
 import { createHash, randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
-import type { StoreUnavailable } from "./CommandError.js"
+import { StoreUnavailable } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
 import * as Idempotency from "./Idempotency.js"
@@ -830,7 +830,12 @@ const reasonOf = (cause: Cause.Cause<unknown>): string => {
 export interface FollowOptions extends RunOptions {
   /** Events read from the log at a time. Default 100. */
   readonly batchSize?: number
-  /** How long to wait for a published event before reading the log again. Default 1 second. */
+  /**
+   * How long to wait for a published event before reading the log again.
+   * Default 1 second. A follower that holds its name (`lease`) and has
+   * nothing to run renews it once a poll, and at least every third of the
+   * lease when the poll is longer.
+   */
   readonly pollInterval?: Duration.DurationInput
   /**
    * `"aggregate"`: once an event of an aggregate is a reaction's dead letter,
@@ -842,11 +847,15 @@ export interface FollowOptions extends RunOptions {
    */
   readonly sequencing?: "none" | "aggregate"
   /**
-   * How long a follower holds its name, renewed every third of it, where the
+   * How long a follower holds its name, renewed every third of it while a
+   * batch runs and at each poll (at least every third of it) while idle, where the
    * store claims names (`CheckpointStore.claim`; the memory and SQL stores
    * do): meanwhile other followers of the name, in this process or another,
    * wait, and one of them takes over when it stops (at once) or its lease
-   * lapses (a crash). Default 30 seconds; at least 1 second.
+   * lapses (a crash). One that cannot renew it (its store unreachable)
+   * stops its batch at its last turn before the lease lapses, by its own
+   * clock, rather than run beside the follower that may take over. Default
+   * 30 seconds; at least 1 second.
    */
   readonly lease?: Duration.DurationInput
 }
@@ -955,46 +964,73 @@ const followLoop = <E, R>(
   // Events published while a batch ran left a wake-up: none is missed.
   const waitFor = (duration: Duration.Duration) =>
     Effect.raceFirst(Effect.as(Queue.take(wake), true), Effect.as(Effect.sleep(duration), false))
-  const idle = waitFor(pollInterval)
   const pollMillis = Duration.toMillis(pollInterval)
   const lease = Duration.decode(options.lease ?? "30 seconds")
   // Whether this follower held the name at its last claim.
   let holding: boolean | undefined
+  // When the last claim that held the name was asked for, by this process's
+  // monotonic clock (a step of the wall clock moves no lease): the store's
+  // lease, started once the store took it, runs at least until `lease` after.
+  let heldSince = 0
+  const monotonicMillis = Effect.map(Clock.currentTimeNanos, (nanos) => Number(nanos / 1_000_000n))
+  const told = (held: boolean): Effect.Effect<boolean> => {
+    const before = holding
+    holding = held
+    // Not told: no change, or a follower that holds the name from the start.
+    if (held === before || (held && before === undefined)) return Effect.succeed(held)
+    return Effect.as(
+      held
+        ? Effect.logInfo("reaction.follower-active")
+        : before === undefined
+        ? Effect.logInfo("reaction.follower-standby")
+        : Effect.logWarning("reaction.follower-lost"),
+      held
+    )
+  }
   const claimed = (checkpoints: CheckpointStore): Effect.Effect<boolean, StoreUnavailable> =>
     checkpoints.claim === undefined ? Effect.succeed(true) : Effect.flatMap(
-      checkpoints.claim(name, owner, lease),
-      (held) => {
-        const before = holding
-        holding = held
-        // Not told: no change, or a follower that holds the name from the start.
-        if (held === before || (held && before === undefined)) return Effect.succeed(held)
-        return Effect.as(
-          held
-            ? Effect.logInfo("reaction.follower-active")
-            : before === undefined
-            ? Effect.logInfo("reaction.follower-standby")
-            : Effect.logWarning("reaction.follower-lost"),
-          held
-        )
-      }
+      monotonicMillis,
+      (asked) =>
+        Effect.flatMap(checkpoints.claim!(name, owner, lease), (held) => {
+          if (held) heldSince = asked
+          return told(held)
+        })
     )
   // While a batch runs, its lease is renewed a third of the way through
   // each lease, so that a batch may take longer than one (a reaction that
   // retries, a dispatch that waits on a key): done once the name is lost,
   // which ends the batch, rather than run it beside the follower that took
-  // the name over.
-  const renewEvery = Duration.millis(Duration.toMillis(lease) / 3)
+  // the name over. A renewal the store fails is tried again at the next
+  // turn, unless that turn would come after the lease lapsed, and one it
+  // has not answered a sixth of the lease before it lapses is given up: the
+  // name counts as lost before another follower can have taken it.
+  const leaseMillis = Duration.toMillis(lease)
+  const renewMillis = leaseMillis / 3
+  const renewEvery = Duration.millis(renewMillis)
   // A store that cannot be reached, or fails, is logged, and the step or the
   // renewal tried again at its next turn.
   const survive = survived("reaction.store-unavailable", "reaction.store-failed")
+  const unanswered = () =>
+    new StoreUnavailable({ store: "checkpoints", reason: "no answer to the renewal of the lease" })
+  const renewed = (checkpoints: CheckpointStore): Effect.Effect<boolean> =>
+    Effect.flatMap(monotonicMillis, (asked) =>
+      Effect.catchAllCause(
+        // Disconnected: a statement that does not answer is left to end on its own.
+        Effect.timeoutFail(Effect.disconnect(claimed(checkpoints)), {
+          duration: Duration.millis(Math.max(0, heldSince + leaseMillis - renewMillis / 2 - asked)),
+          onTimeout: unanswered
+        }),
+        (cause) =>
+          Effect.zipRight(
+            survive(cause),
+            Effect.flatMap(
+              monotonicMillis,
+              (now) => now + renewMillis < heldSince + leaseMillis ? Effect.succeed(true) : told(false)
+            )
+          )
+      ))
   const untilLost = (checkpoints: CheckpointStore) =>
-    Effect.repeat(
-      Effect.zipRight(
-        Effect.sleep(renewEvery),
-        Effect.catchAllCause(claimed(checkpoints), (cause) => Effect.as(survive(cause), true))
-      ),
-      { while: (held) => held }
-    )
+    Effect.repeat(Effect.zipRight(Effect.sleep(renewEvery), renewed(checkpoints)), { while: (held) => held })
   const step = Effect.flatMap(
     Effect.all([Checkpoints, Outbox, DeadLetters]),
     ([checkpoints, outbox, deadLetters]) =>
@@ -1062,7 +1098,13 @@ const followLoop = <E, R>(
       if (woken && count === 0 && wait !== undefined && wait < pollMillis) {
         return Effect.flatMap(waitFor(Duration.millis(wait)), (again) => loop(true, again ? 0 : settled + 1))
       }
-      return Effect.flatMap(idle, (again) => loop(again, 0))
+      // A follower that holds its name renews it at each step: idle, it
+      // steps at least every third of the lease, or the name would lapse
+      // with a pollInterval longer than the lease.
+      return Effect.flatMap(
+        waitFor(holding === true && renewMillis < pollMillis ? renewEvery : pollInterval),
+        (again) => loop(again, 0)
+      )
     })
   return loop(false, 0).pipe(Effect.annotateLogs({ follower: name }))
 }
