@@ -177,8 +177,18 @@ export const database = Config.all({
     Config.mapOrFail((url): Either.Either<Option.Option<Redacted.Redacted>, ConfigError.ConfigError> => {
       if (Option.isNone(url)) return Either.right(url)
       const text = Redacted.value(url.value)
-      if (!/^postgres(ql)?:\/\//i.test(text) || !URL.canParse(text)) {
+      if (!/^postgres(ql)?:\/\//i.test(text)) {
         return Either.left(ConfigError.InvalidData(["DATABASE_URL"], "must be a postgres:// or postgresql:// URL"))
+      }
+      // Its scheme is right: say what is wrong with the rest (a port over
+      // 65535, an unclosed [), never quoting it (it may hold a password).
+      if (!URL.canParse(text)) {
+        return Either.left(
+          ConfigError.InvalidData(
+            ["DATABASE_URL"],
+            "does not parse as a URL (check its host, its port, 0 to 65535, and its percent-escapes)"
+          )
+        )
       }
       // What `pg` reads of it when it first connects, files included (an
       // `sslrootcert` that is not there): refused here, naming the setting.
@@ -194,7 +204,7 @@ export const database = Config.all({
   schema: Config.option(
     Config.string("DATABASE_SCHEMA").pipe(
       Config.validate({
-        message: "DATABASE_SCHEMA must be a lowercase SQL identifier, not beginning with pg_ (PostgreSQL's own)",
+        message: "must be a lowercase SQL identifier, not beginning with pg_ (PostgreSQL's own)",
         validation: (name) => /^[a-z_][a-z0-9_]{0,62}$/.test(name) && !name.startsWith("pg_")
       })
     )

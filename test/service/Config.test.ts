@@ -280,6 +280,29 @@ describe("settings checked before start", () => {
       }
     }))
 
+  // The message says what is wrong with the value: a postgres:// URL whose
+  // port is out of range was told it "must be a postgres:// URL".
+  it.effect("a postgres:// DATABASE_URL that does not parse is told so, not told to be a postgres:// URL", () =>
+    Effect.gen(function*() {
+      for (const url of ["postgres://u:p@127.0.0.1:99999/db", "postgresql://u:p@[::1/db"]) {
+        const message = Config.describeError(yield* Effect.flip(read({ DATABASE_URL: url })))
+        expect(message).toMatch(/^DATABASE_URL: /)
+        expect(message).not.toContain("must be a postgres://")
+        expect(message).toContain("does not parse as a URL")
+        expect(message).not.toContain(":p@")
+      }
+      const other = Config.describeError(yield* Effect.flip(read({ DATABASE_URL: "mysql://127.0.0.1/db" })))
+      expect(other).toBe("DATABASE_URL: must be a postgres:// or postgresql:// URL")
+    }))
+
+  it.effect("a bad DATABASE_SCHEMA's message names the setting once, as the others do", () =>
+    Effect.gen(function*() {
+      const message = Config.describeError(yield* Effect.flip(read({ DATABASE_SCHEMA: "Orders" })))
+      expect(message).toBe(
+        "DATABASE_SCHEMA: must be a lowercase SQL identifier, not beginning with pg_ (PostgreSQL's own)"
+      )
+    }))
+
   it.effect("a DATABASE_URL naming a certificate file that is not there is refused, naming both", () =>
     Effect.gen(function*() {
       const url = "postgres://u:secret@127.0.0.1:5432/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"
