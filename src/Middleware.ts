@@ -561,8 +561,8 @@ const isTaggedWith = (error: unknown, tags: ReadonlyArray<string>): boolean =>
  * registers each dispatch that waits on something (on the live clock; under
  * a clock moved by hand, such as `TestClock`, it does not): its `cut` passes the
  * dispatch's deadline at once, so that it ends as at its deadline
- * (`CommandTimeout`, its transaction rolled back, its idempotency key
- * released), unless its commit has begun; `cut` says whether it cut. When a
+ * (`CommandTimeout`, naming the time it had until the cut, its transaction
+ * rolled back, its idempotency key released), unless its commit has begun; `cut` says whether it cut. When a
  * dispatch ends past the start of its commit, `committed` is called: the
  * edge's work now has an outcome to report, which interrupting it would hide.
  *
@@ -654,14 +654,16 @@ const withDeadline = <A, E, R>(
   // commit fail and the dispatch go on, is interrupted then. One that
   // finished all the same (its caller made it uninterruptible) ends with its
   // outcome.
-  const deadlinePassed = (): Effect.Effect<Exit.Exit<A, E>, CommandTimeout> =>
+  // `allowedMillis`: the time it had, shorter than `limit` when the edge's
+  // cutoff brought the deadline forward (a shutdown), so the error says so.
+  const deadlinePassed = (allowedMillis = Duration.toMillis(limit)): Effect.Effect<Exit.Exit<A, E>, CommandTimeout> =>
     Effect.flatMap(
       dispatch.committing ? untilCommitted(child, dispatch, stop) : stop,
       (exit) =>
         Exit.isSuccess(exit) && !(Exit.isFailure(exit.value) && Cause.isInterrupted(exit.value.cause))
           ? Effect.succeed(exit.value)
           : Effect.fail(
-            new CommandTimeout({ commandType: dispatch.command._tag, timeoutMillis: Duration.toMillis(limit) })
+            new CommandTimeout({ commandType: dispatch.command._tag, timeoutMillis: allowedMillis })
           )
     )
   if (isLiveClock(clock)) {
@@ -680,26 +682,30 @@ const withDeadline = <A, E, R>(
       }
       // The deadline, when it comes or when the edge's cutoff brings it
       // forward. Past its point of no return, the observer reports how it ends.
-      const passNow = (): boolean => {
+      const passNow = (cut: boolean): boolean => {
         if (settled) return false
         if (dispatch.committing) {
-          dispatch.overdue = passNow
+          dispatch.overdue = () => passNow(cut)
           return false
         }
         settled = true
         clearTimeout(timer)
         unregister?.()
         child.removeObserver(observer)
-        resume(deadlinePassed())
+        resume(
+          deadlinePassed(
+            cut ? Math.min(Duration.toMillis(limit), clock.unsafeCurrentTimeMillis() - startedAt) : undefined
+          )
+        )
         return true
       }
       // Node fires a timer of more than 2^31 - 1 ms at once; Effect's clock
       // never fires one (an infinite deadline included), and neither does this.
       const millis = Duration.toMillis(left)
-      const timer = millis > maxTimerMillis ? undefined : setTimeout(passNow, millis)
+      const timer = millis > maxTimerMillis ? undefined : setTimeout(passNow, millis, false)
       child.addObserver(observer)
       // A child that ended meanwhile was reported by `addObserver` at once.
-      if (!settled) unregister = cutoff?.register(passNow)
+      if (!settled) unregister = cutoff?.register(() => passNow(true))
       return Effect.sync(() => {
         settled = true
         clearTimeout(timer)
