@@ -21,6 +21,7 @@ import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import type * as ParseResult from "effect/ParseResult"
@@ -29,6 +30,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
+import type * as Types from "effect/Types"
 import { createHash, randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
@@ -37,6 +39,7 @@ import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
 import * as Idempotency from "./Idempotency.js"
 import { failureOf, interruptedItself, stored, survived, unlessInterrupted } from "./internal/cause.js"
+import { currentInterceptor } from "./internal/dispatching.js"
 import { leaseOfASecond, pageSize, positiveCounts, storedMillis } from "./internal/limit.js"
 import { compareCodePoints } from "./internal/text.js"
 import { Outbox } from "./Outbox.js"
@@ -242,6 +245,32 @@ export interface FollowUp {
 }
 
 /**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const DispatchingTypeId: unique symbol = Symbol.for("effect-command-bus/Reaction/Dispatching")
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type DispatchingTypeId = typeof DispatchingTypeId
+
+/**
+ * A reaction `dispatch` made: its type names the commands it may send (what
+ * `toCommand` returns), so that the test kit's `ReactionSpecification`
+ * accepts those, and only those, as expected commands.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Dispatching<out Cmd extends Command.Any, out E = never, out R = never> extends Reaction<E, R> {
+  readonly [DispatchingTypeId]: { readonly _Cmd: Types.Covariant<Cmd> }
+}
+
+const dispatchingVariance = { _Cmd: (_: never) => _ }
+
+/**
  * A reaction that dispatches the command `toCommand` makes of an event (or
  * none, for `undefined`) through `bus`. Spread the given `FollowUp` into the
  * command: with the bus's idempotency middleware, an event delivered twice
@@ -266,7 +295,7 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   bus: CommandBus.CommandBus<C, H, BE, BR>,
   toCommand: (event: A, followUp: FollowUp, envelope: DomainEvent.Envelope) => Cmd | undefined,
   options: DispatchOptions = {}
-): Reaction<Command.Failure<Cmd> | BE | StoreUnavailable, CommandBus.Requirements<H, Cmd["_tag"], BR>> => {
+): Dispatching<Cmd, Command.Failure<Cmd> | BE | StoreUnavailable, CommandBus.Requirements<H, Cmd["_tag"], BR>> => {
   const name = options.name ?? `on ${event._tag}`
   // A key is 1 to 255 characters of storable text: a name that leaves no
   // room for the event's id (or holds text a key may not) keys by its digest.
@@ -280,14 +309,19 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   // of a dispatch is judged by its own command's definition, and remembered
   // for `retryable`; one it never saw, by every command of the bus.
   const outcomes = new WeakMap<object, boolean>()
-  return make(event, (decoded, envelope) => {
-    const command = toCommand(decoded, {
-      ...Command.causedBy(envelope),
-      idempotencyKey: `${keyPrefix}:${envelope.eventId}`
-    }, envelope)
+  const reaction = make(event, (decoded, envelope) => {
+    const followUp = { ...Command.causedBy(envelope), idempotencyKey: `${keyPrefix}:${envelope.eventId}` }
+    const command = toCommand(decoded, followUp, envelope)
     if (command === undefined) return Effect.void
     const definition = bus.definitions.get(command._tag)
-    return Effect.asVoid(waitingOut(bus.dispatch(command), waitOut)).pipe(
+    const sent = Effect.flatMap(FiberRef.get(currentInterceptor), (intercept) =>
+      intercept === undefined
+        ? bus.dispatch(command)
+        : intercept({ reaction: name, envelope, followUp, command, definition }) as Effect.Effect<
+          unknown,
+          Command.Failure<Cmd> | BE | StoreUnavailable
+        >)
+    return Effect.asVoid(waitingOut(sent, waitOut)).pipe(
       Effect.tapError((error) =>
         Effect.sync(() => {
           if (definition !== undefined && typeof error === "object" && error !== null) {
@@ -304,6 +338,7 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
         ? outcomes.get(error)!
         : definitions.some((definition) => Command.isOutcome(definition, error)))
   })
+  return { ...reaction, [DispatchingTypeId]: dispatchingVariance }
 }
 
 /**
