@@ -19,13 +19,13 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
 import * as Command from "../Command.js"
 import type * as CommandBus from "../CommandBus.js"
 import * as DomainEvent from "../DomainEvent.js"
 import { Outbox } from "../Outbox.js"
 import { UnitOfWork } from "../UnitOfWork.js"
+import { describe, shown } from "./internal/shown.js"
 
 /**
  * A specification that did not hold; its message says what differed.
@@ -262,26 +262,3 @@ const applyStep = <B extends CommandBus.Any, R, LE>(options: Options<B, R, LE>, 
 }
 
 const fail = (message: string) => Effect.fail(new SpecificationFailed({ message }))
-
-const describe = (value: unknown): string =>
-  Predicate.hasProperty(value, "_tag") ? `${String(value._tag)} ${shown(value)}` : String(value)
-
-// A value as a failure message shows it. Compared by `canonicalJson`, which
-// writes what a `Redacted` hides; shown with it hidden (its own `toJSON`),
-// as logs show it.
-const shown = (value: unknown): string => {
-  try {
-    return JSON.stringify(value, (_key, inner: unknown) =>
-      inner instanceof Map
-        ? { Map: [...inner] }
-        : inner instanceof Set
-        ? { Set: [...inner] }
-        : typeof inner === "bigint"
-        ? `${inner}n`
-        : typeof inner === "number" && !Number.isFinite(inner)
-        ? String(inner)
-        : inner) ?? String(value)
-  } catch {
-    return String(value)
-  }
-}

@@ -1,5 +1,6 @@
 /**
- * The test kit: in-memory stores and given/when/then specifications.
+ * The test kit: in-memory stores and given/when/then specifications, for
+ * handlers and for reactions.
  *
  * @since 0.1.0
  */
@@ -9,3 +10,6 @@ export * as InMemory from "./InMemory.js"
 
 /** @since 0.1.0 */
 export * as Specification from "./Specification.js"
+
+/** @since 0.1.0 */
+export * as ReactionSpecification from "./ReactionSpecification.js"

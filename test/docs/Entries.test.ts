@@ -55,7 +55,7 @@ describe("package entries", () => {
       "SqlUnitOfWork"
     ])
     expect(typeof Pglite.PgliteClient.layer).toBe("function")
-    expect(Object.keys(Testing)).toEqual(expect.arrayContaining(["InMemory", "Specification"]))
+    expect(Object.keys(Testing)).toEqual(expect.arrayContaining(["InMemory", "ReactionSpecification", "Specification"]))
   })
 
   it("load from the build in plain Node, each with the same modules as its sources", async () => {
