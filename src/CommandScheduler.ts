@@ -31,7 +31,7 @@ import * as Struct from "effect/Struct"
 import { randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type * as CommandBus from "./CommandBus.js"
-import { InvalidCommand, type StoreUnavailable, UnknownCommand } from "./CommandError.js"
+import type { StoreUnavailable } from "./CommandError.js"
 import { failureOf, stored, survived } from "./internal/cause.js"
 import * as JsonValue from "./internal/json.js"
 import {
@@ -42,6 +42,7 @@ import {
   storedDuration,
   storedMillis
 } from "./internal/limit.js"
+import { isRefusal } from "./internal/refusal.js"
 import * as Tracing from "./Tracing.js"
 
 /**
@@ -623,9 +624,11 @@ const defaultBackoff = (attempts: number): Duration.Duration =>
  * Dispatches due commands through `bus` until interrupted, a batch at a
  * time, as the fiber's `CurrentUser` (none unless you provide one). Each
  * outcome is recorded: a success removes the command; a failure the command
- * declares (and does not mark retryable), or a command the bus cannot decode
- * or does not handle, fails it for good; any other failure (an outage, a
- * timeout, a conflict) runs it again after `backoff`, until `maxAttempts`.
+ * declares (and does not mark retryable), a refusal by its business rules
+ * (`CommandValidationError`) or of its key (`IdempotencyKeyMismatch`), or a
+ * command the bus cannot decode or does not handle, fails it for good; any
+ * other failure (an outage, a timeout, a conflict) runs it again after
+ * `backoff`, until `maxAttempts`.
  * Several runners, in one process or many, share the work: a leased command
  * is run by one of them.
  *
@@ -669,8 +672,9 @@ const runChecked = <C extends Command.Any, H, E, R>(
         }
         const error = failureOf(exit.cause)
         const definition = bus.definitions.get(due.commandType)
-        const final = error instanceof UnknownCommand || error instanceof InvalidCommand ||
-          (definition !== undefined && Command.isOutcome(definition, error))
+        // Refusals that running it again cannot change are final too: its
+        // business rules (validation), a key reused with another payload.
+        const final = isRefusal(error) || (definition !== undefined && Command.isOutcome(definition, error))
         const reason = stored(Cause.pretty(exit.cause))
         if (final || due.attempts >= maxAttempts) {
           yield* store.fail(due, reason)

@@ -41,6 +41,7 @@ import * as Idempotency from "./Idempotency.js"
 import { failureOf, interruptedItself, stored, survived, unlessInterrupted } from "./internal/cause.js"
 import { currentInterceptor } from "./internal/dispatching.js"
 import { leaseOfASecond, pageSize, positiveCounts, storedMillis } from "./internal/limit.js"
+import { isRefusal } from "./internal/refusal.js"
 import { compareCodePoints } from "./internal/text.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
@@ -280,7 +281,9 @@ const dispatchingVariance = { _Cmd: (_: never) => _ }
  *
  * A failure the command declares (and does not mark retryable) is an
  * outcome, not a glitch: it is not retried, since the idempotency key would
- * replay it anyway. React to it in the process, or see it as a dead letter.
+ * replay it anyway; nor is a refusal that no rerun changes (its business
+ * rules, `CommandValidationError`; its key reused, `IdempotencyKeyMismatch`).
+ * React to it in the process, or see it as a dead letter.
  *
  * A key in flight (`IdempotencyKeyInFlight`) is waited out, for up to
  * `inFlightWait`: another delivery is running the command, or one that
@@ -334,7 +337,7 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
     ...options,
     name,
     retryable: (error) =>
-      !(typeof error === "object" && error !== null && outcomes.has(error)
+      !isRefusal(error) && !(typeof error === "object" && error !== null && outcomes.has(error)
         ? outcomes.get(error)!
         : definitions.some((definition) => Command.isOutcome(definition, error)))
   })

@@ -28,6 +28,14 @@ class Charge extends Command.Class<Charge>()("Charge", {
   retryable: ["ConcurrencyConflict"]
 }) {}
 
+class Refund extends Command.Class<Refund>()("Refund", {
+  payload: { orderId: Schema.String, amount: Schema.Int },
+  success: Schema.Void,
+  failure: Schema.Never,
+  validate: ({ amount }) =>
+    amount > 0 ? [] : [new Command.ValidationIssue({ path: ["amount"], message: "a refund is of more than 0" })]
+}) {}
+
 const conflict = new CommandError.ConcurrencyConflict({
   aggregateType: "Payment",
   aggregateId: "p",
@@ -347,6 +355,22 @@ describe("CommandScheduler", () => {
       assert.include(stuck!.lastError, "ConcurrencyConflict")
       // flaky: 2 retrying then completed; stuck: 2 retrying then failed.
       assert.deepStrictEqual(yield* outcomes, [completed + 1, retrying + 4, failed + 1])
+    }).pipe(Effect.provide(Stores)))
+
+  it.scoped("a command its business rules refuse fails for good at its first run, not after maxAttempts", () =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const id = yield* CommandScheduler.schedule(new Refund({ orderId: "o-1", amount: 0 }), { after: 0 })
+      const bus = CommandBus.make([Refund], {
+        Refund: (command) => Effect.as(Queue.offer(ran, Object.assign(command, { at: 0 })), Handler.result(undefined))
+      }).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware()))
+      yield* CommandScheduler.start(bus, { pollInterval: "1 second" })
+      yield* TestClock.adjust("10 minutes")
+      const [failed, ...rest] = yield* list()
+      assert.deepStrictEqual(rest, [])
+      assert.deepStrictEqual([failed!.id, failed!.state, failed!.attempts], [id, "failed", 1])
+      assert.include(failed!.lastError, "CommandValidationError")
+      assert.strictEqual(yield* Queue.size(ran), 0, "never ran")
     }).pipe(Effect.provide(Stores)))
 
   it.scoped("a cancelled command never runs; a command the runner's bus does not handle fails for good", () =>

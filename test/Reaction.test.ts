@@ -208,6 +208,14 @@ describe("Reaction", () => {
       // An error the bus adds (not the command's) is still retried.
       assert.isTrue(pay.retryable!(new CommandError.StoreUnavailable({ store: "s", reason: "r" })))
       assert.isFalse(pay.retryable!(new CardDeclined({ orderId: "o" })))
+      // Nor are refusals no rerun changes, though the command does not declare them: its business rules, its key.
+      assert.isFalse(pay.retryable!(
+        new CommandError.CommandValidationError({
+          commandType: "TakePayment",
+          issues: [new Command.ValidationIssue({ path: ["amount"], message: "too much" })]
+        })
+      ))
+      assert.isFalse(pay.retryable!(new Idempotency.IdempotencyKeyMismatch({ idempotencyKey: "k" })))
     }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 
   it.effect("dispatch: a failure is judged by the command that failed, not by another command of the bus", () =>

@@ -4,8 +4,6 @@
  *
  * @since 0.1.0
  */
-import * as NodeContext from "@effect/platform-node/NodeContext"
-import * as PgMigrator from "@effect/sql-pg/PgMigrator"
 import * as Effect from "effect/Effect"
 import { SqlMigrations } from "../sql/index.js"
 
@@ -53,12 +51,4 @@ export const migrations = SqlMigrations.fromSources(sources)
  * @since 0.1.0
  * @category migrations
  */
-export const run = Effect.zipRight(
-  SqlMigrations.run,
-  Effect.zipRight(
-    SqlMigrations.ensureTable("orders_migrations"),
-    PgMigrator.run({ loader: PgMigrator.fromRecord(migrations), table: "orders_migrations" }).pipe(
-      Effect.provide(NodeContext.layer)
-    )
-  )
-)
+export const run = Effect.zipRight(SqlMigrations.run, SqlMigrations.runWith({ table: "orders_migrations", sources }))

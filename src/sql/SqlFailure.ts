@@ -1,8 +1,10 @@
 /**
  * Telling a database outage from a bug. An outage (connection refused or
  * lost, server shutting down, too many connections, a statement timeout) is
- * transient: the dispatch fails with the typed `StoreUnavailable`. Anything
- * else is a defect: a bug to fix, not a condition to retry.
+ * transient: the dispatch fails with the typed `StoreUnavailable`. So is a
+ * transaction the database ended so that others could go on (a deadlock's
+ * loser, a serialization failure): its work was rolled back, and a retry may
+ * pass. Anything else is a defect: a bug to fix, not a condition to retry.
  *
  * @since 0.1.0
  */
@@ -39,6 +41,25 @@ export const isUnavailable = (error: unknown): boolean =>
     return typeof message === "string" && unavailableMessage.test(message)
   })
 
+// SQLSTATEs of a transaction PostgreSQL ended to let others go on: the loser
+// of a deadlock, and a serialization failure (REPEATABLE READ, SERIALIZABLE).
+const conflictCodes = new Set(["40P01", "40001"])
+
+/**
+ * Whether a database error ended its transaction to break a deadlock or a
+ * serialization conflict with another: nothing of it was kept, and running
+ * it again may pass.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const isTransientConflict = (error: unknown): boolean => {
+  const code = sqlState(error)
+  return code !== undefined && conflictCodes.has(code)
+}
+
+const isTransient = (error: unknown): boolean => isUnavailable(error) || isTransientConflict(error)
+
 /**
  * An error and the errors under it: its `cause`, that one's `cause`, and so
  * on, each once (a cycle ends the chain). Drivers wrap their errors: the
@@ -72,19 +93,29 @@ export const sqlState = (error: unknown): string | undefined => {
   return undefined
 }
 
-const toUnavailable = (error: unknown) =>
-  error instanceof StoreUnavailable ? error : new StoreUnavailable({
+const firstLine = (error: unknown): string | undefined =>
+  Predicate.hasProperty(error, "message") && typeof error.message === "string"
+    ? error.message.split("\n")[0]!
+    : undefined
+
+const toUnavailable = (error: unknown) => {
+  if (error instanceof StoreUnavailable) return error
+  // A conflict is told by the driver's message ("deadlock detected"), which
+  // the SqlError around it ("Failed to execute statement") does not repeat.
+  const conflict = isTransientConflict(error)
+    ? causeChain(error).find((link) => Predicate.hasProperty(link, "code") && conflictCodes.has(String(link.code)))
+    : undefined
+  return new StoreUnavailable({
     store: "database",
-    reason: Predicate.hasProperty(error, "message") && typeof error.message === "string"
-      ? error.message.split("\n")[0]!
-      : "unreachable"
+    reason: firstLine(conflict ?? error) ?? "unreachable"
   })
+}
 
 /**
- * Turns database outages into `StoreUnavailable`, whether they arrive as a
- * `SqlError` failure or as a defect (repositories die on `SqlError`, since a
- * handler's error channel holds only its domain errors). Other database
- * errors become defects.
+ * Turns database outages and transient conflicts (`isTransientConflict`) into
+ * `StoreUnavailable`, whether they arrive as a `SqlError` failure or as a
+ * defect (repositories die on `SqlError`, since a handler's error channel
+ * holds only its domain errors). Other database errors become defects.
  *
  * @since 0.1.0
  * @category combinators
@@ -95,11 +126,11 @@ export const classify = <A, E, R>(
   self.pipe(
     Effect.catchIf(
       (error): error is SqlError => error instanceof SqlError,
-      (error) => isUnavailable(error) ? Effect.fail(toUnavailable(error)) : Effect.die(error)
+      (error) => isTransient(error) ? Effect.fail(toUnavailable(error)) : Effect.die(error)
     ),
     Effect.catchAllCause((cause) => {
       const defect = Cause.dieOption(cause)
-      if (Option.isSome(defect) && isUnavailable(defect.value) && !Cause.isInterrupted(cause)) {
+      if (Option.isSome(defect) && isTransient(defect.value) && !Cause.isInterrupted(cause)) {
         return Effect.fail(toUnavailable(defect.value))
       }
       return Effect.failCause(cause)

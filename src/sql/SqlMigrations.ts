@@ -256,15 +256,34 @@ export const ensureTable = (table: string): Effect.Effect<void, SqlError, SqlCli
     ).pipe(Effect.asVoid))
 
 /**
+ * Runs migrations given as their statements (`{ "1_accounts": ["CREATE TABLE …"] }`), recorded in
+ * `table`: an application's own, beside the library's (run `run` first). Safe to run at every start,
+ * from several instances at once. Returns the migrations it applied.
+ *
+ * ```ts
+ * yield* SqlMigrations.run
+ * yield* SqlMigrations.runWith({ table: "bank_migrations", sources: { "1_accounts": [`CREATE TABLE …`] } })
+ * ```
+ *
+ * @since 0.1.0
+ * @category migrations
+ */
+export const runWith = (options: {
+  readonly table: string
+  readonly sources: Readonly<Record<string, ReadonlyArray<string>>>
+}) =>
+  Effect.zipRight(
+    ensureTable(options.table),
+    PgMigrator.run({ loader: PgMigrator.fromRecord(fromSources(options.sources)), table: options.table }).pipe(
+      Effect.provide(NodeContext.layer)
+    )
+  )
+
+/**
  * Runs the library's migrations; safe to run at every start, from several
  * instances at once.
  *
  * @since 0.1.0
  * @category migrations
  */
-export const run = Effect.zipRight(
-  ensureTable("command_bus_migrations"),
-  PgMigrator.run({ loader: PgMigrator.fromRecord(migrations), table: "command_bus_migrations" }).pipe(
-    Effect.provide(NodeContext.layer)
-  )
-)
+export const run = runWith({ table: "command_bus_migrations", sources })

@@ -80,6 +80,23 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
   // instances starting together on a fresh database would race to create it;
   // `SqlMigrations.ensureTable` creates it first, under an advisory lock. (The embedded
   // database is one process's own.)
+  it.effect("runs an application's migrations in a table of its own, once", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const sources = {
+        "1_accounts": [
+          `CREATE TABLE app_accounts (id text PRIMARY KEY)`,
+          `CREATE INDEX app_accounts_id ON app_accounts (id)`
+        ]
+      }
+      expect(yield* SqlMigrations.runWith({ table: "app_migrations", sources })).toEqual([[1, "accounts"]])
+      expect(yield* SqlMigrations.runWith({ table: "app_migrations", sources })).toEqual([])
+      const rows = yield* sql<{ readonly migration_id: number; readonly name: string }>`
+        SELECT migration_id, name FROM app_migrations`.withoutTransform
+      expect(rows).toEqual([{ migration_id: 1, name: "accounts" }])
+      yield* sql`DROP TABLE app_accounts, app_migrations`
+    }))
+
   const onServer = TestDatabase.serverUrl === undefined ? it.scoped.skip : it.scoped
   onServer(
     "brings up three instances migrating a fresh schema at once",
