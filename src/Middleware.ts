@@ -635,6 +635,10 @@ const withDeadline = <A, E, R>(
 ): Effect.Effect<A, E | CommandTimeout, R> => {
   const clock = EffectContext.get(parent.currentDefaultServices, Clock.Clock)
   const startedAt = clock.unsafeCurrentTimeMillis()
+  // The time a cut dispatch had, by the monotonic clock: a step of the wall
+  // clock (NTP setting it back) made it negative.
+  const startedNanos = clock.unsafeCurrentTimeNanos()
+  const hadMillis = () => Number((clock.unsafeCurrentTimeNanos() - startedNanos) / 1_000_000n)
   const fiberRefs = parent.getFiberRefs()
   const child = Runtime.runFork(
     Runtime.make({ context: parent.currentContext as EffectContext.Context<R>, runtimeFlags, fiberRefs }),
@@ -694,7 +698,7 @@ const withDeadline = <A, E, R>(
         child.removeObserver(observer)
         resume(
           deadlinePassed(
-            cut ? Math.min(Duration.toMillis(limit), clock.unsafeCurrentTimeMillis() - startedAt) : undefined
+            cut ? Math.min(Duration.toMillis(limit), Math.max(0, hadMillis())) : undefined
           )
         )
         return true

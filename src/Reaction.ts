@@ -1010,6 +1010,11 @@ const followLoop = <E, R>(
   // monotonic clock (a step of the wall clock moves no lease): the store's
   // lease, started once the store took it, runs at least until `lease` after.
   let heldSince = 0
+  // When the last claim was asked for, held or not: the next renewal is
+  // asked a third of the lease after it, not after its answer or the start
+  // of the batch, so that the time a slow store takes to answer (or the
+  // batch to be read) is not taken out of the next renewal's.
+  let lastAsked = 0
   const monotonicMillis = Effect.map(Clock.currentTimeNanos, (nanos) => Number(nanos / 1_000_000n))
   const told = (held: boolean): Effect.Effect<boolean> => {
     const before = holding
@@ -1028,11 +1033,13 @@ const followLoop = <E, R>(
   const claimed = (checkpoints: CheckpointStore): Effect.Effect<boolean, StoreUnavailable> =>
     checkpoints.claim === undefined ? Effect.succeed(true) : Effect.flatMap(
       monotonicMillis,
-      (asked) =>
-        Effect.flatMap(checkpoints.claim!(name, owner, lease), (held) => {
+      (asked) => {
+        lastAsked = asked
+        return Effect.flatMap(checkpoints.claim!(name, owner, lease), (held) => {
           if (held) heldSince = asked
           return told(held)
         })
+      }
     )
   // While a batch runs, its lease is renewed a third of the way through
   // each lease, so that a batch may take longer than one (a reaction that
@@ -1067,8 +1074,13 @@ const followLoop = <E, R>(
             )
           )
       ))
+  // Each renewal a third of the lease after the last claim was asked for.
+  const nextTurn = Effect.flatMap(
+    monotonicMillis,
+    (now) => Effect.sleep(Duration.millis(Math.max(0, lastAsked + renewMillis - now)))
+  )
   const untilLost = (checkpoints: CheckpointStore) =>
-    Effect.repeat(Effect.zipRight(Effect.sleep(renewEvery), renewed(checkpoints)), { while: (held) => held })
+    Effect.repeat(Effect.zipRight(nextTurn, renewed(checkpoints)), { while: (held) => held })
   const step = Effect.flatMap(
     Effect.all([Checkpoints, Outbox, DeadLetters]),
     ([checkpoints, outbox, deadLetters]) =>

@@ -8,6 +8,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
+import type * as Statement from "@effect/sql/Statement"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -146,22 +147,27 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
       // A failed command keeps its key; pending again, it gives it up if
       // another has been scheduled under it since.
-      retry: (id) =>
-        !isUuid(id) ? Effect.succeed(false) : sql.withTransaction(
+      retry: (id) => {
+        if (!isUuid(id)) return Effect.succeed(false)
+        const pendingAgain = (key: Statement.Fragment) =>
           sql`
-        UPDATE scheduled_commands AS s
-        SET state = 'pending', due_at = statement_timestamp(), attempts = 0, retries = retries + 1, lease_expires_at = NULL,
-          key = CASE WHEN EXISTS (
+          UPDATE scheduled_commands AS s
+          SET state = 'pending', due_at = statement_timestamp(), attempts = 0, retries = retries + 1,
+            lease_expires_at = NULL, key = ${key}
+          WHERE id = ${id} AND state = 'failed' RETURNING id`.withoutTransform
+        return sql.withTransaction(pendingAgain(sql`CASE WHEN EXISTS (
             SELECT 1 FROM scheduled_commands AS o WHERE o.key = s.key AND o.state = 'pending'
-          ) THEN NULL ELSE s.key END
-        WHERE id = ${id} AND state = 'failed' RETURNING id`.withoutTransform
-        ).pipe(
+          ) THEN NULL ELSE s.key END`)).pipe(
           // A savepoint of the caller's transaction, if any: the violation
-          // aborts only it, and the statement, run again, sees the other.
-          Effect.retry({ while: isUniqueViolation }),
+          // aborts only it. It says another pending command holds the key,
+          // one this statement could not see (committed since it began, or
+          // since the caller's snapshot, which a statement run again would
+          // not see either): the command runs under none.
+          Effect.catchIf(isUniqueViolation, () => pendingAgain(sql`NULL`)),
           Effect.map((rows) => rows.length > 0),
           SqlFailure.classify
-        ),
+        )
+      },
       list: (options) =>
         sql<Row>`
         SELECT id, command_type, command, due_at, state, attempts, retries, last_error, key FROM scheduled_commands
