@@ -173,8 +173,16 @@ export interface Store {
    * they leave it to that claim.
    */
   readonly complete: (due: Due) => Effect.Effect<void, StoreUnavailable>
-  /** Pending again, due `after` from now by the store's clock, with the failure. */
-  readonly retryAfter: (due: Due, after: Duration.Duration, error: string) => Effect.Effect<void, StoreUnavailable>
+  /**
+   * Pending again, due `after` from now by the store's clock, with the
+   * failure; unless a command scheduled under its key replaced it while it
+   * ran (`addKeyed`): then failed for good, and false.
+   */
+  readonly retryAfter: (
+    due: Due,
+    after: Duration.Duration,
+    error: string
+  ) => Effect.Effect<boolean | void, StoreUnavailable>
   /** Failed for good, with the failure. */
   readonly fail: (due: Due, error: string) => Effect.Effect<void, StoreUnavailable>
   /**
@@ -194,8 +202,9 @@ export interface Store {
    * (the new id, command and due time, its attempts and failure cleared);
    * `keep` leaves it and answers its id. A pending command a runner holds
    * (its lease has not passed) is running: `keep` answers it; `replace`
-   * leaves it to run to its outcome, retries included, under no key, and
-   * keeps this one under the key. Optional, as it came after the others:
+   * leaves it to finish its run under no key, marked superseded
+   * (`retryAfter` fails it, and so does a claim once its lease has passed),
+   * and keeps this one under the key. Optional, as it came after the others:
    * `schedule` with a key dies on a store without it.
    */
   readonly addKeyed?:
@@ -248,6 +257,8 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
       // Each claim's own token: `retry` sets attempts back, so a later claim
       // can have the count of an earlier one whose runner still reports.
       let leases = 0
+      // Running commands a keyed schedule replaced: not run again.
+      const superseded = new Set<string>()
       const holds = (entry: MemoryEntry | undefined, due: Due) =>
         entry !== undefined && entry.command.attempts === due.attempts && entry.lease === due.lease
       const pendingUnder = (map: Map<string, MemoryEntry>, key: string) => {
@@ -309,7 +320,23 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
                 .sort((a, b) => a.command.dueAt.epochMillis - b.command.dueAt.epochMillis)
                 .slice(0, limit)
               const next = new Map(map)
-              const claimed = due.map(({ command }) => {
+              // One a keyed schedule replaced while it ran, whose runner
+              // stopped before it ended: the command under its key stands for it.
+              for (const { command } of due) {
+                if (!superseded.has(command.id)) continue
+                superseded.delete(command.id)
+                next.set(command.id, {
+                  command: new ScheduledCommand({
+                    ...command,
+                    state: "failed",
+                    lastError: supersededError("its runner stopped before it ended")
+                  }),
+                  leasedUntil: 0
+                })
+              }
+              const claimed = due.filter(({ command }) => next.get(command.id)!.command.state === "pending").map((
+                { command }
+              ) => {
                 const counted = new ScheduledCommand({ ...command, attempts: command.attempts + 1 })
                 const token = String(++leases)
                 next.set(command.id, { command: counted, leasedUntil: now + storedMillis(lease), lease: token })
@@ -341,44 +368,52 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
         complete: (due) =>
           Ref.update(entries, (map) => {
             if (!holds(map.get(due.id), due)) return map
+            superseded.delete(due.id)
             const next = new Map(map)
             next.delete(due.id)
             return next
           }),
         retryAfter: (due, after, error) =>
-          Effect.flatMap(DateTime.now, (now) =>
-            Effect.asVoid(
+          Effect.flatMap(DateTime.now, (now) => {
+            const replaced = superseded.has(due.id)
+            return Effect.map(
               update(
                 due.id,
                 (command) =>
-                  new ScheduledCommand({
-                    ...command,
-                    state: "pending",
-                    dueAt: DateTime.addDuration(now, after),
-                    lastError: error
-                  }),
+                  replaced
+                    ? new ScheduledCommand({ ...command, state: "failed", lastError: supersededError(error) })
+                    : new ScheduledCommand({
+                      ...command,
+                      state: "pending",
+                      dueAt: DateTime.addDuration(now, after),
+                      lastError: error
+                    }),
                 due
-              )
-            )),
+              ),
+              (updated) => !(updated && replaced)
+            )
+          }),
         fail: (due, error) =>
           Effect.asVoid(
             update(due.id, (command) => new ScheduledCommand({ ...command, state: "failed", lastError: error }), due)
           ),
         retry: (id) =>
           Effect.flatMap(DateTime.now, (now) =>
-            update(id, (command, map) =>
-              command.state === "failed"
-                ? new ScheduledCommand({
-                  // Its key is another's now, if one was scheduled under it since.
-                  ...(command.key !== undefined && pendingUnder(map, command.key) !== undefined
-                    ? Struct.omit(command, "key")
-                    : command),
-                  state: "pending",
-                  dueAt: now,
-                  attempts: 0,
-                  retries: command.retries + 1
-                })
-                : undefined)),
+            update(id, (command, map) => {
+              if (command.state !== "failed") return undefined
+              // An operator's retry runs it, superseded or not.
+              superseded.delete(command.id)
+              return new ScheduledCommand({
+                // Its key is another's now, if one was scheduled under it since.
+                ...(command.key !== undefined && pendingUnder(map, command.key) !== undefined
+                  ? Struct.omit(command, "key")
+                  : command),
+                state: "pending",
+                dueAt: now,
+                attempts: 0,
+                retries: command.retries + 1
+              })
+            })),
         list: (options) =>
           Effect.map(Ref.get(entries), (map) =>
             [...map.values()]
@@ -409,6 +444,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               // A running one runs on to its outcome, under no key: taken
               // back, it would be lost (its failure and retries unrecorded).
               if (pending.leasedUntil > now) {
+                superseded.add(pending.command.id)
                 next.set(pending.command.id, {
                   ...pending,
                   command: new ScheduledCommand(Struct.omit(pending.command, "key"))
@@ -458,8 +494,9 @@ export interface ScheduleOptions {
    * new command and due time, under a new id: a debounce), or `keep` it and
    * answer its id. Default `replace`. A pending command a runner is running
    * counts as pending: `keep` answers it; `replace` does not take it back
-   * from its runner (it runs to its outcome, retries included, under no
-   * key) and schedules this one under the key.
+   * from its runner (it finishes its run under no key, and is not run again
+   * should that run fail: this one stands for it) and schedules this one
+   * under the key.
    */
   readonly onConflict?: OnConflict | undefined
 }
@@ -528,6 +565,17 @@ export const schedule = (
     if (store.addKeyed === undefined) return yield* withoutKeys("CommandScheduler.schedule")
     return yield* store.addKeyed({ ...entry, key: options.key, onConflict: options.onConflict ?? "replace" })
   })
+
+/**
+ * The failure kept for a command that a keyed schedule replaced while it ran
+ * and that then failed in a way a retry might pass: not run again, since the
+ * command under its key now stands for it (a debounce must not fire twice).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const supersededError = (error: string): string =>
+  stored(`Superseded: a command scheduled under its key replaced it while it ran; not run again after: ${error}`)
 
 // A store written before keys has neither member: a key there would be
 // ignored, and an at-most-one the caller counts on silently broken.
@@ -683,7 +731,10 @@ const runChecked = <C extends Command.Any, H, E, R>(
         }
         // After the wait by the store's clock, which it claims by too.
         const wait = storedDuration(backoff(due.attempts))
-        yield* store.retryAfter(due, wait, reason)
+        if ((yield* store.retryAfter(due, wait, reason)) === false) {
+          yield* Metric.increment(counted(due.commandType, "failed"))
+          return yield* Effect.logWarning("scheduled.superseded", exit.cause)
+        }
         yield* Metric.increment(counted(due.commandType, "retrying"))
         yield* Effect.logWarning("scheduled.retrying", exit.cause).pipe(
           Effect.annotateLogs({ retryAfter: Duration.format(wait) })

@@ -535,7 +535,7 @@ describe("CommandScheduler keys", () => {
       )
     }).pipe(Effect.provide(Stores)))
 
-  it.scoped("a command a runner is running under a key: not cancelled, kept by keep, and replace neither loses nor reruns it", () =>
+  it.scoped("a command a runner is running under a key: not cancelled, kept by keep; replaced, it is not run again after a failure", () =>
     Effect.gen(function*() {
       const runs: Array<string> = []
       const conflicts = { remaining: 1 }
@@ -565,16 +565,27 @@ describe("CommandScheduler keys", () => {
         (yield* list()).map((scheduled) => [scheduled.id, scheduled.key]),
         [[slow, undefined], [next, key]]
       )
-      // "slow" fails (a conflict), runs again after its backoff, and completes.
+      // "slow" fails (a conflict, which a retry might pass): replaced, it is
+      // not run again (a debounce fires once), but kept as failed, saying why.
       for (let i = 0; i < 30; i++) {
         yield* TestClock.adjust("1 second")
         yield* settle
       }
-      assert.deepStrictEqual(runs, ["slow", "slow"])
-      assert.deepStrictEqual((yield* list()).map((scheduled) => scheduled.id), [next])
+      assert.deepStrictEqual(runs, ["slow"])
+      const [failed, ...others] = yield* list("failed")
+      assert.deepStrictEqual([failed?.id, others], [slow, []])
+      assert.match(failed!.lastError!, /^Superseded: a command scheduled under its key replaced it while it ran/)
+      assert.deepStrictEqual((yield* list("pending")).map((scheduled) => scheduled.id), [next])
       yield* TestClock.adjust("40 seconds")
       yield* settle
-      assert.deepStrictEqual(runs, ["slow", "slow", "next"])
+      assert.deepStrictEqual(runs, ["slow", "next"])
+      // An operator's retry runs it all the same.
+      assert.isTrue(yield* CommandScheduler.retry(slow))
+      for (let i = 0; i < 15; i++) {
+        yield* TestClock.adjust("1 second")
+        yield* settle
+      }
+      assert.deepStrictEqual(runs, ["slow", "next", "slow"])
       assert.deepStrictEqual(yield* list(), [])
     }).pipe(Effect.provide(Stores)))
 

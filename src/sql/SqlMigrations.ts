@@ -207,10 +207,13 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   // A scheduled command's key (`CommandScheduler.schedule`'s `key`): at most
   // one pending under each, which the index holds between transactions and
-  // `INSERT ... ON CONFLICT` names. Rows from before have none; the column
-  // has no default, so no row is rewritten.
+  // `INSERT ... ON CONFLICT` names; and whether a keyed schedule replaced it
+  // while it ran (not run again). Rows from before have no key; neither
+  // column makes PostgreSQL rewrite a row (a constant default is kept in the
+  // catalogue).
   "12_scheduled_commands_key": [
-    `ALTER TABLE scheduled_commands ADD COLUMN key text CHECK (char_length(key) BETWEEN 1 AND 255)`,
+    `ALTER TABLE scheduled_commands ADD COLUMN key text CHECK (char_length(key) BETWEEN 1 AND 255),
+      ADD COLUMN superseded boolean NOT NULL DEFAULT false`,
     `CREATE UNIQUE INDEX scheduled_commands_key ON scheduled_commands (key)
       WHERE state = 'pending' AND key IS NOT NULL`
   ]

@@ -24,6 +24,10 @@ const isUuid = Schema.is(Schema.UUID)
 // Nor does a key `schedule` refuses (PostgreSQL's text refuses a NUL).
 const isKey = Schema.is(CommandScheduler.Key)
 
+// A command a keyed schedule replaced while it ran, claimed again: its runner
+// stopped before it ended, and the command under its key stands for it.
+const stoppedSuperseded = CommandScheduler.supersededError("its runner stopped before it ended")
+
 // A retry that took a key another transaction was taking: that one had it
 // first (the retry's check could not see it before it committed).
 const isUniqueViolation = (error: SqlError) => SqlFailure.sqlState(error) === "23505"
@@ -94,11 +98,16 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         ),
       claim: (limit, lease) =>
         sql<
-          Pick<Row, "id" | "command_type" | "command" | "attempts" | "retries" | "due_at"> & { readonly lease: string }
+          Pick<Row, "id" | "command_type" | "command" | "attempts" | "retries" | "due_at"> & {
+            readonly lease: string
+            readonly superseded: boolean
+          }
         >`
         UPDATE scheduled_commands AS s
-        SET lease_expires_at = ${Column.fromNow(sql, lease)},
-          attempts = s.attempts + 1
+        SET lease_expires_at = CASE WHEN s.superseded THEN NULL ELSE ${Column.fromNow(sql, lease)} END,
+          attempts = CASE WHEN s.superseded THEN s.attempts ELSE s.attempts + 1 END,
+          state = CASE WHEN s.superseded THEN 'failed' ELSE s.state END,
+          last_error = CASE WHEN s.superseded THEN ${stoppedSuperseded} ELSE s.last_error END
         FROM (
           SELECT id FROM scheduled_commands
           WHERE state = 'pending' AND due_at <= statement_timestamp()
@@ -107,11 +116,13 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           FOR UPDATE SKIP LOCKED
         ) AS due
         WHERE s.id = due.id
-        RETURNING s.id, s.command_type, s.command, s.attempts, s.retries, s.due_at, s.lease_expires_at::text AS lease`
+        RETURNING s.id, s.command_type, s.command, s.attempts, s.retries, s.due_at, s.lease_expires_at::text AS lease,
+          s.superseded`
           .withoutTransform.pipe(
             // UPDATE returns its rows in no particular order.
             Effect.map((rows) =>
               rows
+                .filter((row) => !row.superseded)
                 .map((row) => ({ row, dueAt: new Date(row.due_at).getTime() }))
                 .sort((a, b) => a.dueAt - b.dueAt)
                 .map(({ row }) => ({
@@ -135,12 +146,18 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         ),
       complete: (due) =>
         sql`DELETE FROM scheduled_commands WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
+      // One a keyed schedule replaced while it ran fails for good instead.
       retryAfter: (due, after, error) =>
-        sql`
+        sql<{ readonly superseded: boolean }>`
         UPDATE scheduled_commands
-        SET state = 'pending', due_at = ${dueAt({ after })}, last_error = ${error},
+        SET state = CASE WHEN superseded THEN 'failed' ELSE 'pending' END,
+          due_at = CASE WHEN superseded THEN due_at ELSE ${dueAt({ after })} END,
+          last_error = CASE WHEN superseded THEN ${CommandScheduler.supersededError(error)} ELSE ${error} END,
           lease_expires_at = NULL
-        WHERE ${held(due)}`.pipe(Effect.asVoid, SqlFailure.classify),
+        WHERE ${held(due)} RETURNING superseded`.withoutTransform.pipe(
+          Effect.map((rows) => !(rows[0]?.superseded ?? false)),
+          SqlFailure.classify
+        ),
       fail: (due, error) =>
         sql`
         UPDATE scheduled_commands SET state = 'failed', last_error = ${error}, lease_expires_at = NULL
@@ -153,7 +170,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           sql`
           UPDATE scheduled_commands AS s
           SET state = 'pending', due_at = statement_timestamp(), attempts = 0, retries = retries + 1,
-            lease_expires_at = NULL, key = ${key}
+            lease_expires_at = NULL, key = ${key}, superseded = false
           WHERE id = ${id} AND state = 'failed' RETURNING id`.withoutTransform
         return sql.withTransaction(pendingAgain(sql`CASE WHEN EXISTS (
             SELECT 1 FROM scheduled_commands AS o WHERE o.key = s.key AND o.state = 'pending'
@@ -229,7 +246,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
               // Running: it runs on to its outcome under no key (its runner
               // finds it by id and lease), and the key is this one's.
               sql`
-              UPDATE scheduled_commands SET key = NULL
+              UPDATE scheduled_commands SET key = NULL, superseded = true
               WHERE key = ${entry.key} AND state = 'pending' AND lease_expires_at > statement_timestamp()`,
               Effect.suspend(() => addKeyed(entry))
             )

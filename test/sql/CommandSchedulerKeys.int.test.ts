@@ -172,6 +172,56 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect(yield* Effect.provide(onStore, CommandScheduler.layerMemory)).toEqual(inSql)
       }))
 
+    it.effect("a running command a keyed schedule replaced is not run again: retryAfter and a claim after its runner stopped fail it", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        const onStore = Effect.gen(function*() {
+          const store = yield* CommandScheduler.ScheduledCommands
+          const log: Array<unknown> = []
+          const failed = Effect.map(
+            store.list({ state: "failed" }),
+            (list) =>
+              list.map((scheduled) => [(scheduled.command as { n: number }).n, scheduled.lastError?.split(";")[0]])
+          )
+          const schedule = (n: number, key: string, at = new Date(0)) =>
+            CommandScheduler.schedule(new Remind({ n }), { at }, { key })
+          yield* schedule(1, "a")
+          const [first] = yield* store.claim(10, Duration.minutes(1))
+          yield* schedule(2, "a", new Date(Date.now() + 3600_000))
+          // A failure a retry might pass: replaced, it fails for good.
+          log.push(yield* store.retryAfter(first!, Duration.zero, "conflict"), yield* failed, yield* pendingKeys)
+          // The operator's retry runs it, under no key (another holds it).
+          log.push(yield* store.retry(first!.id), yield* pendingKeys)
+          const [again] = yield* store.claim(10, Duration.minutes(1))
+          log.push(yield* store.retryAfter(again!, Duration.hours(2), "conflict again"), yield* failed)
+          // Replaced while its runner held it, then its lease passed (the runner stopped): the
+          // next claim fails it rather than run it.
+          yield* schedule(3, "b")
+          const [held] = yield* store.claim(10, Duration.millis(500))
+          log.push((held!.command as { n: number }).n)
+          yield* schedule(4, "b", new Date(Date.now() + 3600_000))
+          yield* Effect.sleep("600 millis")
+          log.push((yield* store.claim(10, Duration.minutes(1))).length, yield* failed, yield* pendingKeys)
+          return log
+        })
+        const inSql = yield* onStore
+        const superseded = "Superseded: a command scheduled under its key replaced it while it ran"
+        expect(inSql).toEqual([
+          false,
+          [[1, superseded]],
+          [[2, "a"]],
+          true,
+          [[1, undefined], [2, "a"]],
+          true,
+          [],
+          3,
+          0,
+          [[3, superseded]],
+          [[2, "a"], [4, "b"], [1, undefined]]
+        ])
+        expect(yield* Effect.provide(onStore, CommandScheduler.layerMemory)).toEqual(inSql)
+      }))
+
     it.effect("a command scheduled under a key by a handler replaces the pending one only if its dispatch commits", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll

@@ -172,9 +172,11 @@ layer(Shared, { excludeTestServices: true, timeout: "300 seconds" })(
                         answers = [null, null]
                         break
                       case "retryAfter":
-                        yield* mem(memStore.retryAfter(h.mem, Duration.zero, "again"))
-                        yield* sqlStore.retryAfter(h.sql, Duration.zero, "again")
-                        answers = [null, null]
+                        // False from both when a keyed schedule replaced it while held.
+                        answers = [
+                          yield* mem(memStore.retryAfter(h.mem, Duration.zero, "again")),
+                          yield* sqlStore.retryAfter(h.sql, Duration.zero, "again")
+                        ]
                         break
                       case "renew": {
                         const m = yield* mem(memStore.renew(h.mem, lease))
