@@ -30,7 +30,10 @@ export interface Service {
   readonly transactional: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StoreUnavailable, R>
   /**
    * Runs `end` when the transaction the caller is inside ends, told whether
-   * it committed; false, with nothing registered, outside one. For what a
+   * it committed; false, with nothing registered, outside one. Inside a
+   * savepoint this unit of work began (a dispatch inside another's), `end`
+   * is told at once that it did not commit when that savepoint rolls back,
+   * else when the outermost transaction ends. For what a
    * dispatch inside another's transaction (a savepoint of it) must not do
    * before that transaction commits: an idempotency record kept outside the
    * database. Optional: without it, such work is done at once.
@@ -52,6 +55,12 @@ export interface Service {
 export const makeEnds = () => {
   const registered = new WeakMap<object, Array<(committed: boolean) => Effect.Effect<void>>>()
   const ended = new WeakSet<object>()
+  const runAll = (ends: ReadonlyArray<(committed: boolean) => Effect.Effect<void>>, committed: boolean) =>
+    Effect.forEach(
+      ends,
+      (end) => Effect.catchAllCause(end(committed), (cause) => Effect.logWarning("unit-of-work.after-end", cause)),
+      { discard: true }
+    )
   return {
     /**
      * Whether the transaction `of` began here and has ended: a fiber forked
@@ -62,6 +71,8 @@ export const makeEnds = () => {
     begin: (of: object): void => {
       registered.set(of, [])
     },
+    /** Whether `of` (a transaction, or a savepoint of one) takes registrations now. */
+    isOpen: (of: object): boolean => registered.has(of),
     /** Registers `end` for the transaction `of`; false when it is not one begun here. */
     add: (of: object, end: (committed: boolean) => Effect.Effect<void>): boolean => {
       const ends = registered.get(of)
@@ -69,16 +80,33 @@ export const makeEnds = () => {
       ends.push(end)
       return true
     },
+    /**
+     * A savepoint `of` begun inside `outer` (open here): what is registered
+     * in it waits on it, since it may roll back while `outer` commits.
+     */
+    within: (of: object, outer: object): void => {
+      if (registered.has(outer)) registered.set(of, [])
+    },
+    /**
+     * Ends the savepoint `of`, begun `within` `outer`: kept, what it
+     * registered waits on `outer`; rolled back, it is told now that it did
+     * not commit (nor will it, whatever `outer` does).
+     */
+    leave: (of: object, outer: object, kept: boolean): Effect.Effect<void> => {
+      const ends = registered.get(of)
+      registered.delete(of)
+      if (ends === undefined || ends.length === 0) return Effect.void
+      const outerEnds = kept ? registered.get(outer) : undefined
+      if (outerEnds === undefined) return runAll(ends, false)
+      outerEnds.push(...ends)
+      return Effect.void
+    },
     run: (of: object, committed: boolean): Effect.Effect<void> => {
       const ends = registered.get(of)
       registered.delete(of)
       ended.add(of)
       if (ends === undefined || ends.length === 0) return Effect.void
-      return Effect.forEach(
-        ends,
-        (end) => Effect.catchAllCause(end(committed), (cause) => Effect.logWarning("unit-of-work.after-end", cause)),
-        { discard: true }
-      )
+      return runAll(ends, committed)
     }
   }
 }
@@ -129,14 +157,21 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
           // are its own transaction's, appended outside the ended one.
           if (ends.hasEnded(root)) return Effect.locally(transactional(self), currentPending, undefined)
           outermost.set(events, root)
+          ends.within(events, outer)
           // One begun while the outer was open, by a fiber forked in it, may
           // end after it: its events have no transaction left to join, as
           // its statements would have no connection on a database.
-          return Effect.flatMap(Effect.locally(self, currentPending, events), (value) => {
-            if (ends.hasEnded(root)) return Effect.dieMessage(endedFirst)
-            outer.push(...events)
-            return Effect.succeed(value)
-          })
+          // Its events joined the outer's, or not, as its exit says.
+          return Effect.uninterruptibleMask((restore) =>
+            Effect.onExit(
+              Effect.flatMap(restore(Effect.locally(self, currentPending, events)), (value) => {
+                if (ends.hasEnded(root)) return Effect.dieMessage(endedFirst)
+                outer.push(...events)
+                return Effect.succeed(value)
+              }),
+              (exit) => ends.leave(events, outer, exit._tag === "Success")
+            )
+          )
         }
         ends.begin(events)
         return Effect.uninterruptibleMask((restore) =>
@@ -154,7 +189,9 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
       afterEnd: (end) =>
         Effect.map(
           FiberRef.get(currentPending),
-          (pending) => pending !== undefined && ends.add(outermost.get(pending) ?? pending, end)
+          // At the level it is called in: a savepoint that rolls back tells
+          // its registrations so, whatever the outermost transaction does.
+          (pending) => pending !== undefined && ends.add(pending, end)
         )
     }
   })

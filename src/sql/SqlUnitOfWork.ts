@@ -6,7 +6,9 @@
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import type * as SqlConnection from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -91,12 +93,32 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
           )
         }
         // Inside a transaction: a savepoint of it, as `@effect/sql` makes.
-        return sql.withTransaction(self)
+        // What is registered in it waits on it (it may roll back while the
+        // transaction commits), when its parent is a level that takes them.
+        const parent = levelOf(fiber)
+        const outer = parent !== undefined && ends.isOpen(parent) ? parent : connection
+        // Its exit read in a region of its own, so that an interruption that
+        // came as it ended does not pass for its rollback.
+        let level: object | undefined
+        return Effect.uninterruptibleMask((restore) =>
+          Effect.onExit(
+            sql.withTransaction(restore(Effect.withFiberRuntime<A, E, R>((inner) => {
+              level = levelOf(inner)
+              if (level !== undefined) ends.within(level, outer)
+              return self
+            }))),
+            (exit) => level === undefined ? Effect.void : ends.leave(level, outer, Exit.isSuccess(exit))
+          )
+        )
       })),
     afterEnd: (end) =>
       Effect.withFiberRuntime((fiber) => {
         const connection = connectionOf(fiber)
-        return Effect.succeed(connection !== undefined && ends.add(connection, end))
+        if (connection === undefined) return Effect.succeed(false)
+        // The savepoint the caller is in when this unit of work began it,
+        // else the transaction (a savepoint of the caller's own counts as it).
+        const level = levelOf(fiber)
+        return Effect.succeed((level !== undefined && ends.add(level, end)) || ends.add(connection, end))
       })
   }
 })
@@ -104,6 +126,10 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
 type Ends = ReturnType<typeof UnitOfWork.makeEnds>
 
 type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
+
+/** The level (transaction or savepoint) the fiber is in, if any: `@effect/sql`'s pair of its connection and depth. */
+const levelOf = (fiber: AnyFiber): object | undefined =>
+  Option.getOrUndefined(Context.getOption(fiber.currentContext, SqlClient.TransactionConnection))
 
 /** The connection of the transaction the fiber is in, if any. */
 const connectionOf = (fiber: AnyFiber): object | undefined => {
@@ -121,16 +147,50 @@ const withTransaction =
     const checked = (sql as { readonly [SqlFailure.checksAbortedCommit]?: boolean })[SqlFailure.checksAbortedCommit]
       ? self
       : Effect.tap(self, () => SqlFailure.failIfAborted(sql.unsafe("SELECT 1")))
+    // Whether COMMIT went out: `withTransaction` sends it, uninterruptibly,
+    // once the work succeeded. An interruption that came meanwhile (a client
+    // that hung up) ends the transaction interrupted all the same, its
+    // commit's success hidden; a failed commit leaves its defect beside the
+    // interruption.
+    let commitSent = false
+    // Once the work is done, its connection (`@effect/sql-pg`'s) sends only
+    // the transaction's end: a fiber forked in it that outlives it must not
+    // write into whatever the pool's client serves next, or commit on its own.
     const seen = Effect.withFiberRuntime<A, E | SqlError, R>((fiber) => {
       connection = connectionOf(fiber)
-      if (connection !== undefined) ends.begin(connection)
-      return checked
+      if (connection === undefined) return checked
+      ends.begin(connection)
+      watchCommit(connection, () => {
+        commitSent = true
+      })
+      const of = connection
+      return Effect.ensuring(checked, Effect.sync(() => retireButEnd(of)))
     })
     return Effect.onExit(
       sql.withTransaction(seen),
-      (exit) => connection === undefined ? Effect.void : ends.run(connection, exit._tag === "Success")
+      (exit) => {
+        if (connection === undefined) return Effect.void
+        retire(connection)
+        return ends.run(connection, Exit.isSuccess(exit) || (commitSent && Cause.isInterruptedOnly(exit.cause)))
+      }
     )
   }
+
+/**
+ * Calls `sent` when `@effect/sql`'s `withTransaction` sends COMMIT on the
+ * transaction's connection (its own, made for this transaction, as
+ * `@effect/sql-pg`'s and PGlite's are; `executeUnprepared` is how both send it).
+ */
+const watchCommit = (connection: object, sent: () => void) => {
+  type Execute = SqlConnection.Connection["executeUnprepared"]
+  const execute = (connection as { readonly executeUnprepared?: unknown }).executeUnprepared
+  if (typeof execute !== "function") return
+  const watched: Execute = function(this: unknown, statement, params, transformRows) {
+    if (statement === "COMMIT") sent()
+    return (execute as Execute).call(this, statement, params, transformRows)
+  }
+  ;(connection as { executeUnprepared: Execute }).executeUnprepared = watched
+}
 
 /**
  * @since 0.1.0
@@ -155,7 +215,16 @@ const ended = {
     const error = new Error(
       "connection used after its transaction ended (a fiber forked in the transaction outlived it)"
     )
-    // As `pg` answers: to the callback, or, without one, by the promise.
+    // As `pg` answers: a submittable (a cursor, which `@effect/sql-pg`'s
+    // streams send) through its own handler, else to the callback, or,
+    // without one, by the promise. A cursor given a rejected promise was
+    // never told, and the rejection, handled by nobody, ended the process.
+    const submittable = args[0] as { readonly submit?: unknown; readonly handleError?: unknown } | null | undefined
+    if (typeof submittable?.submit === "function" && typeof submittable.handleError === "function") {
+      const handleError = submittable.handleError as (error: Error) => void
+      queueMicrotask(() => handleError.call(submittable, error))
+      return submittable
+    }
     const callback = args[args.length - 1]
     if (typeof callback !== "function") return Promise.reject(error)
     callback(error)
@@ -166,6 +235,25 @@ const ended = {
 /** Points the connection (`@effect/sql-pg`'s, holding its client as `pg`) at `ended`. */
 const retire = (connection: object) => {
   if ("pg" in connection) (connection as { pg: unknown }).pg = ended
+}
+
+interface Queryable {
+  readonly query: (...args: ReadonlyArray<unknown>) => unknown
+}
+
+/**
+ * As `retire`, but the transaction's own end still goes through: the
+ * `COMMIT` or `ROLLBACK` that `@effect/sql`'s `withTransaction` sends on the
+ * connection once the work is done (a savepoint's statements never are one).
+ */
+const retireButEnd = (connection: object) => {
+  if (!("pg" in connection)) return
+  const client = (connection as { pg: unknown }).pg as Queryable | undefined
+  if (client === undefined || client === ended) return
+  ;(connection as { pg: unknown }).pg = {
+    query: (...args: ReadonlyArray<unknown>) =>
+      args[0] === "COMMIT" || args[0] === "ROLLBACK" ? client.query(...args) : ended.query(...args)
+  }
 }
 
 type DefersBegin = Pick<PgPreparedClient.PreparedClient, "deferBegin" | "cancelDeferredBegin">
