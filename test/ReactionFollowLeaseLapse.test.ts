@@ -4,29 +4,14 @@
  * the name over never runs beside it.
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as DateTime from "effect/DateTime"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
-import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
-import { CommandError, DomainEvent, Outbox, Reaction } from "../src/index.js"
+import { CommandError, Outbox, Reaction } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
-
-class Counted extends DomainEvent.Class<Counted>()("Counted", { count: Schema.Int }) {}
-const envelope = (count: number) =>
-  new DomainEvent.Envelope({
-    eventId: crypto.randomUUID(),
-    type: "Counted",
-    aggregateType: "Counter",
-    aggregateId: `c-${count}`,
-    aggregateVersion: 1,
-    occurredAt: DateTime.unsafeNow(),
-    correlationId: crypto.randomUUID(),
-    causationId: crypto.randomUUID(),
-    payload: { _tag: "Counted", count }
-  })
+import { Counted, envelope } from "./support/Counted.js"
 
 // One follower's view of the checkpoints while its link to them is cut:
 // refused at once, or (`silent`) unanswered until the link is back.

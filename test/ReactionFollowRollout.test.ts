@@ -3,28 +3,14 @@
  * the old version holds the name, the new reaction is not run on what it runs.
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
-import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
-import { DomainEvent, Outbox, Reaction } from "../src/index.js"
+import { Outbox, Reaction } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
+import { Counted, envelope } from "./support/Counted.js"
 
-class Counted extends DomainEvent.Class<Counted>()("Counted", { count: Schema.Int }) {}
-const envelope = (count: number) =>
-  new DomainEvent.Envelope({
-    eventId: crypto.randomUUID(),
-    type: "Counted",
-    aggregateType: "Counter",
-    aggregateId: `c-${count}`,
-    aggregateVersion: 1,
-    occurredAt: DateTime.unsafeNow(),
-    correlationId: crypto.randomUUID(),
-    causationId: crypto.randomUUID(),
-    payload: { _tag: "Counted", count }
-  })
 const layers = Layer.mergeAll(InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory)
 
 describe("a reaction added to a follower in a rolling deploy", () => {

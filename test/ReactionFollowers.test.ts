@@ -5,30 +5,16 @@
  * wait without asking for the name at every event.
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as DateTime from "effect/DateTime"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
-import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
-import { DomainEvent, EventPublisher, Outbox, Reaction } from "../src/index.js"
+import { EventPublisher, Outbox, Reaction } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
+import { Counted, envelope } from "./support/Counted.js"
 
-class Counted extends DomainEvent.Class<Counted>()("Counted", { count: Schema.Int }) {}
-const envelope = (count: number) =>
-  new DomainEvent.Envelope({
-    eventId: crypto.randomUUID(),
-    type: "Counted",
-    aggregateType: "Counter",
-    aggregateId: `c-${count}`,
-    aggregateVersion: 1,
-    occurredAt: DateTime.unsafeNow(),
-    correlationId: crypto.randomUUID(),
-    causationId: crypto.randomUUID(),
-    payload: { _tag: "Counted", count }
-  })
 /** Appends and publishes one event, as a dispatch and the relay do. */
 const commit = (n: number) =>
   Effect.gen(function*() {
