@@ -39,6 +39,28 @@ const notes = Effect.flatMap(
     )
 )
 
+/**
+ * A transaction that inserts "outer" and forks a savepoint that waits, then
+ * runs `late`: the fiber of that savepoint, and what lets it go on.
+ */
+const forkedStraddling = <E>(late: Effect.Effect<void, E, SqlClient.SqlClient>) =>
+  Effect.gen(function*() {
+    const unitOfWork = yield* UnitOfWork.UnitOfWork
+    const started = yield* Deferred.make<void>()
+    const ended = yield* Deferred.make<void>()
+    const forked = yield* unitOfWork.transactional(Effect.gen(function*() {
+      yield* insert("outer")
+      const fiber = yield* Effect.forkDaemon(unitOfWork.transactional(Effect.gen(function*() {
+        yield* Deferred.succeed(started, undefined)
+        yield* Deferred.await(ended)
+        yield* late
+      })))
+      yield* Deferred.await(started)
+      return fiber
+    }))
+    return { forked, goOn: Deferred.succeed(ended, undefined) }
+  })
+
 layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of work on withTransaction", (it) => {
   it.effect.skipIf(TestDatabase.serverUrl === undefined)(
     "a savepoint a forked fiber began in a transaction fails once that transaction's work is done",
@@ -47,18 +69,7 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
         const sql = yield* SqlClient.SqlClient
         yield* sql.unsafe(`DROP TABLE IF EXISTS ${table}; CREATE TABLE ${table} (note text NOT NULL)`)
         const unitOfWork = yield* UnitOfWork.UnitOfWork
-        const started = yield* Deferred.make<void>()
-        const ended = yield* Deferred.make<void>()
-        const forked = yield* unitOfWork.transactional(Effect.gen(function*() {
-          yield* insert("outer")
-          const fiber = yield* Effect.forkDaemon(unitOfWork.transactional(Effect.gen(function*() {
-            yield* Deferred.succeed(started, undefined)
-            yield* Deferred.await(ended)
-            yield* insert("forked")
-          })))
-          yield* Deferred.await(started)
-          return fiber
-        }))
+        const { forked, goOn } = yield* forkedStraddling(Effect.asVoid(insert("forked")))
         // Another transaction, on the only connection, rolled back.
         const otherIn = yield* Deferred.make<void>()
         const forkedDone = yield* Deferred.make<void>()
@@ -69,7 +80,7 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
           return yield* Effect.fail("roll back")
         })))
         yield* Deferred.await(otherIn)
-        yield* Deferred.succeed(ended, undefined)
+        yield* goOn
         const exit = yield* Fiber.await(forked)
         yield* Deferred.succeed(forkedDone, undefined)
         yield* Fiber.await(other)
@@ -86,21 +97,10 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })("unit of wor
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
         yield* sql.unsafe(`DROP TABLE IF EXISTS ${table}; CREATE TABLE ${table} (note text NOT NULL)`)
-        const unitOfWork = yield* UnitOfWork.UnitOfWork
-        const started = yield* Deferred.make<void>()
-        const ended = yield* Deferred.make<void>()
-        const forked = yield* unitOfWork.transactional(Effect.gen(function*() {
-          yield* insert("outer")
-          const fiber = yield* Effect.forkDaemon(unitOfWork.transactional(Effect.gen(function*() {
-            yield* Deferred.succeed(started, undefined)
-            yield* Deferred.await(ended)
-            yield* insert("forked")
-            return yield* Effect.fail("the savepoint rolls back")
-          })))
-          yield* Deferred.await(started)
-          return fiber
-        }))
-        yield* Deferred.succeed(ended, undefined)
+        const { forked, goOn } = yield* forkedStraddling(
+          Effect.zipRight(insert("forked"), Effect.fail("the savepoint rolls back" as const))
+        )
+        yield* goOn
         const exit = yield* Fiber.await(forked)
         const left = yield* notes
         yield* sql.unsafe(`DROP TABLE ${table}`)
