@@ -306,6 +306,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               const key = id.toLowerCase()
               const entry = map.get(key)
               if (entry === undefined || entry.leasedUntil > now) return [false, map]
+              superseded.delete(key)
               const next = new Map(map)
               next.delete(key)
               return [true, next]
@@ -395,7 +396,11 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
           }),
         fail: (due, error) =>
           Effect.asVoid(
-            update(due.id, (command) => new ScheduledCommand({ ...command, state: "failed", lastError: error }), due)
+            update(due.id, (command) => {
+              // Failed for good, it runs only by an operator's retry, which runs it superseded or not.
+              superseded.delete(command.id)
+              return new ScheduledCommand({ ...command, state: "failed", lastError: error })
+            }, due)
           ),
         retry: (id) =>
           Effect.flatMap(DateTime.now, (now) =>

@@ -145,6 +145,15 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
     // another ends when the outermost does.
     const ends = makeEnds()
     const outermost = new WeakMap<Array<DomainEvent.Envelope>, Array<DomainEvent.Envelope>>()
+    // Each savepoint's parent: a fiber forked in a savepoint that ended (kept,
+    // or rolled back) while the outermost is open is in the level around it,
+    // as its statements would be on a database's connection.
+    const parents = new WeakMap<Array<DomainEvent.Envelope>, Array<DomainEvent.Envelope>>()
+    const openLevel = (level: Array<DomainEvent.Envelope>): Array<DomainEvent.Envelope> | undefined => {
+      let current: Array<DomainEvent.Envelope> | undefined = level
+      while (current !== undefined && !ends.isOpen(current)) current = parents.get(current)
+      return current
+    }
     // Once `self` succeeded, the append (its commit) is not interrupted,
     // as a database's commit is not; before, an interruption ends the
     // dispatch with nothing published.
@@ -157,7 +166,9 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
           // are its own transaction's, appended outside the ended one.
           if (ends.hasEnded(root)) return Effect.locally(transactional(self), currentPending, undefined)
           outermost.set(events, root)
-          ends.within(events, outer)
+          const host = openLevel(outer) ?? outer
+          parents.set(events, host)
+          ends.within(events, host)
           // One begun while the outer was open, by a fiber forked in it, may
           // end after it: its events have no transaction left to join, as
           // its statements would have no connection on a database.
@@ -165,11 +176,12 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
           return Effect.uninterruptibleMask((restore) =>
             Effect.onExit(
               Effect.flatMap(restore(Effect.locally(self, currentPending, events)), (value) => {
-                if (ends.hasEnded(root)) return Effect.dieMessage(endedFirst)
-                outer.push(...events)
+                const into = ends.hasEnded(root) ? undefined : openLevel(host)
+                if (into === undefined) return Effect.dieMessage(endedFirst)
+                into.push(...events)
                 return Effect.succeed(value)
               }),
-              (exit) => ends.leave(events, outer, exit._tag === "Success")
+              (exit) => ends.leave(events, openLevel(host) ?? host, exit._tag === "Success")
             )
           )
         }
@@ -191,7 +203,10 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
           FiberRef.get(currentPending),
           // At the level it is called in: a savepoint that rolls back tells
           // its registrations so, whatever the outermost transaction does.
-          (pending) => pending !== undefined && ends.add(pending, end)
+          (pending) => {
+            const level = pending === undefined ? undefined : openLevel(pending)
+            return level !== undefined && ends.add(level, end)
+          }
         )
     }
   })

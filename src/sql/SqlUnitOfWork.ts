@@ -94,9 +94,8 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
         }
         // Inside a transaction: a savepoint of it, as `@effect/sql` makes.
         // What is registered in it waits on it (it may roll back while the
-        // transaction commits), when its parent is a level that takes them.
-        const parent = levelOf(fiber)
-        const outer = parent !== undefined && ends.isOpen(parent) ? parent : connection
+        // transaction commits), under the innermost level that takes them.
+        const outer = innermost(ends, fiber, connection)
         // Its exit read in a region of its own, so that an interruption that
         // came as it ended does not pass for its rollback.
         let level: object | undefined
@@ -104,8 +103,9 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
           Effect.onExit(
             sql.withTransaction(restore(Effect.withFiberRuntime<A, E, R>((inner) => {
               level = levelOf(inner)
-              if (level !== undefined) ends.within(level, outer)
-              return self
+              if (level === undefined) return self
+              ends.within(level, outer)
+              return Effect.locally(self, currentLevel, level)
             }))),
             (exit) => level === undefined ? Effect.void : ends.leave(level, outer, Exit.isSuccess(exit))
           )
@@ -115,10 +115,10 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
       Effect.withFiberRuntime((fiber) => {
         const connection = connectionOf(fiber)
         if (connection === undefined) return Effect.succeed(false)
-        // The savepoint the caller is in when this unit of work began it,
-        // else the transaction (a savepoint of the caller's own counts as it).
-        const level = levelOf(fiber)
-        return Effect.succeed((level !== undefined && ends.add(level, end)) || ends.add(connection, end))
+        // The innermost savepoint the caller is in that this unit of work
+        // began, else the transaction (a savepoint made with
+        // `sql.withTransaction` directly counts as the level around it).
+        return Effect.succeed(ends.add(innermost(ends, fiber, connection), end))
       })
   }
 })
@@ -130,6 +130,28 @@ type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
 /** The level (transaction or savepoint) the fiber is in, if any: `@effect/sql`'s pair of its connection and depth. */
 const levelOf = (fiber: AnyFiber): object | undefined =>
   Option.getOrUndefined(Context.getOption(fiber.currentContext, SqlClient.TransactionConnection))
+
+/**
+ * The innermost savepoint this unit of work began that the fiber is in, as
+ * `transactional` marks it: a savepoint made with `sql.withTransaction`
+ * directly hides it from `levelOf`, but rolls back with it all the same.
+ */
+const currentLevel = FiberRef.unsafeMake<object | undefined>(undefined)
+
+/**
+ * The level the fiber's registrations wait on: its own when this unit of
+ * work began it and it is open, else the innermost open one around it
+ * (`currentLevel`, of this transaction), else the transaction.
+ */
+const innermost = (ends: Ends, fiber: AnyFiber, connection: object): object => {
+  const level = levelOf(fiber)
+  if (level !== undefined && ends.isOpen(level)) return level
+  const marked = fiber.getFiberRef(currentLevel)
+  if (marked !== undefined && ends.isOpen(marked) && (marked as ReadonlyArray<unknown>)[0] === connection) {
+    return marked
+  }
+  return connection
+}
 
 /** The connection of the transaction the fiber is in, if any. */
 const connectionOf = (fiber: AnyFiber): object | undefined => {
