@@ -678,7 +678,8 @@ const defaultBackoff = (attempts: number): Duration.Duration =>
  * time, as the fiber's `CurrentUser` (none unless you provide one). Each
  * outcome is recorded: a success removes the command; a failure the command
  * declares (and does not mark retryable), a refusal by its business rules
- * (`CommandValidationError`) or of its key (`IdempotencyKeyMismatch`), or a
+ * (`CommandValidationError`), of its user (`Forbidden`) or of its key
+ * (`IdempotencyKeyMismatch`), or a
  * command the bus cannot decode or does not handle, fails it for good; any
  * other failure (an outage, a timeout, a conflict) runs it again after
  * `backoff`, until `maxAttempts`.

@@ -282,7 +282,8 @@ const dispatchingVariance = { _Cmd: (_: never) => _ }
  * A failure the command declares (and does not mark retryable) is an
  * outcome, not a glitch: it is not retried, since the idempotency key would
  * replay it anyway; nor is a refusal that no rerun changes (its business
- * rules, `CommandValidationError`; its key reused, `IdempotencyKeyMismatch`).
+ * rules, `CommandValidationError`; a role its user lacks, `Forbidden`; its
+ * key reused, `IdempotencyKeyMismatch`).
  * React to it in the process, or see it as a dead letter.
  *
  * A key in flight (`IdempotencyKeyInFlight`) is waited out, for up to

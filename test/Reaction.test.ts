@@ -216,6 +216,7 @@ describe("Reaction", () => {
         })
       ))
       assert.isFalse(pay.retryable!(new Idempotency.IdempotencyKeyMismatch({ idempotencyKey: "k" })))
+      assert.isFalse(pay.retryable!(new CommandError.Forbidden({ reason: "requires role admin" })))
     }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 
   it.effect("dispatch: a failure is judged by the command that failed, not by another command of the bus", () =>
