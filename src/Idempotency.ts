@@ -187,8 +187,15 @@ interface MemoryRecord {
   readonly result: StoredResult | undefined
 }
 
+// How often the memory store drops expired records, at a claim.
+const memoryPruneMillis = 60_000
+
 /**
  * An in-memory store on the `Clock`, so `TestClock` drives leases and expiry.
+ * It drops expired records itself, at a claim, at most once a minute: records
+ * are only added by claims, so none pile up between them, and no fiber wakes
+ * every minute (which a `TestClock` moved by days would run thousands of
+ * times over).
  *
  * @since 0.1.0
  * @category constructors
@@ -196,10 +203,25 @@ interface MemoryRecord {
 export const makeMemory: Effect.Effect<Store> = Effect.sync(() => {
   const records = new Map<string, MemoryRecord>()
   const id = (scope: string, key: string) => `${scope}\u0000${key}`
+  const dropExpired = (now: number) => {
+    let pruned = 0
+    for (const [key, record] of records) {
+      if (record.expiresAt <= now) {
+        records.delete(key)
+        pruned++
+      }
+    }
+    return pruned
+  }
+  let nextPrune = Number.NEGATIVE_INFINITY
   return {
     joinsTransaction: false,
     claim: (request) =>
       Effect.map(Clock.currentTimeMillis, (now): Claim => {
+        if (now >= nextPrune) {
+          nextPrune = now + memoryPruneMillis
+          dropExpired(now)
+        }
         const existing = records.get(id(request.scope, request.key))
         if (
           existing !== undefined && existing.expiresAt > now &&
@@ -237,16 +259,7 @@ export const makeMemory: Effect.Effect<Store> = Effect.sync(() => {
           records.delete(id(request.scope, request.key))
         }
       }),
-    prune: Effect.map(Clock.currentTimeMillis, (now) => {
-      let pruned = 0
-      for (const [key, record] of records) {
-        if (record.expiresAt <= now) {
-          records.delete(key)
-          pruned++
-        }
-      }
-      return pruned
-    })
+    prune: Effect.map(Clock.currentTimeMillis, dropExpired)
   }
 })
 
@@ -289,12 +302,12 @@ export const layerWithPruning = <E, R>(
   )
 
 /**
- * The in-memory store, pruned every minute.
+ * The in-memory store, which prunes itself (`makeMemory`).
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerMemory: Layer.Layer<IdempotencyStore> = layerWithPruning(makeMemory, "1 minute")
+export const layerMemory: Layer.Layer<IdempotencyStore> = Layer.effect(IdempotencyStore, makeMemory)
 
 // -----------------------------------------------------------------------------
 // middleware
