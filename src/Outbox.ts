@@ -14,7 +14,7 @@ import * as Schema from "effect/Schema"
 import type { StoreUnavailable } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
-import { currentPending } from "./internal/pending.js"
+import { currentPending, endedFirst, openLevels } from "./internal/pending.js"
 
 /**
  * An event with its global position in the log, in commit order.
@@ -91,7 +91,12 @@ export const makeMemory: Effect.Effect<Service, never, EventPublisher> = Effect.
       append: (events) =>
         Effect.flatMap(FiberRef.get(currentPending), (pending) => {
           if (pending === undefined) return appendNow(events)
-          pending.push(...events)
+          const resolve = openLevels.get(pending)
+          const level = resolve === undefined ? pending : resolve(pending)
+          // A fiber forked in a transaction that outlived it: on a database its
+          // connection refuses the write, as here.
+          if (level === undefined) return Effect.dieMessage(endedFirst)
+          level.push(...events)
           return Effect.void
         }),
       read: (options) => {

@@ -11,7 +11,7 @@ import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import type { StoreUnavailable } from "./CommandError.js"
 import type * as DomainEvent from "./DomainEvent.js"
-import { currentPending } from "./internal/pending.js"
+import { currentPending, endedFirst, openLevels } from "./internal/pending.js"
 import { Outbox } from "./Outbox.js"
 
 /**
@@ -125,8 +125,6 @@ export class UnitOfWork extends Context.Tag("effect-command-bus/UnitOfWork")<Uni
  */
 export const layerNone: Layer.Layer<UnitOfWork> = Layer.succeed(UnitOfWork, { transactional: (self) => self })
 
-const endedFirst = "the transaction this one is part of ended first (a fiber forked in it outlived it)"
-
 /**
  * The unit of work of the in-memory outbox (`Outbox.layerMemory`): the
  * events a dispatch appends are held until it succeeds, then appended and
@@ -168,6 +166,7 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
           outermost.set(events, root)
           const host = openLevel(outer) ?? outer
           parents.set(events, host)
+          openLevels.set(events, openLevel)
           ends.within(events, host)
           // One begun while the outer was open, by a fiber forked in it, may
           // end after it: its events have no transaction left to join, as
@@ -186,6 +185,7 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
           )
         }
         ends.begin(events)
+        openLevels.set(events, openLevel)
         return Effect.uninterruptibleMask((restore) =>
           Effect.onExit(
             Effect.flatMap(

@@ -14,3 +14,23 @@ export const currentPending: FiberRef.FiberRef<Array<DomainEvent.Envelope> | und
   Symbol.for("effect-command-bus/internal/pending"),
   () => FiberRef.unsafeMake<Array<DomainEvent.Envelope> | undefined>(undefined)
 )
+
+/**
+ * Where an append held in a level (an events array of the in-memory unit of
+ * work) goes now: the level itself while open; once it ended, the open level
+ * around it, as a fiber forked in a savepoint writes, on a database, in the
+ * transaction around it; undefined once its transaction ended. Set by the
+ * unit of work for each level it begins.
+ *
+ * @internal
+ */
+export const openLevels: WeakMap<
+  Array<DomainEvent.Envelope>,
+  (level: Array<DomainEvent.Envelope>) => Array<DomainEvent.Envelope> | undefined
+> = globalValue(
+  Symbol.for("effect-command-bus/internal/pending/openLevels"),
+  () => new WeakMap()
+)
+
+/** @internal */
+export const endedFirst = "the transaction this one is part of ended first (a fiber forked in it outlived it)"
