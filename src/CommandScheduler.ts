@@ -238,6 +238,11 @@ interface MemoryEntry {
   readonly leasedUntil: number
   /** The token of the claim that leased it. */
   readonly lease?: string
+  /**
+   * A keyed schedule replaced it while a runner held it: not run again (the
+   * SQL store's `superseded` column).
+   */
+  readonly superseded?: true
 }
 
 /**
@@ -257,8 +262,6 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
       // Each claim's own token: `retry` sets attempts back, so a later claim
       // can have the count of an earlier one whose runner still reports.
       let leases = 0
-      // Running commands a keyed schedule replaced: not run again.
-      const superseded = new Set<string>()
       const holds = (entry: MemoryEntry | undefined, due: Due) =>
         entry !== undefined && entry.command.attempts === due.attempts && entry.lease === due.lease
       const pendingUnder = (map: Map<string, MemoryEntry>, key: string) => {
@@ -267,38 +270,48 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
         }
         return undefined
       }
+      // Pending again (an operator's retry), a command is no longer superseded.
       const update = (
         id: string,
-        f: (command: ScheduledCommand, map: Map<string, MemoryEntry>) => ScheduledCommand | undefined,
+        f: (entry: MemoryEntry, map: Map<string, MemoryEntry>) => ScheduledCommand | undefined,
         leasedAs?: Due
       ) =>
         Ref.modify(entries, (map) => {
           // Ids are UUIDs, in whatever case a caller writes them, as in SQL.
           const key = id.toLowerCase()
           const entry = map.get(key)
-          const next = entry === undefined || (leasedAs !== undefined && !holds(entry, leasedAs))
-            ? undefined
-            : f(entry.command, map)
+          if (entry === undefined || (leasedAs !== undefined && !holds(entry, leasedAs))) return [false, map]
+          const next = f(entry, map)
           if (next === undefined) return [false, map]
-          return [true, new Map(map).set(key, { command: next, leasedUntil: 0 })]
+          const superseded = entry.superseded === true && next.state === "failed"
+          return [true, new Map(map).set(key, { command: next, leasedUntil: 0, ...(superseded ? { superseded } : {}) })]
         })
+      const added = (
+        entry: { readonly id: string; readonly commandType: string; readonly command: unknown },
+        dueAt: DateTime.Utc,
+        key?: string
+      ): MemoryEntry => {
+        // Kept in lower case, as PostgreSQL's uuid column gives it back.
+        const id = entry.id.toLowerCase()
+        return {
+          command: new ScheduledCommand({
+            ...entry,
+            id,
+            ...(key === undefined ? {} : { key }),
+            dueAt,
+            state: "pending",
+            attempts: 0,
+            retries: 0
+          }),
+          leasedUntil: 0
+        }
+      }
       return {
         add: ({ due, ...entry }) =>
           Effect.flatMap(DateTime.now, (now) =>
             Ref.update(entries, (map) => {
-              // Kept in lower case, as PostgreSQL's uuid column gives it back.
-              const id = entry.id.toLowerCase()
-              return new Map(map).set(id, {
-                command: new ScheduledCommand({
-                  ...entry,
-                  id,
-                  dueAt: "at" in due ? due.at : DateTime.addDuration(now, due.after),
-                  state: "pending",
-                  attempts: 0,
-                  retries: 0
-                }),
-                leasedUntil: 0
-              })
+              const next = added(entry, "at" in due ? due.at : DateTime.addDuration(now, due.after))
+              return new Map(map).set(next.command.id, next)
             })),
         cancel: (id) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
@@ -306,7 +319,6 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               const key = id.toLowerCase()
               const entry = map.get(key)
               if (entry === undefined || entry.leasedUntil > now) return [false, map]
-              superseded.delete(key)
               const next = new Map(map)
               next.delete(key)
               return [true, next]
@@ -323,21 +335,19 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               const next = new Map(map)
               // One a keyed schedule replaced while it ran, whose runner
               // stopped before it ended: the command under its key stands for it.
-              for (const { command } of due) {
-                if (!superseded.has(command.id)) continue
-                superseded.delete(command.id)
+              for (const { command, superseded } of due) {
+                if (!superseded) continue
                 next.set(command.id, {
                   command: new ScheduledCommand({
                     ...command,
                     state: "failed",
                     lastError: supersededError("its runner stopped before it ended")
                   }),
-                  leasedUntil: 0
+                  leasedUntil: 0,
+                  superseded
                 })
               }
-              const claimed = due.filter(({ command }) => next.get(command.id)!.command.state === "pending").map((
-                { command }
-              ) => {
+              const claimed = due.filter(({ superseded }) => !superseded).map(({ command }) => {
                 const counted = new ScheduledCommand({ ...command, attempts: command.attempts + 1 })
                 const token = String(++leases)
                 next.set(command.id, { command: counted, leasedUntil: now + storedMillis(lease), lease: token })
@@ -369,45 +379,45 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
         complete: (due) =>
           Ref.update(entries, (map) => {
             if (!holds(map.get(due.id), due)) return map
-            superseded.delete(due.id)
             const next = new Map(map)
             next.delete(due.id)
             return next
           }),
         retryAfter: (due, after, error) =>
           Effect.flatMap(DateTime.now, (now) => {
-            const replaced = superseded.has(due.id)
+            let replaced = false
             return Effect.map(
               update(
                 due.id,
-                (command) =>
-                  replaced
+                ({ command, superseded }) => {
+                  replaced = superseded === true
+                  return replaced
                     ? new ScheduledCommand({ ...command, state: "failed", lastError: supersededError(error) })
                     : new ScheduledCommand({
                       ...command,
                       state: "pending",
                       dueAt: DateTime.addDuration(now, after),
                       lastError: error
-                    }),
+                    })
+                },
                 due
               ),
-              (updated) => !(updated && replaced)
+              () => !replaced
             )
           }),
         fail: (due, error) =>
           Effect.asVoid(
-            update(due.id, (command) => {
-              // Failed for good, it runs only by an operator's retry, which runs it superseded or not.
-              superseded.delete(command.id)
-              return new ScheduledCommand({ ...command, state: "failed", lastError: error })
-            }, due)
+            update(
+              due.id,
+              ({ command }) => new ScheduledCommand({ ...command, state: "failed", lastError: error }),
+              due
+            )
           ),
         retry: (id) =>
           Effect.flatMap(DateTime.now, (now) =>
-            update(id, (command, map) => {
-              if (command.state !== "failed") return undefined
+            update(id, ({ command }, map) => {
               // An operator's retry runs it, superseded or not.
-              superseded.delete(command.id)
+              if (command.state !== "failed") return undefined
               return new ScheduledCommand({
                 // Its key is another's now, if one was scheduled under it since.
                 ...(command.key !== undefined && pendingUnder(map, command.key) !== undefined
@@ -429,35 +439,24 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
         addKeyed: ({ due, key, onConflict, ...entry }) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
             Ref.modify(entries, (map) => {
-              const id = entry.id.toLowerCase()
-              const added: MemoryEntry = {
-                command: new ScheduledCommand({
-                  ...entry,
-                  id,
-                  key,
-                  dueAt: "at" in due ? due.at : DateTime.unsafeMake(now + storedMillis(due.after)),
-                  state: "pending",
-                  attempts: 0,
-                  retries: 0
-                }),
-                leasedUntil: 0
-              }
+              const keyed = added(entry, "at" in due ? due.at : DateTime.unsafeMake(now + storedMillis(due.after)), key)
+              const id = keyed.command.id
               const pending = pendingUnder(map, key)
-              if (pending === undefined) return [id, new Map(map).set(id, added)]
+              if (pending === undefined) return [id, new Map(map).set(id, keyed)]
               if (onConflict === "keep") return [pending.command.id, map]
               const next = new Map(map)
               // A running one runs on to its outcome, under no key: taken
               // back, it would be lost (its failure and retries unrecorded).
               if (pending.leasedUntil > now) {
-                superseded.add(pending.command.id)
                 next.set(pending.command.id, {
                   ...pending,
-                  command: new ScheduledCommand(Struct.omit(pending.command, "key"))
+                  command: new ScheduledCommand(Struct.omit(pending.command, "key")),
+                  superseded: true
                 })
               } else {
                 next.delete(pending.command.id)
               }
-              return [id, next.set(id, added)]
+              return [id, next.set(id, keyed)]
             })),
         cancelKey: (key) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
