@@ -562,9 +562,10 @@ const isTaggedWith = (error: unknown, tags: ReadonlyArray<string>): boolean =>
  * a clock moved by hand, such as `TestClock`, it does not): its `cut` passes the
  * dispatch's deadline at once, so that it ends as at its deadline
  * (`CommandTimeout`, naming the time it had until the cut, its transaction
- * rolled back, its idempotency key released), unless its commit has begun; `cut` says whether it cut. When a
- * dispatch ends past the start of its commit, `committed` is called: the
- * edge's work now has an outcome to report, which interrupting it would hide.
+ * rolled back, its idempotency key released), unless its commit has begun;
+ * `cut` says whether it cut. When a dispatch ends past the start of its
+ * commit, `committed` is called: the edge's work now has an outcome to
+ * report, which interrupting it would hide.
  *
  * @since 0.1.0
  * @category models
@@ -634,9 +635,8 @@ const withDeadline = <A, E, R>(
   runtimeFlags: RuntimeFlags.RuntimeFlags
 ): Effect.Effect<A, E | CommandTimeout, R> => {
   const clock = EffectContext.get(parent.currentDefaultServices, Clock.Clock)
-  const startedAt = clock.unsafeCurrentTimeMillis()
-  // The time a cut dispatch had, by the monotonic clock: a step of the wall
-  // clock (NTP setting it back) made it negative.
+  // The time the dispatch has had, by the monotonic clock: a step of the
+  // wall clock (NTP setting it back) made a cut dispatch's negative.
   const startedNanos = clock.unsafeCurrentTimeNanos()
   const hadMillis = () => Number((clock.unsafeCurrentTimeNanos() - startedNanos) / 1_000_000n)
   const fiberRefs = parent.getFiberRefs()
@@ -650,7 +650,7 @@ const withDeadline = <A, E, R>(
     return Exit.isSuccess(done) ? joined(child, fiberRefs, done.value) : Exit.failCause(done.cause)
   }
   const cutoff = EffectContext.get(parent.currentContext, CurrentCutoff)
-  const elapsed = clock.unsafeCurrentTimeMillis() - startedAt
+  const elapsed = hadMillis()
   const left = elapsed <= 0 ? limit : Duration.millis(Math.max(0, Duration.toMillis(limit) - elapsed))
   const stop = Fiber.interruptAs(child, parent.id())
   // Past the deadline the child is interrupted and awaited, unless its
