@@ -887,9 +887,9 @@ export interface FollowOptions extends RunOptions {
   readonly sequencing?: "none" | "aggregate"
   /**
    * How long a follower holds its name, renewed every third of it while a
-   * batch runs and at each poll (at least every third of it) while idle, where the
-   * store claims names (`CheckpointStore.claim`; the memory and SQL stores
-   * do): meanwhile other followers of the name, in this process or another,
+   * batch runs and at each poll (at least every third of it) while idle,
+   * where the store claims names (`CheckpointStore.claim`; the memory and
+   * SQL stores do): meanwhile other followers of the name, in this process or another,
    * wait, and one of them takes over when it stops (at once) or its lease
    * lapses (a crash). One that cannot renew it (its store unreachable)
    * stops its batch at its last turn before the lease lapses, by its own
@@ -908,8 +908,8 @@ export interface FollowOptions extends RunOptions {
  * again: make reactions idempotent (`dispatch` is). One follower of a name
  * runs at a time, in one process or many, where the checkpoint store claims
  * names (the memory and SQL ones do; see `FollowOptions.lease`): the others
- * wait, and one takes over where it stopped. It wakes when the publisher delivers an event, and reads the log
- * every `pollInterval` regardless. Returns the fiber it runs in, in the scope.
+ * wait, and one takes over where it stopped. It wakes when the publisher
+ * delivers an event, and reads the log every `pollInterval` regardless. Returns the fiber it runs in, in the scope.
  *
  * A reaction that still fails after its retries (or cannot decode its event)
  * is logged and becomes a `DeadLetter`, and the follower goes on with the
