@@ -136,9 +136,13 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
             ),
             SqlFailure.classify
           ),
+      // The lease is its token: a renewal always moves it on, so that the
+      // lease it renewed no longer holds, even where the database's clock has
+      // not moved since (PGlite's moves by whole milliseconds).
       renew: (due, lease) =>
         sql<{ readonly lease: string }>`
-        UPDATE scheduled_commands SET lease_expires_at = ${Column.fromNow(sql, lease)}
+        UPDATE scheduled_commands
+        SET lease_expires_at = GREATEST(${Column.fromNow(sql, lease)}, lease_expires_at + interval '1 microsecond')
         WHERE ${held(due)} AND lease_expires_at > statement_timestamp()
         RETURNING lease_expires_at::text AS lease`.withoutTransform.pipe(
           Effect.map((rows) => rows.length === 0 ? undefined : { ...due, lease: rows[0]!.lease }),

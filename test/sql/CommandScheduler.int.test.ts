@@ -366,6 +366,24 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect(log).toEqual(["start 1", "end 1", "start 2", "end 2", "start 3", "end 3"])
       }))
 
+    it.effect("a lease renewed at once is the renewal's alone: the lease it renewed no longer holds", () =>
+      Effect.gen(function*() {
+        // The embedded database's clock moves by whole milliseconds: a renewal
+        // in the millisecond of its claim gave the lease the same time, and the
+        // claim's stale lease held as the renewal's.
+        for (let n = 1; n <= 20; n++) {
+          yield* TestDatabase.truncateAll
+          const store = yield* CommandScheduler.ScheduledCommands
+          yield* CommandScheduler.schedule(new Remind({ n }), { at: new Date(0) })
+          const [claimed] = yield* store.claim(10, Duration.minutes(1))
+          const renewed = yield* store.renew(claimed!, Duration.minutes(1))
+          expect(renewed?.lease).not.toBe(claimed!.lease)
+          expect(yield* store.renew(claimed!, Duration.minutes(1))).toBeUndefined()
+          yield* store.complete(claimed!)
+          expect((yield* store.list()).length).toBe(1)
+        }
+      }))
+
     it.effect("a lease is renewed only while it holds; times and delays past what PostgreSQL keeps are kept as in memory", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
