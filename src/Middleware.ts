@@ -29,6 +29,7 @@ import type * as Tracer from "effect/Tracer"
 import type * as Command from "./Command.js"
 import { CommandTimeout, CommandValidationError, Forbidden, type StoreUnavailable } from "./CommandError.js"
 import * as CurrentUser from "./CurrentUser.js"
+import { isRolledBackConflict } from "./internal/conflict.js"
 import { maxTimerMillis } from "./internal/limit.js"
 import * as Span from "./internal/span.js"
 import { type BeforeCommit, UnitOfWork } from "./UnitOfWork.js"
@@ -490,6 +491,14 @@ export const defaultRetrySchedule: Schedule.Schedule<unknown, unknown> = Schedul
  * following a `Schedule`; every other error fails at once. Place it outside
  * the transaction so each attempt runs on fresh state.
  *
+ * A command that marks `ConcurrencyConflict` retryable is also re-run when
+ * the database ended its transaction to break a deadlock or a serialization
+ * conflict (the `StoreUnavailable` of a deadlock's loser, `40P01`, or of a
+ * serialization failure, `40001`) and that transaction was its own, so it
+ * rolled back whole: the same race as an optimistic-concurrency conflict,
+ * told by the database. A dispatch inside another's transaction (a
+ * savepoint of it) is not re-run alone; the outer dispatch is.
+ *
  * @since 0.1.0
  * @category middleware
  */
@@ -527,7 +536,9 @@ const retryAfter = <A, E, R>(
   retryable: ReadonlyArray<string>,
   schedule: Schedule.Schedule<unknown, unknown>
 ): Effect.Effect<A, E, R> => {
-  const isRetryable = (e: unknown): e is { readonly _tag: string } => isTaggedWith(e, retryable)
+  const conflicts = retryable.includes("ConcurrencyConflict")
+  const isRetryable = (e: unknown): e is { readonly _tag: string } =>
+    isTaggedWith(e, retryable) || (conflicts && isRolledBackConflict(e))
   if (!isRetryable(error)) return Effect.fail(error)
   // Counted as each re-run starts, under the error that caused it: the last
   // failure, which the schedule does not retry, is no re-run.

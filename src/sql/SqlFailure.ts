@@ -14,6 +14,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import { StoreUnavailable } from "../CommandError.js"
+import { markConflict } from "../internal/conflict.js"
 
 // SQLSTATE classes and codes that mean "the database is not there right now".
 const unavailableCodes = new Set(["53300", "57P01", "57P02", "57P03", "57014", "53000", "53100", "53200"])
@@ -105,10 +106,11 @@ const toUnavailable = (error: unknown) => {
   const conflict = isTransientConflict(error)
     ? causeChain(error).find((link) => Predicate.hasProperty(link, "code") && conflictCodes.has(String(link.code)))
     : undefined
-  return new StoreUnavailable({
+  const unavailable = new StoreUnavailable({
     store: "database",
     reason: firstLine(conflict ?? error) ?? "unreachable"
   })
+  return conflict === undefined ? unavailable : markConflict(unavailable)
 }
 
 /**

@@ -19,6 +19,8 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
 import type Pg from "pg"
+import type { StoreUnavailable } from "../CommandError.js"
+import { markRolledBack } from "../internal/conflict.js"
 import * as Span from "../internal/span.js"
 import { connectionClassOf } from "../internal/sqlConnection.js"
 import * as UnitOfWork from "../UnitOfWork.js"
@@ -79,18 +81,18 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
       : undefined) ?? withTransaction(sql, ends)
   return {
     transactional: <A, E, R>(self: Effect.Effect<A, E, R>) =>
-      SqlFailure.classify(Effect.withFiberRuntime<A, E | SqlError, R>((fiber) => {
+      Effect.withFiberRuntime<A, E | StoreUnavailable, R>((fiber) => {
         const connection = connectionOf(fiber)
-        if (connection === undefined) return outermost(self, fiber)
+        if (connection === undefined) return rolledBackWhole(SqlFailure.classify(outermost(self, fiber)))
         // A fiber forked in a transaction of this unit of work that outlived
         // it: its connection went back to the pool (where it may be in
         // another's transaction), so this is a transaction of its own.
         if (ends.hasEnded(connection)) {
-          return Effect.mapInputContext(
+          return rolledBackWhole(SqlFailure.classify(Effect.mapInputContext(
             outermost(self, fiber),
             (context: Context.Context<R>) =>
               Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<R>
-          )
+          )))
         }
         // Inside a transaction: a savepoint of it, as `@effect/sql` makes.
         // What is registered in it waits on it (it may roll back while the
@@ -99,7 +101,7 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
         // Its exit read in a region of its own, so that an interruption that
         // came as it ended does not pass for its rollback.
         let level: object | undefined
-        return Effect.uninterruptibleMask((restore) =>
+        return SqlFailure.classify(Effect.uninterruptibleMask((restore) =>
           Effect.onExit(
             sql.withTransaction(restore(Effect.withFiberRuntime<A, E, R>((inner) => {
               level = levelOf(inner)
@@ -109,8 +111,8 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
             }))),
             (exit) => level === undefined ? Effect.void : ends.leave(level, outer, Exit.isSuccess(exit))
           )
-        )
-      })),
+        ))
+      }),
     afterEnd: (end) =>
       Effect.withFiberRuntime((fiber) => {
         const connection = connectionOf(fiber)
@@ -124,6 +126,15 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
 })
 
 type Ends = ReturnType<typeof UnitOfWork.makeEnds>
+
+// A transaction of its own that the database ended to break a deadlock or a
+// serialization conflict rolled back whole: the retry middleware may run its
+// dispatch again. A savepoint's does not (its transaction goes on).
+const rolledBackWhole = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.tapError(self, (error) => {
+    markRolledBack(error)
+    return Effect.void
+  })
 
 type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
 
