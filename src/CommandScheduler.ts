@@ -683,7 +683,8 @@ const defaultBackoff = (attempts: number): Duration.Duration =>
  * other failure (an outage, a timeout, a conflict) runs it again after
  * `backoff`, until `maxAttempts`.
  * Several runners, in one process or many, share the work: a leased command
- * is run by one of them.
+ * is run by one of them. Each claims every due command of the store, whatever
+ * its bus: one that its bus does not handle fails for good there.
  *
  * @since 0.1.0
  * @category running
@@ -813,6 +814,157 @@ export const layer = <C extends Command.Any, H, E, R>(
   options: RunOptions = {}
 ): Layer.Layer<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>> =>
   Layer.scopedDiscard(start(bus, options))
+
+/**
+ * `schedule`, `cancel`, `cancelKey` and `retry`, with `schedule` typed by the
+ * commands `C`: another command does not compile, as `dispatch` refuses one
+ * its bus does not handle, rather than fail for good when it is due, minutes
+ * or days later. Type a function's parameter with it to take either
+ * scheduler, `make`'s or `forBus`'s.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Scheduling<C extends Command.Any> {
+  /** `schedule`, for the commands `C` only. */
+  readonly schedule: (
+    command: C,
+    when: When,
+    options?: ScheduleOptions
+  ) => Effect.Effect<string, StoreUnavailable, ScheduledCommands>
+  readonly cancel: typeof cancel
+  readonly cancelKey: typeof cancelKey
+  readonly retry: typeof retry
+}
+
+/**
+ * `unknown` when a bus of the commands `Handled` handles each of the commands
+ * `C`; otherwise a member no bus has, named by the tags of those it does not
+ * handle, so that the compiler says which.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Handles<C extends Command.Any, Handled extends Command.Any> = [Exclude<C, Handled>] extends [never] ?
+  unknown
+  : { readonly "scheduled commands the bus does not handle": Exclude<C, Handled>["_tag"] }
+
+/**
+ * The scheduler of a list of command classes (`make`): it schedules those
+ * commands only, and its runner takes a bus that handles each of them.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface CommandScheduler<C extends Command.Any> extends Scheduling<C> {
+  /** `run`, on a bus that handles every command this scheduler schedules. */
+  readonly run: <Handled extends Command.Any, H, E, R>(
+    bus: CommandBus.CommandBus<Handled, H, E, R> & Handles<C, Handled>,
+    options?: RunOptions
+  ) => Effect.Effect<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>>
+  /** `start`, on a bus that handles every command this scheduler schedules. */
+  readonly start: <Handled extends Command.Any, H, E, R>(
+    bus: CommandBus.CommandBus<Handled, H, E, R> & Handles<C, Handled>,
+    options?: RunOptions
+  ) => Effect.Effect<
+    Fiber.RuntimeFiber<never>,
+    never,
+    ScheduledCommands | CommandBus.Requirements<H, keyof H, R> | Scope.Scope
+  >
+  /** `layer`, on a bus that handles every command this scheduler schedules. */
+  readonly layer: <Handled extends Command.Any, H, E, R>(
+    bus: CommandBus.CommandBus<Handled, H, E, R> & Handles<C, Handled>,
+    options?: RunOptions
+  ) => Layer.Layer<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>>
+}
+
+/**
+ * The scheduler of a bus (`forBus`): it schedules the bus's commands, and its
+ * runner runs that bus, so the two are the same set. `H` and `R` are the
+ * bus's handlers and middleware requirements, which the runner requires (the
+ * bus's errors it records, not fails with).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface BusScheduler<C extends Command.Any, H, R> extends Scheduling<C> {
+  /** `run` on the bus. */
+  readonly run: (
+    options?: RunOptions
+  ) => Effect.Effect<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>>
+  /** `start` on the bus. */
+  readonly start: (
+    options?: RunOptions
+  ) => Effect.Effect<
+    Fiber.RuntimeFiber<never>,
+    never,
+    ScheduledCommands | CommandBus.Requirements<H, keyof H, R> | Scope.Scope
+  >
+  /** `layer` on the bus. */
+  readonly layer: (
+    options?: RunOptions
+  ) => Layer.Layer<never, never, ScheduledCommands | CommandBus.Requirements<H, keyof H, R>>
+}
+
+// Classes typed only `Command.AnyClass` have any string as their tag: a
+// scheduler of them would take any command, and no bus could be shown to
+// handle them. Refused where it is written, as `CommandBus.make` does.
+type TypedClasses<Cs extends ReadonlyArray<Command.AnyClass>> = string extends InstanceType<Cs[number]>["_tag"]
+  ? { readonly "command classes typed only Command.AnyClass: give the scheduler each class's own type": never }
+  : unknown
+
+/**
+ * A scheduler of the commands of `commands` (the list a bus is made of, or
+ * part of it): its `schedule` takes those commands only, and its runner a bus
+ * that handles each of them. It needs the classes alone, not the bus, so the
+ * handlers of a bus can schedule that bus's own commands with it: the bus is
+ * made from those handlers, and a scheduler made from the bus would be a
+ * cycle. Scheduling, cancelling and running are those of the module's own
+ * functions.
+ *
+ * ```ts
+ * export const OrderScheduler = CommandScheduler.make(OrderCommands)
+ * // in a handler of the order bus:
+ * yield* OrderScheduler.schedule(new CancelOrder({ ... }), { after: "30 minutes" }).pipe(Effect.orDie)
+ * // in the service: a bus without CancelOrder's handler does not compile
+ * OrderScheduler.layer(bus)
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = <const Cs extends ReadonlyArray<Command.AnyClass>>(
+  _commands: Cs & TypedClasses<Cs>
+): CommandScheduler<InstanceType<Cs[number]>> => ({
+  schedule,
+  cancel,
+  cancelKey,
+  retry,
+  run: (bus, options) => run(bus, options),
+  start: (bus, options) => start(bus, options),
+  layer: (bus, options) => layer(bus, options)
+})
+
+/**
+ * The scheduler of `bus`: its `schedule` takes the bus's commands only, and
+ * its runner (`run`, `start`, `layer`) runs that bus. In the bus's own
+ * handlers, which the bus is made from, use `make` with the bus's command
+ * classes instead.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const forBus = <C extends Command.Any, H, E, R>(
+  bus: CommandBus.CommandBus<C, H, E, R>
+): BusScheduler<C, H, R> => ({
+  schedule,
+  cancel,
+  cancelKey,
+  retry,
+  run: (options) => run(bus, options),
+  start: (options) => start(bus, options),
+  layer: (options) => layer(bus, options)
+})
 
 // The run's own key when the command has none: a second run after a crash
 // replays the first one's outcome instead of running again. An operator's

@@ -635,3 +635,157 @@ describe("CommandScheduler keys", () => {
       }).pipe(Effect.provide(withoutKeys))
     }))
 })
+
+describe("CommandScheduler.make and forBus", () => {
+  type Bus = ReturnType<typeof makeBus>
+
+  // What the typed scheduler and its runner are given, and the untyped
+  // functions alike: the same scenario runs on each, and leaves the same trace.
+  interface Api {
+    readonly schedule: (
+      command: Remind | Charge,
+      when: CommandScheduler.When,
+      options?: CommandScheduler.ScheduleOptions
+    ) => Effect.Effect<string, CommandError.StoreUnavailable, CommandScheduler.ScheduledCommands>
+    readonly cancel: typeof CommandScheduler.cancel
+    readonly cancelKey: typeof CommandScheduler.cancelKey
+    readonly retry: typeof CommandScheduler.retry
+    readonly start: (
+      options: CommandScheduler.RunOptions
+    ) => ReturnType<typeof CommandScheduler.start<any, any, any, any>>
+  }
+
+  const scenario = (api: (bus: Bus) => Api) =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const { cancel, cancelKey, retry, schedule, start } = api(makeBus(ran, { remaining: 0 }))
+      // Each scenario at its own time: the TestClock goes on from the last one.
+      const began = yield* Clock.currentTimeMillis
+      const names = new Map<string, string>()
+      const named = (id: string, name: string) => {
+        names.set(id, name)
+        return id
+      }
+      const trace: Array<unknown> = []
+      const ids = (text: string | undefined) =>
+        [...names].reduce((renamed, [id, name]) => renamed?.replaceAll(id, name), text)
+
+      const late = named(yield* schedule(new Remind({ orderId: "late" }), { after: "10 minutes" }), "late")
+      const keyed = named(
+        yield* schedule(new Remind({ orderId: "keyed" }), { after: "5 minutes" }, { key: "k" }),
+        "keyed"
+      )
+      trace.push(
+        ids(
+          yield* schedule(new Remind({ orderId: "kept out" }), { after: "1 minute" }, { key: "k", onConflict: "keep" })
+        )
+      )
+      const declined = named(
+        yield* schedule(new Charge({ orderId: "declined", amount: 5000 }), { at: new Date(0) }),
+        "declined"
+      )
+      named(yield* schedule(new Remind({ orderId: "by key" }), { after: "1 minute" }, { key: "gone" }), "by key")
+      trace.push(yield* cancelKey("gone"), yield* cancelKey("gone"))
+      const cancelled = named(yield* schedule(new Remind({ orderId: "cancelled" }), { after: "1 hour" }), "cancelled")
+      trace.push(yield* cancel(cancelled), yield* cancel(cancelled))
+
+      yield* start({ pollInterval: "1 minute" })
+      yield* TestClock.adjust("11 minutes")
+      yield* settle
+      const runs = [...yield* Queue.takeAll(ran)]
+      trace.push(
+        runs.map((got) => [got._tag, (got as unknown as Remind).orderId, got.at - began, ids(got.idempotencyKey)])
+      )
+      const scheduled = () =>
+        Effect.map(
+          list(),
+          (all) =>
+            all.map((
+              entry
+            ) => [ids(entry.id), entry.commandType, entry.state, entry.attempts, entry.retries, entry.key])
+        )
+      trace.push(yield* scheduled())
+      trace.push(yield* retry(declined), yield* retry(late), yield* retry(keyed))
+      yield* TestClock.adjust("1 minute")
+      yield* settle
+      trace.push([...yield* Queue.takeAll(ran)].map((got) => ids(got.idempotencyKey)))
+      trace.push(yield* scheduled())
+      return trace
+    }).pipe(Effect.provide(Stores), Effect.scoped)
+
+  it.effect("the scheduler of a bus and that of its classes do what the module's functions do", () =>
+    Effect.gen(function*() {
+      const untyped = yield* scenario((bus) => ({
+        schedule: CommandScheduler.schedule,
+        cancel: CommandScheduler.cancel,
+        cancelKey: CommandScheduler.cancelKey,
+        retry: CommandScheduler.retry,
+        start: (options) => CommandScheduler.start(bus, options)
+      }))
+      assert.deepStrictEqual(untyped, [
+        "keyed",
+        true,
+        false,
+        true,
+        false,
+        [
+          ["Charge", "declined", 0, "scheduled:declined"],
+          ["Remind", "keyed", 5 * 60 * 1000, "scheduled:keyed"],
+          ["Remind", "late", 10 * 60 * 1000, "scheduled:late"]
+        ],
+        [["declined", "Charge", "failed", 1, 0, undefined]],
+        true,
+        false,
+        false,
+        ["scheduled:declined:retry-1"],
+        [["declined", "Charge", "failed", 1, 1, undefined]]
+      ])
+
+      const ofBus = yield* scenario((bus) => {
+        const scheduler = CommandScheduler.forBus(bus)
+        return { ...scheduler, start: scheduler.start }
+      })
+      assert.deepStrictEqual(ofBus, untyped)
+
+      const ofClasses = yield* scenario((bus) => {
+        const scheduler = CommandScheduler.make([Remind, Charge])
+        return { ...scheduler, start: (options) => scheduler.start(bus, options) }
+      })
+      assert.deepStrictEqual(ofClasses, untyped)
+    }))
+
+  it.scoped("a typed runner refuses the options the module's runner refuses, naming the same function", () =>
+    Effect.gen(function*() {
+      const bus = makeBus(yield* Queue.unbounded<Command.Any & { readonly at: number }>(), { remaining: 0 })
+      const ofBus = CommandScheduler.forBus(bus)
+      const ofClasses = CommandScheduler.make([Remind, Charge])
+      for (
+        const [where, attempt] of [
+          ["CommandScheduler.run", ofBus.run({ batchSize: 0 })],
+          ["CommandScheduler.start", ofBus.start({ batchSize: 0 })],
+          ["CommandScheduler.start", Layer.launch(ofBus.layer({ batchSize: 0 }))],
+          ["CommandScheduler.run", ofClasses.run(bus, { batchSize: 0 })],
+          ["CommandScheduler.start", ofClasses.start(bus, { batchSize: 0 })],
+          ["CommandScheduler.start", Layer.launch(ofClasses.layer(bus, { batchSize: 0 }))]
+        ] as const
+      ) {
+        const exit = yield* Effect.exit(attempt as Effect.Effect<unknown>)
+        assert.include(
+          String(Exit.isFailure(exit) && exit.cause),
+          `${where}: batchSize must be a positive integer, got 0`
+        )
+      }
+    }).pipe(Effect.provide(Stores)))
+
+  it.scoped("a typed runner's layer runs due commands through its bus", () =>
+    Effect.gen(function*() {
+      const ran = yield* Queue.unbounded<Command.Any & { readonly at: number }>()
+      const bus = makeBus(ran, { remaining: 0 })
+      const scheduler = CommandScheduler.make([Remind])
+      const id = yield* scheduler.schedule(new Remind({ orderId: "o-1" }), { after: "1 minute" })
+      yield* Layer.build(scheduler.layer(bus, { pollInterval: "10 seconds" }))
+      yield* TestClock.adjust("1 minute")
+      const got = yield* Queue.take(ran)
+      assert.deepStrictEqual([(got as unknown as Remind).orderId, got.idempotencyKey], ["o-1", `scheduled:${id}`])
+    }).pipe(Effect.provide(Stores)))
+})
