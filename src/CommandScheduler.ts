@@ -156,9 +156,17 @@ export interface Store {
   /**
    * Leases up to `limit` pending commands that are due, earliest first, for
    * `lease`, counting an attempt on each. A leased command is not handed out
-   * again until its lease has passed, to this runner or another.
+   * again until its lease has passed, to this runner or another. With
+   * `commandTypes`, only commands of those types (a runner passes its bus's,
+   * so that runners of several buses can share a store); a store written
+   * before it hands out every type, and a runner fails for good a command its
+   * bus does not handle.
    */
-  readonly claim: (limit: number, lease: Duration.Duration) => Effect.Effect<ReadonlyArray<Due>, StoreUnavailable>
+  readonly claim: (
+    limit: number,
+    lease: Duration.Duration,
+    commandTypes?: ReadonlyArray<string>
+  ) => Effect.Effect<ReadonlyArray<Due>, StoreUnavailable>
   /**
    * Holds `due` for `lease` from now (by the store's clock), if its lease has
    * not passed: the command as leased anew, which `complete`, `retryAfter`
@@ -323,12 +331,13 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               next.delete(key)
               return [true, next]
             })),
-        claim: (limit, lease) =>
+        claim: (limit, lease, commandTypes) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
             Ref.modify(entries, (map) => {
               const due = [...map.values()]
                 .filter(({ command, leasedUntil }) =>
-                  command.state === "pending" && command.dueAt.epochMillis <= now && leasedUntil <= now
+                  command.state === "pending" && command.dueAt.epochMillis <= now && leasedUntil <= now &&
+                  (commandTypes === undefined || commandTypes.includes(command.commandType))
                 )
                 .sort((a, b) => a.command.dueAt.epochMillis - b.command.dueAt.epochMillis)
                 .slice(0, limit)
@@ -683,8 +692,9 @@ const defaultBackoff = (attempts: number): Duration.Duration =>
  * other failure (an outage, a timeout, a conflict) runs it again after
  * `backoff`, until `maxAttempts`.
  * Several runners, in one process or many, share the work: a leased command
- * is run by one of them. Each claims every due command of the store, whatever
- * its bus: one that its bus does not handle fails for good there.
+ * is run by one of them. Each claims only the commands its bus handles, so
+ * runners of several buses share a store; a command no runner's bus handles
+ * stays pending (`list` shows it, overdue).
  *
  * @since 0.1.0
  * @category running
@@ -715,6 +725,9 @@ const runChecked = <C extends Command.Any, H, E, R>(
   const lease = storedDuration(options.lease ?? "1 minute")
   const maxAttempts = options.maxAttempts ?? 10
   const backoff = options.backoff ?? defaultBackoff
+  // Only the commands this bus handles: another bus's runner on the same
+  // store runs the others.
+  const commandTypes = [...bus.definitions.keys()]
   return Effect.flatMap(ScheduledCommands, (store) => {
     const runOne = (due: Due) =>
       Effect.gen(function*() {
@@ -774,7 +787,7 @@ const runChecked = <C extends Command.Any, H, E, R>(
     // lease passed before its turn): then it waits, rather than claim and
     // skip the same commands without pause.
     return Effect.forever(
-      store.claim(batchSize, lease).pipe(
+      store.claim(batchSize, lease, commandTypes).pipe(
         Effect.flatMap((batch) =>
           Effect.map(
             Effect.forEach(batch, runLeased, { concurrency: options.concurrency ?? 1 }),
@@ -818,8 +831,8 @@ export const layer = <C extends Command.Any, H, E, R>(
 /**
  * `schedule`, `cancel`, `cancelKey` and `retry`, with `schedule` typed by the
  * commands `C`: another command does not compile, as `dispatch` refuses one
- * its bus does not handle, rather than fail for good when it is due, minutes
- * or days later. Type a function's parameter with it to take either
+ * its bus does not handle, rather than wait for a runner that never claims
+ * it. Type a function's parameter with it to take either
  * scheduler, `make`'s or `forBus`'s.
  *
  * @since 0.1.0

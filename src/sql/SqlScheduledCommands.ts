@@ -96,7 +96,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           Effect.map((rows) => rows.length > 0),
           SqlFailure.classify
         ),
-      claim: (limit, lease) =>
+      claim: (limit, lease, commandTypes) =>
         sql<
           Pick<Row, "id" | "command_type" | "command" | "attempts" | "retries" | "due_at"> & {
             readonly lease: string
@@ -112,6 +112,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           SELECT id FROM scheduled_commands
           WHERE state = 'pending' AND due_at <= statement_timestamp()
             AND (lease_expires_at IS NULL OR lease_expires_at <= statement_timestamp())
+            ${commandTypes === undefined ? sql`` : sql`AND command_type = ANY(${commandTypes})`}
           ORDER BY due_at LIMIT ${limit}
           FOR UPDATE SKIP LOCKED
         ) AS due

@@ -238,6 +238,49 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         expect(yield* Queue.size(ran), "nothing runs twice").toBe(0)
       }))
 
+    it.scoped("runners of two buses share the store: each claims only its bus's commands, and runs them all", () =>
+      Effect.gen(function*() {
+        yield* TestDatabase.truncateAll
+        for (let n = 0; n < 10; n++) {
+          yield* CommandScheduler.schedule(new Remind({ n }), { after: 0 })
+          yield* CommandScheduler.schedule(new Busy({ n }), { after: 0 })
+        }
+        const store = yield* CommandScheduler.ScheduledCommands
+        const claimed = yield* store.claim(100, Duration.minutes(1), ["Remind"])
+        expect(claimed.map((due) => due.commandType)).toEqual(Array(10).fill("Remind"))
+        expect(yield* store.claim(100, Duration.minutes(1), []), "no types: nothing").toEqual([])
+        const busies = yield* store.claim(100, Duration.minutes(1), ["Busy", "Other"])
+        expect(busies.map((due) => due.commandType)).toEqual(Array(10).fill("Busy"))
+        yield* TestDatabase.truncateAll
+
+        for (let n = 0; n < 10; n++) {
+          yield* CommandScheduler.schedule(new Remind({ n }), { after: 0 })
+          yield* CommandScheduler.schedule(new Busy({ n }), { after: 0 })
+        }
+        const ran = yield* Queue.unbounded<Remind>()
+        const busy = yield* Queue.unbounded<Busy>()
+        const busies2 = CommandBus.make([Busy], {
+          Busy: (command) => Effect.as(Queue.offer(busy, command), Handler.result(undefined))
+        })
+        const options: CommandScheduler.RunOptions = { batchSize: 3, pollInterval: "50 millis" }
+        yield* CommandScheduler.start(reminding(ran), options)
+        yield* CommandScheduler.start(busies2, options)
+        const got = yield* Effect.all([Queue.takeN(ran, 10), Queue.takeN(busy, 10)]).pipe(
+          Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error("20 commands not run in 20 s") })
+        )
+        expect(got.map((chunk) => [...chunk].map((command) => command.n).sort((a, b) => a - b))).toEqual([
+          [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+          [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+        ])
+        yield* Effect.flatMap(
+          CommandScheduler.ScheduledCommands,
+          (s) => s.list()
+        ).pipe(
+          Effect.flatMap((left) => left.length === 0 ? Effect.void : Effect.fail(new Error(`${left.length} left`))),
+          Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 250 })
+        )
+      }))
+
     it.scoped("a command that dies with a NUL in its message is rescheduled, and the runner goes on", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
