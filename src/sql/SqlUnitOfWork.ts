@@ -75,6 +75,9 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
   // A transaction's connection tells it from any other; one inside another
   // (a savepoint) has the outer one's, and ends with it.
   const ends = UnitOfWork.makeEnds()
+  // Each savepoint's level around it: a fiber forked in a savepoint that
+  // ended writes, on the connection, in the innermost level still open.
+  const parents = new WeakMap<object, object>()
   const outermost: <A, E, R>(self: Effect.Effect<A, E, R>, fiber: AnyFiber) => Effect.Effect<A, E | SqlError, R> =
     (Option.isSome(pgPool) && pgPool.value.client === sql
       ? onPool(sql, pgPool.value.pool, ends)
@@ -97,7 +100,7 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
         // Inside a transaction: a savepoint of it, as `@effect/sql` makes.
         // What is registered in it waits on it (it may roll back while the
         // transaction commits), under the innermost level that takes them.
-        const outer = innermost(ends, fiber, connection)
+        const outer = innermost(ends, parents, fiber, connection)
         // Its exit read in a region of its own, so that an interruption that
         // came as it ended does not pass for its rollback.
         let level: object | undefined
@@ -107,9 +110,15 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
               level = levelOf(inner)
               if (level === undefined) return self
               ends.within(level, outer)
+              parents.set(level, outer)
               return Effect.locally(self, currentLevel, level)
             }))),
-            (exit) => level === undefined ? Effect.void : ends.leave(level, outer, Exit.isSuccess(exit))
+            // Kept, what it registered waits on the level open around it now:
+            // a fiber's may outlive the savepoint it began in.
+            (exit) =>
+              level === undefined
+                ? Effect.void
+                : ends.leave(level, openAround(ends, parents, outer) ?? outer, Exit.isSuccess(exit))
           )
         ))
       }),
@@ -120,7 +129,7 @@ export const make: Effect.Effect<UnitOfWork.Service, never, SqlClient.SqlClient>
         // The innermost savepoint the caller is in that this unit of work
         // began, else the transaction (a savepoint made with
         // `sql.withTransaction` directly counts as the level around it).
-        return Effect.succeed(ends.add(innermost(ends, fiber, connection), end))
+        return Effect.succeed(ends.add(innermost(ends, parents, fiber, connection), end))
       })
   }
 })
@@ -152,16 +161,26 @@ const currentLevel = FiberRef.unsafeMake<object | undefined>(undefined)
 /**
  * The level the fiber's registrations wait on: its own when this unit of
  * work began it and it is open, else the innermost open one around it
- * (`currentLevel`, of this transaction), else the transaction.
+ * (`currentLevel`, of this transaction; a level that ended hands on to the
+ * one it was begun in, as the connection's statements go there), else the
+ * transaction.
  */
-const innermost = (ends: Ends, fiber: AnyFiber, connection: object): object => {
-  const level = levelOf(fiber)
-  if (level !== undefined && ends.isOpen(level)) return level
+const innermost = (ends: Ends, parents: WeakMap<object, object>, fiber: AnyFiber, connection: object): object => {
+  const level = openAround(ends, parents, levelOf(fiber))
+  if (level !== undefined) return level
   const marked = fiber.getFiberRef(currentLevel)
-  if (marked !== undefined && ends.isOpen(marked) && (marked as ReadonlyArray<unknown>)[0] === connection) {
-    return marked
+  if (marked !== undefined && (marked as ReadonlyArray<unknown>)[0] === connection) {
+    const around = openAround(ends, parents, marked)
+    if (around !== undefined) return around
   }
   return connection
+}
+
+/** `from` while it is open, else the innermost open level it was begun in, if any. */
+const openAround = (ends: Ends, parents: WeakMap<object, object>, from: object | undefined): object | undefined => {
+  let current = from
+  while (current !== undefined && !ends.isOpen(current)) current = parents.get(current)
+  return current
 }
 
 /** The connection of the transaction the fiber is in, if any. */

@@ -88,6 +88,47 @@ scenarios["forked in a kept savepoint, registers later"] = (uow, log) =>
     log.push("joined")
   }))
 
+// A fiber forked in the innermost of 3 (kept) registers once it ended, while
+// the middle is open: its work is the middle's on the connection, and rolls
+// back with it (on SQL it waited on the transaction, and was told it committed).
+scenarios["forked in the innermost, registers in the open middle, which rolls back"] = (uow, log) =>
+  T(uow)(Effect.gen(function*() {
+    yield* Effect.ignore(
+      T(uow)(Effect.gen(function*() {
+        const go = yield* Deferred.make<void>()
+        const fiber = yield* T(uow)(Effect.fork(Effect.zipRight(Deferred.await(go), reg(uow, log, "f"))))
+        yield* Deferred.succeed(go, undefined)
+        yield* Fiber.join(fiber)
+        log.push("joined")
+        return yield* Effect.fail("undo")
+      }))
+    )
+    log.push("outer-body-done")
+  }))
+
+// A fiber forked in a savepoint begins a level there that ends (kept) after
+// that savepoint was kept: its work commits with the transaction (on SQL it
+// was told at once that it did not commit).
+scenarios["nested level outlives the savepoint it began in"] = (uow, log) =>
+  T(uow)(Effect.gen(function*() {
+    const registered = yield* Deferred.make<void>()
+    const go = yield* Deferred.make<void>()
+    const fiber = yield* T(uow)(Effect.gen(function*() {
+      const forked = yield* Effect.fork(
+        T(uow)(Effect.zipRight(
+          Effect.zipRight(reg(uow, log, "g"), Deferred.succeed(registered, undefined)),
+          Deferred.await(go)
+        ))
+      )
+      yield* Deferred.await(registered)
+      return forked
+    }))
+    log.push("savepoint-ended")
+    yield* Deferred.succeed(go, undefined)
+    yield* Fiber.join(fiber)
+    log.push("joined")
+  }))
+
 const run = (uow: Uow, name: string) =>
   Effect.gen(function*() {
     const log: Array<string> = []
@@ -129,7 +170,14 @@ describe("afterEnd across units of work", () => {
         "innermost rolls back, rest kept": ["c:false", "inner-done", "a:true", "b:true", "end"],
         "kept savepoints, outer fails": ["a:false", "b:false", "c:false", "end"],
         "kept inside rolled back inside kept": ["d:false", "b:true", "end"],
-        "forked in a kept savepoint, registers later": ["joined", "f:true", "end"]
+        "forked in a kept savepoint, registers later": ["joined", "f:true", "end"],
+        "forked in the innermost, registers in the open middle, which rolls back": [
+          "joined",
+          "f:false",
+          "outer-body-done",
+          "end"
+        ],
+        "nested level outlives the savepoint it began in": ["savepoint-ended", "joined", "g:true", "end"]
       })
     }), 120_000)
 })
