@@ -173,6 +173,8 @@ export interface Store {
    * and `fail` then take; undefined when the lease had passed (another claim
    * may hold the command). A runner renews each command as it starts it, so
    * the last of a batch has the whole lease to run in, as the first has.
+   * One a keyed schedule replaced while it waited its turn (`addKeyed`) is
+   * not started: failed for good, superseded, and undefined.
    */
   readonly renew: (due: Due, lease: Duration.Duration) => Effect.Effect<Due | undefined, StoreUnavailable>
   /**
@@ -378,6 +380,22 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               Ref.modify(entries, (map): [Due | undefined, Map<string, MemoryEntry>] => {
                 const entry = map.get(due.id)
                 if (entry === undefined || !holds(entry, due) || entry.leasedUntil <= now) return [undefined, map]
+                // Replaced under its key while it waited its turn in the
+                // batch: not started, the command under its key stands for it.
+                if (entry.superseded) {
+                  return [
+                    undefined,
+                    new Map(map).set(due.id, {
+                      command: new ScheduledCommand({
+                        ...entry.command,
+                        state: "failed",
+                        lastError: supersededError("its turn in its runner's batch had not come")
+                      }),
+                      leasedUntil: 0,
+                      superseded: true
+                    })
+                  ]
+                }
                 const token = String(++leases)
                 return [
                   { ...due, lease: token },

@@ -28,6 +28,9 @@ const isKey = Schema.is(CommandScheduler.Key)
 // stopped before it ended, and the command under its key stands for it.
 const stoppedSuperseded = CommandScheduler.supersededError("its runner stopped before it ended")
 
+// One replaced while it waited its turn in its runner's batch: not started.
+const notStartedSuperseded = CommandScheduler.supersededError("its turn in its runner's batch had not come")
+
 // A retry that took a key another transaction was taking: that one had it
 // first (the retry's check could not see it before it committed).
 const isUniqueViolation = (error: SqlError) => SqlFailure.sqlState(error) === "23505"
@@ -139,14 +142,23 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           ),
       // The lease is its token: a renewal always moves it on, so that the
       // lease it renewed no longer holds, even where the database's clock has
-      // not moved since (PGlite's moves by whole milliseconds).
+      // not moved since (PGlite's moves by whole milliseconds). One a keyed
+      // schedule replaced while it waited its turn in the batch is not
+      // started: failed, superseded, as a claim leaves it.
       renew: (due, lease) =>
-        sql<{ readonly lease: string }>`
+        sql<{ readonly lease: string | null; readonly superseded: boolean }>`
         UPDATE scheduled_commands
-        SET lease_expires_at = GREATEST(${Column.fromNow(sql, lease)}, lease_expires_at + interval '1 microsecond')
+        SET lease_expires_at = CASE WHEN superseded THEN NULL
+            ELSE GREATEST(${Column.fromNow(sql, lease)}, lease_expires_at + interval '1 microsecond') END,
+          state = CASE WHEN superseded THEN 'failed' ELSE state END,
+          last_error = CASE WHEN superseded THEN ${notStartedSuperseded} ELSE last_error END
         WHERE ${held(due)} AND lease_expires_at > statement_timestamp()
-        RETURNING lease_expires_at::text AS lease`.withoutTransform.pipe(
-          Effect.map((rows) => rows.length === 0 ? undefined : { ...due, lease: rows[0]!.lease }),
+        RETURNING lease_expires_at::text AS lease, superseded`.withoutTransform.pipe(
+          Effect.map((rows) =>
+            rows.length === 0 || rows[0]!.superseded || rows[0]!.lease === null
+              ? undefined
+              : { ...due, lease: rows[0]!.lease }
+          ),
           SqlFailure.classify
         ),
       complete: (due) =>

@@ -1,0 +1,63 @@
+/**
+ * A keyed command a runner claimed in a batch, replaced under its key while it
+ * waits its turn behind a slow one: not started (a debounce fires once).
+ */
+import { assert, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
+import * as TestClock from "effect/TestClock"
+import { Command, CommandBus, CommandScheduler, Handler } from "../src/index.js"
+import { InMemory } from "../src/testing/index.js"
+
+class Slow extends Command.Class<Slow>()("Slow", {
+  payload: { name: Schema.String },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
+class Remind extends Command.Class<Remind>()("Remind", {
+  payload: { name: Schema.String },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
+const settle = Effect.repeatN(Effect.yieldNow(), 200)
+const Stores = Layer.merge(InMemory.layer, CommandScheduler.layerMemory)
+
+// A keyed command claimed in a runner's batch, waiting its turn behind a slow
+// one, is replaced under its key before its run begins: the debounce must fire once.
+it.scoped("a keyed command replaced while it waits its turn in a batch is not run", () =>
+  Effect.gen(function*() {
+    const runs: Array<string> = []
+    const bus = CommandBus.make([Slow, Remind], {
+      Slow: (command) =>
+        Effect.sync(() => runs.push(command.name)).pipe(
+          Effect.zipRight(Effect.sleep("10 seconds")),
+          Effect.as(Handler.result(undefined))
+        ),
+      Remind: (command) => Effect.sync(() => runs.push(command.name)).pipe(Effect.as(Handler.result(undefined)))
+    })
+    const key = "unpaid:o-1"
+    yield* CommandScheduler.schedule(new Slow({ name: "slow" }), { after: 0 })
+    yield* TestClock.adjust("1 millis")
+    const old = yield* CommandScheduler.schedule(new Remind({ name: "old" }), { after: 0 }, { key })
+    yield* TestClock.adjust("1 millis")
+    yield* CommandScheduler.start(bus, { pollInterval: "1 second" })
+    yield* settle
+    assert.deepStrictEqual(runs, ["slow"]) // "old" claimed in the same batch, not started
+    // The debounce: a change to the order pushes the reminder back an hour.
+    const next = yield* CommandScheduler.schedule(new Remind({ name: "next" }), { after: "1 hour" }, { key })
+    assert.notStrictEqual(next, old)
+    for (let i = 0; i < 30; i++) {
+      yield* TestClock.adjust("1 second")
+      yield* settle
+    }
+    // "old" was replaced before its run began: not run, kept as failed (superseded).
+    assert.deepStrictEqual(runs, ["slow"])
+    const store = yield* CommandScheduler.ScheduledCommands
+    const failed = yield* store.list({ state: "failed" })
+    assert.deepStrictEqual(failed.map((scheduled) => scheduled.id), [old])
+    assert.match(failed[0]!.lastError!, /^Superseded: /)
+    assert.deepStrictEqual((yield* store.list({ state: "pending" })).map((scheduled) => scheduled.id), [next])
+  }).pipe(Effect.provide(Stores)))
