@@ -10,6 +10,7 @@
  */
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as PgMigrator from "@effect/sql-pg/PgMigrator"
+import { MigrationError } from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
@@ -258,10 +259,34 @@ export const ensureTable = (table: string): Effect.Effect<void, SqlError, SqlCli
       )
     ).pipe(Effect.asVoid))
 
+const libraryTable = "command_bus_migrations"
+
+// A name PostgreSQL keeps as written without quotes, in a schema or not:
+// the migrator of `@effect/sql` looks its table up as `'<table>'::regclass`,
+// which folds it to lower case, and creates it quoted, as written.
+const plainName = /^[a-z_][a-z0-9_$]{0,62}(\.[a-z_][a-z0-9_$]{0,62})?$/
+
+// The migrator takes `<id>_<name>` and skips any other key without a word.
+const migrationKey = /^\d+_.+$/
+
+const refused = (message: string) =>
+  Effect.fail(new MigrationError({ reason: "bad-state", message: `SqlMigrations.runWith: ${message}` }))
+
+const migrate = (table: string, sources: Readonly<Record<string, ReadonlyArray<string>>>) =>
+  Effect.zipRight(
+    ensureTable(table),
+    PgMigrator.run({ loader: PgMigrator.fromRecord(fromSources(sources)), table }).pipe(
+      Effect.provide(NodeContext.layer)
+    )
+  )
+
 /**
  * Runs migrations given as their statements (`{ "1_accounts": ["CREATE TABLE …"] }`), recorded in
  * `table`: an application's own, beside the library's (run `run` first). Safe to run at every start,
- * from several instances at once. Returns the migrations it applied.
+ * from several instances at once. Returns the migrations it applied. Refused (`MigrationError`,
+ * `bad-state`), with nothing run: a table whose name needs quoting (other than lower-case letters,
+ * digits and `_`, optionally after a schema and a dot), the library's own table, and a key that is
+ * not `<number>_<name>`.
  *
  * ```ts
  * yield* SqlMigrations.run
@@ -274,13 +299,26 @@ export const ensureTable = (table: string): Effect.Effect<void, SqlError, SqlCli
 export const runWith = (options: {
   readonly table: string
   readonly sources: Readonly<Record<string, ReadonlyArray<string>>>
-}) =>
-  Effect.zipRight(
-    ensureTable(options.table),
-    PgMigrator.run({ loader: PgMigrator.fromRecord(fromSources(options.sources)), table: options.table }).pipe(
-      Effect.provide(NodeContext.layer)
+}): Effect.Effect<
+  ReadonlyArray<readonly [id: number, name: string]>,
+  MigrationError | SqlError,
+  SqlClient.SqlClient
+> => {
+  if (!plainName.test(options.table)) {
+    return refused(
+      `the table must be a name without quotes (lower-case letters, digits and _, optionally schema.table), ` +
+        `got ${JSON.stringify(options.table)}`
     )
-  )
+  }
+  if (options.table === libraryTable || options.table.endsWith(`.${libraryTable}`)) {
+    return refused(`${libraryTable} is the library's migrations table; give the application's a name of its own`)
+  }
+  const unnamed = Object.keys(options.sources).find((key) => !migrationKey.test(key))
+  if (unnamed !== undefined) {
+    return refused(`a migration's key is <number>_<name>, got ${JSON.stringify(unnamed)}`)
+  }
+  return migrate(options.table, options.sources)
+}
 
 /**
  * Runs the library's migrations; safe to run at every start, from several
@@ -289,4 +327,4 @@ export const runWith = (options: {
  * @since 0.1.0
  * @category migrations
  */
-export const run = runWith({ table: "command_bus_migrations", sources })
+export const run = migrate(libraryTable, sources)

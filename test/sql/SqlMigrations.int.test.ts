@@ -97,6 +97,42 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
       yield* sql`DROP TABLE app_accounts, app_migrations`
     }))
 
+  // Each went wrong: a mixed-case table was created quoted and then looked up
+  // folded (`'AppMigrations'::regclass`), so every run failed creating it again;
+  // the library's table or a key without a number applied nothing, and said so nowhere.
+  it.effect("refuses a table that needs quoting, the library's table, and a key that is not <number>_<name>", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const table = (name: string) =>
+        Effect.map(
+          sql<{ readonly found: string | null }>`SELECT to_regclass(${name})::text AS found`.withoutTransform,
+          ([row]) => row!.found
+        )
+      const accounts = { "1_accounts": [`CREATE TABLE refused_accounts (id text PRIMARY KEY)`] }
+      for (
+        const [options, message] of [
+          [{ table: "AppMigrations", sources: accounts }, "the table must be a name without quotes"],
+          [{ table: "app migrations", sources: accounts }, "the table must be a name without quotes"],
+          [{ table: "command_bus_migrations", sources: accounts }, "is the library's migrations table"],
+          [{ table: "app_migrations", sources: { accounts: accounts["1_accounts"] } }, "got \"accounts\""]
+        ] as const
+      ) {
+        const exit = yield* Effect.either(SqlMigrations.runWith(options))
+        expect(exit._tag).toBe("Left")
+        expect(exit._tag === "Left" && exit.left.message).toContain(message)
+      }
+      expect(yield* table("refused_accounts")).toBeNull()
+      expect(yield* table("app_migrations")).toBeNull()
+      // A schema's table, as written: run once.
+      const sources = { "1_accounts": [`CREATE TABLE qualified_accounts (id text PRIMARY KEY)`] }
+      const qualified = "public.qualified_migrations"
+      if (TestDatabase.serverUrl === undefined) {
+        expect(yield* SqlMigrations.runWith({ table: qualified, sources })).toEqual([[1, "accounts"]])
+        expect(yield* SqlMigrations.runWith({ table: qualified, sources })).toEqual([])
+        yield* sql`DROP TABLE qualified_accounts, public.qualified_migrations`
+      }
+    }))
+
   const onServer = TestDatabase.serverUrl === undefined ? it.scoped.skip : it.scoped
   onServer(
     "brings up three instances migrating a fresh schema at once",
