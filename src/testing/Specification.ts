@@ -38,15 +38,15 @@ export class SpecificationFailed extends Schema.TaggedError<SpecificationFailed>
 }) {}
 
 /**
- * What a scenario starts from: a domain event (applied with `evolve`), a
- * command of the bus (dispatched; it must succeed), or any effect that sets
- * up state.
+ * What a scenario starts from: a domain event of those `evolve` takes
+ * (applied with it), a command of the bus (dispatched; it must succeed), or
+ * any effect that sets up state.
  *
  * @since 0.1.0
  * @category models
  */
-export type Given<B extends CommandBus.Any, R> =
-  | DomainEvent.Any
+export type Given<B extends CommandBus.Any, R, Ev extends DomainEvent.Any = DomainEvent.Any> =
+  | Ev
   | CommandBus.Commands<B>
   | Effect.Effect<unknown, unknown, R>
 
@@ -64,7 +64,7 @@ export type BusContext<B> = B extends CommandBus.CommandBus<infer C, infer H, in
  * @since 0.1.0
  * @category models
  */
-export interface Options<B extends CommandBus.Any, R, LE> {
+export interface Options<B extends CommandBus.Any, R, LE, Ev extends DomainEvent.Any = DomainEvent.Any> {
   readonly bus: B
   /**
    * Everything the bus needs, built fresh for each scenario: in memory or on
@@ -72,8 +72,12 @@ export interface Options<B extends CommandBus.Any, R, LE> {
    * committed, published or not).
    */
   readonly layer: Layer.Layer<R, LE>
-  /** Applies a prior event to the stores, for `given(event)`. */
-  readonly evolve?: (event: DomainEvent.Any) => Effect.Effect<void, never, NoInfer<R>>
+  /**
+   * Applies a prior event to the stores, for `given(event)`. The events its
+   * parameter names (`(event: OrderCreated | OrderCancelled) => ...`) are
+   * the ones `given` takes; without `evolve`, `given` takes none.
+   */
+  readonly evolve?: (event: Ev) => Effect.Effect<void, never, NoInfer<R>>
 }
 
 /**
@@ -98,8 +102,11 @@ export type Covers<B, R> = {
  * @since 0.1.0
  * @category models
  */
-export interface Specification<B extends CommandBus.Any, R> {
-  readonly given: (...steps: ReadonlyArray<Given<B, R>>) => When<B>
+export interface Specification<B extends CommandBus.Any, R, Ev extends DomainEvent.Any = DomainEvent.Any> {
+  // A method, so that a specification of some events still passes for a
+  // `Specification<B, R>` (of any event), as it did before `Ev`; a call
+  // takes only `Ev` all the same.
+  given(...steps: ReadonlyArray<Given<B, R, Ev>>): When<B>
   readonly when: When<B>["when"]
 }
 
@@ -132,11 +139,26 @@ export interface Then<C extends Command.Any, E = unknown> {
 }
 
 /**
+ * A specification of `bus`, each scenario on a fresh `layer`. With `evolve`,
+ * `given` takes the events its parameter names (any event, for one that
+ * takes `DomainEvent.Any` or leaves its parameter to be inferred); without
+ * it, none. A layer that misses a service of the bus does not compile.
+ *
  * @since 0.1.0
  * @category constructors
  */
-export const make = <B extends CommandBus.Any, R, LE>(
-  options: Options<B, R, LE> & Covers<B, R>
+export const make: {
+  // Two signatures, as one cannot tell an `evolve` left out (no event to
+  // take) from one whose parameter is left to be inferred (any event, as
+  // before `given` was typed by it).
+  <B extends CommandBus.Any, R, LE, Ev extends DomainEvent.Any = DomainEvent.Any>(
+    options: Options<B, R, LE, Ev> & Required<Pick<Options<B, R, LE, Ev>, "evolve">> & Covers<B, R>
+  ): Specification<B, R, Ev>
+  <B extends CommandBus.Any, R, LE>(
+    options: Options<B, R, LE, never> & { readonly evolve?: undefined } & Covers<B, R>
+  ): Specification<B, R, never>
+} = <B extends CommandBus.Any, R, LE>(
+  options: Options<B, R, LE, never>
 ): Specification<B, R> => {
   const given = (...steps: ReadonlyArray<Given<B, R>>): When<B> => ({
     when: (command) => scenario(options, steps, command)
@@ -150,7 +172,7 @@ interface Outcome {
 }
 
 const scenario = <B extends CommandBus.Any, R, LE, C extends Command.Any>(
-  options: Options<B, R, LE>,
+  options: Options<B, R, LE, never>,
   steps: ReadonlyArray<Given<B, R>>,
   command: C
 ): Then<C> => {
@@ -249,7 +271,7 @@ const recording = (committed: Array<DomainEvent.Envelope>) =>
     })
   )
 
-const applyStep = <B extends CommandBus.Any, R, LE>(options: Options<B, R, LE>, step: Given<B, R>) => {
+const applyStep = <B extends CommandBus.Any, R, LE>(options: Options<B, R, LE, never>, step: Given<B, R>) => {
   if (Effect.isEffect(step)) return Effect.asVoid(step)
   const tag = (step as { readonly _tag: string })._tag
   if (options.bus.definitions.has(tag)) {
@@ -258,7 +280,8 @@ const applyStep = <B extends CommandBus.Any, R, LE>(options: Options<B, R, LE>, 
   if (options.evolve === undefined) {
     return fail(`given(${tag}) is an event, but the specification has no evolve to apply it`)
   }
-  return options.evolve(step as DomainEvent.Any)
+  // `make`'s types let through only the events this evolve takes.
+  return options.evolve(step as never)
 }
 
 const fail = (message: string) => Effect.fail(new SpecificationFailed({ message }))
