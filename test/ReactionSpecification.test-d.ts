@@ -114,3 +114,100 @@ describe("ReactionSpecification types", () => {
     ReactionSpecification.make({ reactions: [pay], bus: shipping, layer: InMemory.layer })
   })
 })
+
+describe("ReactionSpecification respond", () => {
+  class OutOfStock extends Schema.TaggedError<OutOfStock>()("OutOfStock", { productId: Schema.String }) {}
+  class ReserveStock extends Command.Class<ReserveStock>()("ReserveStock", {
+    payload: { productId: Schema.String },
+    success: Schema.Struct({ reserved: Schema.Int }),
+    failure: OutOfStock
+  }) {}
+  const stockBus = CommandBus.make([ReserveStock], {
+    ReserveStock: () => Effect.succeed(Handler.result({ reserved: 1 }))
+  })
+  const reserve = Reaction.dispatch(
+    OrderPlaced,
+    stockBus,
+    (event, followUp) => new ReserveStock({ productId: event.orderId, ...followUp })
+  )
+
+  it("answers, by tag, the commands the reactions send, each given its own command", () => {
+    ReactionSpecification.make({
+      reactions: [pay, reserve],
+      respond: {
+        TakePayment: (command) => {
+          expectTypeOf(command).toEqualTypeOf<TakePayment>()
+          return Effect.fail(new CardDeclined({ orderId: command.orderId }))
+        },
+        ReserveStock: (command) => {
+          expectTypeOf(command).toEqualTypeOf<ReserveStock>()
+          return Effect.succeed({ reserved: 2 })
+        }
+      }
+    })
+    // an answer for some of them only
+    ReactionSpecification.make({
+      reactions: [pay, reserve],
+      respond: { ReserveStock: () => Effect.succeed({ reserved: 0 }) }
+    })
+  })
+
+  it("takes only the command's own success and failures", () => {
+    ReactionSpecification.make({
+      reactions: [reserve],
+      // @ts-expect-error -- ReserveStock declares OutOfStock, not CardDeclined
+      respond: { ReserveStock: () => Effect.fail(new CardDeclined({ orderId: "o-1" })) }
+    })
+    const timeout = new CommandError.CommandTimeout({ commandType: "ReserveStock", timeoutMillis: 1 })
+    ReactionSpecification.make({
+      reactions: [reserve],
+      // @ts-expect-error -- nor a failure of the bus's middleware: a command's own failures only
+      respond: { ReserveStock: () => Effect.fail(timeout) }
+    })
+    ReactionSpecification.make({
+      reactions: [reserve],
+      // @ts-expect-error -- ReserveStock succeeds with { reserved }, not a string
+      respond: { ReserveStock: () => Effect.succeed("reserved") }
+    })
+    ReactionSpecification.make({
+      reactions: [reserve],
+      respond: { ReserveStock: () => Effect.fail(new OutOfStock({ productId: "p" })) }
+    })
+  })
+
+  it("refuses an answer for a command no reaction sends", () => {
+    ReactionSpecification.make({
+      reactions: [pay],
+      // @ts-expect-error -- pay never sends NotifyCustomer
+      respond: { NotifyCustomer: () => Effect.void }
+    })
+    ReactionSpecification.make({
+      reactions: [mail],
+      layer: Layer.succeed(Mailer, { send: Effect.void }),
+      // @ts-expect-error -- a Reaction.make reaction sends no command
+      respond: { TakePayment: () => Effect.void }
+    })
+  })
+
+  it("runs an answer with the layer's services, and no other", () => {
+    ReactionSpecification.make({
+      reactions: [pay],
+      layer: Layer.succeed(Mailer, { send: Effect.void }),
+      respond: { TakePayment: () => Effect.flatMap(Mailer, (mailer) => Effect.orDie(mailer.send)) }
+    })
+    // @ts-expect-error -- there is no layer, so no Mailer
+    ReactionSpecification.make({
+      reactions: [pay],
+      respond: { TakePayment: () => Effect.flatMap(Mailer, (mailer) => Effect.orDie(mailer.send)) }
+    })
+  })
+
+  it("keeps the failure it answers in what the reactions may fail with", () => {
+    const spec = ReactionSpecification.make({
+      reactions: [reserve],
+      respond: { ReserveStock: (command) => Effect.fail(new OutOfStock({ productId: command.productId })) }
+    })
+    spec.when(placed).thenFails(new OutOfStock({ productId: "o-1" }))
+    spec.when(placed).then(new ReserveStock({ productId: "o-1" }))
+  })
+})

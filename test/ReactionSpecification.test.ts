@@ -6,7 +6,7 @@ import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
-import { Command, CommandBus, DomainEvent, Handler, Outbox, Reaction } from "../src/index.js"
+import { Command, CommandBus, type CommandError, DomainEvent, Handler, Outbox, Reaction } from "../src/index.js"
 import { InMemory, ReactionSpecification, Specification } from "../src/testing/index.js"
 
 // -----------------------------------------------------------------------------
@@ -379,6 +379,128 @@ describe("ReactionSpecification", () => {
 
     it.effect("makes a command's failure the reaction's", () =>
       running.when(new OrderPlaced({ orderId: "o-1", amount: 5000 })).thenFails(new CardDeclined({ orderId: "o-1" })))
+  })
+
+  describe("respond", () => {
+    const declining = ReactionSpecification.make({
+      reactions: [pay],
+      respond: {
+        TakePayment: (command) =>
+          command.amount > 100 ? Effect.fail(new CardDeclined({ orderId: command.orderId })) : Effect.void
+      }
+    })
+
+    it.effect("answers a recorded command with its declared failure, which fails a reaction that does not handle it", () =>
+      Effect.gen(function*() {
+        yield* declining.when(new OrderPlaced({ orderId: "o-1", amount: 500 })).thenFails(
+          new CardDeclined({ orderId: "o-1" })
+        )
+        // the answer is the reaction's failure: a then that expects the command sent says so
+        const message = yield* failureOf(
+          declining.when(new OrderPlaced({ orderId: "o-1", amount: 500 })).then(takePayment("o-1", 500))
+        )
+        assert.include(message, `reaction "pay" on OrderPlaced failed with CardDeclined`)
+        // an answer that succeeds leaves the command sent, as without respond
+        yield* declining.when(new OrderPlaced({ orderId: "o-2", amount: 5 })).then(takePayment("o-2", 5))
+      }))
+
+    // A reaction that turns a declined card into a note to the customer: the payment's failure is
+    // its command's outcome, handled in the process rather than left as a dead letter.
+    const notify = Reaction.dispatch(
+      OrderPlaced,
+      bus,
+      (event, followUp) => new NotifyCustomer({ orderId: event.orderId, ...followUp }),
+      { name: "notify declined" }
+    )
+    const payOrNotify: Reaction.Dispatching<
+      TakePayment | NotifyCustomer,
+      CommandError.StoreUnavailable,
+      Reaction.Requirements<typeof pay>
+    > = {
+      ...pay,
+      name: "pay or notify",
+      handle: (envelope) => pay.handle(envelope).pipe(Effect.catchTag("CardDeclined", () => notify.handle(envelope)))
+    }
+
+    it.effect("shows what a reaction that handles the failure sends then: the failed command, and the next", () =>
+      Effect.gen(function*() {
+        const spec = ReactionSpecification.make({
+          reactions: [payOrNotify],
+          respond: { TakePayment: (command) => Effect.fail(new CardDeclined({ orderId: command.orderId })) }
+        })
+        yield* spec.when(new OrderPlaced({ orderId: "o-1", amount: 5 })).then(
+          takePayment("o-1", 5),
+          new NotifyCustomer({ orderId: "o-1" })
+        )
+        // unanswered, the payment goes through, and the customer hears nothing
+        yield* ReactionSpecification.make({ reactions: [payOrNotify] })
+          .when(new OrderPlaced({ orderId: "o-1", amount: 5 }))
+          .then(takePayment("o-1", 5))
+      }))
+
+    it.effect("answers with the layer's services, once for each command, and for given events too", () =>
+      Effect.gen(function*() {
+        const answered = Effect.flatMap(Ledger, Ref.get)
+        const spec = ReactionSpecification.make({
+          reactions: [pay],
+          layer: ledgerLayer,
+          respond: {
+            TakePayment: (command) =>
+              Effect.flatMap(Ledger, (ledger) => Ref.update(ledger, (lines) => [...lines, command.orderId]))
+          }
+        })
+        yield* spec.given(new OrderPlaced({ orderId: "o-0", amount: 3 }))
+          .when([new OrderPlaced({ orderId: "o-1", amount: 5 }), new OrderPlaced({ orderId: "o-2", amount: 7 })])
+          .then(
+            takePayment("o-1", 5),
+            takePayment("o-2", 7),
+            Effect.map(answered, (orders) => assert.deepStrictEqual(orders, ["o-0", "o-1", "o-2"]))
+          )
+        assert.include(
+          yield* failureOf(
+            declining.given(new OrderPlaced({ orderId: "o-0", amount: 500 }))
+              .when(new OrderPlaced({ orderId: "o-1", amount: 5 }))
+              .then(takePayment("o-1", 5))
+          ),
+          `given OrderPlaced: reaction "pay" on OrderPlaced failed with CardDeclined`
+        )
+      }))
+
+    it.effect("with a bus, answers the commands it names in place of running them, and runs the others", () =>
+      Effect.gen(function*() {
+        const notifyToo = Reaction.dispatch(
+          OrderPlaced,
+          bus,
+          (event, followUp) => new NotifyCustomer({ orderId: event.orderId, ...followUp }),
+          { name: "notify" }
+        )
+        const ran: Array<string> = []
+        const recording = CommandBus.make([TakePayment, NotifyCustomer], {
+          TakePayment: () => Effect.dieMessage("TakePayment's handler ran"),
+          NotifyCustomer: (command) => Effect.sync(() => Handler.result(void ran.push(command.orderId)))
+        })
+        yield* ReactionSpecification.make({
+          reactions: [pay, notifyToo],
+          bus: recording,
+          layer: InMemory.layer,
+          respond: { TakePayment: () => Effect.void }
+        }).when(new OrderPlaced({ orderId: "o-1", amount: 5 })).then(
+          takePayment("o-1", 5),
+          new NotifyCustomer({ orderId: "o-1" })
+        )
+        assert.deepStrictEqual(ran, ["o-1"])
+      }))
+
+    it.effect("reports an answer that dies as the reaction's death", () =>
+      Effect.gen(function*() {
+        const message = yield* failureOf(
+          ReactionSpecification.make({ reactions: [pay], respond: { TakePayment: () => Effect.dieMessage("boom") } })
+            .when(new OrderPlaced({ orderId: "o-1", amount: 5 }))
+            .then(takePayment("o-1", 5))
+        )
+        assert.include(message, `reaction "pay" on OrderPlaced died`)
+        assert.include(message, "boom")
+      }))
   })
 
   it.effect("refuses two reactions of one name, as start and follow do", () =>

@@ -13,10 +13,12 @@
  * ```
  *
  * The commands a `Reaction.dispatch` reaction sends are recorded, not run:
- * no handler, bus or event publisher is needed. Given `bus`, they run on it
- * too. Each reaction runs once per event, in the order given, without the
- * retries of `start` and `follow` (and so without waiting: it runs as it is
- * under `it.effect`'s `TestClock`).
+ * no handler, bus or event publisher is needed, and each succeeds, unless
+ * `respond` answers it otherwise (a declared failure, to see what the
+ * reaction does then). Given `bus`, they run on it too. Each reaction runs
+ * once per event, in the order given, without the retries of `start` and
+ * `follow` (and so without waiting: it runs as it is under `it.effect`'s
+ * `TestClock`).
  *
  * @since 0.1.0
  */
@@ -103,10 +105,31 @@ export type Needs<A, B> =
   | BusContext<B>
 
 /**
+ * How a recorded command is answered, by its tag: with what the command
+ * declares, its success or one of its failures. The failure is then the
+ * reaction's (as from a bus), for it to handle or fail with.
+ *
  * @since 0.1.0
  * @category models
  */
-export interface Options<Rs extends ReadonlyArray<Reaction.Any>, B extends CommandBus.Any> {
+export type Responses<Cmd extends Command.Any, R = never> = [Cmd] extends [never]
+  // No command to answer; as `{}` this would take any answer without a word.
+  ? { readonly [tag: string]: never }
+  : {
+    readonly [Tag in Cmd["_tag"]]?: (
+      command: Extract<Cmd, { readonly _tag: Tag }>
+    ) => Effect.Effect<
+      Command.Success<Extract<Cmd, { readonly _tag: Tag }>>,
+      Command.Failure<Extract<Cmd, { readonly _tag: Tag }>>,
+      R
+    >
+  }
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options<Rs extends ReadonlyArray<Reaction.Any>, B extends CommandBus.Any, R = never> {
   /** The reactions under test; those of an event's type run in this order. */
   readonly reactions: Rs
   /**
@@ -117,6 +140,14 @@ export interface Options<Rs extends ReadonlyArray<Reaction.Any>, B extends Comma
    * recorded, and succeed.
    */
   readonly bus?: B
+  /**
+   * Answers to the recorded commands of these tags, in place of running
+   * them (on `bus`, if given) or of succeeding: `{ TakePayment: () =>
+   * Effect.fail(new CardDeclined(...)) }` sees what the reactions do when
+   * their command fails. Run for each such command, in the reacting fiber,
+   * with the layer's services. The command is recorded all the same.
+   */
+  readonly respond?: Responses<Dispatched<NoInfer<Rs>[number]>, NoInfer<R>>
 }
 
 /**
@@ -124,7 +155,7 @@ export interface Options<Rs extends ReadonlyArray<Reaction.Any>, B extends Comma
  * @category models
  */
 export interface OptionsWithLayer<Rs extends ReadonlyArray<Reaction.Any>, R, LE, B extends CommandBus.Any>
-  extends Options<Rs, B>
+  extends Options<Rs, B, R>
 {
   /**
    * The services the reactions (and `given`'s and `then`'s effects) need,
@@ -232,9 +263,7 @@ export const make: {
   <const Rs extends ReadonlyArray<Reaction.Any>, R, LE, B extends CommandBus.Any = never>(
     options: OptionsWithLayer<Rs, R, LE, B> & Covers<Rs, NoInfer<R>, NoInfer<B>>
   ): ReactionSpecification<Dispatched<Rs[number]>, Failure<Rs[number]>, R>
-} = (
-  options: Options<ReadonlyArray<Reaction.Any>, CommandBus.Any> & { readonly layer?: Layer.Layer<any, unknown> }
-) => {
+} = (options: Untyped<any>) => {
   const given = (...steps: ReadonlyArray<Given<any>>): When<Command.Any, unknown, any> => ({
     when: (events) => scenario(options, steps, isEventList(events) ? events : [events])
   })
@@ -254,14 +283,23 @@ interface Outcome {
   readonly failures: ReadonlyArray<Failed>
 }
 
+// The options as a scenario runs them, once `make`'s types have checked them.
+interface Untyped<R> {
+  readonly reactions: ReadonlyArray<Reaction.Any>
+  readonly bus?: CommandBus.Any | undefined
+  readonly respond?:
+    | { readonly [tag: string]: ((command: any) => Effect.Effect<unknown, unknown, R>) | undefined }
+    | undefined
+  readonly layer?: Layer.Layer<R, unknown> | undefined
+}
+
 const scenario = <R>(
-  options: Options<ReadonlyArray<Reaction.Any>, CommandBus.Any> & {
-    readonly layer?: Layer.Layer<R, unknown> | undefined
-  },
+  options: Untyped<R>,
   steps: ReadonlyArray<Given<R>>,
   events: ReadonlyArray<Event>
 ): Then<Command.Any, unknown, R> => {
   const bus = options.bus
+  const respond = options.respond
   const misnamed = duplicateName(options.reactions)
   const react = (envelope: DomainEvent.Envelope) =>
     Effect.gen(function*() {
@@ -296,6 +334,11 @@ const scenario = <R>(
       const intercept: Interceptor = (dispatch) =>
         Effect.suspend(() => {
           sent.push(dispatch)
+          // Own keys only: a command tagged `toString` is not answered by Object's.
+          const answer = respond !== undefined && Object.hasOwn(respond, dispatch.command._tag)
+            ? respond[dispatch.command._tag]
+            : undefined
+          if (answer !== undefined) return answer(dispatch.command)
           return bus === undefined ? Effect.void : bus.dispatch(dispatch.command)
         })
       const envelopeOf = stamper()

@@ -15,6 +15,7 @@ describe("README", () => {
     expect(examples.map((match) => match[1])).toEqual([
       "test/docs/ReadmeExample.test.ts",
       "test/docs/ReadmeMiddleware.test.ts",
+      "test/docs/ReadmeReactionSpecification.test.ts",
       "test/docs/ReadmeScheduler.test.ts"
     ])
   })
