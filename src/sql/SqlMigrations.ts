@@ -272,11 +272,39 @@ const migrationKey = /^\d+_.+$/
 const refused = (message: string) =>
   Effect.fail(new MigrationError({ reason: "bad-state", message: `SqlMigrations.runWith: ${message}` }))
 
+// The migrator applies only the migrations numbered above the latest one
+// applied: one numbered below it that was never applied (a branch merged
+// after another's later migration ran) would be skipped for good, and the
+// run would say it succeeded.
+const refuseSkipped = (table: string, sources: Readonly<Record<string, ReadonlyArray<string>>>) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.flatMap(
+      sql<{ readonly migration_id: number }>`SELECT migration_id FROM ${sql(table)}`.withoutTransform,
+      (rows) => {
+        const applied = new Set(rows.map((row) => Number(row.migration_id)))
+        const latest = rows.reduce((max, row) => Math.max(max, Number(row.migration_id)), 0)
+        const skipped = Object.keys(sources).filter((key) => {
+          const id = Number(key.slice(0, key.indexOf("_")))
+          return id <= latest && !applied.has(id)
+        })
+        return skipped.length === 0 ? Effect.void : Effect.fail(
+          new MigrationError({
+            reason: "bad-state",
+            message: `SqlMigrations: ${skipped.map((key) => JSON.stringify(key)).join(", ")} in ${table} ` +
+              `numbered at or below the latest migration applied (${latest}) but never applied: migrations are ` +
+              `applied in order, above the latest; number ${skipped.length === 1 ? "it" : "them"} above ${latest}`
+          })
+        )
+      }
+    ))
+
 const migrate = (table: string, sources: Readonly<Record<string, ReadonlyArray<string>>>) =>
-  Effect.zipRight(
-    ensureTable(table),
-    PgMigrator.run({ loader: PgMigrator.fromRecord(fromSources(sources)), table }).pipe(
-      Effect.provide(NodeContext.layer)
+  ensureTable(table).pipe(
+    Effect.zipRight(refuseSkipped(table, sources)),
+    Effect.zipRight(
+      PgMigrator.run({ loader: PgMigrator.fromRecord(fromSources(sources)), table }).pipe(
+        Effect.provide(NodeContext.layer)
+      )
     )
   )
 
@@ -285,8 +313,9 @@ const migrate = (table: string, sources: Readonly<Record<string, ReadonlyArray<s
  * `table`: an application's own, beside the library's (run `run` first). Safe to run at every start,
  * from several instances at once. Returns the migrations it applied. Refused (`MigrationError`,
  * `bad-state`), with nothing run: a table whose name needs quoting (other than lower-case letters,
- * digits and `_`, optionally after a schema and a dot), the library's own table, and a key that is
- * not `<number>_<name>`.
+ * digits and `_`, optionally after a schema and a dot), the library's own table, a key that is
+ * not `<number>_<name>`, and a migration numbered at or below the latest one applied that was never
+ * applied (migrations from two branches merged: renumber it above).
  *
  * ```ts
  * yield* SqlMigrations.run

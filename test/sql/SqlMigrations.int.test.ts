@@ -133,6 +133,32 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
       }
     }))
 
+  // The migrator applies only those above the latest applied: one merged in
+  // below it was skipped for good, and the run succeeded.
+  it.effect("refuses a migration numbered below the latest applied that was never applied, and runs nothing", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const one = [`CREATE TABLE gap_one (id int)`]
+      const two = [`CREATE TABLE gap_two (id int)`]
+      const three = [`CREATE TABLE gap_three (id int)`]
+      const four = [`CREATE TABLE gap_four (id int)`]
+      expect(yield* SqlMigrations.runWith({ table: "gap_migrations", sources: { "1_one": one, "3_three": three } }))
+        .toEqual([[1, "one"], [3, "three"]])
+      const merged = { "1_one": one, "2_two": two, "3_three": three, "4_four": four }
+      const refused = yield* Effect.flip(SqlMigrations.runWith({ table: "gap_migrations", sources: merged }))
+      expect(refused.message).toContain(
+        `"2_two" in gap_migrations numbered at or below the latest migration applied (3)`
+      )
+      const [found] = yield* sql<{ readonly two: string | null; readonly four: string | null }>`
+        SELECT to_regclass('gap_two')::text AS two, to_regclass('gap_four')::text AS four`.withoutTransform
+      expect(found).toEqual({ two: null, four: null })
+      // Renumbered above the latest: applied.
+      const renumbered = { "1_one": one, "3_three": three, "4_four": four, "5_two": two }
+      expect(yield* SqlMigrations.runWith({ table: "gap_migrations", sources: renumbered }))
+        .toEqual([[4, "four"], [5, "two"]])
+      yield* sql`DROP TABLE gap_one, gap_two, gap_three, gap_four, gap_migrations`
+    }))
+
   const onServer = TestDatabase.serverUrl === undefined ? it.scoped.skip : it.scoped
   onServer(
     "brings up three instances migrating a fresh schema at once",
