@@ -1,3 +1,4 @@
+import { originalError } from "effect/Cause"
 import { globalValue } from "effect/GlobalValue"
 
 // Errors made from a transaction PostgreSQL ended to break a deadlock or a
@@ -6,7 +7,10 @@ import { globalValue } from "effect/GlobalValue"
 // of a unit of work failed with them. Kept beside the errors rather than in
 // them, so that `StoreUnavailable`'s schema, and what a client sees of it,
 // stay the same. Global: the library's source and its build may both be
-// loaded, as they are in this repository's tests.
+// loaded, as they are in this repository's tests. Kept and read by the
+// error itself, not the proxy that carries its span: `Effect.fail` and
+// `Effect.die` under a span hand on such a proxy (`Cause.originalError`
+// unwraps it), a new object at each place the error is failed again.
 const conflicts = globalValue(Symbol.for("effect-command-bus/internal/conflict/made"), () => new WeakSet<object>())
 const rolledBack = globalValue(
   Symbol.for("effect-command-bus/internal/conflict/rolledBack"),
@@ -15,7 +19,7 @@ const rolledBack = globalValue(
 
 /** Notes that `error` stands for a transaction the database ended to let another go on. */
 export const markConflict = <E extends object>(error: E): E => {
-  conflicts.add(error)
+  conflicts.add(originalError(error))
   return error
 }
 
@@ -26,9 +30,12 @@ export const markConflict = <E extends object>(error: E): E => {
  * owner decides).
  */
 export const markRolledBack = (error: unknown): void => {
-  if (typeof error === "object" && error !== null && conflicts.has(error)) rolledBack.add(error)
+  const original = originalError(error)
+  if (typeof original === "object" && original !== null && conflicts.has(original)) rolledBack.add(original)
 }
 
 /** Whether `error` is a conflict whose whole transaction rolled back. */
-export const isRolledBackConflict = (error: unknown): boolean =>
-  typeof error === "object" && error !== null && rolledBack.has(error)
+export const isRolledBackConflict = (error: unknown): boolean => {
+  const original = originalError(error)
+  return typeof original === "object" && original !== null && rolledBack.has(original)
+}
