@@ -269,6 +269,12 @@ const plainName = /^[a-z_][a-z0-9_$]{0,62}(\.[a-z_][a-z0-9_$]{0,62})?$/
 // The migrator takes `<id>_<name>` and skips any other key without a word.
 const migrationKey = /^\d+_.+$/
 
+// The migrations table keeps a migration's number in an `integer`: the
+// migrator takes the failed insert of a larger one (a timestamp,
+// `20261128113900_accounts`) for another instance's run, applies nothing and
+// answers as if there were nothing to do, at every start.
+const maxMigrationId = 2_147_483_647
+
 const refused = (message: string) =>
   Effect.fail(new MigrationError({ reason: "bad-state", message: `SqlMigrations.runWith: ${message}` }))
 
@@ -314,7 +320,7 @@ const migrate = (table: string, sources: Readonly<Record<string, ReadonlyArray<s
  * from several instances at once. Returns the migrations it applied. Refused (`MigrationError`,
  * `bad-state`), with nothing run: a table whose name needs quoting (other than lower-case letters,
  * digits and `_`, optionally after a schema and a dot), the library's own table, a key that is
- * not `<number>_<name>`, and a migration numbered at or below the latest one applied that was never
+ * not `<number>_<name>` or whose number is above 2147483647 (a timestamp), and a migration numbered at or below the latest one applied that was never
  * applied (migrations from two branches merged: renumber it above).
  *
  * ```ts
@@ -345,6 +351,13 @@ export const runWith = (options: {
   const unnamed = Object.keys(options.sources).find((key) => !migrationKey.test(key))
   if (unnamed !== undefined) {
     return refused(`a migration's key is <number>_<name>, got ${JSON.stringify(unnamed)}`)
+  }
+  const tooLarge = Object.keys(options.sources).find((key) => Number(key.slice(0, key.indexOf("_"))) > maxMigrationId)
+  if (tooLarge !== undefined) {
+    return refused(
+      `a migration's number is at most ${maxMigrationId} (the migrations table's integer column; number them ` +
+        `1, 2, 3 … rather than by timestamp), got ${JSON.stringify(tooLarge)}`
+    )
   }
   return migrate(options.table, options.sources)
 }

@@ -133,6 +133,27 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
       }
     }))
 
+  // The migrations table keeps the number in an integer: the migrator took
+  // the failed insert of a timestamp's for another instance's run, applied
+  // nothing and answered [], at every start.
+  it.effect("refuses a migration numbered past the integer column (a timestamp), and runs nothing", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const sources = { "20261128113900_accounts": [`CREATE TABLE stamped_accounts (id text PRIMARY KEY)`] }
+      const refused = yield* Effect.flip(SqlMigrations.runWith({ table: "stamped_migrations", sources }))
+      expect(refused.message).toContain(`a migration's number is at most 2147483647`)
+      expect(refused.message).toContain(`"20261128113900_accounts"`)
+      const [found] = yield* sql<{ readonly accounts: string | null; readonly migrations: string | null }>`
+        SELECT to_regclass('stamped_accounts')::text AS accounts,
+          to_regclass('stamped_migrations')::text AS migrations`.withoutTransform
+      expect(found).toEqual({ accounts: null, migrations: null })
+      // The largest number the column holds is applied.
+      const largest = { "2147483647_accounts": sources["20261128113900_accounts"] }
+      expect(yield* SqlMigrations.runWith({ table: "stamped_migrations", sources: largest }))
+        .toEqual([[2147483647, "accounts"]])
+      yield* sql`DROP TABLE stamped_accounts, stamped_migrations`
+    }))
+
   // The migrator applies only those above the latest applied: one merged in
   // below it was skipped for good, and the run succeeded.
   it.effect("refuses a migration numbered below the latest applied that was never applied, and runs nothing", () =>
