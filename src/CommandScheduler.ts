@@ -881,6 +881,20 @@ export type Handles<C extends Command.Any, Handled extends Command.Any> = [Exclu
   : { readonly "scheduled commands the bus does not handle": Exclude<C, Handled>["_tag"] }
 
 /**
+ * Marks a `CommandScheduler` with its commands, for the compiler.
+ *
+ * @since 0.1.0
+ * @category symbols
+ */
+export const CommandsTypeId: unique symbol = Symbol.for("effect-command-bus/CommandScheduler/Commands")
+
+/**
+ * @since 0.1.0
+ * @category symbols
+ */
+export type CommandsTypeId = typeof CommandsTypeId
+
+/**
  * The scheduler of a list of command classes (`make`): it schedules those
  * commands only, and its runner takes a bus that handles each of them.
  *
@@ -888,6 +902,13 @@ export type Handles<C extends Command.Any, Handled extends Command.Any> = [Exclu
  * @category models
  */
 export interface CommandScheduler<C extends Command.Any> extends Scheduling<C> {
+  /**
+   * Its commands exactly, for the compiler only: a scheduler of more
+   * commands does not pass for one of fewer, whose runner would take a bus
+   * that leaves the others pending for good (nor one of fewer for more, as
+   * `schedule` already refuses).
+   */
+  readonly [CommandsTypeId]: { readonly _C: (_: C) => C }
   /** `run`, on a bus that handles every command this scheduler schedules. */
   readonly run: <Handled extends Command.Any, H, E, R>(
     bus: CommandBus.CommandBus<Handled, H, E, R> & Handles<C, Handled>,
@@ -967,6 +988,7 @@ type TypedClasses<Cs extends ReadonlyArray<Command.AnyClass>> = string extends I
 export const make = <const Cs extends ReadonlyArray<Command.AnyClass>>(
   _commands: Cs & TypedClasses<Cs>
 ): CommandScheduler<InstanceType<Cs[number]>> => ({
+  [CommandsTypeId]: commandsVariance,
   schedule,
   cancel,
   cancelKey,
@@ -975,6 +997,8 @@ export const make = <const Cs extends ReadonlyArray<Command.AnyClass>>(
   start: (bus, options) => start(bus, options),
   layer: (bus, options) => layer(bus, options)
 })
+
+const commandsVariance = { _C: <C>(command: C): C => command }
 
 /**
  * The scheduler of `bus`: its `schedule` takes the bus's commands only, and

@@ -146,4 +146,16 @@ describe("CommandScheduler types", () => {
     // @ts-expect-error one of them untyped is enough
     CommandScheduler.make([Remind, Expire as Command.AnyClass])
   })
+
+  it("a scheduler of more commands does not pass for one of fewer, whose runner would leave the others pending", () => {
+    const reminders = CommandScheduler.make([Remind, Expire] as const)
+    const remindOnly = CommandBus.make([Remind], { Remind: () => Effect.succeed(Handler.result(undefined)) })
+    const runRemind = (scheduler: CommandScheduler.CommandScheduler<Remind>) => scheduler.layer(remindOnly)
+    // @ts-expect-error it schedules Expire too, which remindOnly does not handle
+    runRemind(reminders)
+    runRemind(CommandScheduler.make([Remind]))
+    // As a Scheduling it passes where its commands take fewer: it only schedules there.
+    const scheduleRemind = (scheduler: CommandScheduler.Scheduling<Remind>) => scheduler
+    scheduleRemind(reminders)
+  })
 })
