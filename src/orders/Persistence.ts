@@ -7,8 +7,9 @@
 import type * as PgClient from "@effect/sql-pg/PgClient"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import * as Layer from "effect/Layer"
-import { EventPublisher, type Idempotency, type Outbox, type UnitOfWork } from "../index.js"
-import { OutboxRelay, SqlIdempotencyStore, SqlOutbox, SqlUnitOfWork } from "../sql/index.js"
+import type { EventPublisher, Idempotency, Outbox, UnitOfWork } from "../index.js"
+import type { OutboxRelay } from "../sql/index.js"
+import { SqlStores } from "../sql/index.js"
 import { InMemory } from "../testing/index.js"
 import * as Inventory from "./Inventory.js"
 import * as OrderRepository from "./OrderRepository.js"
@@ -35,7 +36,8 @@ export const layerMemory = (stock?: Iterable<readonly [string, number]>): Layer.
   Layer.mergeAll(InMemory.layer, OrderRepository.layerMemory, Inventory.layerMemory(stock))
 
 /**
- * On PostgreSQL (a server or PGlite), with the outbox relay publishing to
+ * On PostgreSQL (a server or PGlite): the order's repositories beside the
+ * library's stores (`SqlStores.layer`), with the outbox relay publishing to
  * an in-memory `EventPublisher` while the layer lives. The idempotency
  * store is the SQL one unless another is given.
  *
@@ -46,11 +48,4 @@ export const layerSql = <E = never, R = never>(
   relay: OutboxRelay.Options | false = {},
   idempotency?: Layer.Layer<Idempotency.IdempotencyStore, E, R>
 ): Layer.Layer<Stores, E, SqlClient.SqlClient | PgClient.PgClient | R> =>
-  Layer.mergeAll(
-    OrderRepository.layerSql,
-    Inventory.layerSql,
-    SqlOutbox.layer,
-    idempotency ?? SqlIdempotencyStore.layer,
-    SqlUnitOfWork.layer,
-    relay === false ? Layer.empty : OutboxRelay.layer(relay)
-  ).pipe(Layer.provideMerge(EventPublisher.layerMemory))
+  Layer.mergeAll(OrderRepository.layerSql, Inventory.layerSql, SqlStores.layer({ relay, idempotency }))

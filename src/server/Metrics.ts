@@ -140,8 +140,7 @@ const lagTimeout = "2 seconds"
  * mistaken for a current one.
  */
 const refresh = (sql: SqlClient.SqlClient, pool: Context.Tag.Service<DatabasePool>) =>
-  Effect.suspend(() => {
-    const usage = pool.usage()
+  Effect.flatMap(pool.usage, (usage) => {
     if (Option.isSome(usage)) {
       poolMax.unsafeUpdate(usage.value.max, [])
       poolConnections.unsafeUpdate(usage.value.idle, idle)

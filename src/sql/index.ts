@@ -8,6 +8,9 @@
 export * as OutboxRelay from "./OutboxRelay.js"
 
 /** @since 0.1.0 */
+export * as PgPool from "./PgPool.js"
+
+/** @since 0.1.0 */
 export * as PgPreparedClient from "./PgPreparedClient.js"
 
 /** @since 0.1.0 */
@@ -33,6 +36,9 @@ export * as SqlScheduledCommands from "./SqlScheduledCommands.js"
 
 /** @since 0.1.0 */
 export * as SqlStatement from "./SqlStatement.js"
+
+/** @since 0.1.0 */
+export * as SqlStores from "./SqlStores.js"
 
 /** @since 0.1.0 */
 export * as SqlUnitOfWork from "./SqlUnitOfWork.js"

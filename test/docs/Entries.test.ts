@@ -43,6 +43,7 @@ describe("package entries", () => {
     ]))
     expect(Object.keys(Sql).sort()).toEqual([
       "OutboxRelay",
+      "PgPool",
       "PgPreparedClient",
       "SqlFailure",
       "SqlIdempotencyStore",
@@ -52,6 +53,7 @@ describe("package entries", () => {
       "SqlReactionDeadLetters",
       "SqlScheduledCommands",
       "SqlStatement",
+      "SqlStores",
       "SqlUnitOfWork"
     ])
     expect(typeof Pglite.PgliteClient.layer).toBe("function")

@@ -14,6 +14,7 @@ describe("README", () => {
   it("marks its examples", () => {
     expect(examples.map((match) => match[1])).toEqual([
       "test/docs/ReadmeExample.test.ts",
+      "test/docs/ReadmePostgres.int.test.ts",
       "test/docs/ReadmeMiddleware.test.ts",
       "test/docs/ReadmeReactionSpecification.test.ts",
       "test/docs/ReadmeScheduler.test.ts"
