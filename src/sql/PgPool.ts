@@ -55,7 +55,13 @@ import * as SqlUnitOfWork from "./SqlUnitOfWork.js"
  * @category models
  */
 export interface Options {
-  /** A `postgres://` connection string; `Redacted` keeps its password out of logs. */
+  /**
+   * A `postgres://` connection string; `Redacted` keeps its password out of
+   * logs. Its `options` are sent with the pool's `search_path` (`schema`
+   * wins over a `search_path` among them); `statement_timeout` in it is
+   * refused (`statementTimeout` sets it); `applicationName`, when given,
+   * wins over its `application_name`.
+   */
   readonly url: Redacted.Redacted | string
   /**
    * The schema the tables live in (`search_path`), which must exist
@@ -65,7 +71,11 @@ export interface Options {
    * login role when one exists.
    */
   readonly schema?: string | undefined
-  /** Connections at most. Default 10, as `pg`'s. */
+  /**
+   * Connections at most. Default 10, as `pg`'s. An outbox relay
+   * (`SqlStores.layer`, `OutboxRelay`) listens on one more, of its own,
+   * which neither this bound nor `usage` counts.
+   */
   readonly poolSize?: number | undefined
   /** How long opening a connection may take. Default 5 seconds; `Duration.infinity`: no bound. */
   readonly connectTimeout?: Duration.DurationInput | undefined
@@ -147,7 +157,10 @@ export const defaults = {
 } as const
 
 interface Settings {
+  /** The URL without the settings `pg` would let override the pool's (see `urlSettings`). */
   readonly url: string
+  /** The URL's own `options`, sent before or after the pool's `search_path` (see `startupOptions`). */
+  readonly urlOptions: string | undefined
   readonly schema: string | undefined
   readonly poolSize: number
   /** In milliseconds; `undefined`: none. */
@@ -182,12 +195,47 @@ const count = (name: string, value: number, min: 0 | 1): Either.Either<number, s
     ? Either.right(value)
     : Either.left(`${name} must be a ${min === 1 ? "positive" : "non-negative"} integer, got ${value}`)
 
+// `pg` takes a URL's query parameters over the pool's own settings. A URL's
+// `options` (another `-c` setting, a cloud provider's `endpoint=`) replaced
+// the pool's `-c search_path=...`: the tables went to `"$user", public`
+// rather than `schema`. Its `statement_timeout` replaced `statementTimeout`
+// on the server, while the answer timeout was still counted from the option.
+// Its `application_name` replaced `applicationName`. So the URL's `options`
+// are taken out of it and sent with the pool's; a `statement_timeout` in it
+// is refused; `applicationName`, when given, wins over the URL's.
+const urlSettings = (
+  url: string,
+  applicationName: string | undefined
+): Either.Either<{ readonly url: string; readonly urlOptions: string | undefined }, string> => {
+  const query = url.indexOf("?")
+  if (url.startsWith("/") || query === -1) return Either.right({ url, urlOptions: undefined })
+  const fragment = url.indexOf("#", query)
+  const end = fragment === -1 ? url.length : fragment
+  const params = new URLSearchParams(url.slice(query + 1, end))
+  if (params.has("statement_timeout")) {
+    return Either.left(
+      "url must not set statement_timeout: give it as statementTimeout, which the answer timeout is counted from"
+    )
+  }
+  const urlOptions = params.get("options") ?? undefined
+  const dropped = ["options", ...(applicationName === undefined ? [] : ["application_name"])]
+  if (!dropped.some((name) => params.has(name))) return Either.right({ url, urlOptions })
+  for (const name of dropped) params.delete(name)
+  const rest = params.toString()
+  return Either.right({
+    url: `${url.slice(0, rest === "" ? query : query + 1)}${rest}${url.slice(end)}`,
+    urlOptions
+  })
+}
+
 const settingsOf = (options: Options): Either.Either<Settings, string> => {
-  const url = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
+  const given = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
+  const url = typeof given === "string" && given.trim() !== ""
+    ? urlSettings(given, options.applicationName)
+    : Either.left("url must be a postgres:// connection string")
   return Either.all({
-    url: typeof url === "string" && url.trim() !== ""
-      ? Either.right(url)
-      : Either.left("url must be a postgres:// connection string"),
+    url: Either.map(url, (parsed) => parsed.url),
+    urlOptions: Either.right(Either.getOrUndefined(Either.map(url, (parsed) => parsed.urlOptions))),
     schema: options.schema === undefined || (options.schema !== "" && !options.schema.includes("\0"))
       ? Either.right(options.schema)
       : Either.left("schema must be a name, not empty and without NUL characters"),
@@ -212,6 +260,15 @@ const searchPath = (schema: string | undefined) => {
   const quoted = `"${schema.replaceAll("\"", "\"\"")}"`
   return `-c search_path=${quoted.replace(/[\\\s]/g, (character) => `\\${character}`)}`
 }
+
+// The last `-c` of a setting wins: a schema given wins over a search_path
+// in the URL's options; without one, the URL's wins over public.
+const startupOptions = (settings: Settings) =>
+  settings.urlOptions === undefined || settings.urlOptions.trim() === ""
+    ? searchPath(settings.schema)
+    : settings.schema === undefined
+    ? `${searchPath(undefined)} ${settings.urlOptions}`
+    : `${settings.urlOptions} ${searchPath(settings.schema)}`
 
 const invalid = (message: string, cause?: unknown) =>
   new SqlError({ cause: cause ?? new Error(message), message: `Invalid database configuration: ${message}` })
@@ -239,7 +296,7 @@ const makePool = (settings: Settings): Effect.Effect<Pg.Pool, SqlError> =>
         idleTimeoutMillis: settings.idleTimeout ?? 0,
         ...(settings.statementTimeout === undefined ? {} : { statement_timeout: settings.statementTimeout }),
         application_name: settings.applicationName,
-        options: searchPath(settings.schema)
+        options: startupOptions(settings)
       })
       // Errors of idle clients (the server went away) surface on the next
       // query; without a listener they would crash the process.
