@@ -304,8 +304,29 @@ const refuseSkipped = (table: string, sources: Readonly<Record<string, ReadonlyA
       }
     ))
 
+// No schema of the search_path exists (`PgPool.layer`'s `schema` not
+// created): PostgreSQL's "no schema has been selected to create in" is the
+// cause of a SqlError printed as "Failed to execute statement", and names no
+// schema. An unqualified table goes in the first schema of the search_path
+// that exists; a qualified one does not need any.
+const requireSchema = (table: string) =>
+  table.includes(".") ? Effect.void : Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.flatMap(
+      sql<{ readonly schema: string | null; readonly path: string }>`
+        SELECT current_schema() AS schema, current_setting('search_path') AS path`.withoutTransform,
+      ([row]) =>
+        row === undefined || row.schema !== null ? Effect.void : Effect.fail(
+          new MigrationError({
+            reason: "bad-state",
+            message: `SqlMigrations: no schema of the search_path (${row.path}) exists, for ${table} and the ` +
+              `tables: create it first (the migrations create tables, not schemas)`
+          })
+        )
+    ))
+
 const migrate = (table: string, sources: Readonly<Record<string, ReadonlyArray<string>>>) =>
-  ensureTable(table).pipe(
+  requireSchema(table).pipe(
+    Effect.zipRight(ensureTable(table)),
     Effect.zipRight(refuseSkipped(table, sources)),
     Effect.zipRight(
       PgMigrator.run({ loader: PgMigrator.fromRecord(fromSources(sources)), table }).pipe(
