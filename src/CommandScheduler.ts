@@ -130,6 +130,12 @@ export interface Due {
    * the same count).
    */
   readonly lease?: string | undefined
+  /**
+   * Set by `renew` on a command a keyed schedule replaced while it waited
+   * its turn in a batch: the store has failed it (superseded), and the
+   * runner reports it rather than run it.
+   */
+  readonly superseded?: boolean | undefined
 }
 
 /**
@@ -174,7 +180,8 @@ export interface Store {
    * may hold the command). A runner renews each command as it starts it, so
    * the last of a batch has the whole lease to run in, as the first has.
    * One a keyed schedule replaced while it waited its turn (`addKeyed`) is
-   * not started: failed for good, superseded, and undefined.
+   * not started: failed for good, superseded, and answered with
+   * `superseded: true` (a store written before it answers undefined).
    */
   readonly renew: (due: Due, lease: Duration.Duration) => Effect.Effect<Due | undefined, StoreUnavailable>
   /**
@@ -384,7 +391,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
                 // batch: not started, the command under its key stands for it.
                 if (entry.superseded) {
                   return [
-                    undefined,
+                    { ...due, superseded: true },
                     new Map(map).set(due.id, {
                       command: new ScheduledCommand({
                         ...entry.command,
@@ -791,12 +798,20 @@ const runChecked = <C extends Command.Any, H, E, R>(
       Effect.flatMap(
         store.renew(due, lease),
         (renewed) =>
-          renewed !== undefined
-            ? Effect.as(runOne(renewed), true)
-            : Effect.logDebug("scheduled.lease-passed").pipe(
+          renewed === undefined
+            ? Effect.logDebug("scheduled.lease-passed").pipe(
               Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType }),
               Effect.as(false)
             )
+            : renewed.superseded === true
+            // Replaced under its key before its turn came: failed by the
+            // store, reported as a superseded run is.
+            ? Metric.increment(counted(due.commandType, "failed")).pipe(
+              Effect.zipRight(Effect.logWarning("scheduled.superseded")),
+              Effect.annotateLogs({ scheduledId: due.id, commandType: due.commandType, attempts: due.attempts }),
+              Effect.as(true)
+            )
+            : Effect.as(runOne(renewed), true)
       ).pipe(
         // One command's failure to be recorded (logged) does not stop the batch.
         Effect.catchAllCause((cause) => Effect.as(stepFailed(cause), true))

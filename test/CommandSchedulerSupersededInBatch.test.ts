@@ -5,10 +5,12 @@
 import { assert, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
 import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
 import { Command, CommandBus, CommandScheduler, Handler } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
+import * as Metrics from "./support/Metrics.js"
 
 class Slow extends Command.Class<Slow>()("Slow", {
   payload: { name: Schema.String },
@@ -27,9 +29,14 @@ const Stores = Layer.merge(InMemory.layer, CommandScheduler.layerMemory)
 
 // A keyed command claimed in a runner's batch, waiting its turn behind a slow
 // one, is replaced under its key before its run begins: the debounce must fire once.
-it.scoped("a keyed command replaced while it waits its turn in a batch is not run", () =>
+it.scoped("a keyed command replaced while it waits its turn in a batch is not run, and is reported superseded", () =>
   Effect.gen(function*() {
     const runs: Array<string> = []
+    const logs: Array<string> = []
+    const failedBefore = yield* Metrics.count("command_bus_scheduled_commands_total", {
+      command: "Remind",
+      outcome: "failed"
+    })
     const bus = CommandBus.make([Slow, Remind], {
       Slow: (command) =>
         Effect.sync(() => runs.push(command.name)).pipe(
@@ -43,7 +50,12 @@ it.scoped("a keyed command replaced while it waits its turn in a batch is not ru
     yield* TestClock.adjust("1 millis")
     const old = yield* CommandScheduler.schedule(new Remind({ name: "old" }), { after: 0 }, { key })
     yield* TestClock.adjust("1 millis")
-    yield* CommandScheduler.start(bus, { pollInterval: "1 second" })
+    yield* CommandScheduler.start(bus, { pollInterval: "1 second" }).pipe(
+      Effect.provide(Logger.replace(
+        Logger.defaultLogger,
+        Logger.make(({ message }) => logs.push(String(Array.isArray(message) ? message[0] : message)))
+      ))
+    )
     yield* settle
     assert.deepStrictEqual(runs, ["slow"]) // "old" claimed in the same batch, not started
     // The debounce: a change to the order pushes the reminder back an hour.
@@ -60,4 +72,11 @@ it.scoped("a keyed command replaced while it waits its turn in a batch is not ru
     assert.deepStrictEqual(failed.map((scheduled) => scheduled.id), [old])
     assert.match(failed[0]!.lastError!, /^Superseded: /)
     assert.deepStrictEqual((yield* store.list({ state: "pending" })).map((scheduled) => scheduled.id), [next])
+    // Reported as a superseded run is: a warning and a failed outcome.
+    assert.include(logs, "scheduled.superseded")
+    assert.strictEqual(
+      (yield* Metrics.count("command_bus_scheduled_commands_total", { command: "Remind", outcome: "failed" })) -
+        failedBefore,
+      1
+    )
   }).pipe(Effect.provide(Stores)))

@@ -155,8 +155,10 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         WHERE ${held(due)} AND lease_expires_at > statement_timestamp()
         RETURNING lease_expires_at::text AS lease, superseded`.withoutTransform.pipe(
           Effect.map((rows) =>
-            rows.length === 0 || rows[0]!.superseded || rows[0]!.lease === null
+            rows.length === 0
               ? undefined
+              : rows[0]!.superseded || rows[0]!.lease === null
+              ? { ...due, superseded: true }
               : { ...due, lease: rows[0]!.lease }
           ),
           SqlFailure.classify
