@@ -207,17 +207,20 @@ const urlSettings = (
   url: string,
   applicationName: string | undefined
 ): Either.Either<{ readonly url: string; readonly urlOptions: string | undefined }, string> => {
-  const query = url.indexOf("?")
-  if (url.startsWith("/") || query === -1) return Either.right({ url, urlOptions: undefined })
-  const fragment = url.indexOf("#", query)
+  // As `new URL` reads it: the first `#` starts the fragment, wherever it
+  // is, and a `?` after it is part of the fragment, not a query.
+  const fragment = url.indexOf("#")
   const end = fragment === -1 ? url.length : fragment
+  const query = url.indexOf("?")
+  if (url.startsWith("/") || query === -1 || query > end) return Either.right({ url, urlOptions: undefined })
   const params = new URLSearchParams(url.slice(query + 1, end))
   if (params.has("statement_timeout")) {
     return Either.left(
       "url must not set statement_timeout: give it as statementTimeout, which the answer timeout is counted from"
     )
   }
-  const urlOptions = params.get("options") ?? undefined
+  // A parameter given twice: `pg` (and libpq) take the last.
+  const urlOptions = params.getAll("options").at(-1)
   const dropped = ["options", ...(applicationName === undefined ? [] : ["application_name"])]
   if (!dropped.some((name) => params.has(name))) return Either.right({ url, urlOptions })
   for (const name of dropped) params.delete(name)
