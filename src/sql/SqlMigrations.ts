@@ -12,8 +12,9 @@ import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as PgMigrator from "@effect/sql-pg/PgMigrator"
 import { MigrationError } from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 
 /**
  * The channel the outbox trigger notifies at commit.
@@ -308,21 +309,61 @@ const refuseSkipped = (table: string, sources: Readonly<Record<string, ReadonlyA
 // created): PostgreSQL's "no schema has been selected to create in" is the
 // cause of a SqlError printed as "Failed to execute statement", and names no
 // schema. An unqualified table goes in the first schema of the search_path
-// that exists; a qualified one does not need any.
+// that exists; a qualified one in its own schema, which must exist.
 const requireSchema = (table: string) =>
-  table.includes(".") ? Effect.void : Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    Effect.flatMap(
-      sql<{ readonly schema: string | null; readonly path: string }>`
-        SELECT current_schema() AS schema, current_setting('search_path') AS path`.withoutTransform,
+  Effect.flatMap(SqlClient.SqlClient, (sql) => {
+    const dot = table.indexOf(".")
+    const qualifier = dot === -1 ? null : table.slice(0, dot)
+    return Effect.flatMap(
+      sql<{ readonly schema: string | null; readonly path: string; readonly qualified: boolean | null }>`
+        SELECT current_schema() AS schema, current_setting('search_path') AS path,
+          EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ${qualifier}) AS qualified`.withoutTransform,
       ([row]) =>
-        row === undefined || row.schema !== null ? Effect.void : Effect.fail(
-          new MigrationError({
-            reason: "bad-state",
-            message: `SqlMigrations: no schema of the search_path (${row.path}) exists, for ${table} and the ` +
-              `tables: create it first (the migrations create tables, not schemas)`
-          })
-        )
-    ))
+        row === undefined
+          ? Effect.void
+          : qualifier !== null
+          ? row.qualified === true ? Effect.void : Effect.fail(
+            new MigrationError({
+              reason: "bad-state",
+              message: `SqlMigrations: the schema ${qualifier} of ${table} does not exist: create it first ` +
+                `(the migrations create tables, not schemas)`
+            })
+          )
+          : row.schema !== null
+          ? Effect.void
+          : Effect.fail(noSchema(row.path, table))
+    )
+  })
+
+const noSchema = (path: string, table: string) =>
+  new MigrationError({
+    reason: "bad-state",
+    message: `SqlMigrations: no schema of the search_path (${path}) exists, for ${table} and the ` +
+      `tables: create it first (the migrations create tables, not schemas)`
+  })
+
+// A migration's unqualified table with no schema of the search_path
+// existing (the migrations table qualified, so not checked above): the
+// migrator dies with "Migration ... failed", its cause PostgreSQL's "no
+// schema has been selected to create in" (3F000), and nothing names the
+// search_path. Failed instead with the MigrationError that names it.
+const isSchemaMissing = (defect: unknown) => {
+  const failed = defect instanceof MigrationError && defect.reason === "failed" ? defect.cause : undefined
+  const cause = failed instanceof SqlError ? failed.cause : undefined
+  return typeof cause === "object" && cause !== null && "code" in cause && cause.code === "3F000"
+}
+
+const namingSchema = (table: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.catchSomeDefect(effect, (defect) =>
+    isSchemaMissing(defect)
+      ? Option.some(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        Effect.flatMap(
+          sql<{ readonly schema: string | null; readonly path: string }>`
+            SELECT current_schema() AS schema, current_setting('search_path') AS path`.withoutTransform,
+          ([row]) =>
+            row === undefined || row.schema !== null ? Effect.die(defect) : Effect.fail(noSchema(row.path, table))
+        )))
+      : Option.none())
 
 const migrate = (table: string, sources: Readonly<Record<string, ReadonlyArray<string>>>) =>
   requireSchema(table).pipe(
@@ -330,7 +371,8 @@ const migrate = (table: string, sources: Readonly<Record<string, ReadonlyArray<s
     Effect.zipRight(refuseSkipped(table, sources)),
     Effect.zipRight(
       PgMigrator.run({ loader: PgMigrator.fromRecord(fromSources(sources)), table }).pipe(
-        Effect.provide(NodeContext.layer)
+        Effect.provide(NodeContext.layer),
+        namingSchema(table)
       )
     )
   )
