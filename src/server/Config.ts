@@ -190,6 +190,16 @@ export const database = Config.all({
           )
         )
       }
+      // `PgPool` refuses a statement_timeout in the URL, telling the library's
+      // caller to give `statementTimeout`: the service's is DB_STATEMENT_TIMEOUT.
+      if (new URL(text).searchParams.has("statement_timeout")) {
+        return Either.left(
+          ConfigError.InvalidData(
+            ["DATABASE_URL"],
+            "must not set statement_timeout: set DB_STATEMENT_TIMEOUT, which the answer timeout is counted from"
+          )
+        )
+      }
       // What `pg` reads of it when it first connects, files included (an
       // `sslrootcert` that is not there): refused here, naming the setting.
       try {

@@ -295,6 +295,17 @@ describe("settings checked before start", () => {
       expect(other).toBe("DATABASE_URL: must be a postgres:// or postgresql:// URL")
     }))
 
+  // PgPool refuses it at the first statement's layer, telling the caller to
+  // give `statementTimeout`, a name the service's operator cannot set.
+  it.effect("a DATABASE_URL with a statement_timeout is refused, naming DB_STATEMENT_TIMEOUT", () =>
+    Effect.gen(function*() {
+      const url = "postgres://u:secret@127.0.0.1:5432/db?sslmode=disable&statement_timeout=5000"
+      const message = Config.describeError(yield* Effect.flip(read({ DATABASE_URL: url })))
+      expect(message).toMatch(/^DATABASE_URL: /)
+      expect(message).toContain("DB_STATEMENT_TIMEOUT")
+      expect(message).not.toContain("secret")
+    }))
+
   it.effect("a bad DATABASE_SCHEMA's message names the setting once, as the others do", () =>
     Effect.gen(function*() {
       const message = Config.describeError(yield* Effect.flip(read({ DATABASE_SCHEMA: "Orders" })))
