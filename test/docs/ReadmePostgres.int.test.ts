@@ -3,7 +3,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Schedule from "effect/Schedule"
 import { randomBytes } from "node:crypto"
-import Pg from "pg"
+import * as TestDatabase from "../support/Database.js"
 // README:begin
 import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Redacted, Schema } from "effect"
@@ -59,26 +59,10 @@ const deposit = bus.dispatch(new Deposit({ account: "alice", amount: 10, idempot
 
 const url = process.env.DATABASE_URL
 
-/** Runs `statement` on a connection of its own (the schema's creation and removal). */
-const admin = (statement: string) =>
-  Effect.acquireUseRelease(
-    Effect.promise(async () => {
-      const client = new Pg.Client({ connectionString: url })
-      await client.connect()
-      return client
-    }),
-    (client) => Effect.promise(() => client.query(statement)),
-    (client) => Effect.promise(() => client.end())
-  )
-
 describe.skipIf(url === undefined)("README: on PostgreSQL", () => {
   it.scopedLive("the example deposits once, replays the key, and publishes the event", () =>
     Effect.gen(function*() {
-      const schema = `readme_${randomBytes(6).toString("hex")}`
-      yield* Effect.acquireRelease(
-        admin(`CREATE SCHEMA "${schema}"`),
-        () => admin(`DROP SCHEMA "${schema}" CASCADE`)
-      )
+      const schema = yield* TestDatabase.scopedSchema(`readme_${randomBytes(6).toString("hex")}`)
       const context = yield* Layer.build(App({ url: Redacted.make(url!), schema }))
       const run = <A, E>(effect: Effect.Effect<A, E, Layer.Layer.Success<ReturnType<typeof App>>>) =>
         Effect.provide(effect, context)

@@ -11,33 +11,13 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import { randomBytes } from "node:crypto"
-import Pg from "pg"
+import * as TestDatabase from "../support/Database.js"
 
 const url = process.env.DATABASE_URL
 
-const admin = (statement: string) =>
-  Effect.acquireUseRelease(
-    Effect.promise(async () => {
-      const client = new Pg.Client({ connectionString: url })
-      await client.connect()
-      return client
-    }),
-    (client) => Effect.promise(() => client.query(statement)),
-    (client) => Effect.promise(() => client.end())
-  )
-
 const fresh = (prefix: string) => `${prefix}_${randomBytes(6).toString("hex")}`
 
-const freshSchema = () => {
-  const name = fresh("search_path")
-  return Effect.as(
-    Effect.acquireRelease(
-      admin(`CREATE SCHEMA ${Pg.escapeIdentifier(name)}`),
-      () => admin(`DROP SCHEMA ${Pg.escapeIdentifier(name)} CASCADE`)
-    ),
-    name
-  )
-}
+const freshSchema = () => TestDatabase.scopedSchema(fresh("search_path"))
 
 const withOptions = (options: string) => {
   const parsed = new URL(url!)
@@ -74,7 +54,7 @@ describe.skipIf(url === undefined)("SqlMigrations on a search_path or a qualifie
     Effect.gen(function*() {
       const schema = fresh("missing")
       const table = `public.${fresh("app_migrations")}`
-      yield* Effect.addFinalizer(() => admin(`DROP TABLE IF EXISTS ${table}`))
+      yield* Effect.addFinalizer(() => TestDatabase.admin(`DROP TABLE IF EXISTS ${table}`))
       const exit = yield* Effect.exit(Effect.provide(
         SqlMigrations.runWith({ table, sources: { "1_t": ["CREATE TABLE t (id int)"] } }),
         PgPool.layer({ url: url!, schema, poolSize: 1 })

@@ -29,7 +29,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import { randomBytes, randomUUID } from "node:crypto"
-import Pg from "pg"
+import * as TestDatabase from "../support/Database.js"
 
 const url = process.env.DATABASE_URL
 
@@ -86,28 +86,6 @@ const App = (options: PgPool.Options) =>
 // -----------------------------------------------------------------------------
 // helpers
 // -----------------------------------------------------------------------------
-
-/** Runs `statement` on a connection of its own, outside any pool under test. */
-const admin = (statement: string) =>
-  Effect.acquireUseRelease(
-    Effect.promise(async () => {
-      const client = new Pg.Client({ connectionString: url })
-      await client.connect()
-      return client
-    }),
-    (client) => Effect.promise(() => client.query(statement)),
-    (client) => Effect.promise(() => client.end())
-  )
-
-/** A schema of its own for the rest of the scope, `name` or a fresh one. */
-const freshSchema = (name = `pgpool_${randomBytes(6).toString("hex")}`) =>
-  Effect.as(
-    Effect.acquireRelease(
-      admin(`CREATE SCHEMA ${Pg.escapeIdentifier(name)}`),
-      () => admin(`DROP SCHEMA ${Pg.escapeIdentifier(name)} CASCADE`)
-    ),
-    name
-  )
 
 const quiet = Logger.minimumLogLevel(LogLevel.Warning)
 
@@ -185,7 +163,7 @@ describe.skipIf(url === undefined)("PgPool and SqlStores on PostgreSQL", () => {
     "an app of the public entries: dispatches, appends, publishes, replays and rolls back",
     () =>
       Effect.gen(function*() {
-        const schema = yield* freshSchema()
+        const schema = yield* TestDatabase.scopedSchema()
         const context = yield* Layer.build(App({ url: Redacted.make(url!), schema }).pipe(Layer.provide(quiet)))
         const run = <A, E, R extends Layer.Layer.Success<ReturnType<typeof App>> | Scope.Scope>(
           effect: Effect.Effect<A, E, R>
@@ -238,7 +216,7 @@ describe.skipIf(url === undefined)("PgPool and SqlStores on PostgreSQL", () => {
 
   it.scopedLive("a command's deadline cuts its wait for a connection of a full pool", () =>
     Effect.gen(function*() {
-      const schema = yield* freshSchema()
+      const schema = yield* TestDatabase.scopedSchema()
       const context = yield* Layer.build(
         // A connect timeout far past the test's bound: only the deadline can end the wait.
         App({ url: Redacted.make(url!), schema, poolSize: 1, connectTimeout: "10 minutes" }).pipe(Layer.provide(quiet))
@@ -273,7 +251,7 @@ describe.skipIf(url === undefined)("PgPool and SqlStores on PostgreSQL", () => {
     "schema: the tables go in it, quoted (capitals, a space, a quote), and public without one",
     () =>
       Effect.gen(function*() {
-        const schema = yield* freshSchema(`Pg Pool "${randomBytes(3).toString("hex")}"`)
+        const schema = yield* TestDatabase.scopedSchema(`Pg Pool "${randomBytes(3).toString("hex")}"`)
         const inSchema = yield* Layer.build(PgPool.layer({ url: url!, schema, poolSize: 1 }))
         const sql = Context.get(inSchema, SqlClient.SqlClient)
         expect(yield* sql`SELECT current_schema() AS schema`).toEqual([{ schema }])
@@ -285,7 +263,7 @@ describe.skipIf(url === undefined)("PgPool and SqlStores on PostgreSQL", () => {
         // Without a schema, public: not PostgreSQL's "$user" first, which
         // would be a schema named after the login role when there is one.
         const role = yield* sql<{ readonly role: string }>`SELECT current_user AS role`
-        yield* freshSchema(role[0]!.role)
+        yield* TestDatabase.scopedSchema(role[0]!.role)
         const plain = yield* Layer.build(PgPool.layer({ url: url!, poolSize: 1 }))
         expect(
           yield* Effect.provide(SqlClient.SqlClient, plain).pipe(

@@ -12,30 +12,9 @@ import { PgPool, SqlMigrations } from "effect-command-bus/sql"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { randomBytes } from "node:crypto"
-import Pg from "pg"
+import * as TestDatabase from "../support/Database.js"
 
 const url = process.env.DATABASE_URL
-
-const admin = (statement: string) =>
-  Effect.acquireUseRelease(
-    Effect.promise(async () => {
-      const client = new Pg.Client({ connectionString: url })
-      await client.connect()
-      return client
-    }),
-    (client) => Effect.promise(() => client.query(statement)),
-    (client) => Effect.promise(() => client.end())
-  )
-
-const freshSchema = (name = `pgpool_${randomBytes(6).toString("hex")}`) =>
-  Effect.as(
-    Effect.acquireRelease(
-      admin(`CREATE SCHEMA ${Pg.escapeIdentifier(name)}`),
-      () => admin(`DROP SCHEMA ${Pg.escapeIdentifier(name)} CASCADE`)
-    ),
-    name
-  )
 
 const withParam = (name: string, value: string) => {
   const parsed = new URL(url!)
@@ -46,7 +25,7 @@ const withParam = (name: string, value: string) => {
 describe.skipIf(url === undefined)("PgPool: a URL with options of its own", () => {
   it.scopedLive("keeps the URL's options and still sets search_path to the schema", () =>
     Effect.gen(function*() {
-      const schema = yield* freshSchema()
+      const schema = yield* TestDatabase.scopedSchema()
       const context = yield* Layer.build(
         PgPool.layer({ url: withParam("options", "-c lock_timeout=4321"), schema, poolSize: 1 })
       )
@@ -62,7 +41,7 @@ describe.skipIf(url === undefined)("PgPool: a URL with options of its own", () =
 
   it.scopedLive("without a schema, a search_path the URL's options set is kept", () =>
     Effect.gen(function*() {
-      const schema = yield* freshSchema()
+      const schema = yield* TestDatabase.scopedSchema()
       const context = yield* Layer.build(
         PgPool.layer({ url: withParam("options", `-c search_path=${schema}`), poolSize: 1 })
       )

@@ -15,6 +15,7 @@ import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import Pg from "pg"
 import * as Migrations from "../../src/orders/Migrations.js"
 import * as Database from "../../src/server/Database.js"
 import * as PgliteClient from "../../src/sql/PgliteClient.js"
@@ -45,6 +46,28 @@ const dropSchema = (schema: string) =>
       statementTimeout: Duration.seconds(30)
     })),
     Effect.ignore
+  )
+
+/** Runs `statement` on a server connection of its own, outside any pool a test builds. */
+export const admin = (statement: string) =>
+  Effect.acquireUseRelease(
+    Effect.promise(async () => {
+      const client = new Pg.Client({ connectionString: serverUrl })
+      await client.connect()
+      return client
+    }),
+    (client) => Effect.promise(() => client.query(statement)),
+    (client) => Effect.promise(() => client.end())
+  )
+
+/** A schema of its own on the server for the rest of the scope, `name` or a fresh one; dropped with what it holds. */
+export const scopedSchema = (name: string = freshSchema()) =>
+  Effect.as(
+    Effect.acquireRelease(
+      admin(`CREATE SCHEMA ${Pg.escapeIdentifier(name)}`),
+      () => admin(`DROP SCHEMA ${Pg.escapeIdentifier(name)} CASCADE`)
+    ),
+    name
   )
 
 /**
