@@ -270,6 +270,9 @@ const plainName = /^[a-z_][a-z0-9_$]{0,62}(\.[a-z_][a-z0-9_$]{0,62})?$/
 // The migrator takes `<id>_<name>` and skips any other key without a word.
 const migrationKey = /^\d+_.+$/
 
+// A migration's number: the digits of its key before the first `_`.
+const idOf = (key: string) => Number(key.slice(0, key.indexOf("_")))
+
 // The migrations table keeps a migration's number in an `integer`: the
 // migrator takes the failed insert of a larger one (a timestamp,
 // `20261128113900_accounts`) for another instance's run, applies nothing and
@@ -290,10 +293,7 @@ const refuseSkipped = (table: string, sources: Readonly<Record<string, ReadonlyA
       (rows) => {
         const applied = new Set(rows.map((row) => Number(row.migration_id)))
         const latest = rows.reduce((max, row) => Math.max(max, Number(row.migration_id)), 0)
-        const skipped = Object.keys(sources).filter((key) => {
-          const id = Number(key.slice(0, key.indexOf("_")))
-          return id <= latest && !applied.has(id)
-        })
+        const skipped = Object.keys(sources).filter((key) => idOf(key) <= latest && !applied.has(idOf(key)))
         return skipped.length === 0 ? Effect.void : Effect.fail(
           new MigrationError({
             reason: "bad-state",
@@ -415,7 +415,7 @@ export const runWith = (options: {
   if (unnamed !== undefined) {
     return refused(`a migration's key is <number>_<name>, got ${JSON.stringify(unnamed)}`)
   }
-  const tooLarge = Object.keys(options.sources).find((key) => Number(key.slice(0, key.indexOf("_"))) > maxMigrationId)
+  const tooLarge = Object.keys(options.sources).find((key) => idOf(key) > maxMigrationId)
   if (tooLarge !== undefined) {
     return refused(
       `a migration's number is at most ${maxMigrationId} (the migrations table's integer column; number them ` +
