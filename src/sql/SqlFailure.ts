@@ -1,7 +1,7 @@
 /**
  * Telling a database outage from a bug. An outage (connection refused or
- * lost, server shutting down, too many connections, a statement timeout) is
- * transient: the dispatch fails with the typed `StoreUnavailable`. So is a
+ * lost, server shutting down, too many connections, a statement or lock
+ * timeout) is transient: the dispatch fails with the typed `StoreUnavailable`. So is a
  * transaction the database ended so that others could go on (a deadlock's
  * loser, a serialization failure): its work was rolled back, and a retry may
  * pass. Anything else is a defect: a bug to fix, not a condition to retry.
@@ -17,7 +17,10 @@ import { StoreUnavailable } from "../CommandError.js"
 import { markConflict } from "../internal/conflict.js"
 
 // SQLSTATE classes and codes that mean "the database is not there right now".
-const unavailableCodes = new Set(["53300", "57P01", "57P02", "57P03", "57014", "53000", "53100", "53200"])
+// 55P03 (lock_not_available): a statement waited past `lock_timeout` (set in
+// the URL's options, or by the role or the database) for a lock another
+// transaction holds, as one past `statement_timeout` (57014) ran out of time.
+const unavailableCodes = new Set(["53300", "57P01", "57P02", "57P03", "57014", "55P03", "53000", "53100", "53200"])
 const unavailableErrnos = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EHOSTUNREACH"])
 const unavailableMessage =
   /connection terminated|connection timeout|timeout exceeded when trying to connect|not queryable|Connection ended|terminating connection|the database system is (starting up|shutting down)|Client was closed|Cannot use a pool after calling end|the database is closed|session queue is full/i
