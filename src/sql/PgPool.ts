@@ -81,7 +81,8 @@ export interface Options {
   readonly connectTimeout?: Duration.DurationInput | undefined
   /**
    * PostgreSQL's `statement_timeout` on every connection, at most 2^31 - 1
-   * ms. Default 10 seconds; `Duration.infinity`: none, and no answer timeout
+   * ms. Default 10 seconds; `Duration.infinity`: none (0, whatever the URL's
+   * options or the role's or database's default say), and no answer timeout
    * either (for migrations that may run long: give them a pool of their own).
    */
   readonly statementTimeout?: Duration.DurationInput | undefined
@@ -266,12 +267,18 @@ const searchPath = (schema: string | undefined) => {
 
 // The last `-c` of a setting wins: a schema given wins over a search_path
 // in the URL's options; without one, the URL's wins over public.
-const startupOptions = (settings: Settings) =>
-  settings.urlOptions === undefined || settings.urlOptions.trim() === ""
+const startupOptions = (settings: Settings) => {
+  const options = settings.urlOptions === undefined || settings.urlOptions.trim() === ""
     ? searchPath(settings.schema)
     : settings.schema === undefined
     ? `${searchPath(undefined)} ${settings.urlOptions}`
     : `${settings.urlOptions} ${searchPath(settings.schema)}`
+  // No statement timeout is none: `pg` sends no `statement_timeout` for it,
+  // and the session took one from the URL's options or the role's or the
+  // database's default (`ALTER ROLE ... SET statement_timeout`), which cut
+  // the long migrations a pool without one is for. Last, so it wins.
+  return settings.statementTimeout === undefined ? `${options} -c statement_timeout=0` : options
+}
 
 const invalid = (message: string, cause?: unknown) =>
   new SqlError({ cause: cause ?? new Error(message), message: `Invalid database configuration: ${message}` })

@@ -14,7 +14,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import Pg from "pg"
+import { randomBytes } from "node:crypto"
 import * as TestDatabase from "../support/Database.js"
 
 const url = process.env.DATABASE_URL
@@ -35,13 +35,18 @@ describe.skipIf(url === undefined)("statementTimeout: Duration.infinity", () => 
       expect(yield* timeoutOf(withOptions)).toEqual({ setting: "0", slow: "ran" })
     }))
 
+  // On a database of its own: a default set on the suite's database would
+  // reach the connections other test files open meanwhile.
   it.scopedLive("sets none, whatever the database's default is", () =>
     Effect.gen(function*() {
-      const database = new URL(url!).pathname.slice(1)
+      const database = `t_timeout_${randomBytes(4).toString("hex")}`
       yield* Effect.acquireRelease(
-        TestDatabase.admin(`ALTER DATABASE ${Pg.escapeIdentifier(database)} SET statement_timeout = '200ms'`),
-        () => TestDatabase.admin(`ALTER DATABASE ${Pg.escapeIdentifier(database)} RESET statement_timeout`)
+        TestDatabase.admin(`CREATE DATABASE ${database}`),
+        () => TestDatabase.admin(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
       )
-      expect(yield* timeoutOf(url!)).toEqual({ setting: "0", slow: "ran" })
+      yield* TestDatabase.admin(`ALTER DATABASE ${database} SET statement_timeout = '200ms'`)
+      const scratch = new URL(url!)
+      scratch.pathname = `/${database}`
+      expect(yield* timeoutOf(scratch.toString())).toEqual({ setting: "0", slow: "ran" })
     }))
 })
