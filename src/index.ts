@@ -23,6 +23,12 @@ export * as CurrentUser from "./CurrentUser.js"
 export * as DomainEvent from "./DomainEvent.js"
 
 /** @since 0.1.0 */
+export * as EventSourced from "./EventSourced.js"
+
+/** @since 0.1.0 */
+export * as EventStore from "./EventStore.js"
+
+/** @since 0.1.0 */
 export * as EventPublisher from "./EventPublisher.js"
 
 /** @since 0.1.0 */

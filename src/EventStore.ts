@@ -1,0 +1,143 @@
+/**
+ * The event streams of event-sourced aggregates (`EventSourced`): one stream
+ * per aggregate, read from the event log (the outbox), and a guard of each
+ * stream's version that two dispatches which read the same version cannot
+ * both pass. The events themselves are appended by the bus, as any
+ * handler's are: the store only reads them and guards their versions.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import { ConcurrencyConflict } from "./CommandError.js"
+import type * as DomainEvent from "./DomainEvent.js"
+import { Outbox } from "./Outbox.js"
+import { UnitOfWork } from "./UnitOfWork.js"
+
+/**
+ * Which aggregate a stream holds the events of.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StreamId {
+  readonly aggregateType: string
+  readonly aggregateId: string
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /**
+   * The stream's events, by version, oldest first: those committed and, on
+   * a database, those the caller's transaction wrote to the outbox before
+   * (a write held to go out with its COMMIT, `SqlStatement.runAtCommit`, is
+   * not there yet; nor, in memory, anything before its commit).
+   */
+  readonly read: (stream: StreamId) => Effect.Effect<ReadonlyArray<DomainEvent.Envelope>>
+  /**
+   * Moves the stream's version from `expected` (what the caller read) to
+   * `next`, in the caller's transaction, or fails with `ConcurrencyConflict`
+   * when another dispatch moved it past `expected` first (committed, or in a
+   * transaction still open: on PostgreSQL this waits for its outcome). A
+   * stream whose events were written without the guard (before it existed)
+   * is at the version its events say.
+   */
+  readonly advance: (
+    stream: StreamId,
+    expected: number,
+    next: number
+  ) => Effect.Effect<void, ConcurrencyConflict>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class EventStore extends Context.Tag("effect-command-bus/EventStore")<EventStore, Service>() {}
+
+const keyOf = (stream: StreamId): string => JSON.stringify([stream.aggregateType, stream.aggregateId])
+
+/**
+ * Streams over the in-memory outbox (`Outbox.layerMemory`): its committed
+ * events, indexed as they are read. A version moved inside a unit of work
+ * (`UnitOfWork.layerMemory`) goes back when it rolls back; a second dispatch
+ * from that version meanwhile fails at once rather than wait, as nothing
+ * here can wait for another fiber's transaction. Events a dispatch appended
+ * are read once it committed (the in-memory outbox holds them till then).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outbox, (outbox) => {
+  const streams = new Map<string, Array<DomainEvent.Envelope>>()
+  const versions = new Map<string, number>()
+  let position = 0
+  const page = 1000
+  // Reads the log from where the last read stopped: each event is indexed once.
+  const catchUp: Effect.Effect<void> = Effect.suspend(() =>
+    Effect.flatMap(
+      Effect.orDie(outbox.read({ after: position, limit: page })),
+      (events) => {
+        for (const stored of events) {
+          position = stored.position
+          const key = keyOf(stored.event)
+          const stream = streams.get(key)
+          if (stream === undefined) streams.set(key, [stored.event])
+          else stream.push(stored.event)
+        }
+        return events.length < page ? Effect.void : catchUp
+      }
+    )
+  )
+  const versionOf = (key: string): number => {
+    const stream = streams.get(key)
+    const written = stream === undefined || stream.length === 0 ? 0 : stream[stream.length - 1]!.aggregateVersion
+    return Math.max(written, versions.get(key) ?? 0)
+  }
+  return {
+    read: (stream) =>
+      Effect.map(
+        catchUp,
+        // Stable: a stream written without versions of its own keeps its log order.
+        () => [...(streams.get(keyOf(stream)) ?? [])].sort((a, b) => a.aggregateVersion - b.aggregateVersion)
+      ),
+    advance: (stream, expected, next) =>
+      Effect.flatMap(catchUp, () => {
+        const key = keyOf(stream)
+        if (versionOf(key) > expected) {
+          return Effect.fail(
+            new ConcurrencyConflict({
+              aggregateType: stream.aggregateType,
+              aggregateId: stream.aggregateId,
+              expectedVersion: expected
+            })
+          )
+        }
+        const before = versions.get(key)
+        versions.set(key, next)
+        // A rollback gives the version back, unless another dispatch moved it
+        // since (only after this one ended, so never).
+        const undo = (committed: boolean) =>
+          Effect.sync(() => {
+            if (committed || versions.get(key) !== next) return
+            if (before === undefined) versions.delete(key)
+            else versions.set(key, before)
+          })
+        return Effect.flatMap(Effect.serviceOption(UnitOfWork), (unitOfWork) => {
+          const afterEnd = Option.getOrUndefined(unitOfWork)?.afterEnd
+          return afterEnd === undefined ? Effect.void : Effect.asVoid(afterEnd(undo))
+        })
+      })
+  }
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory: Layer.Layer<EventStore, never, Outbox> = Layer.effect(EventStore, makeMemory)
