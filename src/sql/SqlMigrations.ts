@@ -1,7 +1,7 @@
 /**
  * The library's tables: the outbox (the event log), idempotency keys, the
- * checkpoints and dead letters of reactions that follow the log, and
- * scheduled commands.
+ * checkpoints and dead letters of reactions that follow the log, scheduled
+ * commands, and the versions of event-sourced aggregates' streams.
  * Shipped as code, so they run from any working directory; recorded in their
  * own migrations table, so an application's migrations never collide with
  * them. The SQL runs unchanged on PostgreSQL 15 and on PGlite.
@@ -218,6 +218,21 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
       ADD COLUMN superseded boolean NOT NULL DEFAULT false`,
     `CREATE UNIQUE INDEX scheduled_commands_key ON scheduled_commands (key)
       WHERE state = 'pending' AND key IS NOT NULL`
+  ],
+  // The version of each event-sourced aggregate's stream (`SqlEventStore`),
+  // moved by a conditional upsert in the dispatch's transaction: its row
+  // lock makes two dispatches from one version append once. A table of its
+  // own rather than a unique index on the outbox's (aggregate_type,
+  // aggregate_id, aggregate_version): writers that are not event-sourced may
+  // give two events one version (and a database may hold such rows, which
+  // would fail the index's creation), and only event-sourced handlers pay for it.
+  "13_event_streams": [
+    `CREATE TABLE event_streams (
+      aggregate_type text NOT NULL,
+      aggregate_id text NOT NULL,
+      version integer NOT NULL CHECK (version > 0),
+      PRIMARY KEY (aggregate_type, aggregate_id)
+    )`
   ]
 }
 

@@ -11,6 +11,8 @@
  *   `SqlUnitOfWork.PgPool` of the client is in context (`PgPool.layer`
  *   provides one), on `sql.withTransaction` otherwise (PGlite,
  *   `PgClient.layer`);
+ * - `EventStore`: `SqlEventStore`, the streams of event-sourced aggregates
+ *   (`EventSourced`), in the dispatch's transaction;
  * - `EventPublisher`: in memory, fed by `OutboxRelay` with the committed
  *   events for as long as the layer lives, unless `relay: false` (another
  *   process relays, or the application drains with `OutboxRelay.drain`).
@@ -32,10 +34,12 @@ import type * as PgClient from "@effect/sql-pg/PgClient"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import * as Layer from "effect/Layer"
 import * as EventPublisher from "../EventPublisher.js"
+import type * as EventStore from "../EventStore.js"
 import type * as Idempotency from "../Idempotency.js"
 import type * as Outbox from "../Outbox.js"
 import type * as UnitOfWork from "../UnitOfWork.js"
 import * as OutboxRelay from "./OutboxRelay.js"
+import * as SqlEventStore from "./SqlEventStore.js"
 import * as SqlIdempotencyStore from "./SqlIdempotencyStore.js"
 import * as SqlOutbox from "./SqlOutbox.js"
 import * as SqlUnitOfWork from "./SqlUnitOfWork.js"
@@ -49,6 +53,7 @@ export type Stores =
   | Idempotency.IdempotencyStore
   | UnitOfWork.UnitOfWork
   | EventPublisher.EventPublisher
+  | EventStore.EventStore
 
 /**
  * @since 0.1.0
@@ -75,5 +80,6 @@ export const layer = <E = never, R = never>(
     SqlOutbox.layer,
     options.idempotency ?? SqlIdempotencyStore.layer,
     SqlUnitOfWork.layer,
+    SqlEventStore.layer,
     options.relay === false ? Layer.empty : OutboxRelay.layer(options.relay ?? {})
   ).pipe(Layer.provideMerge(EventPublisher.layerMemory))

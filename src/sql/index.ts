@@ -14,6 +14,9 @@ export * as PgPool from "./PgPool.js"
 export * as PgPreparedClient from "./PgPreparedClient.js"
 
 /** @since 0.1.0 */
+export * as SqlEventStore from "./SqlEventStore.js"
+
+/** @since 0.1.0 */
 export * as SqlFailure from "./SqlFailure.js"
 
 /** @since 0.1.0 */

@@ -113,7 +113,8 @@ export const truncateAll = Effect.flatMap(
   SqlClient.SqlClient,
   (sql) =>
     sql.unsafe(
-      "TRUNCATE orders, inventory, outbox, idempotency_keys, reaction_checkpoints, reaction_dead_letters, scheduled_commands" +
+      "TRUNCATE orders, inventory, outbox, idempotency_keys, reaction_checkpoints, reaction_dead_letters, scheduled_commands," +
+        " event_streams" +
         " RESTART IDENTITY"
     )
 )
