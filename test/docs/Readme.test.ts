@@ -17,6 +17,7 @@ describe("README", () => {
       "test/docs/ReadmePostgres.int.test.ts",
       "test/docs/ReadmeMiddleware.test.ts",
       "test/docs/ReadmeReactionSpecification.test.ts",
+      "test/docs/ReadmeEventSourced.test.ts",
       "test/docs/ReadmeScheduler.test.ts"
     ])
   })
