@@ -44,6 +44,7 @@ import {
 } from "./internal/limit.js"
 import { isRefusal } from "./internal/refusal.js"
 import * as Tracing from "./Tracing.js"
+import { UnitOfWork } from "./UnitOfWork.js"
 
 /**
  * A command waiting for its time, or one that failed for good.
@@ -264,8 +265,11 @@ interface MemoryEntry {
 
 /**
  * Scheduled commands in memory, on the `Clock` (so `TestClock` moves them):
- * for tests. Not transactional: a command scheduled by a dispatch that then
- * fails stays scheduled. `effect-command-bus/sql` keeps them in PostgreSQL,
+ * for tests. Inside a unit of work that tells how it ended (`afterEnd`, as
+ * `InMemory.layer`'s does), what a dispatch scheduled, replaced or cancelled
+ * is undone when it does not commit, as the SQL store's rollback undoes it
+ * (a retried dispatch schedules once); an entry changed since by someone
+ * else is left as it is. `effect-command-bus/sql` keeps them in PostgreSQL,
  * in the dispatch's transaction.
  *
  * @since 0.1.0
@@ -323,16 +327,51 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
           leasedUntil: 0
         }
       }
+      // A change a dispatch made, undone when its unit of work does not
+      // commit: each entry it touched goes back to what it was, unless it is
+      // no longer what the change left (a runner claimed it since, say).
+      const undoable = <A>(
+        change: (map: Map<string, MemoryEntry>) => readonly [A, Map<string, MemoryEntry>]
+      ): Effect.Effect<A> =>
+        Effect.flatMap(
+          Ref.modify(
+            entries,
+            (map): [readonly [A, Map<string, MemoryEntry>, Map<string, MemoryEntry>], Map<string, MemoryEntry>] => {
+              const [result, next] = change(map)
+              return [[result, map, next], next]
+            }
+          ),
+          ([result, before, after]) => {
+            if (before === after) return Effect.succeed(result)
+            const touched = [...new Set([...before.keys(), ...after.keys()])]
+              .filter((id) => before.get(id) !== after.get(id))
+              .map((id) => [id, before.get(id), after.get(id)] as const)
+            const undo = (committed: boolean) =>
+              committed ? Effect.void : Ref.update(entries, (map) => {
+                const next = new Map(map)
+                for (const [id, was, left] of touched) {
+                  if (map.get(id) !== left) continue
+                  if (was === undefined) next.delete(id)
+                  else next.set(id, was)
+                }
+                return next
+              })
+            return Effect.flatMap(Effect.serviceOption(UnitOfWork), (unitOfWork) => {
+              const afterEnd = unitOfWork._tag === "Some" ? unitOfWork.value.afterEnd : undefined
+              return afterEnd === undefined ? Effect.succeed(result) : Effect.as(afterEnd(undo), result)
+            })
+          }
+        )
       return {
         add: ({ due, ...entry }) =>
           Effect.flatMap(DateTime.now, (now) =>
-            Ref.update(entries, (map) => {
+            undoable((map) => {
               const next = added(entry, "at" in due ? due.at : DateTime.addDuration(now, due.after))
-              return new Map(map).set(next.command.id, next)
+              return [undefined, new Map(map).set(next.command.id, next)]
             })),
         cancel: (id) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
-            Ref.modify(entries, (map) => {
+            undoable((map) => {
               const key = id.toLowerCase()
               const entry = map.get(key)
               if (entry === undefined || entry.leasedUntil > now) return [false, map]
@@ -472,7 +511,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               .slice(0, pageSize(options?.limit))),
         addKeyed: ({ due, key, onConflict, ...entry }) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
-            Ref.modify(entries, (map) => {
+            undoable((map) => {
               const keyed = added(entry, "at" in due ? due.at : DateTime.unsafeMake(now + storedMillis(due.after)), key)
               const id = keyed.command.id
               const pending = pendingUnder(map, key)
@@ -494,7 +533,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
             })),
         cancelKey: (key) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
-            Ref.modify(entries, (map) => {
+            undoable((map) => {
               const pending = pendingUnder(map, key)
               if (pending === undefined || pending.leasedUntil > now) return [false, map]
               const next = new Map(map)

@@ -1,0 +1,112 @@
+/**
+ * The in-memory scheduler store inside `InMemory.layer`'s unit of work: what
+ * a dispatch scheduled, replaced or cancelled is undone when it does not
+ * commit, as PostgreSQL's rollback undoes it on the SQL store. A retried
+ * dispatch used to schedule twice in memory and once on PostgreSQL. Live
+ * clock: the retry middleware sleeps between attempts.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
+import { Command, CommandBus, CommandError, CommandScheduler, Handler, Middleware } from "../src/index.js"
+import { InMemory } from "../src/testing/index.js"
+
+class Later extends Command.Class<Later>()("Later", {
+  payload: { n: Schema.Int },
+  success: Schema.Void,
+  failure: Schema.Never
+}) {}
+
+class Boom extends Schema.TaggedError<Boom>()("Boom", {}) {}
+
+class Go extends Command.Class<Go>()("Go", {
+  payload: { action: Schema.Literal("schedule", "replace", "cancelKey", "cancel"), id: Schema.optional(Schema.String) },
+  success: Schema.Void,
+  failure: Schema.Union(CommandError.ConcurrencyConflict, Boom),
+  retryable: ["ConcurrencyConflict"]
+}) {}
+
+const conflict = new CommandError.ConcurrencyConflict({ aggregateType: "A", aggregateId: "a", expectedVersion: 1 })
+
+const make = (failFirst: "conflict" | "boom") => {
+  let attempts = 0
+  const bus = CommandBus.make([Go, Later], {
+    Go: (command) =>
+      Effect.gen(function*() {
+        attempts++
+        switch (command.action) {
+          case "schedule":
+            yield* Effect.orDie(CommandScheduler.schedule(new Later({ n: attempts }), { after: "1 hour" }))
+            break
+          case "replace":
+            yield* Effect.orDie(
+              CommandScheduler.schedule(new Later({ n: attempts }), { after: "1 hour" }, { key: "k" })
+            )
+            break
+          case "cancelKey":
+            yield* Effect.orDie(CommandScheduler.cancelKey("k"))
+            break
+          case "cancel":
+            yield* Effect.orDie(CommandScheduler.cancel(command.id!))
+            break
+        }
+        if (attempts === 1) return yield* (failFirst === "conflict" ? Effect.fail(conflict) : Effect.fail(new Boom()))
+        return Handler.result(undefined)
+      }),
+    Later: () => Effect.succeed(Handler.result(undefined))
+  }).pipe(CommandBus.withMiddleware(Middleware.retry(), Middleware.transaction))
+  return { bus, attempts: () => attempts }
+}
+
+const pending = Effect.flatMap(
+  CommandScheduler.ScheduledCommands,
+  (store) => store.list({ state: "pending" })
+).pipe(Effect.map((list) => list.map((entry) => ({ n: (entry.command as { n: number }).n, key: entry.key }))))
+
+const Stores = Layer.merge(InMemory.layer, CommandScheduler.layerMemory)
+
+describe("in-memory scheduled commands and the unit of work", () => {
+  it.live("a retried dispatch schedules once, the attempt that committed", () =>
+    Effect.gen(function*() {
+      const { attempts, bus } = make("conflict")
+      yield* bus.dispatch(new Go({ action: "schedule" }))
+      expect(attempts()).toBe(2)
+      expect(yield* pending).toEqual([{ n: 2, key: undefined }])
+    }).pipe(Effect.provide(Stores)))
+
+  it.live("a failed dispatch leaves nothing scheduled", () =>
+    Effect.gen(function*() {
+      const { bus } = make("boom")
+      const exit = yield* Effect.exit(bus.dispatch(new Go({ action: "schedule" })))
+      expect(exit._tag).toBe("Failure")
+      expect(yield* pending).toEqual([])
+    }).pipe(Effect.provide(Stores)))
+
+  it.live("a keyed replace that rolls back gives the replaced command back", () =>
+    Effect.gen(function*() {
+      yield* Effect.orDie(CommandScheduler.schedule(new Later({ n: 0 }), { after: "1 hour" }, { key: "k" }))
+      const { bus } = make("boom")
+      yield* Effect.exit(bus.dispatch(new Go({ action: "replace" })))
+      expect(yield* pending).toEqual([{ n: 0, key: "k" }])
+    }).pipe(Effect.provide(Stores)))
+
+  it.live("a cancel that rolls back leaves the command scheduled, by key or by id", () =>
+    Effect.gen(function*() {
+      yield* Effect.orDie(CommandScheduler.schedule(new Later({ n: 0 }), { after: "1 hour" }, { key: "k" }))
+      const id = yield* Effect.orDie(CommandScheduler.schedule(new Later({ n: 1 }), { after: "2 hours" }))
+      yield* Effect.exit(make("boom").bus.dispatch(new Go({ action: "cancelKey" })))
+      yield* Effect.exit(make("boom").bus.dispatch(new Go({ action: "cancel", id })))
+      expect(yield* pending).toEqual([{ n: 0, key: "k" }, { n: 1, key: undefined }])
+      // Committed, a cancel stands.
+      const { bus } = make("conflict")
+      yield* bus.dispatch(new Go({ action: "cancelKey" }))
+      expect(yield* pending).toEqual([{ n: 1, key: undefined }])
+    }).pipe(Effect.provide(Stores)))
+
+  it.live("outside a dispatch's unit of work, a schedule stands at once", () =>
+    Effect.gen(function*() {
+      yield* Effect.orDie(CommandScheduler.schedule(new Later({ n: 7 }), { after: "1 hour" }))
+      expect(yield* pending).toEqual([{ n: 7, key: undefined }])
+    }).pipe(Effect.provide(Stores)))
+})
