@@ -234,7 +234,12 @@ const urlSettings = (
 
 const settingsOf = (options: Options): Either.Either<Settings, string> => {
   const given = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
-  const url = typeof given === "string" && given.trim() !== ""
+  // `pg` reads any scheme's URL as PostgreSQL's: `mysql://...` would be
+  // tried on a PostgreSQL server. A socket path (`/var/run/postgresql`,
+  // `socket:`) is PostgreSQL's own.
+  const scheme = typeof given === "string" ? /^([a-z][a-z0-9+.-]*):/i.exec(given.trim())?.[1]?.toLowerCase() : undefined
+  const url = typeof given === "string" && given.trim() !== "" &&
+      (scheme === undefined || scheme === "postgres" || scheme === "postgresql" || scheme === "socket")
     ? urlSettings(given, options.applicationName)
     : Either.left("url must be a postgres:// connection string")
   return Either.all({

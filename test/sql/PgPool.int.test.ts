@@ -124,6 +124,19 @@ describe("PgPool options refused", () => {
       expect(yield* refusal({ url: "" })).toContain("url must be")
     }))
 
+  it.effect("refuses a URL of another database's scheme, which pg would try on PostgreSQL, without quoting it", () =>
+    Effect.gen(function*() {
+      for (const url of ["mysql://user:s3cret@127.0.0.1:1/db", "HTTPS://127.0.0.1:1/db", " redis://127.0.0.1:1"]) {
+        const message = yield* refusal({ url: Redacted.make(url) })
+        expect(message).toBe("Invalid database configuration: url must be a postgres:// connection string")
+      }
+      // PostgreSQL's own forms pass the check (and fail later, connecting nowhere, if at all).
+      for (const url of ["postgresql://127.0.0.1:1/db", "POSTGRES://127.0.0.1:1/db", "socket:/tmp/none?db=x"]) {
+        const built = yield* Effect.exit(Effect.scoped(Layer.build(PgPool.layer({ url }))))
+        expect(built._tag, url).toBe("Success")
+      }
+    }))
+
   it.effect("refuses a URL pg cannot read without quoting it, password and all", () =>
     Effect.gen(function*() {
       const message = yield* refusal({ url: Redacted.make("postgres://user:s3cret@127.0.0.1:99999/db") })
