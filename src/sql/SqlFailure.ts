@@ -1,7 +1,8 @@
 /**
  * Telling a database outage from a bug. An outage (connection refused or
- * lost, server shutting down, too many connections, a statement or lock
- * timeout) is transient: the dispatch fails with the typed `StoreUnavailable`. So is a
+ * lost, a TLS connection that cannot be set up, server shutting down, too
+ * many connections, a statement or lock timeout) is transient: the dispatch
+ * fails with the typed `StoreUnavailable`. So is a
  * transaction the database ended so that others could go on (a deadlock's
  * loser, a serialization failure): its work was rolled back, and a retry may
  * pass. Anything else is a defect: a bug to fix, not a condition to retry.
@@ -22,8 +23,38 @@ import { markConflict } from "../internal/conflict.js"
 // transaction holds, as one past `statement_timeout` (57014) ran out of time.
 const unavailableCodes = new Set(["53300", "57P01", "57P02", "57P03", "57014", "55P03", "53000", "53100", "53200"])
 const unavailableErrnos = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EHOSTUNREACH"])
+// A TLS connection that could not be set up: the server's certificate did
+// not verify (an unknown CA, expired, another host's: a server whose
+// certificate was rotated to a CA the client does not know yet), or the
+// handshake failed, or the server takes no TLS. The database cannot be
+// reached, as with a connection refused: every command failed with a defect
+// (500) while the readiness check said 503. Node's codes: OpenSSL's X.509
+// verification results, and ERR_SSL_* / ERR_TLS_* of the handshake.
+const tlsErrnos = new Set([
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_DECRYPT_CERT_SIGNATURE",
+  "UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY",
+  "CERT_SIGNATURE_FAILURE",
+  "CERT_NOT_YET_VALID",
+  "CERT_HAS_EXPIRED",
+  "ERROR_IN_CERT_NOT_BEFORE_FIELD",
+  "ERROR_IN_CERT_NOT_AFTER_FIELD",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "CERT_CHAIN_TOO_LONG",
+  "CERT_REVOKED",
+  "INVALID_CA",
+  "PATH_LENGTH_EXCEEDED",
+  "INVALID_PURPOSE",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED",
+  "HOSTNAME_MISMATCH"
+])
+const isTlsErrno = (code: string) => tlsErrnos.has(code) || /^ERR_(SSL|TLS)_/.test(code)
 const unavailableMessage =
-  /connection terminated|connection timeout|timeout exceeded when trying to connect|not queryable|Connection ended|terminating connection|the database system is (starting up|shutting down)|Client was closed|Cannot use a pool after calling end|the database is closed|session queue is full/i
+  /The server does not support SSL connections|There was an error establishing an SSL connection|connection terminated|connection timeout|timeout exceeded when trying to connect|not queryable|Connection ended|terminating connection|the database system is (starting up|shutting down)|Client was closed|Cannot use a pool after calling end|the database is closed|session queue is full/i
 
 /**
  * Whether a database error means the database is unreachable or overloaded.
@@ -37,7 +68,8 @@ export const isUnavailable = (error: unknown): boolean =>
     if (link instanceof StoreUnavailable) return true
     const code = Predicate.hasProperty(link, "code") ? link.code : undefined
     if (
-      typeof code === "string" && (code.startsWith("08") || unavailableCodes.has(code) || unavailableErrnos.has(code))
+      typeof code === "string" &&
+      (code.startsWith("08") || unavailableCodes.has(code) || unavailableErrnos.has(code) || isTlsErrno(code))
     ) {
       return true
     }
