@@ -66,6 +66,17 @@ export interface Options {
    */
   readonly url: Redacted.Redacted | string
   /**
+   * TLS for every connection: the pool's, the relay's `LISTEN` and the
+   * cancel requests. For what the URL cannot say: a CA, a client certificate
+   * or its key given as text (from a secret) rather than a file. Options as
+   * `tls.connect` takes them (`{ ca }`: verified against that CA, the host
+   * name checked, as `sslmode=verify-full`); `true`: verified against Node's
+   * CAs; `false`: no TLS. Refused together with TLS settings in the URL
+   * (`ssl`, `sslmode`, `sslrootcert`, `sslcert`, `sslkey`), which `pg` would
+   * take instead of these without a word. Default: what the URL says.
+   */
+  readonly ssl?: boolean | Tls.ConnectionOptions | undefined
+  /**
    * The schema the tables live in (`search_path`), which must exist
    * (`SqlMigrations.run` creates tables, not schemas). Any name: it is
    * quoted, so `Orders` is not `orders`. Default `public`, not PostgreSQL's
@@ -164,6 +175,7 @@ interface Settings {
   readonly url: string
   /** The URL's own `options`, sent before or after the pool's `search_path` (see `startupOptions`). */
   readonly urlOptions: string | undefined
+  readonly ssl: boolean | Tls.ConnectionOptions | undefined
   readonly schema: string | undefined
   readonly poolSize: number
   /** In milliseconds; `undefined`: none. */
@@ -208,7 +220,8 @@ const count = (name: string, value: number, min: 0 | 1): Either.Either<number, s
 // is refused; `applicationName`, when given, wins over the URL's.
 const urlSettings = (
   url: string,
-  applicationName: string | undefined
+  applicationName: string | undefined,
+  ssl: Options["ssl"]
 ): Either.Either<{ readonly url: string; readonly urlOptions: string | undefined }, string> => {
   // As `new URL` reads it: the first `#` starts the fragment, wherever it
   // is, and a `?` after it is part of the fragment, not a query.
@@ -217,6 +230,14 @@ const urlSettings = (
   const query = url.indexOf("?")
   if (url.startsWith("/") || query === -1 || query > end) return Either.right({ url, urlOptions: undefined })
   const params = new URLSearchParams(url.slice(query + 1, end))
+  const tlsParams = urlTlsParams.filter((name) => params.has(name))
+  if (ssl !== undefined && tlsParams.length > 0) {
+    return Either.left(
+      `give TLS settings in the url or as ssl, not both: the url sets ${
+        tlsParams.join(", ")
+      }, which pg would take instead of ssl`
+    )
+  }
   if (params.has("statement_timeout")) {
     return Either.left(
       "url must not set statement_timeout: give it as statementTimeout, which the answer timeout is counted from"
@@ -234,6 +255,10 @@ const urlSettings = (
   })
 }
 
+// What `pg` reads of a URL's query as its TLS settings, all of them at once
+// in place of the `ssl` option.
+const urlTlsParams = ["ssl", "sslmode", "sslrootcert", "sslcert", "sslkey"]
+
 const settingsOf = (options: Options): Either.Either<Settings, string> => {
   const given = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
   // `pg` reads any scheme's URL as PostgreSQL's: `mysql://...` would be
@@ -242,11 +267,15 @@ const settingsOf = (options: Options): Either.Either<Settings, string> => {
   const scheme = typeof given === "string" ? /^([a-z][a-z0-9+.-]*):/i.exec(given.trim())?.[1]?.toLowerCase() : undefined
   const url = typeof given === "string" && given.trim() !== "" &&
       (scheme === undefined || scheme === "postgres" || scheme === "postgresql" || scheme === "socket")
-    ? urlSettings(given, options.applicationName)
+    ? urlSettings(given, options.applicationName, options.ssl)
     : Either.left("url must be a postgres:// connection string")
   return Either.all({
     url: Either.map(url, (parsed) => parsed.url),
     urlOptions: Either.right(Either.getOrUndefined(Either.map(url, (parsed) => parsed.urlOptions))),
+    ssl: options.ssl === undefined || typeof options.ssl === "boolean" ||
+        (typeof options.ssl === "object" && options.ssl !== null)
+      ? Either.right(options.ssl)
+      : Either.left("ssl must be true, false or tls.connect's options"),
     schema: options.schema === undefined || (options.schema !== "" && !options.schema.includes("\0"))
       ? Either.right(options.schema)
       : Either.left("schema must be a name, not empty and without NUL characters"),
@@ -293,9 +322,12 @@ const invalid = (message: string, cause?: unknown) =>
 const makePool = (settings: Settings): Effect.Effect<Pg.Pool, SqlError> =>
   Effect.try({
     try: () => {
+      // The pool's options are every connection's, the relay's listen too
+      // (`@effect/sql-pg` opens it with them).
+      const tls = settings.ssl === undefined ? {} : { ssl: settings.ssl }
       // What `pg` reads of the URL when it first connects (its syntax, the
       // files it names): refused here rather than at the first statement.
-      new Pg.Client({ connectionString: settings.url })
+      new Pg.Client({ connectionString: settings.url, ...tls })
       const pool = new Pg.Pool({
         // statement_timeout ends a slow statement on the server; this
         // ends one whose answer never comes back (a partition, a frozen
@@ -308,6 +340,7 @@ const makePool = (settings: Settings): Effect.Effect<Pg.Pool, SqlError> =>
             : settings.statementTimeout + settings.answerMargin
         }),
         connectionString: settings.url,
+        ...tls,
         max: settings.poolSize,
         connectionTimeoutMillis: settings.connectTimeout ?? 0,
         idleTimeoutMillis: settings.idleTimeout ?? 0,
