@@ -261,6 +261,21 @@ class CommitExchange {
   }
 }
 
+/**
+ * A connection's socket as `pg` holds it: a `net.Socket`, or over TLS a
+ * `tls.TLSSocket` whose `_parent` is the `net.Socket` it runs on.
+ */
+interface Stream {
+  destroy(error?: Error): void
+  resetAndClosing?: boolean
+  readonly _handle?: { readonly reset?: unknown } | null
+  readonly _parent?: Stream | null
+}
+
+// Node resets a socket on destroy when `resetAndClosing` is set, through its
+// handle's `reset`, which only a TCP handle has (not a TLS or a pipe one).
+const isResettable = (stream: Stream | null | undefined): boolean => typeof stream?._handle?.reset === "function"
+
 /** What `pg.Client` keeps to itself and this class reads. */
 interface ClientState {
   readonly _txStatus?: unknown
@@ -518,8 +533,18 @@ export const make = (
       // that method takes no error): the kernel drops what was written and
       // not yet delivered. A graceful close would deliver it when the
       // network heals, and a claim or a COMMIT the caller was told failed
-      // would land then.
-      if (typeof stream.resetAndDestroy === "function") stream.resetAndClosing = true
+      // would land then. Only a TCP socket can be reset: over TLS the
+      // stream is a TLS socket and the TCP socket it runs on is reset (the
+      // flag on the TLS socket threw "this._handle.reset is not a
+      // function", left the connection open, and its next bytes crashed the
+      // process); a Unix socket, which no partition holds bytes for, is
+      // closed as it is.
+      if (isResettable(stream)) {
+        stream.resetAndClosing = true
+      } else if (stream._parent != null && isResettable(stream._parent)) {
+        stream._parent.resetAndClosing = true
+        stream._parent.destroy()
+      }
       stream.destroy(error)
     }
 
@@ -556,11 +581,7 @@ export const make = (
     }
 
     private stream() {
-      return (this as unknown as {
-        readonly connection?: {
-          readonly stream?: { destroy(e: Error): void; resetAndDestroy?: unknown; resetAndClosing?: boolean }
-        }
-      }).connection?.stream
+      return (this as unknown as { readonly connection?: { readonly stream?: Stream } }).connection?.stream
     }
 
     /**

@@ -130,9 +130,10 @@ export const token = (sub: string, options: { readonly admin?: boolean } = {}): 
  * `target` through it. `freeze()` stops forwarding both ways and keeps every
  * connection open (one made meanwhile is accepted and not answered), as a
  * network partition or a frozen server does; `unfreeze()` forwards again, on
- * every connection. Closed with the scope.
+ * every connection. Closed with the scope. With `socketDir`, it listens on
+ * a Unix socket there instead, port 5432's, and `url` names that directory.
  */
-export const frozenProxy = (target: string) =>
+export const frozenProxy = (target: string, options: { readonly socketDir?: string } = {}) =>
   Effect.acquireRelease(
     Effect.promise(async () => {
       const upstreamUrl = new URL(target)
@@ -155,9 +156,15 @@ export const frozenProxy = (target: string) =>
         client.on("error", end).on("close", end)
         upstream.on("error", end).on("close", end)
       })
-      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
       const url = new URL(target)
-      url.host = `127.0.0.1:${(server.address() as Net.AddressInfo).port}`
+      if (options.socketDir === undefined) {
+        await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+        url.host = `127.0.0.1:${(server.address() as Net.AddressInfo).port}`
+      } else {
+        await new Promise<void>((resolve) => server.listen(`${options.socketDir}/.s.PGSQL.5432`, resolve))
+        url.port = "5432"
+        url.searchParams.set("host", options.socketDir)
+      }
       return {
         url: url.toString(),
         freeze: () => {
