@@ -9,7 +9,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Command, CommandBus, DomainEvent, EventPublisher, Handler, Idempotency, Outbox } from "effect-command-bus"
+import { EventPublisher, Idempotency, Outbox } from "effect-command-bus"
 import { PgPool, SqlMigrations, SqlStores, SqlUnitOfWork } from "effect-command-bus/sql"
 import * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
@@ -26,9 +26,9 @@ import * as LogLevel from "effect/LogLevel"
 import * as Queue from "effect/Queue"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
-import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import { randomBytes, randomUUID } from "node:crypto"
+import * as CounterApp from "../support/CounterApp.js"
 import * as TestDatabase from "../support/Database.js"
 
 const url = process.env.DATABASE_URL
@@ -37,45 +37,8 @@ const url = process.env.DATABASE_URL
 // the application: a counter of its own
 // -----------------------------------------------------------------------------
 
-class Incremented extends DomainEvent.Class<Incremented>()("Incremented", { counter: Schema.String, by: Schema.Int }) {}
-
-class Increment extends Command.Class<Increment>()("Increment", {
-  payload: { counter: Schema.String, by: Schema.Int },
-  success: Schema.Struct({ value: Schema.Int }),
-  failure: Schema.Never
-}) {}
-
-/** How long the handler sleeps in the database after its write: none unless a test says. */
-class HandlerSleep extends Context.Reference<HandlerSleep>()("test/HandlerSleep", { defaultValue: () => 0 }) {}
-
-const bus = CommandBus.make([Increment], {
-  Increment: (command) =>
-    Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      const [row] = yield* sql<{ readonly value: number; readonly version: number }>`
-        INSERT INTO counters VALUES (${command.counter}, ${command.by}, 1)
-        ON CONFLICT (id) DO UPDATE SET value = counters.value + excluded.value, version = counters.version + 1
-        RETURNING value, version`.pipe(Effect.orDie)
-      const sleep = yield* HandlerSleep
-      if (sleep > 0) yield* sql`SELECT pg_sleep(${sleep})`.pipe(Effect.orDie)
-      return Handler.result({ value: row!.value }, [
-        DomainEvent.draft(
-          { aggregateType: "Counter", aggregateId: command.counter, aggregateVersion: row!.version },
-          new Incremented({ counter: command.counter, by: command.by })
-        )
-      ])
-    })
-}).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware({ timeout: "1 second" })))
-
-const migrations = Effect.zipRight(
-  SqlMigrations.run,
-  SqlMigrations.runWith({
-    table: "counter_migrations",
-    sources: {
-      "1_counters": ["CREATE TABLE counters (id text PRIMARY KEY, value integer NOT NULL, version integer NOT NULL)"]
-    }
-  })
-)
+const bus = CounterApp.bus("1 second")
+const { HandlerSleep, Increment, migrations } = CounterApp
 
 const App = (options: PgPool.Options) =>
   SqlStores.layer({ relay: { pollInterval: "100 millis" } }).pipe(

@@ -11,7 +11,7 @@
 import { SqlClient } from "@effect/sql"
 import { SqlError } from "@effect/sql/SqlError"
 import { describe, expect, it } from "@effect/vitest"
-import { Command, CommandBus, DomainEvent, EventPublisher, Handler } from "effect-command-bus"
+import { EventPublisher } from "effect-command-bus"
 import { PgPool, SqlMigrations, SqlStores } from "effect-command-bus/sql"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
@@ -23,9 +23,9 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Queue from "effect/Queue"
 import * as Redacted from "effect/Redacted"
-import * as Schema from "effect/Schema"
 import { randomBytes } from "node:crypto"
 import * as Auth from "../../src/server/Auth.js"
+import * as CounterApp from "../support/CounterApp.js"
 import * as TestDatabase from "../support/Database.js"
 import * as Process from "../support/Process.js"
 import * as TlsServer from "../support/Tls.js"
@@ -38,40 +38,8 @@ const modes = (url: string) => ({
   "libpq require": withParams(url, { sslmode: "require", uselibpqcompat: "true", sslrootcert: undefined })
 })
 
-class Incremented extends DomainEvent.Class<Incremented>()("Incremented", { counter: Schema.String, by: Schema.Int }) {}
-
-class Increment extends Command.Class<Increment>()("Increment", {
-  payload: { counter: Schema.String, by: Schema.Int },
-  success: Schema.Struct({ value: Schema.Int }),
-  failure: Schema.Never
-}) {}
-
-const bus = CommandBus.make([Increment], {
-  Increment: (command) =>
-    Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      const [row] = yield* sql<{ readonly value: number; readonly version: number }>`
-        INSERT INTO counters VALUES (${command.counter}, ${command.by}, 1)
-        ON CONFLICT (id) DO UPDATE SET value = counters.value + excluded.value, version = counters.version + 1
-        RETURNING value, version`.pipe(Effect.orDie)
-      return Handler.result({ value: row!.value }, [
-        DomainEvent.draft(
-          { aggregateType: "Counter", aggregateId: command.counter, aggregateVersion: row!.version },
-          new Incremented({ counter: command.counter, by: command.by })
-        )
-      ])
-    })
-}).pipe(CommandBus.withMiddleware(...CommandBus.defaultMiddleware({ timeout: "5 seconds" })))
-
-const migrations = Effect.zipRight(
-  SqlMigrations.run,
-  SqlMigrations.runWith({
-    table: "counter_migrations",
-    sources: {
-      "1_counters": ["CREATE TABLE counters (id text PRIMARY KEY, value integer NOT NULL, version integer NOT NULL)"]
-    }
-  })
-)
+const bus = CounterApp.bus("5 seconds")
+const { Increment, migrations } = CounterApp
 
 const quiet = Logger.minimumLogLevel(LogLevel.None)
 
