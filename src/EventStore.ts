@@ -9,10 +9,12 @@
  */
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { ConcurrencyConflict } from "./CommandError.js"
 import type * as DomainEvent from "./DomainEvent.js"
+import { currentPending, heldEvents } from "./internal/pending.js"
 import { Outbox } from "./Outbox.js"
 import { UnitOfWork } from "./UnitOfWork.js"
 
@@ -33,10 +35,11 @@ export interface StreamId {
  */
 export interface Service {
   /**
-   * The stream's events, by version, oldest first: those committed and, on
-   * a database, those the caller's transaction wrote to the outbox before
-   * (a write held to go out with its COMMIT, `SqlStatement.runAtCommit`, is
-   * not there yet; nor, in memory, anything before its commit).
+   * The stream's events, by version, oldest first: those committed and
+   * those the caller's transaction appended before (on a database, a write
+   * held for its COMMIT, `SqlStatement.runAtCommit`, goes out ahead of the
+   * read; in memory, the unit of work's events not yet appended), so that a
+   * second dispatch on the stream in one transaction goes on from the first.
    */
   readonly read: (stream: StreamId) => Effect.Effect<ReadonlyArray<DomainEvent.Envelope>>
   /**
@@ -68,7 +71,8 @@ const keyOf = (stream: StreamId): string => JSON.stringify([stream.aggregateType
  * (`UnitOfWork.layerMemory`) goes back when it rolls back; a second dispatch
  * from that version meanwhile fails at once rather than wait, as nothing
  * here can wait for another fiber's transaction. Events a dispatch appended
- * are read once it committed (the in-memory outbox holds them till then).
+ * are read by others once it committed (the in-memory outbox holds them till
+ * then), and at once inside its own transaction, as on a database.
  *
  * @since 0.1.0
  * @category constructors
@@ -101,10 +105,19 @@ export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outb
   }
   return {
     read: (stream) =>
-      Effect.map(
+      Effect.zipWith(
         catchUp,
-        // Stable: a stream written without versions of its own keeps its log order.
-        () => [...(streams.get(keyOf(stream)) ?? [])].sort((a, b) => a.aggregateVersion - b.aggregateVersion)
+        FiberRef.get(currentPending),
+        // The caller's transaction's own events too, not yet appended, as a
+        // database's transaction reads its own writes: a second dispatch on
+        // the stream in that transaction (a handler that dispatches two)
+        // goes on from the first's version. Stable: a stream written without
+        // versions of its own keeps its log order.
+        (_, pending) => {
+          const key = keyOf(stream)
+          const held = heldEvents(pending).filter((event) => keyOf(event) === key)
+          return [...(streams.get(key) ?? []), ...held].sort((a, b) => a.aggregateVersion - b.aggregateVersion)
+        }
       ),
     advance: (stream, expected, next) =>
       Effect.flatMap(catchUp, () => {
@@ -120,11 +133,17 @@ export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outb
         }
         const before = versions.get(key)
         versions.set(key, next)
-        // A rollback gives the version back, unless another dispatch moved it
-        // since (only after this one ended, so never).
+        // A rollback gives the version back to where it was before this
+        // move. Nobody else moves it while this transaction is open, but a
+        // later dispatch of the same transaction may have moved it on from
+        // here: the moves are undone in the order they were made, so the
+        // first one's undo finds the version past its own `next`, and goes
+        // back past the later ones too (whose undo then finds it below
+        // theirs, and leaves it).
         const undo = (committed: boolean) =>
           Effect.sync(() => {
-            if (committed || versions.get(key) !== next) return
+            const current = versions.get(key)
+            if (committed || current === undefined || current < next) return
             if (before === undefined) versions.delete(key)
             else versions.set(key, before)
           })

@@ -11,7 +11,7 @@ import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import type { StoreUnavailable } from "./CommandError.js"
 import type * as DomainEvent from "./DomainEvent.js"
-import { currentPending, endedFirst, openLevels } from "./internal/pending.js"
+import { currentPending, enclosingLevels, endedFirst, openLevels } from "./internal/pending.js"
 import { Outbox } from "./Outbox.js"
 
 /**
@@ -146,7 +146,8 @@ export const layerMemory: Layer.Layer<UnitOfWork, never, Outbox> = Layer.effect(
     // Each savepoint's parent: a fiber forked in a savepoint that ended (kept,
     // or rolled back) while the outermost is open is in the level around it,
     // as its statements would be on a database's connection.
-    const parents = new WeakMap<Array<DomainEvent.Envelope>, Array<DomainEvent.Envelope>>()
+    // (Shared, so that a read in the transaction can find the levels around its own.)
+    const parents = enclosingLevels
     const openLevel = (level: Array<DomainEvent.Envelope>): Array<DomainEvent.Envelope> | undefined => {
       let current: Array<DomainEvent.Envelope> | undefined = level
       while (current !== undefined && !ends.isOpen(current)) current = parents.get(current)

@@ -32,5 +32,38 @@ export const openLevels: WeakMap<
   () => new WeakMap()
 )
 
+/**
+ * The level each savepoint level was begun in (its host), set by the unit
+ * of work as it begins one.
+ *
+ * @internal
+ */
+export const enclosingLevels: WeakMap<Array<DomainEvent.Envelope>, Array<DomainEvent.Envelope>> = globalValue(
+  Symbol.for("effect-command-bus/internal/pending/enclosingLevels"),
+  () => new WeakMap()
+)
+
+/**
+ * The events the transaction `pending` belongs to holds so far, not yet
+ * appended: those of each level still open, from the outermost to `pending`'s
+ * (a savepoint that was kept handed its events to the level around it, so
+ * each is counted once). What a read inside that transaction sees of its own
+ * writes, as a database's does; none once it ended.
+ *
+ * @internal
+ */
+export const heldEvents = (pending: Array<DomainEvent.Envelope> | undefined): Array<DomainEvent.Envelope> => {
+  const levels: Array<Array<DomainEvent.Envelope>> = []
+  let current = pending
+  while (current !== undefined) {
+    const resolve = openLevels.get(current)
+    const open: Array<DomainEvent.Envelope> | undefined = resolve === undefined ? current : resolve(current)
+    if (open === undefined) break
+    if (!levels.includes(open)) levels.push(open)
+    current = enclosingLevels.get(open)
+  }
+  return levels.reverse().flat()
+}
+
 /** @internal */
 export const endedFirst = "the transaction this one is part of ended first (a fiber forked in it outlived it)"
