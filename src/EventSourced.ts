@@ -90,6 +90,8 @@ export interface Decider<C extends Command.Any, S, Ev extends DomainEvent.Any, R
   readonly initialState: S
   readonly evolve: (state: S, event: Ev) => S
   readonly decide: Decisions<C, S, Ev, R>
+  /** Rewrites a stored payload before it is decoded (see `make`'s `upcast`). */
+  readonly upcast?: ((payload: unknown, envelope: DomainEvent.Envelope) => unknown) | undefined
 }
 
 /**
@@ -123,11 +125,22 @@ export const make = <
   readonly initialState: S
   readonly evolve: (state: NoInfer<S>, event: Schema.Schema.Type<Es[number]>) => NoInfer<S>
   readonly decide: D & { readonly [K in Exclude<keyof D, InstanceType<Cs[number]>["_tag"]>]: never }
+  /**
+   * Rewrites a stored payload before it is decoded, as `Reaction.make`'s
+   * `upcast` does: events written by an earlier version of an event's schema
+   * (a field renamed, say) decode with the current one, and the stream they
+   * are in folds. Given the payload as stored (its `_tag`, the event's type,
+   * included) and its envelope; one that throws leaves the event undecodable
+   * (a defect naming it). Additions with defaults need none:
+   * `Schema.optionalWith(..., { default })`.
+   */
+  readonly upcast?: (payload: unknown, envelope: DomainEvent.Envelope) => unknown
 }): Decider<InstanceType<Cs[number]>, S, Schema.Schema.Type<Es[number]>, DecisionsContext<D>> => ({
   aggregateType: options.aggregateType,
   events: options.events,
   initialState: options.initialState,
   evolve: options.evolve,
+  upcast: options.upcast,
   decide: options.decide as unknown as Decisions<
     InstanceType<Cs[number]>,
     S,
@@ -254,6 +267,7 @@ const streamDecoder = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
   const byType = new Map<string, (input: unknown) => Either.Either<unknown, ParseResult.ParseError>>()
   for (const event of decider.events) byType.set(event._tag, Schema.decodeUnknownEither(event))
   const listed = [...byType.keys()].join(", ")
+  const upcast = decider.upcast
   const decode = (stream: StreamId, stored: ReadonlyArray<DomainEvent.Envelope>) => {
     let state = decider.initialState
     let version = 0
@@ -264,9 +278,17 @@ const streamDecoder = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
       if (decodeOne === undefined) {
         return Either.left(`${where} is of none of the decider's event types (${listed})`)
       }
+      let payload = envelope.payload
+      if (upcast !== undefined) {
+        try {
+          payload = upcast(envelope.payload, envelope)
+        } catch (error) {
+          return Either.left(`${where} does not decode: its upcast threw ${String(error)}`)
+        }
+      }
       let decoded: Either.Either<unknown, ParseResult.ParseError>
       try {
-        decoded = decodeOne(payloadOf(envelope))
+        decoded = decodeOne(payloadOf(envelope, payload))
       } catch (error) {
         // A schema's transformation that throws: undecodable all the same.
         return Either.left(`${where} does not decode: its schema threw ${String(error)}`)
@@ -281,10 +303,9 @@ const streamDecoder = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
   return decode
 }
 
-const payloadOf = (envelope: DomainEvent.Envelope): unknown =>
-  typeof envelope.payload === "object" && envelope.payload !== null
-    ? { ...envelope.payload, _tag: envelope.type }
-    : envelope.payload
+// A payload is the event's encoded fields; its tag is the envelope's type.
+const payloadOf = (envelope: DomainEvent.Envelope, payload: unknown): unknown =>
+  typeof payload === "object" && payload !== null ? { ...payload, _tag: envelope.type } : payload
 
 /**
  * Appends a prior event to its aggregate's stream, at the version after the
