@@ -42,7 +42,7 @@ import * as Either from "effect/Either"
 import type * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import { randomUUID } from "node:crypto"
-import type * as Command from "./Command.js"
+import * as Command from "./Command.js"
 import type { ConcurrencyConflict } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventStore, type StreamId } from "./EventStore.js"
@@ -204,6 +204,10 @@ export const handler = <
   return (instance) =>
     Effect.flatMap(EventStore, (store) => {
       const stream: StreamId = { aggregateType: decider.aggregateType, aggregateId: aggregateId(instance) }
+      // Text a database cannot store: the SQL store's read would die on it
+      // with the driver's encoding error, the in-memory one take it. Both
+      // refuse it alike, saying where to refuse it.
+      if (!Command.isStorableText(stream.aggregateId)) return Effect.dieMessage(unstorableId(command._tag))
       return Effect.flatMap(store.read(stream), (stored) => {
         const folded = decodeStream(stream, stored)
         if (Either.isLeft(folded)) return Effect.dieMessage(folded.left)
@@ -231,6 +235,10 @@ export const handler = <
       R | EventStore
     >
 }
+
+const unstorableId = (tag: string) =>
+  `EventSourced: the aggregate id of ${tag} is a string with a NUL character or a lone surrogate, which a ` +
+  `database does not store: refuse such text in the command's schema (Command.Text)`
 
 type Decide<S, Ev, R> = (command: Command.Any, state: S) => Effect.Effect<ReadonlyArray<Ev>, unknown, R>
 
