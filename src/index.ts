@@ -44,6 +44,9 @@ export * as Middleware from "./Middleware.js"
 export * as Outbox from "./Outbox.js"
 
 /** @since 0.1.0 */
+export * as ProcessManager from "./ProcessManager.js"
+
+/** @since 0.1.0 */
 export * as Reaction from "./Reaction.js"
 
 /** @since 0.1.0 */

@@ -1,7 +1,8 @@
 /**
  * The library's tables: the outbox (the event log), idempotency keys, the
  * checkpoints and dead letters of reactions that follow the log, scheduled
- * commands, and the versions of event-sourced aggregates' streams.
+ * commands, the versions of event-sourced aggregates' streams, and the
+ * processes of process managers.
  * Shipped as code, so they run from any working directory; recorded in their
  * own migrations table, so an application's migrations never collide with
  * them. The SQL runs unchanged on PostgreSQL 15 and on PGlite.
@@ -232,6 +233,22 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
       aggregate_id text NOT NULL,
       version integer NOT NULL CHECK (version > 0),
       PRIMARY KEY (aggregate_type, aggregate_id)
+    )`
+  ],
+  // The processes of process managers (`ProcessManager`), by manager and key:
+  // the state, encoded, with the ids of the events applied to it, written in
+  // one statement on the version it was read at.
+  "14_processes": [
+    `CREATE TABLE processes (
+      manager text NOT NULL,
+      key text NOT NULL CHECK (char_length(key) BETWEEN 1 AND 255),
+      state jsonb NOT NULL,
+      version integer NOT NULL CHECK (version > 0),
+      done boolean NOT NULL,
+      applied jsonb NOT NULL,
+      deadlines jsonb NOT NULL,
+      updated_at timestamptz NOT NULL,
+      PRIMARY KEY (manager, key)
     )`
   ]
 }

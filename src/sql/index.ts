@@ -29,6 +29,9 @@ export * as SqlMigrations from "./SqlMigrations.js"
 export * as SqlOutbox from "./SqlOutbox.js"
 
 /** @since 0.1.0 */
+export * as SqlProcesses from "./SqlProcesses.js"
+
+/** @since 0.1.0 */
 export * as SqlReactionCheckpoints from "./SqlReactionCheckpoints.js"
 
 /** @since 0.1.0 */

@@ -1,6 +1,6 @@
 /**
  * The test kit: in-memory stores and given/when/then specifications, for
- * handlers and for reactions.
+ * handlers, for reactions and for process managers.
  *
  * @since 0.1.0
  */
@@ -13,3 +13,6 @@ export * as Specification from "./Specification.js"
 
 /** @since 0.1.0 */
 export * as ReactionSpecification from "./ReactionSpecification.js"
+
+/** @since 0.1.0 */
+export * as ProcessManagerSpecification from "./ProcessManagerSpecification.js"

@@ -38,6 +38,7 @@ describe("package entries", () => {
       "EventStore",
       "Idempotency",
       "Reaction",
+      "ProcessManager",
       "CommandScheduler",
       "CurrentUser",
       "CommandError",
@@ -52,6 +53,7 @@ describe("package entries", () => {
       "SqlIdempotencyStore",
       "SqlMigrations",
       "SqlOutbox",
+      "SqlProcesses",
       "SqlReactionCheckpoints",
       "SqlReactionDeadLetters",
       "SqlScheduledCommands",
@@ -60,7 +62,12 @@ describe("package entries", () => {
       "SqlUnitOfWork"
     ])
     expect(typeof Pglite.PgliteClient.layer).toBe("function")
-    expect(Object.keys(Testing)).toEqual(expect.arrayContaining(["InMemory", "ReactionSpecification", "Specification"]))
+    expect(Object.keys(Testing)).toEqual(expect.arrayContaining([
+      "InMemory",
+      "ReactionSpecification",
+      "ProcessManagerSpecification",
+      "Specification"
+    ]))
   })
 
   it("load from the build in plain Node, each with the same modules as its sources", async () => {

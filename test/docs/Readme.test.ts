@@ -18,7 +18,8 @@ describe("README", () => {
       "test/docs/ReadmeMiddleware.test.ts",
       "test/docs/ReadmeReactionSpecification.test.ts",
       "test/docs/ReadmeEventSourced.test.ts",
-      "test/docs/ReadmeScheduler.test.ts"
+      "test/docs/ReadmeScheduler.test.ts",
+      "test/docs/ReadmeProcessManager.test.ts"
     ])
   })
 

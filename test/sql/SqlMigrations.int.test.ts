@@ -51,6 +51,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
         "orders",
         "orders_migrations",
         "outbox",
+        "processes",
         "reaction_checkpoints",
         "reaction_dead_letters",
         "scheduled_commands"

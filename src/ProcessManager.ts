@@ -1,0 +1,583 @@
+/**
+ * Process managers (stateful sagas): a long-running process, keyed by
+ * something its events carry (an order id, a correlation id), with a state
+ * of its own that survives restarts. It reacts to several event types, and
+ * each of its handlers, a pure function of the state and the event, says
+ * what comes next: the new state, commands to send through a bus, deadlines
+ * to set or cancel (commands the `CommandScheduler` runs later, keyed per
+ * process), and whether the process is done.
+ *
+ * A process manager is a list of reactions (`reactions`, one per event
+ * type), run by `Reaction.follow` as any other: checkpoints, leases, dead
+ * letters and `redrive` come with it.
+ *
+ * Each event has its effect once, under redelivery and crashes: the
+ * commands and deadlines go first, each under a key of its own derived from
+ * the event's id (a command's idempotency key, a deadline's scheduling
+ * key), so that a run cut short before the state is saved sends them again
+ * as no-ops; then the state is saved together with the event's id, on the
+ * version it was read at, so that an event already applied is skipped
+ * (nothing sent twice) and two followers never both apply one.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as DateTime from "effect/DateTime"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import type * as Types from "effect/Types"
+import { createHash } from "node:crypto"
+import * as Command from "./Command.js"
+import type * as CommandBus from "./CommandBus.js"
+import type { StoreUnavailable } from "./CommandError.js"
+import * as CommandScheduler from "./CommandScheduler.js"
+import type * as DomainEvent from "./DomainEvent.js"
+import * as Idempotency from "./Idempotency.js"
+import { currentInterceptor } from "./internal/dispatching.js"
+import * as JsonValue from "./internal/json.js"
+import { isRefusal } from "./internal/refusal.js"
+import * as Reaction from "./Reaction.js"
+
+// -----------------------------------------------------------------------------
+// declaring
+// -----------------------------------------------------------------------------
+
+/**
+ * A deadline: `command`, sent when it is due unless cancelled first (by its
+ * `name`, or by the process ending). Due `after` a delay from the event's
+ * `occurredAt` (not from when the event is handled: a follower catching up
+ * sets the deadline the event asked for, and a redelivery sets the same), or
+ * `at` a time. A deadline of the same name replaces the pending one.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Deadline<Cmd extends Command.Any> =
+  & { readonly name: string; readonly command: Cmd }
+  & ({ readonly after: Duration.DurationInput } | { readonly at: DateTime.DateTime })
+
+/**
+ * What a handler decides on an event: the process's new state, and what to
+ * do. The commands are sent in order, stamped with the event's correlation,
+ * the event's id as causation id and an idempotency key of their own.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Decision<S, Cmd extends Command.Any> {
+  readonly state: S
+  /** Commands to dispatch through the bus, in order. */
+  readonly send?: ReadonlyArray<Cmd> | undefined
+  /** Deadlines to set, each replacing the pending one of its name. */
+  readonly schedule?: ReadonlyArray<Deadline<Cmd>> | undefined
+  /** Names of pending deadlines to drop. */
+  readonly cancel?: ReadonlyArray<string> | undefined
+  /**
+   * The process is over: its pending deadlines are cancelled (the ones this
+   * decision schedules are not set), and its later events are ignored. Its
+   * last state is kept.
+   */
+  readonly done?: boolean | undefined
+}
+
+/**
+ * A handler of one event type: pure, since a redelivered event that finds
+ * its state unsaved runs it again and must decide the same.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Handler<S, A, Cmd extends Command.Any> = (
+  state: S,
+  event: A,
+  envelope: DomainEvent.Envelope
+) => Decision<S, Cmd>
+
+/**
+ * An event class with its tag as a literal type, as `DomainEvent.Class`
+ * makes them.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface EventClass<A = any, Tag extends string = string> extends Reaction.EventClass<A> {
+  readonly _tag: Tag
+}
+
+/**
+ * The handlers of `Events`, by tag.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Handlers<Events extends ReadonlyArray<EventClass>, S, Cmd extends Command.Any> = {
+  readonly [Tag in Events[number]["_tag"]]: Handler<
+    S,
+    Schema.Schema.Type<Extract<Events[number], { readonly _tag: Tag }>>,
+    Cmd
+  >
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options<
+  Events extends ReadonlyArray<EventClass>,
+  S,
+  SI,
+  C extends Command.Any,
+  H,
+  BE,
+  BR
+> {
+  /**
+   * Names the process manager: its stored processes, its reactions
+   * (`<name> on <event type>`), its commands' idempotency keys and its
+   * deadlines' keys. Keep it once processes are stored.
+   */
+  readonly name: string
+  /**
+   * The bus its commands (deadlines included) go through: it sends no other.
+   * Give it the idempotency middleware: a run cut short before the state is
+   * saved sends its commands again, under the same keys, for the middleware
+   * to replay.
+   */
+  readonly bus: CommandBus.CommandBus<C, H, BE, BR>
+  /** The state's schema: the state is stored encoded, as JSON. */
+  readonly state: Schema.Schema<S, SI>
+  /** The state of a process before its first event. */
+  readonly initialState: NoInfer<S>
+  /** The event classes it reacts to: `on` takes a handler for each. */
+  readonly events: Events
+  /**
+   * The process an event belongs to, or `undefined` for none (the event is
+   * ignored). 1 to 255 characters.
+   */
+  readonly key: (event: Schema.Schema.Type<Events[number]>, envelope: DomainEvent.Envelope) => string | undefined
+  /**
+   * The event types that start a process: an event of another type whose
+   * process was never started is ignored. Default: any of `events`.
+   */
+  readonly startedBy?: ReadonlyArray<NoInfer<Events[number]["_tag"]>> | undefined
+  /** As `Reaction.DispatchOptions.inFlightWait`: how long a command's key in flight is waited out. Default 2 minutes. */
+  readonly inFlightWait?: Duration.DurationInput | undefined
+}
+
+/**
+ * A process as stored, decoded.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Process<S> {
+  readonly key: string
+  readonly state: S
+  readonly done: boolean
+  /** Events applied so far. */
+  readonly version: number
+  /** The names of the deadlines it set and has not cancelled. */
+  readonly deadlines: ReadonlyArray<string>
+}
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const TypeId: unique symbol = Symbol.for("effect-command-bus/ProcessManager")
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type TypeId = typeof TypeId
+
+/**
+ * A process manager: its reactions, for `Reaction.follow` (and `redrive`),
+ * and a reader of its processes. Its reactions are `Reaction.Dispatching`
+ * ones, of the commands it may send, so the test kit's
+ * `ReactionSpecification` takes them too.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ProcessManager<S, Cmd extends Command.Any, out E = never, out R = never> {
+  readonly [TypeId]: { readonly _S: Types.Invariant<S> }
+  readonly name: string
+  readonly reactions: ReadonlyArray<Reaction.Dispatching<Cmd, E, R>>
+  /** The stored process of `key`, if any. */
+  readonly process: (
+    key: string
+  ) => Effect.Effect<Option.Option<Process<S>>, StoreUnavailable | StateUndecodable, Processes>
+  /** The scheduling key of the deadline `name` of the process `key`. */
+  readonly deadlineKey: (key: string, name: string) => string
+}
+
+/**
+ * Any process manager.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Any = ProcessManager<any, any, any, any>
+
+/**
+ * A stored state that the state's schema does not decode (a state written by
+ * another version of it). Not retried: a dead letter, to redrive once the
+ * schema reads it.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class StateUndecodable extends Schema.TaggedError<StateUndecodable>()("StateUndecodable", {
+  manager: Schema.String,
+  key: Schema.String,
+  reason: Schema.String
+}) {}
+
+/**
+ * Another run saved the process between this run's read and its save (two
+ * followers of one name whose leases overlapped, or a `redrive` beside the
+ * follower). Retried: the next run reads the process again, and skips the
+ * event if the other run applied it.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ProcessConflict extends Schema.TaggedError<ProcessConflict>()("ProcessConflict", {
+  manager: Schema.String,
+  key: Schema.String,
+  version: Schema.Number
+}) {}
+
+/**
+ * A key or a state a process manager refuses: a key that is not 1 to 255
+ * characters of storable text, or a state that does not encode to JSON. Not
+ * retried: the handler decides the same again.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidProcess extends Schema.TaggedError<InvalidProcess>()("InvalidProcess", {
+  manager: Schema.String,
+  reason: Schema.String
+}) {}
+
+const isKey = Schema.is(CommandScheduler.Key)
+const isIdempotencyKey = Schema.is(Command.IdempotencyKey)
+
+// A key prefix that leaves room for an event's id and a suffix, or the
+// digest of one that does not (as `Reaction.dispatch` keys its commands).
+const prefixOf = (name: string): string =>
+  isIdempotencyKey(`${name}:${"0".repeat(36)}:${"0".repeat(12)}`)
+    ? name
+    : `sha256-${createHash("sha256").update(name).digest("hex")}`
+
+/**
+ * A process manager declared, waiting for its handlers (`on`): given in a
+ * call of their own, so that the state's type is settled, by its schema,
+ * before the handlers are typed (a state of literal types, a status say,
+ * then needs no `as const`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Declaration<Events extends ReadonlyArray<EventClass>, S, Cmd extends Command.Any, E, R> {
+  /** The handlers, one per event type of `events`, by tag. */
+  readonly on: (handlers: Handlers<Events, S, Cmd>) => ProcessManager<S, Cmd, E, R>
+}
+
+/**
+ * Declares a process manager over `bus`. The commands its handlers return
+ * (to send, or as deadlines) are the bus's: another does not compile.
+ *
+ * ```ts
+ * const checkout = ProcessManager.make({
+ *   name: "checkout",
+ *   bus,
+ *   state: Schema.Struct({ paid: Schema.Boolean }),
+ *   initialState: { paid: false },
+ *   events: [OrderPlaced, PaymentReceived],
+ *   key: (event) => event.orderId,
+ *   startedBy: ["OrderPlaced"]
+ * }).on({
+ *   OrderPlaced: (state, event) => ({
+ *     state,
+ *     send: [new TakePayment({ orderId: event.orderId })],
+ *     schedule: [{ name: "unpaid", after: "30 minutes", command: new CancelOrder({ orderId: event.orderId }) }]
+ *   }),
+ *   PaymentReceived: (_, event) => ({ state: { paid: true }, send: [new ShipOrder({ orderId: event.orderId })], done: true })
+ * })
+ * yield* Reaction.follow("checkout", checkout.reactions)
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = <
+  const Events extends ReadonlyArray<EventClass>,
+  S,
+  SI,
+  C extends Command.Any,
+  H,
+  BE,
+  BR
+>(
+  options: Options<Events, S, SI, C, H, BE, BR>
+): Declaration<
+  Events,
+  S,
+  C,
+  Command.Failure<C> | BE | StoreUnavailable | StateUndecodable | ProcessConflict | InvalidProcess,
+  Processes | CommandScheduler.ScheduledCommands | CommandBus.Requirements<H, C["_tag"], BR>
+> => ({ on: (on) => declared(options, on) })
+
+const declared = <
+  Events extends ReadonlyArray<EventClass>,
+  S,
+  SI,
+  C extends Command.Any,
+  H,
+  BE,
+  BR
+>(
+  options: Options<Events, S, SI, C, H, BE, BR>,
+  on: Handlers<Events, S, C>
+): ProcessManager<
+  S,
+  C,
+  Command.Failure<C> | BE | StoreUnavailable | StateUndecodable | ProcessConflict | InvalidProcess,
+  Processes | CommandScheduler.ScheduledCommands | CommandBus.Requirements<H, C["_tag"], BR>
+> => {
+  const { bus, name } = options
+  const keyPrefix = prefixOf(name)
+  const decodeState = Schema.decodeUnknown(options.state)
+  const encodeState = Schema.encode(options.state)
+  const definitions = [...bus.definitions.values()]
+  const waitOut = Schedule.spaced(Duration.seconds(1)).pipe(Schedule.upTo(options.inFlightWait ?? "2 minutes"))
+  const startedBy = options.startedBy === undefined ? undefined : new Set<string>(options.startedBy)
+  // As `Reaction.dispatch`: a failure is an outcome or not by the command
+  // that failed with it.
+  const outcomes = new WeakMap<object, boolean>()
+  const handlers = on as Record<string, Handler<S, unknown, C>>
+
+  const invalid = (reason: string) => Effect.fail(new InvalidProcess({ manager: name, reason }))
+
+  const deadlineKey = (key: string, deadline: string): string => {
+    const plain = `process:${JSON.stringify([name, key, deadline])}`
+    return isKey(plain) ? plain : `process:sha256-${createHash("sha256").update(plain).digest("hex")}`
+  }
+
+  const decoded = (key: string, stored: Stored) =>
+    Effect.map(
+      Effect.mapError(
+        decodeState(stored.state),
+        (error) => new StateUndecodable({ manager: name, key, reason: error.message })
+      ),
+      (state): Process<S> => ({ key, state, done: stored.done, version: stored.version, deadlines: stored.deadlines })
+    )
+
+  const process = (key: string) =>
+    Effect.flatMap(
+      Processes,
+      (store) =>
+        Effect.flatMap(store.load(name, key), (stored) =>
+          Option.isNone(stored)
+            ? Effect.succeedNone
+            : Effect.asSome(decoded(key, stored.value)))
+    )
+
+  // A command, stamped with the event's follow-up, through the bus (or the
+  // test kit's interceptor, as `Reaction.dispatch` sends).
+  const send = (reaction: string, envelope: DomainEvent.Envelope, command: C, idempotencyKey: string) => {
+    const followUp = { ...Command.causedBy(envelope), idempotencyKey }
+    const definition = bus.definitions.get(command._tag)
+    const stamped = withFollowUp(command, followUp)
+    const sent = Effect.flatMap(FiberRef.get(currentInterceptor), (intercept) =>
+      intercept === undefined
+        ? bus.dispatch(stamped)
+        : intercept({ reaction, envelope, followUp, command: stamped, definition }) as Effect.Effect<
+          unknown,
+          Command.Failure<C> | BE | StoreUnavailable
+        >)
+    return Effect.retry(
+      sent,
+      Schedule.whileInput(waitOut, (error: unknown) => error instanceof Idempotency.IdempotencyKeyInFlight)
+    ).pipe(
+      Effect.asVoid,
+      Effect.tapError((error) =>
+        Effect.sync(() => {
+          if (definition !== undefined && typeof error === "object" && error !== null) {
+            outcomes.set(error, Command.isOutcome(definition, error))
+          }
+        })
+      )
+    )
+  }
+
+  const apply = (reaction: string, event: unknown, envelope: DomainEvent.Envelope) =>
+    Effect.gen(function*() {
+      const key = options.key(event as Schema.Schema.Type<Events[number]>, envelope)
+      if (key === undefined) return
+      if (!isKey(key)) return yield* invalid(`a process key must be 1 to 255 characters of text`)
+      const store = yield* Processes
+      const stored = yield* store.load(name, key)
+      const before = Option.getOrUndefined(stored)
+      // Done, or this event applied already (a redelivery after the state
+      // was saved, or a replay): nothing to do, and nothing sent again.
+      if (before !== undefined && (before.done || before.applied.includes(envelope.eventId))) return
+      if (before === undefined && startedBy !== undefined && !startedBy.has(envelope.type)) return
+      const state = before === undefined ? options.initialState : (yield* decoded(key, before)).state
+      const decision = handlers[envelope.type]!(state, event, envelope)
+
+      const sends = decision.send ?? []
+      for (let i = 0; i < sends.length; i++) {
+        yield* send(reaction, envelope, sends[i]!, `${keyPrefix}:${envelope.eventId}:${i}`)
+      }
+
+      const pending = new Set(before?.deadlines ?? [])
+      const cancelled = decision.done === true ? [...pending] : decision.cancel ?? []
+      for (const deadline of cancelled) {
+        yield* CommandScheduler.cancelKey(deadlineKey(key, deadline))
+        pending.delete(deadline)
+      }
+      const scheduled = decision.done === true ? [] : decision.schedule ?? []
+      for (let i = 0; i < scheduled.length; i++) {
+        const deadline = scheduled[i]!
+        const at = "at" in deadline
+          ? deadline.at
+          : DateTime.addDuration(envelope.occurredAt, deadline.after)
+        const command = withFollowUp(deadline.command, {
+          ...Command.causedBy(envelope),
+          idempotencyKey: `${keyPrefix}:${envelope.eventId}:d${i}`
+        })
+        yield* CommandScheduler.schedule(command, { at }, { key: deadlineKey(key, deadline.name) })
+        pending.add(deadline.name)
+      }
+
+      const encoded = yield* Effect.mapError(
+        encodeState(decision.state),
+        (error) => new InvalidProcess({ manager: name, reason: `the state does not encode: ${error.message}` })
+      )
+      const notJson = JsonValue.incompatibility(encoded)
+      if (notJson !== undefined) return yield* invalid(JsonValue.refusal(notJson, "the state"))
+      const version = before?.version ?? 0
+      const saved = yield* store.save(name, key, {
+        state: encoded,
+        done: decision.done === true,
+        version: version + 1,
+        applied: [...(before?.applied ?? []), envelope.eventId],
+        deadlines: [...pending]
+      }, version)
+      if (!saved) return yield* Effect.fail(new ProcessConflict({ manager: name, key, version }))
+    }).pipe(Effect.annotateLogs({ processManager: name }))
+
+  const retryable = (error: unknown) =>
+    error instanceof ProcessConflict ||
+    (!(error instanceof StateUndecodable) && !(error instanceof InvalidProcess) && !isRefusal(error) &&
+      !(typeof error === "object" && error !== null && outcomes.has(error)
+        ? outcomes.get(error)!
+        : definitions.some((definition) => Command.isOutcome(definition, error))))
+
+  const reactions = options.events.map((event) => {
+    const reaction = `${name} on ${event._tag}`
+    return {
+      ...Reaction.make(event, (decoded, envelope) => apply(reaction, decoded, envelope), { name: reaction, retryable }),
+      [Reaction.DispatchingTypeId]: dispatchingVariance
+    }
+  })
+
+  return {
+    [TypeId]: stateVariance,
+    name,
+    reactions,
+    process,
+    deadlineKey
+  }
+}
+
+const dispatchingVariance = { _Cmd: (_: never) => _ }
+const stateVariance = { _S: (_: any) => _ }
+
+// The command with its follow-up metadata: a copy, as commands are
+// immutable; its fields were checked when it was made.
+const withFollowUp = <C extends Command.Any>(command: C, followUp: Reaction.FollowUp): C => {
+  const definition = command.constructor as new(fields: unknown, options?: Schema.MakeOptions) => C
+  return new definition({ ...command, ...followUp }, { disableValidation: true })
+}
+
+// -----------------------------------------------------------------------------
+// storing
+// -----------------------------------------------------------------------------
+
+/**
+ * A process as a store keeps it: its state encoded (JSON), whether it is
+ * done, its version (events applied), the ids of the events applied (so a
+ * redelivered one is skipped) and its pending deadlines' names.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Stored {
+  readonly state: unknown
+  readonly done: boolean
+  readonly version: number
+  readonly applied: ReadonlyArray<string>
+  readonly deadlines: ReadonlyArray<string>
+}
+
+/**
+ * Where processes are kept, by manager name and key.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ProcessStore {
+  readonly load: (manager: string, key: string) => Effect.Effect<Option.Option<Stored>, StoreUnavailable>
+  /**
+   * Writes `process` if the stored version is `expected` (0: none stored),
+   * in one step: false, writing nothing, when another write came first.
+   */
+  readonly save: (
+    manager: string,
+    key: string,
+    process: Stored,
+    expected: number
+  ) => Effect.Effect<boolean, StoreUnavailable>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class Processes extends Context.Tag("effect-command-bus/ProcessManager/Processes")<
+  Processes,
+  ProcessStore
+>() {}
+
+/**
+ * Processes in memory, for tests (`effect-command-bus/sql` keeps them in
+ * PostgreSQL). Each build is empty.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory: Layer.Layer<Processes> = Layer.sync(Processes, () => {
+  const processes = new Map<string, Stored>()
+  const keyOf = (manager: string, key: string) => JSON.stringify([manager, key])
+  return {
+    load: (manager, key) => Effect.sync(() => Option.fromNullable(processes.get(keyOf(manager, key)))),
+    save: (manager, key, process, expected) =>
+      Effect.sync(() => {
+        const id = keyOf(manager, key)
+        if ((processes.get(id)?.version ?? 0) !== expected) return false
+        processes.set(id, process)
+        return true
+      })
+  }
+})

@@ -1,0 +1,77 @@
+/**
+ * The processes of process managers (`ProcessManager`), in PostgreSQL, one
+ * row per manager and key. A save is one statement on the version read, so
+ * the state and the ids of the events applied to it never diverge, and of
+ * two runs that read one version, one writes.
+ *
+ * @since 0.1.0
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Column from "../internal/column.js"
+import * as ProcessManager from "../ProcessManager.js"
+import * as SqlFailure from "./SqlFailure.js"
+
+interface Row {
+  readonly state: unknown
+  readonly version: number
+  readonly done: boolean
+  readonly applied: unknown
+  readonly deadlines: unknown
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.SqlClient> = Effect.map(
+  SqlClient.SqlClient,
+  (sql) => ({
+    load: (manager, key) =>
+      sql<Row>`
+        SELECT state, version, done, applied, deadlines FROM processes
+        WHERE manager = ${manager} AND key = ${key}`.withoutTransform.pipe(
+        Effect.map((rows) =>
+          rows.length === 0 ? Option.none() : Option.some({
+            state: Column.json(rows[0]!.state),
+            version: Number(rows[0]!.version),
+            done: rows[0]!.done,
+            applied: Column.json(rows[0]!.applied) as ReadonlyArray<string>,
+            deadlines: Column.json(rows[0]!.deadlines) as ReadonlyArray<string>
+          })
+        ),
+        SqlFailure.classify
+      ),
+    // The first write inserts, a later one updates the version it read:
+    // either way no row comes back when another write came first.
+    save: (manager, key, process, expected) => {
+      const state = JSON.stringify(process.state)
+      const applied = JSON.stringify(process.applied)
+      const deadlines = JSON.stringify(process.deadlines)
+      const written = expected === 0
+        ? sql`
+          INSERT INTO processes (manager, key, state, version, done, applied, deadlines, updated_at)
+          VALUES (${manager}, ${key}, ${state}::jsonb, ${process.version}, ${process.done},
+            ${applied}::jsonb, ${deadlines}::jsonb, now())
+          ON CONFLICT (manager, key) DO NOTHING
+          RETURNING version`
+        : sql`
+          UPDATE processes SET state = ${state}::jsonb, version = ${process.version}, done = ${process.done},
+            applied = ${applied}::jsonb, deadlines = ${deadlines}::jsonb, updated_at = now()
+          WHERE manager = ${manager} AND key = ${key} AND version = ${expected}
+          RETURNING version`
+      return written.withoutTransform.pipe(Effect.map((rows) => rows.length === 1), SqlFailure.classify)
+    }
+  })
+)
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<ProcessManager.Processes, never, SqlClient.SqlClient> = Layer.effect(
+  ProcessManager.Processes,
+  make
+)
