@@ -434,6 +434,14 @@ const declared = <
       if (before === undefined && startedBy !== undefined && !startedBy.has(envelope.type)) return
       const state = before === undefined ? options.initialState : (yield* decoded(key, before)).state
       const decision = handlers[envelope.type]!(state, event, envelope)
+      // The state is checked before anything is sent or scheduled: a decision
+      // whose state cannot be saved is a dead letter, and has no effect.
+      const encoded = yield* Effect.mapError(
+        encodeState(decision.state),
+        (error) => new InvalidProcess({ manager: name, reason: `the state does not encode: ${error.message}` })
+      )
+      const notJson = JsonValue.incompatibility(encoded)
+      if (notJson !== undefined) return yield* invalid(JsonValue.refusal(notJson, "the state"))
 
       const sends = decision.send ?? []
       for (let i = 0; i < sends.length; i++) {
@@ -460,12 +468,6 @@ const declared = <
         pending.add(deadline.name)
       }
 
-      const encoded = yield* Effect.mapError(
-        encodeState(decision.state),
-        (error) => new InvalidProcess({ manager: name, reason: `the state does not encode: ${error.message}` })
-      )
-      const notJson = JsonValue.incompatibility(encoded)
-      if (notJson !== undefined) return yield* invalid(JsonValue.refusal(notJson, "the state"))
       const version = before?.version ?? 0
       const saved = yield* store.save(name, key, {
         state: encoded,
