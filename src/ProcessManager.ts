@@ -11,13 +11,16 @@
  * type), run by `Reaction.follow` as any other: checkpoints, leases, dead
  * letters and `redrive` come with it.
  *
- * Each event has its effect once, under redelivery and crashes: the
- * commands and deadlines go first, each under a key of its own derived from
- * the event's id (a command's idempotency key, a deadline's scheduling
- * key), so that a run cut short before the state is saved sends them again
- * as no-ops; then the state is saved together with the event's id, on the
- * version it was read at, so that an event already applied is skipped
- * (nothing sent twice) and two followers never both apply one.
+ * Each event has its effect once, under redelivery and crashes: its run
+ * claims the process (a write on the version read, naming the event), so
+ * that of two runs of different events at once the loser has sent nothing
+ * and decides again on the winner's state; then the commands and deadlines
+ * go, each under a key of its own derived from the event's id (a command's
+ * idempotency key, a deadline's scheduling key), so that a run cut short
+ * before the state is saved sends them again as no-ops; then the state is
+ * saved together with the event's id, on the version and claim read, so
+ * that an event already applied is skipped (nothing sent twice) and two
+ * followers never both apply one.
  *
  * @since 0.1.0
  */
@@ -241,10 +244,10 @@ export class StateUndecodable extends Schema.TaggedError<StateUndecodable>()("St
 }) {}
 
 /**
- * Another run saved the process between this run's read and its save (two
- * followers of one name whose leases overlapped, or a `redrive` beside the
- * follower). Retried: the next run reads the process again, and skips the
- * event if the other run applied it.
+ * Another run claimed or saved the process between this run's read and its
+ * claim or save, or holds it (two followers of one name whose leases
+ * overlapped, or a `redrive` beside the follower). Retried: the next run
+ * reads the process again, and skips the event if the other run applied it.
  *
  * @since 0.1.0
  * @category errors
@@ -368,6 +371,19 @@ const declared = <
 
   const invalid = (reason: string) => Effect.fail(new InvalidProcess({ manager: name, reason }))
 
+  // A state encoded, as JSON: else an InvalidProcess.
+  const encoding = (state: S) =>
+    Effect.flatMap(
+      Effect.mapError(
+        encodeState(state),
+        (error) => new InvalidProcess({ manager: name, reason: `the state does not encode: ${error.message}` })
+      ),
+      (encoded) => {
+        const notJson = JsonValue.incompatibility(encoded)
+        return notJson === undefined ? Effect.succeed(encoded) : invalid(JsonValue.refusal(notJson, "the state"))
+      }
+    )
+
   const deadlineKey = (key: string, deadline: string): string => {
     const plain = `process:${JSON.stringify([name, key, deadline])}`
     return isKey(plain) ? plain : `process:sha256-${createHash("sha256").update(plain).digest("hex")}`
@@ -387,7 +403,8 @@ const declared = <
       Processes,
       (store) =>
         Effect.flatMap(store.load(name, key), (stored) =>
-          Option.isNone(stored)
+          // Version 0: claimed by a first event not applied yet.
+          Option.isNone(stored) || stored.value.version === 0
             ? Effect.succeedNone
             : Effect.asSome(decoded(key, stored.value)))
     )
@@ -431,52 +448,82 @@ const declared = <
       // Done, or this event applied already (a redelivery after the state
       // was saved, or a replay): nothing to do, and nothing sent again.
       if (before !== undefined && (before.done || before.applied.includes(envelope.eventId))) return
-      if (before === undefined && startedBy !== undefined && !startedBy.has(envelope.type)) return
-      const state = before === undefined ? options.initialState : (yield* decoded(key, before)).state
+      const version = before?.version ?? 0
+      // A row of version 0 is a claim on a process no event was applied to.
+      if (version === 0 && startedBy !== undefined && !startedBy.has(envelope.type)) return
+      // Another event's run holds the process: its decision comes first, and
+      // this one is decided on what it leaves (retried, as a conflict is).
+      const conflict = () => Effect.fail(new ProcessConflict({ manager: name, key, version }))
+      if (before?.applying !== undefined && before.applying !== envelope.eventId) return yield* conflict()
+      const state = version === 0 ? options.initialState : (yield* decoded(key, before!)).state
       const decision = handlers[envelope.type]!(state, event, envelope)
       // The state is checked before anything is sent or scheduled: a decision
       // whose state cannot be saved is a dead letter, and has no effect.
-      const encoded = yield* Effect.mapError(
-        encodeState(decision.state),
-        (error) => new InvalidProcess({ manager: name, reason: `the state does not encode: ${error.message}` })
+      const encoded = yield* encoding(decision.state)
+
+      // The process is claimed for this event before anything is sent: of
+      // two runs of different events that read one version, the one that
+      // loses the claim has sent nothing, and decides again on the winner's
+      // state. A run of this event cut short keeps the claim, which its
+      // redelivery takes over.
+      const held: Stored = before ?? {
+        state: yield* encoding(options.initialState),
+        done: false,
+        version: 0,
+        applied: [],
+        deadlines: []
+      }
+      if (before?.applying !== envelope.eventId) {
+        const claimed = yield* store.save(name, key, { ...held, applying: envelope.eventId }, version, undefined)
+        if (!claimed) return yield* conflict()
+      }
+      // A run that fails gives the claim up, so the process's next events
+      // are not held behind a dead letter; one that crashes leaves it to its
+      // redelivery.
+      const release = Effect.ignore(
+        Effect.suspend(() => store.save(name, key, { ...held, applying: undefined }, version, envelope.eventId))
       )
-      const notJson = JsonValue.incompatibility(encoded)
-      if (notJson !== undefined) return yield* invalid(JsonValue.refusal(notJson, "the state"))
 
-      const sends = decision.send ?? []
-      for (let i = 0; i < sends.length; i++) {
-        yield* send(reaction, envelope, sends[i]!, `${keyPrefix}:${envelope.eventId}:${i}`)
-      }
+      const pending = new Set(held.deadlines)
+      yield* Effect.gen(function*() {
+        const sends = decision.send ?? []
+        for (let i = 0; i < sends.length; i++) {
+          yield* send(reaction, envelope, sends[i]!, `${keyPrefix}:${envelope.eventId}:${i}`)
+        }
+        const cancelled = decision.done === true ? [...pending] : decision.cancel ?? []
+        for (const deadline of cancelled) {
+          yield* CommandScheduler.cancelKey(deadlineKey(key, deadline))
+          pending.delete(deadline)
+        }
+        const scheduled = decision.done === true ? [] : decision.schedule ?? []
+        for (let i = 0; i < scheduled.length; i++) {
+          const deadline = scheduled[i]!
+          const at = "at" in deadline
+            ? deadline.at
+            : DateTime.addDuration(envelope.occurredAt, deadline.after)
+          const command = withFollowUp(deadline.command, {
+            ...Command.causedBy(envelope),
+            idempotencyKey: `${keyPrefix}:${envelope.eventId}:d${i}`
+          })
+          yield* CommandScheduler.schedule(command, { at }, { key: deadlineKey(key, deadline.name) })
+          pending.add(deadline.name)
+        }
+      }).pipe(Effect.onError(() => release))
 
-      const pending = new Set(before?.deadlines ?? [])
-      const cancelled = decision.done === true ? [...pending] : decision.cancel ?? []
-      for (const deadline of cancelled) {
-        yield* CommandScheduler.cancelKey(deadlineKey(key, deadline))
-        pending.delete(deadline)
-      }
-      const scheduled = decision.done === true ? [] : decision.schedule ?? []
-      for (let i = 0; i < scheduled.length; i++) {
-        const deadline = scheduled[i]!
-        const at = "at" in deadline
-          ? deadline.at
-          : DateTime.addDuration(envelope.occurredAt, deadline.after)
-        const command = withFollowUp(deadline.command, {
-          ...Command.causedBy(envelope),
-          idempotencyKey: `${keyPrefix}:${envelope.eventId}:d${i}`
-        })
-        yield* CommandScheduler.schedule(command, { at }, { key: deadlineKey(key, deadline.name) })
-        pending.add(deadline.name)
-      }
-
-      const version = before?.version ?? 0
-      const saved = yield* store.save(name, key, {
-        state: encoded,
-        done: decision.done === true,
-        version: version + 1,
-        applied: [...(before?.applied ?? []), envelope.eventId],
-        deadlines: [...pending]
-      }, version)
-      if (!saved) return yield* Effect.fail(new ProcessConflict({ manager: name, key, version }))
+      const saved = yield* store.save(
+        name,
+        key,
+        {
+          state: encoded,
+          done: decision.done === true,
+          version: version + 1,
+          applied: [...held.applied, envelope.eventId],
+          deadlines: [...pending]
+        },
+        version,
+        envelope.eventId
+      )
+      if (!saved) return yield* conflict()
     }).pipe(Effect.annotateLogs({ processManager: name }))
 
   const retryable = (error: unknown) =>
@@ -531,6 +578,11 @@ export interface Stored {
   readonly version: number
   readonly applied: ReadonlyArray<string>
   readonly deadlines: ReadonlyArray<string>
+  /**
+   * The event whose run holds the process (its commands and deadlines under
+   * way, its state not saved yet), if any: the process's other events wait.
+   */
+  readonly applying?: string | undefined
 }
 
 /**
@@ -542,14 +594,18 @@ export interface Stored {
 export interface ProcessStore {
   readonly load: (manager: string, key: string) => Effect.Effect<Option.Option<Stored>, StoreUnavailable>
   /**
-   * Writes `process` if the stored version is `expected` (0: none stored),
-   * in one step: false, writing nothing, when another write came first.
+   * Writes `process` if the stored version is `expected` (0: none stored,
+   * or a row of version 0) and the event whose run holds it is `claimed`
+   * (`undefined`: none), in one step: false, writing nothing, when another
+   * write came first. A write that keeps the version (a claim, or its
+   * release) changes `applying` only: a store may leave the rest as it is.
    */
   readonly save: (
     manager: string,
     key: string,
     process: Stored,
-    expected: number
+    expected: number,
+    claimed?: string | undefined
   ) => Effect.Effect<boolean, StoreUnavailable>
 }
 
@@ -574,10 +630,11 @@ export const layerMemory: Layer.Layer<Processes> = Layer.sync(Processes, () => {
   const keyOf = (manager: string, key: string) => JSON.stringify([manager, key])
   return {
     load: (manager, key) => Effect.sync(() => Option.fromNullable(processes.get(keyOf(manager, key)))),
-    save: (manager, key, process, expected) =>
+    save: (manager, key, process, expected, claimed) =>
       Effect.sync(() => {
         const id = keyOf(manager, key)
-        if ((processes.get(id)?.version ?? 0) !== expected) return false
+        const current = processes.get(id)
+        if ((current?.version ?? 0) !== expected || current?.applying !== claimed) return false
         processes.set(id, process)
         return true
       })

@@ -242,15 +242,22 @@ describe("ProcessManager", () => {
       const ran: Array<string> = []
       const bus = makeBus(ran)
       const checkout = makeCheckout(bus)
+      // The saves of the state (not the claims that come before the commands).
       let saves = 0
       const processes = Layer.effect(
         ProcessManager.Processes,
         Effect.map(ProcessManager.Processes, (inner) => ({
           ...inner,
-          save: (manager: string, key: string, process: ProcessManager.Stored, expected: number) =>
-            ++saves === 1
+          save: (
+            manager: string,
+            key: string,
+            process: ProcessManager.Stored,
+            expected: number,
+            claimed?: string | undefined
+          ) =>
+            process.applying === undefined && ++saves === 1
               ? Effect.fail(new CommandError.StoreUnavailable({ store: "processes", reason: "crashed" }))
-              : inner.save(manager, key, process, expected)
+              : inner.save(manager, key, process, expected, claimed)
         }))
       ).pipe(Layer.provide(ProcessManager.layerMemory))
       yield* Effect.gen(function*() {

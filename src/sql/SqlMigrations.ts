@@ -250,6 +250,14 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
       updated_at timestamptz NOT NULL,
       PRIMARY KEY (manager, key)
     )`
+  ],
+  // The event whose run holds a process (its commands and deadlines under
+  // way), claimed before they are sent; a row of version 0 is a claim on a
+  // process no event was applied to yet.
+  "15_processes_applying": [
+    `ALTER TABLE processes ADD COLUMN applying text`,
+    `ALTER TABLE processes DROP CONSTRAINT processes_version_check`,
+    `ALTER TABLE processes ADD CONSTRAINT processes_version_check CHECK (version >= 0)`
   ]
 }
 

@@ -20,6 +20,7 @@ interface Row {
   readonly done: boolean
   readonly applied: unknown
   readonly deadlines: unknown
+  readonly applying: string | null
 }
 
 /**
@@ -31,7 +32,7 @@ export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.S
   (sql) => ({
     load: (manager, key) =>
       sql<Row>`
-        SELECT state, version, done, applied, deadlines FROM processes
+        SELECT state, version, done, applied, deadlines, applying FROM processes
         WHERE manager = ${manager} AND key = ${key}`.withoutTransform.pipe(
         Effect.map((rows) =>
           rows.length === 0 ? Option.none() : Option.some({
@@ -39,28 +40,46 @@ export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.S
             version: Number(rows[0]!.version),
             done: rows[0]!.done,
             applied: Column.json(rows[0]!.applied) as ReadonlyArray<string>,
-            deadlines: Column.json(rows[0]!.deadlines) as ReadonlyArray<string>
+            deadlines: Column.json(rows[0]!.deadlines) as ReadonlyArray<string>,
+            ...(rows[0]!.applying === null ? {} : { applying: rows[0]!.applying })
           })
         ),
         SqlFailure.classify
       ),
-    // The first write inserts, a later one updates the version it read:
-    // either way no row comes back when another write came first.
-    save: (manager, key, process, expected) => {
+    // The first write inserts (or takes a row of version 0 over: a claim
+    // given up), a later one updates the version and claim it read: either
+    // way no row comes back when another write came first.
+    save: (manager, key, process, expected, claimed) => {
       const state = JSON.stringify(process.state)
       const applied = JSON.stringify(process.applied)
       const deadlines = JSON.stringify(process.deadlines)
-      const written = expected === 0
+      const applying = process.applying ?? null
+      const held = claimed ?? null
+      // A claim, or its release, keeps the version: only the claim changes,
+      // and the state and the ids applied (long, for a long process) are
+      // not written again.
+      const written = expected > 0 && process.version === expected
         ? sql`
-          INSERT INTO processes (manager, key, state, version, done, applied, deadlines, updated_at)
+          UPDATE processes SET applying = ${applying}::text, updated_at = now()
+          WHERE manager = ${manager} AND key = ${key} AND version = ${expected}
+            AND applying IS NOT DISTINCT FROM ${held}::text
+          RETURNING version`
+        : expected === 0
+        ? sql`
+          INSERT INTO processes (manager, key, state, version, done, applied, deadlines, applying, updated_at)
           VALUES (${manager}, ${key}, ${state}::jsonb, ${process.version}, ${process.done},
-            ${applied}::jsonb, ${deadlines}::jsonb, now())
-          ON CONFLICT (manager, key) DO NOTHING
+            ${applied}::jsonb, ${deadlines}::jsonb, ${applying}::text, now())
+          ON CONFLICT (manager, key) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
+            done = EXCLUDED.done, applied = EXCLUDED.applied, deadlines = EXCLUDED.deadlines,
+            applying = EXCLUDED.applying, updated_at = EXCLUDED.updated_at
+          WHERE processes.version = 0 AND processes.applying IS NOT DISTINCT FROM ${held}::text
           RETURNING version`
         : sql`
           UPDATE processes SET state = ${state}::jsonb, version = ${process.version}, done = ${process.done},
-            applied = ${applied}::jsonb, deadlines = ${deadlines}::jsonb, updated_at = now()
+            applied = ${applied}::jsonb, deadlines = ${deadlines}::jsonb, applying = ${applying}::text,
+            updated_at = now()
           WHERE manager = ${manager} AND key = ${key} AND version = ${expected}
+            AND applying IS NOT DISTINCT FROM ${held}::text
           RETURNING version`
       return written.withoutTransform.pipe(Effect.map((rows) => rows.length === 1), SqlFailure.classify)
     }

@@ -164,10 +164,11 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         }).pipe(
           Effect.provideService(ProcessManager.Processes, {
             ...processes,
-            save: (manager, key, process, expected) =>
-              ++saves === 1
+            // The saves of the state (not the claims that come before the commands).
+            save: (manager, key, process, expected, claimed) =>
+              process.applying === undefined && ++saves === 1
                 ? Effect.fail(new CommandError.StoreUnavailable({ store: "processes", reason: "crashed" }))
-                : processes.save(manager, key, process, expected)
+                : processes.save(manager, key, process, expected, claimed)
           })
         )
         expect(saves).toBe(2)
