@@ -2,7 +2,7 @@
 import { expect, it } from "@effect/vitest"
 // README:begin
 import { Effect, Schema } from "effect"
-import { Command, CommandBus, DomainEvent, Handler, ProcessManager, Reaction } from "effect-command-bus"
+import { Command, CommandBus, DomainEvent, Handler, Idempotency, ProcessManager, Reaction } from "effect-command-bus"
 import { ProcessManagerSpecification } from "effect-command-bus/testing"
 
 class OrderPlaced extends DomainEvent.Class<OrderPlaced>()("OrderPlaced", { orderId: Schema.String }) {}
@@ -20,10 +20,14 @@ class CancelOrder extends Command.Class<CancelOrder>()("CancelOrder", {
   failure: Schema.Never
 }) {}
 
+// With the idempotency middleware: an event run again after a crash sends its
+// commands again, under the same keys, and the middleware replays them.
 const bus = CommandBus.make([ShipOrder, CancelOrder], {
   ShipOrder: () => Effect.succeed(Handler.result(undefined)),
+  // Runs when due, whatever the process became since: it checks the order itself
+  // (an order paid for is not cancelled).
   CancelOrder: () => Effect.succeed(Handler.result(undefined))
-})
+}).pipe(CommandBus.withMiddleware(Idempotency.middleware()))
 
 const checkout = ProcessManager.make({
   name: "checkout",
