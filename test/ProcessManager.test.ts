@@ -15,18 +15,20 @@ import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as TestClock from "effect/TestClock"
-import { randomUUID } from "node:crypto"
-import { CommandError, CommandScheduler, DomainEvent, Outbox, ProcessManager, Reaction } from "../src/index.js"
-import { InMemory } from "../src/testing/index.js"
-import { ConfirmPayment, makeBus, makeCheckout, OrderPlaced, PaymentReceived, PlaceOrder } from "./support/Checkout.js"
-
-const stores = Layer.mergeAll(
-  InMemory.layer,
-  Reaction.layerCheckpointsMemory,
-  Reaction.layerDeadLettersMemory,
-  CommandScheduler.layerMemory,
-  ProcessManager.layerMemory
-)
+import { CommandError, CommandScheduler, Outbox, ProcessManager, Reaction } from "../src/index.js"
+import {
+  ConfirmPayment,
+  envelopeOf,
+  failedWith,
+  makeCheckoutOnBus,
+  memoryStores as stores,
+  OrderPlaced,
+  PaymentReceived,
+  pendingDeadlines,
+  PlaceOrder,
+  reactionOf,
+  withRunAfterFirstRead
+} from "./support/Checkout.js"
 
 /** Yields until `check` holds, at most 2000 times: what the fibers run on the test clock settles meanwhile. */
 const eventually = (what: string, check: () => boolean) =>
@@ -38,40 +40,28 @@ const eventually = (what: string, check: () => boolean) =>
     return yield* Effect.dieMessage(`not reached: ${what}`)
   })
 
-const envelopeOf = (event: DomainEvent.Any & { readonly orderId: string }) =>
-  Effect.map(
-    DomainEvent.stamp({ commandId: randomUUID(), correlationId: randomUUID(), timestamp: DateTime.unsafeNow() }, [
-      DomainEvent.draft({ aggregateType: "Order", aggregateId: event.orderId, aggregateVersion: 1 }, event)
-    ]),
-    (stamped) => stamped[0]!
-  )
-
-// The reaction of `checkout` to events of `type`.
-const reactionOf = (checkout: ReturnType<typeof makeCheckout>, type: string) =>
-  checkout.reactions.find((reaction) => reaction.eventType === type)!
-
-const pendingDeadlines = Effect.flatMap(
-  CommandScheduler.ScheduledCommands,
-  (store) => store.list({ state: "pending" })
-)
-
 const quiet = Logger.minimumLogLevel(LogLevel.None)
 
 // A follower wakes on each event published: one that also polls every
 // second would run thousands of steps while the test clock jumps half an hour.
 const idle = { pollInterval: "1 hour", lease: "3 hours" } as const
 
+// The checkout followed, its deadlines run by the scheduler; an order placed, and its payment sent.
+const placedAndFollowed = (orderId: string, amount: number) =>
+  Effect.gen(function*() {
+    const checkoutOnBus = makeCheckoutOnBus()
+    const { bus, checkout, ran } = checkoutOnBus
+    yield* Reaction.follow("checkout", checkout.reactions, idle)
+    yield* CommandScheduler.forBus(bus).start({ pollInterval: "1 minute" })
+    yield* bus.dispatch(new PlaceOrder({ orderId, amount }))
+    yield* eventually("the payment", () => ran.includes(`TakePayment ${orderId}`))
+    return checkoutOnBus
+  })
+
 describe("ProcessManager", () => {
   it.scoped("sends a placed order's payment and sets its deadline; the payment cancels it, ships, and ends", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const bus = makeBus(ran)
-      const checkout = makeCheckout(bus)
-      yield* Reaction.follow("checkout", checkout.reactions, idle)
-      yield* CommandScheduler.forBus(bus).start({ pollInterval: "1 minute" })
-
-      yield* bus.dispatch(new PlaceOrder({ orderId: "o-1", amount: 5 }))
-      yield* eventually("the payment", () => ran.includes("TakePayment o-1"))
+      const { bus, checkout, ran } = yield* placedAndFollowed("o-1", 5)
       const [placed] = yield* Effect.flatMap(Outbox.Outbox, (outbox) => outbox.read({ after: 0, limit: 1 }))
       const [deadline, ...others] = yield* pendingDeadlines
       assert.deepStrictEqual(others, [])
@@ -116,13 +106,7 @@ describe("ProcessManager", () => {
 
   it.scoped("the deadline fires when no payment came: the order is cancelled and the process ends", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const bus = makeBus(ran)
-      const checkout = makeCheckout(bus)
-      yield* Reaction.follow("checkout", checkout.reactions, idle)
-      yield* CommandScheduler.forBus(bus).start({ pollInterval: "1 minute" })
-      yield* bus.dispatch(new PlaceOrder({ orderId: "o-2", amount: 7 }))
-      yield* eventually("the payment", () => ran.includes("TakePayment o-2"))
+      const { bus, checkout, ran } = yield* placedAndFollowed("o-2", 7)
 
       yield* TestClock.adjust("29 minutes")
       yield* Effect.repeatN(Effect.yieldNow(), 200)
@@ -151,8 +135,7 @@ describe("ProcessManager", () => {
 
   it.effect("a redelivered event sends nothing twice and sets its deadline once", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const checkout = makeCheckout(makeBus(ran))
+      const { checkout, ran } = makeCheckoutOnBus()
       const placed = yield* envelopeOf(new OrderPlaced({ orderId: "o-3", amount: 9 }))
       const onPlaced = reactionOf(checkout, "OrderPlaced")
       yield* onPlaced.handle(placed)
@@ -167,9 +150,7 @@ describe("ProcessManager", () => {
 
   it.scoped("a replay of the log through a restarted follower sends nothing twice", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const bus = makeBus(ran)
-      const checkout = makeCheckout(bus)
+      const { bus, checkout, ran } = makeCheckoutOnBus()
       const followUntil = (position: number) =>
         Effect.scoped(Effect.gen(function*() {
           yield* Reaction.follow("checkout", checkout.reactions, idle)
@@ -194,9 +175,7 @@ describe("ProcessManager", () => {
 
   it.scoped("a crash between the state's save and the checkpoint's: the event runs again and sends nothing", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const bus = makeBus(ran)
-      const checkout = makeCheckout(bus)
+      const { bus, checkout, ran } = makeCheckoutOnBus()
       let saves = 0
       let loads = 0
       // The first checkpoint save after the process saved fails, as a crash
@@ -239,9 +218,7 @@ describe("ProcessManager", () => {
 
   it.scoped("a crash between the commands and the state's save: run again, the commands replay their outcome", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const bus = makeBus(ran)
-      const checkout = makeCheckout(bus)
+      const { bus, checkout, ran } = makeCheckoutOnBus()
       // The saves of the state (not the claims that come before the commands).
       let saves = 0
       const processes = Layer.effect(
@@ -273,54 +250,36 @@ describe("ProcessManager", () => {
 
   it.effect("of two runs of one event that read the same version, one saves; the other fails, retryable, then skips", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const checkout = makeCheckout(makeBus(ran))
+      const { checkout, ran } = makeCheckoutOnBus()
       const placed = yield* envelopeOf(new OrderPlaced({ orderId: "o-8", amount: 6 }))
       const onPlaced = reactionOf(checkout, "OrderPlaced")
       // The other run, on the same store and bus, between this run's read and its save.
-      const other = Effect.orDie(onPlaced.handle(placed))
-      const context = yield* Effect.context<Effect.Effect.Context<typeof other>>()
-      const inner = yield* ProcessManager.Processes
-      let raced = false
-      const processes = Layer.succeed(ProcessManager.Processes, {
-        ...inner,
-        load: (manager, key) =>
-          Effect.tap(inner.load(manager, key), () => {
-            if (raced) return Effect.void
-            raced = true
-            return Effect.provide(other, context)
-          })
-      })
-      yield* Effect.gen(function*() {
-        const exit = yield* Effect.exit(onPlaced.handle(placed))
-        assert.isTrue(Exit.isFailure(exit))
-        const error = Exit.isFailure(exit) ?
-          Option.getOrUndefined(
-            Exit.causeOption(exit).pipe(
-              Option.flatMap((cause) => Option.fromNullable(cause._tag === "Fail" ? cause.error : undefined))
-            )
-          ) :
-          undefined
-        assert.instanceOf(error, ProcessManager.ProcessConflict)
-        assert.isTrue(onPlaced.retryable!(error))
-        yield* onPlaced.handle(placed)
-        assert.deepStrictEqual(ran, ["TakePayment o-8"])
-        assert.strictEqual(Option.getOrThrow(yield* checkout.process("o-8")).version, 1)
-      }).pipe(Effect.provide(processes))
+      const exit = yield* Effect.exit(withRunAfterFirstRead(onPlaced.handle(placed), onPlaced.handle(placed)))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ?
+        Option.getOrUndefined(
+          Exit.causeOption(exit).pipe(
+            Option.flatMap((cause) => Option.fromNullable(cause._tag === "Fail" ? cause.error : undefined))
+          )
+        ) :
+        undefined
+      assert.instanceOf(error, ProcessManager.ProcessConflict)
+      assert.isTrue(onPlaced.retryable!(error))
+      yield* onPlaced.handle(placed)
+      assert.deepStrictEqual(ran, ["TakePayment o-8"])
+      assert.strictEqual(Option.getOrThrow(yield* checkout.process("o-8")).version, 1)
     }).pipe(Effect.provide(stores)))
 
   it.effect("ignores an event of a process not started, and one with no key", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const checkout = makeCheckout(makeBus(ran))
+      const { checkout, ran } = makeCheckoutOnBus()
       yield* reactionOf(checkout, "PaymentReceived").handle(yield* envelopeOf(new PaymentReceived({ orderId: "o-9" })))
       assert.deepStrictEqual([ran, yield* checkout.process("o-9")], [[], Option.none()])
     }).pipe(Effect.provide(stores)))
 
   it.effect("a stored state its schema no longer reads fails, not retried: a dead letter to redrive", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const checkout = makeCheckout(makeBus(ran))
+      const { checkout, ran } = makeCheckoutOnBus()
       const store = yield* ProcessManager.Processes
       yield* store.save("checkout", "o-10", {
         state: { status: "lost", amount: 1 },
@@ -331,11 +290,7 @@ describe("ProcessManager", () => {
       }, 0)
       const onPaid = reactionOf(checkout, "PaymentReceived")
       const exit = yield* Effect.exit(onPaid.handle(yield* envelopeOf(new PaymentReceived({ orderId: "o-10" }))))
-      assert.isTrue(
-        Exit.isFailure(exit) && Exit.causeOption(exit).pipe(
-          Option.exists((cause) => cause._tag === "Fail" && cause.error instanceof ProcessManager.StateUndecodable)
-        )
-      )
+      assert.isTrue(failedWith(exit, ProcessManager.StateUndecodable))
       assert.isFalse(onPaid.retryable!(new ProcessManager.StateUndecodable({ manager: "m", key: "k", reason: "r" })))
       assert.deepStrictEqual(ran, [])
       // The process's own reader says the same.
@@ -344,9 +299,7 @@ describe("ProcessManager", () => {
 
   it.scoped("an event that failed is a dead letter; redriven once the cause is fixed, it has its effect once", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const bus = makeBus(ran)
-      const checkout = makeCheckout(bus)
+      const { bus, checkout, ran } = makeCheckoutOnBus()
       const store = yield* ProcessManager.Processes
       // A state an earlier version wrote, which the schema does not read.
       const unreadable = { state: { status: "lost", amount: 1 }, done: false, version: 1, applied: [], deadlines: [] }
@@ -389,15 +342,10 @@ describe("ProcessManager", () => {
 
   it.effect("a key that is not 1 to 255 characters fails the event, not retried", () =>
     Effect.gen(function*() {
-      const ran: Array<string> = []
-      const checkout = makeCheckout(makeBus(ran))
+      const { checkout, ran } = makeCheckoutOnBus()
       const onPlaced = reactionOf(checkout, "OrderPlaced")
       const exit = yield* Effect.exit(onPlaced.handle(yield* envelopeOf(new OrderPlaced({ orderId: "", amount: 1 }))))
-      assert.isTrue(
-        Exit.isFailure(exit) && Exit.causeOption(exit).pipe(
-          Option.exists((cause) => cause._tag === "Fail" && cause.error instanceof ProcessManager.InvalidProcess)
-        )
-      )
+      assert.isTrue(failedWith(exit, ProcessManager.InvalidProcess))
       assert.isFalse(onPlaced.retryable!(new ProcessManager.InvalidProcess({ manager: "m", reason: "r" })))
       assert.deepStrictEqual(ran, [])
     }).pipe(Effect.provide(stores)))

@@ -3,24 +3,21 @@
  * letter) must have no effect: its commands not sent, its deadlines not set.
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
-import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
-import { randomUUID } from "node:crypto"
-import { CommandScheduler, DomainEvent, ProcessManager, Reaction } from "../src/index.js"
-import { InMemory } from "../src/testing/index.js"
-import { ExpirePayment, makeBus, OrderPlaced, PaymentReceived, TakePayment } from "./support/Checkout.js"
-
-const stores = Layer.mergeAll(
-  InMemory.layer,
-  Reaction.layerCheckpointsMemory,
-  Reaction.layerDeadLettersMemory,
-  CommandScheduler.layerMemory,
-  ProcessManager.layerMemory
-)
+import { ProcessManager } from "../src/index.js"
+import {
+  envelopeOf,
+  ExpirePayment,
+  failedWith,
+  makeBus,
+  memoryStores as stores,
+  OrderPlaced,
+  PaymentReceived,
+  pendingDeadlines,
+  TakePayment
+} from "./support/Checkout.js"
 
 describe("ProcessManager: a state that does not encode", () => {
   it.effect("fails the event with InvalidProcess, and nothing was sent or scheduled", () =>
@@ -42,29 +39,12 @@ describe("ProcessManager: a state that does not encode", () => {
         }),
         PaymentReceived: (state) => ({ state })
       })
-      const [envelope] = yield* DomainEvent.stamp(
-        { commandId: randomUUID(), correlationId: randomUUID(), timestamp: DateTime.unsafeNow() },
-        [DomainEvent.draft(
-          { aggregateType: "Order", aggregateId: "o-1", aggregateVersion: 1 },
-          new OrderPlaced({ orderId: "o-1", amount: 0 })
-        )]
-      )
-      const exit = yield* Effect.exit(manager.reactions[0]!.handle(envelope!))
-      assert.isTrue(
-        Exit.isFailure(exit) && Exit.causeOption(exit).pipe(
-          Option.exists((cause) => cause._tag === "Fail" && cause.error instanceof ProcessManager.InvalidProcess)
-        )
-      )
+      const envelope = yield* envelopeOf(new OrderPlaced({ orderId: "o-1", amount: 0 }))
+      const exit = yield* Effect.exit(manager.reactions[0]!.handle(envelope))
+      assert.isTrue(failedWith(exit, ProcessManager.InvalidProcess))
       assert.deepStrictEqual(yield* manager.process("o-1"), Option.none())
       // A dead letter, not applied: nothing of its decision may have happened.
       assert.deepStrictEqual(ran, [])
-      const pending = yield* Effect.flatMap(CommandScheduler.ScheduledCommands, (store) =>
-        store.list({ state: "pending" }))
-      assert.deepStrictEqual(
-        pending.map((deadline) =>
-          deadline.key
-        ),
-        []
-      )
+      assert.deepStrictEqual((yield* pendingDeadlines).map((deadline) => deadline.key), [])
     }).pipe(Effect.provide(stores)))
 })

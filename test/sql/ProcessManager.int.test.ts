@@ -21,7 +21,7 @@ import {
   SqlScheduledCommands,
   SqlStores
 } from "../../src/sql/index.js"
-import { ConfirmPayment, makeBus, makeCheckout, PlaceOrder } from "../support/Checkout.js"
+import { ConfirmPayment, makeCheckoutOnBus, PlaceOrder } from "../support/Checkout.js"
 import * as TestDatabase from "../support/Database.js"
 
 const Shared = Layer.mergeAll(
@@ -59,9 +59,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
     it.scoped("pays, sets the deadline; the payment cancels it, ships and ends; a replay sends nothing twice", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
-        const ran: Array<string> = []
-        const bus = makeBus(ran)
-        const checkout = makeCheckout(bus)
+        const { bus, checkout, ran } = makeCheckoutOnBus()
         const followUntil = (position: number) =>
           Effect.scoped(Effect.gen(function*() {
             yield* Reaction.follow("checkout", checkout.reactions, following)
@@ -98,9 +96,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
     it.scoped("the deadline fires when no payment came, on the scheduler's runner: cancelled, and the process ends", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
-        const ran: Array<string> = []
-        const bus = makeBus(ran)
-        const checkout = makeCheckout(bus, "1 second")
+        const { bus, checkout, ran } = makeCheckoutOnBus("1 second")
         yield* Reaction.follow("checkout", checkout.reactions, following)
         yield* CommandScheduler.forBus(bus).start({ pollInterval: "100 millis" })
         yield* bus.dispatch(new PlaceOrder({ orderId: "o-2", amount: 7 }))
@@ -118,9 +114,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
     it.scoped("a crash between the state's save and the checkpoint's: the event runs again and sends nothing", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
-        const ran: Array<string> = []
-        const bus = makeBus(ran)
-        const checkout = makeCheckout(bus)
+        const { bus, checkout, ran } = makeCheckoutOnBus()
         const inner = yield* Reaction.Checkpoints
         const processes = yield* ProcessManager.Processes
         let saves = 0
@@ -152,9 +146,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
     it.scoped("a crash between the commands and the state's save: run again, the commands replay their outcome", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
-        const ran: Array<string> = []
-        const bus = makeBus(ran)
-        const checkout = makeCheckout(bus)
+        const { bus, checkout, ran } = makeCheckoutOnBus()
         const processes = yield* ProcessManager.Processes
         let saves = 0
         yield* Effect.gen(function*() {
