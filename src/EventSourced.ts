@@ -39,14 +39,16 @@
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import type * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
-import { randomUUID } from "node:crypto"
+import { createHash, randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
 import type { ConcurrencyConflict } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
-import { EventStore, type StreamId } from "./EventStore.js"
+import { EventStore, type Service as EventStoreService, type Snapshots, type StreamId } from "./EventStore.js"
 import * as Handler from "./Handler.js"
+import * as Json from "./internal/json.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
 
@@ -92,6 +94,34 @@ export interface Decider<C extends Command.Any, S, Ev extends DomainEvent.Any, R
   readonly decide: Decisions<C, S, Ev, R>
   /** Rewrites a stored payload before it is decoded (see `make`'s `upcast`). */
   readonly upcast?: ((payload: unknown, envelope: DomainEvent.Envelope) => unknown) | undefined
+  /** Snapshots of its state (see `make`'s `snapshot`). */
+  readonly snapshot?: SnapshotOptions<S> | undefined
+}
+
+/**
+ * How a decider's state is snapshotted (`make`'s `snapshot`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface SnapshotOptions<S> {
+  /**
+   * The state's schema: a snapshot holds the state encoded by it, as JSON
+   * (which has no -0: one comes back 0). A state it does not encode to
+   * JSON takes no snapshot (a warning says why).
+   */
+  readonly state: Schema.Schema<S, any, never>
+  /**
+   * How many events a dispatch may fold past the snapshot it read (past the
+   * stream's start, with none) before it takes a new one: a positive integer.
+   */
+  readonly every: number
+  /**
+   * Bumped when a state the fold made before would now be wrong although
+   * nothing the key sees changed (a function `evolve` calls changed what
+   * it computes): snapshots of another version are not read. 1 when not given.
+   */
+  readonly version?: number | undefined
 }
 
 /**
@@ -135,12 +165,29 @@ export const make = <
    * `Schema.optionalWith(..., { default })`.
    */
   readonly upcast?: (payload: unknown, envelope: DomainEvent.Envelope) => unknown
+  /**
+   * Snapshots of the state, so that a dispatch on a long stream folds only
+   * the events after the latest (opt-in: without it, every dispatch folds the
+   * whole stream). A dispatch that folded `every` events or more past the
+   * snapshot it read saves one at its new version, in its transaction: kept
+   * if the dispatch commits, with its events, and never otherwise. A
+   * snapshot is read back only by a decider whose key matches: the state's
+   * schema, `initialState`, the source of `evolve` and `upcast`, the event
+   * classes and `version`; another one's (the schema changed, say) is
+   * ignored, the stream folded from its start and a snapshot of the new key
+   * taken. So is one whose state no longer decodes, or that is ahead of the
+   * stream (saved outside a transaction by a dispatch whose events were then
+   * not appended). A store without snapshots (`EventStore.Service`'s are
+   * optional) reads every stream whole.
+   */
+  readonly snapshot?: SnapshotOptions<NoInfer<S>>
 }): Decider<InstanceType<Cs[number]>, S, Schema.Schema.Type<Es[number]>, DecisionsContext<D>> => ({
   aggregateType: options.aggregateType,
   events: options.events,
   initialState: options.initialState,
   evolve: options.evolve,
   upcast: options.upcast,
+  snapshot: options.snapshot,
   decide: options.decide as unknown as Decisions<
     InstanceType<Cs[number]>,
     S,
@@ -200,7 +247,8 @@ export const handler = <
 ): Handler.Handler<InstanceType<Cls>, R | EventStore> => {
   const { aggregateId, decider, success } = options
   const decide = (decider.decide as unknown as Record<string, Decide<S, Ev, R>>)[command._tag]
-  const decodeStream = streamDecoder(decider)
+  const load = loader(decider)
+  const snapshotting = snapshotterOf(decider)
   return (instance) =>
     Effect.flatMap(EventStore, (store) => {
       const stream: StreamId = { aggregateType: decider.aggregateType, aggregateId: aggregateId(instance) }
@@ -208,10 +256,9 @@ export const handler = <
       // with the driver's encoding error, the in-memory one take it. Both
       // refuse it alike, saying where to refuse it.
       if (!Command.isStorableText(stream.aggregateId)) return Effect.dieMessage(unstorableId(command._tag))
-      return Effect.flatMap(store.read(stream), (stored) => {
-        const folded = decodeStream(stream, stored)
+      return Effect.flatMap(load(store, stream), (folded) => {
         if (Either.isLeft(folded)) return Effect.dieMessage(folded.left)
-        const { state, version } = folded.right
+        const { from, state, version } = folded.right
         if (decide === undefined) return Effect.dieMessage(`EventSourced: no decide for ${command._tag}`)
         return Effect.flatMap(decide(instance, state), (events) => {
           const next = version + events.length
@@ -222,7 +269,15 @@ export const handler = <
             drafts.push(DomainEvent.draft({ ...stream, aggregateVersion: version + drafts.length + 1 }, event))
           }
           const result = Effect.sync(() => Handler.result(success(after, events, next), drafts))
-          return events.length === 0 ? result : Effect.zipRight(store.advance(stream, version, next), result)
+          if (events.length === 0) return result
+          const advanced = store.advance(stream, version, next)
+          // Saved after the guard moved: only the dispatch that holds the
+          // stream's next versions writes a snapshot at them, in its
+          // transaction, so a snapshot is never of events that did not commit.
+          const snapshots = store.snapshots
+          return snapshotting === undefined || snapshots === undefined || next - from < snapshotting.every
+            ? Effect.zipRight(advanced, result)
+            : Effect.zipRight(Effect.zipRight(advanced, snapshotting.save(snapshots, stream, after, next)), result)
         })
       }).pipe(
         Tracing.withSpan("EventSourced.handle", {
@@ -256,29 +311,32 @@ export const fold = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
   stored: ReadonlyArray<DomainEvent.Envelope>
 ): Either.Either<{ readonly state: S; readonly version: number }, string> => streamDecoder(decider)(stream, stored)
 
-const decoders = new WeakMap<
-  object,
-  (stream: StreamId, stored: ReadonlyArray<DomainEvent.Envelope>) => Either.Either<
-    { readonly state: any; readonly version: number },
-    string
-  >
->()
+// A state and the version of the stream's last event folded into it.
+interface Folded<S> {
+  readonly state: S
+  readonly version: number
+}
+
+type StreamDecoder<S> = (
+  stream: StreamId,
+  stored: ReadonlyArray<DomainEvent.Envelope>,
+  start?: Folded<S>
+) => Either.Either<Folded<S>, string>
+
+const decoders = new WeakMap<object, StreamDecoder<any>>()
 
 const streamDecoder = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
   decider: Decider<C, S, Ev, R>
-): (
-  stream: StreamId,
-  stored: ReadonlyArray<DomainEvent.Envelope>
-) => Either.Either<{ readonly state: S; readonly version: number }, string> => {
+): StreamDecoder<S> => {
   const known = decoders.get(decider)
   if (known !== undefined) return known
   const byType = new Map<string, (input: unknown) => Either.Either<unknown, ParseResult.ParseError>>()
   for (const event of decider.events) byType.set(event._tag, Schema.decodeUnknownEither(event))
   const listed = [...byType.keys()].join(", ")
   const upcast = decider.upcast
-  const decode = (stream: StreamId, stored: ReadonlyArray<DomainEvent.Envelope>) => {
-    let state = decider.initialState
-    let version = 0
+  const decode: StreamDecoder<S> = (stream, stored, start) => {
+    let state = start === undefined ? decider.initialState : start.state
+    let version = start === undefined ? 0 : start.version
     for (const envelope of stored) {
       const where = `EventSourced: ${stream.aggregateType} ${JSON.stringify(stream.aggregateId)}: ` +
         `its stored event ${envelope.type} at version ${envelope.aggregateVersion} (event id ${envelope.eventId})`
@@ -311,9 +369,172 @@ const streamDecoder = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
   return decode
 }
 
+// The stream's state to decide on, and the version it was folded from (a
+// snapshot's; 0 from the stream's start): how many events the dispatch
+// folded tells whether it takes a snapshot.
+type Loaded<S> = Either.Either<Folded<S> & { readonly from: number }, string>
+
+type Loader<S> = (store: EventStoreService, stream: StreamId) => Effect.Effect<Loaded<S>>
+
+const loader = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
+  decider: Decider<C, S, Ev, R>
+): Loader<S> => {
+  const decode = streamDecoder(decider)
+  const whole: Loader<S> = (store, stream) =>
+    Effect.map(store.read(stream), (stored) => Either.map(decode(stream, stored), (folded) => ({ ...folded, from: 0 })))
+  const snapshotting = snapshotterOf(decider)
+  if (snapshotting === undefined) return whole
+  return (store, stream) => {
+    const snapshots = store.snapshots
+    if (snapshots === undefined) return whole(store, stream)
+    return Effect.flatMap(snapshots.load(stream, snapshotting.key), (found) => {
+      if (Option.isNone(found)) return whole(store, stream)
+      const snapshot = found.value
+      const state = snapshotting.decode(snapshot.state)
+      if (Either.isLeft(state)) {
+        return Effect.zipRight(
+          Effect.logWarning(
+            `${whereIn(stream)}: its snapshot at version ${snapshot.version} does not decode, ` +
+              `and is ignored (the stream folded from its start): ${state.left}`
+          ),
+          whole(store, stream)
+        )
+      }
+      // From the snapshot's own event on: a stream without it is behind its
+      // snapshot, which a dispatch outside a transaction leaves when its
+      // events then fail to append (in one, the snapshot commits with them).
+      // Folding on from it would take that dispatch's events for the stream's.
+      return Effect.flatMap(store.read(stream, { after: snapshot.version - 1 }), (stored) => {
+        if (!stored.some((envelope) => envelope.aggregateVersion === snapshot.version)) {
+          return Effect.zipRight(
+            Effect.logWarning(
+              `${whereIn(stream)}: its snapshot at version ${snapshot.version} is ahead of the ` +
+                `stream, and is ignored (the stream folded from its start): a dispatch outside a transaction ` +
+                `saved it, and its events were not appended`
+            ),
+            whole(store, stream)
+          )
+        }
+        const tail = stored.filter((envelope) => envelope.aggregateVersion > snapshot.version)
+        return Effect.succeed(
+          Either.map(
+            decode(stream, tail, { state: state.right, version: snapshot.version }),
+            (folded) => ({ ...folded, from: snapshot.version })
+          )
+        )
+      })
+    })
+  }
+}
+
+interface Snapshotter<S> {
+  readonly every: number
+  /** The snapshots' `schemaVersion`: see `snapshotKey`. */
+  readonly key: string
+  readonly decode: (encoded: unknown) => Either.Either<S, string>
+  readonly save: (snapshots: Snapshots, stream: StreamId, state: S, version: number) => Effect.Effect<void>
+}
+
+const snapshotters = new WeakMap<object, Snapshotter<any>>()
+
+const snapshotterOf = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
+  decider: Decider<C, S, Ev, R>
+): Snapshotter<S> | undefined => {
+  const options = decider.snapshot
+  if (options === undefined) return undefined
+  const known = snapshotters.get(decider)
+  if (known !== undefined) return known
+  const decodeState = Schema.decodeUnknownEither(options.state)
+  const encodeState = Schema.encodeEither(options.state)
+  const key = snapshotKey(decider, options)
+  // An optimisation that cannot be taken is no reason to fail the dispatch:
+  // it goes on without, saying why.
+  const skip = (stream: StreamId, version: number, why: string) =>
+    Effect.logWarning(`${whereIn(stream)}: no snapshot taken at version ${version}: ${why}`)
+  const snapshotter: Snapshotter<S> = {
+    every: options.every,
+    key,
+    decode: (encoded) => {
+      try {
+        return Either.mapLeft(decodeState(encoded), (error) => error.message)
+      } catch (error) {
+        return Either.left(`its schema threw ${String(error)}`)
+      }
+    },
+    save: (snapshots, stream, state, version) => {
+      let encoded: Either.Either<unknown, ParseResult.ParseError>
+      try {
+        encoded = encodeState(state)
+      } catch (error) {
+        return skip(stream, version, `the state's schema threw ${String(error)}`)
+      }
+      if (Either.isLeft(encoded)) return skip(stream, version, `the state does not encode: ${encoded.left.message}`)
+      const found = Json.incompatibility(encoded.right)
+      if (found !== undefined) return skip(stream, version, `the state, ${Json.refusal(found, "the state")}`)
+      return snapshots.save(stream, { schemaVersion: key, version, state: encoded.right })
+    }
+  }
+  snapshotters.set(decider, snapshotter)
+  return snapshotter
+}
+
+// What a snapshot's state depends on, as far as can be seen: the state's
+// schema, and everything the fold is made of (`initialState`, the source of
+// `evolve` and `upcast`, the event classes), hashed, after the version the
+// user bumps for what the source does not show. A snapshot made under
+// another key is not read: a state another schema encoded is never decoded
+// by this one, nor one another fold made taken for this one's. A change
+// that leaves the state as it was (a schema's description, an event added)
+// costs each stream one fold from its start.
+const snapshotKey = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
+  decider: Decider<C, S, Ev, R>,
+  options: SnapshotOptions<S>
+): string => {
+  let initial: unknown
+  try {
+    initial = Either.getOrElse(
+      Schema.encodeEither(options.state)(decider.initialState),
+      () => String(decider.initialState)
+    )
+  } catch {
+    initial = String(decider.initialState)
+  }
+  const parts = [
+    options.state.ast,
+    initial,
+    decider.evolve.toString(),
+    decider.upcast?.toString() ?? null,
+    decider.events.map((event) => event.ast)
+  ]
+  let text: string
+  try {
+    text = JSON.stringify(parts, (_, value) => typeof value === "bigint" ? `${value}n` : value)
+  } catch {
+    // An annotation JSON does not take (a cycle): the schemas as they print.
+    text = parts.map(String).join("\n")
+  }
+  return `${options.version ?? 1}:${createHash("sha256").update(text).digest("hex").slice(0, 16)}`
+}
+
+const whereIn = (stream: StreamId) => `EventSourced: ${stream.aggregateType} ${JSON.stringify(stream.aggregateId)}`
+
 // A payload is the event's encoded fields; its tag is the envelope's type.
 const payloadOf = (envelope: DomainEvent.Envelope, payload: unknown): unknown =>
   typeof payload === "object" && payload !== null ? { ...payload, _tag: envelope.type } : payload
+
+/**
+ * The `schemaVersion` a decider's snapshots are saved and read under (see
+ * `make`'s `snapshot`), `undefined` for one without snapshots. Snapshots
+ * under a key no decider running has are never read again, and can be
+ * deleted (`DELETE FROM event_snapshots WHERE aggregate_type = $1 AND
+ * schema_version <> $2`, for a type that one decider handles).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const snapshotSchemaVersion = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
+  decider: Decider<C, S, Ev, R>
+): string | undefined => snapshotterOf(decider)?.key
 
 /**
  * Appends a prior event to its aggregate's stream, at the version after the

@@ -3,7 +3,9 @@
  * per aggregate, read from the event log (the outbox), and a guard of each
  * stream's version that two dispatches which read the same version cannot
  * both pass. The events themselves are appended by the bus, as any
- * handler's are: the store only reads them and guards their versions.
+ * handler's are: the store only reads them and guards their versions. It
+ * may keep snapshots too (`Service.snapshots`): a state folded up to a
+ * version, so that a long stream is read from there on.
  *
  * @since 0.1.0
  */
@@ -30,6 +32,51 @@ export interface StreamId {
 }
 
 /**
+ * A stream's state as its events up to a version fold into, encoded: taken
+ * by an event-sourced handler (`EventSourced.make`'s `snapshot`) in the
+ * dispatch's transaction, so that the next dispatches fold only the events
+ * after it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Snapshot {
+  /**
+   * Which fold made the state (`EventSourced`'s key of the state's schema,
+   * the decider's fold and the snapshot's `version`): a snapshot is read
+   * back only under the key it was saved with, so that a state another
+   * schema or fold made is never decoded as this one's.
+   */
+  readonly schemaVersion: string
+  /** The version of the stream's last event the state folds in. */
+  readonly version: number
+  /** The state, encoded by its schema: plain JSON. */
+  readonly state: unknown
+}
+
+/**
+ * Where a store keeps snapshots: one per stream and `schemaVersion`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Snapshots {
+  /**
+   * The stream's snapshot saved under `schemaVersion`, if any: committed
+   * (on a database, the caller's transaction's own too).
+   */
+  readonly load: (stream: StreamId, schemaVersion: string) => Effect.Effect<Option.Option<Snapshot>>
+  /**
+   * Saves `snapshot` in the caller's transaction, in place of the one under
+   * its `schemaVersion`: it is kept if the transaction commits, with the
+   * events it folds in, and never otherwise. Its caller holds the stream's
+   * guard at the snapshot's version, so the one it replaces is older (or
+   * ahead of the stream, and never read).
+   */
+  readonly save: (stream: StreamId, snapshot: Snapshot) => Effect.Effect<void>
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -40,8 +87,13 @@ export interface Service {
    * held for its COMMIT, `SqlStatement.runAtCommit`, goes out ahead of the
    * read; in memory, the unit of work's events not yet appended), so that a
    * second dispatch on the stream in one transaction goes on from the first.
+   * With `after`, only those of a version above it (a store may give more:
+   * its reader skips them).
    */
-  readonly read: (stream: StreamId) => Effect.Effect<ReadonlyArray<DomainEvent.Envelope>>
+  readonly read: (
+    stream: StreamId,
+    options?: { readonly after?: number | undefined }
+  ) => Effect.Effect<ReadonlyArray<DomainEvent.Envelope>>
   /**
    * Moves the stream's version from `expected` (what the caller read) to
    * `next`, in the caller's transaction, or fails with `ConcurrencyConflict`
@@ -55,6 +107,12 @@ export interface Service {
     expected: number,
     next: number
   ) => Effect.Effect<void, ConcurrencyConflict>
+  /**
+   * The stream's snapshots. Optional: a store without them (a test's
+   * stand-in) has every stream read whole, as a decider without `snapshot`
+   * does.
+   */
+  readonly snapshots?: Snapshots | undefined
 }
 
 /**
@@ -73,6 +131,7 @@ const keyOf = (stream: StreamId): string => JSON.stringify([stream.aggregateType
  * here can wait for another fiber's transaction. Events a dispatch appended
  * are read by others once it committed (the in-memory outbox holds them till
  * then), and at once inside its own transaction, as on a database.
+ * Snapshots are kept from the commit of the dispatch that saved them.
  *
  * @since 0.1.0
  * @category constructors
@@ -80,6 +139,7 @@ const keyOf = (stream: StreamId): string => JSON.stringify([stream.aggregateType
 export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outbox, (outbox) => {
   const streams = new Map<string, Array<DomainEvent.Envelope>>()
   const versions = new Map<string, number>()
+  const snapshots = new Map<string, { readonly version: number; readonly state: string }>()
   let position = 0
   const page = 1000
   // Reads the log from where the last read stopped: each event is indexed once.
@@ -104,7 +164,7 @@ export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outb
     return Math.max(written, versions.get(key) ?? 0)
   }
   return {
-    read: (stream) =>
+    read: (stream, options) =>
       Effect.zipWith(
         catchUp,
         FiberRef.get(currentPending),
@@ -115,8 +175,11 @@ export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outb
         // versions of its own keeps its log order.
         (_, pending) => {
           const key = keyOf(stream)
+          const after = options?.after
           const held = heldEvents(pending).filter((event) => keyOf(event) === key)
-          return [...(streams.get(key) ?? []), ...held].sort((a, b) => a.aggregateVersion - b.aggregateVersion)
+          const all = [...(streams.get(key) ?? []), ...held]
+          return (after === undefined ? all : all.filter((event) => event.aggregateVersion > after))
+            .sort((a, b) => a.aggregateVersion - b.aggregateVersion)
         }
       ),
     advance: (stream, expected, next) =>
@@ -151,9 +214,41 @@ export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outb
           const afterEnd = Option.getOrUndefined(unitOfWork)?.afterEnd
           return afterEnd === undefined ? Effect.void : Effect.asVoid(afterEnd(undo))
         })
-      })
+      }),
+    snapshots: {
+      load: (stream, schemaVersion) =>
+        Effect.sync(() => {
+          const kept = snapshots.get(snapshotKey(stream, schemaVersion))
+          return kept === undefined
+            ? Option.none()
+            : Option.some({ schemaVersion, version: kept.version, state: JSON.parse(kept.state) })
+        }),
+      // Kept at the commit, when the events it folds in are appended: a
+      // reader before then would find it ahead of the stream, and a
+      // rollback leaves none. Held as JSON text, as a database holds it: a
+      // state reads back here as it would from one.
+      save: (stream, snapshot) => {
+        const keep = Effect.sync(() => {
+          snapshots.set(snapshotKey(stream, snapshot.schemaVersion), {
+            version: snapshot.version,
+            state: JSON.stringify(snapshot.state)
+          })
+        })
+        return Effect.flatMap(Effect.serviceOption(UnitOfWork), (unitOfWork) => {
+          const afterEnd = Option.getOrUndefined(unitOfWork)?.afterEnd
+          if (afterEnd === undefined) return keep
+          return Effect.flatMap(
+            afterEnd((committed) => committed ? keep : Effect.void),
+            (registered) => registered ? Effect.void : keep
+          )
+        })
+      }
+    }
   }
 })
+
+const snapshotKey = (stream: StreamId, schemaVersion: string): string =>
+  JSON.stringify([stream.aggregateType, stream.aggregateId, schemaVersion])
 
 /**
  * @since 0.1.0

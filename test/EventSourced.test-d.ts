@@ -7,6 +7,13 @@ import { commands, Counter, handlers, Increment, Incremented, Reset, ResetCounte
 
 class Clock extends Context.Tag("Clock")<Clock, { readonly now: number }>() {}
 
+// A number schema whose decoding needs the Clock service.
+const needsClock: Schema.Schema<number, number, Clock> = Schema.transformOrFail(Schema.Number, Schema.Number, {
+  strict: true,
+  decode: (n) => Effect.map(Clock, () => n),
+  encode: (n) => Effect.succeed(n)
+})
+
 class Unlisted extends Schema.TaggedClass<Unlisted>()("Unlisted", { counterId: Schema.String }) {}
 
 class NoConflict extends Command.Class<NoConflict>()("NoConflict", {
@@ -117,6 +124,29 @@ describe("EventSourced types", () => {
     EventSourced.handler(NoConflict, { decider, aggregateId: (c) => c.counterId, success: (count) => count })
     // @ts-expect-error -- the decider has no decide for ResetCounter
     EventSourced.handler(ResetCounter, { decider, aggregateId: (c) => c.counterId, success: (count) => count })
+  })
+
+  it("a snapshot's schema is the state's, which initialState settles; a handler of it needs no more", () => {
+    const counting = {
+      aggregateType: "Counter",
+      commands: [Increment],
+      events: [Incremented],
+      initialState: 0 as number,
+      evolve: (count: number, event: Incremented) => count + event.by,
+      decide: { Increment: () => Effect.succeed([]) }
+    } as const
+    const snapshotted = EventSourced.make({ ...counting, snapshot: { state: Schema.Int, every: 100 } })
+    expectTypeOf(snapshotted.snapshot).toEqualTypeOf<EventSourced.SnapshotOptions<number> | undefined>()
+    const handler = EventSourced.handler(Increment, {
+      decider: snapshotted,
+      aggregateId: (command) => command.counterId,
+      success: (count, _events, version) => ({ count, version })
+    })
+    expectTypeOf(handler).toEqualTypeOf<Handler.Handler<Increment, EventStore.EventStore>>()
+    // @ts-expect-error -- a schema of another type than the state's
+    EventSourced.make({ ...counting, snapshot: { state: Schema.String, every: 100 } })
+    // @ts-expect-error -- a schema that needs a service
+    EventSourced.make({ ...counting, snapshot: { state: Schema.Int.pipe(Schema.compose(needsClock)), every: 1 } })
   })
 
   it("a Specification's given takes the decider's events when evolve is EventSourced.given", () => {

@@ -7,7 +7,10 @@
  * first's outcome: it fails with `ConcurrencyConflict` once the first
  * commits, and goes on once it rolls back (which leaves no row or version
  * behind). Only event-sourced handlers touch the table: other writers of
- * the outbox, and their events, are as before.
+ * the outbox, and their events, are as before. Snapshots are rows of
+ * `event_snapshots`, one per stream and `schemaVersion`, written in the
+ * dispatch's transaction; a stream is then read from its snapshot's version
+ * on, by the same index.
  *
  * Database errors are defects here, as in a repository (a handler's error
  * channel holds its domain errors only); the unit of work reports outages
@@ -18,8 +21,10 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import { ConcurrencyConflict } from "../CommandError.js"
 import * as EventStore from "../EventStore.js"
+import * as Column from "../internal/column.js"
 import * as Tracing from "../Tracing.js"
 import { columns, type Row, toEnvelope } from "./SqlOutbox.js"
 import * as SqlStatement from "./SqlStatement.js"
@@ -31,10 +36,15 @@ import * as SqlStatement from "./SqlStatement.js"
 export const make: Effect.Effect<EventStore.Service, never, SqlClient.SqlClient> = Effect.map(
   SqlClient.SqlClient,
   (sql): EventStore.Service => ({
-    read: (stream) =>
+    read: (stream, options) =>
       SqlStatement.rows(
-        sql<Row>`SELECT ${sql.literal(columns)} FROM outbox
+        options?.after === undefined
+          ? sql<Row>`SELECT ${sql.literal(columns)} FROM outbox
                  WHERE aggregate_type = ${stream.aggregateType} AND aggregate_id = ${stream.aggregateId}
+                 ORDER BY aggregate_version, id`
+          : sql<Row>`SELECT ${sql.literal(columns)} FROM outbox
+                 WHERE aggregate_type = ${stream.aggregateType} AND aggregate_id = ${stream.aggregateId}
+                   AND aggregate_version > ${options.after}
                  ORDER BY aggregate_version, id`
       ).pipe(
         Effect.map((rows) => rows.map(toEnvelope)),
@@ -63,7 +73,34 @@ export const make: Effect.Effect<EventStore.Service, never, SqlClient.SqlClient>
           )
         ),
         Tracing.withSpan("SqlEventStore.advance")
-      )
+      ),
+    snapshots: {
+      load: (stream, schemaVersion) =>
+        SqlStatement.rows(
+          sql<{ readonly version: number; readonly state: unknown }>`SELECT version, state FROM event_snapshots
+            WHERE aggregate_type = ${stream.aggregateType} AND aggregate_id = ${stream.aggregateId}
+              AND schema_version = ${schemaVersion}`
+        ).pipe(
+          Effect.map((rows) =>
+            rows.length === 0
+              ? Option.none()
+              : Option.some({ schemaVersion, version: rows[0]!.version, state: Column.json(rows[0]!.state) })
+          ),
+          Effect.orDie,
+          Tracing.withSpan("SqlEventStore.loadSnapshot")
+        ),
+      // Held for the COMMIT where the transaction can send it with it, as
+      // the events it folds in are: no round trip of its own.
+      save: (stream, snapshot) =>
+        SqlStatement.runAtCommit(
+          sql`INSERT INTO event_snapshots (aggregate_type, aggregate_id, schema_version, version, state, taken_at)
+              VALUES (${stream.aggregateType}, ${stream.aggregateId}, ${snapshot.schemaVersion}, ${snapshot.version},
+                ${JSON.stringify(snapshot.state)}::jsonb, now())
+              ON CONFLICT (aggregate_type, aggregate_id, schema_version) DO UPDATE
+                SET version = excluded.version, state = excluded.state, taken_at = excluded.taken_at`,
+          Effect.die
+        ).pipe(Tracing.withSpan("SqlEventStore.saveSnapshot"))
+    }
   })
 )
 

@@ -1,8 +1,8 @@
 /**
  * The library's tables: the outbox (the event log), idempotency keys, the
  * checkpoints and dead letters of reactions that follow the log, scheduled
- * commands, the versions of event-sourced aggregates' streams, and the
- * processes of process managers.
+ * commands, the versions of event-sourced aggregates' streams and their
+ * snapshots, and the processes of process managers.
  * Shipped as code, so they run from any working directory; recorded in their
  * own migrations table, so an application's migrations never collide with
  * them. The SQL runs unchanged on PostgreSQL 15 and on PGlite.
@@ -258,6 +258,22 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
     `ALTER TABLE processes ADD COLUMN applying text`,
     `ALTER TABLE processes DROP CONSTRAINT processes_version_check`,
     `ALTER TABLE processes ADD CONSTRAINT processes_version_check CHECK (version >= 0)`
+  ],
+  // Snapshots of event-sourced aggregates (`SqlEventStore`): a stream's
+  // state folded up to a version, encoded, under the key of the schema and
+  // fold that made it. A row per key, so that two deciders of one stream,
+  // or two releases running side by side, do not overwrite each other's;
+  // one of a key no longer used is never read (delete it at will).
+  "16_event_snapshots": [
+    `CREATE TABLE event_snapshots (
+      aggregate_type text NOT NULL,
+      aggregate_id text NOT NULL,
+      schema_version text NOT NULL,
+      version integer NOT NULL CHECK (version > 0),
+      state jsonb NOT NULL,
+      taken_at timestamptz NOT NULL,
+      PRIMARY KEY (aggregate_type, aggregate_id, schema_version)
+    )`
   ]
 }
 

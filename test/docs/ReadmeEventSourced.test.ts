@@ -26,6 +26,8 @@ const Account = EventSourced.make({
   events: [Deposited, Withdrawn],
   initialState: 0,
   evolve: (balance, event) => event._tag === "Deposited" ? balance + event.amount : balance - event.amount,
+  // Optional: a dispatch folds only the events after the latest snapshot of the balance.
+  snapshot: { state: Schema.Int, every: 100 },
   decide: {
     Withdraw: (command, balance) =>
       balance < command.amount

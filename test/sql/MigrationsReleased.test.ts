@@ -25,7 +25,8 @@ const released = {
     "11_reaction_checkpoints_owner": "553e0e5af2e60ca6",
     "12_scheduled_commands_key": "5d70a6a7415d4a23",
     "13_event_streams": "df5cefebea55592e",
-    "14_processes": "c3f05f6691ddc039"
+    "14_processes": "c3f05f6691ddc039",
+    "16_event_snapshots": "d94421a0cab2ab78"
   },
   orders: {
     "1_orders": "f5002859436b4fc3",

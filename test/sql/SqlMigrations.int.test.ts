@@ -45,6 +45,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
       const before = yield* schemaSnapshot
       expect([...new Set(before.columns.map((column) => column.table_name))]).toEqual([
         "command_bus_migrations",
+        "event_snapshots",
         "event_streams",
         "idempotency_keys",
         "inventory",
