@@ -249,8 +249,15 @@ export const handler = <
   const decide = (decider.decide as unknown as Record<string, Decide<S, Ev, R>>)[command._tag]
   const load = loader(decider)
   const snapshotting = snapshotterOf(decider)
+  // `make` cannot fail: a snapshot interval that is no count fails each
+  // dispatch instead, saying so (0 would snapshot every dispatch, NaN never).
+  const badEvery = snapshotting !== undefined && !(Number.isSafeInteger(snapshotting.every) && snapshotting.every >= 1)
+    ? `EventSourced: ${decider.aggregateType}'s snapshot.every must be a positive integer, got ${
+      String(snapshotting.every)
+    }`
+    : undefined
   return (instance) =>
-    Effect.flatMap(EventStore, (store) => {
+    badEvery !== undefined ? Effect.dieMessage(badEvery) : Effect.flatMap(EventStore, (store) => {
       const stream: StreamId = { aggregateType: decider.aggregateType, aggregateId: aggregateId(instance) }
       // Text a database cannot store: the SQL store's read would die on it
       // with the driver's encoding error, the in-memory one take it. Both

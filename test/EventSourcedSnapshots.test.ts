@@ -84,4 +84,19 @@ describe("EventSourced snapshots, in memory only", () => {
         `EventSourced: Ledger "set": no snapshot taken at version 1: the state, encoded, $.tags is a Set`
       )
     }).pipe(Effect.provide(InMemory.layer)))
+
+  it.effect("a snapshot interval that is no positive integer fails each dispatch, saying so, and writes nothing", () =>
+    Effect.gen(function*() {
+      for (const every of [0, -1, 1.5, Number.NaN]) {
+        const bad = Ledger.deciderWith({ state: Ledger.State, every })
+        const exit = yield* Effect.exit(
+          Ledger.busOf(bad).dispatch(new Ledger.Credit({ ledgerId: "bad", amount: 1, tag: "a", times: 1 }))
+        )
+        assert(exit._tag === "Failure")
+        expect(String(exit.cause)).toContain(
+          `EventSourced: Ledger's snapshot.every must be a positive integer, got ${String(every)}`
+        )
+      }
+      expect(yield* streamOf("bad")).toEqual([])
+    }).pipe(Effect.provide(InMemory.layer)))
 })

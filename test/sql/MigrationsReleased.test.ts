@@ -26,6 +26,7 @@ const released = {
     "12_scheduled_commands_key": "5d70a6a7415d4a23",
     "13_event_streams": "df5cefebea55592e",
     "14_processes": "c3f05f6691ddc039",
+    "15_processes_applying": "68551adf143ba904",
     "16_event_snapshots": "d94421a0cab2ab78"
   },
   orders: {
