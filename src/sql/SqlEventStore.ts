@@ -24,7 +24,6 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { ConcurrencyConflict } from "../CommandError.js"
 import * as EventStore from "../EventStore.js"
-import * as Column from "../internal/column.js"
 import * as Tracing from "../Tracing.js"
 import { columns, type Row, toEnvelope } from "./SqlOutbox.js"
 import * as SqlStatement from "./SqlStatement.js"
@@ -77,14 +76,18 @@ export const make: Effect.Effect<EventStore.Service, never, SqlClient.SqlClient>
     snapshots: {
       load: (stream, schemaVersion) =>
         SqlStatement.rows(
-          sql<{ readonly version: number; readonly state: unknown }>`SELECT version, state FROM event_snapshots
+          // As text, parsed here: a driver that parses the column hands over
+          // a state that is a JSON string as that string, which `Column.json`
+          // would parse again (and die on, or take "1" for 1).
+          sql<{ readonly version: number; readonly state: string }>`SELECT version, state::text AS state
+            FROM event_snapshots
             WHERE aggregate_type = ${stream.aggregateType} AND aggregate_id = ${stream.aggregateId}
               AND schema_version = ${schemaVersion}`
         ).pipe(
           Effect.map((rows) =>
             rows.length === 0
               ? Option.none()
-              : Option.some({ schemaVersion, version: rows[0]!.version, state: Column.json(rows[0]!.state) })
+              : Option.some({ schemaVersion, version: rows[0]!.version, state: JSON.parse(rows[0]!.state) as unknown })
           ),
           Effect.orDie,
           Tracing.withSpan("SqlEventStore.loadSnapshot")
@@ -95,7 +98,7 @@ export const make: Effect.Effect<EventStore.Service, never, SqlClient.SqlClient>
         SqlStatement.runAtCommit(
           sql`INSERT INTO event_snapshots (aggregate_type, aggregate_id, schema_version, version, state, taken_at)
               VALUES (${stream.aggregateType}, ${stream.aggregateId}, ${snapshot.schemaVersion}, ${snapshot.version},
-                ${JSON.stringify(snapshot.state)}::jsonb, now())
+                ${JSON.stringify(snapshot.state)}::json, now())
               ON CONFLICT (aggregate_type, aggregate_id, schema_version) DO UPDATE
                 SET version = excluded.version, state = excluded.state, taken_at = excluded.taken_at`,
           Effect.die

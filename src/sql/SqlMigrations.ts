@@ -237,12 +237,14 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   // The processes of process managers (`ProcessManager`), by manager and key:
   // the state, encoded, with the ids of the events applied to it, written in
-  // one statement on the version it was read at.
+  // one statement on the version it was read at. The state is `json`, not
+  // `jsonb`, which would sort an object's keys: a state read back keeps the
+  // order its handler wrote.
   "14_processes": [
     `CREATE TABLE processes (
       manager text NOT NULL,
       key text NOT NULL CHECK (char_length(key) BETWEEN 1 AND 255),
-      state jsonb NOT NULL,
+      state json NOT NULL,
       version integer NOT NULL CHECK (version > 0),
       done boolean NOT NULL,
       applied jsonb NOT NULL,
@@ -263,14 +265,16 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
   // state folded up to a version, encoded, under the key of the schema and
   // fold that made it. A row per key, so that two deciders of one stream,
   // or two releases running side by side, do not overwrite each other's;
-  // one of a key no longer used is never read (delete it at will).
+  // one of a key no longer used is never read (delete it at will). The
+  // state is `json`, not `jsonb`, which would sort an object's keys: a state
+  // from a snapshot must be the fold's, key order included.
   "16_event_snapshots": [
     `CREATE TABLE event_snapshots (
       aggregate_type text NOT NULL,
       aggregate_id text NOT NULL,
       schema_version text NOT NULL,
       version integer NOT NULL CHECK (version > 0),
-      state jsonb NOT NULL,
+      state json NOT NULL,
       taken_at timestamptz NOT NULL,
       PRIMARY KEY (aggregate_type, aggregate_id, schema_version)
     )`

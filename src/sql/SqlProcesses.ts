@@ -32,11 +32,13 @@ export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.S
   (sql) => ({
     load: (manager, key) =>
       sql<Row>`
-        SELECT state, version, done, applied, deadlines, applying FROM processes
+        SELECT state::text AS state, version, done, applied, deadlines, applying FROM processes
         WHERE manager = ${manager} AND key = ${key}`.withoutTransform.pipe(
         Effect.map((rows) =>
           rows.length === 0 ? Option.none() : Option.some({
-            state: Column.json(rows[0]!.state),
+            // As text, parsed here: a driver that parses the column hands a
+            // state that is a JSON string (a status) over as that string.
+            state: JSON.parse(rows[0]!.state as string) as unknown,
             version: Number(rows[0]!.version),
             done: rows[0]!.done,
             applied: Column.json(rows[0]!.applied) as ReadonlyArray<string>,
@@ -67,7 +69,7 @@ export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.S
         : expected === 0
         ? sql`
           INSERT INTO processes (manager, key, state, version, done, applied, deadlines, applying, updated_at)
-          VALUES (${manager}, ${key}, ${state}::jsonb, ${process.version}, ${process.done},
+          VALUES (${manager}, ${key}, ${state}::json, ${process.version}, ${process.done},
             ${applied}::jsonb, ${deadlines}::jsonb, ${applying}::text, now())
           ON CONFLICT (manager, key) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
             done = EXCLUDED.done, applied = EXCLUDED.applied, deadlines = EXCLUDED.deadlines,
@@ -75,7 +77,7 @@ export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.S
           WHERE processes.version = 0 AND processes.applying IS NOT DISTINCT FROM ${held}::text
           RETURNING version`
         : sql`
-          UPDATE processes SET state = ${state}::jsonb, version = ${process.version}, done = ${process.done},
+          UPDATE processes SET state = ${state}::json, version = ${process.version}, done = ${process.done},
             applied = ${applied}::jsonb, deadlines = ${deadlines}::jsonb, applying = ${applying}::text,
             updated_at = now()
           WHERE manager = ${manager} AND key = ${key} AND version = ${expected}

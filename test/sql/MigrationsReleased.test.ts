@@ -25,9 +25,9 @@ const released = {
     "11_reaction_checkpoints_owner": "553e0e5af2e60ca6",
     "12_scheduled_commands_key": "5d70a6a7415d4a23",
     "13_event_streams": "df5cefebea55592e",
-    "14_processes": "c3f05f6691ddc039",
+    "14_processes": "715551d445fec920",
     "15_processes_applying": "68551adf143ba904",
-    "16_event_snapshots": "d94421a0cab2ab78"
+    "16_event_snapshots": "2c967e0dd986aec2"
   },
   orders: {
     "1_orders": "f5002859436b4fc3",
