@@ -117,9 +117,11 @@ export interface SnapshotOptions<S> {
    */
   readonly every: number
   /**
-   * Bumped when a state the fold made before would now be wrong although
-   * nothing the key sees changed (a function `evolve` calls changed what
-   * it computes): snapshots of another version are not read. 1 when not given.
+   * Bump it whenever a state the fold made before would now be wrong: what
+   * `evolve` or `upcast` computes changed, or what a transformation in the
+   * state's schema computes (units to cents). The key sees the schemas'
+   * structure only, not code: snapshots of another version are not read.
+   * 1 when not given.
    */
   readonly version?: number | undefined
 }
@@ -171,9 +173,10 @@ export const make = <
    * whole stream). A dispatch that folded `every` events or more past the
    * snapshot it read saves one at its new version, in its transaction: kept
    * if the dispatch commits, with its events, and never otherwise. A
-   * snapshot is read back only by a decider whose key matches: the state's
-   * schema, `initialState`, the source of `evolve` and `upcast`, the event
-   * classes and `version`; another one's (the schema changed, say) is
+   * snapshot is read back only by a decider whose key matches: `version`
+   * and the structure of the state's schema, `initialState` and the event
+   * classes (not code, which no key can see: bump `version` when `evolve`,
+   * `upcast` or a transformation computes otherwise); another one's is
    * ignored, the stream folded from its start and a snapshot of the new key
    * taken. So is one whose state no longer decodes, or that is ahead of the
    * stream (saved outside a transaction by a dispatch whose events were then
@@ -485,14 +488,17 @@ const snapshotterOf = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
   return snapshotter
 }
 
-// What a snapshot's state depends on, as far as can be seen: the state's
-// schema, and everything the fold is made of (`initialState`, the source of
-// `evolve` and `upcast`, the event classes), hashed, after the version the
-// user bumps for what the source does not show. A snapshot made under
-// another key is not read: a state another schema encoded is never decoded
-// by this one, nor one another fold made taken for this one's. A change
-// that leaves the state as it was (a schema's description, an event added)
-// costs each stream one fold from its start.
+// What a snapshot's state depends on, as far as data can show it: the
+// structure of the state's schema, `initialState` and the event classes,
+// hashed, after the version the user bumps for what code computes. Not the
+// source of `evolve` or `upcast`: it is the JavaScript that runs, which a
+// build changes (tsc keeps comments, esbuild minifies), so every deploy from
+// a new build would fold every stream whole again; and a closure's source
+// (a reducer from a factory) says nothing of what it closes over. A snapshot
+// made under another key is not read: a state another schema encoded is
+// never decoded by this one. A change that leaves the state as it was (a
+// schema's description, an event added) costs each stream one fold from its
+// start.
 const snapshotKey = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
   decider: Decider<C, S, Ev, R>,
   options: SnapshotOptions<S>
@@ -509,8 +515,6 @@ const snapshotKey = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
   const parts = [
     options.state.ast,
     initial,
-    decider.evolve.toString(),
-    decider.upcast?.toString() ?? null,
     decider.events.map((event) => event.ast)
   ]
   let text: string

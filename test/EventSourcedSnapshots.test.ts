@@ -99,4 +99,19 @@ describe("EventSourced snapshots, in memory only", () => {
       }
       expect(yield* streamOf("bad")).toEqual([])
     }).pipe(Effect.provide(InMemory.layer)))
+
+  it("the key is of the schemas and the version, not of code: the same whatever evolve's source, so a build does not change it", () => {
+    const decider = Ledger.deciderWith({ state: Ledger.State, every: 2 })
+    // The same fold written otherwise (as another build's output would read), and a fold that computes otherwise.
+    const rewritten = {
+      ...decider,
+      evolve: (state: Ledger.State, event: Ledger.Credited | Ledger.Debited) => decider.evolve(state, event)
+    }
+    const other = { ...decider, evolve: (state: Ledger.State) => state }
+    const keys = [decider, rewritten, other].map(EventSourced.snapshotSchemaVersion)
+    expect(new Set(keys).size).toBe(1)
+    // Which is why a fold that computes otherwise bumps the version.
+    const bumped = { ...other, snapshot: { ...decider.snapshot!, version: 2 } }
+    expect(EventSourced.snapshotSchemaVersion(bumped)).not.toBe(keys[0])
+  })
 })
