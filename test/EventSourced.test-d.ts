@@ -160,3 +160,41 @@ describe("EventSourced types", () => {
     spec.given(new Unlisted({ counterId: "a" }))
   })
 })
+
+describe("EventSourced: a state of a union type", () => {
+  type State = { readonly status: "open" } | { readonly status: "closed"; readonly reason: string }
+  class Opened extends Schema.TaggedClass<Opened>()("Opened", { id: Schema.String }) {}
+  class Closed extends Schema.TaggedClass<Closed>()("Closed", { id: Schema.String, reason: Schema.String }) {}
+  class Close extends Command.Class<Close>()("Close", {
+    payload: { id: Schema.String, reason: Schema.String },
+    success: Schema.String,
+    failure: Schema.Never
+  }) {}
+
+  it("is initialState's type, as the README says to give it", () => {
+    const Ticket = EventSourced.make({
+      aggregateType: "Ticket",
+      commands: [Close],
+      events: [Opened, Closed],
+      initialState: { status: "open" } as State,
+      evolve: (state, event): State => event._tag === "Closed" ? { status: "closed", reason: event.reason } : state,
+      decide: {
+        Close: (command, state) =>
+          Effect.succeed(state.status === "closed" ? [] : [new Closed({ id: command.id, reason: command.reason })])
+      }
+    })
+    expectTypeOf(Ticket.initialState).toEqualTypeOf<State>()
+  })
+
+  it("is not widened by an annotation of evolve's return alone", () => {
+    EventSourced.make({
+      aggregateType: "Ticket",
+      commands: [Close],
+      events: [Opened, Closed],
+      initialState: { status: "open" },
+      // @ts-expect-error: the state is `{ status: string }`, from initialState, which a State is not
+      evolve: (state, event): State => event._tag === "Closed" ? { status: "closed", reason: event.reason } : state,
+      decide: { Close: () => Effect.succeed([]) }
+    })
+  })
+})

@@ -1,10 +1,11 @@
 // The README's example of an event-sourced aggregate, verbatim between the markers, run as a test.
+
+// README:begin
 import { it } from "@effect/vitest"
 import { Effect, Schema } from "effect"
 import { Command, CommandBus, CommandError, DomainEvent, EventSourced, Middleware } from "effect-command-bus"
 import { InMemory, Specification } from "effect-command-bus/testing"
 
-// README:begin
 class Deposited extends DomainEvent.Class<Deposited>()("Deposited", { account: Schema.String, amount: Schema.Int }) {}
 class Withdrawn extends DomainEvent.Class<Withdrawn>()("Withdrawn", { account: Schema.String, amount: Schema.Int }) {}
 
