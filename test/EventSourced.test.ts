@@ -5,7 +5,6 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
@@ -26,6 +25,7 @@ import {
   ResetCounter,
   TooHigh
 } from "./support/Counter.js"
+import * as RacingReads from "./support/RacingReads.js"
 
 class Rollback extends Schema.TaggedError<Rollback>()("Rollback", {}) {}
 
@@ -71,23 +71,7 @@ const defectOf = (exit: Exit.Exit<unknown, unknown>): string => {
 const racingWorld = (racers: number) =>
   Layer.effect(
     EventStore.EventStore,
-    Effect.gen(function*() {
-      const store = yield* EventStore.EventStore
-      const allRead = yield* Deferred.make<void>()
-      let reads = 0
-      return {
-        ...store,
-        read: (stream) =>
-          Effect.tap(store.read(stream), () => {
-            reads++
-            if (reads > racers) return Effect.void
-            return Effect.zipRight(
-              reads === racers ? Deferred.succeed(allRead, undefined) : Effect.void,
-              Deferred.await(allRead)
-            )
-          })
-      }
-    })
+    RacingReads.racingReads(racers)
   ).pipe(Layer.provideMerge(InMemory.layer))
 
 describe("EventSourced", () => {

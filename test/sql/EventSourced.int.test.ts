@@ -12,16 +12,16 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { expect, layer } from "@effect/vitest"
 import * as DateTime from "effect/DateTime"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import { CommandBus, CommandError, DomainEvent, EventStore, Middleware, Outbox } from "../../src/index.js"
+import { CommandBus, CommandError, DomainEvent, Middleware, Outbox } from "../../src/index.js"
 import { SqlStores } from "../../src/sql/index.js"
 import { commands, handlers, Increment, IncrementEach, Incremented } from "../support/Counter.js"
 import * as TestDatabase from "../support/Database.js"
+import * as RacingReads from "../support/RacingReads.js"
 
 class Rollback extends Schema.TaggedError<Rollback>()("Rollback", {}) {}
 
@@ -43,24 +43,7 @@ const rolledBack = CommandBus.make(commands, handlers).pipe(
 // On the server, the first `racers` reads of the stream wait for one another: each of those
 // dispatches has read the same version, in its own open transaction, before any decides.
 const racing = <A, E, R>(racers: number, self: Effect.Effect<A, E, R>) =>
-  !onServer ? self : Effect.gen(function*() {
-    const store = yield* EventStore.EventStore
-    const allRead = yield* Deferred.make<void>()
-    let reads = 0
-    const waiting: EventStore.Service = {
-      ...store,
-      read: (stream) =>
-        Effect.tap(store.read(stream), () => {
-          reads++
-          if (reads > racers) return Effect.void
-          return Effect.zipRight(
-            reads === racers ? Deferred.succeed(allRead, undefined) : Effect.void,
-            Deferred.await(allRead)
-          )
-        })
-    }
-    return yield* Effect.provideService(self, EventStore.EventStore, waiting)
-  })
+  !onServer ? self : RacingReads.racing(racers, self)
 
 const streamRows = (counterId: string) =>
   Effect.flatMap(

@@ -9,17 +9,17 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, expect, layer } from "@effect/vitest"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
-import { CommandError, EventSourced, EventStore } from "../../src/index.js"
+import { CommandError, EventSourced } from "../../src/index.js"
 import { SqlStores } from "../../src/sql/index.js"
 import * as TestDatabase from "../support/Database.js"
 import { foldTo, snapshotCases, snapshotOf, streamOf } from "../support/EventSourcedSnapshots.js"
 import * as Ledger from "../support/Ledger.js"
+import * as RacingReads from "../support/RacingReads.js"
 
 const n = 8
 const onServer = TestDatabase.serverUrl !== undefined
@@ -27,24 +27,7 @@ const onServer = TestDatabase.serverUrl !== undefined
 // On the server, the first `racers` reads of the stream wait for one another: each of those
 // dispatches has read the same version, in its own open transaction, before any decides.
 const racing = <A, E, R>(racers: number, self: Effect.Effect<A, E, R>) =>
-  !onServer ? self : Effect.gen(function*() {
-    const store = yield* EventStore.EventStore
-    const allRead = yield* Deferred.make<void>()
-    let reads = 0
-    const waiting: EventStore.Service = {
-      ...store,
-      read: (stream, options) =>
-        Effect.tap(store.read(stream, options), () => {
-          reads++
-          if (reads > racers) return Effect.void
-          return Effect.zipRight(
-            reads === racers ? Deferred.succeed(allRead, undefined) : Effect.void,
-            Deferred.await(allRead)
-          )
-        })
-    }
-    return yield* Effect.provideService(self, EventStore.EventStore, waiting)
-  })
+  !onServer ? self : RacingReads.racing(racers, self)
 
 const snapshotRows = (ledgerId: string) =>
   Effect.flatMap(
