@@ -19,7 +19,9 @@
  *   server that stopped answering holds a connection;
  * - an interrupted statement is cancelled with PostgreSQL's CancelRequest,
  *   which needs no free connection of the pool, over TLS when the
- *   connection is (see below);
+ *   connection is, and only that statement: a cancel of one
+ *   that has ended is not sent, and a connection goes back to the pool only
+ *   once its cancel has arrived, so it never ends the next statement there;
  * - `search_path` is the schema given, or `public`.
  *
  * No connection is opened when the layer is built: the first statement
@@ -42,10 +44,10 @@ import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import * as Net from "node:net"
-import * as Tls from "node:tls"
+import type * as Tls from "node:tls"
 import Pg from "pg"
 import { maxTimerMillis } from "../internal/limit.js"
+import { routeCancels } from "../internal/pgCancel.js"
 import * as PgPreparedClient from "./PgPreparedClient.js"
 import * as SqlUnitOfWork from "./SqlUnitOfWork.js"
 
@@ -403,125 +405,3 @@ export const layerConfig = (
   config: Config.Config.Wrap<Options>
 ): Layer.Layer<Services, ConfigError.ConfigError | SqlError> =>
   Layer.unwrapEffect(Effect.map(Config.unwrap(config), layer))
-
-// `@effect/sql-pg` cancels the statement of an interrupted fiber (a command
-// past its timeout) with `SELECT pg_cancel_backend(pid)` on the pool the
-// statement runs on. With every connection of that pool busy, the cancelled
-// statements' own among them, the cancel waited for one: a command's timeout
-// stretched to its statement's end, or the statement timeout, and the service
-// stalled meanwhile. Here that query is sent as PostgreSQL's own
-// CancelRequest instead, as libpq's PQcancel does: a connection of its own
-// that names the backend and its secret key and closes. It needs no free
-// connection of the pool, no login, and no connection slot of the server, so
-// it gets through a full pool and a server at max_connections alike. Over
-// TLS when its connection is.
-const cancelStatement = /^SELECT pg_cancel_backend\((\d+)\)$/
-
-/** What a `pg` client of the pool knows of its backend and how it connected. */
-interface Backend {
-  readonly processID?: number
-  readonly secretKey?: number
-  readonly host?: string
-  readonly port?: number
-  /** `pg`'s TLS settings of the connection: none (false), its defaults (true), or options for `tls.connect`. */
-  readonly ssl?: boolean | Tls.ConnectionOptions
-  /** `postgres` (an SSLRequest first) or `direct` (TLS at once). */
-  readonly sslNegotiation?: string
-}
-
-type Callback = (error: Error | null, result?: unknown) => void
-
-const routeCancels = (pool: Pg.Pool) => {
-  const query = pool.query.bind(pool) as (...args: Array<unknown>) => unknown
-  pool.query = ((...args: Array<unknown>) => {
-    const match = typeof args[0] === "string" ? cancelStatement.exec(args[0]) : null
-    const done = args.find((arg) => typeof arg === "function") as Callback | undefined
-    if (match === null || done === undefined) return query(...args)
-    // `pg-pool` keeps its clients here; a version that does not is asked the query.
-    const clients = (pool as unknown as { readonly _clients?: ReadonlyArray<Backend> })._clients ?? []
-    const backend = clients.find((client) => client.processID === Number(match[1]))
-    if (backend === undefined) return query(...args)
-    const { host, port, processID, secretKey, ssl = false, sslNegotiation = "postgres" } = backend
-    if (processID === undefined || secretKey === undefined || host === undefined || port === undefined) {
-      return query(...args)
-    }
-    sendCancelRequest({ host, port, processID, secretKey, ssl, sslNegotiation }, done)
-    return undefined
-  }) as typeof pool.query
-}
-
-const cancelRequestCode = 80877102
-const sslRequestCode = 80877103
-
-// The cancel request goes the way its connection went: over TLS when the
-// connection is (as libpq 17's PQcancelCreate does), with the same settings,
-// so the backend's secret key does not cross the network in the clear (it
-// lets whoever reads it cancel that backend's statements), and a server or a
-// proxy that takes TLS only gets it. Over a Unix socket, never: PostgreSQL
-// has no TLS there, and `pg` connects without.
-const sendCancelRequest = (backend: Required<Backend>, done: Callback) => {
-  const local = backend.host.startsWith("/")
-  const raw = local ? Net.connect(`${backend.host}/.s.PGSQL.${backend.port}`) : Net.connect(backend.port, backend.host)
-  const message = Buffer.alloc(16)
-  message.writeInt32BE(16, 0)
-  message.writeInt32BE(cancelRequestCode, 4)
-  message.writeInt32BE(backend.processID, 8)
-  message.writeInt32BE(backend.secretKey, 12)
-  let secure: Tls.TLSSocket | undefined
-  let sent = false
-  let finished = false
-  const finish = (error: Error | null) => {
-    if (finished) return
-    finished = true
-    secure?.destroy()
-    raw.destroy()
-    done(error, { rows: [] })
-  }
-  raw.setTimeout(5_000, () => finish(new Error("PostgreSQL did not take the cancel request in time")))
-  raw.once("error", finish)
-  // The server closes the connection once it has the request.
-  raw.once(
-    "close",
-    () => finish(sent ? null : new Error("PostgreSQL closed the connection before it had the cancel request"))
-  )
-  if (local || backend.ssl === false) {
-    raw.once("connect", () => {
-      sent = true
-      raw.end(message)
-    })
-    return
-  }
-  const ssl = backend.ssl
-  const startTls = () => {
-    const options: Tls.ConnectionOptions = {
-      socket: raw,
-      // As `pg` does: the identity is checked against the host; SNI only for a name, not an address.
-      host: backend.host,
-      ...(ssl === true ? {} : ssl),
-      // `pg` makes the private key non-enumerable: a spread does not copy it.
-      ...(ssl !== true && "key" in ssl ? { key: ssl.key } : {}),
-      ...(Net.isIP(backend.host) === 0 ? { servername: backend.host } : {}),
-      ...(backend.sslNegotiation === "direct" ? { ALPNProtocols: ["postgresql"] } : {})
-    }
-    secure = Tls.connect(options)
-    secure.once("error", finish)
-    secure.once("secureConnect", () => {
-      sent = true
-      secure!.end(message)
-    })
-  }
-  if (backend.sslNegotiation === "direct") {
-    raw.once("connect", startTls)
-    return
-  }
-  const request = Buffer.alloc(8)
-  request.writeInt32BE(8, 0)
-  request.writeInt32BE(sslRequestCode, 4)
-  raw.once("connect", () => raw.write(request))
-  raw.once("data", (reply) => {
-    // "S": go on in TLS. Anything else ("N": no TLS here) and the connection
-    // it cancels could not have been made either: not sent in the clear.
-    if (reply.length === 1 && reply[0] === 0x53) startTls()
-    else finish(new Error("PostgreSQL did not take TLS for the cancel request"))
-  })
-}

@@ -1,0 +1,181 @@
+/**
+ * The cancel of an interrupted statement that had already ended reaches no
+ * other statement. `@effect/sql-pg` cancels an interrupted fiber's
+ * statement by its connection's process id; when the interruption lands
+ * between the statement's answer and the fiber's resumption, the statement
+ * is over and its connection back in the pool, perhaps already running
+ * someone else's statement, which the cancel then ended with 57014
+ * ("canceling statement due to user request"). It made a test that truncated
+ * tables after a scope closed on a follower fail at random on a loaded
+ * machine.
+ */
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Net from "node:net"
+import Pg from "pg"
+import { routeCancels } from "../../src/internal/pgCancel.js"
+import * as PgPreparedClient from "../../src/sql/PgPreparedClient.js"
+import * as TestDatabase from "../support/Database.js"
+
+/** A pool of one connection as `PgPool` makes it, to `url`. */
+const onePoolTo = (url: string | undefined) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const pool = new Pg.Pool({ Client: PgPreparedClient.make(), connectionString: url, max: 1 })
+      pool.on("error", () => {})
+      routeCancels(pool)
+      return pool
+    }),
+    (pool) => Effect.promise(() => pool.end())
+  )
+
+const onePool = onePoolTo(TestDatabase.serverUrl)
+
+const cancelRequestCode = 80877102
+
+/**
+ * A TCP relay on 127.0.0.1 to the server that holds each cancel request for
+ * `delay` ms before passing it on, as a slow network or a loaded server's
+ * fork of the process that takes it does; the server's URL through it.
+ */
+const slowCancels = (delay: number) =>
+  Effect.map(
+    Effect.acquireRelease(
+      Effect.async<Net.Server>((resume) => {
+        const target = new URL(TestDatabase.serverUrl!)
+        const server = Net.createServer({ allowHalfOpen: true }, (inbound) => {
+          const outbound = Net.connect(Number(target.port || 5432), target.hostname)
+          inbound.on("error", () => outbound.destroy())
+          outbound.on("error", () => inbound.destroy())
+          inbound.once("data", (head: Buffer) => {
+            const pass = () => {
+              outbound.write(head)
+              inbound.pipe(outbound).pipe(inbound)
+            }
+            if (head.length >= 8 && head.readInt32BE(4) === cancelRequestCode) setTimeout(pass, delay)
+            else pass()
+          })
+        })
+        server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+      }),
+      (server) => Effect.sync(() => server.close())
+    ),
+    (server) => {
+      const url = new URL(TestDatabase.serverUrl!)
+      url.hostname = "127.0.0.1"
+      url.port = String((server.address() as Net.AddressInfo).port)
+      return url.toString()
+    }
+  )
+
+const withClient = <A, E, R>(pool: Pg.Pool, f: (sql: SqlClient.SqlClient) => Effect.Effect<A, E, R>) =>
+  Effect.flatMap(
+    PgClient.fromPool({ acquire: Effect.succeed(pool) }).pipe(Effect.provide(Reactivity.layer)),
+    (sql) => Effect.provideService(f(sql), SqlClient.SqlClient, sql)
+  )
+
+/** `effect`, or a failure after 10 seconds: a statement cancelled ends long before. */
+const soon = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.timeoutFail(effect, { duration: "10 seconds", onTimeout: () => new Error("not cancelled") })
+
+/**
+ * Runs `first` in a fiber, and interrupts that fiber when its statement's
+ * connection goes back to the pool: after the answer, before the fiber has
+ * seen it, as a scope that closes at that moment does. `released` is done
+ * then.
+ */
+const interruptedAtRelease = <A, E>(pool: Pg.Pool, first: Effect.Effect<A, E>) =>
+  Effect.gen(function*() {
+    const released = yield* Deferred.make<void>()
+    const fiber = yield* Effect.fork(first)
+    let interrupted = false
+    const onRelease = () => {
+      if (interrupted) return
+      interrupted = true
+      fiber.unsafeInterruptAsFork(fiber.id())
+      Deferred.unsafeDone(released, Exit.void)
+    }
+    pool.on("release", onRelease)
+    yield* Effect.addFinalizer(() => Effect.sync(() => pool.off("release", onRelease)))
+    return { fiber, released: Deferred.await(released) }
+  })
+
+describe.skipIf(TestDatabase.serverUrl === undefined)("a cancel after the statement ended (postgres)", () => {
+  it.scopedLive("does not end the statement that took the connection next", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePool
+      yield* withClient(pool, (sql) =>
+        Effect.gen(function*() {
+          const first = yield* interruptedAtRelease(pool, sql`SELECT pg_sleep(0.2)`)
+          // Waits for the pool's one connection: it gets it as the first
+          // statement's ends, before the first fiber sees its interruption.
+          const next = yield* Effect.fork(sql`SELECT 'next' AS who FROM pg_sleep(0.5)`)
+          expect(Exit.isInterrupted(yield* Fiber.await(first.fiber))).toBe(true)
+          expect(yield* Fiber.join(next)).toEqual([{ who: "next" }])
+        }))
+    }))
+
+  it.scopedLive("does not end a statement sent on the connection while the cancel is on its way", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePool
+      yield* withClient(pool, (sql) =>
+        Effect.gen(function*() {
+          const first = yield* interruptedAtRelease(pool, sql`SELECT pg_sleep(0.2)`)
+          yield* first.released
+          // At once, on the idle connection, while the first fiber ends: a
+          // cancel sent for its statement reaches the server as this one runs.
+          expect(yield* sql`SELECT 'next' AS who FROM pg_sleep(0.5)`).toEqual([{ who: "next" }])
+          expect(Exit.isInterrupted(yield* Fiber.await(first.fiber))).toBe(true)
+        }))
+    }))
+
+  it.scopedLive("does not end the next statement when the first one's answer comes while its cancel is on its way", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePoolTo(yield* slowCancels(400))
+      yield* withClient(pool, (sql) =>
+        Effect.gen(function*() {
+          const first = yield* Effect.fork(sql`SELECT pg_sleep(0.3)`)
+          yield* Effect.sleep("100 millis")
+          // Sent now, it arrives 400 ms later, after the first statement's answer.
+          const interrupted = yield* Effect.fork(Fiber.interrupt(first))
+          yield* Effect.sleep("50 millis")
+          // Waits for the pool's one connection, which the first statement's answer frees.
+          expect(yield* sql`SELECT 'next' AS who FROM pg_sleep(0.5)`).toEqual([{ who: "next" }])
+          yield* Fiber.join(interrupted)
+        }))
+    }))
+
+  it.scopedLive("still cancels an interrupted statement that runs", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePool
+      yield* withClient(pool, (sql) =>
+        Effect.gen(function*() {
+          const slow = yield* Effect.fork(sql`SELECT pg_sleep(30)`)
+          yield* Effect.sleep("300 millis")
+          yield* Fiber.interrupt(slow)
+          // Cancelled, the connection is free for the next statement soon; not cancelled, in 30 s.
+          expect(yield* soon(sql`SELECT 1 AS one`)).toEqual([{ one: 1 }])
+        }))
+    }))
+
+  it.scopedLive("still cancels a statement of a transaction whose own fiber is interrupted, not the transaction's", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePool
+      yield* withClient(pool, (sql) =>
+        Effect.gen(function*() {
+          // The transaction's fiber holds the connection; the statement runs
+          // in a fiber of the timeout's, which alone is interrupted.
+          const exit = yield* soon(
+            sql.withTransaction(sql`SELECT pg_sleep(30)`.pipe(Effect.timeout("300 millis"))).pipe(Effect.exit)
+          )
+          expect(exit._tag).toBe("Failure")
+          expect(yield* soon(sql`SELECT 1 AS one`)).toEqual([{ one: 1 }])
+        }))
+    }))
+})
