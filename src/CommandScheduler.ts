@@ -44,7 +44,7 @@ import {
 } from "./internal/limit.js"
 import { isRefusal } from "./internal/refusal.js"
 import * as Tracing from "./Tracing.js"
-import { UnitOfWork } from "./UnitOfWork.js"
+import * as UnitOfWork from "./UnitOfWork.js"
 
 /**
  * A command waiting for its time, or one that failed for good.
@@ -356,10 +356,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
                 }
                 return next
               })
-            return Effect.flatMap(Effect.serviceOption(UnitOfWork), (unitOfWork) => {
-              const afterEnd = unitOfWork._tag === "Some" ? unitOfWork.value.afterEnd : undefined
-              return afterEnd === undefined ? Effect.succeed(result) : Effect.as(afterEnd(undo), result)
-            })
+            return Effect.as(UnitOfWork.afterEnd(undo), result)
           }
         )
       return {

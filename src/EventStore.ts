@@ -18,7 +18,7 @@ import { ConcurrencyConflict } from "./CommandError.js"
 import type * as DomainEvent from "./DomainEvent.js"
 import { currentPending, heldEvents } from "./internal/pending.js"
 import { Outbox } from "./Outbox.js"
-import { UnitOfWork } from "./UnitOfWork.js"
+import * as UnitOfWork from "./UnitOfWork.js"
 
 /**
  * Which aggregate a stream holds the events of.
@@ -210,10 +210,7 @@ export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outb
             if (before === undefined) versions.delete(key)
             else versions.set(key, before)
           })
-        return Effect.flatMap(Effect.serviceOption(UnitOfWork), (unitOfWork) => {
-          const afterEnd = Option.getOrUndefined(unitOfWork)?.afterEnd
-          return afterEnd === undefined ? Effect.void : Effect.asVoid(afterEnd(undo))
-        })
+        return Effect.asVoid(UnitOfWork.afterEnd(undo))
       }),
     snapshots: {
       load: (stream, schemaVersion) =>
@@ -227,22 +224,13 @@ export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outb
       // reader before then would find it ahead of the stream, and a
       // rollback leaves none. Held as JSON text, as a database holds it: a
       // state reads back here as it would from one.
-      save: (stream, snapshot) => {
-        const keep = Effect.sync(() => {
+      save: (stream, snapshot) =>
+        UnitOfWork.onCommit(Effect.sync(() => {
           snapshots.set(snapshotKey(stream, snapshot.schemaVersion), {
             version: snapshot.version,
             state: JSON.stringify(snapshot.state)
           })
-        })
-        return Effect.flatMap(Effect.serviceOption(UnitOfWork), (unitOfWork) => {
-          const afterEnd = Option.getOrUndefined(unitOfWork)?.afterEnd
-          if (afterEnd === undefined) return keep
-          return Effect.flatMap(
-            afterEnd((committed) => committed ? keep : Effect.void),
-            (registered) => registered ? Effect.void : keep
-          )
-        })
-      }
+        }))
     }
   }
 })

@@ -9,6 +9,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import type { StoreUnavailable } from "./CommandError.js"
 import type * as DomainEvent from "./DomainEvent.js"
 import { currentPending, enclosingLevels, endedFirst, openLevels } from "./internal/pending.js"
@@ -116,6 +117,35 @@ export const makeEnds = () => {
  * @category tags
  */
 export class UnitOfWork extends Context.Tag("effect-command-bus/UnitOfWork")<UnitOfWork, Service>() {}
+
+/**
+ * Registers `end` with the caller's unit of work (`Service.afterEnd`), for
+ * a store that undoes or keeps what a dispatch did by how its transaction
+ * ended: false, with nothing registered, when there is no unit of work, it
+ * cannot tell, or the caller is outside a transaction.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const afterEnd = (end: (committed: boolean) => Effect.Effect<void>): Effect.Effect<boolean> =>
+  Effect.flatMap(Effect.serviceOption(UnitOfWork), (unitOfWork) => {
+    const register = Option.getOrUndefined(unitOfWork)?.afterEnd
+    return register === undefined ? Effect.succeed(false) : register(end)
+  })
+
+/**
+ * Runs `effect` when the caller's transaction commits, never when it rolls
+ * back, and at once where `afterEnd` registers nothing (no transaction, or
+ * a unit of work that cannot tell).
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const onCommit = (effect: Effect.Effect<void>): Effect.Effect<void> =>
+  Effect.flatMap(
+    afterEnd((committed) => committed ? effect : Effect.void),
+    (registered) => registered ? Effect.void : effect
+  )
 
 /**
  * No transaction: each store's writes stand as they are made.
