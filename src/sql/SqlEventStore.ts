@@ -37,13 +37,10 @@ export const make: Effect.Effect<EventStore.Service, never, SqlClient.SqlClient>
   (sql): EventStore.Service => ({
     read: (stream, options) =>
       SqlStatement.rows(
-        options?.after === undefined
-          ? sql<Row>`SELECT ${sql.literal(columns)} FROM outbox
-                 WHERE aggregate_type = ${stream.aggregateType} AND aggregate_id = ${stream.aggregateId}
-                 ORDER BY aggregate_version, id`
-          : sql<Row>`SELECT ${sql.literal(columns)} FROM outbox
-                 WHERE aggregate_type = ${stream.aggregateType} AND aggregate_id = ${stream.aggregateId}
-                   AND aggregate_version > ${options.after}
+        sql<Row>`SELECT ${sql.literal(columns)} FROM outbox
+                 WHERE aggregate_type = ${stream.aggregateType} AND aggregate_id = ${stream.aggregateId}${
+          options?.after === undefined ? sql`` : sql` AND aggregate_version > ${options.after}`
+        }
                  ORDER BY aggregate_version, id`
       ).pipe(
         Effect.map((rows) => rows.map(toEnvelope)),
