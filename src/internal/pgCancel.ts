@@ -86,7 +86,18 @@ const afterCancel = (client: Pg.PoolClient, release: Release): Release => {
     // A second release is `pg-pool`'s to refuse, to its caller.
     if (cancels === undefined || called) return release(error)
     called = true
-    cancels.waiting.push(() => release(error))
+    // Neither lent nor idle meanwhile, the connection has no one listening
+    // for its errors (one unheard crashes the process): its error is kept,
+    // and given with its release, which then drops it.
+    let failed: Error | undefined
+    const onError = (cause: Error) => {
+      failed ??= cause
+    }
+    client.on("error", onError)
+    cancels.waiting.push(() => {
+      client.off("error", onError)
+      release(failed ?? error)
+    })
   }
 }
 

@@ -151,6 +151,26 @@ describe.skipIf(TestDatabase.serverUrl === undefined)("a cancel after the statem
         }))
     }))
 
+  it.scopedLive("drops a connection that fails while it waits for its cancel to arrive, and goes on", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePoolTo(yield* slowCancels(800))
+      yield* withClient(pool, (sql) =>
+        Effect.gen(function*() {
+          const [{ pid }] = yield* sql<{ readonly pid: number }>`SELECT pg_backend_pid() AS pid`
+          const first = yield* Effect.fork(sql`SELECT pg_sleep(0.3)`)
+          yield* Effect.sleep("100 millis")
+          // The cancel arrives 800 ms later; the answer comes at 300 ms, and the
+          // connection waits for the cancel, out of the pool.
+          const interrupted = yield* Effect.fork(Fiber.interrupt(first))
+          yield* Effect.sleep("400 millis")
+          // Its error had no listener then, and crashed the process.
+          yield* TestDatabase.admin(`SELECT pg_terminate_backend(${pid})`)
+          yield* Fiber.join(interrupted)
+          const [again] = yield* sql<{ readonly pid: number }>`SELECT pg_backend_pid() AS pid`
+          expect(again!.pid).not.toBe(pid)
+        }))
+    }))
+
   it.scopedLive("still cancels an interrupted statement that runs", () =>
     Effect.gen(function*() {
       const pool = yield* onePool
