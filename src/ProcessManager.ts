@@ -26,12 +26,10 @@
  */
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
-import * as Duration from "effect/Duration"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Types from "effect/Types"
 import { createHash } from "node:crypto"
@@ -40,8 +38,7 @@ import type * as CommandBus from "./CommandBus.js"
 import type { StoreUnavailable } from "./CommandError.js"
 import * as CommandScheduler from "./CommandScheduler.js"
 import type * as DomainEvent from "./DomainEvent.js"
-import * as Idempotency from "./Idempotency.js"
-import { currentInterceptor } from "./internal/dispatching.js"
+import { followUpSender } from "./internal/dispatching.js"
 import * as JsonValue from "./internal/json.js"
 import { isRefusal } from "./internal/refusal.js"
 import * as Reaction from "./Reaction.js"
@@ -361,12 +358,11 @@ const declared = <
   const keyPrefix = prefixOf(name)
   const decodeState = Schema.decodeUnknown(options.state)
   const encodeState = Schema.encode(options.state)
-  const definitions = [...bus.definitions.values()]
-  const waitOut = Schedule.spaced(Duration.seconds(1)).pipe(Schedule.upTo(options.inFlightWait ?? "2 minutes"))
+  const sender = followUpSender(
+    { definitions: bus.definitions, dispatch: (command) => bus.dispatch(command as C) },
+    options.inFlightWait
+  )
   const startedBy = options.startedBy === undefined ? undefined : new Set<string>(options.startedBy)
-  // As `Reaction.dispatch`: a failure is an outcome or not by the command
-  // that failed with it.
-  const outcomes = new WeakMap<object, boolean>()
   const handlers = on as Record<string, Handler<S, unknown, C>>
 
   const invalid = (reason: string) => Effect.fail(new InvalidProcess({ manager: name, reason }))
@@ -410,31 +406,10 @@ const declared = <
     )
 
   // A command, stamped with the event's follow-up, through the bus (or the
-  // test kit's interceptor, as `Reaction.dispatch` sends).
+  // test kit's interceptor), as `Reaction.dispatch` sends.
   const send = (reaction: string, envelope: DomainEvent.Envelope, command: C, idempotencyKey: string) => {
     const followUp = { ...Command.causedBy(envelope), idempotencyKey }
-    const definition = bus.definitions.get(command._tag)
-    const stamped = withFollowUp(command, followUp)
-    const sent = Effect.flatMap(FiberRef.get(currentInterceptor), (intercept) =>
-      intercept === undefined
-        ? bus.dispatch(stamped)
-        : intercept({ reaction, envelope, followUp, command: stamped, definition }) as Effect.Effect<
-          unknown,
-          Command.Failure<C> | BE | StoreUnavailable
-        >)
-    return Effect.retry(
-      sent,
-      Schedule.whileInput(waitOut, (error: unknown) => error instanceof Idempotency.IdempotencyKeyInFlight)
-    ).pipe(
-      Effect.asVoid,
-      Effect.tapError((error) =>
-        Effect.sync(() => {
-          if (definition !== undefined && typeof error === "object" && error !== null) {
-            outcomes.set(error, Command.isOutcome(definition, error))
-          }
-        })
-      )
-    )
+    return sender.send(reaction, envelope, followUp, withFollowUp(command, followUp))
   }
 
   const apply = (reaction: string, event: unknown, envelope: DomainEvent.Envelope) =>
@@ -529,9 +504,7 @@ const declared = <
   const retryable = (error: unknown) =>
     error instanceof ProcessConflict ||
     (!(error instanceof StateUndecodable) && !(error instanceof InvalidProcess) && !isRefusal(error) &&
-      !(typeof error === "object" && error !== null && outcomes.has(error)
-        ? outcomes.get(error)!
-        : definitions.some((definition) => Command.isOutcome(definition, error))))
+      !sender.isOutcome(error))
 
   const reactions = options.events.map((event) => {
     const reaction = `${name} on ${event._tag}`

@@ -21,7 +21,6 @@ import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import type * as ParseResult from "effect/ParseResult"
@@ -37,9 +36,8 @@ import type * as CommandBus from "./CommandBus.js"
 import { StoreUnavailable } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventPublisher } from "./EventPublisher.js"
-import * as Idempotency from "./Idempotency.js"
 import { failureOf, interruptedItself, stored, survived, unlessInterrupted } from "./internal/cause.js"
-import { currentInterceptor } from "./internal/dispatching.js"
+import { followUpSender } from "./internal/dispatching.js"
 import { leaseOfASecond, pageSize, positiveCounts, storedMillis } from "./internal/limit.js"
 import { isRefusal } from "./internal/refusal.js"
 import { compareCodePoints } from "./internal/text.js"
@@ -214,16 +212,6 @@ export interface DispatchOptions extends MakeOptions {
   readonly inFlightWait?: Duration.DurationInput
 }
 
-// Retries `self` on `schedule` while it fails with a key in flight.
-const waitingOut = <A, E, R>(
-  self: Effect.Effect<A, E, R>,
-  schedule: Schedule.Schedule<unknown, unknown>
-): Effect.Effect<A, E, R> =>
-  Effect.retry(
-    self,
-    Schedule.whileInput(schedule, (error: E) => error instanceof Idempotency.IdempotencyKeyInFlight)
-  )
-
 const isIdempotencyKey = Schema.is(Command.IdempotencyKey)
 
 // A payload is the event's encoded fields; its tag is the envelope's type.
@@ -306,41 +294,19 @@ export const dispatch = <A, C extends Command.Any, H, BE, BR, Cmd extends C>(
   const keyPrefix = isIdempotencyKey(`${name}:${"0".repeat(36)}`)
     ? name
     : `sha256-${createHash("sha256").update(name).digest("hex")}`
-  const definitions = [...bus.definitions.values()]
-  const waitOut = Schedule.spaced(Duration.seconds(1)).pipe(Schedule.upTo(options.inFlightWait ?? "2 minutes"))
-  // Whether a failure is an outcome depends on the command that failed: a
-  // tag one command marks retryable may be another's outcome. Each failure
-  // of a dispatch is judged by its own command's definition, and remembered
-  // for `retryable`; one it never saw, by every command of the bus.
-  const outcomes = new WeakMap<object, boolean>()
+  const sender = followUpSender(
+    { definitions: bus.definitions, dispatch: (command) => bus.dispatch(command as Cmd) },
+    options.inFlightWait
+  )
   const reaction = make(event, (decoded, envelope) => {
     const followUp = { ...Command.causedBy(envelope), idempotencyKey: `${keyPrefix}:${envelope.eventId}` }
     const command = toCommand(decoded, followUp, envelope)
     if (command === undefined) return Effect.void
-    const definition = bus.definitions.get(command._tag)
-    const sent = Effect.flatMap(FiberRef.get(currentInterceptor), (intercept) =>
-      intercept === undefined
-        ? bus.dispatch(command)
-        : intercept({ reaction: name, envelope, followUp, command, definition }) as Effect.Effect<
-          unknown,
-          Command.Failure<Cmd> | BE | StoreUnavailable
-        >)
-    return Effect.asVoid(waitingOut(sent, waitOut)).pipe(
-      Effect.tapError((error) =>
-        Effect.sync(() => {
-          if (definition !== undefined && typeof error === "object" && error !== null) {
-            outcomes.set(error, Command.isOutcome(definition, error))
-          }
-        })
-      )
-    )
+    return sender.send(name, envelope, followUp, command)
   }, {
     ...options,
     name,
-    retryable: (error) =>
-      !isRefusal(error) && !(typeof error === "object" && error !== null && outcomes.has(error)
-        ? outcomes.get(error)!
-        : definitions.some((definition) => Command.isOutcome(definition, error)))
+    retryable: (error) => !isRefusal(error) && !sender.isOutcome(error)
   })
   return { ...reaction, [DispatchingTypeId]: dispatchingVariance }
 }
