@@ -418,11 +418,11 @@ const declared = <
       if (key === undefined) return
       if (!isKey(key)) return yield* invalid(`a process key must be 1 to 255 characters of text`)
       const store = yield* Processes
-      const stored = yield* store.load(name, key)
+      const stored = yield* store.load(name, key, envelope.eventId)
       const before = Option.getOrUndefined(stored)
       // Done, or this event applied already (a redelivery after the state
       // was saved, or a replay): nothing to do, and nothing sent again.
-      if (before !== undefined && (before.done || before.applied.includes(envelope.eventId))) return
+      if (before !== undefined && (before.done || before.applied)) return
       const version = before?.version ?? 0
       // A row of version 0 is a claim on a process no event was applied to.
       if (version === 0 && startedBy !== undefined && !startedBy.has(envelope.type)) return
@@ -445,7 +445,6 @@ const declared = <
         state: yield* encoding(options.initialState),
         done: false,
         version: 0,
-        applied: [],
         deadlines: []
       }
       if (before?.applying !== envelope.eventId) {
@@ -492,10 +491,10 @@ const declared = <
           state: encoded,
           done: decision.done === true,
           version: version + 1,
-          applied: [...held.applied, envelope.eventId],
           deadlines: [...pending]
         },
         version,
+        envelope.eventId,
         envelope.eventId
       )
       if (!saved) return yield* conflict()
@@ -539,8 +538,10 @@ const withFollowUp = <C extends Command.Any>(command: C, followUp: Reaction.Foll
 
 /**
  * A process as a store keeps it: its state encoded (JSON), whether it is
- * done, its version (events applied), the ids of the events applied (so a
- * redelivered one is skipped) and its pending deadlines' names.
+ * done, its version (events applied) and its pending deadlines' names. The
+ * store also keeps the ids of the events applied, so that a redelivered one
+ * is skipped; each is one record, not a list written again with every
+ * event (which made a long process's every event dearer than the last).
  *
  * @since 0.1.0
  * @category models
@@ -549,7 +550,6 @@ export interface Stored {
   readonly state: unknown
   readonly done: boolean
   readonly version: number
-  readonly applied: ReadonlyArray<string>
   readonly deadlines: ReadonlyArray<string>
   /**
    * The event whose run holds the process (its commands and deadlines under
@@ -559,26 +559,45 @@ export interface Stored {
 }
 
 /**
+ * A process as `load` reads it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Loaded extends Stored {
+  /** Whether the event `load` was asked about was applied to the process (a redelivery). */
+  readonly applied: boolean
+}
+
+/**
  * Where processes are kept, by manager name and key.
  *
  * @since 0.1.0
  * @category models
  */
 export interface ProcessStore {
-  readonly load: (manager: string, key: string) => Effect.Effect<Option.Option<Stored>, StoreUnavailable>
+  /** The process, and whether the event `eventId` (when given) was applied to it. */
+  readonly load: (
+    manager: string,
+    key: string,
+    eventId?: string | undefined
+  ) => Effect.Effect<Option.Option<Loaded>, StoreUnavailable>
   /**
    * Writes `process` if the stored version is `expected` (0: none stored,
    * or a row of version 0) and the event whose run holds it is `claimed`
    * (`undefined`: none), in one step: false, writing nothing, when another
    * write came first. A write that keeps the version (a claim, or its
    * release) changes `applying` only: a store may leave the rest as it is.
+   * `applied`, the event whose run the write ends, is kept as applied in
+   * the same step.
    */
   readonly save: (
     manager: string,
     key: string,
     process: Stored,
     expected: number,
-    claimed?: string | undefined
+    claimed?: string | undefined,
+    applied?: string | undefined
   ) => Effect.Effect<boolean, StoreUnavailable>
 }
 
@@ -599,16 +618,24 @@ export class Processes extends Context.Tag("effect-command-bus/ProcessManager/Pr
  * @category layers
  */
 export const layerMemory: Layer.Layer<Processes> = Layer.sync(Processes, () => {
-  const processes = new Map<string, Stored>()
+  const processes = new Map<string, { readonly process: Stored; readonly applied: Set<string> }>()
   const keyOf = (manager: string, key: string) => JSON.stringify([manager, key])
   return {
-    load: (manager, key) => Effect.sync(() => Option.fromNullable(processes.get(keyOf(manager, key)))),
-    save: (manager, key, process, expected, claimed) =>
+    load: (manager, key, eventId) =>
+      Effect.sync(() => {
+        const kept = processes.get(keyOf(manager, key))
+        return kept === undefined
+          ? Option.none()
+          : Option.some({ ...kept.process, applied: eventId !== undefined && kept.applied.has(eventId) })
+      }),
+    save: (manager, key, process, expected, claimed, applied) =>
       Effect.sync(() => {
         const id = keyOf(manager, key)
         const current = processes.get(id)
-        if ((current?.version ?? 0) !== expected || current?.applying !== claimed) return false
-        processes.set(id, process)
+        if ((current?.process.version ?? 0) !== expected || current?.process.applying !== claimed) return false
+        const ids = current?.applied ?? new Set<string>()
+        if (applied !== undefined) ids.add(applied)
+        processes.set(id, { process, applied: ids })
         return true
       })
   }

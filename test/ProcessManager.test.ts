@@ -194,7 +194,8 @@ describe("ProcessManager", () => {
         ProcessManager.Processes,
         Effect.map(ProcessManager.Processes, (inner) => ({
           ...inner,
-          load: (manager: string, key: string) => Effect.zipRight(Effect.sync(() => loads++), inner.load(manager, key))
+          load: (manager: string, key: string, eventId?: string) =>
+            Effect.zipRight(Effect.sync(() => loads++), inner.load(manager, key, eventId))
         }))
       ).pipe(Layer.provide(ProcessManager.layerMemory))
       yield* Effect.gen(function*() {
@@ -285,7 +286,6 @@ describe("ProcessManager", () => {
         state: { status: "lost", amount: 1 },
         done: false,
         version: 1,
-        applied: [],
         deadlines: []
       }, 0)
       const onPaid = reactionOf(checkout, "PaymentReceived")

@@ -278,6 +278,22 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
       taken_at timestamptz NOT NULL,
       PRIMARY KEY (aggregate_type, aggregate_id, schema_version)
     )`
+  ],
+  // The events applied to each process, one row each: a redelivered event
+  // is found by its key. They were a list in the process's row, written
+  // again with every event, so a long process's every event cost more than
+  // the last (about 15 ms at 10,000 events).
+  "17_process_applied": [
+    `CREATE TABLE process_applied (
+      manager text NOT NULL,
+      key text NOT NULL,
+      event_id text NOT NULL,
+      PRIMARY KEY (manager, key, event_id)
+    )`,
+    `INSERT INTO process_applied (manager, key, event_id)
+      SELECT manager, key, jsonb_array_elements_text(applied) FROM processes
+      ON CONFLICT DO NOTHING`,
+    `ALTER TABLE processes DROP COLUMN applied`
   ]
 }
 

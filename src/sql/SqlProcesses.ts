@@ -1,12 +1,14 @@
 /**
  * The processes of process managers (`ProcessManager`), in PostgreSQL, one
- * row per manager and key. A save is one statement on the version read, so
- * the state and the ids of the events applied to it never diverge, and of
- * two runs that read one version, one writes.
+ * row per manager and key in `processes`, and one per event applied in
+ * `process_applied`. A save is one statement on the version read, so the
+ * state and the events applied to it never diverge, and of two runs that
+ * read one version, one writes.
  *
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -18,7 +20,7 @@ interface Row {
   readonly state: unknown
   readonly version: number
   readonly done: boolean
-  readonly applied: unknown
+  readonly applied: boolean
   readonly deadlines: unknown
   readonly applying: string | null
 }
@@ -30,9 +32,14 @@ interface Row {
 export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.SqlClient> = Effect.map(
   SqlClient.SqlClient,
   (sql) => ({
-    load: (manager, key) =>
+    load: (manager, key, eventId) =>
       sql<Row>`
-        SELECT state::text AS state, version, done, applied, deadlines, applying FROM processes
+        SELECT state::text AS state, version, done, deadlines, applying,
+          EXISTS (
+            SELECT 1 FROM process_applied
+            WHERE manager = ${manager} AND key = ${key} AND event_id = ${eventId ?? null}::text
+          ) AS applied
+        FROM processes
         WHERE manager = ${manager} AND key = ${key}`.withoutTransform.pipe(
         Effect.map((rows) =>
           rows.length === 0 ? Option.none() : Option.some({
@@ -41,7 +48,7 @@ export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.S
             state: JSON.parse(rows[0]!.state as string) as unknown,
             version: Number(rows[0]!.version),
             done: rows[0]!.done,
-            applied: Column.json(rows[0]!.applied) as ReadonlyArray<string>,
+            applied: rows[0]!.applied,
             deadlines: Column.json(rows[0]!.deadlines) as ReadonlyArray<string>,
             ...(rows[0]!.applying === null ? {} : { applying: rows[0]!.applying })
           })
@@ -50,16 +57,26 @@ export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.S
       ),
     // The first write inserts (or takes a row of version 0 over: a claim
     // given up), a later one updates the version and claim it read: either
-    // way no row comes back when another write came first.
-    save: (manager, key, process, expected, claimed) => {
+    // way no row comes back when another write came first. The event the
+    // write ends is kept as applied in the same statement, only if it wrote.
+    save: (manager, key, process, expected, claimed, applied) => {
       const state = JSON.stringify(process.state)
-      const applied = JSON.stringify(process.applied)
       const deadlines = JSON.stringify(process.deadlines)
       const applying = process.applying ?? null
       const held = claimed ?? null
+      const kept = (write: Statement.Fragment) =>
+        sql`
+          WITH written AS (${write}),
+            kept AS (
+              INSERT INTO process_applied (manager, key, event_id)
+              SELECT ${manager}, ${key}, ${applied ?? null}::text FROM written WHERE ${
+          applied ?? null
+        }::text IS NOT NULL
+              ON CONFLICT DO NOTHING
+            )
+          SELECT version FROM written`
       // A claim, or its release, keeps the version: only the claim changes,
-      // and the state and the ids applied (long, for a long process) are
-      // not written again.
+      // and the state is not written again.
       const written = expected > 0 && process.version === expected
         ? sql`
           UPDATE processes SET applying = ${applying}::text, updated_at = now()
@@ -67,22 +84,21 @@ export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.S
             AND applying IS NOT DISTINCT FROM ${held}::text
           RETURNING version`
         : expected === 0
-        ? sql`
-          INSERT INTO processes (manager, key, state, version, done, applied, deadlines, applying, updated_at)
+        ? kept(sql`
+          INSERT INTO processes (manager, key, state, version, done, deadlines, applying, updated_at)
           VALUES (${manager}, ${key}, ${state}::json, ${process.version}, ${process.done},
-            ${applied}::jsonb, ${deadlines}::jsonb, ${applying}::text, now())
+            ${deadlines}::jsonb, ${applying}::text, now())
           ON CONFLICT (manager, key) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
-            done = EXCLUDED.done, applied = EXCLUDED.applied, deadlines = EXCLUDED.deadlines,
+            done = EXCLUDED.done, deadlines = EXCLUDED.deadlines,
             applying = EXCLUDED.applying, updated_at = EXCLUDED.updated_at
           WHERE processes.version = 0 AND processes.applying IS NOT DISTINCT FROM ${held}::text
-          RETURNING version`
-        : sql`
+          RETURNING version`)
+        : kept(sql`
           UPDATE processes SET state = ${state}::json, version = ${process.version}, done = ${process.done},
-            applied = ${applied}::jsonb, deadlines = ${deadlines}::jsonb, applying = ${applying}::text,
-            updated_at = now()
+            deadlines = ${deadlines}::jsonb, applying = ${applying}::text, updated_at = now()
           WHERE manager = ${manager} AND key = ${key} AND version = ${expected}
             AND applying IS NOT DISTINCT FROM ${held}::text
-          RETURNING version`
+          RETURNING version`)
       return written.withoutTransform.pipe(Effect.map((rows) => rows.length === 1), SqlFailure.classify)
     }
   })

@@ -127,7 +127,8 @@ const stores = Layer.effect(
   ProcessManager.Processes,
   Effect.zipWith(ProcessManager.Processes, LastKey, (inner, last): ProcessManager.ProcessStore => ({
     ...inner,
-    load: (manager, key) => Effect.zipRight(Effect.sync(() => void (last.key = key)), inner.load(manager, key))
+    load: (manager, key, eventId) =>
+      Effect.zipRight(Effect.sync(() => void (last.key = key)), inner.load(manager, key, eventId))
   }))
 ).pipe(
   Layer.provideMerge(Layer.sync(LastKey, () => ({ key: undefined }))),

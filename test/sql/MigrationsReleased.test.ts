@@ -27,7 +27,8 @@ const released = {
     "13_event_streams": "df5cefebea55592e",
     "14_processes": "715551d445fec920",
     "15_processes_applying": "68551adf143ba904",
-    "16_event_snapshots": "2c967e0dd986aec2"
+    "16_event_snapshots": "2c967e0dd986aec2",
+    "17_process_applied": "397d4d686165a398"
   },
   orders: {
     "1_orders": "f5002859436b4fc3",

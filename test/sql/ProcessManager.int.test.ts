@@ -134,7 +134,8 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
           }),
           Effect.provideService(ProcessManager.Processes, {
             ...processes,
-            load: (manager, key) => Effect.zipRight(Effect.sync(() => loads++), processes.load(manager, key))
+            load: (manager, key, eventId) =>
+              Effect.zipRight(Effect.sync(() => loads++), processes.load(manager, key, eventId))
           })
         )
         expect(loads).toBe(2)
@@ -172,28 +173,37 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
         const store = yield* ProcessManager.Processes
-        const process = (version: number, state: unknown) => ({
-          state,
-          done: false,
-          version,
-          applied: [`e-${version}`],
-          deadlines: ["d"]
-        })
+        const process = (version: number, state: unknown) => ({ state, done: false, version, deadlines: ["d"] })
+        // Each racer ends the run of an event of its own: only the winner's is kept as applied.
         const first = yield* Effect.all(
-          Array.from({ length: 4 }, (_, i) => store.save("m", "k", process(1, { by: i }), 0)),
+          Array.from({ length: 4 }, (_, i) => store.save("m", "k", process(1, { by: i }), 0, undefined, `e1-${i}`)),
           { concurrency: "unbounded" }
         )
         expect(first.filter(Boolean).length).toBe(1)
         const second = yield* Effect.all(
-          Array.from({ length: 4 }, (_, i) => store.save("m", "k", process(2, { by: i, text: "é\u{1F600}" }), 1)),
+          Array.from(
+            { length: 4 },
+            (_, i) => store.save("m", "k", process(2, { by: i, text: "é\u{1F600}" }), 1, undefined, `e2-${i}`)
+          ),
           { concurrency: "unbounded" }
         )
         expect(second.filter(Boolean).length).toBe(1)
-        expect(yield* store.save("m", "k", process(2, {}), 1)).toBe(false)
+        expect(yield* store.save("m", "k", process(2, {}), 1, undefined, "e-late")).toBe(false)
+        const applied = (eventId: string) =>
+          Effect.map(store.load("m", "k", eventId), (stored) => Option.getOrThrow(stored).applied)
+        const appliedOf = (prefix: string) =>
+          Effect.forEach(Array.from({ length: 4 }, (_, i) => `${prefix}-${i}`), applied)
+        expect(yield* appliedOf("e1")).toEqual(first)
+        expect(yield* appliedOf("e2")).toEqual(second)
+        expect(yield* applied("e-late")).toBe(false)
         const stored = Option.getOrThrow(yield* store.load("m", "k"))
-        expect([stored.version, stored.applied, stored.deadlines, stored.done]).toEqual([2, ["e-2"], ["d"], false])
+        expect([stored.version, stored.applied, stored.deadlines, stored.done]).toEqual([2, false, ["d"], false])
         expect(stored.state).toEqual({ by: second.indexOf(true), text: "é\u{1F600}" })
         expect(yield* store.load("m", "other")).toEqual(Option.none())
+        // Another process's events are its own.
+        expect(yield* store.load("m", "other", `e1-${first.indexOf(true)}`)).toEqual(Option.none())
+        yield* store.save("m", "other", process(1, {}), 0, undefined, "x")
+        expect(Option.getOrThrow(yield* store.load("m", "other", `e1-${first.indexOf(true)}`)).applied).toBe(false)
       }))
   }
 )

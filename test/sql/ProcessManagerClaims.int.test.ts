@@ -109,7 +109,6 @@ layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })(
           state: { v: version },
           done: false,
           version,
-          applied: [],
           deadlines: [],
           ...(applying === undefined ? {} : { applying })
         })

@@ -22,7 +22,7 @@ const roundTrip = Effect.gen(function*() {
     const saved = yield* store.save(
       "states",
       `k${i}`,
-      { state, done: false, version: 1, applied: [], deadlines: [] },
+      { state, done: false, version: 1, deadlines: [] },
       0
     )
     expect(saved).toBe(true)

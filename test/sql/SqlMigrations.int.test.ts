@@ -52,6 +52,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`migrations
         "orders",
         "orders_migrations",
         "outbox",
+        "process_applied",
         "processes",
         "reaction_checkpoints",
         "reaction_dead_letters",

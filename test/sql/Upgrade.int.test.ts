@@ -3,8 +3,10 @@
  * with the schema a fresh database gets, and works. The earlier releases'
  * migrations are copied here as they shipped: migration 1 before its
  * notification named the schema (68c1321), and migration 4 before it had the
- * aggregate columns (97a33b6 to fda0b29); and the last release before
- * scheduled commands had keys (c00f81e), with commands scheduled.
+ * aggregate columns (97a33b6 to fda0b29); the last release before
+ * scheduled commands had keys (c00f81e), with commands scheduled; and the
+ * last before the events applied to a process had a table (53103a8), with a
+ * process.
  */
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as PgMigrator from "@effect/sql-pg/PgMigrator"
@@ -21,7 +23,13 @@ import { randomUUID } from "node:crypto"
 import { DomainEvent } from "../../src/index.js"
 import * as Migrations from "../../src/orders/Migrations.js"
 import * as Database from "../../src/server/Database.js"
-import { SqlMigrations, SqlOutbox, SqlReactionDeadLetters, SqlScheduledCommands } from "../../src/sql/index.js"
+import {
+  SqlMigrations,
+  SqlOutbox,
+  SqlProcesses,
+  SqlReactionDeadLetters,
+  SqlScheduledCommands
+} from "../../src/sql/index.js"
 import * as PgliteClient from "../../src/sql/PgliteClient.js"
 import * as TestDatabase from "../support/Database.js"
 
@@ -58,6 +66,7 @@ const through = (last: number) =>
   Object.fromEntries(Object.entries(sources).filter(([id]) => Number(id.split("_")[0]) <= last))
 
 const releases: Readonly<Record<string, Readonly<Record<string, ReadonlyArray<string>>>>> = {
+  "53103a8 (migrations 1 to 16)": through(16),
   "c00f81e (migrations 1 to 11)": through(11),
   "365ab90 (migrations 1 to 6)": through(6),
   "68c1321 (migrations 1 and 2)": { "1_outbox": firstOutbox, "2_idempotency_keys": sources["2_idempotency_keys"]! },
@@ -164,8 +173,23 @@ for (const [release, migrations] of Object.entries(releases)) {
               VALUES (${randomUUID()}, 'Order', ${randomUUID()}, 1, 'OrderCreated', '{}'::jsonb, ${randomUUID()},
                 ${randomUUID()}, ${occurred})`
           }
+          // A process of that release, its applied events a list in its row.
+          const processEvents = [randomUUID(), randomUUID()]
+          if (migrations["14_processes"] !== undefined) {
+            yield* sql`
+              INSERT INTO processes (manager, key, state, version, done, applied, deadlines, updated_at)
+              VALUES ('checkout', 'o-1', '{"status":"paid"}'::json, 2, false, ${JSON.stringify(processEvents)}::jsonb,
+                '[]'::jsonb, now())`
+          }
           yield* Migrations.run
           expect(yield* schemaOf).toEqual(expected)
+          if (migrations["14_processes"] !== undefined) {
+            // Its events are still applied: a redelivery of either is skipped.
+            const processes = yield* SqlProcesses.make
+            const appliedOf = (eventId: string) =>
+              Effect.map(processes.load("checkout", "o-1", eventId), (loaded) => Option.getOrThrow(loaded).applied)
+            expect(yield* Effect.forEach([...processEvents, randomUUID()], appliedOf)).toEqual([true, true, false])
+          }
           // Recorded before the database kept when it took an event (migration 7):
           if (migrations["7_outbox_recorded_at"] === undefined) {
             // The oldest one's age goes on: not counted again from the upgrade.

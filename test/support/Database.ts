@@ -114,7 +114,7 @@ export const truncateAll = Effect.flatMap(
   (sql) =>
     sql.unsafe(
       "TRUNCATE orders, inventory, outbox, idempotency_keys, reaction_checkpoints, reaction_dead_letters, scheduled_commands," +
-        " event_streams, event_snapshots, processes" +
+        " event_streams, event_snapshots, processes, process_applied" +
         " RESTART IDENTITY"
     )
 )
