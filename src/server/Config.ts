@@ -12,6 +12,7 @@ import * as Either from "effect/Either"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Crypto from "node:crypto"
 import Pg from "pg"
 import * as RedisIdempotencyStore from "../redis/RedisIdempotencyStore.js"
 
@@ -166,6 +167,37 @@ const setPositiveDuration = (name: string) =>
     })
   )
 
+// What `pg` reads of a URL's query as its TLS settings, in place of a CA given beside it.
+const urlTlsParams = ["ssl", "sslmode", "sslrootcert", "sslcert", "sslkey"]
+
+const caMessage = "must be the CA certificate(s) in PEM (-----BEGIN CERTIFICATE-----)"
+
+/**
+ * `DATABASE_CA`: the CA that signed the server's certificate, as PEM text
+ * (from a secret, where a file is awkward), with its newlines or with `\n`
+ * in their place, as one-line environment files write them.
+ */
+const databaseCa = Config.option(Config.string("DATABASE_CA")).pipe(
+  Config.mapOrFail((text): Either.Either<Option.Option<string>, ConfigError.ConfigError> => {
+    if (Option.isNone(text) || text.value.trim() === "") return Either.right(Option.none())
+    const pem = text.value.trim().replaceAll("\\n", "\n")
+    const certificates = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? []
+    if (certificates.length === 0) return Either.left(ConfigError.InvalidData(["DATABASE_CA"], caMessage))
+    // Each one parsed: TLS would skip one it cannot read, and fail at the
+    // first connection with "unable to get local issuer certificate".
+    for (const [i, certificate] of certificates.entries()) {
+      try {
+        new Crypto.X509Certificate(certificate)
+      } catch {
+        return Either.left(
+          ConfigError.InvalidData(["DATABASE_CA"], `${caMessage}: certificate ${i + 1} does not parse`)
+        )
+      }
+    }
+    return Either.right(Option.some(pem))
+  })
+)
+
 /**
  * @since 0.1.0
  * @category config
@@ -223,8 +255,22 @@ export const database = Config.all({
   poolSize: positiveInt("DB_POOL_SIZE", 20),
   connectTimeout: timer("DB_CONNECT_TIMEOUT", "5 seconds"),
   statementTimeout: timer("DB_STATEMENT_TIMEOUT", "10 seconds"),
-  preparedStatements: nonNegativeInt("DB_PREPARED_STATEMENTS", 256)
-})
+  preparedStatements: nonNegativeInt("DB_PREPARED_STATEMENTS", 256),
+  ca: databaseCa
+}).pipe(
+  // `pg` would take the URL's TLS settings and drop the CA without a word.
+  Config.mapOrFail((database) => {
+    if (Option.isNone(database.ca) || Option.isNone(database.url)) return Either.right(database)
+    const params = new URL(Redacted.value(database.url.value)).searchParams
+    const set = urlTlsParams.filter((name) => params.has(name))
+    return set.length === 0 ? Either.right(database) : Either.left(
+      ConfigError.InvalidData(
+        ["DATABASE_CA"],
+        `must not be set beside TLS settings in DATABASE_URL (it sets ${set.join(", ")}): give the CA one way`
+      )
+    )
+  })
+)
 
 /**
  * Where idempotency records live: on PostgreSQL (the default), in the

@@ -75,6 +75,8 @@ export const serverLayer = (options: {
   readonly statementTimeout: Duration.Duration
   /** Statement texts sent as named prepared statements (default 256; 0: none). */
   readonly preparedStatements?: number | undefined
+  /** The CA of the server's certificate, as PEM (`DATABASE_CA`): TLS verified as `sslmode=verify-full`. */
+  readonly ca?: Option.Option<string> | undefined
 }): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient | SqlUnitOfWork.PgPool | DatabasePool, SqlError> =>
   Layer.effect(
     DatabasePool,
@@ -87,7 +89,8 @@ export const serverLayer = (options: {
     poolSize: options.poolSize,
     connectTimeout: options.connectTimeout,
     statementTimeout: options.statementTimeout,
-    preparedStatements: options.preparedStatements
+    preparedStatements: options.preparedStatements,
+    ssl: options.ca === undefined || Option.isNone(options.ca) ? undefined : { ca: options.ca.value }
   })))
 
 /**
@@ -113,7 +116,8 @@ export const layer: Layer.Layer<
         Effect.annotateLogs({
           database: describeUrl(Redacted.value(config.url.value)),
           schema: Option.getOrElse(config.schema, () => "public"),
-          poolSize: config.poolSize
+          poolSize: config.poolSize,
+          ...(Option.isSome(config.ca) ? { tls: "verify-full, the CA of DATABASE_CA" } : {})
         })
       )
       return serverLayer({ ...config, url: config.url.value })

@@ -14,6 +14,7 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Tls from "node:tls"
 import * as Config from "../../src/server/Config.js"
 import * as Server from "../../src/server/Server.js"
 
@@ -80,6 +81,7 @@ describe("the environment", () => {
     "DB_CONNECT_TIMEOUT",
     "DB_STATEMENT_TIMEOUT",
     "DB_PREPARED_STATEMENTS",
+    "DATABASE_CA",
     "IDEMPOTENCY_TTL",
     "IDEMPOTENCY_LEASE",
     "IDEMPOTENCY_STORE",
@@ -304,6 +306,35 @@ describe("settings checked before start", () => {
       expect(message).toMatch(/^DATABASE_URL: /)
       expect(message).toContain("DB_STATEMENT_TIMEOUT")
       expect(message).not.toContain("secret")
+    }))
+
+  it.effect("DATABASE_CA: PEM with newlines or \\n, refused when not PEM or beside TLS settings in DATABASE_URL", () =>
+    Effect.gen(function*() {
+      const pem = Tls.rootCertificates[0]!
+      const url = "postgres://u:p@db.example.com:5432/orders"
+      expect((yield* read({ DATABASE_URL: url, DATABASE_CA: pem })).ca).toEqual(Option.some(pem.trim()))
+      // One line, as an environment file writes it.
+      const oneLine = pem.trim().replaceAll("\n", "\\n")
+      expect(oneLine).not.toContain("\n")
+      expect((yield* read({ DATABASE_URL: url, DATABASE_CA: oneLine })).ca).toEqual(Option.some(pem.trim()))
+      expect((yield* read({ DATABASE_CA: "  " })).ca).toEqual(Option.none())
+      // A path rather than the text, and a second certificate cut short.
+      const cut = `${pem.trim()}\n${pem.trim().replace(/[A-Za-z0-9+/]{64}\n/, "")}`
+      const messages = []
+      for (const bad of ["/etc/ssl/db-ca.pem", cut]) {
+        messages.push(Config.describeError(yield* Effect.flip(read({ DATABASE_URL: url, DATABASE_CA: bad }))))
+      }
+      expect(messages).toEqual([
+        "DATABASE_CA: must be the CA certificate(s) in PEM (-----BEGIN CERTIFICATE-----)",
+        "DATABASE_CA: must be the CA certificate(s) in PEM (-----BEGIN CERTIFICATE-----): certificate 2 does not parse"
+      ])
+      const both = Config.describeError(
+        yield* Effect.flip(read({ DATABASE_URL: `${url}?sslmode=require`, DATABASE_CA: pem }))
+      )
+      expect(both).toBe(
+        "DATABASE_CA: must not be set beside TLS settings in DATABASE_URL (it sets sslmode): give the CA one way"
+      )
+      expect(both).not.toContain(":p@")
     }))
 
   it.effect("a bad DATABASE_SCHEMA's message names the setting once, as the others do", () =>

@@ -202,4 +202,40 @@ describe.skipIf(TlsServer.url === undefined)(`PostgreSQL over TLS, with ${TlsSer
       }),
     90_000
   )
+
+  it.scopedLive(
+    "the service with DATABASE_CA (the CA as text) and no TLS settings in the URL: verified TLS, ready, stock set",
+    () =>
+      Effect.gen(function*() {
+        const dataDir = yield* TestDatabase.tempDir("ecb-tls-ca")
+        const schema = `t_tls_${randomBytes(6).toString("hex")}`
+        yield* Effect.addFinalizer(() => Effect.ignore(admin(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)))
+        const plain = withParams(TlsServer.url!, { sslmode: undefined, sslrootcert: undefined })
+        const env = TestDatabase.serviceEnv(dataDir, {
+          DATABASE_URL: plain,
+          DATABASE_SCHEMA: schema,
+          // One line, as an environment file holds it.
+          DATABASE_CA: TlsServer.caText().trim().replaceAll("\n", "\\n")
+        })
+        const service = yield* Process.spawnScoped(env)
+        const token = yield* Effect.promise(() =>
+          Auth.sign({ secret: new TextEncoder().encode(env.JWT_SECRET!), sub: "admin", roles: [Auth.adminRole] })
+        )
+        const stock = yield* Effect.promise(async () => {
+          const response = await fetch(`${service.baseUrl}/api/v1/products/sku-ca/stock`, {
+            method: "PUT",
+            headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+            body: JSON.stringify({ available: 3 })
+          })
+          return response.status
+        })
+        expect(stock).toBe(200)
+        // Over TLS: the server takes nothing else.
+        const rows = yield* admin<{ readonly available: number }>(
+          `SELECT available FROM ${schema}.inventory WHERE product_id = 'sku-ca'`
+        )
+        expect(rows).toEqual([{ available: 3 }])
+      }),
+    60_000
+  )
 })
