@@ -9,6 +9,7 @@ import * as Cause from "effect/Cause"
 import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
+import * as RuntimeFlags from "effect/RuntimeFlags"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
 import type Pg from "pg"
@@ -58,7 +59,9 @@ interface Statements {
 //   finds the connection idle, or running the statement of whoever took it
 //   next. So a cancel goes out only while the connection runs a statement,
 //   and not when that statement is the only one and the fiber that sent it
-//   is not being interrupted. A statement sent where the pool hands a
+//   is not being interrupted, or sent it where it cannot be interrupted (a
+//   finalizer of an interrupted fiber: its statement waits uninterruptibly,
+//   so no cancel is ever its own). A statement sent where the pool hands a
 //   connection out (as `@effect/sql-pg` sends one outside a transaction) is
 //   the fiber's that asked for the connection; one sent on a connection held
 //   for a transaction, the fiber's that sent it. Where that is not known,
@@ -71,11 +74,38 @@ interface Statements {
 //   reads the next statement drops it (a cancel with nothing to cancel).
 type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
 
-const senders = new WeakMap<object, AnyFiber>()
-let lendingTo: AnyFiber | undefined
+/** The fiber that sent a statement, and whether it could be interrupted while it waited for the answer. */
+interface Sender {
+  readonly fiber: AnyFiber
+  readonly interruptible: boolean
+}
+
+/**
+ * The current fiber as a sender: an `Effect.async` registers with the flags
+ * it waits with (`FiberRuntime`'s `currentRuntimeFlags`, not on the
+ * `RuntimeFiber` interface; without it, taken for interruptible, as before).
+ */
+const currentSender = (): Sender | undefined => {
+  const fiber = Option.getOrUndefined(Fiber.getCurrentFiber())
+  if (fiber === undefined) return undefined
+  const flags = (fiber as unknown as { readonly currentRuntimeFlags?: unknown }).currentRuntimeFlags
+  return {
+    fiber,
+    interruptible: typeof flags !== "number" || RuntimeFlags.interruptible(flags as RuntimeFlags.RuntimeFlags)
+  }
+}
+
+const senders = new WeakMap<object, Sender>()
+let lendingTo: Sender | undefined
 
 /** Connections with cancels on their way, how many, and what waits for them to arrive. */
 const cancelling = new WeakMap<object, { count: number; readonly waiting: Array<() => void> }>()
+
+// A cancel given up (no answer within its 5 seconds) or failed may still
+// have gone out, and arrive later: its connection cannot serve another
+// statement safely, so it is dropped when it is released.
+const unsure = new WeakSet<object>()
+const unsureCancel = () => new Error("a cancel request of this connection may still arrive: dropped")
 
 type Release = (error?: Error | boolean) => void
 
@@ -84,7 +114,8 @@ const afterCancel = (client: Pg.PoolClient, release: Release): Release => {
   return (error) => {
     const cancels = cancelling.get(client)
     // A second release is `pg-pool`'s to refuse, to its caller.
-    if (cancels === undefined || called) return release(error)
+    if (called) return release(error)
+    if (cancels === undefined) return release(error || (unsure.has(client) ? unsureCancel() : error))
     called = true
     // Neither lent nor idle meanwhile, the connection has no one listening
     // for its errors (one unheard crashes the process): its error is kept,
@@ -96,7 +127,7 @@ const afterCancel = (client: Pg.PoolClient, release: Release): Release => {
     client.on("error", onError)
     cancels.waiting.push(() => {
       client.off("error", onError)
-      release(failed ?? error)
+      release(failed ?? (error || (unsure.has(client) ? unsureCancel() : error)))
     })
   }
 }
@@ -105,7 +136,7 @@ const track = (pool: Pg.Pool) => {
   pool.on("connect", (client) => {
     const query = client.query.bind(client) as (...args: Array<unknown>) => unknown
     client.query = ((...args: Array<unknown>) => {
-      const sender = lendingTo ?? Option.getOrUndefined(Fiber.getCurrentFiber())
+      const sender = lendingTo ?? currentSender()
       if (sender === undefined) senders.delete(client)
       else senders.set(client, sender)
       return query(...args)
@@ -119,7 +150,7 @@ const track = (pool: Pg.Pool) => {
         return client
       })
     }
-    const fiber = Option.getOrUndefined(Fiber.getCurrentFiber())
+    const fiber = currentSender()
     return connect((error: Error | undefined, client?: Pg.PoolClient, release?: Release) => {
       if (client === undefined || release === undefined) return callback(error, client, release)
       const held = afterCancel(client, release)
@@ -141,7 +172,8 @@ const onlyOthers = (backend: Backend & Statements) => {
   if (!Array.isArray(queue) || backend._activeQuery === undefined) return false
   if (backend._activeQuery === null) return queue.length === 0
   const sender = queue.length === 0 ? senders.get(backend) : undefined
-  return sender !== undefined && Cause.isEmpty(sender.getFiberRef(FiberRef.interruptedCause))
+  return sender !== undefined &&
+    (!sender.interruptible || Cause.isEmpty(sender.fiber.getFiberRef(FiberRef.interruptedCause)))
 }
 
 /** @internal */
@@ -168,6 +200,7 @@ export const routeCancels = (pool: Pg.Pool) => {
     cancels.count++
     cancelling.set(backend, cancels)
     sendCancelRequest({ host, port, processID, secretKey, ssl, sslNegotiation }, (error, result) => {
+      if (error !== null) unsure.add(backend)
       if (--cancels.count === 0) {
         cancelling.delete(backend)
         for (const release of cancels.waiting.splice(0)) release()
