@@ -24,13 +24,16 @@
  *
  * @since 0.1.0
  */
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
 import type * as Types from "effect/Types"
 import { createHash } from "node:crypto"
 import * as Command from "./Command.js"
@@ -40,6 +43,7 @@ import * as CommandScheduler from "./CommandScheduler.js"
 import type * as DomainEvent from "./DomainEvent.js"
 import { followUpSender } from "./internal/dispatching.js"
 import * as JsonValue from "./internal/json.js"
+import { positiveCounts, storedDuration } from "./internal/limit.js"
 import { isRefusal } from "./internal/refusal.js"
 import * as Reaction from "./Reaction.js"
 
@@ -186,6 +190,27 @@ export interface Process<S> {
 }
 
 /**
+ * How `prune` picks the processes it deletes.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PruneOptions {
+  /**
+   * How long a finished process is kept after its last event: one done
+   * longer ago is deleted. Counted back from the `Clock`; past 100 years
+   * counts as 100 years.
+   */
+  readonly olderThan: Duration.DurationInput
+  /**
+   * How many processes one statement deletes: `prune` goes on in batches of
+   * this many until a batch comes back short, so that a large backlog holds
+   * no locks for long. Default 500.
+   */
+  readonly batchSize?: number | undefined
+}
+
+/**
  * @since 0.1.0
  * @category type ids
  */
@@ -216,6 +241,14 @@ export interface ProcessManager<S, Cmd extends Command.Any, out E = never, out R
   ) => Effect.Effect<Option.Option<Process<S>>, StoreUnavailable | StateUndecodable, Processes>
   /** The scheduling key of the deadline `name` of the process `key`. */
   readonly deadlineKey: (key: string, name: string) => string
+  /**
+   * Deletes the processes that are done and whose last event was applied
+   * more than `olderThan` ago, with the ids of the events applied to them,
+   * in batches; returns how many. A process not done, or held by a run, is
+   * kept. An event of a pruned process that comes later finds no process:
+   * see `PruneOptions` and the README.
+   */
+  readonly prune: (options: PruneOptions) => Effect.Effect<number, StoreUnavailable | PruneUnsupported, Processes>
 }
 
 /**
@@ -266,6 +299,17 @@ export class ProcessConflict extends Schema.TaggedError<ProcessConflict>()("Proc
 export class InvalidProcess extends Schema.TaggedError<InvalidProcess>()("InvalidProcess", {
   manager: Schema.String,
   reason: Schema.String
+}) {}
+
+/**
+ * The process store has no `prune` (a store written before it came): its
+ * processes are kept, as they were.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class PruneUnsupported extends Schema.TaggedError<PruneUnsupported>()("PruneUnsupported", {
+  manager: Schema.String
 }) {}
 
 const isKey = Schema.is(CommandScheduler.Key)
@@ -518,9 +562,66 @@ const declared = <
     name,
     reactions,
     process,
-    deadlineKey
+    deadlineKey,
+    prune: (options) => pruneManager(name, options)
   }
 }
+
+const defaultPruneBatch = 500
+
+// Batches until one comes back short, all before one time, read once: a
+// process done while this runs is not before it, so the loop ends.
+const pruneManager = (manager: string, options: PruneOptions) =>
+  positiveCounts("ProcessManager.prune", { batchSize: options.batchSize }, () =>
+    Effect.gen(function*() {
+      const store = yield* Processes
+      if (store.prune === undefined) return yield* new PruneUnsupported({ manager })
+      const prune = store.prune
+      const limit = options.batchSize ?? defaultPruneBatch
+      const before = DateTime.subtractDuration(yield* DateTime.now, storedDuration(options.olderThan))
+      let pruned = 0
+      for (;;) {
+        const batch = yield* prune(manager, before, limit)
+        pruned += batch
+        if (batch < limit) return pruned
+      }
+    }).pipe(Effect.withSpan("ProcessManager.prune", { attributes: { manager } })))
+
+/**
+ * Prunes `manager`'s finished processes (`prune`) now and then every
+ * `interval`, in a fiber that lives as long as the surrounding scope; a
+ * failing prune is logged and tried again at the next tick. Fails at once,
+ * starting nothing, on a store without `prune`.
+ *
+ * ```ts
+ * yield* ProcessManager.pruneEvery(checkout, { olderThan: "30 days", interval: "1 hour" })
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const pruneEvery = (
+  manager: Any,
+  options: PruneOptions & { readonly interval: Duration.DurationInput }
+): Effect.Effect<void, PruneUnsupported, Processes | Scope.Scope> =>
+  positiveCounts(
+    "ProcessManager.pruneEvery",
+    { batchSize: options.batchSize },
+    () =>
+      Effect.flatMap(Processes, (store) =>
+        store.prune === undefined
+          ? Effect.fail(new PruneUnsupported({ manager: manager.name }))
+          : pruneManager(manager.name, options).pipe(
+            Effect.tap((pruned) =>
+              pruned > 0 ? Effect.logDebug("process-manager.pruned").pipe(Effect.annotateLogs({ pruned })) : Effect.void
+            ),
+            Effect.catchAll((error) => Effect.logWarning("process-manager.prune-failed", error)),
+            Effect.repeat(Schedule.spaced(options.interval)),
+            Effect.annotateLogs({ processManager: manager.name }),
+            Effect.forkScoped,
+            Effect.asVoid
+          ))
+  )
 
 const dispatchingVariance = { _Cmd: (_: never) => _ }
 const stateVariance = { _S: (_: any) => _ }
@@ -599,6 +700,16 @@ export interface ProcessStore {
     claimed?: string | undefined,
     applied?: string | undefined
   ) => Effect.Effect<boolean, StoreUnavailable>
+  /**
+   * Deletes up to `limit` of `manager`'s processes that are done, held by
+   * no run (no `applying`) and last written before `before`, each with the
+   * events applied to it, in one step; returns how many. Optional, as it
+   * came after the others: `prune` fails with `PruneUnsupported` on a store
+   * without it.
+   */
+  readonly prune?:
+    | ((manager: string, before: DateTime.Utc, limit: number) => Effect.Effect<number, StoreUnavailable>)
+    | undefined
 }
 
 /**
@@ -612,13 +723,22 @@ export class Processes extends Context.Tag("effect-command-bus/ProcessManager/Pr
 
 /**
  * Processes in memory, for tests (`effect-command-bus/sql` keeps them in
- * PostgreSQL). Each build is empty.
+ * PostgreSQL). Each build is empty. A write's time is the `Clock`'s, so
+ * `TestClock` drives `prune`.
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerMemory: Layer.Layer<Processes> = Layer.sync(Processes, () => {
-  const processes = new Map<string, { readonly process: Stored; readonly applied: Set<string> }>()
+  const processes = new Map<
+    string,
+    {
+      readonly manager: string
+      readonly process: Stored
+      readonly applied: Set<string>
+      readonly writtenAt: number
+    }
+  >()
   const keyOf = (manager: string, key: string) => JSON.stringify([manager, key])
   return {
     load: (manager, key, eventId) =>
@@ -629,14 +749,24 @@ export const layerMemory: Layer.Layer<Processes> = Layer.sync(Processes, () => {
           : Option.some({ ...kept.process, applied: eventId !== undefined && kept.applied.has(eventId) })
       }),
     save: (manager, key, process, expected, claimed, applied) =>
-      Effect.sync(() => {
+      Effect.map(Clock.currentTimeMillis, (now) => {
         const id = keyOf(manager, key)
         const current = processes.get(id)
         if ((current?.process.version ?? 0) !== expected || current?.process.applying !== claimed) return false
         const ids = current?.applied ?? new Set<string>()
         if (applied !== undefined) ids.add(applied)
-        processes.set(id, { process, applied: ids })
+        processes.set(id, { manager, process, applied: ids, writtenAt: now })
         return true
+      }),
+    prune: (manager, before, limit) =>
+      Effect.sync(() => {
+        const cutoff = DateTime.toEpochMillis(before)
+        const prunable = [...processes].filter(([, kept]) =>
+          kept.manager === manager && kept.process.done && kept.process.applying === undefined &&
+          kept.writtenAt < cutoff
+        ).sort(([, a], [, b]) => a.writtenAt - b.writtenAt).slice(0, limit)
+        for (const [id] of prunable) processes.delete(id)
+        return prunable.length
       })
   }
 })

@@ -299,6 +299,11 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
       SELECT manager, key, jsonb_array_elements_text(applied) FROM processes
       ON CONFLICT DO NOTHING`,
     `ALTER TABLE processes DROP COLUMN applied`
+  ],
+  // Finished processes by age, for `prune`: only done ones, which are the
+  // ones it deletes, so a process under way costs the index nothing.
+  "18_processes_done_index": [
+    `CREATE INDEX processes_done_updated_at ON processes (manager, updated_at) WHERE done`
   ]
 }
 

@@ -3,12 +3,14 @@
  * row per manager and key in `processes`, and one per event applied in
  * `process_applied`. A save is one statement on the version read, so the
  * state and the events applied to it never diverge, and of two runs that
- * read one version, one writes.
+ * read one version, one writes. `prune` deletes finished processes with
+ * their events applied, a batch per statement.
  *
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
+import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -100,6 +102,41 @@ export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.S
             AND applying IS NOT DISTINCT FROM ${held}::text
           RETURNING version`)
       return written.withoutTransform.pipe(Effect.map((rows) => rows.length === 1), SqlFailure.classify)
+    },
+    // One statement per batch, the oldest first, on the partial index of
+    // done processes: the rows it picks are locked, and one a run has
+    // locked (a claim or a save under way) is skipped, not waited for. A
+    // save that comes after finds no row, and writes nothing; the ids of
+    // the events applied go with their process.
+    prune: (manager, before, limit) => {
+      // As whole seconds and milliseconds since the epoch, as
+      // `SqlScheduledCommands` sends a time: exact, and any year.
+      const millis = DateTime.toEpochMillis(before)
+      const seconds = Math.floor(millis / 1000)
+      const cutoff = sql`(to_timestamp(${seconds}::bigint) + ${
+        millis - seconds * 1000
+      }::integer * interval '1 millisecond')`
+      return sql<{ readonly pruned: string | number }>`
+        WITH picked AS (
+          SELECT manager, key FROM processes
+          WHERE manager = ${manager} AND done AND applying IS NULL AND updated_at < ${cutoff}
+          ORDER BY updated_at
+          LIMIT ${limit}
+          FOR UPDATE SKIP LOCKED
+        ),
+          pruned AS (
+            DELETE FROM processes USING picked
+            WHERE processes.manager = picked.manager AND processes.key = picked.key
+            RETURNING processes.manager, processes.key
+          ),
+          applied AS (
+            DELETE FROM process_applied USING pruned
+            WHERE process_applied.manager = pruned.manager AND process_applied.key = pruned.key
+          )
+        SELECT count(*) AS pruned FROM pruned`.withoutTransform.pipe(
+        Effect.map((rows) => Number(rows[0]?.pruned ?? 0)),
+        SqlFailure.classify
+      )
     }
   })
 )
