@@ -9,76 +9,14 @@
  * tables after a scope closed on a follower fail at random on a loaded
  * machine.
  */
-import * as Reactivity from "@effect/experimental/Reactivity"
-import * as PgClient from "@effect/sql-pg/PgClient"
-import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Net from "node:net"
-import Pg from "pg"
-import { routeCancels } from "../../src/internal/pgCancel.js"
-import * as PgPreparedClient from "../../src/sql/PgPreparedClient.js"
+import type Pg from "pg"
+import { onePool, slowCancels, withClient } from "../support/CancelPool.js"
 import * as TestDatabase from "../support/Database.js"
-
-/** A pool of one connection as `PgPool` makes it, to `url`. */
-const onePoolTo = (url: string | undefined) =>
-  Effect.acquireRelease(
-    Effect.sync(() => {
-      const pool = new Pg.Pool({ Client: PgPreparedClient.make(), connectionString: url, max: 1 })
-      pool.on("error", () => {})
-      routeCancels(pool)
-      return pool
-    }),
-    (pool) => Effect.promise(() => pool.end())
-  )
-
-const onePool = onePoolTo(TestDatabase.serverUrl)
-
-const cancelRequestCode = 80877102
-
-/**
- * A TCP relay on 127.0.0.1 to the server that holds each cancel request for
- * `delay` ms before passing it on, as a slow network or a loaded server's
- * fork of the process that takes it does; the server's URL through it.
- */
-const slowCancels = (delay: number) =>
-  Effect.map(
-    Effect.acquireRelease(
-      Effect.async<Net.Server>((resume) => {
-        const target = new URL(TestDatabase.serverUrl!)
-        const server = Net.createServer({ allowHalfOpen: true }, (inbound) => {
-          const outbound = Net.connect(Number(target.port || 5432), target.hostname)
-          inbound.on("error", () => outbound.destroy())
-          outbound.on("error", () => inbound.destroy())
-          inbound.once("data", (head: Buffer) => {
-            const pass = () => {
-              outbound.write(head)
-              inbound.pipe(outbound).pipe(inbound)
-            }
-            if (head.length >= 8 && head.readInt32BE(4) === cancelRequestCode) setTimeout(pass, delay)
-            else pass()
-          })
-        })
-        server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
-      }),
-      (server) => Effect.sync(() => server.close())
-    ),
-    (server) => {
-      const url = new URL(TestDatabase.serverUrl!)
-      url.hostname = "127.0.0.1"
-      url.port = String((server.address() as Net.AddressInfo).port)
-      return url.toString()
-    }
-  )
-
-const withClient = <A, E, R>(pool: Pg.Pool, f: (sql: SqlClient.SqlClient) => Effect.Effect<A, E, R>) =>
-  Effect.flatMap(
-    PgClient.fromPool({ acquire: Effect.succeed(pool) }).pipe(Effect.provide(Reactivity.layer)),
-    (sql) => Effect.provideService(f(sql), SqlClient.SqlClient, sql)
-  )
 
 /** `effect`, or a failure after 10 seconds: a statement cancelled ends long before. */
 const soon = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
@@ -109,7 +47,7 @@ const interruptedAtRelease = <A, E>(pool: Pg.Pool, first: Effect.Effect<A, E>) =
 describe.skipIf(TestDatabase.serverUrl === undefined)("a cancel after the statement ended (postgres)", () => {
   it.scopedLive("does not end the statement that took the connection next", () =>
     Effect.gen(function*() {
-      const pool = yield* onePool
+      const pool = yield* onePool()
       yield* withClient(pool, (sql) =>
         Effect.gen(function*() {
           const first = yield* interruptedAtRelease(pool, sql`SELECT pg_sleep(0.2)`)
@@ -123,7 +61,7 @@ describe.skipIf(TestDatabase.serverUrl === undefined)("a cancel after the statem
 
   it.scopedLive("does not end a statement sent on the connection while the cancel is on its way", () =>
     Effect.gen(function*() {
-      const pool = yield* onePool
+      const pool = yield* onePool()
       yield* withClient(pool, (sql) =>
         Effect.gen(function*() {
           const first = yield* interruptedAtRelease(pool, sql`SELECT pg_sleep(0.2)`)
@@ -137,7 +75,7 @@ describe.skipIf(TestDatabase.serverUrl === undefined)("a cancel after the statem
 
   it.scopedLive("does not end the next statement when the first one's answer comes while its cancel is on its way", () =>
     Effect.gen(function*() {
-      const pool = yield* onePoolTo(yield* slowCancels(400))
+      const pool = yield* onePool(yield* slowCancels(400))
       yield* withClient(pool, (sql) =>
         Effect.gen(function*() {
           const first = yield* Effect.fork(sql`SELECT pg_sleep(0.3)`)
@@ -153,7 +91,7 @@ describe.skipIf(TestDatabase.serverUrl === undefined)("a cancel after the statem
 
   it.scopedLive("drops a connection that fails while it waits for its cancel to arrive, and goes on", () =>
     Effect.gen(function*() {
-      const pool = yield* onePoolTo(yield* slowCancels(800))
+      const pool = yield* onePool(yield* slowCancels(800))
       yield* withClient(pool, (sql) =>
         Effect.gen(function*() {
           const [{ pid }] = yield* sql<{ readonly pid: number }>`SELECT pg_backend_pid() AS pid`
@@ -173,7 +111,7 @@ describe.skipIf(TestDatabase.serverUrl === undefined)("a cancel after the statem
 
   it.scopedLive("still cancels an interrupted statement that runs", () =>
     Effect.gen(function*() {
-      const pool = yield* onePool
+      const pool = yield* onePool()
       yield* withClient(pool, (sql) =>
         Effect.gen(function*() {
           const slow = yield* Effect.fork(sql`SELECT pg_sleep(30)`)
@@ -186,7 +124,7 @@ describe.skipIf(TestDatabase.serverUrl === undefined)("a cancel after the statem
 
   it.scopedLive("still cancels a statement of a transaction whose own fiber is interrupted, not the transaction's", () =>
     Effect.gen(function*() {
-      const pool = yield* onePool
+      const pool = yield* onePool()
       yield* withClient(pool, (sql) =>
         Effect.gen(function*() {
           // The transaction's fiber holds the connection; the statement runs

@@ -5,34 +5,13 @@
  * but runs its statement uninterruptibly: a finalizer after a timeout, as the
  * idempotency middleware releases its claim.
  */
-import * as Reactivity from "@effect/experimental/Reactivity"
-import * as PgClient from "@effect/sql-pg/PgClient"
-import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import Pg from "pg"
-import { routeCancels } from "../../src/internal/pgCancel.js"
-import * as PgPreparedClient from "../../src/sql/PgPreparedClient.js"
+import { onePool, withClient } from "../support/CancelPool.js"
 import * as TestDatabase from "../support/Database.js"
-
-const onePool = Effect.acquireRelease(
-  Effect.sync(() => {
-    const pool = new Pg.Pool({ Client: PgPreparedClient.make(), connectionString: TestDatabase.serverUrl, max: 1 })
-    pool.on("error", () => {})
-    routeCancels(pool)
-    return pool
-  }),
-  (pool) => Effect.promise(() => pool.end())
-)
-
-const withClient = <A, E, R>(pool: Pg.Pool, f: (sql: SqlClient.SqlClient) => Effect.Effect<A, E, R>) =>
-  Effect.flatMap(
-    PgClient.fromPool({ acquire: Effect.succeed(pool) }).pipe(Effect.provide(Reactivity.layer)),
-    (sql) => Effect.provideService(f(sql), SqlClient.SqlClient, sql)
-  )
 
 /** Polls `check` every 20 ms, at most 10 s. */
 const until = (check: () => boolean) =>
@@ -46,7 +25,7 @@ describe.skipIf(TestDatabase.serverUrl === undefined)(
   () => {
     it.scopedLive("does not end the uninterruptible statement of an interrupted fiber that took the connection next", () =>
       Effect.gen(function*() {
-        const pool = yield* onePool
+        const pool = yield* onePool()
         yield* withClient(pool, (sql) =>
           Effect.gen(function*() {
             const acquired = yield* Deferred.make<void>()
