@@ -15,7 +15,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import type Pg from "pg"
-import { onePool, slowCancels, withClient } from "../support/CancelPool.js"
+import { nextAfterSlowCancel, onePool, slowCancels, withClient } from "../support/CancelPool.js"
 import * as TestDatabase from "../support/Database.js"
 
 /** `effect`, or a failure after 10 seconds: a statement cancelled ends long before. */
@@ -74,20 +74,8 @@ describe.skipIf(TestDatabase.serverUrl === undefined)("a cancel after the statem
     }))
 
   it.scopedLive("does not end the next statement when the first one's answer comes while its cancel is on its way", () =>
-    Effect.gen(function*() {
-      const pool = yield* onePool(yield* slowCancels(400))
-      yield* withClient(pool, (sql) =>
-        Effect.gen(function*() {
-          const first = yield* Effect.fork(sql`SELECT pg_sleep(0.3)`)
-          yield* Effect.sleep("100 millis")
-          // Sent now, it arrives 400 ms later, after the first statement's answer.
-          const interrupted = yield* Effect.fork(Fiber.interrupt(first))
-          yield* Effect.sleep("50 millis")
-          // Waits for the pool's one connection, which the first statement's answer frees.
-          expect(yield* sql`SELECT 'next' AS who FROM pg_sleep(0.5)`).toEqual([{ who: "next" }])
-          yield* Fiber.join(interrupted)
-        }))
-    }))
+    // The cancel arrives 400 ms after it went out, after the first statement's answer.
+    Effect.map(nextAfterSlowCancel(400, 0.5), (next) => expect(next).toEqual([{ who: "next" }])))
 
   it.scopedLive("drops a connection that fails while it waits for its cancel to arrive, and goes on", () =>
     Effect.gen(function*() {

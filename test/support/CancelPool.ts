@@ -7,6 +7,7 @@ import * as Reactivity from "@effect/experimental/Reactivity"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Net from "node:net"
 import Pg from "pg"
 import { routeCancels } from "../../src/internal/pgCancel.js"
@@ -70,3 +71,25 @@ export const slowCancels = (delay: number) =>
       return url.toString()
     }
   )
+
+/**
+ * On a pool of one connection whose cancels reach the server `cancelDelay`
+ * ms late: a `pg_sleep(0.3)` interrupted at 100 ms (its answer comes before
+ * its cancel arrives), then, waiting for the connection, a statement that
+ * sleeps `nextSeconds`; what that statement returned (`[{ who: "next" }]`),
+ * or how it failed.
+ */
+export const nextAfterSlowCancel = (cancelDelay: number, nextSeconds: number) =>
+  Effect.gen(function*() {
+    const pool = yield* onePool(yield* slowCancels(cancelDelay))
+    return yield* withClient(pool, (sql) =>
+      Effect.gen(function*() {
+        const first = yield* Effect.fork(sql`SELECT pg_sleep(0.3)`)
+        yield* Effect.sleep("100 millis")
+        const interrupted = yield* Effect.fork(Fiber.interrupt(first))
+        yield* Effect.sleep("50 millis")
+        const next = yield* sql`SELECT 'next' AS who FROM pg_sleep(${nextSeconds})`
+        yield* Fiber.join(interrupted)
+        return next
+      }))
+  })
