@@ -23,6 +23,7 @@ import {
   OrderPlaced,
   PaymentReceived,
   PaymentTimedOut,
+  pruningOnClaim,
   reactionOf
 } from "./support/Checkout.js"
 
@@ -116,27 +117,8 @@ describe("ProcessManager.prune", () => {
       yield* finished(checkout, "a")
       yield* started(checkout, "b")
       yield* TestClock.adjust("2 hours")
-      const inner = yield* ProcessManager.Processes
-      let prunedMeanwhile: number | undefined
       // Pruned once "b"'s payment has claimed its process, before its commands go.
-      yield* Effect.provideService(paid(checkout, "b"), ProcessManager.Processes, {
-        ...inner,
-        save: (manager, key, process, expected, claimed, applied) =>
-          Effect.tap(
-            inner.save(manager, key, process, expected, claimed, applied),
-            () =>
-              process.applying === undefined || prunedMeanwhile !== undefined
-                ? Effect.void
-                : Effect.map(
-                  Effect.provideService(
-                    Effect.orDie(checkout.prune({ olderThan: "1 hour" })),
-                    ProcessManager.Processes,
-                    inner
-                  ),
-                  (pruned) => void (prunedMeanwhile = pruned)
-                )
-          )
-      })
+      const prunedMeanwhile = yield* pruningOnClaim(paid(checkout, "b"), checkout, { olderThan: "1 hour" })
       assert.strictEqual(prunedMeanwhile, 1)
       assert.isFalse(yield* exists(checkout, "a"))
       const b = Option.getOrThrow(yield* checkout.process("b"))

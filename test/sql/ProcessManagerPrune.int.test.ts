@@ -18,7 +18,14 @@ import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import { ProcessManager } from "../../src/index.js"
 import { SqlProcesses, SqlScheduledCommands, SqlStores } from "../../src/sql/index.js"
-import { envelopeOf, makeCheckoutOnBus, OrderPlaced, PaymentReceived, reactionOf } from "../support/Checkout.js"
+import {
+  envelopeOf,
+  makeCheckoutOnBus,
+  OrderPlaced,
+  PaymentReceived,
+  pruningOnClaim,
+  reactionOf
+} from "../support/Checkout.js"
 import * as TestDatabase from "../support/Database.js"
 
 const Shared = Layer.mergeAll(
@@ -153,25 +160,9 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
         // Ended two hours ago, all but "c"; "b" is under way.
         yield* sql`UPDATE processes SET updated_at = updated_at - interval '2 hours' WHERE key <> 'c'`
 
-        const inner = yield* ProcessManager.Processes
-        let prunedMeanwhile: number | undefined
-        yield* Effect.provideService(paid(checkout, "b"), ProcessManager.Processes, {
-          ...inner,
-          save: (manager, key, process, expected, claimed, applied) =>
-            Effect.tap(
-              inner.save(manager, key, process, expected, claimed, applied),
-              () =>
-                process.applying === undefined || prunedMeanwhile !== undefined
-                  ? Effect.void
-                  : Effect.map(
-                    Effect.provideService(
-                      Effect.orDie(checkout.prune({ olderThan: "1 hour", batchSize: 2 })),
-                      ProcessManager.Processes,
-                      inner
-                    ),
-                    (pruned) => void (prunedMeanwhile = pruned)
-                  )
-            )
+        const prunedMeanwhile = yield* pruningOnClaim(paid(checkout, "b"), checkout, {
+          olderThan: "1 hour",
+          batchSize: 2
         })
         expect(prunedMeanwhile).toBe(3)
         expect(yield* keys).toEqual(["checkout/b", "checkout/c"])

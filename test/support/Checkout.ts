@@ -246,3 +246,35 @@ export const failedWith = (exit: Exit.Exit<unknown, unknown>, error: abstract ne
   Exit.isFailure(exit) && Exit.causeOption(exit).pipe(
     Option.exists((cause) => cause._tag === "Fail" && cause.error instanceof error)
   )
+
+/**
+ * Runs `event` (the run of one process's event) on a store that prunes
+ * once, by `options`, right after that run claims its process, before its
+ * commands go; what that prune returned.
+ */
+export const pruningOnClaim = <E, R>(
+  event: Effect.Effect<unknown, E, R>,
+  checkout: {
+    readonly prune: (options: ProcessManager.PruneOptions) => Effect.Effect<number, unknown, ProcessManager.Processes>
+  },
+  options: ProcessManager.PruneOptions
+) =>
+  Effect.gen(function*() {
+    const inner = yield* ProcessManager.Processes
+    let pruned: number | undefined
+    yield* Effect.provideService(event, ProcessManager.Processes, {
+      ...inner,
+      save: (manager, key, process, expected, claimed, applied) =>
+        Effect.tap(
+          inner.save(manager, key, process, expected, claimed, applied),
+          () =>
+            process.applying === undefined || pruned !== undefined
+              ? Effect.void
+              : Effect.map(
+                Effect.provideService(Effect.orDie(checkout.prune(options)), ProcessManager.Processes, inner),
+                (count) => void (pruned = count)
+              )
+        )
+    })
+    return pruned
+  })
