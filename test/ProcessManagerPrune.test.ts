@@ -21,23 +21,13 @@ import {
   makeCheckoutOnBus,
   memoryStores as stores,
   OrderPlaced,
+  paid,
   PaymentReceived,
   PaymentTimedOut,
   pruningOnClaim,
-  reactionOf
+  reactionOf,
+  started
 } from "./support/Checkout.js"
-
-const started = (manager: ProcessManager.Any, orderId: string) =>
-  Effect.flatMap(
-    envelopeOf(new OrderPlaced({ orderId, amount: 5 })),
-    (envelope) => reactionOf(manager, "OrderPlaced").handle(envelope)
-  )
-
-const paid = (manager: ProcessManager.Any, orderId: string) =>
-  Effect.flatMap(
-    envelopeOf(new PaymentReceived({ orderId })),
-    (envelope) => reactionOf(manager, "PaymentReceived").handle(envelope)
-  )
 
 const finished = (manager: ProcessManager.Any, orderId: string) =>
   Effect.zipRight(started(manager, orderId), paid(manager, orderId))

@@ -18,14 +18,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import { ProcessManager } from "../../src/index.js"
 import { SqlProcesses, SqlScheduledCommands, SqlStores } from "../../src/sql/index.js"
-import {
-  envelopeOf,
-  makeCheckoutOnBus,
-  OrderPlaced,
-  PaymentReceived,
-  pruningOnClaim,
-  reactionOf
-} from "../support/Checkout.js"
+import { makeCheckoutOnBus, paid, pruningOnClaim, started } from "../support/Checkout.js"
 import * as TestDatabase from "../support/Database.js"
 
 const Shared = Layer.mergeAll(
@@ -64,18 +57,6 @@ const appliedKeys = Effect.flatMap(SqlClient.SqlClient, (sql) =>
       SELECT manager, key FROM process_applied ORDER BY manager, key`.withoutTransform,
     (rows) => rows.map((row) => `${row.manager}/${row.key}`)
   ))
-
-const started = (manager: ProcessManager.Any, orderId: string) =>
-  Effect.flatMap(
-    envelopeOf(new OrderPlaced({ orderId, amount: 5 })),
-    (envelope) => reactionOf(manager, "OrderPlaced").handle(envelope)
-  )
-
-const paid = (manager: ProcessManager.Any, orderId: string) =>
-  Effect.flatMap(
-    envelopeOf(new PaymentReceived({ orderId })),
-    (envelope) => reactionOf(manager, "PaymentReceived").handle(envelope)
-  )
 
 layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
   `ProcessManager.prune (${TestDatabase.kind})`,

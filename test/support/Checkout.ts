@@ -278,3 +278,17 @@ export const pruningOnClaim = <E, R>(
     })
     return pruned
   })
+
+/** `manager` handles an `OrderPlaced` of `orderId`, as its follower would. */
+export const started = (manager: ProcessManager.Any, orderId: string) =>
+  Effect.flatMap(
+    envelopeOf(new OrderPlaced({ orderId, amount: 5 })),
+    (envelope) => reactionOf(manager, "OrderPlaced").handle(envelope)
+  )
+
+/** `manager` handles a `PaymentReceived` of `orderId`, as its follower would. */
+export const paid = (manager: ProcessManager.Any, orderId: string) =>
+  Effect.flatMap(
+    envelopeOf(new PaymentReceived({ orderId })),
+    (envelope) => reactionOf(manager, "PaymentReceived").handle(envelope)
+  )
