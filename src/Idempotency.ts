@@ -41,7 +41,7 @@ import * as CurrentUser from "./CurrentUser.js"
 import * as JsonValue from "./internal/json.js"
 import { storedMillis } from "./internal/limit.js"
 import * as Middleware from "./Middleware.js"
-import { UnitOfWork } from "./UnitOfWork.js"
+import * as UnitOfWork from "./UnitOfWork.js"
 
 // -----------------------------------------------------------------------------
 // errors
@@ -477,14 +477,10 @@ export const middleware = (
         // savepoint: a store outside the database records its outcome when
         // that transaction commits, and releases the claim if it rolls back,
         // so a retry of the outer command runs this one again.
-        const outer = store.joinsTransaction
-          ? undefined
-          : Option.getOrUndefined(yield* Effect.serviceOption(UnitOfWork))
         const whenCommitted = (record: Effect.Effect<void>): Effect.Effect<void> =>
-          outer?.afterEnd === undefined ? record : Effect.flatMap(
-            outer.afterEnd((committed) => committed ? record : Effect.ignore(store.release({ scope, key, token }))),
-            (registered) => registered ? Effect.void : record
-          )
+          store.joinsTransaction
+            ? record
+            : UnitOfWork.onCommit(record, Effect.ignore(store.release({ scope, key, token })))
         const recorded = store.joinsTransaction
           ? restore(self)
           : Effect.tap(restore(self), () => whenCommitted(recordCommitted))

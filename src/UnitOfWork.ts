@@ -134,16 +134,19 @@ export const afterEnd = (end: (committed: boolean) => Effect.Effect<void>): Effe
   })
 
 /**
- * Runs `effect` when the caller's transaction commits, never when it rolls
- * back, and at once where `afterEnd` registers nothing (no transaction, or
- * a unit of work that cannot tell).
+ * Runs `effect` when the caller's transaction commits, `onRollback` (by
+ * default nothing) when it rolls back, and `effect` at once where `afterEnd`
+ * registers nothing (no transaction, or a unit of work that cannot tell).
  *
  * @since 0.1.0
  * @category combinators
  */
-export const onCommit = (effect: Effect.Effect<void>): Effect.Effect<void> =>
+export const onCommit = (
+  effect: Effect.Effect<void>,
+  onRollback: Effect.Effect<void> = Effect.void
+): Effect.Effect<void> =>
   Effect.flatMap(
-    afterEnd((committed) => committed ? effect : Effect.void),
+    afterEnd((committed) => committed ? effect : onRollback),
     (registered) => registered ? Effect.void : effect
   )
 

@@ -24,7 +24,7 @@ import * as Command from "../Command.js"
 import type * as CommandBus from "../CommandBus.js"
 import * as DomainEvent from "../DomainEvent.js"
 import { Outbox } from "../Outbox.js"
-import { UnitOfWork } from "../UnitOfWork.js"
+import * as UnitOfWork from "../UnitOfWork.js"
 import { describe, shown } from "./internal/shown.js"
 
 /**
@@ -254,18 +254,12 @@ const recording = (committed: Array<DomainEvent.Envelope>) =>
     Outbox,
     Effect.gen(function*() {
       const outbox = yield* Outbox
-      const unitOfWork = yield* Effect.serviceOption(UnitOfWork)
-      const afterEnd = Option.getOrUndefined(unitOfWork)?.afterEnd
-      const note = (events: ReadonlyArray<DomainEvent.Envelope>) => Effect.sync(() => void committed.push(...events))
       return {
         read: outbox.read,
         append: (events) =>
           Effect.zipRight(
             outbox.append(events),
-            afterEnd === undefined ? note(events) : Effect.flatMap(
-              afterEnd((wasCommitted) => wasCommitted ? note(events) : Effect.void),
-              (registered) => registered ? Effect.void : note(events)
-            )
+            UnitOfWork.onCommit(Effect.sync(() => void committed.push(...events)))
           )
       }
     })
