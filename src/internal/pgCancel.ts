@@ -111,11 +111,13 @@ type Release = (error?: Error | boolean) => void
 
 const afterCancel = (client: Pg.PoolClient, release: Release): Release => {
   let called = false
+  // One whose cancel may still arrive goes back with an error, which drops it.
+  const released = (error?: Error | boolean) => release(error || (unsure.has(client) ? unsureCancel() : error))
   return (error) => {
-    const cancels = cancelling.get(client)
     // A second release is `pg-pool`'s to refuse, to its caller.
     if (called) return release(error)
-    if (cancels === undefined) return release(error || (unsure.has(client) ? unsureCancel() : error))
+    const cancels = cancelling.get(client)
+    if (cancels === undefined) return released(error)
     called = true
     // Neither lent nor idle meanwhile, the connection has no one listening
     // for its errors (one unheard crashes the process): its error is kept,
@@ -127,7 +129,7 @@ const afterCancel = (client: Pg.PoolClient, release: Release): Release => {
     client.on("error", onError)
     cancels.waiting.push(() => {
       client.off("error", onError)
-      release(failed ?? (error || (unsure.has(client) ? unsureCancel() : error)))
+      released(failed ?? error)
     })
   }
 }
