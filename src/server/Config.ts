@@ -14,6 +14,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Crypto from "node:crypto"
 import Pg from "pg"
+import { tlsParamsIn } from "../internal/pgUrl.js"
 import * as RedisIdempotencyStore from "../redis/RedisIdempotencyStore.js"
 
 /**
@@ -167,9 +168,6 @@ const setPositiveDuration = (name: string) =>
     })
   )
 
-// What `pg` reads of a URL's query as its TLS settings, in place of a CA given beside it.
-const urlTlsParams = ["ssl", "sslmode", "sslrootcert", "sslcert", "sslkey"]
-
 const caMessage = "must be the CA certificate(s) in PEM (-----BEGIN CERTIFICATE-----)"
 
 /**
@@ -262,7 +260,7 @@ export const database = Config.all({
   Config.mapOrFail((database) => {
     if (Option.isNone(database.ca) || Option.isNone(database.url)) return Either.right(database)
     const params = new URL(Redacted.value(database.url.value)).searchParams
-    const set = urlTlsParams.filter((name) => params.has(name))
+    const set = tlsParamsIn(params)
     return set.length === 0 ? Either.right(database) : Either.left(
       ConfigError.InvalidData(
         ["DATABASE_CA"],

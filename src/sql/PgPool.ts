@@ -48,6 +48,7 @@ import type * as Tls from "node:tls"
 import Pg from "pg"
 import { maxTimerMillis } from "../internal/limit.js"
 import { routeCancels } from "../internal/pgCancel.js"
+import { tlsParamsIn } from "../internal/pgUrl.js"
 import * as PgPreparedClient from "./PgPreparedClient.js"
 import * as SqlUnitOfWork from "./SqlUnitOfWork.js"
 
@@ -232,7 +233,7 @@ const urlSettings = (
   const query = url.indexOf("?")
   if (url.startsWith("/") || query === -1 || query > end) return Either.right({ url, urlOptions: undefined })
   const params = new URLSearchParams(url.slice(query + 1, end))
-  const tlsParams = urlTlsParams.filter((name) => params.has(name))
+  const tlsParams = tlsParamsIn(params)
   if (ssl !== undefined && tlsParams.length > 0) {
     return Either.left(
       `give TLS settings in the url or as ssl, not both: the url sets ${
@@ -256,10 +257,6 @@ const urlSettings = (
     urlOptions
   })
 }
-
-// What `pg` reads of a URL's query as its TLS settings, all of them at once
-// in place of the `ssl` option.
-const urlTlsParams = ["ssl", "sslmode", "sslrootcert", "sslcert", "sslkey"]
 
 const settingsOf = (options: Options): Either.Either<Settings, string> => {
   const given = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
