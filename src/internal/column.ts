@@ -1,5 +1,6 @@
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
+import * as DateTime from "effect/DateTime"
 import type * as Duration from "effect/Duration"
 import { storedMillis } from "./limit.js"
 
@@ -19,3 +20,15 @@ export const json = (value: unknown): unknown => typeof value === "string" ? JSO
  */
 export const fromNow = (sql: SqlClient.SqlClient, duration: Duration.Duration): Statement.Fragment =>
   sql`statement_timestamp() + make_interval(secs => ${storedMillis(duration) / 1000})`
+
+/**
+ * `time` as a `timestamptz` in a statement of `sql`, sent as whole seconds
+ * and milliseconds since the epoch, exact in integers: PostgreSQL does not
+ * read the ISO form of a year past 9999 (`+010000-…`), and a fraction of
+ * seconds that far out loses a digit.
+ */
+export const timestamp = (sql: SqlClient.SqlClient, time: DateTime.Utc): Statement.Fragment => {
+  const millis = DateTime.toEpochMillis(time)
+  const seconds = Math.floor(millis / 1000)
+  return sql`(to_timestamp(${seconds}::bigint) + ${millis - seconds * 1000}::integer * interval '1 millisecond')`
+}

@@ -10,7 +10,6 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
-import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -109,17 +108,10 @@ export const make: Effect.Effect<ProcessManager.ProcessStore, never, SqlClient.S
     // save that comes after finds no row, and writes nothing; the ids of
     // the events applied go with their process.
     prune: (manager, before, limit) => {
-      // As whole seconds and milliseconds since the epoch, as
-      // `SqlScheduledCommands` sends a time: exact, and any year.
-      const millis = DateTime.toEpochMillis(before)
-      const seconds = Math.floor(millis / 1000)
-      const cutoff = sql`(to_timestamp(${seconds}::bigint) + ${
-        millis - seconds * 1000
-      }::integer * interval '1 millisecond')`
       return sql<{ readonly pruned: string | number }>`
         WITH picked AS (
           SELECT manager, key FROM processes
-          WHERE manager = ${manager} AND done AND applying IS NULL AND updated_at < ${cutoff}
+          WHERE manager = ${manager} AND done AND applying IS NULL AND updated_at < ${Column.timestamp(sql, before)}
           ORDER BY updated_at
           LIMIT ${limit}
           FOR UPDATE SKIP LOCKED

@@ -74,17 +74,10 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
       due.lease === undefined
         ? sql`id = ${due.id} AND attempts = ${due.attempts}`
         : sql`id = ${due.id} AND attempts = ${due.attempts} AND lease_expires_at = ${due.lease}::timestamptz`
-    // A time goes as whole seconds and milliseconds since the epoch, exact
-    // in integers: PostgreSQL does not read the ISO form of a year past 9999
-    // (`+010000-…`), and a fraction of seconds that far out loses a digit.
-    const at = (time: DateTime.Utc) => {
-      const millis = DateTime.toEpochMillis(time)
-      const seconds = Math.floor(millis / 1000)
-      return sql`(to_timestamp(${seconds}::bigint) + ${millis - seconds * 1000}::integer * interval '1 millisecond')`
-    }
     // A delay is counted from the database's clock at the statement
     // (`statement_timestamp()`), the clock claims compare with.
-    const dueAt = (due: CommandScheduler.DueTime) => "at" in due ? at(due.at) : Column.fromNow(sql, due.after)
+    const dueAt = (due: CommandScheduler.DueTime) =>
+      "at" in due ? Column.timestamp(sql, due.at) : Column.fromNow(sql, due.after)
     const store: CommandScheduler.Store = {
       add: (entry) =>
         sql`
