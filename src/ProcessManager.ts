@@ -22,6 +22,11 @@
  * that an event already applied is skipped (nothing sent twice) and two
  * followers never both apply one.
  *
+ * A command sent that fails with a failure it declares fails its event (a
+ * dead letter), unless the process has a failure handler for it
+ * (`on(handlers, { onFailure })`): a compensation, carried out in place of
+ * the rest of the event's decision.
+ *
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"
@@ -101,6 +106,66 @@ export type Handler<S, A, Cmd extends Command.Any> = (
   event: A,
   envelope: DomainEvent.Envelope
 ) => Decision<S, Cmd>
+
+/**
+ * A command of a decision that failed with a failure it declares (not one
+ * it marks retryable), as a failure handler gets it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Failed<Sent extends Command.Any> {
+  readonly command: Sent
+  readonly failure: Command.Failure<Sent>
+  /** Its place in the decision's `send`: the commands before it were sent. */
+  readonly index: number
+}
+
+/**
+ * What a process does when a command its event's decision sent fails with
+ * a failure the command declares: pure, as a handler is. It gets the state
+ * the event's decision left, and its decision takes the place of the rest of
+ * that one: the commands after the failed one are not sent, its deadlines
+ * not set nor cancelled; this decision's are, and its state is saved.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type FailureHandler<S, Sent extends Command.Any, A, Cmd extends Command.Any> = (
+  state: S,
+  failed: Failed<Sent>,
+  event: A,
+  envelope: DomainEvent.Envelope
+) => Decision<S, Cmd>
+
+/**
+ * Failure handlers, by the tag of the command that failed: a command left
+ * out fails its event with its failure, as with no handlers.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type FailureHandlers<Events extends ReadonlyArray<EventClass>, S, Cmd extends Command.Any> = {
+  readonly [Tag in Cmd["_tag"]]?: FailureHandler<
+    S,
+    Extract<Cmd, { readonly _tag: Tag }>,
+    Schema.Schema.Type<Events[number]>,
+    Cmd
+  >
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface OnOptions<Events extends ReadonlyArray<EventClass>, S, Cmd extends Command.Any> {
+  /**
+   * What to do, per command, when a command sent fails with a failure it
+   * declares, in place of failing the event (a dead letter): a compensation.
+   * A command of the compensation that fails that way fails the event.
+   */
+  readonly onFailure?: FailureHandlers<Events, S, Cmd> | undefined
+}
 
 /**
  * An event class with its tag as a literal type, as `DomainEvent.Class`
@@ -332,8 +397,14 @@ const prefixOf = (name: string): string =>
  * @category models
  */
 export interface Declaration<Events extends ReadonlyArray<EventClass>, S, Cmd extends Command.Any, E, R> {
-  /** The handlers, one per event type of `events`, by tag. */
-  readonly on: (handlers: Handlers<Events, S, Cmd>) => ProcessManager<S, Cmd, E, R>
+  /**
+   * The handlers, one per event type of `events`, by tag; and, optionally,
+   * what to do when a command sent fails (`onFailure`).
+   */
+  readonly on: (
+    handlers: Handlers<Events, S, Cmd>,
+    options?: OnOptions<Events, S, Cmd> | undefined
+  ) => ProcessManager<S, Cmd, E, R>
 }
 
 /**
@@ -379,7 +450,7 @@ export const make = <
   C,
   Command.Failure<C> | BE | StoreUnavailable | StateUndecodable | ProcessConflict | InvalidProcess,
   Processes | CommandScheduler.ScheduledCommands | CommandBus.Requirements<H, C["_tag"], BR>
-> => ({ on: (on) => declared(options, on) })
+> => ({ on: (on, onOptions) => declared(options, on, onOptions?.onFailure) })
 
 const declared = <
   Events extends ReadonlyArray<EventClass>,
@@ -391,7 +462,8 @@ const declared = <
   BR
 >(
   options: Options<Events, S, SI, C, H, BE, BR>,
-  on: Handlers<Events, S, C>
+  on: Handlers<Events, S, C>,
+  onFailure: FailureHandlers<Events, S, C> | undefined
 ): ProcessManager<
   S,
   C,
@@ -408,6 +480,7 @@ const declared = <
   )
   const startedBy = options.startedBy === undefined ? undefined : new Set<string>(options.startedBy)
   const handlers = on as Record<string, Handler<S, unknown, C>>
+  const compensations = (onFailure ?? {}) as Record<string, FailureHandler<S, C, unknown, C> | undefined>
 
   const invalid = (reason: string) => Effect.fail(new InvalidProcess({ manager: name, reason }))
 
@@ -503,37 +576,77 @@ const declared = <
       )
 
       const pending = new Set(held.deadlines)
-      yield* Effect.gen(function*() {
-        const sends = decision.send ?? []
-        for (let i = 0; i < sends.length; i++) {
-          yield* send(reaction, envelope, sends[i]!, `${keyPrefix}:${envelope.eventId}:${i}`)
+      // Each command under a key of its own, `tag` telling a compensation's
+      // (`f<index>:`) from the event's decision's, so that a redelivery sends
+      // both again as no-ops. A command that fails with a failure it declares
+      // and has a failure handler ends the decision's sending there, with the
+      // handler's decision to carry out in place of its rest.
+      const sending = (current: Decision<S, C>, tag: string) =>
+        Effect.gen(function*() {
+          const sends = current.send ?? []
+          for (let i = 0; i < sends.length; i++) {
+            const command = sends[i]!
+            const sent = send(reaction, envelope, command, `${keyPrefix}:${envelope.eventId}:${tag}${i}`)
+            const compensate = tag === "" ? compensations[command._tag] : undefined
+            if (compensate === undefined) {
+              yield* sent
+              continue
+            }
+            const failed = yield* sent.pipe(
+              Effect.as(undefined),
+              Effect.catchIf(sender.isOutcome, (failure) => Effect.succeed(failure as Command.Failure<C>))
+            )
+            if (failed !== undefined) {
+              return {
+                index: i,
+                decision: compensate(current.state, { command, failure: failed, index: i }, event, envelope)
+              }
+            }
+          }
+          return undefined
+        })
+      const scheduling = (current: Decision<S, C>, tag: string) =>
+        Effect.gen(function*() {
+          const cancelled = current.done === true ? [...pending] : current.cancel ?? []
+          for (const deadline of cancelled) {
+            yield* CommandScheduler.cancelKey(deadlineKey(key, deadline))
+            pending.delete(deadline)
+          }
+          const scheduled = current.done === true ? [] : current.schedule ?? []
+          for (let i = 0; i < scheduled.length; i++) {
+            const deadline = scheduled[i]!
+            const at = "at" in deadline
+              ? deadline.at
+              : DateTime.addDuration(envelope.occurredAt, deadline.after)
+            const command = withFollowUp(deadline.command, {
+              ...Command.causedBy(envelope),
+              idempotencyKey: `${keyPrefix}:${envelope.eventId}:${tag}d${i}`
+            })
+            yield* CommandScheduler.schedule(command, { at }, { key: deadlineKey(key, deadline.name) })
+            pending.add(deadline.name)
+          }
+        })
+      const carried = yield* Effect.gen(function*() {
+        const compensation = yield* sending(decision, "")
+        if (compensation === undefined) {
+          yield* scheduling(decision, "")
+          return { decision, encoded }
         }
-        const cancelled = decision.done === true ? [...pending] : decision.cancel ?? []
-        for (const deadline of cancelled) {
-          yield* CommandScheduler.cancelKey(deadlineKey(key, deadline))
-          pending.delete(deadline)
-        }
-        const scheduled = decision.done === true ? [] : decision.schedule ?? []
-        for (let i = 0; i < scheduled.length; i++) {
-          const deadline = scheduled[i]!
-          const at = "at" in deadline
-            ? deadline.at
-            : DateTime.addDuration(envelope.occurredAt, deadline.after)
-          const command = withFollowUp(deadline.command, {
-            ...Command.causedBy(envelope),
-            idempotencyKey: `${keyPrefix}:${envelope.eventId}:d${i}`
-          })
-          yield* CommandScheduler.schedule(command, { at }, { key: deadlineKey(key, deadline.name) })
-          pending.add(deadline.name)
-        }
+        // As the event's decision's, the compensation's state is checked
+        // before any of its commands go.
+        const tag = `f${compensation.index}:`
+        const compensated = yield* encoding(compensation.decision.state)
+        yield* sending(compensation.decision, tag)
+        yield* scheduling(compensation.decision, tag)
+        return { decision: compensation.decision, encoded: compensated }
       }).pipe(Effect.onError(() => release))
 
       const saved = yield* store.save(
         name,
         key,
         {
-          state: encoded,
-          done: decision.done === true,
+          state: carried.encoded,
+          done: carried.decision.done === true,
           version: version + 1,
           deadlines: [...pending]
         },

@@ -1,8 +1,7 @@
-import { Schema } from "effect"
-import type { Effect } from "effect"
+import { Effect, Schema } from "effect"
 import { describe, expectTypeOf, it } from "vitest"
 import type { CommandScheduler } from "../src/index.js"
-import { Command, ProcessManager, Reaction } from "../src/index.js"
+import { Command, CommandBus, Handler, ProcessManager, Reaction } from "../src/index.js"
 import { ProcessManagerSpecification } from "../src/testing/index.js"
 import {
   CheckoutState,
@@ -96,5 +95,54 @@ describe("ProcessManager types", () => {
     then.then({ commands: [new SendInvoice({ orderId: "o" })] })
     // @ts-expect-error: a state of another shape
     then.then({ state: { paid: true } })
+  })
+
+  it("takes failure handlers by the tag of a command of the bus, each of its own command and failure", () => {
+    class Declined extends Schema.TaggedError<Declined>()("Declined", { reason: Schema.String }) {}
+    class Charge extends Command.Class<Charge>()("Charge", {
+      payload: { orderId: Schema.String },
+      success: Schema.Void,
+      failure: Declined
+    }) {}
+    const charging = CommandBus.make([Charge, ShipOrder], {
+      Charge: () => Effect.succeed(Handler.result(undefined)),
+      ShipOrder: () => Effect.succeed(Handler.result(undefined))
+    })
+    const charges = ProcessManager.make({
+      name: "charges",
+      bus: charging,
+      state: CheckoutState,
+      initialState: { status: "new", amount: 0 },
+      events: [OrderPlaced],
+      key: (event) => event.orderId
+    })
+    const handlers = {
+      OrderPlaced: (state: typeof CheckoutState.Type, event: OrderPlaced) => ({
+        state,
+        send: [new Charge({ orderId: event.orderId })]
+      })
+    }
+    charges.on(handlers, {
+      onFailure: {
+        Charge: (state, failed, event) => {
+          expectTypeOf(failed.command).toEqualTypeOf<Charge>()
+          expectTypeOf(failed.failure).toEqualTypeOf<Declined>()
+          expectTypeOf(event).toEqualTypeOf<OrderPlaced>()
+          return { state: { ...state, status: "cancelled" }, send: [new ShipOrder({ orderId: event.orderId })] }
+        }
+      }
+    })
+    charges.on(handlers, {
+      onFailure: {
+        // @ts-expect-error: not a command of the bus
+        SendInvoice: (state: typeof CheckoutState.Type) => ({ state })
+      }
+    })
+    charges.on(handlers, {
+      onFailure: {
+        // @ts-expect-error: a compensation sends the bus's commands only
+        Charge: (state, failed) => ({ state, send: [new SendInvoice({ orderId: failed.command.orderId })] })
+      }
+    })
   })
 })

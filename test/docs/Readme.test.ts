@@ -19,7 +19,8 @@ describe("README", () => {
       "test/docs/ReadmeReactionSpecification.test.ts",
       "test/docs/ReadmeEventSourced.test.ts",
       "test/docs/ReadmeScheduler.test.ts",
-      "test/docs/ReadmeProcessManager.test.ts"
+      "test/docs/ReadmeProcessManager.test.ts",
+      "test/docs/ReadmeProcessManagerOnFailure.test.ts"
     ])
   })
 
