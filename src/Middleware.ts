@@ -234,12 +234,9 @@ export const logging = (options: LoggingOptions = {}): Middleware => {
     <A, E, R>(self: Effect.Effect<A, E, R>, dispatch: Dispatch) =>
       Effect.withFiberRuntime<A, E, R>((fiber) => {
         const minimum = fiber.getFiberRef(FiberRef.currentMinimumLogLevel)
-        const logStarted = LogLevel.greaterThanEqual(levels.started, minimum)
-        if (
-          !logStarted && LogLevel.lessThan(levels.completed, minimum) && LogLevel.lessThan(levels.failed, minimum)
-        ) return self
+        // Nothing logs at all: not this middleware's lines, nor the handler's.
+        if (minimum._tag === "None") return self
         const { command } = dispatch
-        const clock = EffectContext.get(fiber.currentDefaultServices, Clock.Clock)
         // The annotations cover the whole dispatch, the handler's own logs
         // included: set on the way in and put back on exit, in one region
         // with the logs, rather than `Effect.annotateLogs` (a second
@@ -251,6 +248,13 @@ export const logging = (options: LoggingOptions = {}): Middleware => {
           command.correlationId
         )
         const annotate = FiberRef.set(FiberRef.currentLogAnnotations, annotated)
+        const logStarted = LogLevel.greaterThanEqual(levels.started, minimum)
+        // None of this middleware's lines is logged (LOG_LEVEL=error), but a
+        // handler's error is, and still carries the command's annotations.
+        if (
+          !logStarted && LogLevel.lessThan(levels.completed, minimum) && LogLevel.lessThan(levels.failed, minimum)
+        ) return Effect.ensuring(Effect.zipRight(annotate, self), FiberRef.set(FiberRef.currentLogAnnotations, outer))
+        const clock = EffectContext.get(fiber.currentDefaultServices, Clock.Clock)
         // The clock is read in the steps that run anyway (this one, and the
         // one the exit is handed to), not in steps of its own.
         const start = clock.unsafeCurrentTimeMillis()
@@ -301,13 +305,16 @@ const logEnded = (
 
 /**
  * The outcome of a dispatch as metrics and logs name it: `success`, the
- * error's tag, `defect` or `interrupted`.
+ * error's tag, `defect` (also when an error came with it) or `interrupted`.
  *
  * @since 0.1.0
  * @category utils
  */
 export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): string => {
   if (Exit.isSuccess(exit)) return "success"
+  // A defect beside a failure is a defect to every typed catch (`catchAll`
+  // fails again with it), so to the caller too.
+  if (Cause.isDie(exit.cause)) return "defect"
   const failure = Cause.failureOption(exit.cause)
   if (Option.isSome(failure)) {
     return Predicate.hasProperty(failure.value, "_tag") && typeof failure.value._tag === "string"

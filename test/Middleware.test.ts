@@ -311,6 +311,23 @@ describe("Middleware", () => {
       }).pipe(Effect.provide(Layer.merge(InMemory.layer, layer)))
     })
 
+    it.effect("annotates the handler's own logs when the minimum level is above every dispatch log's", () => {
+      const { layer, logs } = capture()
+      return Effect.gen(function*() {
+        const { bus } = makeBus({
+          deposit: (command) => Effect.as(Effect.logError("deposit.refused-by-bank"), deposited(command))
+        })
+        const command = new Deposit({ accountId, amount: 5 })
+        // LOG_LEVEL=error: started, completed and failed are all below it, the handler's error is not.
+        yield* bus.pipe(CommandBus.withMiddleware(Middleware.logging())).dispatch(command).pipe(
+          Logger.withMinimumLogLevel(LogLevel.Error)
+        )
+        assert.deepStrictEqual(logs, [
+          { message: "deposit.refused-by-bank", level: "ERROR", annotations: identity(command) }
+        ])
+      }).pipe(Effect.provide(Layer.merge(InMemory.layer, layer)))
+    })
+
     it.effect("honours the levels it is given", () => {
       const { layer, logs } = capture()
       return Effect.gen(function*() {
@@ -442,6 +459,32 @@ describe("Middleware", () => {
         const after = yield* Effect.forEach(outcomes, (outcome) => total("Deposit", outcome))
         assert.deepStrictEqual(after.map((count, i) => count - before[i]!), [2, 1, 1, 1])
         assert.strictEqual(yield* total("CloseAccount", "success"), 0)
+      }).pipe(Effect.provide(InMemory.layer)))
+
+    // A declared failure that cannot be recorded (NaN is not JSON) ends the dispatch with the
+    // failure and a defect: every typed catch (`catchAll`) fails again with the defect, so the caller
+    // sees a defect, and so must the count.
+    it.effect("counts a dispatch whose cause holds a defect beside a failure as a defect", () =>
+      Effect.gen(function*() {
+        class Overdrawn extends Schema.TaggedError<Overdrawn>()("Overdrawn", { by: Schema.Number }) {}
+        class Withdraw extends Command.Class<Withdraw>()("Withdraw", {
+          payload: { amount: Schema.Int },
+          success: Schema.Void,
+          failure: Overdrawn
+        }) {}
+        const bus = CommandBus.make([Withdraw], {
+          Withdraw: () => Effect.fail(new Overdrawn({ by: Number.NaN }))
+        }).pipe(CommandBus.withMiddleware(Middleware.metrics, Idempotency.middleware(), Middleware.transaction))
+        const outcomes = ["defect", "Overdrawn"] as const
+        const before = yield* Effect.forEach(outcomes, (outcome) => total("Withdraw", outcome))
+        const recovered = yield* Effect.exit(
+          bus.dispatch(new Withdraw({ amount: 1, idempotencyKey: "withdraw-1" })).pipe(
+            Effect.catchAll(() => Effect.void)
+          )
+        )
+        assert.isTrue(Exit.isFailure(recovered) && Cause.isDie(recovered.cause))
+        const after = yield* Effect.forEach(outcomes, (outcome) => total("Withdraw", outcome))
+        assert.deepStrictEqual(after.map((count, i) => count - before[i]!), [1, 0])
       }).pipe(Effect.provide(InMemory.layer)))
 
     it.effect("records each dispatch's duration in seconds in the histogram", () =>
