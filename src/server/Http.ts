@@ -775,8 +775,12 @@ const edgeOf =
             correlationId
           )
           if (traceparent !== undefined) decorated = HttpServerResponse.setHeader(decorated, "traceparent", traceparent)
-          // Rather than read a body no route takes (up to any length) to keep the connection.
-          if (route === Observability.unmatchedRoute && hasBody(request)) {
+          // Rather than read a body no route takes (up to any length) to keep the connection:
+          // an unknown route's, or one sent with a read, which no check bounds.
+          if (
+            (route === Observability.unmatchedRoute || !HttpMethod.hasBody(request.method)) &&
+            hasBody(request)
+          ) {
             decorated = HttpServerResponse.setHeader(decorated, "connection", "close")
           }
           if (response.status === 401) {

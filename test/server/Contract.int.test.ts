@@ -243,6 +243,33 @@ describe(`the HTTP contract at its edges (${kind})`, () => {
           expect(reply.headers.get("connection")).toBe("close")
         }
       }))
+
+    it.effect("a body sent with a read (GET, HEAD) is answered and closes: it is not read to any length", () =>
+      Effect.gen(function*() {
+        const admin = yield* token("root", { admin: true })
+        const reads = [
+          { target: "GET /api/v1/events", status: 200 },
+          { target: "GET /health/live", status: 200 },
+          { target: `HEAD /api/v1/orders/${randomUUID()}`, status: 404 }
+        ]
+        for (const { status, target } of reads) {
+          for (const framing of ["Content-Length: 1000000000", "Transfer-Encoding: chunked"]) {
+            const reply = parseRawReply(
+              yield* rawRequest(
+                `${target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${admin}\r\n${framing}\r\n\r\n` +
+                  (framing.startsWith("Transfer") ? "10000\r\n{" : "{"),
+                { halfClose: false }
+              )
+            )
+            expect([target, framing, reply.status, reply.headers.get("connection")]).toEqual([
+              target,
+              framing,
+              status,
+              "close"
+            ])
+          }
+        }
+      }))
   })
 })
 
