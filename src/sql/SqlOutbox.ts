@@ -39,13 +39,16 @@ export interface Row {
 }
 
 /**
- * The columns every outbox read selects.
+ * The columns every outbox read selects. The payload comes as its JSON text,
+ * parsed once by `toEnvelope`: a driver that parses jsonb hands over a
+ * payload that is a JSON string as that string, which would be parsed again
+ * (and die on, or take "1" for 1).
  *
  * @since 0.1.0
  * @category constants
  */
-export const columns =
-  "id, position, event_id, event_type, aggregate_type, aggregate_id, aggregate_version, payload, correlation_id, causation_id, occurred_at"
+export const columns = "id, position, event_id, event_type, aggregate_type, aggregate_id, aggregate_version, " +
+  "payload::text AS payload, correlation_id, causation_id, occurred_at"
 
 /**
  * @since 0.1.0
