@@ -587,7 +587,10 @@ const declared = <
           for (let i = 0; i < sends.length; i++) {
             const command = sends[i]!
             const sent = send(reaction, envelope, command, `${keyPrefix}:${envelope.eventId}:${tag}${i}`)
-            const compensate = tag === "" ? compensations[command._tag] : undefined
+            // Own keys only: a command tagged `toString` has no handler in Object's.
+            const compensate = tag === "" && Object.hasOwn(compensations, command._tag)
+              ? compensations[command._tag]
+              : undefined
             if (compensate === undefined) {
               yield* sent
               continue

@@ -9,7 +9,8 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
-import { ProcessManager } from "../src/index.js"
+import * as Schema from "effect/Schema"
+import { Command, CommandBus, ProcessManager } from "../src/index.js"
 import { ProcessManagerSpecification } from "../src/testing/index.js"
 import { envelopeOf, failedWith, memoryStores as stores, pendingDeadlines, reactionOf } from "./support/Checkout.js"
 import type { FulfilmentState } from "./support/Fulfilment.js"
@@ -22,6 +23,13 @@ import {
   RejectOrder,
   ReserveStock
 } from "./support/Fulfilment.js"
+
+// A command whose tag is also the name of a method every object has.
+class ToString extends Command.Class<ToString>()("toString", {
+  payload: { orderId: Schema.String },
+  success: Schema.Void,
+  failure: CardDeclined
+}) {}
 
 /** The run of an order of `quantity` submitted, by `manager`: the event's envelope and the run's exit. */
 const submitted = (manager: ReturnType<typeof makeFulfilment>, orderId: string, quantity: number) =>
@@ -144,4 +152,25 @@ describe("ProcessManager onFailure", () => {
         done: true
       })
     }))
+
+  it.effect("a command tagged as an object's method, with no failure handler, fails its event with its own failure", () =>
+    Effect.gen(function*() {
+      const bus = CommandBus.make([ToString], {
+        toString: (command) => Effect.fail(new CardDeclined({ orderId: command.orderId }))
+      })
+      // No handler of its own: Object's `toString` must not be taken for one.
+      const manager = ProcessManager.make({
+        name: "methods",
+        bus,
+        state: Schema.Struct({ sent: Schema.Boolean }),
+        initialState: { sent: false },
+        events: [OrderSubmitted],
+        key: (event) => event.orderId
+      }).on({
+        OrderSubmitted: (_, event) => ({ state: { sent: true }, send: [new ToString({ orderId: event.orderId })] })
+      })
+      const envelope = yield* envelopeOf(new OrderSubmitted({ orderId: "o-8", quantity: 1 }))
+      const exit = yield* Effect.exit(reactionOf(manager, "OrderSubmitted").handle(envelope))
+      assert.isTrue(failedWith(exit, CardDeclined))
+    }).pipe(Effect.provide(stores)))
 })
