@@ -44,11 +44,12 @@ import type * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import { createHash, randomUUID } from "node:crypto"
 import * as Command from "./Command.js"
-import type { ConcurrencyConflict } from "./CommandError.js"
+import type { ConcurrencyConflict, StoreUnavailable } from "./CommandError.js"
 import * as DomainEvent from "./DomainEvent.js"
 import { EventStore, type Service as EventStoreService, type Snapshots, type StreamId } from "./EventStore.js"
 import * as Handler from "./Handler.js"
 import * as Json from "./internal/json.js"
+import { positiveCounts } from "./internal/limit.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
 
@@ -537,8 +538,7 @@ const payloadOf = (envelope: DomainEvent.Envelope, payload: unknown): unknown =>
  * The `schemaVersion` a decider's snapshots are saved and read under (see
  * `make`'s `snapshot`), `undefined` for one without snapshots. Snapshots
  * under a key no decider running has are never read again, and can be
- * deleted (`DELETE FROM event_snapshots WHERE aggregate_type = $1 AND
- * schema_version <> $2`, for a type that one decider handles).
+ * deleted (`pruneSnapshots`).
  *
  * @since 0.1.0
  * @category utils
@@ -546,6 +546,60 @@ const payloadOf = (envelope: DomainEvent.Envelope, payload: unknown): unknown =>
 export const snapshotSchemaVersion = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
   decider: Decider<C, S, Ev, R>
 ): string | undefined => snapshotterOf(decider)?.key
+
+/**
+ * The event store keeps snapshots but cannot delete them (a store written
+ * before `prune` came): they are kept, as they were.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class SnapshotPruneUnsupported extends Schema.TaggedError<SnapshotPruneUnsupported>()(
+  "SnapshotPruneUnsupported",
+  { aggregateType: Schema.String }
+) {}
+
+/**
+ * Deletes the snapshots of `decider`'s aggregate type that it no longer
+ * reads: those saved under another key (`snapshotSchemaVersion`: another
+ * `snapshot.version`, another state schema), or all of them for a decider
+ * without snapshots; in batches of `batchSize` (default 500) until one comes
+ * back short; returns how many. Run it once the deploy that changed the key
+ * is complete: an instance of the previous release still running saves its
+ * snapshots again, and a later run deletes those. For a type that one
+ * decider handles: another decider's snapshots of the same type are
+ * deleted too (and taken again by its next dispatches).
+ *
+ * ```ts
+ * const pruned = yield* EventSourced.pruneSnapshots(Account)
+ * ```
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const pruneSnapshots = <C extends Command.Any, S, Ev extends DomainEvent.Any, R>(
+  decider: Decider<C, S, Ev, R>,
+  options: { readonly batchSize?: number | undefined } = {}
+): Effect.Effect<number, StoreUnavailable | SnapshotPruneUnsupported, EventStore> =>
+  positiveCounts("EventSourced.pruneSnapshots", { batchSize: options.batchSize }, () =>
+    Effect.gen(function*() {
+      const { snapshots } = yield* EventStore
+      // A store that keeps no snapshots has none to delete.
+      if (snapshots === undefined) return 0
+      if (snapshots.prune === undefined) {
+        return yield* new SnapshotPruneUnsupported({ aggregateType: decider.aggregateType })
+      }
+      const keep = snapshotSchemaVersion(decider)
+      const limit = options.batchSize ?? 500
+      let pruned = 0
+      for (;;) {
+        const batch = yield* snapshots.prune(decider.aggregateType, keep, limit)
+        pruned += batch
+        if (batch < limit) return pruned
+      }
+    }).pipe(
+      Effect.withSpan("EventSourced.pruneSnapshots", { attributes: { "aggregate.type": decider.aggregateType } })
+    ))
 
 /**
  * Appends a prior event to its aggregate's stream, at the version after the

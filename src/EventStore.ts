@@ -14,7 +14,7 @@ import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { ConcurrencyConflict } from "./CommandError.js"
+import { ConcurrencyConflict, type StoreUnavailable } from "./CommandError.js"
 import type * as DomainEvent from "./DomainEvent.js"
 import { currentPending, heldEvents } from "./internal/pending.js"
 import { Outbox } from "./Outbox.js"
@@ -74,6 +74,16 @@ export interface Snapshots {
    * ahead of the stream, and never read).
    */
   readonly save: (stream: StreamId, snapshot: Snapshot) => Effect.Effect<void>
+  /**
+   * Deletes up to `limit` snapshots of `aggregateType`'s streams saved under
+   * a key other than `keep` (all of them, with `keep` undefined), in one
+   * step; returns how many. Optional, as it came after the others:
+   * `EventSourced.pruneSnapshots` fails with `SnapshotPruneUnsupported` on
+   * a store without it.
+   */
+  readonly prune?:
+    | ((aggregateType: string, keep: string | undefined, limit: number) => Effect.Effect<number, StoreUnavailable>)
+    | undefined
 }
 
 /**
@@ -230,7 +240,20 @@ export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outb
             version: snapshot.version,
             state: JSON.stringify(snapshot.state)
           })
-        }))
+        })),
+      prune: (aggregateType, keep, limit) =>
+        Effect.sync(() => {
+          let pruned = 0
+          for (const key of snapshots.keys()) {
+            if (pruned >= limit) break
+            const [type, , schemaVersion] = JSON.parse(key) as [string, string, string]
+            if (type === aggregateType && schemaVersion !== keep) {
+              snapshots.delete(key)
+              pruned++
+            }
+          }
+          return pruned
+        })
     }
   }
 })

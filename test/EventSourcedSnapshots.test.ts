@@ -60,6 +60,20 @@ describe("EventSourced snapshots, in memory only", () => {
       expect(yield* snapshotOf(decider, "bare")).toEqual(Option.none())
     }).pipe(Effect.provide(InMemory.layer)))
 
+  it.effect("pruneSnapshots: none to delete on a store without snapshots; refused on one that cannot delete them", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const without: EventStore.Service = { read: store.read, advance: store.advance }
+      expect(yield* Effect.provideService(EventSourced.pruneSnapshots(decider), EventStore.EventStore, without)).toBe(0)
+      const { prune: _, ...snapshots } = store.snapshots!
+      const older: EventStore.Service = { ...store, snapshots }
+      expect(
+        yield* Effect.flip(Effect.provideService(EventSourced.pruneSnapshots(decider), EventStore.EventStore, older))
+      ).toEqual(new EventSourced.SnapshotPruneUnsupported({ aggregateType: "Ledger" }))
+      const badBatch = yield* Effect.exit(EventSourced.pruneSnapshots(decider, { batchSize: 0 }))
+      expect(String(badBatch)).toContain("batchSize must be a positive integer, got 0")
+    }).pipe(Effect.provide(InMemory.layer)))
+
   it.effect("a state whose schema does not encode to JSON takes no snapshot, says why, and the dispatch commits", () =>
     Effect.gen(function*() {
       const logs: Array<string> = []

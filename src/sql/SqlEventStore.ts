@@ -25,6 +25,7 @@ import * as Option from "effect/Option"
 import { ConcurrencyConflict } from "../CommandError.js"
 import * as EventStore from "../EventStore.js"
 import * as Tracing from "../Tracing.js"
+import * as SqlFailure from "./SqlFailure.js"
 import { columns, type Row, toEnvelope } from "./SqlOutbox.js"
 import * as SqlStatement from "./SqlStatement.js"
 
@@ -99,7 +100,29 @@ export const make: Effect.Effect<EventStore.Service, never, SqlClient.SqlClient>
               ON CONFLICT (aggregate_type, aggregate_id, schema_version) DO UPDATE
                 SET version = excluded.version, state = excluded.state, taken_at = excluded.taken_at`,
           Effect.die
-        ).pipe(Tracing.withSpan("SqlEventStore.saveSnapshot"))
+        ).pipe(Tracing.withSpan("SqlEventStore.saveSnapshot")),
+      // A batch a statement, on the primary key's leading column, skipping
+      // (not waiting for) a row a dispatch is writing.
+      prune: (aggregateType, keep, limit) =>
+        sql<{ readonly pruned: string | number }>`
+          WITH picked AS (
+            SELECT aggregate_id, schema_version FROM event_snapshots
+            WHERE aggregate_type = ${aggregateType} AND schema_version IS DISTINCT FROM ${keep ?? null}::text
+            LIMIT ${limit}
+            FOR UPDATE SKIP LOCKED
+          ),
+            pruned AS (
+              DELETE FROM event_snapshots USING picked
+              WHERE event_snapshots.aggregate_type = ${aggregateType}
+                AND event_snapshots.aggregate_id = picked.aggregate_id
+                AND event_snapshots.schema_version = picked.schema_version
+              RETURNING 1
+            )
+          SELECT count(*) AS pruned FROM pruned`.withoutTransform.pipe(
+          Effect.map((rows) => Number(rows[0]?.pruned ?? 0)),
+          SqlFailure.classify,
+          Tracing.withSpan("SqlEventStore.pruneSnapshots", { attributes: { "aggregate.type": aggregateType } })
+        )
     }
   })
 )

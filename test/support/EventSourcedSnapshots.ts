@@ -5,7 +5,8 @@
  * sequences and `every`), and reads no more than `every` events; a
  * snapshot of another key (version, state schema), one that does not
  * decode, and one ahead of its stream are ignored; a dispatch that rolls
- * back leaves none; two dispatches in one transaction go on from each other.
+ * back leaves none; two dispatches in one transaction go on from each other;
+ * `pruneSnapshots` deletes those under keys the decider no longer reads.
  */
 import { assert, expect } from "@effect/vitest"
 import type { Vitest } from "@effect/vitest"
@@ -300,7 +301,31 @@ export const snapshotCases = <X extends boolean>(
       expect(decodeState(snapshot.value.state)).toEqual(yield* foldTo(ledgerId, 2))
       expect((yield* inner.dispatch(new Ledger.Debit({ ledgerId, amount: 1 }))).balance).toBe(5)
     }))
+
+  pruneSnapshotsCase(it)
 }
+
+// The snapshots of the type `pruneSnapshots(decider)` deletes, counted in batches of 2.
+const pruneSnapshotsCase = <X extends boolean>(it: Vitest.MethodsNonLive<World, X>) =>
+  it.effect("pruneSnapshots deletes the type's snapshots under other keys, in batches, and keeps its own", () =>
+    Effect.gen(function*() {
+      const current = Ledger.deciderWith({ state: Ledger.State, every: 100, version: 3 })
+      const previous = Ledger.deciderWith({ state: Ledger.State, every: 100, version: 2 })
+      // What earlier cases left under other keys goes first, so the count below is this case's.
+      yield* EventSourced.pruneSnapshots(current)
+      const ids = [freshId("prune"), freshId("prune"), freshId("prune")]
+      const state = { balance: 1, tags: [], last: [1] }
+      for (const ledgerId of ids) yield* plant(previous, ledgerId, 1, state)
+      yield* plant(current, ids[0]!, 1, state)
+
+      expect(yield* EventSourced.pruneSnapshots(current, { batchSize: 2 })).toBe(3)
+      for (const ledgerId of ids) expect(yield* snapshotOf(previous, ledgerId)).toEqual(Option.none())
+      expect(Option.map(yield* snapshotOf(current, ids[0]!), (snapshot) => snapshot.version)).toEqual(Option.some(1))
+      expect(yield* EventSourced.pruneSnapshots(current)).toBe(0)
+      // A decider without snapshots reads none: all of its type's go.
+      expect(yield* EventSourced.pruneSnapshots(Ledger.deciderWith())).toBe(1)
+      expect(yield* snapshotOf(current, ids[0]!)).toEqual(Option.none())
+    }))
 
 class Rollback extends Schema.TaggedError<Rollback>()("Rollback", {}) {}
 
