@@ -114,39 +114,49 @@ export type Handler<S, A, Cmd extends Command.Any> = (
  * @since 0.1.0
  * @category models
  */
-export interface Failed<Sent extends Command.Any> {
+export interface Failed<S, Sent extends Command.Any, Cmd extends Command.Any> {
   readonly command: Sent
   readonly failure: Command.Failure<Sent>
   /** Its place in the decision's `send`: the commands before it were sent. */
   readonly index: number
+  /**
+   * The event's decision it was sent by, whose rest the failure handler's
+   * takes the place of: `{ ...decision, send: [...] }` keeps its deadlines,
+   * cancels and end.
+   */
+  readonly decision: Decision<S, Cmd>
 }
 
 /**
  * What a process does when a command its event's decision sent fails with
- * a failure the command declares: pure, as a handler is. It gets the state
- * the event's decision left, and its decision takes the place of the rest of
+ * a failure it declares: pure, as a handler is. It gets the state the
+ * event's decision left, and its decision takes the place of the rest of
  * that one: the commands after the failed one are not sent, its deadlines
- * not set nor cancelled; this decision's are, and its state is saved.
+ * not set nor cancelled (unless this decision says so again); this
+ * decision's are, and its state is saved.
  *
  * @since 0.1.0
  * @category models
  */
 export type FailureHandler<S, Sent extends Command.Any, A, Cmd extends Command.Any> = (
   state: S,
-  failed: Failed<Sent>,
+  failed: Failed<S, Sent, Cmd>,
   event: A,
   envelope: DomainEvent.Envelope
 ) => Decision<S, Cmd>
 
 /**
- * Failure handlers, by the tag of the command that failed: a command left
- * out fails its event with its failure, as with no handlers.
+ * Failure handlers, by the tag of the command that failed, for the commands
+ * that declare a failure: a command left out fails its event with its
+ * failure, as with no handlers.
  *
  * @since 0.1.0
  * @category models
  */
 export type FailureHandlers<Events extends ReadonlyArray<EventClass>, S, Cmd extends Command.Any> = {
-  readonly [Tag in Cmd["_tag"]]?: FailureHandler<
+  readonly [
+    Tag in Cmd["_tag"] as [Command.Failure<Extract<Cmd, { readonly _tag: Tag }>>] extends [never] ? never : Tag
+  ]?: FailureHandler<
     S,
     Extract<Cmd, { readonly _tag: Tag }>,
     Schema.Schema.Type<Events[number]>,
@@ -602,7 +612,12 @@ const declared = <
             if (failed !== undefined) {
               return {
                 index: i,
-                decision: compensate(current.state, { command, failure: failed, index: i }, event, envelope)
+                decision: compensate(
+                  current.state,
+                  { command, failure: failed, index: i, decision: current },
+                  event,
+                  envelope
+                )
               }
             }
           }

@@ -126,10 +126,17 @@ describe("ProcessManager types", () => {
       onFailure: {
         Charge: (state, failed, event) => {
           expectTypeOf(failed.command).toEqualTypeOf<Charge>()
+          expectTypeOf(failed.decision.state).toEqualTypeOf<typeof CheckoutState.Type>()
           expectTypeOf(failed.failure).toEqualTypeOf<Declined>()
           expectTypeOf(event).toEqualTypeOf<OrderPlaced>()
           return { state: { ...state, status: "cancelled" }, send: [new ShipOrder({ orderId: event.orderId })] }
         }
+      }
+    })
+    charges.on(handlers, {
+      onFailure: {
+        // @ts-expect-error: ShipOrder declares no failure: nothing to handle
+        ShipOrder: (state: typeof CheckoutState.Type) => ({ state })
       }
     })
     charges.on(handlers, {

@@ -62,6 +62,28 @@ describe("ProcessManager onFailure", () => {
       ])
     }).pipe(Effect.provide(stores)))
 
+  it.effect("a compensation that keeps the event's decision's rest sets its deadline, under a key of its own", () =>
+    Effect.gen(function*() {
+      const { bus, keys, ran } = makeBus(0)
+      const fulfilment = makeFulfilment(bus, { keepRest: true })
+      const { envelope, exit } = yield* submitted(fulfilment, "o-8", 1)
+      assert.isTrue(Exit.isSuccess(exit))
+      assert.deepStrictEqual(ran, ["ReserveStock o-8", "RejectOrder o-8"])
+      assert.deepStrictEqual(keys, [`fulfilment:${envelope.eventId}:0`, `fulfilment:${envelope.eventId}:f0:0`])
+      const [deadline, ...others] = yield* pendingDeadlines
+      assert.deepStrictEqual(others, [])
+      assert.deepStrictEqual([deadline?.key, (deadline?.command as { idempotencyKey?: string }).idempotencyKey], [
+        fulfilment.deadlineKey("o-8", "expiry"),
+        `fulfilment:${envelope.eventId}:f0:d0`
+      ])
+      const process = Option.getOrThrow(yield* fulfilment.process("o-8"))
+      assert.deepStrictEqual([process.state, process.done, process.deadlines], [
+        { status: "rejected", reason: "OutOfStock" },
+        false,
+        ["expiry"]
+      ])
+    }).pipe(Effect.provide(stores)))
+
   it.effect("a command that succeeds leaves the event's decision as it was", () =>
     Effect.gen(function*() {
       const { bus, ran } = makeBus(10)

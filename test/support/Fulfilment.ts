@@ -99,6 +99,8 @@ export const makeFulfilment = (
   options: {
     readonly rejection?: (reason: string) => typeof FulfilmentState.Type
     readonly handled?: Array<readonly [string, number, number]>
+    /** The rejection keeps the rest of the event's decision (its deadline), rather than ending the process. */
+    readonly keepRest?: boolean
   } = {}
 ) =>
   ProcessManager.make({
@@ -119,12 +121,12 @@ export const makeFulfilment = (
     })
   }, {
     onFailure: {
-      ReserveStock: (state, { command, failure, index }) => {
+      ReserveStock: (state, { command, decision, failure, index }) => {
         options.handled?.push([state.status, index, command.quantity])
         return {
+          ...(options.keepRest === true ? decision : { done: true }),
           state: options.rejection?.(failure._tag) ?? { status: "rejected", reason: failure._tag },
-          send: [new RejectOrder({ orderId: command.orderId, reason: failure._tag })],
-          done: true
+          send: [new RejectOrder({ orderId: command.orderId, reason: failure._tag })]
         }
       }
     }
