@@ -622,7 +622,8 @@ export const layerCheckpointsMemory: Layer.Layer<Checkpoints> = Layer.sync(Check
  * next `follow` of that name runs its reactions again on every event after
  * that position, to rebuild what they build (a read model, a search index)
  * after a fix. Run it while no follower of that name runs: a running one
- * would save its own position over it. Dead letters stay as they are.
+ * would save its own position over it. Dead letters stay as they are. An
+ * `after` that is no position (negative, fractional) is refused as a defect.
  *
  * @since 0.1.0
  * @category running
@@ -630,8 +631,15 @@ export const layerCheckpointsMemory: Layer.Layer<Checkpoints> = Layer.sync(Check
 export const replay = (
   name: string,
   options: { readonly after?: number } = {}
-): Effect.Effect<void, StoreUnavailable, Checkpoints> =>
-  Effect.flatMap(Checkpoints, (checkpoints) => checkpoints.reset(name, options.after ?? 0))
+): Effect.Effect<void, StoreUnavailable, Checkpoints> => {
+  const after = options.after ?? 0
+  // Refused here, where the caller sees it: in memory it would be saved, and
+  // every read of the log from it refused in the follower's fiber.
+  if (!Number.isSafeInteger(after) || after < 0) {
+    return Effect.dieMessage(`Reaction.replay: after must be a non-negative integer, got ${String(after)}`)
+  }
+  return Effect.flatMap(Checkpoints, (checkpoints) => checkpoints.reset(name, after))
+}
 
 // -----------------------------------------------------------------------------
 // dead letters

@@ -735,6 +735,26 @@ describe("Reaction", () => {
       assert.strictEqual(yield* checkpoints.load("elsewhere"), 0)
     }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
 
+  it.scoped("replay: an after that is no position (negative, fractional) is refused, and the follower still runs", () =>
+    Effect.gen(function*() {
+      const seen = yield* Queue.unbounded<string>()
+      const checkpoints = yield* Reaction.Checkpoints
+      yield* checkpoints.save("projection", 1)
+      for (const after of [-1, 1.5, Number.NaN]) {
+        const exit = yield* Effect.exit(Reaction.replay("projection", { after }))
+        assert.include(
+          String(Exit.isFailure(exit) && exit.cause),
+          "Reaction.replay: after must be a non-negative integer"
+        )
+      }
+      // A checkpoint set to -1 once left its follower failing every read of the log, unseen by the caller.
+      assert.strictEqual(yield* checkpoints.load("projection"), 1)
+      const outbox = yield* Outbox.Outbox
+      yield* outbox.append(["o-1", "o-2"].map((orderId) => envelopeOf("OrderPlaced", { orderId, amount: 1 })))
+      yield* Reaction.follow("projection", [Reaction.make(OrderPlaced, (event) => Queue.offer(seen, event.orderId))])
+      assert.strictEqual(yield* Queue.take(seen), "o-2")
+    }).pipe(Effect.provide([InMemory.layer, Reaction.layerCheckpointsMemory, Reaction.layerDeadLettersMemory])))
+
   it.scoped("upcast: an event stored by an earlier schema is rewritten before it is decoded", () =>
     Effect.gen(function*() {
       const seen = yield* Queue.unbounded<string>()

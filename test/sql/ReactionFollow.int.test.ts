@@ -109,6 +109,17 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(`Reaction.f
       expect(yield* checkpoints.load("b")).toBe(4)
     }))
 
+  it.effect("replay refuses an after that is no position, naming the option, as in memory", () =>
+    Effect.gen(function*() {
+      yield* TestDatabase.truncateAll
+      for (const after of [-1, 1.5, Number.NaN]) {
+        const exit = yield* Effect.exit(Reaction.replay("a", { after }))
+        expect(String(Exit.isFailure(exit) && exit.cause)).toContain(
+          "Reaction.replay: after must be a non-negative integer"
+        )
+      }
+    }))
+
   it.scoped("catches up on committed events, follows new ones, and a restart goes on where it stopped", () =>
     Effect.gen(function*() {
       yield* TestDatabase.truncateAll
