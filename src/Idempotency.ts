@@ -184,7 +184,9 @@ interface MemoryRecord {
   readonly token: string
   readonly leaseExpiresAt: number
   readonly expiresAt: number
-  readonly result: StoredResult | undefined
+  // As JSON text, as the durable stores keep it: each claim reads a copy,
+  // with what JSON changes (-0 as 0) changed here too.
+  readonly result: string | undefined
 }
 
 // How often the memory store drops expired records, at a claim.
@@ -229,7 +231,7 @@ export const makeMemory: Effect.Effect<Store> = Effect.sync(() => {
         ) {
           return existing.result === undefined
             ? { _tag: "InFlight", fingerprint: existing.fingerprint }
-            : { _tag: "Completed", fingerprint: existing.fingerprint, result: existing.result }
+            : { _tag: "Completed", fingerprint: existing.fingerprint, result: JSON.parse(existing.result) }
         }
         const token = randomUUID()
         records.set(id(request.scope, request.key), {
@@ -247,7 +249,7 @@ export const makeMemory: Effect.Effect<Store> = Effect.sync(() => {
         if (existing === undefined || existing.token !== request.token) return false
         records.set(id(request.scope, request.key), {
           ...existing,
-          result: request.result,
+          result: JSON.stringify(request.result),
           expiresAt: now + storedMillis(request.retention)
         })
         return true

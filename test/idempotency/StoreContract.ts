@@ -259,6 +259,30 @@ export const contract = (
         }
       }))
 
+    // Durable stores keep a record as JSON text: what reads back is a copy,
+    // with -0 as 0; the in-memory store must not answer otherwise.
+    it.effect("store: a result reads back as its JSON, a copy the caller's later changes do not reach, -0 as 0", () =>
+      Effect.gen(function*() {
+        const store = yield* Idempotency.IdempotencyStore
+        const scope = randomUUID()
+        const claim = yield* store.claim(request(scope, "k"))
+        assert(claim._tag === "Claimed")
+        const value = { balance: -0, lines: [{ sku: "a" }] }
+        const result = { _tag: "Success", value } as const
+        expect(yield* store.complete({ scope, key: "k", token: claim.token, retention: Duration.hours(1), result }))
+          .toBe(true)
+        value.lines.push({ sku: "b" })
+        const first = yield* store.claim(request(scope, "k"))
+        assert(first._tag === "Completed" && first.result._tag === "Success")
+        const read = first.result.value as typeof value
+        expect(read).toEqual({ balance: 0, lines: [{ sku: "a" }] })
+        expect(Object.is(read.balance, 0)).toBe(true)
+        read.lines[0]!.sku = "changed"
+        const second = yield* store.claim(request(scope, "k"))
+        assert(second._tag === "Completed" && second.result._tag === "Success")
+        expect(second.result.value).toEqual({ balance: 0, lines: [{ sku: "a" }] })
+      }))
+
     it.effect("store: releases an in-flight claim for its owner only", () =>
       Effect.gen(function*() {
         const store = yield* Idempotency.IdempotencyStore
