@@ -97,7 +97,8 @@ export type KeyConfig =
 export interface VerifierOptions {
   readonly key: KeyConfig
   readonly issuer?: string | undefined
-  readonly audience?: string | undefined
+  /** A token for any one of them is taken. */
+  readonly audience?: string | ReadonlyArray<string> | undefined
   /**
    * The oldest token taken, in seconds since its `iat` (which it must then
    * carry), whatever its `exp` says: a cap on a token's lifetime that its
@@ -146,17 +147,48 @@ export const makeVerifier = (options: VerifierOptions): Verifier => {
     // A token that never expires is a credential that cannot be taken back.
     requiredClaims: ["exp"],
     ...(options.issuer === undefined ? {} : { issuer: options.issuer }),
-    ...(options.audience === undefined ? {} : { audience: options.audience }),
+    ...(options.audience === undefined ? {} : { audience: [options.audience].flat() }),
     ...(options.maxTokenAge === undefined ? {} : { maxTokenAge: options.maxTokenAge })
   }
   const cacheSize = options.cacheSize ?? 10_000
   const cache = new Map<string, { readonly principal: CurrentUser.Principal; readonly until: number }>()
+  const attempt = (verify: () => Promise<Jose.JWTVerifyResult>) =>
+    Effect.tryPromise({ try: verify, catch: (error) => error })
+  // The first of the keys that verifies the signature; a token it verifies
+  // but refuses (expired) is refused for that.
+  const verifyWithEach = (
+    token: string,
+    candidates: ReadonlyArray<Jose.CryptoKey>
+  ): Effect.Effect<Jose.JWTVerifyResult, unknown> =>
+    candidates.length === 0
+      ? Effect.fail(new Jose.errors.JWSSignatureVerificationFailed())
+      : attempt(() => Jose.jwtVerify(token, candidates[0]!, verifyOptions)).pipe(
+        Effect.catchIf(
+          (error) => error instanceof Jose.errors.JWSSignatureVerificationFailed,
+          () => verifyWithEach(token, candidates.slice(1))
+        )
+      )
   const verifyJose = (token: string) =>
     key._tag === "Secret"
-      ? Jose.jwtVerify(token, key.secret, verifyOptions)
+      ? attempt(() => Jose.jwtVerify(token, key.secret, verifyOptions))
       : key._tag === "PublicKey"
-      ? Jose.jwtVerify(token, key.key, verifyOptions)
-      : Jose.jwtVerify(token, key.keys, verifyOptions)
+      ? attempt(() => Jose.jwtVerify(token, key.key, verifyOptions))
+      : attempt(() => Jose.jwtVerify(token, key.keys, verifyOptions)).pipe(
+        // A token without `kid` (an issuer that sets none, rotating with the
+        // old and new keys published) matches several keys of the set.
+        Effect.catchIf(
+          (error) => error instanceof Jose.errors.JWKSMultipleMatchingKeys,
+          (error) =>
+            Effect.flatMap(
+              Effect.promise(async () => {
+                const candidates: Array<Jose.CryptoKey> = []
+                for await (const candidate of error as Jose.errors.JWKSMultipleMatchingKeys) candidates.push(candidate)
+                return candidates
+              }),
+              (candidates) => verifyWithEach(token, candidates)
+            )
+        )
+      )
   return {
     verify: (token) =>
       Effect.suspend(() => {
@@ -166,9 +198,8 @@ export const makeVerifier = (options: VerifierOptions): Verifier => {
           if (cached.until > Date.now()) return Effect.succeed(cached.principal)
           cache.delete(token)
         }
-        return Effect.tryPromise({
-          try: () => verifyJose(token),
-          catch: (error) =>
+        return verifyJose(token).pipe(
+          Effect.mapError((error) =>
             new Unauthorized({
               reason: error instanceof Jose.errors.JWTExpired
                 ? error.claim === "iat" ? "The token is older than its maximum age" : "The token has expired"
@@ -178,7 +209,7 @@ export const makeVerifier = (options: VerifierOptions): Verifier => {
                 ? `Invalid token (${error.code})`
                 : "Invalid token"
             })
-        }).pipe(
+          ),
           Effect.flatMap(({ payload }) =>
             Option.match(principalOf(payload), {
               onNone: () => Effect.fail(new Unauthorized({ reason: "The token has no valid subject" })),
@@ -460,7 +491,7 @@ export const sign = (options: {
   readonly roles?: ReadonlyArray<string>
   readonly expiresIn?: string
   readonly issuer?: string | undefined
-  readonly audience?: string | undefined
+  readonly audience?: string | ReadonlyArray<string> | undefined
 }): Promise<string> => {
   let jwt = new Jose.SignJWT({ roles: [...(options.roles ?? [])] })
     .setProtectedHeader({ alg: "HS256", typ: "JWT" })
@@ -468,6 +499,10 @@ export const sign = (options: {
     .setIssuedAt()
     .setExpirationTime(options.expiresIn ?? "1h")
   if (options.issuer !== undefined) jwt = jwt.setIssuer(options.issuer)
-  if (options.audience !== undefined) jwt = jwt.setAudience(options.audience)
+  if (options.audience !== undefined) {
+    const audiences = [options.audience].flat()
+    // One audience as a string, as issuers write it.
+    jwt = jwt.setAudience(audiences.length === 1 ? audiences[0]! : audiences)
+  }
   return jwt.sign(options.secret)
 }

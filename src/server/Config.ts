@@ -12,6 +12,7 @@ import * as Either from "effect/Either"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as NodeBuffer from "node:buffer"
 import * as Crypto from "node:crypto"
 import Pg from "pg"
 import { tlsParamsIn } from "../internal/pgUrl.js"
@@ -114,12 +115,19 @@ export const parseSize = (input: string): Option.Option<number> => {
   return size > 0 ? Option.some(size) : Option.none()
 }
 
+// A body is decoded to one string: a longer one than Node can make would be
+// refused as not UTF-8, whatever the limit said.
+const maxBodySize = NodeBuffer.constants.MAX_STRING_LENGTH
+
 const size = (name: string, fallback: number) =>
   Config.string(name).pipe(
     Config.mapOrFail((raw) =>
       Option.match(parseSize(raw), {
         onNone: () => Either.left(ConfigError.InvalidData([], `must be a size like 1048576, 512kb or 1mb`)),
-        onSome: Either.right
+        onSome: (size) =>
+          size <= maxBodySize
+            ? Either.right(size)
+            : Either.left(ConfigError.InvalidData([], `must be at most ${maxBodySize} bytes (about 512mb)`))
       })
     ),
     Config.withDefault(fallback)
@@ -315,8 +323,19 @@ export const jwt = Config.all({
   secret: setRedacted("JWT_SECRET"),
   publicKeyFile: setString("JWT_PUBLIC_KEY_FILE"),
   jwksFile: setString("JWT_JWKS_FILE"),
-  issuer: setString("JWT_ISSUER"),
-  audience: setString("JWT_AUDIENCE"),
+  // Trimmed, as a `.env` file may pad it: no issuer writes spaces around its `iss`.
+  issuer: setString("JWT_ISSUER").pipe(Config.map(Option.map((issuer) => issuer.trim()))),
+  // A comma-separated list, as for an issuer serving several APIs: a token
+  // for any one of them is taken. Read as one, no token would name it.
+  audience: setString("JWT_AUDIENCE").pipe(
+    Config.mapOrFail((text): Either.Either<Option.Option<ReadonlyArray<string>>, ConfigError.ConfigError> => {
+      if (Option.isNone(text)) return Either.right(Option.none())
+      const audiences = text.value.split(",").map((audience) => audience.trim()).filter((audience) => audience !== "")
+      return audiences.length === 0
+        ? Either.left(ConfigError.InvalidData(["JWT_AUDIENCE"], "must name an audience, or a comma-separated list"))
+        : Either.right(Option.some(audiences))
+    })
+  ),
   // Unset, a token lives until its `exp`, however far off the issuer put it.
   maxAge: setPositiveDuration("JWT_MAX_AGE")
 })

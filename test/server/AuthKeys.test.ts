@@ -8,7 +8,9 @@ import type * as ConfigError from "effect/ConfigError"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
-import { generateKeyPairSync } from "node:crypto"
+import { identity } from "effect/Function"
+import * as Jose from "jose"
+import { generateKeyPairSync, type KeyObject } from "node:crypto"
 import Fs from "node:fs"
 import { syncBuiltinESMExports } from "node:module"
 import * as Os from "node:os"
@@ -185,6 +187,29 @@ describe("JWT_JWKS_FILE", () => {
         }
       }
     }))
+  // An issuer whose tokens carry no `kid` publishes the old and the new key
+  // side by side while it rotates: each token is its signer's, not refused.
+  it.effect("a token without kid is verified by whichever key of several signed it", () =>
+    Effect.gen(function*() {
+      const next = generateKeyPairSync("rsa", { modulusLength: 2048 })
+      const other = generateKeyPairSync("rsa", { modulusLength: 2048 })
+      const jwks = { keys: [publicJwk, next.publicKey.export({ format: "jwk" })] }
+      const key = yield* withJwks(JSON.stringify(jwks)).pipe(Effect.flatMap(identity))
+      const verifier = Auth.makeVerifier({ key })
+      const signWith = (privateKey: KeyObject, expiresAt: number) =>
+        Effect.promise(() =>
+          new Jose.SignJWT({}).setProtectedHeader({ alg: "RS256" }).setSubject("alice").setExpirationTime(expiresAt)
+            .sign(privateKey)
+        )
+      const hour = Math.floor(Date.now() / 1000) + 3600
+      expect((yield* verifier.verify(yield* signWith(rsa.privateKey, hour))).userId).toBe("alice")
+      expect((yield* verifier.verify(yield* signWith(next.privateKey, hour))).userId).toBe("alice")
+      // A key not in the set is still refused; an expired token is refused as expired.
+      const foreign = yield* Effect.flip(verifier.verify(yield* signWith(other.privateKey, hour)))
+      expect(foreign.reason).toBe("Invalid token (ERR_JWS_SIGNATURE_VERIFICATION_FAILED)")
+      const expired = yield* Effect.flip(verifier.verify(yield* signWith(next.privateKey, hour - 7200)))
+      expect(expired.reason).toBe("The token has expired")
+    }))
 })
 
 describe("JWT_PUBLIC_KEY_FILE", () => {
@@ -236,5 +261,59 @@ describe("the subject as a user id", () => {
       expect((yield* verifier.verify(token)).userId).toBe(sub)
       const tooLong = yield* Effect.promise(() => Auth.sign({ secret, sub: "😀".repeat(256) }))
       expect((yield* Effect.flip(verifier.verify(tooLong)))._tag).toBe("Unauthorized")
+    }))
+})
+
+describe("JWT_AUDIENCE", () => {
+  const secret = "s".repeat(64)
+  const verifierFor = (audience: string) =>
+    Effect.map(Auth.TokenVerifier, identity).pipe(
+      Effect.provide(Auth.layerVerifier),
+      Effect.withConfigProvider(
+        Config.environment({ DATA_DIR: freshDir(), JWT_SECRET: secret, JWT_AUDIENCE: audience })
+      )
+    )
+  const forAudience = (audience: string | Array<string>) =>
+    Effect.promise(() =>
+      new Jose.SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("alice").setAudience(audience)
+        .setExpirationTime("1h").sign(new TextEncoder().encode(secret))
+    )
+
+  // As an issuer serving several APIs is configured: a token for any one of
+  // them is this service's, a token for none of them is not.
+  it.effect("a comma-separated list accepts a token for any audience of it, and no other", () =>
+    Effect.gen(function*() {
+      const verifier = yield* verifierFor("orders-api, https://orders.example")
+      for (const aud of ["orders-api", "https://orders.example", ["billing-api", "orders-api"]]) {
+        expect((yield* verifier.verify(yield* forAudience(aud))).userId, String(aud)).toBe("alice")
+      }
+      for (const aud of ["billing-api", "orders-api, https://orders.example", "orders-api,https://orders.example"]) {
+        const refused = yield* Effect.flip(verifier.verify(yield* forAudience(aud)))
+        expect(refused.reason, aud).toBe("Invalid token (ERR_JWT_CLAIM_VALIDATION_FAILED: aud)")
+      }
+    }))
+
+  it.effect("a list of no audience (\",\") is refused at start, naming it, not taken as no check", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(verifierFor(" , "))
+      expect(reasonOf(error as ConfigError.ConfigError)).toContain("JWT_AUDIENCE: ")
+    }))
+})
+
+describe("JWT_ISSUER", () => {
+  // As a .env or env file may pad it: no issuer writes spaces around its iss.
+  it.effect("padded with spaces, it is still the issuer the tokens name", () =>
+    Effect.gen(function*() {
+      const secret = "s".repeat(64)
+      const verifier = yield* Effect.map(Auth.TokenVerifier, identity).pipe(
+        Effect.provide(Auth.layerVerifier),
+        Effect.withConfigProvider(
+          Config.environment({ DATA_DIR: freshDir(), JWT_SECRET: secret, JWT_ISSUER: " https://issuer.test " })
+        )
+      )
+      const token = yield* Effect.promise(() =>
+        Auth.sign({ secret: new TextEncoder().encode(secret), sub: "alice", issuer: "https://issuer.test" })
+      )
+      expect((yield* verifier.verify(token)).userId).toBe("alice")
     }))
 })

@@ -14,6 +14,7 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as NodeBuffer from "node:buffer"
 import * as Tls from "node:tls"
 import * as Config from "../../src/server/Config.js"
 import * as Server from "../../src/server/Server.js"
@@ -126,6 +127,23 @@ describe("the environment", () => {
         expect(String(error)).toContain(name)
         expect(String(error)).toContain("longer than zero")
       }
+    }))
+})
+
+describe("BODY_LIMIT", () => {
+  // A body is decoded to one string: past Node's longest, a body under the
+  // limit was answered 400 "not UTF-8", and 10^400 bytes was no limit at all.
+  it.effect("refuses a size larger than a body Node can decode, naming it; the largest that it can is taken", () =>
+    Effect.gen(function*() {
+      for (const bad of ["1024mb", "536870889", "9".repeat(400)]) {
+        const error = yield* Effect.flip(Config.server.pipe(withEnv({ BODY_LIMIT: bad })))
+        expect(Config.describeError(error), bad.slice(0, 20)).toContain(
+          `BODY_LIMIT: must be at most ${NodeBuffer.constants.MAX_STRING_LENGTH} bytes`
+        )
+      }
+      const largest = yield* Config.server.pipe(withEnv({ BODY_LIMIT: String(NodeBuffer.constants.MAX_STRING_LENGTH) }))
+      expect(largest.bodyLimit).toBe(NodeBuffer.constants.MAX_STRING_LENGTH)
+      expect((yield* Config.server.pipe(withEnv({ BODY_LIMIT: "512kb" }))).bodyLimit).toBe(512 * 1024)
     }))
 })
 
