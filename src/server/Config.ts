@@ -14,6 +14,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as NodeBuffer from "node:buffer"
 import * as Crypto from "node:crypto"
+import * as Net from "node:net"
 import Pg from "pg"
 import { tlsParamsIn } from "../internal/pgUrl.js"
 import * as RedisIdempotencyStore from "../redis/RedisIdempotencyStore.js"
@@ -163,6 +164,23 @@ const setRedacted = (name: string) =>
   Config.option(Config.redacted(name)).pipe(Config.map(Option.filter((value) => Redacted.value(value).trim() !== "")))
 
 const stringOr = (name: string, fallback: string) => setString(name).pipe(Config.map(Option.getOrElse(() => fallback)))
+
+const hostName = /^(?=.{1,253}\.?$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i
+
+// An address or a name to listen on, checked here: a URL's `[::1]` or a
+// `host:port` failed only when the server listened, as ENOTFOUND, naming
+// no setting.
+const listenHost = (name: string, fallback: string) =>
+  stringOr(name, fallback).pipe(
+    Config.mapOrFail((raw) => {
+      const host = raw.trim()
+      return Net.isIP(host) !== 0 || hostName.test(host)
+        ? Either.right(host)
+        : Either.left(
+          ConfigError.InvalidData([name], "must be an IP address (::1, not [::1]) or a host name, without a port")
+        )
+    })
+  )
 
 // A positive duration as above, or none when unset or empty.
 const setPositiveDuration = (name: string) =>
@@ -403,7 +421,7 @@ export const observability = Config.all({
  */
 export const server = Config.all({
   port: port("PORT").pipe(Config.withDefault(3000)),
-  host: stringOr("HOST", "127.0.0.1"),
+  host: listenHost("HOST", "127.0.0.1"),
   bodyLimit: size("BODY_LIMIT", 1024 * 1024),
   idempotencyTtl: positiveDuration("IDEMPOTENCY_TTL", "24 hours"),
   idempotencyLease: positiveDuration("IDEMPOTENCY_LEASE", "1 minute"),

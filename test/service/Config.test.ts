@@ -68,6 +68,14 @@ describe("the start-up check", () => {
         "METRICS_PORT: must be 0 to 65535 (0: any free port)"
       ])
       expect(yield* reasonFor({ PORT: "8080", METRICS_PORT: "8080" })).toEqual(["METRICS_PORT: must differ from PORT"])
+      for (const host of ["[::1]", "127.0.0.1:3000", "http://localhost", "bad_host"]) {
+        expect(yield* reasonFor({ HOST: host })).toEqual([
+          "HOST: must be an IP address (::1, not [::1]) or a host name, without a port"
+        ])
+      }
+      for (const host of ["::1", "0.0.0.0", "localhost", " orders.internal ", "fe80::1%lo"]) {
+        expect(yield* reasonFor({ HOST: host })).toEqual([])
+      }
     }))
 })
 
