@@ -40,6 +40,13 @@ const program = Effect.gen(function*() {
     )
   }
   const { dataDir } = yield* Config.database
+  // As the service, which refuses to start so: a development secret made
+  // here would sign tokens nothing in production verifies.
+  if (Option.isNone(jwt.secret) && (yield* Config.server).production) {
+    return yield* Effect.fail(
+      new Error("NODE_ENV=production requires JWT_SECRET: there is no development secret in production")
+    )
+  }
   const secret = Option.isSome(jwt.secret)
     ? new TextEncoder().encode(Redacted.value(jwt.secret.value))
     : yield* Auth.devSecret(dataDir)
