@@ -401,7 +401,8 @@ const digested = (command: Any) => (payload: Record<string, unknown>): Effect.Ef
  * JSON has no form for are written so that unequal ones stay apart: a `Map`
  * as its entries and a `Set` as its values (each sorted, so their order does
  * not count), a `Redacted` as the value it hides, a bigint, `NaN` and
- * ±Infinity as themselves, `undefined` in an array apart from `null`.
+ * ±Infinity as themselves, `undefined` in an array apart from `null`, an
+ * `Error` as its name, message, cause and own fields.
  *
  * @since 0.1.0
  * @category encoding
@@ -443,6 +444,15 @@ const sortedBy = <A>(values: Iterable<A>, key: (value: A) => string, then?: (val
 
 const order = (a: string, b: string): number => a < b ? -1 : a > b ? 1 : 0
 
+const errorFields = (error: Error): Record<string, unknown> => {
+  const fields: Record<string, unknown> = Object.create(null)
+  fields.name = error.name
+  fields.message = error.message
+  if ("cause" in error) fields.cause = error.cause
+  for (const key of Object.keys(error)) fields[key] = (error as unknown as Record<string, unknown>)[key]
+  return fields
+}
+
 // Called with the holder as `this`: its own value, before `toJSON` (a
 // `Redacted`'s writes "<redacted>" whatever it hides).
 function sortKeys(this: unknown, key: string, value: unknown): unknown {
@@ -462,6 +472,8 @@ function sortKeys(this: unknown, key: string, value: unknown): unknown {
         }
       }
       if (value instanceof Set) return { "\u0000set": sortedBy(value.values(), sortKeyOf) }
+      // JSON writes `{}` for any `Error`: its name, message and cause are not enumerable.
+      if (value instanceof Error) return { "\u0000error": errorFields(value) }
       // No prototype: an own `__proto__` key is a key like any other here,
       // where `{}` would take it as its prototype and leave it out.
       const sorted: Record<string, unknown> = Object.create(null)

@@ -7,9 +7,12 @@ import { assert, describe, it } from "@effect/vitest"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Schema from "effect/Schema"
+import { DomainEvent, ProcessManager } from "../src/index.js"
 import { ProcessManagerSpecification } from "../src/testing/index.js"
 import {
   CancelOrder,
+  CheckoutState,
   ExpirePayment,
   makeBus,
   makeCheckout,
@@ -95,5 +98,46 @@ describe("ProcessManagerSpecification", () => {
         yield* failure(spec.when(new PaymentReceived({ orderId: "o-3" })).then({ done: false })),
         /not started/
       )
+    }))
+
+  it.effect("checks the process of the events of when, not one a given event left", () =>
+    Effect.gen(function*() {
+      // an event the manager does not take: no process is checked, so the state asked for is not there
+      class CouponIssued extends DomainEvent.Class<CouponIssued>()("CouponIssued", { orderId: Schema.String }) {}
+      const message = yield* failure(
+        spec.given(new OrderPlaced({ orderId: "o-1", amount: 5 })).when(new CouponIssued({ orderId: "o-1" })).then({
+          state: { status: "awaiting-payment", amount: 5 }
+        })
+      )
+      assert.include(message, `no event of the scenario belongs to a process of "checkout"`)
+    }))
+
+  it.effect("tells deadlines apart by the user their command acts for", () =>
+    Effect.gen(function*() {
+      const asMallory = ProcessManager.make({
+        name: "as mallory",
+        bus: makeBus([]),
+        state: CheckoutState,
+        initialState: { status: "new", amount: 0 },
+        events: [OrderPlaced],
+        key: (event) => event.orderId
+      }).on({
+        OrderPlaced: (state, event) => ({
+          state: { ...state, status: "awaiting-payment", amount: event.amount },
+          schedule: [{
+            name: "payment",
+            after: "30 minutes",
+            command: new ExpirePayment({ orderId: event.orderId, userId: "mallory" })
+          }]
+        })
+      })
+      const placed = ProcessManagerSpecification.make({ manager: asMallory }).when(
+        new OrderPlaced({ orderId: "o-1", amount: 5 })
+      )
+      const deadline = (userId: string) => ({
+        deadlines: [{ name: "payment", command: new ExpirePayment({ orderId: "o-1", userId }) }]
+      })
+      yield* placed.then(deadline("mallory"))
+      assert.match(yield* failure(placed.then(deadline("alice"))), /expected deadlines .*"userId":"alice"/)
     }))
 })

@@ -155,6 +155,30 @@ describe("ReactionSpecification", () => {
         assert.notInclude(keyed, "correlationId")
       }))
 
+    it.effect("tells commands apart by the user they act for", () =>
+      Effect.gen(function*() {
+        // the user a command acts for is what authorization checks: not an id to leave out
+        const asMallory = Reaction.dispatch(
+          OrderPlaced,
+          bus,
+          (event, followUp) =>
+            new TakePayment({ orderId: event.orderId, amount: event.amount, userId: "mallory", ...followUp }),
+          { name: "as mallory" }
+        )
+        const spec = ReactionSpecification.make({ reactions: [asMallory] })
+        const placed = new OrderPlaced({ orderId: "o-1", amount: 5 })
+        yield* spec.when(placed).then(new TakePayment({ orderId: "o-1", amount: 5, userId: "mallory" }))
+        const message = yield* failureOf(
+          spec.when(placed).then(new TakePayment({ orderId: "o-1", amount: 5, userId: "alice" }))
+        )
+        assert.include(message, `"userId":"alice"`)
+        assert.include(
+          message,
+          `but got [{"type":"TakePayment","payload":{"orderId":"o-1","amount":5},"userId":"mallory"}]`
+        )
+        assert.include(yield* failureOf(spec.when(placed).then(takePayment("o-1", 5))), `"userId":"mallory"`)
+      }))
+
     it.effect("fails, naming the reaction and its error, when a reaction fails", () =>
       Effect.gen(function*() {
         const spec = ReactionSpecification.make({ reactions: [book], layer: ledgerLayer })

@@ -75,4 +75,81 @@ describe("Specification", () => {
           .thenFails(new InsufficientFunds({ account: "a-1", balance: 3 }))
       }))
   })
+
+  describe("then", () => {
+    class Notified extends DomainEvent.Class<Notified>()("Notified", { account: Schema.String }) {}
+    class Notify extends Command.Class<Notify>()("Notify", {
+      payload: { account: Schema.String },
+      success: Schema.Void,
+      failure: Schema.Never
+    }) {}
+    class Close extends Command.Class<Close>()("Close", {
+      payload: { account: Schema.String, causedBy: Schema.Boolean },
+      success: Schema.Void,
+      failure: Schema.Never
+    }) {}
+    class Closed extends DomainEvent.Class<Closed>()("Closed", { account: Schema.String }) {}
+    const notified = (command: Notify) =>
+      Effect.succeed(Handler.result(undefined, [
+        DomainEvent.draft(
+          { aggregateType: "Notice", aggregateId: command.account, aggregateVersion: 1 },
+          new Notified({ account: command.account })
+        )
+      ]))
+    const notifying = CommandBus.make([Notify], { Notify: notified })
+    // A handler that dispatches a command of its own, in its transaction.
+    const closing = CommandBus.make([Notify, Close], {
+      Notify: notified,
+      Close: (command) =>
+        Effect.gen(function*() {
+          const notify = new Notify({
+            account: command.account,
+            ...(command.causedBy ? Command.causedBy(command) : {})
+          })
+          yield* Effect.orDie(notifying.dispatch(notify))
+          return Handler.result(undefined, [
+            DomainEvent.draft(
+              { aggregateType: "Account", aggregateId: command.account, aggregateVersion: 1 },
+              new Closed({ account: command.account })
+            )
+          ])
+        })
+    })
+    const spec = Specification.make({ bus: closing, layer: InMemory.layer })
+
+    it.effect("takes the events of a command the handler dispatched, caused by the command", () =>
+      Effect.gen(function*() {
+        yield* spec.when(new Close({ account: "a-1", causedBy: true }))
+          .then(new Notified({ account: "a-1" }), new Closed({ account: "a-1" }))
+        // one dispatched without the command's correlation is not
+        const message = yield* Effect.map(
+          Effect.flip(
+            spec.when(new Close({ account: "a-1", causedBy: false }))
+              .then(new Notified({ account: "a-1" }), new Closed({ account: "a-1" }))
+          ),
+          (error) => error.message
+        )
+        assert.include(message, "event Notified carries correlation id")
+      }))
+  })
+
+  describe("thenFails", () => {
+    class Unreachable extends Schema.TaggedError<Unreachable>()("Unreachable", { cause: Schema.Defect }) {}
+    class Sync extends Command.Class<Sync>()("Sync", { payload: {}, success: Schema.Void, failure: Unreachable }) {}
+    const syncing = CommandBus.make([Sync], {
+      Sync: () => Effect.fail(new Unreachable({ cause: new Error("disk full") }))
+    })
+    const spec = Specification.make({ bus: syncing, layer: InMemory.layer })
+
+    it.effect("tells failures apart by an Error they hold, and shows it", () =>
+      Effect.gen(function*() {
+        yield* spec.when(new Sync()).thenFails(new Unreachable({ cause: new Error("disk full") }))
+        const error = yield* Effect.flip(
+          spec.when(new Sync()).thenFails(new Unreachable({ cause: new Error("network down") }))
+        )
+        assert.include(error.message, "network down")
+        assert.include(error.message, "but got Unreachable")
+        assert.include(error.message, "disk full")
+      }))
+  })
 })

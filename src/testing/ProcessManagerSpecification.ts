@@ -48,10 +48,10 @@ export {
 }
 
 /**
- * A deadline expected pending: its name and command (compared by tag and
- * payload, as commands are), and optionally when it is due, `at` a time or
- * `after` a delay from the test clock's now (when, under `it.effect`, the
- * scenario's events occurred).
+ * A deadline expected pending: its name and command (compared by tag,
+ * payload and `userId`, as commands are), and optionally when it is due,
+ * `at` a time or `after` a delay from the test clock's now (when, under
+ * `it.effect`, the scenario's events occurred).
  *
  * @since 0.1.0
  * @category models
@@ -153,7 +153,9 @@ export const make = <S, Cmd extends Command.Any, E, R>(
   >)({ reactions: manager.reactions, respond: options.respond, layer: stores })
   const given = (...events: ReadonlyArray<ReactionSpecification.Event>): When<S, Cmd, E | Reaction.Undecodable> => ({
     when: (when) => {
-      const then = reactions.given(...events).when(when)
+      // The process checked is the one an event of `when` loaded, not one a given event left.
+      const forgetGiven = Effect.map(LastKey, (last) => void (last.key = undefined))
+      const then = reactions.given(...events, forgetGiven).when(when)
       return {
         then: (expected) =>
           then.then(
@@ -169,12 +171,14 @@ export const make = <S, Cmd extends Command.Any, E, R>(
 
 const metadataKeys = new Set(["commandId", "correlationId", "causationId", "timestamp", "userId", "idempotencyKey"])
 
-// A command's tag and payload, encoded, without its metadata.
-const payloadOf = (type: string, encoded: unknown) => ({
+// A command's tag and payload, encoded, and the user it acts for (as
+// `ReactionSpecification` compares commands), without its other metadata.
+const payloadOf = (type: string, encoded: unknown, userId: unknown) => ({
   type,
   payload: Object.fromEntries(
     Object.entries(encoded as Record<string, unknown>).filter(([key]) => key !== "_tag" && !metadataKeys.has(key))
-  )
+  ),
+  ...(userId === undefined ? {} : { userId })
 })
 
 const checked = <S, Cmd extends Command.Any>(
@@ -218,10 +222,16 @@ const checked = <S, Cmd extends Command.Any>(
     const wanted = yield* Effect.forEach(expected.deadlines, (deadline) =>
       Effect.map(
         Effect.orDie(Command.encodePayload(deadline.command.constructor as Command.AnyClass, deadline.command)),
-        (encoded) => ({ name: deadline.name, command: payloadOf(deadline.command._tag, encoded) })
+        (encoded) => ({
+          name: deadline.name,
+          command: payloadOf(deadline.command._tag, encoded, deadline.command.userId)
+        })
       ))
     const shownActual = actual
-      .map(({ entry, name }) => ({ name, command: payloadOf(entry.commandType, entry.command) }))
+      .map(({ entry, name }) => ({
+        name,
+        command: payloadOf(entry.commandType, entry.command, (entry.command as { readonly userId?: unknown }).userId)
+      }))
       .sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
     const shownWanted = [...wanted].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
     if (Command.canonicalJson(shownActual) !== Command.canonicalJson(shownWanted)) {

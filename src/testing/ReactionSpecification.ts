@@ -214,7 +214,8 @@ export interface When<Cmd extends Command.Any, E, R> {
 export interface Then<Cmd extends Command.Any, E, R> {
   /**
    * No reaction fails, and they send exactly these commands, in order:
-   * compared by tag and payload (not the ids and time each is made with),
+   * compared by tag, payload and `userId` (not the ids and time each is
+   * made with),
    * and each must carry its follow-up: the event's correlation id, the
    * event's id as causation id (`Command.causedBy`), and the idempotency key
    * `dispatch` gave it. Effects among them are checks, run afterwards with
@@ -474,12 +475,17 @@ const duplicateName = (reactions: ReadonlyArray<Reaction.Any>): string | undefin
 
 const classOf = (command: Command.Any) => command.constructor as Command.AnyClass
 
-// A command as it is compared: its tag and its payload, encoded, without the
-// ids and time it was made with (nor its tag twice).
+// A command as it is compared: its tag, its payload, encoded, and the user
+// it acts for (what authorization checks), without the ids and time it was
+// made with (nor its tag twice).
 const encoded = (command: Command.Any, definition: Command.AnyClass) =>
   Effect.map(
     Command.encodePayload(definition, command),
-    ({ _tag: _, ...payload }) => ({ type: command._tag, payload })
+    ({ _tag: _, ...payload }) => ({
+      type: command._tag,
+      payload,
+      ...(command.userId === undefined ? {} : { userId: command.userId })
+    })
   ).pipe(
     Effect.catchAll((error: ParseResult.ParseError) =>
       fail(`${command._tag} does not encode with its schema: ${error.message}`)

@@ -123,7 +123,10 @@ export interface When<B extends CommandBus.Any> {
  * @category models
  */
 export interface Then<C extends Command.Any, E = unknown> {
-  /** The command succeeds and appends exactly these events, in order. */
+  /**
+   * The command succeeds and appends exactly these events, in order (those
+   * of the commands its handler dispatched included).
+   */
   readonly then: (...events: ReadonlyArray<DomainEvent.Any>) => Effect.Effect<void, SpecificationFailed>
   /** The command succeeds with this value (and, optionally, these events). */
   readonly thenSucceeds: (
@@ -202,9 +205,15 @@ const scenario = <B extends CommandBus.Any, R, LE, C extends Command.Any>(
           `expected events ${shown(expectedEncoded)}\n     but got ${shown(actual)}`
         )
       }
+      // The bus stamps a dispatch's events with its command's id as their
+      // causation: those of a command the handler dispatched carry that
+      // command's, and, given `Command.causedBy(command)`, this correlation.
       for (const event of outcome.events) {
-        if (event.correlationId !== command.correlationId || event.causationId !== command.commandId) {
-          return yield* fail(`event ${event.type} does not carry the command's correlation and causation ids`)
+        if (event.correlationId !== command.correlationId) {
+          return yield* fail(
+            `event ${event.type} carries correlation id ${event.correlationId}, not the command's ` +
+              `${command.correlationId} (a command the handler dispatches takes it with Command.causedBy)`
+          )
         }
       }
     })

@@ -14,6 +14,9 @@ export const shown = (value: unknown): string => {
         ? { Map: [...inner] }
         : inner instanceof Set
         ? { Set: [...inner] }
+        : inner instanceof Error
+        // JSON writes `{}` for any `Error`: its name and message are not enumerable.
+        ? { ...inner, name: inner.name, message: inner.message }
         : typeof inner === "bigint"
         ? `${inner}n`
         : typeof inner === "number" && !Number.isFinite(inner)
