@@ -261,6 +261,11 @@ interface MemoryEntry {
    * SQL store's `superseded` column).
    */
   readonly superseded?: true
+  /**
+   * Added by a dispatch whose transaction has not ended: not claimed until it
+   * commits, as PostgreSQL's other connections do not see the row.
+   */
+  readonly uncommitted?: true
 }
 
 /**
@@ -268,9 +273,10 @@ interface MemoryEntry {
  * for tests. Inside a unit of work that tells how it ended (`afterEnd`, as
  * `InMemory.layer`'s does), what a dispatch scheduled, replaced or cancelled
  * is undone when it does not commit, as the SQL store's rollback undoes it
- * (a retried dispatch schedules once); an entry changed since by someone
- * else is left as it is. `effect-command-bus/sql` keeps them in PostgreSQL,
- * in the dispatch's transaction.
+ * (a retried dispatch schedules once), and what it scheduled is not claimed
+ * before it commits; an entry changed since by someone else is left as it
+ * is. `effect-command-bus/sql` keeps them in PostgreSQL, in the dispatch's
+ * transaction.
  *
  * @since 0.1.0
  * @category layers
@@ -330,35 +336,71 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
       // A change a dispatch made, undone when its unit of work does not
       // commit: each entry it touched goes back to what it was, unless it is
       // no longer what the change left (a runner claimed it since, say).
+      // What it added is not claimed before the commit: a rollback must not
+      // find it run already. Ends run in the order they were registered, so
+      // an entry a later change of an open transaction changed again (one
+      // dispatch scheduling twice under a key) is followed through it.
+      interface Touched {
+        readonly id: string
+        was: MemoryEntry | undefined
+        readonly left: MemoryEntry | undefined
+        settled: boolean
+      }
+      const open = new Set<Touched>()
+      const end = (touched: ReadonlyArray<Touched>) => (committed: boolean) =>
+        Ref.update(entries, (map) => {
+          const next = new Map(map)
+          for (const change of touched) {
+            open.delete(change)
+            if (change.settled) continue
+            const later: Array<Touched> = []
+            let current = change.left
+            while (next.get(change.id) !== current) {
+              const after = [...open].find((other) => !other.settled && other.id === change.id && other.was === current)
+              if (after === undefined) break
+              later.push(after)
+              current = after.left
+            }
+            if (next.get(change.id) !== current) continue
+            if (!committed) {
+              for (const other of later) other.settled = true
+              if (change.was === undefined) next.delete(change.id)
+              else next.set(change.id, change.was)
+            } else if (change.left?.uncommitted) {
+              const kept = Struct.omit(change.left, "uncommitted")
+              if (later.length > 0) later[0]!.was = kept
+              else next.set(change.id, kept)
+            }
+          }
+          return next
+        })
       const undoable = <A>(
         change: (map: Map<string, MemoryEntry>) => readonly [A, Map<string, MemoryEntry>]
       ): Effect.Effect<A> =>
-        Effect.flatMap(
-          Ref.modify(
-            entries,
-            (map): [readonly [A, Map<string, MemoryEntry>, Map<string, MemoryEntry>], Map<string, MemoryEntry>] => {
-              const [result, next] = change(map)
-              return [[result, map, next], next]
-            }
-          ),
-          ([result, before, after]) => {
-            if (before === after) return Effect.succeed(result)
-            const touched = [...new Set([...before.keys(), ...after.keys()])]
-              .filter((id) => before.get(id) !== after.get(id))
-              .map((id) => [id, before.get(id), after.get(id)] as const)
-            const undo = (committed: boolean) =>
-              committed ? Effect.void : Ref.update(entries, (map) => {
-                const next = new Map(map)
-                for (const [id, was, left] of touched) {
-                  if (map.get(id) !== left) continue
-                  if (was === undefined) next.delete(id)
-                  else next.set(id, was)
-                }
-                return next
-              })
-            return Effect.as(UnitOfWork.afterEnd(undo), result)
-          }
-        )
+        Effect.suspend(() => {
+          let touched: ReadonlyArray<Touched> = []
+          return Effect.flatMap(UnitOfWork.afterEnd((committed) => end(touched)(committed)), (inTransaction) =>
+            Ref.modify(entries, (before) => {
+              const [result, changed] = change(before)
+              if (before === changed) {
+                return [result, before]
+              }
+              const after = new Map(changed)
+              touched = [...new Set([...before.keys(), ...after.keys()])]
+                .filter((id) =>
+                  before.get(id) !== after.get(id)
+                )
+                .map((id) => {
+                  const left = after.get(id)
+                  if (inTransaction && before.get(id) === undefined && left !== undefined) {
+                    after.set(id, { ...left, uncommitted: true })
+                  }
+                  return { id, was: before.get(id), left: after.get(id), settled: false }
+                })
+              if (inTransaction) touched.forEach((change) => open.add(change))
+              return [result, after]
+            }))
+        })
       return {
         add: ({ due, ...entry }) =>
           Effect.flatMap(DateTime.now, (now) =>
@@ -380,8 +422,9 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
             Ref.modify(entries, (map) => {
               const due = [...map.values()]
-                .filter(({ command, leasedUntil }) =>
+                .filter(({ command, leasedUntil, uncommitted }) =>
                   command.state === "pending" && command.dueAt.epochMillis <= now && leasedUntil <= now &&
+                  uncommitted !== true &&
                   (commandTypes === undefined || commandTypes.includes(command.commandType))
                 )
                 .sort((a, b) => a.command.dueAt.epochMillis - b.command.dueAt.epochMillis)

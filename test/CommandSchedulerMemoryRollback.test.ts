@@ -1,14 +1,18 @@
 /**
  * The in-memory scheduler store inside `InMemory.layer`'s unit of work: what
  * a dispatch scheduled, replaced or cancelled is undone when it does not
- * commit, as PostgreSQL's rollback undoes it on the SQL store. A retried
- * dispatch used to schedule twice in memory and once on PostgreSQL. Live
- * clock: the retry middleware sleeps between attempts.
+ * commit, as PostgreSQL's rollback undoes it on the SQL store, and what it
+ * scheduled is not run before it commits. A retried dispatch used to schedule
+ * twice in memory and once on PostgreSQL. Live clock where the retry
+ * middleware sleeps between attempts.
  */
 import { describe, expect, it } from "@effect/vitest"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
+import * as TestClock from "effect/TestClock"
 import { Command, CommandBus, CommandError, CommandScheduler, Handler, Middleware } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
 
@@ -108,5 +112,66 @@ describe("in-memory scheduled commands and the unit of work", () => {
     Effect.gen(function*() {
       yield* Effect.orDie(CommandScheduler.schedule(new Later({ n: 7 }), { after: "1 hour" }))
       expect(yield* pending).toEqual([{ n: 7, key: undefined }])
+    }).pipe(Effect.provide(Stores)))
+
+  // PostgreSQL's runners do not see a row before its transaction commits; in
+  // memory a runner ran it while the dispatch went on, and then it failed.
+  it.scoped("a runner does not run a command its dispatch scheduled before that dispatch commits", () =>
+    Effect.gen(function*() {
+      const ran: Array<number> = []
+      const bus = CommandBus.make([Go, Later], {
+        Go: (command) =>
+          Effect.gen(function*() {
+            yield* Effect.orDie(
+              CommandScheduler.schedule(new Later({ n: command.id === "fail" ? 1 : 2 }), { after: 0 })
+            )
+            yield* Effect.sleep("5 seconds")
+            if (command.id === "fail") return yield* new Boom()
+            return Handler.result(undefined)
+          }),
+        Later: (command) => Effect.sync(() => (ran.push(command.n), Handler.result(undefined)))
+      }).pipe(CommandBus.withMiddleware(Middleware.transaction))
+      yield* CommandScheduler.start(bus, { pollInterval: "1 second" })
+      const dispatches = yield* Effect.fork(Effect.all([
+        Effect.exit(bus.dispatch(new Go({ action: "schedule", id: "fail" }))),
+        Effect.exit(bus.dispatch(new Go({ action: "schedule", id: "commit" })))
+      ], { concurrency: "unbounded" }))
+      for (let i = 0; i < 10; i++) yield* TestClock.adjust("1 second")
+      const [failed, committed] = yield* Fiber.join(dispatches)
+      expect([failed._tag, committed._tag]).toEqual(["Failure", "Success"])
+      // Run once committed, at the runner's next poll.
+      expect(ran).toEqual([2])
+      expect(yield* pending).toEqual([])
+    }).pipe(Effect.provide(Stores)))
+
+  it.effect("a dispatch that schedules under a key twice, or schedules and cancels, leaves nothing when it rolls back", () =>
+    Effect.gen(function*() {
+      const bus = (fail: boolean) =>
+        CommandBus.make([Go, Later], {
+          Go: (command) =>
+            Effect.gen(function*() {
+              const first = yield* Effect.orDie(
+                CommandScheduler.schedule(new Later({ n: 1 }), { after: "1 hour" }, { key: "k" })
+              )
+              const second: Effect.Effect<unknown, unknown, CommandScheduler.ScheduledCommands> =
+                command.action === "cancel"
+                  ? CommandScheduler.cancel(first)
+                  : CommandScheduler.schedule(new Later({ n: 2 }), { after: "1 hour" }, { key: "k" })
+              yield* Effect.orDie(second)
+              if (fail) return yield* new Boom()
+              return Handler.result(undefined)
+            }),
+          Later: () => Effect.succeed(Handler.result(undefined))
+        }).pipe(CommandBus.withMiddleware(Middleware.transaction))
+      for (const action of ["replace", "cancel"] as const) {
+        yield* Effect.exit(bus(true).dispatch(new Go({ action })))
+        expect(yield* pending).toEqual([])
+      }
+      // Committed, the second stands, and a runner claims it when it is due.
+      yield* bus(false).dispatch(new Go({ action: "replace" }))
+      expect(yield* pending).toEqual([{ n: 2, key: "k" }])
+      yield* TestClock.adjust("1 hour")
+      const store = yield* CommandScheduler.ScheduledCommands
+      expect((yield* store.claim(10, Duration.minutes(1))).map((due) => (due.command as { n: number }).n)).toEqual([2])
     }).pipe(Effect.provide(Stores)))
 })
