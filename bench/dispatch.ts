@@ -349,9 +349,9 @@ export const run = async (options: Options = defaultOptions): Promise<Report> =>
         "idempotency, timeout 10 s, retry, transaction) over InMemory.layer's stores (no unit of work, see " +
         "below); tracing on with Effect's native " +
         "tracer and no exporter; no idempotency key, so no claim. Minimum log level Error: every command log " +
-        "(started Debug, completed Info, failed Warning) is below it. The Warning row arms command.failed, so " +
-        "the logging middleware annotates the dispatch's logs. Checked before timing: one ended span with the " +
-        "command's attributes, no log line.",
+        "(started Debug, completed Info, failed Warning) is below it; the logging middleware still sets the " +
+        "command's annotations for the dispatch (a handler's error log carries them). The Warning row also " +
+        "arms command.failed. Checked before timing: one ended span with the command's attributes, no log line.",
         "Naive bus: the handler inside Effect.withSpan(name, { attributes }), no other option, so its " +
         "call-site stack capture is on.",
         "A span and one region: one middleware that makes the dispatch's span, sets it as the parent of the " +
