@@ -340,9 +340,18 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
     }
 
     // A claim of a key whose release is still unsent sends that release
-    // first, on the same connection, so Redis runs them in that order.
-    const claimAfterUnsent = (key: string, claim: () => Promise<ReadonlyArray<string>>) =>
-      unsent.has(key) ? sendUnsent(key).then(claim) : claim()
+    // first, on the same connection, so Redis runs them in that order. If
+    // its caller gave up meanwhile, the claim's own release has gone out
+    // already: the claim, sent after it, would hold the key with a token
+    // nobody has until the lease passed, so it is not sent.
+    const claimAfterUnsent = (
+      key: string,
+      abandoned: () => boolean,
+      claim: () => Promise<ReadonlyArray<string>>
+    ) =>
+      unsent.has(key)
+        ? sendUnsent(key).then(() => abandoned() ? Promise.reject(new Error("claim abandoned")) : claim())
+        : claim()
 
     return {
       // Not in the command's transaction: a success is recorded after commit.
@@ -351,8 +360,9 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
         Effect.suspend(() => {
           const key = keyOf(request.scope, request.key)
           const token = randomUUID()
+          let abandoned = false
           return send("claim", () =>
-            claimAfterUnsent(key, () =>
+            claimAfterUnsent(key, () => abandoned, () =>
               client.idempotencyClaim(
                 key,
                 token,
@@ -363,9 +373,11 @@ export const make = (options: Options): Effect.Effect<Idempotency.Store, never, 
               ))).pipe(
               // A claim that timed out or was interrupted may still have
               // reached Redis: drop it (the release follows it on the same
-              // connection), so the key is not held until its lease passes.
+              // connection), so the key is not held until its lease passes;
+              // one still waiting behind an unsent release is never sent.
               Effect.onExit((exit) =>
                 Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
+                  abandoned = true
                   client.idempotencyRelease(key, token).catch(() => remember(key, token))
                 })
               ),
