@@ -158,6 +158,9 @@ export const makeMemory: Effect.Effect<Service, never, Outbox> = Effect.map(Outb
       Effect.orDie(outbox.read({ after: position, limit: page })),
       (events) => {
         for (const stored of events) {
+          // Another fiber's catch-up may have indexed it while this one's
+          // read was under way (a fiber can yield between the two).
+          if (stored.position <= position) continue
           position = stored.position
           const key = keyOf(stored.event)
           const stream = streams.get(key)

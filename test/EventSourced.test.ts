@@ -140,6 +140,22 @@ describe("EventSourced", () => {
         expect(yield* bare.dispatch(new Increment({ counterId: "a", by: 1 }))).toEqual({ count: 1, version: 1 })
       }).pipe(Effect.provide(InMemory.layer)))
 
+    // A fiber yields every few steps here, so each read's catch-up of the log is
+    // interleaved with the others', as a long-running one's is at the default limit.
+    it.effect("reads that catch up with the log at once each see a stream's events once, and it folds as before", () =>
+      Effect.gen(function*() {
+        yield* bare.dispatch(new IncrementEach({ counterId: "a", by: 1, times: 3 }))
+        const store = yield* EventStore.EventStore
+        const reads = yield* Effect.all(
+          Array.from({ length: 4 }, () => store.read({ aggregateType: "Counter", aggregateId: "a" })),
+          { concurrency: "unbounded" }
+        ).pipe(Effect.withMaxOpsBeforeYield(20))
+        expect(reads.map((events) => events.map((event) => event.aggregateVersion))).toEqual(
+          Array.from({ length: 4 }, () => [1, 2, 3])
+        )
+        expect(yield* bare.dispatch(new Increment({ counterId: "a", by: 1 }))).toEqual({ count: 4, version: 4 })
+      }).pipe(Effect.provide(InMemory.layer)))
+
     it.effect("a stored event that does not decode is a defect naming the event and why", () =>
       Effect.gen(function*() {
         yield* stored("a", 1, "Incremented", { counterId: "a", by: "two" })
