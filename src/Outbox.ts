@@ -69,24 +69,28 @@ export interface Service {
 export class Outbox extends Context.Tag("effect-command-bus/Outbox")<Outbox, Service>() {}
 
 /**
- * An in-memory log that publishes each append through the `EventPublisher`.
+ * An in-memory log that publishes each append through the `EventPublisher`,
+ * in log order, as the SQL relay does.
  * Inside `UnitOfWork.layerMemory`'s unit of work, an append waits for that
  * unit to commit, and is gone if it does not.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const makeMemory: Effect.Effect<Service, never, EventPublisher> = Effect.map(
+export const makeMemory: Effect.Effect<Service, never, EventPublisher> = Effect.zipWith(
   EventPublisher,
-  (publisher) => {
+  Effect.makeSemaphore(1),
+  (publisher, appending) => {
     const log: Array<StoredEvent> = []
+    // One append at a time, positions to publication: a fiber can yield
+    // between the two, and another's events, logged after, went out first.
     const appendNow = (events: ReadonlyArray<DomainEvent.Envelope>) =>
       Effect.suspend(() => {
         for (const event of events) {
           log.push(new StoredEvent({ position: log.length + 1, event }, { disableValidation: true }))
         }
         return publisher.publish(events)
-      }).pipe(Effect.uninterruptible)
+      }).pipe(appending.withPermits(1), Effect.uninterruptible)
     return {
       append: (events) =>
         Effect.flatMap(FiberRef.get(currentPending), (pending) => {
