@@ -156,8 +156,13 @@ export interface Store {
     readonly due: DueTime
   }) => Effect.Effect<void, StoreUnavailable>
   /**
-   * Drops a pending or failed command that no runner holds; false when there
-   * is none with this id, or a runner is running it (its lease holds).
+   * Drops a pending or failed command that no runner is running; false when
+   * there is none with this id, or a runner is running it: it renewed the
+   * command's lease to start it (`renew`), and that lease holds. One a runner
+   * claimed but has not started (waiting its turn in its batch) is dropped,
+   * and its runner's `renew` then finds it gone. A store that counts a
+   * claimed one as running too (as stores written before this did) cancels
+   * less, and is still correct.
    */
   readonly cancel: (id: string) => Effect.Effect<boolean, StoreUnavailable>
   /**
@@ -178,8 +183,10 @@ export interface Store {
    * Holds `due` for `lease` from now (by the store's clock), if its lease has
    * not passed: the command as leased anew, which `complete`, `retryAfter`
    * and `fail` then take; undefined when the lease had passed (another claim
-   * may hold the command). A runner renews each command as it starts it, so
-   * the last of a batch has the whole lease to run in, as the first has.
+   * may hold the command) or the command is gone (cancelled while it waited
+   * its turn). A runner renews each command as it starts it, so the last of
+   * a batch has the whole lease to run in, as the first has; renewed, it is
+   * running, and `cancel` leaves it.
    * One a keyed schedule replaced while it waited its turn (`addKeyed`) is
    * not started: failed for good, superseded, and answered with
    * `superseded: true` (a store written before it answers undefined).
@@ -236,8 +243,9 @@ export interface Store {
     }) => Effect.Effect<string, StoreUnavailable>)
     | undefined
   /**
-   * Drops the command pending under `key` unless a runner holds it; false
-   * when there is none, or a runner is running it. Optional as `addKeyed` is.
+   * Drops the command pending under `key` unless a runner is running it
+   * (as `cancel`); false when there is none, or a runner is running it.
+   * Optional as `addKeyed` is.
    */
   readonly cancelKey?: ((key: string) => Effect.Effect<boolean, StoreUnavailable>) | undefined
 }
@@ -256,6 +264,11 @@ interface MemoryEntry {
   readonly leasedUntil: number
   /** The token of the claim that leased it. */
   readonly lease?: string
+  /**
+   * Its runner renewed its lease to start it: running, and not cancelled.
+   * Claimed but not started (waiting its turn in a batch), it can be.
+   */
+  readonly started?: true
   /**
    * A keyed schedule replaced it while a runner held it: not run again (the
    * SQL store's `superseded` column).
@@ -291,6 +304,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
       let leases = 0
       const holds = (entry: MemoryEntry | undefined, due: Due) =>
         entry !== undefined && entry.command.attempts === due.attempts && entry.lease === due.lease
+      const running = (entry: MemoryEntry, now: number) => entry.leasedUntil > now && entry.started === true
       const pendingUnder = (map: Map<string, MemoryEntry>, key: string) => {
         for (const entry of map.values()) {
           if (entry.command.state === "pending" && entry.command.key === key) return entry
@@ -413,7 +427,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
             undoable((map) => {
               const key = id.toLowerCase()
               const entry = map.get(key)
-              if (entry === undefined || entry.leasedUntil > now) return [false, map]
+              if (entry === undefined || running(entry, now)) return [false, map]
               const next = new Map(map)
               next.delete(key)
               return [true, next]
@@ -485,7 +499,12 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
                 const token = String(++leases)
                 return [
                   { ...due, lease: token },
-                  new Map(map).set(due.id, { ...entry, leasedUntil: now + storedMillis(lease), lease: token })
+                  new Map(map).set(due.id, {
+                    ...entry,
+                    leasedUntil: now + storedMillis(lease),
+                    lease: token,
+                    started: true
+                  })
                 ]
               })
           ),
@@ -575,7 +594,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
             undoable((map) => {
               const pending = pendingUnder(map, key)
-              if (pending === undefined || pending.leasedUntil > now) return [false, map]
+              if (pending === undefined || running(pending, now)) return [false, map]
               const next = new Map(map)
               next.delete(pending.command.id)
               return [true, next]
@@ -705,7 +724,8 @@ const describeKey = (key: unknown): string =>
 
 /**
  * Drops the command pending under `key` (`ScheduleOptions.key`); false when
- * there is none, or a runner is running it now, as `cancel`. A failed
+ * there is none, or a runner is running it now, as `cancel` (one a runner
+ * claimed but has not started is dropped, as `cancel` drops it). A failed
  * command is not pending: `cancel` it by its id. Dies on a store without
  * `cancelKey`.
  *
@@ -725,7 +745,9 @@ export const cancelKey = (key: string): Effect.Effect<boolean, StoreUnavailable,
 /**
  * Drops a scheduled command that has not run (or failed for good); false
  * when there is none with this id, or a runner is running it now: it was
- * too late to cancel, and the command's own outcome stands.
+ * too late to cancel, and the command's own outcome stands. One a runner
+ * claimed in a batch but has not started (it waits its turn behind others)
+ * is dropped, and its runner skips it when its turn comes.
  *
  * @since 0.1.0
  * @category scheduling
@@ -871,7 +893,8 @@ const runChecked = <C extends Command.Any, H, E, R>(
     // Each command's lease is renewed as it starts, so it has the whole lease
     // to run in, however long the ones before it in its batch took. One whose
     // lease passed while they ran may have been claimed by another runner,
-    // and is left to that claim rather than run twice.
+    // and is left to that claim rather than run twice; one cancelled while it
+    // waited is gone, and skipped alike.
     const stepFailed = survived("scheduler.store-unavailable", "scheduler.store-failed")
     const runLeased = (due: Due) =>
       Effect.flatMap(

@@ -304,6 +304,13 @@ export const sources: Readonly<Record<string, ReadonlyArray<string>>> = {
   // ones it deletes, so a process under way costs the index nothing.
   "18_processes_done_index": [
     `CREATE INDEX processes_done_updated_at ON processes (manager, updated_at) WHERE done`
+  ],
+  // The lease a runner's claim set on a scheduled command. Its renewal as the
+  // command's turn in the batch comes moves the lease on; until then the two
+  // are equal, and `cancel` may still drop the command. Rows from before have
+  // none (counted as running while leased), and nothing is rewritten.
+  "19_scheduled_commands_claimed_lease": [
+    `ALTER TABLE scheduled_commands ADD COLUMN claimed_lease_expires_at timestamptz`
   ]
 }
 

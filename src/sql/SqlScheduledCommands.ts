@@ -74,6 +74,12 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
       due.lease === undefined
         ? sql`id = ${due.id} AND attempts = ${due.attempts}`
         : sql`id = ${due.id} AND attempts = ${due.attempts} AND lease_expires_at = ${due.lease}::timestamptz`
+    // No runner is running it: no lease holds it, or its runner claimed it
+    // and has not started it (the renewal at its turn moves the lease on
+    // from the one the claim set). A row an earlier release claimed has no
+    // claimed lease, and counts as running while its lease holds.
+    const notRunning = sql`(lease_expires_at IS NULL OR lease_expires_at <= statement_timestamp()
+      OR lease_expires_at = claimed_lease_expires_at)`
     // A delay is counted from the database's clock at the statement
     // (`statement_timestamp()`), the clock claims compare with.
     const dueAt = (due: CommandScheduler.DueTime) =>
@@ -86,8 +92,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           ${dueAt(entry.due)}, 'pending', 0)`.pipe(Effect.asVoid, SqlFailure.classify),
       cancel: (id) =>
         !isUuid(id) ? Effect.succeed(false) : sql`
-        DELETE FROM scheduled_commands
-        WHERE id = ${id} AND (lease_expires_at IS NULL OR lease_expires_at <= statement_timestamp())
+        DELETE FROM scheduled_commands WHERE id = ${id} AND ${notRunning}
         RETURNING id`.withoutTransform.pipe(
           Effect.map((rows) => rows.length > 0),
           SqlFailure.classify
@@ -101,6 +106,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
         >`
         UPDATE scheduled_commands AS s
         SET lease_expires_at = CASE WHEN s.superseded THEN NULL ELSE ${Column.fromNow(sql, lease)} END,
+          claimed_lease_expires_at = CASE WHEN s.superseded THEN NULL ELSE ${Column.fromNow(sql, lease)} END,
           attempts = CASE WHEN s.superseded THEN s.attempts ELSE s.attempts + 1 END,
           state = CASE WHEN s.superseded THEN 'failed' ELSE s.state END,
           last_error = CASE WHEN s.superseded THEN ${stoppedSuperseded} ELSE s.last_error END
@@ -135,9 +141,10 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
           ),
       // The lease is its token: a renewal always moves it on, so that the
       // lease it renewed no longer holds, even where the database's clock has
-      // not moved since (PGlite's moves by whole milliseconds). One a keyed
-      // schedule replaced while it waited its turn in the batch is not
-      // started: failed, superseded, as a claim leaves it.
+      // not moved since (PGlite's moves by whole milliseconds), and so that
+      // `cancel` sees the command running (its lease no longer the claim's).
+      // One a keyed schedule replaced while it waited its turn in the batch
+      // is not started: failed, superseded, as a claim leaves it.
       renew: (due, lease) =>
         sql<{ readonly lease: string | null; readonly superseded: boolean }>`
         UPDATE scheduled_commands
@@ -209,8 +216,7 @@ export const make: Effect.Effect<CommandScheduler.Store, never, SqlClient.SqlCli
       cancelKey: (key) =>
         !isKey(key) ? Effect.succeed(false) : sql`
         DELETE FROM scheduled_commands
-        WHERE key = ${key} AND state = 'pending'
-          AND (lease_expires_at IS NULL OR lease_expires_at <= statement_timestamp())
+        WHERE key = ${key} AND state = 'pending' AND ${notRunning}
         RETURNING id`.withoutTransform.pipe(
           Effect.map((rows) => rows.length > 0),
           SqlFailure.classify

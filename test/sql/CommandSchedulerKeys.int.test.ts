@@ -116,8 +116,10 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
           yield* schedule(4, "b", "keep", new Date(Date.now() + 3600_000))
           log.push(yield* pendingKeys)
 
-          // Running under "a": not cancelled, kept by keep, not taken back by replace.
-          const [running, ...noOther] = yield* store.claim(10, Duration.minutes(1))
+          // Running under "a" (claimed, and renewed as its run starts): not cancelled, kept by keep,
+          // not taken back by replace.
+          const [claimed, ...noOther] = yield* store.claim(10, Duration.minutes(1))
+          const running = yield* store.renew(claimed!, Duration.minutes(1))
           log.push(noOther.length, running!.id === second)
           log.push(yield* CommandScheduler.cancelKey("a"), (yield* schedule(5, "a", "keep")) === second)
           const third = yield* schedule(6, "a", "replace", new Date(1000))

@@ -29,7 +29,8 @@ const released = {
     "15_processes_applying": "68551adf143ba904",
     "16_event_snapshots": "2c967e0dd986aec2",
     "17_process_applied": "6f87cf3b11b7eb75",
-    "18_processes_done_index": "4ec352565af842f0"
+    "18_processes_done_index": "4ec352565af842f0",
+    "19_scheduled_commands_claimed_lease": "123785234d6584a0"
   },
   orders: {
     "1_orders": "f5002859436b4fc3",
