@@ -284,7 +284,7 @@ interface MemoryEntry {
 /**
  * Scheduled commands in memory, on the `Clock` (so `TestClock` moves them):
  * for tests. Inside a unit of work that tells how it ended (`afterEnd`, as
- * `InMemory.layer`'s does), what a dispatch scheduled, replaced or cancelled
+ * `InMemory.layer`'s does), what a dispatch scheduled, replaced, cancelled or retried
  * is undone when it does not commit, as the SQL store's rollback undoes it
  * (a retried dispatch schedules once), and what it scheduled is not claimed
  * before it commits; an entry changed since by someone else is left as it
@@ -311,18 +311,18 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
         }
         return undefined
       }
-      // Pending again (an operator's retry), a command is no longer superseded.
+      // A runner's outcome for the command it holds.
       const update = (
         id: string,
-        f: (entry: MemoryEntry, map: Map<string, MemoryEntry>) => ScheduledCommand | undefined,
-        leasedAs?: Due
+        f: (entry: MemoryEntry) => ScheduledCommand | undefined,
+        leasedAs: Due
       ) =>
         Ref.modify(entries, (map) => {
           // Ids are UUIDs, in whatever case a caller writes them, as in SQL.
           const key = id.toLowerCase()
           const entry = map.get(key)
-          if (entry === undefined || (leasedAs !== undefined && !holds(entry, leasedAs))) return [false, map]
-          const next = f(entry, map)
+          if (entry === undefined || !holds(entry, leasedAs)) return [false, map]
+          const next = f(entry)
           if (next === undefined) return [false, map]
           const superseded = entry.superseded === true && next.state === "failed"
           return [true, new Map(map).set(key, { command: next, leasedUntil: 0, ...(superseded ? { superseded } : {}) })]
@@ -406,7 +406,11 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
                 )
                 .map((id) => {
                   const left = after.get(id)
-                  if (inTransaction && before.get(id) === undefined && left !== undefined) {
+                  // Claimable only once committed: added, or pending again (retried).
+                  if (
+                    inTransaction && left?.command.state === "pending" &&
+                    before.get(id)?.command.state !== "pending"
+                  ) {
                     after.set(id, { ...left, uncommitted: true })
                   }
                   return { id, was: before.get(id), left: after.get(id), settled: false }
@@ -545,12 +549,17 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
               due
             )
           ),
+        // Undone with its unit of work, as a dispatch's schedule is: a
+        // handler may retry, and on PostgreSQL its transaction holds it.
         retry: (id) =>
           Effect.flatMap(DateTime.now, (now) =>
-            update(id, ({ command }, map) => {
-              // An operator's retry runs it, superseded or not.
-              if (command.state !== "failed") return undefined
-              return new ScheduledCommand({
+            undoable((map): readonly [boolean, Map<string, MemoryEntry>] => {
+              const key = id.toLowerCase()
+              const command = map.get(key)?.command
+              if (command?.state !== "failed") return [false, map]
+              // An operator's retry runs it, superseded or not: pending
+              // again, a command is no longer superseded.
+              const retried = new ScheduledCommand({
                 // Its key is another's now, if one was scheduled under it since.
                 ...(command.key !== undefined && pendingUnder(map, command.key) !== undefined
                   ? Struct.omit(command, "key")
@@ -560,6 +569,7 @@ export const layerMemory: Layer.Layer<ScheduledCommands> = Layer.effect(
                 attempts: 0,
                 retries: command.retries + 1
               })
+              return [true, new Map(map).set(key, { command: retried, leasedUntil: 0 })]
             })),
         list: (options) =>
           Effect.map(Ref.get(entries), (map) =>

@@ -7,13 +7,14 @@
  * middleware sleeps between attempts.
  */
 import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
-import { Command, CommandBus, CommandError, CommandScheduler, Handler, Middleware } from "../src/index.js"
+import { Command, CommandBus, CommandError, CommandScheduler, Handler, Middleware, UnitOfWork } from "../src/index.js"
 import { InMemory } from "../src/testing/index.js"
 
 class Later extends Command.Class<Later>()("Later", {
@@ -173,5 +174,51 @@ describe("in-memory scheduled commands and the unit of work", () => {
       yield* TestClock.adjust("1 hour")
       const store = yield* CommandScheduler.ScheduledCommands
       expect((yield* store.claim(10, Duration.minutes(1))).map((due) => (due.command as { n: number }).n)).toEqual([2])
+    }).pipe(Effect.provide(Stores)))
+})
+
+// `retry` is the operators' call, and a handler may make it too: on
+// PostgreSQL it is part of the dispatch's transaction. In memory it stood
+// when the dispatch rolled back, and a runner claimed it before the commit.
+describe("in-memory retry and the unit of work", () => {
+  const failedOnce = Effect.gen(function*() {
+    const store = yield* CommandScheduler.ScheduledCommands
+    const id = yield* Effect.orDie(CommandScheduler.schedule(new Later({ n: 1 }), { after: 0 }))
+    const [due] = yield* Effect.orDie(store.claim(10, Duration.minutes(1)))
+    yield* Effect.orDie(store.fail(due!, "broke"))
+    return { id, store }
+  })
+  const states = (store: CommandScheduler.Store) =>
+    Effect.map(Effect.orDie(store.list()), (list) => list.map(({ retries, state }) => ({ state, retries })))
+
+  it.effect("a retry that rolls back leaves the command failed", () =>
+    Effect.gen(function*() {
+      const { id, store } = yield* failedOnce
+      const unitOfWork = yield* UnitOfWork.UnitOfWork
+      const exit = yield* Effect.exit(
+        unitOfWork.transactional(Effect.zipRight(CommandScheduler.retry(id), Effect.fail(new Boom())))
+      )
+      expect(exit._tag).toBe("Failure")
+      expect(yield* states(store)).toEqual([{ state: "failed", retries: 0 }])
+    }).pipe(Effect.provide(Stores)))
+
+  it.effect("a command retried in a unit of work is claimed once it commits, not before", () =>
+    Effect.gen(function*() {
+      const { id, store } = yield* failedOnce
+      const unitOfWork = yield* UnitOfWork.UnitOfWork
+      const retried = yield* Deferred.make<void>()
+      const commit = yield* Deferred.make<void>()
+      const dispatch = yield* Effect.fork(unitOfWork.transactional(
+        CommandScheduler.retry(id).pipe(
+          Effect.zipLeft(Deferred.succeed(retried, undefined)),
+          Effect.zipLeft(Deferred.await(commit))
+        )
+      ))
+      yield* Deferred.await(retried)
+      // A runner, while the dispatch that retried it is open.
+      expect(yield* Effect.orDie(store.claim(10, Duration.minutes(1)))).toEqual([])
+      yield* Deferred.succeed(commit, undefined)
+      expect(yield* Fiber.join(dispatch)).toBe(true)
+      expect((yield* Effect.orDie(store.claim(10, Duration.minutes(1)))).map((due) => due.retries)).toEqual([1])
     }).pipe(Effect.provide(Stores)))
 })
