@@ -7,45 +7,13 @@ import { assert, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
-import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
-import { Command, CommandBus, CommandScheduler, Handler } from "../src/index.js"
-import { InMemory } from "../src/testing/index.js"
-
-class Slow extends Command.Class<Slow>()("Slow", {
-  payload: { name: Schema.String },
-  success: Schema.Void,
-  failure: Schema.Never
-}) {}
-
-class Remind extends Command.Class<Remind>()("Remind", {
-  payload: { name: Schema.String },
-  success: Schema.Void,
-  failure: Schema.Never
-}) {}
-
-const Stores = Layer.merge(InMemory.layer, CommandScheduler.layerMemory)
+import { CommandScheduler } from "../src/index.js"
+import { heldBatch, memoryStores, names, Remind, Slow } from "./support/SchedulerBatch.js"
 
 it.scoped("a command claimed in a batch and cancelled before its turn is dropped and not run; a started one is not", () =>
   Effect.gen(function*() {
-    const runs: Array<string> = []
-    const started = yield* Deferred.make<void>()
-    const release = yield* Deferred.make<void>()
-    const last = yield* Deferred.make<void>()
-    const bus = CommandBus.make([Slow, Remind], {
-      Slow: (command) =>
-        Effect.sync(() => runs.push(command.name)).pipe(
-          Effect.zipRight(Deferred.succeed(started, undefined)),
-          Effect.zipRight(Deferred.await(release)),
-          Effect.as(Handler.result(undefined))
-        ),
-      Remind: (command) =>
-        Effect.sync(() => runs.push(command.name)).pipe(
-          Effect.zipRight(command.name === "last" ? Deferred.succeed(last, undefined) : Effect.void),
-          Effect.as(Handler.result(undefined))
-        )
-    })
+    const { bus, last, release, runs, started } = yield* heldBatch()
     // Due in this order, so that one batch claims all four and runs them so.
     const slow = yield* CommandScheduler.schedule(new Slow({ name: "slow" }), { after: 0 }, { key: "slow" })
     yield* TestClock.adjust("1 millis")
@@ -64,10 +32,7 @@ it.scoped("a command claimed in a batch and cancelled before its turn is dropped
     assert.isTrue(yield* CommandScheduler.cancel(byId))
     assert.isTrue(yield* CommandScheduler.cancelKey("deadline"))
     const store = yield* CommandScheduler.ScheduledCommands
-    assert.deepStrictEqual(
-      (yield* store.list()).map((scheduled) => (scheduled.command as { readonly name: string }).name),
-      ["slow", "last"]
-    )
+    assert.deepStrictEqual(names(yield* store.list()), ["slow", "last"])
     yield* Deferred.succeed(release, undefined)
     // "last" runs after the turns of the cancelled ones have come and gone.
     yield* Deferred.await(last)
@@ -78,7 +43,7 @@ it.scoped("a command claimed in a batch and cancelled before its turn is dropped
       Effect.repeat({ until: (listed) => listed.length === 0, times: 1000 })
     )
     assert.deepStrictEqual(left, [])
-  }).pipe(Effect.provide(Stores)))
+  }).pipe(Effect.provide(memoryStores)))
 
 it.effect("the store: a claimed command is cancelled until it is renewed to start, and then its renewal finds it gone", () =>
   Effect.gen(function*() {
@@ -93,4 +58,4 @@ it.effect("the store: a claimed command is cancelled until it is renewed to star
     assert.isTrue(yield* store.cancelKey!("k"), "claimed, not started")
     assert.isUndefined(yield* store.renew(b!, Duration.minutes(1)))
     assert.deepStrictEqual((yield* store.list()).map((scheduled) => scheduled.id), [first])
-  }).pipe(Effect.provide(Stores)))
+  }).pipe(Effect.provide(memoryStores)))

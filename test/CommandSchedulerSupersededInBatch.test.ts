@@ -4,47 +4,24 @@
  */
 import { assert, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
-import * as Schema from "effect/Schema"
 import * as TestClock from "effect/TestClock"
-import { Command, CommandBus, CommandScheduler, Handler } from "../src/index.js"
-import { InMemory } from "../src/testing/index.js"
+import { CommandScheduler } from "../src/index.js"
 import * as Metrics from "./support/Metrics.js"
-
-class Slow extends Command.Class<Slow>()("Slow", {
-  payload: { name: Schema.String },
-  success: Schema.Void,
-  failure: Schema.Never
-}) {}
-
-class Remind extends Command.Class<Remind>()("Remind", {
-  payload: { name: Schema.String },
-  success: Schema.Void,
-  failure: Schema.Never
-}) {}
+import { heldBatch, memoryStores, Remind, Slow } from "./support/SchedulerBatch.js"
 
 const settle = Effect.repeatN(Effect.yieldNow(), 200)
-const Stores = Layer.merge(InMemory.layer, CommandScheduler.layerMemory)
 
 // A keyed command claimed in a runner's batch, waiting its turn behind a slow
 // one, is replaced under its key before its run begins: the debounce must fire once.
 it.scoped("a keyed command replaced while it waits its turn in a batch is not run, and is reported superseded", () =>
   Effect.gen(function*() {
-    const runs: Array<string> = []
     const logs: Array<string> = []
     const failedBefore = yield* Metrics.count("command_bus_scheduled_commands_total", {
       command: "Remind",
       outcome: "failed"
     })
-    const bus = CommandBus.make([Slow, Remind], {
-      Slow: (command) =>
-        Effect.sync(() => runs.push(command.name)).pipe(
-          Effect.zipRight(Effect.sleep("10 seconds")),
-          Effect.as(Handler.result(undefined))
-        ),
-      Remind: (command) => Effect.sync(() => runs.push(command.name)).pipe(Effect.as(Handler.result(undefined)))
-    })
+    const { bus, runs } = yield* heldBatch({ hold: Effect.sleep("10 seconds") })
     const key = "unpaid:o-1"
     yield* CommandScheduler.schedule(new Slow({ name: "slow" }), { after: 0 })
     yield* TestClock.adjust("1 millis")
@@ -79,4 +56,4 @@ it.scoped("a keyed command replaced while it waits its turn in a batch is not ru
         failedBefore,
       1
     )
-  }).pipe(Effect.provide(Stores)))
+  }).pipe(Effect.provide(memoryStores)))

@@ -8,38 +8,16 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { expect, layer } from "@effect/vitest"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
-import * as Logger from "effect/Logger"
-import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import { CommandError, CommandScheduler, ProcessManager, Reaction } from "../../src/index.js"
-import {
-  SqlProcesses,
-  SqlReactionCheckpoints,
-  SqlReactionDeadLetters,
-  SqlScheduledCommands,
-  SqlStores
-} from "../../src/sql/index.js"
 import { ConfirmPayment, makeCheckoutOnBus, PlaceOrder } from "../support/Checkout.js"
 import * as TestDatabase from "../support/Database.js"
+import { followedStores, untilWithin } from "../support/ProcessManagerSql.js"
 
-const Shared = Layer.mergeAll(
-  SqlStores.layer({ relay: { pollInterval: "200 millis" } }),
-  SqlReactionCheckpoints.layer,
-  SqlReactionDeadLetters.layer,
-  SqlScheduledCommands.layer,
-  SqlProcesses.layer
-).pipe(
-  Layer.provideMerge(TestDatabase.layer()),
-  Layer.provideMerge(Logger.minimumLogLevel(LogLevel.None))
-)
+const Shared = followedStores("200 millis")
 
-/** Repeats `check` every 20 ms until it holds, for at most 15 seconds. */
-const until = <E, R>(what: string, check: Effect.Effect<boolean, E, R>) =>
-  Effect.repeat(check, { schedule: Schedule.spaced("20 millis"), until: (done) => done }).pipe(
-    Effect.timeoutFail({ duration: "15 seconds", onTimeout: () => new Error(`not reached in 15 s: ${what}`) })
-  )
+const until = untilWithin(15)
 
 const pendingKeys = Effect.flatMap(
   SqlClient.SqlClient,

@@ -10,12 +10,8 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { expect, layer } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
-import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Layer from "effect/Layer"
-import * as Logger from "effect/Logger"
-import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
@@ -32,53 +28,21 @@ import {
   Reaction
 } from "../../src/index.js"
 import {
-  SqlProcesses,
-  SqlReactionCheckpoints,
-  SqlReactionDeadLetters,
-  SqlScheduledCommands,
-  SqlStores
-} from "../../src/sql/index.js"
-import {
-  CancelOrder,
+  type CheckoutCommand,
   CheckoutCommands,
-  CheckoutState,
+  type CheckoutState,
   ConfirmPayment,
-  ExpirePayment,
+  makeCheckout,
   OrderPlaced,
   PaymentReceived,
   PaymentTimedOut,
-  PlaceOrder,
-  ShipOrder,
-  TakePayment
+  PlaceOrder
 } from "../support/Checkout.js"
 import * as TestDatabase from "../support/Database.js"
-import {
-  ChargeCard,
-  ExpireOrder,
-  FulfilmentState,
-  makeBus as makeFulfilmentBus,
-  makeFulfilment,
-  OrderSubmitted,
-  RejectOrder,
-  ReserveStock
-} from "../support/Fulfilment.js"
+import { makeBus as makeFulfilmentBus, makeFulfilment, OrderSubmitted } from "../support/Fulfilment.js"
+import { followedStores, until } from "../support/ProcessManagerSql.js"
 
-const Shared = Layer.mergeAll(
-  SqlStores.layer({ relay: { pollInterval: "100 millis" } }),
-  SqlReactionCheckpoints.layer,
-  SqlReactionDeadLetters.layer,
-  SqlScheduledCommands.layer,
-  SqlProcesses.layer
-).pipe(
-  Layer.provideMerge(TestDatabase.layer()),
-  Layer.provideMerge(Logger.minimumLogLevel(LogLevel.None))
-)
-
-/** Repeats `check` every 20 ms until it holds, for at most 20 seconds. */
-const until = <E, R>(what: string, check: Effect.Effect<boolean, E, R>) =>
-  Effect.repeat(check, { schedule: Schedule.spaced("20 millis"), until: (done) => done }).pipe(
-    Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error(`not reached in 20 s: ${what}`) })
-  )
+const Shared = followedStores("100 millis")
 
 const effectsTable = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   Effect.zipRight(
@@ -160,43 +124,16 @@ const makeBus = (gates: Gates) => {
   ))
 }
 
-/** Pay within `deadline` of the order, or it is cancelled. */
-const makeCheckout = (bus: ReturnType<typeof makeBus>, deadline: Duration.DurationInput) =>
-  ProcessManager.make({
-    name: "checkout",
-    bus,
-    state: CheckoutState,
-    initialState: { status: "new", amount: 0 },
-    events: [OrderPlaced, PaymentReceived, PaymentTimedOut],
-    key: (event) => event.orderId,
-    startedBy: ["OrderPlaced"]
-  }).on({
-    OrderPlaced: (state, event) => ({
-      state: { ...state, status: "awaiting-payment", amount: event.amount },
-      send: [new TakePayment({ orderId: event.orderId, amount: event.amount })],
-      schedule: [{ name: "payment", after: deadline, command: new ExpirePayment({ orderId: event.orderId }) }]
-    }),
-    PaymentReceived: (state, event) => ({
-      state: { ...state, status: "shipped" },
-      send: [new ShipOrder({ orderId: event.orderId })],
-      cancel: ["payment"],
-      done: true
-    }),
-    PaymentTimedOut: (state, event) => ({
-      state: { ...state, status: "cancelled" },
-      send: [new CancelOrder({ orderId: event.orderId })],
-      done: true
-    })
-  })
-
 const following = {
   pollInterval: "100 millis",
   lease: "1 second",
   retry: Schedule.spaced("50 millis").pipe(Schedule.intersect(Schedule.recurs(5)))
 } as const
 
-const statusOf = (checkout: ReturnType<typeof makeCheckout>, orderId: string) =>
-  Effect.map(checkout.process(orderId), Option.map((process) => [process.state.status, process.done] as const))
+const statusOf = (
+  checkout: ProcessManager.ProcessManager<typeof CheckoutState.Type, CheckoutCommand, unknown, unknown>,
+  orderId: string
+) => Effect.map(checkout.process(orderId), Option.map((process) => [process.state.status, process.done] as const))
 
 /** Until the follower's checkpoint reaches the last event of the log. */
 const caughtUp = Effect.gen(function*() {
@@ -217,6 +154,24 @@ const pendingDeadlines = Effect.flatMap(
   (store) => Effect.map(store.list({ state: "pending" }), (pending) => pending.map((command) => command.commandType))
 )
 
+/**
+ * On an empty database, the checkout with a 1 second deadline, followed, its
+ * deadlines run, its bus's `command` held at a gate before its transaction.
+ */
+const checkoutHeldBefore = (command: string) =>
+  Effect.gen(function*() {
+    yield* TestDatabase.truncateAll
+    yield* effectsTable
+    const gates = newGates()
+    const held = yield* gate
+    gates.before.set(command, held)
+    const bus = makeBus(gates)
+    const checkout = makeCheckout(bus, "1 second")
+    yield* Reaction.follow("checkout", checkout.reactions, following)
+    yield* CommandScheduler.forBus(bus).start({ pollInterval: "100 millis" })
+    return { bus, checkout, held }
+  })
+
 const deadLetters = Effect.flatMap(Reaction.DeadLetters, (letters) => letters.list("checkout"))
 
 class SubmitOrder extends Command.Class<SubmitOrder>()("SubmitOrder", {
@@ -235,38 +190,6 @@ const orders = CommandBus.make([SubmitOrder], {
       )
     ]))
 })
-
-/**
- * The fulfilment once fixed: a card declined rejects the order too, in
- * place of the dead letter it was; out of stock as before.
- */
-const fixedFulfilment = (bus: ReturnType<typeof makeFulfilmentBus>["bus"]) =>
-  ProcessManager.make({
-    name: "fulfilment",
-    bus,
-    state: FulfilmentState,
-    initialState: { status: "new" },
-    events: [OrderSubmitted],
-    key: (event) => event.orderId
-  }).on({
-    OrderSubmitted: (state, event) => ({
-      state: { ...state, status: "reserved" },
-      send: [
-        new ReserveStock({ orderId: event.orderId, quantity: event.quantity }),
-        new ChargeCard({ orderId: event.orderId })
-      ],
-      schedule: [{ name: "expiry", after: "1 hour", command: new ExpireOrder({ orderId: event.orderId }) }]
-    })
-  }, {
-    onFailure: {
-      ReserveStock: (_, { command, failure }) => ({
-        state: { status: "rejected", reason: failure._tag },
-        send: [new RejectOrder({ orderId: command.orderId, reason: failure._tag })],
-        done: true
-      }),
-      ChargeCard: (_, { failure }) => ({ state: { status: "rejected", reason: failure._tag }, done: true })
-    }
-  })
 
 layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
   `ProcessManager end to end (${TestDatabase.kind})`,
@@ -345,15 +268,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
 
     it.scoped("a deadline that fires while the payment is being processed: shipped once, not cancelled", () =>
       Effect.gen(function*() {
-        yield* TestDatabase.truncateAll
-        yield* effectsTable
-        const gates = newGates()
-        const shipping = yield* gate
-        gates.before.set("ShipOrder o-5", shipping)
-        const bus = makeBus(gates)
-        const checkout = makeCheckout(bus, "1 second")
-        yield* Reaction.follow("checkout", checkout.reactions, following)
-        yield* CommandScheduler.forBus(bus).start({ pollInterval: "100 millis" })
+        const { bus, checkout, held: shipping } = yield* checkoutHeldBefore("ShipOrder o-5")
         yield* bus.dispatch(new PlaceOrder({ orderId: "o-5", amount: 5 }))
         yield* bus.dispatch(new ConfirmPayment({ orderId: "o-5" }))
         yield* Deferred.await(shipping.entered).pipe(Effect.timeout("20 seconds"))
@@ -371,15 +286,7 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
 
     it.scoped("a payment while its deadline's command runs: done, the deadline runs out, nothing is cancelled", () =>
       Effect.gen(function*() {
-        yield* TestDatabase.truncateAll
-        yield* effectsTable
-        const gates = newGates()
-        const expiring = yield* gate
-        gates.before.set("ExpirePayment o-6", expiring)
-        const bus = makeBus(gates)
-        const checkout = makeCheckout(bus, "1 second")
-        yield* Reaction.follow("checkout", checkout.reactions, following)
-        yield* CommandScheduler.forBus(bus).start({ pollInterval: "100 millis" })
+        const { bus, checkout, held: expiring } = yield* checkoutHeldBefore("ExpirePayment o-6")
         yield* bus.dispatch(new PlaceOrder({ orderId: "o-6", amount: 6 }))
         yield* Deferred.await(expiring.entered).pipe(Effect.timeout("20 seconds"))
         yield* bus.dispatch(new ConfirmPayment({ orderId: "o-6" }))
@@ -410,9 +317,11 @@ layer(Shared, { excludeTestServices: true, timeout: "120 seconds" })(
           const letters = yield* Reaction.DeadLetters
           yield* until("o-2 a dead letter", Effect.map(letters.list("fulfilment"), (found) => found.length === 1))
           yield* until("o-3 rejected", Effect.map(fulfilment.process("o-3"), Option.exists((p) => p.done)))
-          // The follower stopped, the fix deployed: the letter redriven by the fixed process.
+          // The follower stopped, the fix deployed (a card declined rejects the
+          // order too, in place of the dead letter it was): the letter redriven
+          // by the fixed process.
           yield* Scope.close(scope, Exit.void)
-          const fixed = fixedFulfilment(bus)
+          const fixed = makeFulfilment(bus, { rejectDeclined: true })
           const redriven = yield* Reaction.redrive("fulfilment", fixed.reactions, following)
           expect(redriven).toEqual({ resolved: 1, failed: 0, unmatched: 0, held: 0 })
           yield* Reaction.follow("fulfilment", fixed.reactions, following)

@@ -9,60 +9,18 @@ import { expect, layer } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
-import * as Logger from "effect/Logger"
-import * as LogLevel from "effect/LogLevel"
 import * as Schedule from "effect/Schedule"
-import * as Schema from "effect/Schema"
-import { Command, CommandBus, CommandScheduler, Handler } from "../../src/index.js"
-import { SqlScheduledCommands } from "../../src/sql/index.js"
-import { InMemory } from "../../src/testing/index.js"
+import { CommandScheduler } from "../../src/index.js"
 import * as TestDatabase from "../support/Database.js"
+import { heldBatch, names, Remind, Slow, sqlStores } from "../support/SchedulerBatch.js"
 
-class Slow extends Command.Class<Slow>()("Slow", {
-  payload: { name: Schema.String },
-  success: Schema.Void,
-  failure: Schema.Never
-}) {}
-
-class Remind extends Command.Class<Remind>()("Remind", {
-  payload: { name: Schema.String },
-  success: Schema.Void,
-  failure: Schema.Never
-}) {}
-
-const Shared = SqlScheduledCommands.layer.pipe(
-  Layer.provideMerge(InMemory.layer),
-  Layer.provideMerge(TestDatabase.layer()),
-  Layer.provideMerge(Logger.minimumLogLevel(LogLevel.Error))
-)
-
-const names = (listed: ReadonlyArray<CommandScheduler.ScheduledCommand>) =>
-  listed.map((scheduled) => (scheduled.command as { readonly name: string }).name)
-
-layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })(
+layer(sqlStores, { excludeTestServices: true, timeout: "60 seconds" })(
   `cancelled in a batch (${TestDatabase.kind})`,
   (it) => {
     it.scoped("a command claimed in a batch and cancelled before its turn is dropped and not run; a started one is not", () =>
       Effect.gen(function*() {
         yield* TestDatabase.truncateAll
-        const runs: Array<string> = []
-        const started = yield* Deferred.make<void>()
-        const release = yield* Deferred.make<void>()
-        const last = yield* Deferred.make<void>()
-        const bus = CommandBus.make([Slow, Remind], {
-          Slow: (command) =>
-            Effect.sync(() => runs.push(command.name)).pipe(
-              Effect.zipRight(Deferred.succeed(started, undefined)),
-              Effect.zipRight(Deferred.await(release)),
-              Effect.as(Handler.result(undefined))
-            ),
-          Remind: (command) =>
-            Effect.sync(() => runs.push(command.name)).pipe(
-              Effect.zipRight(command.name === "last" ? Deferred.succeed(last, undefined) : Effect.void),
-              Effect.as(Handler.result(undefined))
-            )
-        })
+        const { bus, last, release, runs, started } = yield* heldBatch()
         // Due in this order, so that one batch claims all four and runs them so.
         const at = (secondsAgo: number) => ({ at: new Date(Date.now() - secondsAgo * 1000) })
         const slow = yield* CommandScheduler.schedule(new Slow({ name: "slow" }), at(4), { key: "slow" })

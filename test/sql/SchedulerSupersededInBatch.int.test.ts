@@ -6,51 +6,17 @@
 import { expect, layer } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
-import * as Logger from "effect/Logger"
-import * as LogLevel from "effect/LogLevel"
 import * as Schedule from "effect/Schedule"
-import * as Schema from "effect/Schema"
-import { Command, CommandBus, CommandScheduler, Handler } from "../../src/index.js"
-import { SqlScheduledCommands } from "../../src/sql/index.js"
-import { InMemory } from "../../src/testing/index.js"
+import { CommandScheduler } from "../../src/index.js"
 import * as TestDatabase from "../support/Database.js"
+import { heldBatch, Remind, Slow, sqlStores } from "../support/SchedulerBatch.js"
 
-class Slow extends Command.Class<Slow>()("Slow", {
-  payload: { name: Schema.String },
-  success: Schema.Void,
-  failure: Schema.Never
-}) {}
-
-class Remind extends Command.Class<Remind>()("Remind", {
-  payload: { name: Schema.String },
-  success: Schema.Void,
-  failure: Schema.Never
-}) {}
-
-const Shared = SqlScheduledCommands.layer.pipe(
-  Layer.provideMerge(InMemory.layer),
-  Layer.provideMerge(TestDatabase.layer()),
-  Layer.provideMerge(Logger.minimumLogLevel(LogLevel.Error))
-)
-
-layer(Shared, { excludeTestServices: true, timeout: "60 seconds" })(
+layer(sqlStores, { excludeTestServices: true, timeout: "60 seconds" })(
   `superseded in a batch (${TestDatabase.kind})`,
   (it) => {
     it.scoped("a keyed command replaced while it waits its turn in a batch is not run", () =>
       Effect.gen(function*() {
-        const runs: Array<string> = []
-        const started = yield* Deferred.make<void>()
-        const release = yield* Deferred.make<void>()
-        const bus = CommandBus.make([Slow, Remind], {
-          Slow: (command) =>
-            Effect.sync(() => runs.push(command.name)).pipe(
-              Effect.zipRight(Deferred.succeed(started, undefined)),
-              Effect.zipRight(Deferred.await(release)),
-              Effect.as(Handler.result(undefined))
-            ),
-          Remind: (command) => Effect.sync(() => runs.push(command.name)).pipe(Effect.as(Handler.result(undefined)))
-        })
+        const { bus, release, runs, started } = yield* heldBatch()
         const key = "unpaid:o-1"
         yield* CommandScheduler.schedule(new Slow({ name: "slow" }), { at: new Date(Date.now() - 2000) })
         yield* CommandScheduler.schedule(new Remind({ name: "old" }), { at: new Date(Date.now() - 1000) }, { key })

@@ -83,6 +83,12 @@ export const CheckoutCommands = [
   CancelOrder
 ] as const
 
+/** A command of the checkout's. */
+export type CheckoutCommand = InstanceType<typeof CheckoutCommands[number]>
+
+/** A bus for the checkout's commands, whatever its handlers and middleware (as `makeBus`'s). */
+export type CheckoutBus<H, E, R> = CommandBus.CommandBus<CheckoutCommand, H, E, R>
+
 const raise = (orderId: string, event: DomainEvent.Any) =>
   Effect.succeed(Handler.result(undefined, [
     DomainEvent.draft({ aggregateType: "Order", aggregateId: orderId, aggregateVersion: 1 }, event)
@@ -117,7 +123,7 @@ export const makeCheckoutOnBus = (deadline?: Duration.DurationInput) => {
 }
 
 // A process manager over the checkout's state and events, keyed by order, started by an order placed.
-const overOrders = (name: string, bus: ReturnType<typeof makeBus>) =>
+const overOrders = <H, E, R>(name: string, bus: CheckoutBus<H, E, R>) =>
   ProcessManager.make({
     name,
     bus,
@@ -129,7 +135,7 @@ const overOrders = (name: string, bus: ReturnType<typeof makeBus>) =>
   })
 
 /** The checkout process over `bus`: pay within `deadline` of the order, or it is cancelled. */
-export const makeCheckout = (bus: ReturnType<typeof makeBus>, deadline: Duration.DurationInput = "30 minutes") =>
+export const makeCheckout = <H, E, R>(bus: CheckoutBus<H, E, R>, deadline: Duration.DurationInput = "30 minutes") =>
   overOrders("checkout", bus).on({
     OrderPlaced: (state, event) => ({
       state: { ...state, status: "awaiting-payment", amount: event.amount },

@@ -92,7 +92,8 @@ export type Bus = ReturnType<typeof makeBus>["bus"]
  * Reserve, then charge, with a deadline; out of stock, the order is rejected
  * instead and the process ends, in the state `rejection` gives. `handled`
  * gets, for each failure handled, the state the handler got, the failed
- * command's index and quantity.
+ * command's index and quantity. A card declined is a dead letter, unless
+ * `rejectDeclined`.
  */
 export const makeFulfilment = (
   bus: Bus,
@@ -101,6 +102,8 @@ export const makeFulfilment = (
     readonly handled?: Array<readonly [string, number, number]>
     /** The rejection keeps the rest of the event's decision (its deadline), rather than ending the process. */
     readonly keepRest?: boolean
+    /** A card declined ends the process too, rejected (with no order to reject). */
+    readonly rejectDeclined?: boolean
   } = {}
 ) =>
   ProcessManager.make({
@@ -128,6 +131,11 @@ export const makeFulfilment = (
           state: options.rejection?.(failure._tag) ?? { status: "rejected", reason: failure._tag },
           send: [new RejectOrder({ orderId: command.orderId, reason: failure._tag })]
         }
-      }
+      },
+      ...(options.rejectDeclined === true
+        ? {
+          ChargeCard: (_, { failure }) => ({ state: { status: "rejected", reason: failure._tag }, done: true })
+        }
+        : {})
     }
   })
