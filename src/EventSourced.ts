@@ -49,7 +49,7 @@ import * as DomainEvent from "./DomainEvent.js"
 import { EventStore, type Service as EventStoreService, type Snapshots, type StreamId } from "./EventStore.js"
 import * as Handler from "./Handler.js"
 import * as Json from "./internal/json.js"
-import { positiveCounts } from "./internal/limit.js"
+import { inBatches, positiveCounts } from "./internal/limit.js"
 import { Outbox } from "./Outbox.js"
 import * as Tracing from "./Tracing.js"
 
@@ -589,14 +589,9 @@ export const pruneSnapshots = <C extends Command.Any, S, Ev extends DomainEvent.
       if (snapshots.prune === undefined) {
         return yield* new SnapshotPruneUnsupported({ aggregateType: decider.aggregateType })
       }
+      const { prune } = snapshots
       const keep = snapshotSchemaVersion(decider)
-      const limit = options.batchSize ?? 500
-      let pruned = 0
-      for (;;) {
-        const batch = yield* snapshots.prune(decider.aggregateType, keep, limit)
-        pruned += batch
-        if (batch < limit) return pruned
-      }
+      return yield* inBatches(options.batchSize, (limit) => prune(decider.aggregateType, keep, limit))
     }).pipe(
       Effect.withSpan("EventSourced.pruneSnapshots", { attributes: { "aggregate.type": decider.aggregateType } })
     ))

@@ -48,7 +48,7 @@ import * as CommandScheduler from "./CommandScheduler.js"
 import type * as DomainEvent from "./DomainEvent.js"
 import { followUpSender } from "./internal/dispatching.js"
 import * as JsonValue from "./internal/json.js"
-import { positiveCounts, storedDuration } from "./internal/limit.js"
+import { inBatches, positiveCounts, storedDuration } from "./internal/limit.js"
 import { isRefusal } from "./internal/refusal.js"
 import * as Reaction from "./Reaction.js"
 
@@ -698,8 +698,6 @@ const declared = <
   }
 }
 
-const defaultPruneBatch = 500
-
 // Batches until one comes back short, all before one time, read once: a
 // process done while this runs is not before it, so the loop ends.
 const pruneManager = (manager: string, options: PruneOptions) =>
@@ -708,14 +706,8 @@ const pruneManager = (manager: string, options: PruneOptions) =>
       const store = yield* Processes
       if (store.prune === undefined) return yield* new PruneUnsupported({ manager })
       const prune = store.prune
-      const limit = options.batchSize ?? defaultPruneBatch
       const before = DateTime.subtractDuration(yield* DateTime.now, storedDuration(options.olderThan))
-      let pruned = 0
-      for (;;) {
-        const batch = yield* prune(manager, before, limit)
-        pruned += batch
-        if (batch < limit) return pruned
-      }
+      return yield* inBatches(options.batchSize, (limit) => prune(manager, before, limit))
     }).pipe(Effect.withSpan("ProcessManager.prune", { attributes: { manager } })))
 
 /**

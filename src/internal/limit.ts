@@ -91,3 +91,25 @@ export const leaseOfASecond = <A, E, R>(
   lease !== undefined && !(Duration.toMillis(Duration.decode(lease)) >= 1000)
     ? Effect.dieMessage(`${where}: lease must be at least 1 second, got ${Duration.format(lease)}`)
     : self()
+
+/**
+ * Runs `batch` with a limit of `batchSize` (default 500) until one answers
+ * fewer than the limit, and answers the total: the prunes, which delete a
+ * bounded batch per statement so that a large backlog holds no locks for
+ * long.
+ *
+ * @internal
+ */
+export const inBatches = <E, R>(
+  batchSize: number | undefined,
+  batch: (limit: number) => Effect.Effect<number, E, R>
+): Effect.Effect<number, E, R> =>
+  Effect.gen(function*() {
+    const limit = batchSize ?? 500
+    let total = 0
+    for (;;) {
+      const done = yield* batch(limit)
+      total += done
+      if (done < limit) return total
+    }
+  })
